@@ -1,0 +1,252 @@
+"""Split a labelled dataset among simulated clients (top layer, ``fl``).
+
+Three schemes, all deterministic under ``seed``:
+
+* ``"iid"``: a random permutation cut into near-equal parts.
+* ``"shards"``: the classic non-IID split of McMahan et al. (2017): sort by
+  label, cut into ``n_clients * classes_per_client`` equal shards and give each
+  client ``classes_per_client`` shards, so each client holds about
+  ``classes_per_client`` label classes (exactly that many when shards do not
+  straddle class boundaries, as with balanced classes; we redraw the shard
+  assignment to avoid a client receiving two shards of one class).
+* ``"dirichlet"``: per class, client proportions drawn from
+  ``Dirichlet(alpha)`` (Hsu et al. 2019); small ``alpha`` = very skewed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fl.errors import ConfigError
+
+__all__ = ["Partition", "Scheme", "partition"]
+
+
+class Scheme(StrEnum):
+    """Partition schemes accepted by :func:`partition`."""
+
+    IID = "iid"
+    SHARDS = "shards"
+    DIRICHLET = "dirichlet"
+
+
+@dataclass(frozen=True, slots=True)
+class Partition:
+    """The result of :func:`partition`: which rows each client holds.
+
+    Attributes:
+        indices: One int64 index tensor per client (sorted, disjoint, covering the dataset).
+        labels: The labels of the whole dataset (int64).
+        num_classes: Number of label classes (max label + 1).
+        scheme: The scheme used.
+    """
+
+    indices: tuple[torch.Tensor, ...]
+    labels: torch.Tensor
+    num_classes: int
+    scheme: Scheme
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def sizes(self) -> list[int]:
+        """Number of examples per client."""
+        return [int(ix.numel()) for ix in self.indices]
+
+    def histogram(self) -> torch.Tensor:
+        """Class histogram, int64 ``[n_clients, num_classes]``."""
+        rows = [
+            torch.bincount(self.labels[ix], minlength=self.num_classes) for ix in self.indices
+        ]
+        return torch.stack(rows) if rows else torch.zeros(0, self.num_classes, dtype=torch.int64)
+
+    def summary(self) -> str:
+        """A printable table: one row per client, one column per class, plus totals."""
+        hist = self.histogram()
+        width = max(5, len(str(int(hist.max()))) + 1) if hist.numel() else 5
+        head = "client " + "".join(f"{c:>{width}d}" for c in range(self.num_classes)) + "   total"
+        lines = [f"partition scheme={self.scheme.value} clients={len(self)}", head]
+        for i, row in enumerate(hist.tolist()):
+            lines.append(f"{i:6d} " + "".join(f"{v:>{width}d}" for v in row) + f"{sum(row):8d}")
+        return "\n".join(lines)
+
+    def subsets(
+        self, features: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Slice ``(features, labels)`` into one ``(x_i, y_i)`` pair per client."""
+        y = self.labels if labels is None else labels
+        if features.shape[0] != y.shape[0]:
+            raise ConfigError(
+                f"`features` has {features.shape[0]} rows but there are {y.shape[0]} labels"
+            )
+        return [(features[ix], y[ix]) for ix in self.indices]
+
+    def plot(self, path: str | Path) -> Path:
+        """Save the class histogram as a stacked bar chart (PNG)."""
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        hist = self.histogram().numpy()
+        fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * len(self) + 2), 3.5))
+        bottom = np.zeros(len(self))
+        for c in range(self.num_classes):
+            ax.bar(np.arange(len(self)), hist[:, c], bottom=bottom, label=str(c))
+            bottom += hist[:, c]
+        ax.set_xlabel("client")
+        ax.set_ylabel("examples")
+        ax.set_title(f"partition: {self.scheme.value}")
+        ax.legend(title="class", fontsize="small", ncol=2, bbox_to_anchor=(1.01, 1), loc="upper left")
+        fig.tight_layout()
+        out = Path(path)
+        fig.savefig(out, dpi=100)
+        plt.close(fig)
+        return out
+
+
+def _labels_of(dataset: object) -> torch.Tensor:
+    if isinstance(dataset, torch.Tensor):
+        labels = dataset
+    elif isinstance(dataset, tuple | list) and len(dataset) == 2:
+        labels = dataset[1]
+    elif hasattr(dataset, "targets"):
+        labels = dataset.targets
+    elif hasattr(dataset, "tensors"):
+        labels = dataset.tensors[-1]
+    else:
+        raise ConfigError(
+            "`dataset` must be a label tensor, a (features, labels) pair, a TensorDataset or "
+            f"an object with `.targets`; got {type(dataset).__name__}"
+        )
+    labels = torch.as_tensor(labels)
+    if labels.ndim != 1 or labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise ConfigError(
+            f"labels must be a 1-D integer tensor; got dtype {labels.dtype}, shape {tuple(labels.shape)}"
+        )
+    if labels.numel() and int(labels.min()) < 0:
+        raise ConfigError("labels must be >= 0")
+    return labels.to(torch.int64)
+
+
+def _iid(n: int, n_clients: int, rng: np.random.Generator) -> list[np.ndarray]:
+    return list(np.array_split(rng.permutation(n), n_clients))
+
+
+def _shards(
+    labels: np.ndarray, n_clients: int, k: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    n_shards = n_clients * k
+    if n_shards > labels.size:
+        raise ConfigError(
+            f"`n_clients * classes_per_client` = {n_shards} shards exceeds the {labels.size} examples"
+        )
+    order = np.argsort(labels, kind="stable")
+    shards = np.array_split(order, n_shards)
+    shard_class = [np.unique(labels[s]) for s in shards]
+    best: np.ndarray | None = None
+    best_score = -1
+    for _ in range(200):  # redraw to avoid two shards of one class on a client
+        perm = rng.permutation(n_shards).reshape(n_clients, k)
+        score = sum(len(np.unique(np.concatenate([shard_class[j] for j in row]))) for row in perm)
+        if score > best_score:
+            best, best_score = perm, score
+        if all(
+            len({int(c) for j in row for c in shard_class[j]}) == sum(len(shard_class[j]) for j in row)
+            for row in perm
+        ):
+            best = perm
+            break
+    assert best is not None
+    return [np.concatenate([shards[j] for j in row]) for row in best]
+
+
+def _dirichlet(
+    labels: np.ndarray,
+    n_clients: int,
+    alpha: float,
+    min_size: int,
+    rng: np.random.Generator,
+) -> list[np.ndarray]:
+    classes = np.unique(labels)
+    for _ in range(1000):
+        parts: list[list[np.ndarray]] = [[] for _ in range(n_clients)]
+        for c in classes:
+            idx = rng.permutation(np.flatnonzero(labels == c))
+            props = rng.dirichlet(np.full(n_clients, alpha))
+            cuts = (np.cumsum(props) * idx.size).astype(np.int64)[:-1]
+            for client, chunk in enumerate(np.split(idx, cuts)):
+                parts[client].append(chunk)
+        out = [np.concatenate(p) for p in parts]
+        if min(p.size for p in out) >= min_size:
+            return out
+    raise ConfigError(
+        f"could not draw a Dirichlet(alpha={alpha}) split where every client holds >= "
+        f"{min_size} examples in 1000 tries; raise `alpha` or lower `min_size`"
+    )
+
+
+def partition(
+    dataset: object,
+    n_clients: int,
+    scheme: Scheme | str = Scheme.IID,
+    *,
+    seed: int = 0,
+    classes_per_client: int = 2,
+    alpha: float = 0.5,
+    min_size: int = 1,
+) -> Partition:
+    """Split a labelled dataset among ``n_clients`` clients.
+
+    Args:
+        dataset: The labels (1-D int tensor), a ``(features, labels)`` pair, a
+            ``TensorDataset`` (labels last) or an object with ``.targets``.
+        n_clients: Number of clients (>= 1, <= number of examples).
+        scheme: ``"iid"``, ``"shards"`` or ``"dirichlet"``.
+        seed: Seed of the split (same seed, same split).
+        classes_per_client: For ``"shards"``: shards (≈ classes) per client.
+        alpha: For ``"dirichlet"``: concentration (> 0).
+        min_size: For ``"dirichlet"``: redraw until every client has this many examples.
+
+    Returns:
+        A :class:`Partition`; ``print(p.summary())`` shows the class histogram.
+
+    Raises:
+        ConfigError: Invalid scheme or parameters.
+    """
+    labels = _labels_of(dataset)
+    try:
+        kind = Scheme(scheme)
+    except ValueError as exc:
+        raise ConfigError(
+            f"`scheme` must be one of {[s.value for s in Scheme]}; got {scheme!r}"
+        ) from exc
+    n = int(labels.numel())
+    if not 1 <= n_clients <= max(n, 1):
+        raise ConfigError(f"`n_clients` must be in [1, {n}] (the dataset size); got {n_clients}")
+    rng = np.random.default_rng(seed)
+    y = labels.numpy()
+    if kind is Scheme.IID:
+        parts = _iid(n, n_clients, rng)
+    elif kind is Scheme.SHARDS:
+        if classes_per_client < 1:
+            raise ConfigError(f"`classes_per_client` must be >= 1; got {classes_per_client}")
+        parts = _shards(y, n_clients, classes_per_client, rng)
+    else:
+        if not alpha > 0:
+            raise ConfigError(f"`alpha` must be > 0; got {alpha}")
+        if min_size < 0 or min_size * n_clients > n:
+            raise ConfigError(f"`min_size` must be in [0, n / n_clients]; got {min_size}")
+        parts = _dirichlet(y, n_clients, alpha, min_size, rng)
+    indices = tuple(torch.from_numpy(np.sort(p).astype(np.int64)) for p in parts)
+    num_classes = int(labels.max()) + 1 if n else 0
+    return Partition(indices=indices, labels=labels, num_classes=num_classes, scheme=kind)
+
+

@@ -1,0 +1,65 @@
+"""smpc: secure multi-party computation on PyTorch tensors.
+
+Additive secret sharing over Z_2^64 among n >= 2 parties, fixed-point encoding,
+Beaver-triple products from a crypto provider, exact-to-one-ulp truncation.
+The same program runs with every party simulated in this process (default) or
+with one OS process per party over torch.distributed (:func:`smpc.run`).
+
+Nothing happens at import: create a :class:`Session` explicitly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import functional
+from .comm.stats import OpStats, Stats
+from .encoding import FixedPoint
+from .errors import (
+    DealerError,
+    EncodingOverflowError,
+    PartyTimeoutError,
+    ProtocolDesyncError,
+    SecretBranchError,
+    SessionClosedError,
+    SessionMismatchError,
+    ShapeError,
+    SmpcError,
+    UnsupportedModuleError,
+)
+from .functional import cat, stack, where
+from .session import Session, Truncation
+from .tensor import SharedTensor
+
+__all__ = [
+    "Session",
+    "SharedTensor",
+    "FixedPoint",
+    "Truncation",
+    "Stats",
+    "OpStats",
+    "functional",
+    "cat",
+    "stack",
+    "where",
+    "run",
+    "SmpcError",
+    "EncodingOverflowError",
+    "ShapeError",
+    "SessionMismatchError",
+    "SessionClosedError",
+    "ProtocolDesyncError",
+    "PartyTimeoutError",
+    "DealerError",
+    "SecretBranchError",
+    "UnsupportedModuleError",
+]
+
+__version__ = "0.1.0"
+
+
+def run(program: Any, parties: Any = 2, **kwargs: Any) -> Any:
+    """Run ``program(sess)`` in one OS process per party (see :func:`smpc.launch.run`)."""
+    from .launch import run as _run
+
+    return _run(program, parties=parties, **kwargs)

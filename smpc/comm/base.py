@@ -1,0 +1,75 @@
+"""The Communicator interface that protocols use (runtime layer).
+
+A protocol is written once, SPMD style: "my share" in, "my share" out. A share
+is a ``torch.int64`` tensor. In the in-process simulation one tensor holds the
+shares of *every* party along a leading party axis (``party_axis = True``), so
+one torch op does all parties' local work; in the distributed runtime it is
+this party's share only. Protocols stay agnostic by using negative dims for
+data axes and the helpers of :mod:`smpc.sharing` for party-dependent steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import torch
+
+from .stats import Stats
+
+__all__ = ["Communicator"]
+
+
+class Communicator(Protocol):
+    """What a protocol may ask of the runtime.
+
+    Attributes:
+        world_size: number of computing parties (the dealer is not counted).
+        rank: this party's index, or ``None`` when this object runs all parties.
+        party_axis: whether shares carry a leading axis of size ``world_size``.
+        stats: rounds and bytes, per op label.
+        timeout: seconds to wait for a peer before raising ``PartyTimeoutError``.
+    """
+
+    world_size: int
+    rank: int | None
+    party_axis: bool
+    stats: Stats
+    timeout: float
+
+    def open(self, shares: Sequence[torch.Tensor], label: str) -> list[torch.Tensor]:
+        """Reconstruct several shared values to every party in one round.
+
+        Cost: 1 round; each party sends each share to each of the other
+        ``world_size - 1`` parties.
+        """
+        ...
+
+    def reveal_to(self, share: torch.Tensor, dst: int, label: str) -> torch.Tensor | None:
+        """Reconstruct to party ``dst`` only (others get ``None``). 1 round."""
+        ...
+
+    def share_from(
+        self, shares: torch.Tensor | None, src: int, shape: tuple[int, ...] | None, label: str
+    ) -> torch.Tensor:
+        """Distribute input shares from party ``src``.
+
+        In simulation ``shares`` holds every party's share (leading axis). In a
+        distributed run, party ``src`` passes the stacked shares (it keeps row
+        ``src`` and sends row ``j`` to party ``j``); the other parties pass ``None``
+        and receive their row. ``shape`` is the data shape if known, else it is sent.
+        Cost: 1 round, ``world_size - 1`` shares sent by ``src``.
+        """
+        ...
+
+    def broadcast_object(self, obj: object, src: int, label: str) -> object:
+        """Send a small Python object from ``src`` to all (not counted as payload)."""
+        ...
+
+    def barrier(self) -> None:
+        """Wait for every party."""
+        ...
+
+    def close(self) -> None:
+        """Release the runtime's resources."""
+        ...

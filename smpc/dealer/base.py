@@ -1,0 +1,168 @@
+"""The crypto provider interface and its request types (runtime layer).
+
+A request is a frozen dataclass that lists the correlated values it needs as
+*components*. A ``RANDOM`` component is a fresh uniform value whose every share
+comes from the owning party's random stream. A ``DERIVED`` component is a
+function of the random ones (e.g. ``c = a * b``): parties ``0..n-2`` expand their
+share from their stream and only the last party receives an explicit
+*correction* share ``value - sum(others)``. ``*_XOR`` kinds are the same with
+XOR sharing (bit-packed binary shares). This one description drives both the
+in-process dealer and the distributed provider, which sends each party a short
+seed once and afterwards only the correction shares (the CrypTen TTP idea).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+import torch
+
+from .. import ring
+
+__all__ = [
+    "Kind",
+    "Component",
+    "Request",
+    "Dealer",
+    "MulTriple",
+    "SquarePair",
+    "BilinearTriple",
+    "TruncPair",
+]
+
+
+class Kind(StrEnum):
+    """How a component is shared and produced."""
+
+    RANDOM = "random"
+    DERIVED = "derived"
+    RANDOM_XOR = "random_xor"
+    DERIVED_XOR = "derived_xor"
+
+    @property
+    def derived(self) -> bool:
+        return self in (Kind.DERIVED, Kind.DERIVED_XOR)
+
+    @property
+    def xor(self) -> bool:
+        return self in (Kind.RANDOM_XOR, Kind.DERIVED_XOR)
+
+
+@dataclass(frozen=True, slots=True)
+class Component:
+    """One correlated value of a request."""
+
+    name: str
+    kind: Kind
+    shape: tuple[int, ...]
+
+
+class Request(Protocol):
+    """A description of correlated randomness (hashable, serialisable)."""
+
+    def components(self) -> tuple[Component, ...]:
+        """Random components first, in a fixed order, then derived ones."""
+        ...
+
+    def derive(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Plain derived values from the plain random ones."""
+        ...
+
+
+class Dealer(Protocol):
+    """Hands this runtime its shares of a request's components.
+
+    In simulation every share comes stacked on the party axis; in a distributed
+    run, this party's share only.
+    """
+
+    def request(self, req: Request) -> dict[str, torch.Tensor]:
+        """Return this runtime's shares, by component name."""
+        ...
+
+    def close(self) -> None:
+        """Release resources."""
+        ...
+
+
+def _shape(s: torch.Size | tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(int(v) for v in s)
+
+
+@dataclass(frozen=True, slots=True)
+class MulTriple:
+    """Beaver triple ``c = a * b`` (elementwise, broadcasting like torch)."""
+
+    shape_a: tuple[int, ...]
+    shape_b: tuple[int, ...]
+
+    def components(self) -> tuple[Component, ...]:
+        out = _shape(torch.broadcast_shapes(self.shape_a, self.shape_b))
+        return (
+            Component("a", Kind.RANDOM, self.shape_a),
+            Component("b", Kind.RANDOM, self.shape_b),
+            Component("c", Kind.DERIVED, out),
+        )
+
+    def derive(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"c": values["a"] * values["b"]}
+
+
+@dataclass(frozen=True, slots=True)
+class SquarePair:
+    """Square pair ``c = a * a``."""
+
+    shape: tuple[int, ...]
+
+    def components(self) -> tuple[Component, ...]:
+        return (Component("a", Kind.RANDOM, self.shape), Component("c", Kind.DERIVED, self.shape))
+
+    def derive(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"c": values["a"] * values["a"]}
+
+
+@dataclass(frozen=True, slots=True)
+class BilinearTriple:
+    """Beaver triple for a bilinear op: ``c = op(a, b)`` (matmul, conv2d)."""
+
+    op: ring.BilinearOp
+    shape_a: tuple[int, ...]
+    shape_b: tuple[int, ...]
+
+    def components(self) -> tuple[Component, ...]:
+        out = _shape(self.op.out_shape(torch.Size(self.shape_a), torch.Size(self.shape_b)))
+        return (
+            Component("a", Kind.RANDOM, self.shape_a),
+            Component("b", Kind.RANDOM, self.shape_b),
+            Component("c", Kind.DERIVED, out),
+        )
+
+    def derive(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"c": self.op(values["a"], values["b"])}
+
+
+@dataclass(frozen=True, slots=True)
+class TruncPair:
+    """Material to truncate by ``frac_bits``: ``r`` uniform, ``r_hi = (r mod 2^63) >> f``,
+    ``s = msb(r) * 2^(63 - f)``.
+    """
+
+    shape: tuple[int, ...]
+    frac_bits: int
+
+    def components(self) -> tuple[Component, ...]:
+        return (
+            Component("r", Kind.RANDOM, self.shape),
+            Component("r_hi", Kind.DERIVED, self.shape),
+            Component("s", Kind.DERIVED, self.shape),
+        )
+
+    def derive(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        r = values["r"]
+        f = self.frac_bits
+        low63 = r & ((1 << 63) - 1)
+        msb = (r >> 63) & 1
+        return {"r_hi": low63 >> f, "s": msb << (63 - f)}

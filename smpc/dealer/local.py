@@ -1,0 +1,79 @@
+"""In-process crypto provider for the simulation runtime (runtime layer).
+
+Generates every party's shares of a request at once, stacked on the party
+axis, from one CSPRNG stream: one AES call per request, written straight into
+the output buffer. It counts, in the session's stats, the bytes the
+distributed provider would send for the same request (the correction shares).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..comm.stats import Stats
+from ..prg import AesPrg
+from .base import Kind, Request
+
+__all__ = ["LocalDealer", "generate_stacked"]
+
+
+def _xor_reduce(t: torch.Tensor) -> torch.Tensor:
+    out = t[0].clone()
+    for i in range(1, t.shape[0]):
+        out ^= t[i]
+    return out
+
+
+def generate_stacked(req: Request, world_size: int, prg: AesPrg) -> dict[str, torch.Tensor]:
+    """All parties' shares of ``req``'s components, shape ``(world_size, *shape)`` each."""
+    n = world_size
+    comps = req.components()
+    sizes = [math.prod(c.shape) for c in comps]
+    total = n * sum(sizes)
+    # One keystream call covers every random row; derived last rows are overwritten.
+    buf = prg.random_int64(total)
+    out: dict[str, torch.Tensor] = {}
+    plain: dict[str, torch.Tensor] = {}
+    offset = 0
+    for comp, size in zip(comps, sizes):
+        stacked = buf[offset : offset + n * size].view(n, *comp.shape)
+        offset += n * size
+        out[comp.name] = stacked
+        if not comp.kind.derived:
+            plain[comp.name] = _xor_reduce(stacked) if comp.kind.xor else stacked.sum(0)
+    derived = req.derive(plain)
+    for comp in comps:
+        if comp.kind.derived:
+            stacked = out[comp.name]
+            value = derived[comp.name]
+            if comp.kind.xor:
+                stacked[-1] = value ^ (_xor_reduce(stacked[:-1]) if n > 2 else stacked[0])
+            else:
+                stacked[-1] = value - (stacked[:-1].sum(0) if n > 2 else stacked[0])
+    return out
+
+
+class LocalDealer:
+    """Trusted dealer simulated in process.
+
+    Args:
+        world_size: number of computing parties.
+        stats: the session's counters (dealer bytes are added there).
+        key: AES key (``None``: from ``os.urandom``; a seeded key only for tests).
+    """
+
+    def __init__(self, world_size: int, stats: Stats, *, key: bytes | None = None) -> None:
+        self.world_size = world_size
+        self._stats = stats
+        self._prg = AesPrg(key)
+
+    def request(self, req: Request) -> dict[str, torch.Tensor]:
+        out = generate_stacked(req, self.world_size, self._prg)
+        corr = sum(math.prod(c.shape) * 8 for c in req.components() if c.kind.derived)
+        self._stats.record_dealer(corr)
+        return out
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,94 @@
+"""Fixed-point encoding of real numbers into Z_2^64 (bottom layer: pure, local).
+
+A real ``v`` is stored as the ring element ``round(v * 2^f)``, read as a signed
+64-bit integer; ``f = frac_bits``. The documented range of *inputs* is
+``|v| < 2^(31 - f)... `` see :attr:`FixedPoint.max_value`: it leaves room so that
+the product of two in-range values (scale 2^(2f)) stays below 2^62, the bound
+under which truncation is exact to one unit in the last place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .errors import EncodingOverflowError
+
+__all__ = ["FixedPoint"]
+
+
+@dataclass(frozen=True, slots=True)
+class FixedPoint:
+    """Fixed-point format with ``frac_bits`` fractional bits in a 64-bit ring.
+
+    Attributes:
+        frac_bits: number of fractional bits f (0 <= f <= 30). Resolution 2^-f.
+    """
+
+    frac_bits: int = 16
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.frac_bits, int) or not 0 <= self.frac_bits <= 30:
+            raise ValueError(f"`frac_bits` must be an int in [0, 30]; got {self.frac_bits!r}")
+
+    @property
+    def scale(self) -> int:
+        """2^frac_bits."""
+        return 1 << self.frac_bits
+
+    @property
+    def resolution(self) -> float:
+        """One unit in the last place: 2^-frac_bits."""
+        return 1.0 / self.scale
+
+    @property
+    def max_value(self) -> float:
+        """Largest magnitude accepted by :meth:`encode`: 2^(31 - f) (2^15 = 32768 for f=16).
+
+        Products of two such values are below 2^62 at scale 2^(2f), which keeps
+        truncation exact within one ulp. Sums may grow beyond it (up to 2^(62-2f)... the
+        ring holds 2^(63-f)); multiplying such grown values is the caller's risk.
+        """
+        return float(1 << (31 - self.frac_bits))
+
+    def encode(self, value: torch.Tensor | float | int, *, name: str = "value") -> torch.Tensor:
+        """Encode reals (or ints) into int64 ring elements.
+
+        Raises:
+            EncodingOverflowError: if any element is NaN/inf or ``|v| > max_value``.
+        """
+        t = torch.as_tensor(value)
+        if t.is_complex():
+            raise TypeError(f"`{name}` must be real; got dtype {t.dtype}")
+        if t.dtype == torch.bool:
+            t = t.to(torch.int64)
+        if t.is_floating_point():
+            finite = torch.isfinite(t)
+            if not bool(finite.all()):
+                bad = t[~finite].flatten()[0].item()
+                raise EncodingOverflowError(
+                    f"`{name}` must be finite; got {bad} at "
+                    f"{int((~finite).flatten().nonzero()[0])} (flat index)"
+                )
+            t64 = t.to(torch.float64)
+            if t64.numel() and float(t64.abs().max()) > self.max_value:
+                raise EncodingOverflowError(
+                    f"`{name}` must satisfy |v| <= {self.max_value:g} for frac_bits="
+                    f"{self.frac_bits}; got {float(t64.abs().max()):g}"
+                )
+            return torch.round(t64 * self.scale).to(torch.int64)
+        t = t.to(torch.int64)
+        if t.numel() and int(t.abs().max()) > self.max_value:
+            raise EncodingOverflowError(
+                f"`{name}` must satisfy |v| <= {self.max_value:g} for frac_bits="
+                f"{self.frac_bits}; got {int(t.abs().max())}"
+            )
+        return t * self.scale
+
+    def decode(self, ring_value: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Decode int64 ring elements into floats (signed interpretation)."""
+        # Split into high and low parts so float64 keeps every bit of precision.
+        high = (ring_value >> self.frac_bits).to(torch.float64)
+        low = (ring_value & (self.scale - 1)).to(torch.float64) / self.scale
+        return (high + low).to(dtype)

@@ -1,0 +1,60 @@
+"""Typed errors of the smpc package (bottom layer, imported by every other module).
+
+Every public entry point validates its inputs and raises one of these, with a
+message that names the argument, what was expected and what was received.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "SmpcError",
+    "EncodingOverflowError",
+    "ShapeError",
+    "SessionMismatchError",
+    "SessionClosedError",
+    "ProtocolDesyncError",
+    "PartyTimeoutError",
+    "DealerError",
+    "SecretBranchError",
+    "UnsupportedModuleError",
+]
+
+
+class SmpcError(Exception):
+    """Base class of every error raised by smpc."""
+
+
+class EncodingOverflowError(SmpcError, ValueError):
+    """A value is NaN/inf or outside the representable fixed-point range."""
+
+
+class ShapeError(SmpcError, ValueError):
+    """Operand shapes do not fit the operation."""
+
+
+class SessionMismatchError(SmpcError, ValueError):
+    """Shared tensors of two different sessions were combined."""
+
+
+class SessionClosedError(SmpcError, RuntimeError):
+    """The session was closed; its shares can no longer be used."""
+
+
+class ProtocolDesyncError(SmpcError, RuntimeError):
+    """Parties disagree on the message sequence (tag mismatch)."""
+
+
+class PartyTimeoutError(SmpcError, TimeoutError):
+    """A peer died or did not answer within the session timeout."""
+
+
+class DealerError(SmpcError, RuntimeError):
+    """The crypto provider failed or was asked for something it cannot give."""
+
+
+class SecretBranchError(SmpcError, TypeError):
+    """A shared value was used where Python needs a plain bool."""
+
+
+class UnsupportedModuleError(SmpcError, TypeError):
+    """A torch module contains layers that cannot be encrypted."""

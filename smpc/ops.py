@@ -1,0 +1,328 @@
+"""Encoding-aware kernels on SharedTensor: linear ops, products, rescaling (tensor layer).
+
+Every value is fixed point with the session's ``frac_bits``. A product of two
+encoded values has scale 2^(2f) and is truncated back with the session's
+truncation protocol. Kernels here are *not* differentiable; :mod:`smpc.functional`
+wraps them for autograd. Public operands are encoded and range-checked here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from . import ring
+from .errors import SessionMismatchError, ShapeError
+from .protocols import beaver, truncation
+from .session import Session, Truncation
+from .sharing import add_public, lead
+from .tensor import SharedTensor
+
+__all__ = [
+    "Public",
+    "rescale",
+    "add",
+    "sub",
+    "neg",
+    "mul",
+    "square",
+    "matmul",
+    "conv2d",
+    "sum",
+    "mean",
+    "cat",
+    "stack",
+    "is_public_int",
+]
+
+Public = torch.Tensor | float | int
+
+
+def _session(*xs: object) -> Session:
+    sess: Session | None = None
+    for x in xs:
+        if isinstance(x, SharedTensor):
+            if sess is None:
+                sess = x.session
+            elif x.session is not sess:
+                raise SessionMismatchError(
+                    "shared tensors belong to different sessions; share both inputs in one Session"
+                )
+    assert sess is not None
+    sess.check_open()
+    return sess
+
+
+def is_public_int(y: object) -> bool:
+    """Whether ``y`` is a public integer (no rescaling needed to multiply by it)."""
+    if isinstance(y, bool):
+        return True
+    if isinstance(y, int):
+        return True
+    return isinstance(y, torch.Tensor) and not y.is_floating_point() and not y.is_complex()
+
+
+def _public_tensor(y: Public) -> torch.Tensor:
+    if isinstance(y, SharedTensor):
+        raise TypeError("expected a public value")
+    t = y if isinstance(y, torch.Tensor) else torch.as_tensor(y)
+    return t.detach().cpu()
+
+
+def _encode_public(sess: Session, y: Public, name: str = "other") -> torch.Tensor:
+    return sess.encoding.encode(_public_tensor(y), name=name)
+
+
+def _aligned(sess: Session, x: SharedTensor, ndim: int) -> torch.Tensor:
+    """x's share with singleton data dims prepended up to ``ndim`` data dims."""
+    s = x.share
+    extra = ndim - x.dim()
+    if extra <= 0:
+        return s
+    lead_shape = s.shape[: lead(sess.comm)]
+    return s.reshape(*lead_shape, *([1] * extra), *x.shape)
+
+
+def _check_broadcast(a: torch.Size, b: torch.Size, op: str) -> torch.Size:
+    try:
+        return torch.broadcast_shapes(a, b)
+    except RuntimeError as err:
+        raise ShapeError(
+            f"{op}: shapes {tuple(a)} and {tuple(b)} are not broadcastable"
+        ) from err
+
+
+def rescale(sess: Session, share: torch.Tensor) -> torch.Tensor:
+    """Truncate a product share from scale 2^(2f) back to 2^f (session's protocol)."""
+    f = sess.encoding.frac_bits
+    if f == 0:
+        return share
+    if sess.truncation is Truncation.LOCAL:
+        return truncation.trunc_local(sess.comm, share, f)
+    return truncation.trunc(sess.comm, sess.dealer, share, f)
+
+
+def _wrap(sess: Session, share: torch.Tensor) -> SharedTensor:
+    return SharedTensor(share, sess)
+
+
+def add(x: SharedTensor | Public, y: SharedTensor | Public) -> SharedTensor:
+    """``x + y`` (at least one shared). Cost: local."""
+    if not isinstance(x, SharedTensor):
+        x, y = y, x
+    assert isinstance(x, SharedTensor)
+    sess = _session(x, y)
+    if isinstance(y, SharedTensor):
+        shape = _check_broadcast(x.shape, y.shape, "add")
+        nd = len(shape)
+        return _wrap(sess, _aligned(sess, x, nd) + _aligned(sess, y, nd))
+    pub = _encode_public(sess, y)
+    shape = _check_broadcast(x.shape, pub.shape, "add")
+    return _wrap(sess, add_public(sess.comm, _aligned(sess, x, len(shape)), pub))
+
+
+def neg(x: SharedTensor) -> SharedTensor:
+    """``-x``. Cost: local."""
+    return _wrap(_session(x), -x.share)
+
+
+def sub(x: SharedTensor | Public, y: SharedTensor | Public) -> SharedTensor:
+    """``x - y`` (at least one shared). Cost: local."""
+    if isinstance(y, SharedTensor):
+        return add(x, neg(y))
+    if isinstance(x, SharedTensor):
+        return add(x, -_public_tensor(y))
+    raise TypeError("sub: at least one operand must be a SharedTensor")
+
+
+def mul(x: SharedTensor | Public, y: SharedTensor | Public) -> SharedTensor:
+    """Elementwise ``x * y`` with broadcasting.
+
+    Shared × shared: Beaver product (1 round) then truncation (1 round).
+    Shared × public float: local product then truncation (1 round).
+    Shared × public int: local, no rounds.
+    """
+    if not isinstance(x, SharedTensor):
+        x, y = y, x
+    assert isinstance(x, SharedTensor)
+    sess = _session(x, y)
+    if isinstance(y, SharedTensor):
+        shape = _check_broadcast(x.shape, y.shape, "mul")
+        nd = len(shape)
+        z = beaver.mul(sess.comm, sess.dealer, _aligned(sess, x, nd), _aligned(sess, y, nd))
+        return _wrap(sess, rescale(sess, z))
+    if is_public_int(y):
+        pub = _public_tensor(y).to(torch.int64)
+        shape = _check_broadcast(x.shape, pub.shape, "mul")
+        return _wrap(sess, _aligned(sess, x, len(shape)) * pub)
+    pub = _encode_public(sess, y)
+    shape = _check_broadcast(x.shape, pub.shape, "mul")
+    return _wrap(sess, rescale(sess, _aligned(sess, x, len(shape)) * pub))
+
+
+def square(x: SharedTensor) -> SharedTensor:
+    """``x * x`` with a square pair (1 round, one element sent) then truncation."""
+    sess = _session(x)
+    return _wrap(sess, rescale(sess, beaver.square(sess.comm, sess.dealer, x.share)))
+
+
+def _mm_operand(sess: Session, t: SharedTensor | torch.Tensor, nd: int) -> torch.Tensor:
+    if isinstance(t, SharedTensor):
+        return _aligned(sess, t, nd)
+    extra = nd - t.dim()
+    return t.reshape(*([1] * extra), *t.shape) if extra > 0 else t
+
+
+def matmul(x: SharedTensor | Public, y: SharedTensor | Public) -> SharedTensor:
+    """``x @ y`` with torch's semantics (1-D operands, batch broadcasting).
+
+    Shared @ shared: Beaver matrix triple (1 round) then truncation (1 round).
+    With one public operand: local ring matmul then truncation.
+    """
+    sess = _session(x, y)
+    xt = x if isinstance(x, SharedTensor) else _encode_public(sess, x, "input")
+    yt = y if isinstance(y, SharedTensor) else _encode_public(sess, y, "other")
+    xshape, yshape = tuple(xt.shape), tuple(yt.shape)
+    if len(xshape) == 0 or len(yshape) == 0:
+        raise ShapeError(f"matmul: both operands need >= 1 dim; got {xshape} @ {yshape}")
+    k_x = xshape[-1]
+    k_y = yshape[-2] if len(yshape) > 1 else yshape[0]
+    if k_x != k_y:
+        raise ShapeError(
+            f"matmul: inner dimensions must match; got {xshape} @ {yshape} ({k_x} != {k_y})"
+        )
+    try:
+        out_shape = torch.matmul(
+            torch.empty(xshape, device="meta"), torch.empty(yshape, device="meta")
+        ).shape
+    except RuntimeError as err:
+        raise ShapeError(f"matmul: shapes {xshape} and {yshape} do not broadcast") from err
+    # Promote 1-D operands to matrices as torch does, and align batch dims.
+    x2 = xt.unsqueeze(0) if len(xshape) == 1 else xt
+    y2 = yt.unsqueeze(-1) if len(yshape) == 1 else yt
+    nd = max(x2.dim(), y2.dim())
+    xs = _mm_operand(sess, x2, nd)
+    ys = _mm_operand(sess, y2, nd)
+    if isinstance(x2, SharedTensor) and isinstance(y2, SharedTensor):
+        z = beaver.matmul(sess.comm, sess.dealer, xs, ys)
+    else:
+        z = ring.matmul(xs, ys)
+    z = rescale(sess, z)
+    return _wrap(sess, z.reshape(*z.shape[: lead(sess.comm)], *out_shape))
+
+
+def _pair(v: int | Sequence[int], name: str) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    t = tuple(int(i) for i in v)
+    if len(t) != 2:
+        raise ValueError(f"`{name}` must be an int or a pair; got {v!r}")
+    return (t[0], t[1])
+
+
+def conv2d(
+    input: SharedTensor | torch.Tensor,
+    weight: SharedTensor | torch.Tensor,
+    bias: SharedTensor | torch.Tensor | None = None,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+) -> SharedTensor:
+    """2-D convolution, argument names as ``torch.nn.functional.conv2d``.
+
+    Shared input and weight: Beaver convolution triple (1 round) then truncation.
+    One public operand: local ring convolution then truncation.
+    """
+    sess = _session(input, weight, bias)
+    st, pd, dl = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
+    op = ring.Conv2dOp(stride=st, padding=pd, dilation=dl, groups=groups)
+    xin = input if isinstance(input, SharedTensor) else _encode_public(sess, input, "input")
+    w = weight if isinstance(weight, SharedTensor) else _encode_public(sess, weight, "weight")
+    squeeze = False
+    if xin.dim() == 3:
+        squeeze = True
+        xin = xin.unsqueeze(0)
+    if xin.dim() != 4 or w.dim() != 4:
+        raise ShapeError(
+            f"conv2d: expected input (N,C,H,W) and weight (O,C/groups,kh,kw); "
+            f"got {tuple(xin.shape)} and {tuple(w.shape)}"
+        )
+    if xin.shape[1] != w.shape[1] * groups:
+        raise ShapeError(
+            f"conv2d: input has {xin.shape[1]} channels but weight expects "
+            f"{w.shape[1] * groups} (weight {tuple(w.shape)}, groups={groups})"
+        )
+    try:
+        op.out_shape(torch.Size(xin.shape), torch.Size(w.shape))
+    except RuntimeError as err:
+        raise ShapeError(f"conv2d: {err}") from err
+    if isinstance(xin, SharedTensor) and isinstance(w, SharedTensor):
+        z = beaver.bilinear(sess.comm, sess.dealer, op, xin.share, w.share)
+    elif isinstance(xin, SharedTensor):
+        assert isinstance(w, torch.Tensor)
+        z = beaver._apply(sess.comm, op, xin.share, w, share_left=True)
+    else:
+        assert isinstance(w, SharedTensor)
+        z = beaver._apply(sess.comm, op, xin, w.share, share_left=False)
+    out = _wrap(sess, rescale(sess, z))
+    if bias is not None:
+        b = bias.reshape(-1, 1, 1) if isinstance(bias, SharedTensor) else bias.reshape(-1, 1, 1)
+        out = add(out, b)
+    if squeeze:
+        out = out.squeeze(0)
+    return out
+
+
+def sum(x: SharedTensor, dim: int | Sequence[int] | None = None, keepdim: bool = False) -> SharedTensor:
+    """Sum over ``dim`` (all elements when ``None``). Cost: local."""
+    sess = _session(x)
+    ld = lead(sess.comm)
+    if dim is None:
+        s = x.share.reshape(*x.share.shape[:ld], -1).sum(-1)
+        if keepdim:
+            s = s.reshape(*s.shape, *([1] * x.dim()))
+        return _wrap(sess, s)
+    dims = (dim,) if isinstance(dim, int) else tuple(dim)
+    mapped = tuple(x._dim(d) for d in dims)
+    return _wrap(sess, x.share.sum(dim=mapped, keepdim=keepdim))
+
+
+def mean(x: SharedTensor, dim: int | Sequence[int] | None = None, keepdim: bool = False) -> SharedTensor:
+    """Mean over ``dim``: a local sum then one public-float product (1 truncation round)."""
+    s = sum(x, dim, keepdim)
+    count = x.numel() // max(s.numel(), 1)
+    if count == 1:
+        return s
+    return mul(s, 1.0 / count)
+
+
+def cat(tensors: Sequence[SharedTensor], dim: int = 0) -> SharedTensor:
+    """Concatenate shared tensors along ``dim`` (like ``torch.cat``). Cost: local."""
+    if not tensors:
+        raise ValueError("`tensors` must not be empty")
+    sess = _session(*tensors)
+    for t in tensors:
+        if not isinstance(t, SharedTensor):
+            raise TypeError(f"`tensors` must all be SharedTensor; got {type(t).__name__}")
+    d = tensors[0]._dim(dim)
+    try:
+        return _wrap(sess, torch.cat([t.share for t in tensors], dim=d))
+    except RuntimeError as err:
+        raise ShapeError(f"cat: {err}") from err
+
+
+def stack(tensors: Sequence[SharedTensor], dim: int = 0) -> SharedTensor:
+    """Stack shared tensors along a new ``dim`` (like ``torch.stack``). Cost: local."""
+    if not tensors:
+        raise ValueError("`tensors` must not be empty")
+    sess = _session(*tensors)
+    nd = tensors[0].dim() + 1
+    if not -nd <= dim < nd:
+        raise IndexError(f"`dim` must be in [{-nd}, {nd}); got {dim}")
+    d = dim % nd + lead(sess.comm)
+    try:
+        return _wrap(sess, torch.stack([t.share for t in tensors], dim=d))
+    except RuntimeError as err:
+        raise ShapeError(f"stack: {err}") from err

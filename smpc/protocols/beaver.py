@@ -1,0 +1,120 @@
+"""Multiplication of shared values with Beaver triples (protocol layer).
+
+Exact modulo 2^64: these protocols know nothing of fixed point; the tensor
+layer truncates afterwards.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import ring
+from ..comm.base import Communicator
+from ..dealer.base import BilinearTriple, Dealer, MulTriple, SquarePair
+from ..sharing import add_public, data_shape
+
+__all__ = ["mul", "square", "bilinear", "matmul", "conv2d"]
+
+
+def _shape(comm: Communicator, share: torch.Tensor) -> tuple[int, ...]:
+    return tuple(data_shape(comm, share))
+
+
+def mul(comm: Communicator, dealer: Dealer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Shares of ``x * y`` (elementwise, broadcasting) from shares of ``x`` and ``y``.
+
+    Protocol (Beaver, CRYPTO'91):
+        1. The dealer gives ``[a], [b], [c]`` with ``c = a * b``.
+        2. Open ``e = x - a`` and ``f = y - b`` (one batched opening).
+        3. ``[z] = [c] + e * [b] + f * [a] + e * f`` (the public term added by party 0).
+
+    Cost: 1 round; each party sends ``numel(x) + numel(y)`` ring elements to each
+    other party (two per element for same-shaped operands and two parties).
+    Dealer: one triple; a single correction share ``c`` travels.
+
+    Security: semi-honest; ``e`` and ``f`` are uniform because ``a`` and ``b`` are;
+    the dealer must not collude with any party.
+    """
+    t = dealer.request(MulTriple(_shape(comm, x), _shape(comm, y)))
+    e, f = comm.open([x - t["a"], y - t["b"]], "mul")
+    z = t["c"] + e * t["b"]
+    z += t["a"] * f
+    return add_public(comm, z, e * f)
+
+
+def square(comm: Communicator, dealer: Dealer, x: torch.Tensor) -> torch.Tensor:
+    """Shares of ``x * x``.
+
+    Protocol: dealer gives ``[a], [a^2]``; open ``e = x - a``;
+    ``[x^2] = [a^2] + 2 e [a] + e^2``.
+
+    Cost: 1 round; one ring element per element sent to each other party.
+    Security: as :func:`mul`.
+    """
+    t = dealer.request(SquarePair(_shape(comm, x)))
+    (e,) = comm.open([x - t["a"]], "square")
+    z = t["c"] + (2 * e) * t["a"]
+    return add_public(comm, z, e * e)
+
+
+def bilinear(
+    comm: Communicator, dealer: Dealer, op: ring.BilinearOp, x: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
+    """Shares of ``op(x, y)`` for a bilinear ``op`` (matmul, conv2d).
+
+    Protocol (Beaver triples for matrices, as in SecureML, S&P'17):
+        1. The dealer gives ``[a], [b], [c]`` with ``c = op(a, b)``.
+        2. Open ``e = x - a``, ``f = y - b``.
+        3. ``[z] = [c] + op(e, [b] + f·δ0) + op([a], f)`` where δ0 marks party 0
+           (so that party 0 alone adds ``op(e, f)``; two ring products per party).
+
+    Cost: 1 round; ``numel(x) + numel(y)`` ring elements sent to each other party.
+    Dealer: one triple, a single correction share ``c`` travels.
+    Security: semi-honest, non-colluding dealer.
+    """
+    t = dealer.request(BilinearTriple(op, _shape(comm, x), _shape(comm, y)))
+    e, f = comm.open([x - t["a"], y - t["b"]], type(op).__name__.removesuffix("Op").lower())
+    b_plus = add_public(comm, t["b"], f)
+    z = t["c"] + _apply(comm, op, e, b_plus, share_left=False)
+    z += _apply(comm, op, t["a"], f, share_left=True)
+    return z
+
+
+def _apply(
+    comm: Communicator, op: ring.BilinearOp, x: torch.Tensor, y: torch.Tensor, *, share_left: bool
+) -> torch.Tensor:
+    """``op`` between a share (with a possible party axis) and a public tensor."""
+    if isinstance(op, ring.MatmulOp) or not comm.party_axis:
+        return op(x, y)
+    # conv2d: fold the party axis into the batch (share on the left) or output channels.
+    n = comm.world_size
+    if share_left:
+        out = op(x.reshape(-1, *x.shape[2:]), y)
+        return out.reshape(n, -1, *out.shape[1:])
+    w = y  # (n, O, C/g, kh, kw)
+    o = w.shape[1]
+    if op.groups == 1:
+        out = op(x, w.reshape(n * o, *w.shape[2:]))  # (N, n*O, H, W)
+        return out.reshape(out.shape[0], n, o, *out.shape[2:]).transpose(0, 1).contiguous()
+    return torch.stack([op(x, w[i]) for i in range(n)])
+
+
+def matmul(comm: Communicator, dealer: Dealer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Shares of ``x @ y``: :func:`bilinear` with matmul (all batch shapes torch allows)."""
+    return bilinear(comm, dealer, ring.MatmulOp(), x, y)
+
+
+def conv2d(
+    comm: Communicator,
+    dealer: Dealer,
+    x: torch.Tensor,
+    w: torch.Tensor,
+    *,
+    stride: tuple[int, int] = (1, 1),
+    padding: tuple[int, int] = (0, 0),
+    dilation: tuple[int, int] = (1, 1),
+    groups: int = 1,
+) -> torch.Tensor:
+    """Shares of ``conv2d(x, w)``: :func:`bilinear` with a convolution."""
+    op = ring.Conv2dOp(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    return bilinear(comm, dealer, op, x, w)

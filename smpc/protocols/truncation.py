@@ -1,0 +1,75 @@
+"""Fixed-point truncation of shared values (protocol layer).
+
+Divides a shared value by 2^f after a fixed-point product, for any number of
+parties, in one round, with an error of at most one unit in the last place and
+never a large error for inputs inside the documented range.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..comm.base import Communicator
+from ..dealer.base import Dealer, TruncPair
+from ..sharing import add_public, data_shape
+
+__all__ = ["trunc", "trunc_local", "TRUNC_BOUND_BITS"]
+
+# |x| < 2^62 is required: x + 2^62 must have a zero most significant bit.
+TRUNC_BOUND_BITS = 62
+_LOW63 = (1 << 63) - 1
+
+
+def trunc(comm: Communicator, dealer: Dealer, x: torch.Tensor, frac_bits: int) -> torch.Tensor:
+    """Shares of ``floor(x / 2^f)`` or ``floor(x / 2^f) - 1``, for signed ``|x| < 2^62``.
+
+    Protocol (probabilistic truncation with a known-zero MSB, after Escudero,
+    Ghosh, Keller, Rachuri, Scholl, "Improved primitives for MPC over mixed
+    arithmetic-binary circuits", CRYPTO 2020 [EGKRS20]):
+        1. Shift to non-negative: ``x' = x + 2^62`` (party 0), so ``msb(x') = 0``.
+        2. The dealer gives ``[r]`` (uniform), ``[r_hi] = [(r mod 2^63) >> f]`` and
+           ``[s] = [msb(r) * 2^(63-f)]``.
+        3. Open ``c = x' + r`` (uniform, so ``x'`` stays hidden).
+        4. Since ``msb(x') = 0``, the carry into bit 63 is ``msb(c) XOR msb(r)``, so
+           ``x' >> f = (c mod 2^63) >> f - r_hi + 2^(63-f) (msb(c) XOR msb(r)) - borrow``
+           with ``borrow in {0, 1}`` from the low f bits. XOR with the public
+           ``msb(c)`` is linear: ``[s] (1 - 2 msb(c)) + msb(c) 2^(63-f)``.
+        5. Subtract ``2^(62-f)`` (party 0).
+
+    Cost: 1 round, one ring element per element sent to each other party.
+    Dealer: ``r`` from seeds, two correction shares (``r_hi``, ``s``).
+    Error: result is ``floor(x/2^f) - borrow``, i.e. at most one ulp below the
+    exact quotient; no wrap-around error while ``|x| < 2^62``.
+
+    Security: semi-honest; ``c`` is uniform given ``x``; non-colluding dealer.
+    """
+    f = frac_bits
+    t = dealer.request(TruncPair(tuple(data_shape(comm, x)), f))
+    (c,) = comm.open([add_public(comm, x + t["r"], 1 << TRUNC_BOUND_BITS)], "trunc")
+    c_msb = (c >> 63) & 1
+    c_low = c & _LOW63
+    public = (c_low >> f) + (c_msb << (63 - f)) - (1 << (TRUNC_BOUND_BITS - f))
+    z = t["s"] * (1 - 2 * c_msb)
+    z -= t["r_hi"]
+    return add_public(comm, z, public)
+
+
+def trunc_local(comm: Communicator, x: torch.Tensor, frac_bits: int) -> torch.Tensor:
+    """SecureML local truncation for two parties (opt-in; may fail).
+
+    Protocol (Mohassel-Zhang, S&P'17): party 0 computes ``x_0 >> f``, party 1
+    computes ``-((-x_1) >> f)``. No communication.
+
+    Cost: 0 rounds. Error: at most one ulp, *except* with probability about
+    ``|x| / 2^63`` per element, where the result is off by about 2^(64-f): a
+    large error. Measured in ``tests/smpc/protocols/test_truncation.py``.
+    Only valid for two parties.
+    """
+    if comm.world_size != 2:
+        raise ValueError(f"local truncation needs world_size == 2; got {comm.world_size}")
+    if comm.party_axis:
+        out = torch.empty_like(x)
+        out[0] = x[0] >> frac_bits
+        out[1] = -((-x[1]) >> frac_bits)
+        return out
+    return x >> frac_bits if comm.rank == 0 else -((-x) >> frac_bits)

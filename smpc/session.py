@@ -1,0 +1,240 @@
+"""Session: a fixed set of computing parties plus a crypto provider (session layer).
+
+A session owns the runtime's communicator, the dealer, a local CSPRNG for
+input shares and the fixed-point format. Several sessions can coexist; each
+:class:`~smpc.tensor.SharedTensor` points to its own, and mixing two raises
+:class:`~smpc.errors.SessionMismatchError`. Nothing is global.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import StrEnum
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+import torch
+
+from .comm.base import Communicator
+from .comm.local import LocalCommunicator
+from .comm.stats import Stats
+from .dealer.base import Dealer
+from .dealer.local import LocalDealer
+from .encoding import FixedPoint
+from .errors import SessionClosedError
+from .prg import AesPrg, key_from_seed
+from .sharing import additive_shares
+
+if TYPE_CHECKING:
+    from .tensor import SharedTensor
+
+__all__ = ["Session", "Truncation"]
+
+
+class Truncation(StrEnum):
+    """How products are rescaled.
+
+    ``PROBABILISTIC`` (default): the one-round dealer-assisted protocol, any
+    number of parties, error at most one ulp. ``LOCAL``: SecureML local
+    truncation, two parties only, 0 rounds, rare large errors (opt-in).
+    """
+
+    PROBABILISTIC = "probabilistic"
+    LOCAL = "local"
+
+
+class Session:
+    """A secure-computation session.
+
+    Args:
+        parties: number of computing parties (>= 2) or a sequence of distinct names.
+        frac_bits: fractional bits of the fixed-point encoding (default 16).
+        seed: TESTING SWITCH. ``None`` (default) keys every generator from
+            ``os.urandom``. An int/bytes/str makes shares, masks and dealer
+            material reproducible: never use it with real data.
+        timeout: seconds to wait for a peer before raising (distributed runtime).
+        truncation: :class:`Truncation` mode (default probabilistic).
+        comm: a runtime to use instead of the in-process simulation (injected
+            by :func:`smpc.run` and the launcher).
+        dealer: a crypto provider to use instead of the in-process one.
+
+    Example:
+        >>> with Session(parties=("alice", "bob")) as sess:
+        ...     x = sess.share(torch.tensor([1.5, -2.0]))
+        ...     (x * x).reveal()
+        tensor([2.2500, 4.0000])
+    """
+
+    def __init__(
+        self,
+        parties: int | Sequence[str] = 2,
+        frac_bits: int = 16,
+        *,
+        seed: int | bytes | str | None = None,
+        timeout: float = 60.0,
+        truncation: Truncation | str = Truncation.PROBABILISTIC,
+        comm: Communicator | None = None,
+        dealer: Dealer | None = None,
+    ) -> None:
+        if isinstance(parties, bool) or not isinstance(parties, (int, Sequence)) or isinstance(
+            parties, (str, bytes)
+        ):
+            raise TypeError(
+                f"`parties` must be an int or a sequence of names; got {type(parties).__name__}"
+            )
+        if isinstance(parties, int):
+            names = tuple(f"party{i}" for i in range(parties))
+        else:
+            names = tuple(str(p) for p in parties)
+            if len(set(names)) != len(names):
+                raise ValueError(f"`parties` names must be distinct; got {names}")
+        if len(names) < 2:
+            raise ValueError(f"`parties` must name at least 2 parties; got {len(names)}")
+        if timeout <= 0:
+            raise ValueError(f"`timeout` must be > 0 seconds; got {timeout}")
+        self.parties: tuple[str, ...] = names
+        self.encoding = FixedPoint(frac_bits)
+        self.truncation = Truncation(truncation)
+        if self.truncation is Truncation.LOCAL and len(names) != 2:
+            raise ValueError(
+                f"`truncation='local'` needs exactly 2 parties; got {len(names)} "
+                "(use the default probabilistic truncation)"
+            )
+        self.seed = seed
+        self.comm: Communicator = (
+            comm if comm is not None else LocalCommunicator(len(names), timeout=timeout)
+        )
+        if self.comm.world_size != len(names):
+            raise ValueError(
+                f"`comm.world_size` must equal the number of parties {len(names)}; "
+                f"got {self.comm.world_size}"
+            )
+        rank = self.comm.rank
+        local_key = None if seed is None else key_from_seed(seed, label=f"local/{rank}")
+        self.prg = AesPrg(local_key)
+        if dealer is None:
+            dealer_key = None if seed is None else key_from_seed(seed, label="dealer")
+            dealer = LocalDealer(len(names), self.comm.stats, key=dealer_key)
+        self.dealer: Dealer = dealer
+        self._closed = False
+
+    # ----------------------------------------------------------------- identity
+    @property
+    def world_size(self) -> int:
+        """Number of computing parties."""
+        return len(self.parties)
+
+    @property
+    def rank(self) -> int | None:
+        """This process's party index, or ``None`` when all parties are simulated here."""
+        return self.comm.rank
+
+    @property
+    def simulated(self) -> bool:
+        """Whether every party runs in this process."""
+        return self.comm.party_axis
+
+    @property
+    def stats(self) -> Stats:
+        """Rounds and bytes sent so far, in total and per op kind."""
+        return self.comm.stats
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def party_index(self, party: int | str | None, *, name: str = "src") -> int:
+        """Resolve a party given by index or name."""
+        if party is None:
+            return 0
+        if isinstance(party, str):
+            if party not in self.parties:
+                raise ValueError(f"`{name}` must be one of {self.parties}; got {party!r}")
+            return self.parties.index(party)
+        if isinstance(party, bool) or not isinstance(party, int):
+            raise TypeError(f"`{name}` must be a party name or index; got {type(party).__name__}")
+        if not 0 <= party < self.world_size:
+            raise ValueError(f"`{name}` must be in [0, {self.world_size}); got {party}")
+        return party
+
+    def check_open(self) -> None:
+        """Raise :class:`SessionClosedError` if the session was closed."""
+        if self._closed:
+            raise SessionClosedError("this session is closed; its shared tensors cannot be used")
+
+    # ----------------------------------------------------------------- sharing
+    def share(
+        self,
+        tensor: torch.Tensor | float | int | Sequence[float] | None,
+        src: int | str | None = None,
+        *,
+        requires_grad: bool = False,
+    ) -> SharedTensor:
+        """Secret-share a tensor owned by party ``src`` among all parties.
+
+        Args:
+            tensor: float, int or bool values; encoded in fixed point. In a
+                distributed run only party ``src`` needs to pass it (others may
+                pass ``None``).
+            src: owner of the input (name or index; default: the first party).
+            requires_grad: record operations on the result for :meth:`backward`.
+
+        Returns:
+            A :class:`~smpc.tensor.SharedTensor`.
+
+        Raises:
+            EncodingOverflowError: NaN/inf or values beyond the fixed-point range.
+
+        Cost: 1 round; ``src`` sends one share to each other party.
+        """
+        from .tensor import SharedTensor
+
+        self.check_open()
+        src_i = self.party_index(src, name="src")
+        me = self.comm.rank
+        if me is None or me == src_i:
+            if tensor is None:
+                raise ValueError("`tensor` must be given by the party that owns it; got None")
+            if isinstance(tensor, SharedTensor):
+                raise TypeError("`tensor` is already shared; use it directly")
+            plain = tensor if isinstance(tensor, torch.Tensor) else torch.as_tensor(tensor)
+            enc = self.encoding.encode(plain.detach().cpu(), name="tensor")
+            stacked = additive_shares(enc, self.world_size, self.prg)
+            share = self.comm.share_from(stacked, src_i, tuple(enc.shape), "share")
+        else:
+            share = self.comm.share_from(None, src_i, None, "share")
+        return SharedTensor(share, self, requires_grad=requires_grad)
+
+    def from_shares(self, share: torch.Tensor, *, requires_grad: bool = False) -> SharedTensor:
+        """Wrap raw ring shares (this runtime's layout) as a SharedTensor."""
+        from .tensor import SharedTensor
+
+        self.check_open()
+        return SharedTensor(share, self, requires_grad=requires_grad)
+
+    # ----------------------------------------------------------------- lifecycle
+    def close(self) -> None:
+        """Close the runtime and the dealer; shared tensors become unusable."""
+        if not self._closed:
+            self._closed = True
+            self.dealer.close()
+            self.comm.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        mode = "simulated" if self.simulated else f"rank {self.rank}"
+        return (
+            f"Session(parties={self.parties}, frac_bits={self.encoding.frac_bits}, {mode}"
+            f"{', closed' if self._closed else ''})"
+        )

@@ -1,0 +1,89 @@
+"""Additive and XOR secret sharing, and party-local helpers (sharing layer: no communication).
+
+``[x]`` denotes additive shares: ``x = sum_i x_i mod 2^64``. Functions take the
+runtime's :class:`~smpc.comm.base.Communicator` only to know whether shares carry
+the party axis (simulation) and which party this is (distributed), so that
+protocol code never branches on the runtime itself.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .comm.base import Communicator
+from .prg import Prg
+
+__all__ = [
+    "additive_shares",
+    "reconstruct",
+    "data_shape",
+    "add_public",
+    "public_share",
+    "lead",
+    "data_dim",
+]
+
+
+def additive_shares(x: torch.Tensor, world_size: int, prg: Prg) -> torch.Tensor:
+    """Split int64 ``x`` into ``world_size`` uniformly random shares, stacked on a new axis 0.
+
+    Shares 0..n-2 are uniform from ``prg``; the last is ``x - sum(others)``.
+    """
+    n = world_size
+    out = torch.empty((n, *x.shape), dtype=torch.int64)
+    if n > 1:
+        out[:-1] = prg.random_int64((n - 1) * x.numel()).view(n - 1, *x.shape)
+        out[-1] = x - out[:-1].sum(0)
+    else:
+        out[0] = x
+    return out
+
+
+def reconstruct(shares: torch.Tensor) -> torch.Tensor:
+    """Sum stacked additive shares (axis 0) modulo 2^64."""
+    return shares.sum(0)
+
+
+def lead(comm: Communicator) -> int:
+    """Number of leading non-data axes of a share in this runtime (1 in simulation, else 0)."""
+    return 1 if comm.party_axis else 0
+
+
+def data_shape(comm: Communicator, share: torch.Tensor) -> torch.Size:
+    """Shape of the shared value (without the party axis)."""
+    return share.shape[1:] if comm.party_axis else share.shape
+
+
+def data_dim(comm: Communicator, dim: int, ndim: int) -> int:
+    """Map a data dim (may be negative) to the share tensor's dim."""
+    if not -ndim <= dim < max(ndim, 1):
+        raise IndexError(f"`dim` must be in [{-ndim}, {ndim}); got {dim}")
+    d = dim % max(ndim, 1)
+    return d + lead(comm)
+
+
+def add_public(comm: Communicator, share: torch.Tensor, public: torch.Tensor | int) -> torch.Tensor:
+    """Shares of ``x + p`` from shares of ``x`` and public ``p`` (party 0 adds ``p``).
+
+    Broadcasting follows torch. Cost: local, 0 rounds.
+    """
+    if isinstance(public, int):
+        public = torch.tensor(public, dtype=torch.int64)
+    if comm.party_axis:
+        shape = torch.broadcast_shapes(share.shape[1:], public.shape)
+        out = share.expand(share.shape[0], *shape).clone()
+        out[0] += public
+        return out
+    if comm.rank == 0:
+        return share + public
+    shape = torch.broadcast_shapes(share.shape, public.shape)
+    return share.expand(shape).clone() if shape != share.shape else share
+
+
+def public_share(comm: Communicator, public: torch.Tensor) -> torch.Tensor:
+    """A (trivial) sharing of a public int64 value: party 0 holds it, others hold zero."""
+    if comm.party_axis:
+        out = torch.zeros((comm.world_size, *public.shape), dtype=torch.int64)
+        out[0] = public
+        return out
+    return public.clone() if comm.rank == 0 else torch.zeros_like(public)

@@ -1,0 +1,470 @@
+"""SharedTensor: a secret-shared fixed-point tensor (tensor layer).
+
+It holds this runtime's ring shares (every party's, stacked on a leading axis,
+in simulation) and a reference to its :class:`~smpc.session.Session`. Shape
+operations are local and implemented here; arithmetic and everything that
+communicates goes through :mod:`smpc.functional` (imported lazily: the one
+sanctioned upward edge). ``repr`` never shows a value and ``bool()`` raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .errors import SecretBranchError, ShapeError
+from .sharing import lead
+
+if TYPE_CHECKING:
+    from .session import Session
+
+__all__ = ["SharedTensor"]
+
+
+def _F() -> Any:
+    from . import functional
+
+    return functional
+
+
+def _shape_args(shape: tuple[Any, ...]) -> tuple[int, ...]:
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list, torch.Size)):
+        return tuple(int(s) for s in shape[0])
+    return tuple(int(s) for s in shape)
+
+
+class SharedTensor:
+    """A tensor secret-shared among the parties of a session.
+
+    Create with :meth:`Session.share`. Values are fixed point with the session's
+    ``frac_bits``; :meth:`reveal` returns floats.
+
+    Attributes:
+        session: the owning session.
+        requires_grad: whether autograd records operations on it.
+        grad: gradient (a SharedTensor) after ``backward()``.
+    """
+
+    __slots__ = ("_share", "session", "requires_grad", "grad", "grad_fn", "__weakref__")
+
+    __array_priority__ = 1000  # make torch/numpy defer to our reflected operators
+
+    def __init__(self, share: torch.Tensor, session: Session, *, requires_grad: bool = False):
+        if share.dtype != torch.int64:
+            raise TypeError(f"`share` must be an int64 ring tensor; got {share.dtype}")
+        self._share = share
+        self.session = session
+        self.requires_grad = requires_grad
+        self.grad: SharedTensor | None = None
+        self.grad_fn: Any = None
+
+    # ------------------------------------------------------------ raw access
+    @property
+    def share(self) -> torch.Tensor:
+        """This runtime's raw ring shares (stacked on a party axis in simulation)."""
+        return self._share
+
+    @property
+    def shares(self) -> list[torch.Tensor]:
+        """Every party's ring shares (simulation only)."""
+        if not self.session.simulated:
+            raise RuntimeError(
+                "`shares` lists every party's shares and exists only in simulation; "
+                "use `.share` for this party's share"
+            )
+        return list(self._share.unbind(0))
+
+    @property
+    def _lead(self) -> int:
+        return lead(self.session.comm)
+
+    # ------------------------------------------------------------ metadata
+    @property
+    def shape(self) -> torch.Size:
+        """Shape of the shared value."""
+        return self._share.shape[self._lead :]
+
+    def size(self, dim: int | None = None) -> torch.Size | int:
+        """Like ``torch.Tensor.size``."""
+        return self.shape if dim is None else self.shape[dim]
+
+    def dim(self) -> int:
+        """Number of dimensions of the shared value."""
+        return len(self.shape)
+
+    @property
+    def ndim(self) -> int:
+        """Number of dimensions of the shared value."""
+        return self.dim()
+
+    def numel(self) -> int:
+        """Number of elements of the shared value."""
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    def __len__(self) -> int:
+        if self.dim() == 0:
+            raise TypeError("len() of a 0-d SharedTensor")
+        return self.shape[0]
+
+    @property
+    def frac_bits(self) -> int:
+        """Fractional bits of the encoding."""
+        return self.session.encoding.frac_bits
+
+    @property
+    def is_leaf(self) -> bool:
+        """True when not produced by a recorded operation."""
+        return self.grad_fn is None
+
+    def _dim(self, d: int) -> int:
+        nd = self.dim()
+        if not -max(nd, 1) <= d < max(nd, 1):
+            raise IndexError(f"`dim` must be in [{-nd}, {nd}); got {d}")
+        return d % max(nd, 1) + self._lead
+
+    def _new(self, share: torch.Tensor) -> SharedTensor:
+        return SharedTensor(share, self.session)
+
+    # ------------------------------------------------------------ revealing
+    def reveal(self, to: int | str | None = None) -> torch.Tensor | None:
+        """Reconstruct the value (float32) to every party, or only to party ``to``.
+
+        In a distributed run, parties other than ``to`` get ``None``.
+        Cost: 1 round.
+        """
+        sess = self.session
+        sess.check_open()
+        if to is None:
+            (plain,) = sess.comm.open([self._share], "reveal")
+        else:
+            dst = sess.party_index(to, name="to")
+            got = sess.comm.reveal_to(self._share, dst, "reveal")
+            if got is None:
+                return None
+            plain = got
+        return sess.encoding.decode(plain)
+
+    def get_plain_text(self) -> torch.Tensor:
+        """Alias of ``reveal()`` (CrypTen's name)."""
+        out = self.reveal()
+        assert out is not None
+        return out
+
+    def __repr__(self) -> str:
+        rg = ", requires_grad=True" if self.requires_grad else ""
+        return (
+            f"SharedTensor(shape={tuple(self.shape)}, frac_bits={self.frac_bits}, "
+            f"parties={self.session.world_size}{rg})"
+        )
+
+    __str__ = __repr__
+
+    def __bool__(self) -> bool:
+        raise SecretBranchError(
+            "a SharedTensor has no plain truth value: branching on a secret would leak it; "
+            "use smpc.where(cond, a, b) or call .reveal() explicitly"
+        )
+
+    def __float__(self) -> float:
+        raise SecretBranchError("cannot convert a SharedTensor to float; call .reveal() explicitly")
+
+    def __int__(self) -> int:
+        raise SecretBranchError("cannot convert a SharedTensor to int; call .reveal() explicitly")
+
+    def __index__(self) -> int:
+        raise SecretBranchError("a SharedTensor cannot be used as an index; call .reveal()")
+
+    def __iter__(self) -> Any:
+        for i in range(len(self)):
+            yield self[i]
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    # ------------------------------------------------------------ shape ops (via functional)
+    def reshape(self, *shape: Any) -> SharedTensor:
+        """Like ``torch.Tensor.reshape``."""
+        return _F().reshape(self, _shape_args(shape))
+
+    view = reshape
+
+    def flatten(self, start_dim: int = 0, end_dim: int = -1) -> SharedTensor:
+        """Like ``torch.flatten``."""
+        shp = list(self.shape)
+        if not shp:
+            return self.reshape(1)
+        s, e = start_dim % len(shp), end_dim % len(shp)
+        if s > e:
+            raise ShapeError(f"flatten: start_dim {start_dim} is after end_dim {end_dim}")
+        n = 1
+        for v in shp[s : e + 1]:
+            n *= v
+        return self.reshape(*shp[:s], n, *shp[e + 1 :])
+
+    def transpose(self, dim0: int, dim1: int) -> SharedTensor:
+        """Swap two dims."""
+        return _F().transpose(self, dim0, dim1)
+
+    def t(self) -> SharedTensor:
+        """Transpose a matrix (<= 2-D), like ``torch.Tensor.t``."""
+        if self.dim() > 2:
+            raise ShapeError(f"t() expects a tensor with <= 2 dims; got {self.dim()}")
+        return self if self.dim() < 2 else self.transpose(0, 1)
+
+    @property
+    def T(self) -> SharedTensor:  # noqa: N802 - torch's name
+        """Reverse all dims."""
+        return self.permute(*reversed(range(self.dim())))
+
+    def permute(self, *dims: Any) -> SharedTensor:
+        """Like ``torch.Tensor.permute``."""
+        return _F().permute(self, _shape_args(dims))
+
+    def expand(self, *sizes: Any) -> SharedTensor:
+        """Like ``torch.Tensor.expand`` (materialised)."""
+        return _F().expand(self, _shape_args(sizes))
+
+    def expand_as(self, other: SharedTensor | torch.Tensor) -> SharedTensor:
+        """Expand to ``other``'s shape."""
+        return self.expand(*other.shape)
+
+    def unsqueeze(self, dim: int) -> SharedTensor:
+        """Insert a singleton dim."""
+        nd = self.dim() + 1
+        if not -nd <= dim < nd:
+            raise IndexError(f"`dim` must be in [{-nd}, {nd}); got {dim}")
+        d = dim % nd
+        shp = list(self.shape)
+        shp.insert(d, 1)
+        return self.reshape(*shp)
+
+    def squeeze(self, dim: int | None = None) -> SharedTensor:
+        """Remove singleton dims (or one)."""
+        shp = list(self.shape)
+        if dim is None:
+            return self.reshape(*[s for s in shp if s != 1])
+        d = dim % max(len(shp), 1)
+        if shp and shp[d] == 1:
+            shp.pop(d)
+        return self.reshape(*shp)
+
+    def __getitem__(self, index: Any) -> SharedTensor:
+        return _F().getitem(self, index)
+
+    def contiguous(self) -> SharedTensor:
+        """Return self (shares are always usable)."""
+        return self
+
+    def clone(self) -> SharedTensor:
+        """A copy with the same value (not recorded by autograd)."""
+        out = self._new(self._share.clone())
+        return out
+
+    def detach(self) -> SharedTensor:
+        """The same shares, detached from autograd."""
+        return self._new(self._share)
+
+    def requires_grad_(self, flag: bool = True) -> SharedTensor:
+        """Set ``requires_grad`` in place."""
+        self.requires_grad = flag
+        return self
+
+    # ------------------------------------------------------------ arithmetic
+    def __add__(self, other: Any) -> SharedTensor:
+        return _F().add(self, other)
+
+    def __radd__(self, other: Any) -> SharedTensor:
+        return _F().add(other, self)
+
+    def __sub__(self, other: Any) -> SharedTensor:
+        return _F().sub(self, other)
+
+    def __rsub__(self, other: Any) -> SharedTensor:
+        return _F().sub(other, self)
+
+    def __mul__(self, other: Any) -> SharedTensor:
+        return _F().mul(self, other)
+
+    def __rmul__(self, other: Any) -> SharedTensor:
+        return _F().mul(other, self)
+
+    def __matmul__(self, other: Any) -> SharedTensor:
+        return _F().matmul(self, other)
+
+    def __rmatmul__(self, other: Any) -> SharedTensor:
+        return _F().matmul(other, self)
+
+    def __truediv__(self, other: Any) -> SharedTensor:
+        return _F().div(self, other)
+
+    def __rtruediv__(self, other: Any) -> SharedTensor:
+        return _F().mul(_F().reciprocal(self), other)
+
+    def __neg__(self) -> SharedTensor:
+        return _F().neg(self)
+
+    def __pos__(self) -> SharedTensor:
+        return self
+
+    def __pow__(self, exponent: int) -> SharedTensor:
+        return _F().pow(self, exponent)
+
+    def __abs__(self) -> SharedTensor:
+        return _F().abs(self)
+
+    def add(self, other: Any) -> SharedTensor:
+        """``self + other``."""
+        return _F().add(self, other)
+
+    def sub(self, other: Any) -> SharedTensor:
+        """``self - other``."""
+        return _F().sub(self, other)
+
+    def mul(self, other: Any) -> SharedTensor:
+        """``self * other``."""
+        return _F().mul(self, other)
+
+    def matmul(self, other: Any) -> SharedTensor:
+        """``self @ other``."""
+        return _F().matmul(self, other)
+
+    def div(self, other: Any) -> SharedTensor:
+        """``self / other`` (public or shared divisor)."""
+        return _F().div(self, other)
+
+    def neg(self) -> SharedTensor:
+        """``-self``."""
+        return _F().neg(self)
+
+    def square(self) -> SharedTensor:
+        """``self * self`` with a square pair."""
+        return _F().square(self)
+
+    def pow(self, exponent: int) -> SharedTensor:
+        """Integer power by repeated squaring."""
+        return _F().pow(self, exponent)
+
+    def sum(self, dim: int | Sequence[int] | None = None, keepdim: bool = False) -> SharedTensor:
+        """Sum over ``dim`` (all when ``None``)."""
+        return _F().sum(self, dim, keepdim)
+
+    def mean(self, dim: int | Sequence[int] | None = None, keepdim: bool = False) -> SharedTensor:
+        """Mean over ``dim`` (all when ``None``)."""
+        return _F().mean(self, dim, keepdim)
+
+    # ------------------------------------------------------------ comparison & non-linear
+    def __lt__(self, other: Any) -> SharedTensor:
+        return _F().lt(self, other)
+
+    def __le__(self, other: Any) -> SharedTensor:
+        return _F().le(self, other)
+
+    def __gt__(self, other: Any) -> SharedTensor:
+        return _F().gt(self, other)
+
+    def __ge__(self, other: Any) -> SharedTensor:
+        return _F().ge(self, other)
+
+    def __eq__(self, other: Any) -> SharedTensor:  # type: ignore[override]  # elementwise, like torch
+        return _F().eq(self, other)
+
+    def __ne__(self, other: Any) -> SharedTensor:  # type: ignore[override]  # elementwise, like torch
+        return _F().ne(self, other)
+
+    def lt(self, other: Any) -> SharedTensor:
+        """Elementwise ``self < other`` as shared 0/1."""
+        return _F().lt(self, other)
+
+    def le(self, other: Any) -> SharedTensor:
+        """Elementwise ``self <= other`` as shared 0/1."""
+        return _F().le(self, other)
+
+    def gt(self, other: Any) -> SharedTensor:
+        """Elementwise ``self > other`` as shared 0/1."""
+        return _F().gt(self, other)
+
+    def ge(self, other: Any) -> SharedTensor:
+        """Elementwise ``self >= other`` as shared 0/1."""
+        return _F().ge(self, other)
+
+    def eq(self, other: Any) -> SharedTensor:
+        """Elementwise ``self == other`` as shared 0/1."""
+        return _F().eq(self, other)
+
+    def ne(self, other: Any) -> SharedTensor:
+        """Elementwise ``self != other`` as shared 0/1."""
+        return _F().ne(self, other)
+
+    def relu(self) -> SharedTensor:
+        """``max(self, 0)``."""
+        return _F().relu(self)
+
+    def sign(self) -> SharedTensor:
+        """-1, 0 or 1."""
+        return _F().sign(self)
+
+    def abs(self) -> SharedTensor:
+        """Absolute value."""
+        return _F().abs(self)
+
+    def max(self, dim: int | None = None, keepdim: bool = False) -> Any:
+        """Maximum over ``dim`` (all elements when ``None``)."""
+        return _F().max(self, dim, keepdim)
+
+    def min(self, dim: int | None = None, keepdim: bool = False) -> Any:
+        """Minimum over ``dim`` (all elements when ``None``)."""
+        return _F().min(self, dim, keepdim)
+
+    def argmax(self, dim: int | None = None, keepdim: bool = False) -> SharedTensor:
+        """One-hot argmax over ``dim``."""
+        return _F().argmax(self, dim, keepdim)
+
+    def argmin(self, dim: int | None = None, keepdim: bool = False) -> SharedTensor:
+        """One-hot argmin over ``dim``."""
+        return _F().argmin(self, dim, keepdim)
+
+    def reciprocal(self) -> SharedTensor:
+        """``1 / self``."""
+        return _F().reciprocal(self)
+
+    def exp(self) -> SharedTensor:
+        """``e ** self``."""
+        return _F().exp(self)
+
+    def log(self) -> SharedTensor:
+        """Natural logarithm."""
+        return _F().log(self)
+
+    def sqrt(self) -> SharedTensor:
+        """Square root."""
+        return _F().sqrt(self)
+
+    def rsqrt(self) -> SharedTensor:
+        """Inverse square root."""
+        return _F().rsqrt(self)
+
+    def sigmoid(self) -> SharedTensor:
+        """Logistic sigmoid."""
+        return _F().sigmoid(self)
+
+    def tanh(self) -> SharedTensor:
+        """Hyperbolic tangent."""
+        return _F().tanh(self)
+
+    def softmax(self, dim: int) -> SharedTensor:
+        """Softmax over ``dim``."""
+        return _F().softmax(self, dim)
+
+    def log_softmax(self, dim: int) -> SharedTensor:
+        """Log-softmax over ``dim``."""
+        return _F().log_softmax(self, dim)
+
+    # ------------------------------------------------------------ autograd
+    def backward(self, grad: SharedTensor | torch.Tensor | None = None) -> None:
+        """Back-propagate from this tensor (see :mod:`smpc.autograd`)."""
+        return _F().backward(self, grad)
