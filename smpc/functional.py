@@ -3,6 +3,11 @@
 These are the functions the SharedTensor operators call. Shape ops are local;
 arithmetic dispatches to :mod:`smpc.ops` (products, truncation) and
 :mod:`smpc.nonlinear` (comparison, approximations).
+
+Every differentiable op records a node on the autograd tape
+(:mod:`smpc.autograd`) only when grad mode is on *and* an input requires grad;
+otherwise it calls the kernel directly (one ContextVar read and an attribute
+check: no tape, no overhead).
 """
 
 from __future__ import annotations
@@ -10,12 +15,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import builtins
+
 import torch
 
 from . import nonlinear as _nl
 from . import ops as _ops
 from .errors import ShapeError
 from .sharing import lead
+from .autograd import functions as _fn
+from .autograd.tape import _GRAD_ENABLED
+from .autograd.tape import no_grad as _fn_no_grad
+from .autograd.tape import backward as _backward
 from .tensor import SharedTensor
 
 __all__ = [
@@ -27,17 +38,101 @@ __all__ = [
     "sigmoid", "tanh", "softmax", "log_softmax", "backward",
 ]
 
-add = _ops.add
-sub = _ops.sub
-neg = _ops.neg
-mul = _ops.mul
-matmul = _ops.matmul
-square = _ops.square
-sum = _ops.sum
-mean = _ops.mean
-cat = _ops.cat
-stack = _ops.stack
-conv2d = _ops.conv2d
+def _rec(*xs: Any) -> bool:
+    """Whether this call must be recorded on the tape."""
+    if not _GRAD_ENABLED.get():
+        return False
+    for x in xs:
+        if isinstance(x, SharedTensor) and x.requires_grad:
+            return True
+    return False
+
+
+def add(x: Any, y: Any) -> SharedTensor:
+    """``x + y`` (at least one shared). Cost: local."""
+    if _rec(x, y):
+        return _fn.Add.apply(x, y)
+    return _ops.add(x, y)
+
+
+def sub(x: Any, y: Any) -> SharedTensor:
+    """``x - y`` (at least one shared). Cost: local."""
+    if _rec(x, y):
+        return _fn.Sub.apply(x, y)
+    return _ops.sub(x, y)
+
+
+def neg(x: SharedTensor) -> SharedTensor:
+    """``-x``. Cost: local."""
+    if _rec(x):
+        return _fn.Neg.apply(x)
+    return _ops.neg(x)
+
+
+def mul(x: Any, y: Any) -> SharedTensor:
+    """Elementwise ``x * y`` (see :func:`smpc.ops.mul` for the cost)."""
+    if _rec(x, y):
+        return _fn.Mul.apply(x, y)
+    return _ops.mul(x, y)
+
+
+def matmul(x: Any, y: Any) -> SharedTensor:
+    """``x @ y`` with torch's semantics (see :func:`smpc.ops.matmul`)."""
+    if _rec(x, y):
+        return _fn.MatMul.apply(x, y)
+    return _ops.matmul(x, y)
+
+
+def square(x: SharedTensor) -> SharedTensor:
+    """``x * x`` with a square pair (1 round) and a truncation."""
+    if _rec(x):
+        return _fn.Square.apply(x)
+    return _ops.square(x)
+
+
+def sum(x: SharedTensor, dim: int | Sequence[int] | None = None, keepdim: bool = False) -> SharedTensor:
+    """Sum over ``dim`` (all when ``None``). Cost: local."""
+    if _rec(x):
+        return _fn.Sum.apply(x, dim, keepdim)
+    return _ops.sum(x, dim, keepdim)
+
+
+def mean(x: SharedTensor, dim: int | Sequence[int] | None = None, keepdim: bool = False) -> SharedTensor:
+    """Mean over ``dim`` (a local sum and one public product)."""
+    if _rec(x):
+        return _fn.Mean.apply(x, dim, keepdim)
+    return _ops.mean(x, dim, keepdim)
+
+
+def cat(tensors: Sequence[SharedTensor], dim: int = 0) -> SharedTensor:
+    """Concatenate along ``dim`` like ``torch.cat``. Cost: local."""
+    if tensors and _rec(*tensors):
+        return _fn.Cat.apply(dim, *tensors)
+    return _ops.cat(tensors, dim)
+
+
+def stack(tensors: Sequence[SharedTensor], dim: int = 0) -> SharedTensor:
+    """Stack along a new ``dim`` like ``torch.stack``. Cost: local."""
+    if tensors and _rec(*tensors):
+        return _fn.Stack.apply(dim, *tensors)
+    return _ops.stack(tensors, dim)
+
+
+def conv2d(
+    input: SharedTensor | torch.Tensor,
+    weight: SharedTensor | torch.Tensor,
+    bias: SharedTensor | torch.Tensor | None = None,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+) -> SharedTensor:
+    """2-D convolution like ``torch.nn.functional.conv2d`` (see :func:`smpc.ops.conv2d`)."""
+    if _rec(input, weight, bias):
+        return _fn.Conv2d.apply(
+            input, weight, bias, _pair(stride), _pair(padding), _pair(dilation), groups
+        )
+    return _ops.conv2d(input, weight, bias, stride, padding, dilation, groups)
 
 
 def pow(x: SharedTensor, exponent: int) -> SharedTensor:
@@ -51,16 +146,15 @@ def pow(x: SharedTensor, exponent: int) -> SharedTensor:
     e = exponent
     while e:
         if e & 1:
-            result = base if result is None else _ops.mul(result, base)
+            result = base if result is None else mul(result, base)
         e >>= 1
         if e:
-            base = _ops.square(base)
+            base = square(base)
     assert result is not None
     return result
 
 
-def reshape(x: SharedTensor, shape: Sequence[int]) -> SharedTensor:
-    """Reshape (local)."""
+def _reshape(x: SharedTensor, shape: Sequence[int]) -> SharedTensor:
     s = x.share
     ld = lead(x.session.comm)
     try:
@@ -69,14 +163,26 @@ def reshape(x: SharedTensor, shape: Sequence[int]) -> SharedTensor:
         raise ShapeError(f"reshape: cannot view {tuple(x.shape)} as {tuple(shape)}") from err
 
 
-def transpose(x: SharedTensor, dim0: int, dim1: int) -> SharedTensor:
-    """Swap two dims (local)."""
+def reshape(x: SharedTensor, shape: Sequence[int]) -> SharedTensor:
+    """Reshape (local)."""
+    if _rec(x):
+        return _fn.Reshape.apply(x, tuple(shape), _reshape)
+    return _reshape(x, shape)
+
+
+def _transpose(x: SharedTensor, dim0: int, dim1: int) -> SharedTensor:
     return SharedTensor(x.share.transpose(x._dim(dim0), x._dim(dim1)), x.session)
 
 
-def permute(x: SharedTensor, dims: Sequence[int]) -> SharedTensor:
-    """Permute dims (local)."""
-    if sorted(d % max(x.dim(), 1) for d in dims) != list(range(x.dim())):
+def transpose(x: SharedTensor, dim0: int, dim1: int) -> SharedTensor:
+    """Swap two dims (local)."""
+    if _rec(x):
+        return _fn.Transpose.apply(x, dim0, dim1, _transpose)
+    return _transpose(x, dim0, dim1)
+
+
+def _permute(x: SharedTensor, dims: Sequence[int]) -> SharedTensor:
+    if sorted(d % builtins.max(x.dim(), 1) for d in dims) != list(range(x.dim())):
         raise ShapeError(f"permute: `dims` must be a permutation of {x.dim()} dims; got {dims}")
     ld = lead(x.session.comm)
     return SharedTensor(
@@ -84,8 +190,14 @@ def permute(x: SharedTensor, dims: Sequence[int]) -> SharedTensor:
     )
 
 
-def expand(x: SharedTensor, sizes: Sequence[int]) -> SharedTensor:
-    """Broadcast to ``sizes`` (materialised copy, local)."""
+def permute(x: SharedTensor, dims: Sequence[int]) -> SharedTensor:
+    """Permute dims (local)."""
+    if _rec(x):
+        return _fn.Permute.apply(x, tuple(dims), _permute)
+    return _permute(x, dims)
+
+
+def _expand(x: SharedTensor, sizes: Sequence[int]) -> SharedTensor:
     s = x.share
     ld = lead(x.session.comm)
     try:
@@ -94,8 +206,14 @@ def expand(x: SharedTensor, sizes: Sequence[int]) -> SharedTensor:
         raise ShapeError(f"expand: cannot expand {tuple(x.shape)} to {tuple(sizes)}") from err
 
 
-def getitem(x: SharedTensor, index: Any) -> SharedTensor:
-    """Index or slice with public indices (local)."""
+def expand(x: SharedTensor, sizes: Sequence[int]) -> SharedTensor:
+    """Broadcast to ``sizes`` (materialised copy, local)."""
+    if _rec(x):
+        return _fn.Expand.apply(x, tuple(sizes), _expand)
+    return _expand(x, sizes)
+
+
+def _getitem(x: SharedTensor, index: Any) -> SharedTensor:
     if isinstance(index, SharedTensor) or (
         isinstance(index, tuple) and any(isinstance(i, SharedTensor) for i in index)
     ):
@@ -109,14 +227,32 @@ def getitem(x: SharedTensor, index: Any) -> SharedTensor:
         raise IndexError(f"index {index!r} is invalid for shape {tuple(x.shape)}: {err}") from err
 
 
+def getitem(x: SharedTensor, index: Any) -> SharedTensor:
+    """Index or slice with public indices (local)."""
+    if _rec(x):
+        return _fn.GetItem.apply(x, index, _getitem)
+    return _getitem(x, index)
+
+
 def linear(
     input: SharedTensor | torch.Tensor,
     weight: SharedTensor | torch.Tensor,
     bias: SharedTensor | torch.Tensor | None = None,
 ) -> SharedTensor:
     """``input @ weight.T + bias`` like ``torch.nn.functional.linear``."""
-    wt = weight.t() if isinstance(weight, SharedTensor) else weight.t()
-    out = _ops.matmul(input, wt)
+    if input.dim() == 0 or weight.dim() != 2:
+        raise ShapeError(
+            f"linear: expected input (..., in_features) and weight (out_features, in_features); "
+            f"got {tuple(input.shape)} and {tuple(weight.shape)}"
+        )
+    if input.shape[-1] != weight.shape[1]:
+        raise ShapeError(
+            f"linear: input has {input.shape[-1]} features but weight expects {weight.shape[1]} "
+            f"(input {tuple(input.shape)}, weight {tuple(weight.shape)})"
+        )
+    if _rec(input, weight, bias):
+        return _fn.Linear.apply(input, weight, bias)
+    out = _ops.matmul(input, weight.t())
     return out if bias is None else _ops.add(out, bias)
 
 
@@ -135,41 +271,55 @@ def avg_pool2d(
     st = _pair(stride) if stride is not None else (kh, kw)
     if input.dim() not in (3, 4):
         raise ShapeError(f"avg_pool2d: expected (N,C,H,W) or (C,H,W); got {tuple(input.shape)}")
+    if _rec(input):
+        return _fn.AvgPool2d.apply(input, (kh, kw), st, _pair(padding))
     c = input.shape[-3]
     weight = torch.full((c, 1, kh, kw), 1.0 / (kh * kw))
     return _ops.conv2d(input, weight, stride=st, padding=padding, groups=c)
 
 
 def mse_loss(input: SharedTensor, target: SharedTensor | torch.Tensor, reduction: str = "mean") -> SharedTensor:
-    """Mean squared error like ``torch.nn.functional.mse_loss``."""
+    """Mean squared error like ``torch.nn.functional.mse_loss``.
+
+    With ``reduction`` 'mean' or 'sum' the squared error is computed lazily:
+    ``backward()`` needs only ``input - target``.
+    """
+    _fn.check_reduction(reduction)
+    try:
+        torch.broadcast_shapes(tuple(input.shape), tuple(target.shape))
+    except RuntimeError as err:
+        raise ShapeError(
+            f"mse_loss: input {tuple(input.shape)} and target {tuple(target.shape)} do not broadcast"
+        ) from err
+    if _rec(input, target):
+        return _fn.MSELoss.apply(input, target, reduction)
     d = _ops.sub(input, target)
-    sq = _ops.square(d)
-    if reduction == "mean":
-        return _ops.mean(sq)
-    if reduction == "sum":
-        return _ops.sum(sq)
     if reduction == "none":
-        return sq
-    raise ValueError(f"`reduction` must be 'mean', 'sum' or 'none'; got {reduction!r}")
+        return _ops.square(d)
+    return _fn.LazyValue(
+        lambda: (_ops.mean if reduction == "mean" else _ops.sum)(_ops.square(d)).share,
+        d.session,
+        (),
+    )
 
 
 def cross_entropy(input: SharedTensor, target: Any, reduction: str = "mean") -> SharedTensor:
-    """Softmax cross-entropy (target: class indices or one-hot/probabilities)."""
-    logp = log_softmax(input, 1 if input.dim() > 1 else 0)
-    if isinstance(target, torch.Tensor) and not target.is_floating_point():
-        onehot = torch.nn.functional.one_hot(target, input.shape[-1]).to(torch.float32)
-        if input.dim() > 2:
-            onehot = onehot.movedim(-1, 1)
-        target = onehot
-    nll = _ops.neg(_ops.mul(logp, target))
-    per = _ops.sum(nll, 1 if input.dim() > 1 else 0)
-    if reduction == "mean":
-        return _ops.mean(per)
-    if reduction == "sum":
-        return _ops.sum(per)
-    if reduction == "none":
-        return per
-    raise ValueError(f"`reduction` must be 'mean', 'sum' or 'none'; got {reduction!r}")
+    """Softmax cross-entropy (target: class indices, or one-hot/probabilities, public or shared).
+
+    Forward computes the softmax; the loss value (which needs a logarithm) is
+    computed only if it is revealed or used, since ``backward()`` needs only
+    ``softmax - target``.
+    """
+    _fn.check_reduction(reduction)
+    if not isinstance(input, SharedTensor):
+        raise TypeError(f"cross_entropy: `input` must be a SharedTensor; got {type(input).__name__}")
+    if input.dim() == 0:
+        raise ShapeError("cross_entropy: `input` must have a class dim; got a 0-d tensor")
+    target = _fn.onehot_target(input, target)
+    if _rec(input, target):
+        return _fn.CrossEntropy.apply(input, target, reduction)
+    with _fn_no_grad():
+        return _fn.CrossEntropy.apply(input, target, reduction)
 
 
 def lt(x: Any, y: Any) -> SharedTensor:
@@ -203,7 +353,9 @@ def ne(x: Any, y: Any) -> SharedTensor:
 
 
 def relu(x: SharedTensor) -> SharedTensor:
-    """``max(x, 0)``."""
+    """``max(x, 0)``; with autograd, the comparison bit is kept for backward."""
+    if _rec(x):
+        return _fn.ReLU.apply(x)
     return _nl.relu(x)
 
 
@@ -213,22 +365,26 @@ def sign(x: SharedTensor) -> SharedTensor:
 
 
 def abs(x: SharedTensor) -> SharedTensor:
-    """|x|."""
+    """|x| (gradient ``g * sign(x)``)."""
+    if _rec(x):
+        return mul(x, _nl.sign(x.detach()))
     return _nl.abs(x)
 
 
 def where(cond: SharedTensor, a: Any, b: Any) -> SharedTensor:
     """``a`` where ``cond`` (shared 0/1) else ``b``."""
+    if _rec(a, b):
+        return _fn.Where.apply(cond, a, b)
     return _nl.where(cond, a, b)
 
 
 def max(x: SharedTensor, dim: int | None = None, keepdim: bool = False) -> Any:
-    """Max over ``dim`` (all elements when None)."""
+    """Max over ``dim`` (all elements when None). Not differentiable."""
     return _nl.max(x, dim, keepdim)
 
 
 def min(x: SharedTensor, dim: int | None = None, keepdim: bool = False) -> Any:
-    """Min over ``dim`` (all elements when None)."""
+    """Min over ``dim`` (all elements when None). Not differentiable."""
     return _nl.min(x, dim, keepdim)
 
 
@@ -248,60 +404,96 @@ def max_pool2d(
     stride: int | Sequence[int] | None = None,
     padding: int | Sequence[int] = 0,
 ) -> SharedTensor:
-    """Max pooling like ``torch.nn.functional.max_pool2d``."""
+    """Max pooling like ``torch.nn.functional.max_pool2d``.
+
+    With autograd, the one-hot argmax of every window is kept for backward.
+    """
+    if _rec(input):
+        k = _pair(kernel_size)
+        return _fn.MaxPool2d.apply(
+            input, k, _pair(stride) if stride is not None else k, _pair(padding)
+        )
     return _nl.max_pool2d(input, kernel_size, stride, padding)
 
 
 def reciprocal(x: SharedTensor) -> SharedTensor:
     """1/x."""
+    if _rec(x):
+        return _fn.Reciprocal.apply(x)
     return _nl.reciprocal(x)
 
 
 def div(x: SharedTensor, y: Any) -> SharedTensor:
     """x / y."""
+    if _rec(x, y):
+        if isinstance(y, SharedTensor):
+            return mul(x, reciprocal(y))
+        t = torch.as_tensor(y, dtype=torch.float64)
+        if bool((t == 0).any()):
+            raise ZeroDivisionError("div: public divisor contains zero")
+        return mul(x, 1.0 / t)
     return _nl.div(x, y)
 
 
 def exp(x: SharedTensor) -> SharedTensor:
     """e**x."""
+    if _rec(x):
+        return _fn.Exp.apply(x)
     return _nl.exp(x)
 
 
 def log(x: SharedTensor) -> SharedTensor:
     """ln x."""
+    if _rec(x):
+        return _fn.Log.apply(x)
     return _nl.log(x)
 
 
 def sqrt(x: SharedTensor) -> SharedTensor:
     """sqrt x."""
+    if _rec(x):
+        return _fn.Sqrt.apply(x)
     return _nl.sqrt(x)
 
 
 def rsqrt(x: SharedTensor) -> SharedTensor:
     """1/sqrt x."""
+    if _rec(x):
+        return reciprocal(sqrt(x))
     return _nl.rsqrt(x)
 
 
 def sigmoid(x: SharedTensor) -> SharedTensor:
     """Logistic sigmoid."""
+    if _rec(x):
+        return _fn.Sigmoid.apply(x)
     return _nl.sigmoid(x)
 
 
 def tanh(x: SharedTensor) -> SharedTensor:
     """tanh."""
+    if _rec(x):
+        return _fn.Tanh.apply(x)
     return _nl.tanh(x)
 
 
 def softmax(x: SharedTensor, dim: int) -> SharedTensor:
     """Softmax over ``dim``."""
+    if _rec(x):
+        return _fn.Softmax.apply(x, dim)
     return _nl.softmax(x, dim)
 
 
 def log_softmax(x: SharedTensor, dim: int) -> SharedTensor:
     """Log-softmax over ``dim``."""
+    if _rec(x):
+        return _fn.LogSoftmax.apply(x, dim)
     return _nl.log_softmax(x, dim)
 
 
 def backward(x: SharedTensor, grad: SharedTensor | torch.Tensor | None = None) -> None:
-    """Back-propagate (autograd issue)."""
-    raise NotImplementedError("autograd is not implemented yet")
+    """Back-propagate from ``x`` into the ``.grad`` of every leaf that requires grad.
+
+    See :func:`smpc.autograd.backward`. The graph is freed afterwards.
+    """
+    _backward(x, grad)

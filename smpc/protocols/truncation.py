@@ -21,7 +21,7 @@ _LOW63 = (1 << 63) - 1
 
 
 def trunc(comm: Communicator, dealer: Dealer, x: torch.Tensor, frac_bits: int) -> torch.Tensor:
-    """Shares of ``floor(x / 2^f)`` or ``floor(x / 2^f) - 1``, for signed ``|x| < 2^62``.
+    """Shares of ``floor(x / 2^f)`` or ``floor(x / 2^f) + 1``, for signed ``|x| < 2^62``.
 
     Protocol (probabilistic truncation with a known-zero MSB, after Escudero,
     Ghosh, Keller, Rachuri, Scholl, "Improved primitives for MPC over mixed
@@ -32,14 +32,15 @@ def trunc(comm: Communicator, dealer: Dealer, x: torch.Tensor, frac_bits: int) -
         3. Open ``c = x' + r`` (uniform, so ``x'`` stays hidden).
         4. Since ``msb(x') = 0``, the carry into bit 63 is ``msb(c) XOR msb(r)``, so
            ``x' >> f = (c mod 2^63) >> f - r_hi + 2^(63-f) (msb(c) XOR msb(r)) - borrow``
-           with ``borrow in {0, 1}`` from the low f bits. XOR with the public
+           with ``borrow in {0, 1}`` from the low f bits; the borrow is dropped. XOR with the public
            ``msb(c)`` is linear: ``[s] (1 - 2 msb(c)) + msb(c) 2^(63-f)``.
         5. Subtract ``2^(62-f)`` (party 0).
 
     Cost: 1 round, one ring element per element sent to each other party.
     Dealer: ``r`` from seeds, two correction shares (``r_hi``, ``s``).
-    Error: result is ``floor(x/2^f) - borrow``, i.e. at most one ulp below the
-    exact quotient; no wrap-around error while ``|x| < 2^62``.
+    Error: result is ``floor(x/2^f) + borrow``, i.e. at most one ulp above the
+    floor (so within one ulp of the exact quotient); no wrap-around error while
+    ``|x| < 2^62``.
 
     Security: semi-honest; ``c`` is uniform given ``x``; non-colluding dealer.
     """

@@ -1,0 +1,78 @@
+"""Federated learning on top of ``smpc``: the top layer of the stack.
+
+Public API (see ``shared/API.md``): partitions, clients and a server loop,
+strategies (FedAvg, FedProx, FedAvgM), pluggable aggregators (plain, secret
+sharing over ``smpc``, pairwise masking with dropout recovery), differential
+privacy, and a networked runtime over ``torch.distributed``. Importing ``fl``
+has no side effects; ``smpc`` is imported only when a
+:class:`SecretSharingAggregator` round starts.
+"""
+
+from fl.aggregate import fedavg_weights, weighted_mean, weighted_sum
+from fl.aggregators import Aggregator, PlainAggregator, SecretSharingAggregator, Stage
+from fl.client import Client, evaluate_model
+from fl.clipping import Quantizer, clip_by_l2_norm
+from fl.dp import DifferentialPrivacy, RdpAccountant, calibrate_noise_multiplier, compute_epsilon
+from fl.errors import (
+    AggregationError,
+    CheckpointError,
+    ConfigError,
+    FlError,
+    InsufficientClientsError,
+    NetworkError,
+    PrivacyError,
+    ProtocolError,
+    QuantizationRangeError,
+)
+from fl.partition import Partition, Scheme, partition
+from fl.secure_aggregation import MaskingAggregator
+from fl.server import DropoutModel, FailurePolicy, Server
+from fl.simulation import make_clients, run_simulation
+from fl.strategy import FedAvg, FedAvgM, FedProx, Strategy
+from fl.types import AggregateResult, ClientUpdate, FitConfig, History, RoundResult, plot_histories
+
+__all__ = [
+    "AggregateResult",
+    "AggregationError",
+    "Aggregator",
+    "CheckpointError",
+    "Client",
+    "ClientUpdate",
+    "ConfigError",
+    "DifferentialPrivacy",
+    "DropoutModel",
+    "FailurePolicy",
+    "FedAvg",
+    "FedAvgM",
+    "FedProx",
+    "FitConfig",
+    "FlError",
+    "History",
+    "InsufficientClientsError",
+    "MaskingAggregator",
+    "NetworkError",
+    "Partition",
+    "PlainAggregator",
+    "PrivacyError",
+    "ProtocolError",
+    "Quantizer",
+    "QuantizationRangeError",
+    "RdpAccountant",
+    "RoundResult",
+    "Scheme",
+    "SecretSharingAggregator",
+    "Server",
+    "Stage",
+    "Strategy",
+    "calibrate_noise_multiplier",
+    "clip_by_l2_norm",
+    "compute_epsilon",
+    "evaluate_model",
+    "fedavg_weights",
+    "make_clients",
+    "partition",
+    "plot_histories",
+    "run_simulation",
+    "weighted_mean",
+    "weighted_sum",
+]

@@ -1,0 +1,389 @@
+"""Networked federated learning over ``torch.distributed`` (top layer, ``fl``).
+
+The server (rank 0) and each client (ranks 1..n) are separate processes,
+possibly on separate machines. They join one ``gloo`` process group over TCP
+and exchange pickled messages: the payload travels by ``gloo`` point-to-point
+``send``/``recv``; the "a message is waiting" signal goes through the
+group's TCP key-value store, whose ``wait`` has a timeout that does not tear
+down the group (a timed-out ``gloo`` receive would close every connection).
+
+The server runs the very same :class:`~fl.server.Server` loop, strategy and
+aggregator protocol as the simulation; only delivery changes. A client that
+misses a stage deadline, or whose connection breaks (killed process, lost
+machine), is a dropout for the rest of the run, never a hang: the aggregator
+carries on with the survivors (the masking aggregator recovers their masks)
+or the round fails with a visible error (:class:`~fl.server.FailurePolicy`).
+
+Launch on several machines (one command per process; rank 0 is the server)::
+
+    MASTER_ADDR=10.0.0.1 MASTER_PORT=29500 WORLD_SIZE=4 RANK=0 python my_fl_app.py
+    MASTER_ADDR=10.0.0.1 MASTER_PORT=29500 WORLD_SIZE=4 RANK=1 python my_fl_app.py
+    ...
+
+where ``my_fl_app.py`` calls :func:`run_server` on rank 0 and
+:func:`run_client` elsewhere (see ``docs/fl.md``). The server also hosts the
+store on ``MASTER_PORT``; gloo picks its own ports, so open the firewall
+between the machines (or set ``GLOO_SOCKET_IFNAME``).
+
+Security: messages are neither encrypted nor authenticated by this transport;
+run it inside a trusted network or tunnel (the masking aggregator encrypts the
+secret shares end to end itself, so the server still learns only the sum).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import pickle
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from fl.aggregators import Aggregator, Stage
+from fl.client import Client, LossFn
+from fl.errors import ConfigError, FlError, InsufficientClientsError, NetworkError
+from fl.server import FailurePolicy, Server, round_generator
+from fl.strategy import Strategy
+from fl.types import AggregateResult, ClientUpdate, History
+
+__all__ = ["NetworkConfig", "NetworkServer", "run_client", "run_server"]
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkConfig:
+    """Where and how long to wait.
+
+    Attributes:
+        world_size: Server + clients.
+        master_addr: Address of the server (rank 0), which hosts the store.
+        master_port: TCP port of the store.
+        stage_timeout: Seconds the server waits for all replies of one stage
+            (including local training); a client that misses it is a dropout.
+        connect_timeout: Seconds to wait for every process to join.
+        idle_timeout: Seconds a client waits for the server's next message.
+    """
+
+    world_size: int
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+    stage_timeout: float = 60.0
+    connect_timeout: float = 120.0
+    idle_timeout: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if self.world_size < 2:
+            raise ConfigError(f"`world_size` must be >= 2 (server + clients); got {self.world_size}")
+        for name in ("stage_timeout", "connect_timeout", "idle_timeout"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"`{name}` must be > 0; got {getattr(self, name)}")
+
+    @classmethod
+    def from_env(cls, *, stage_timeout: float = 60.0) -> tuple[NetworkConfig, int]:
+        """Read ``MASTER_ADDR``, ``MASTER_PORT``, ``WORLD_SIZE`` and ``RANK``.
+
+        Returns:
+            The config and this process's rank.
+        """
+        try:
+            cfg = cls(
+                world_size=int(os.environ["WORLD_SIZE"]),
+                master_addr=os.environ.get("MASTER_ADDR", "127.0.0.1"),
+                master_port=int(os.environ.get("MASTER_PORT", "29500")),
+                stage_timeout=stage_timeout,
+            )
+            return cfg, int(os.environ["RANK"])
+        except KeyError as exc:
+            raise ConfigError(f"environment variable {exc.args[0]} is not set") from exc
+
+
+class _Channel:
+    """Pickled messages between rank 0 and the clients (gloo payload, store signal)."""
+
+    def __init__(self, config: NetworkConfig, rank: int) -> None:
+        if not 0 <= rank < config.world_size:
+            raise ConfigError(f"`rank` must be in [0, {config.world_size}); got {rank}")
+        self.rank = rank
+        self.config = config
+        try:
+            self.store = dist.TCPStore(
+                config.master_addr,
+                config.master_port,
+                config.world_size,
+                is_master=rank == 0,
+                timeout=datetime.timedelta(seconds=config.connect_timeout),
+                wait_for_workers=False,
+            )
+            dist.init_process_group(
+                "gloo",
+                store=dist.PrefixStore("gloo", self.store),
+                rank=rank,
+                world_size=config.world_size,
+                timeout=datetime.timedelta(seconds=max(config.idle_timeout, config.connect_timeout)),
+            )
+        except (RuntimeError, dist.DistError) as exc:
+            raise NetworkError(
+                f"rank {rank} could not join the federation at "
+                f"{config.master_addr}:{config.master_port}: {exc}"
+            ) from exc
+        self.sent: dict[int, int] = {}
+        self.received: dict[int, int] = {}
+        self.pending: dict[int, list[Any]] = {}
+        self.bytes_sent = 0
+
+    def send(self, dst: int, obj: object) -> None:
+        seq = self.sent.get(dst, 0)
+        self.sent[dst] = seq + 1
+        payload = torch.frombuffer(bytearray(pickle.dumps(obj, protocol=5)), dtype=torch.uint8)
+        work = dist.isend(payload, dst=dst)
+        # keep the buffer and handle alive until the peer has taken the message
+        self.pending.setdefault(dst, []).append((work, payload))
+        self.store.set(f"fl/{self.rank}->{dst}/{seq}", str(payload.numel()))
+        self.bytes_sent += payload.numel()
+
+    def settle(self, peer: int) -> None:
+        """Complete sends to ``peer`` (call only once the peer answered: cannot block)."""
+        for work, _ in self.pending.pop(peer, []):
+            work.wait()
+
+    def forget(self, peer: int) -> None:
+        """Drop a dead peer's pending sends without waiting on them."""
+        self.pending.pop(peer, None)
+
+    def recv(self, src: int, timeout: float) -> Any:
+        seq = self.received.get(src, 0)
+        key = f"fl/{src}->{self.rank}/{seq}"
+        self.store.wait([key], datetime.timedelta(seconds=max(timeout, 0.001)))
+        size = int(self.store.get(key))
+        self.store.delete_key(key)
+        buf = torch.empty(size, dtype=torch.uint8)
+        dist.recv(buf, src=src)
+        self.received[src] = seq + 1
+        return pickle.loads(buf.numpy().tobytes())
+
+    def close(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+_PEER_ERRORS = (RuntimeError, dist.DistError, TimeoutError, ConnectionError, OSError, EOFError)
+
+
+class NetworkServer(Server):
+    """A :class:`~fl.server.Server` whose clients are remote processes (rank 0).
+
+    Args:
+        model: The global model.
+        config: Network configuration (``world_size - 1`` clients).
+        strategy: As for :class:`Server`.
+        aggregator: As for :class:`Server` (plain or masking; the secret-sharing
+            aggregator's smpc parties are simulated in the server process).
+        test_data: As for :class:`Server`.
+        loss_fn: As for :class:`Server`.
+        seed: As for :class:`Server`.
+        on_failure: As for :class:`Server`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: NetworkConfig,
+        *,
+        strategy: Strategy | None = None,
+        aggregator: Aggregator | None = None,
+        test_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+        loss_fn: LossFn = nn.functional.cross_entropy,
+        seed: int = 0,
+        on_failure: FailurePolicy = FailurePolicy.RAISE,
+    ) -> None:
+        super().__init__(
+            model,
+            (),
+            strategy=strategy,
+            aggregator=aggregator,
+            test_data=test_data,
+            loss_fn=loss_fn,
+            seed=seed,
+            on_failure=on_failure,
+        )
+        self.config = config
+        self.channel = _Channel(config, 0)
+        self.rank_of: dict[int, int] = {}
+        self.examples: dict[int, int] = {}
+        self.alive: set[int] = set()
+        deadline = time.monotonic() + config.connect_timeout
+        for rank in range(1, config.world_size):
+            try:
+                kind, cid, n = self.channel.recv(rank, deadline - time.monotonic())
+            except _PEER_ERRORS:
+                continue  # never joined: absent from the start
+            if kind != "hello" or cid in self.rank_of:
+                raise NetworkError(f"rank {rank} sent an invalid hello ({kind!r}, client {cid})")
+            self.rank_of[cid] = rank
+            self.examples[cid] = n
+            self.alive.add(cid)
+        if not self.alive:
+            raise NetworkError("no client joined the federation")
+
+    def available_clients(self) -> list[int]:
+        """Clients still connected."""
+        return sorted(self.alive)
+
+    def _drop(self, cid: int) -> None:
+        self.alive.discard(cid)
+        self.channel.forget(self.rank_of[cid])
+
+    def _exchange(self, messages: Mapping[int, Any]) -> dict[int, Any]:
+        """Send one message per client, collect replies until the stage deadline."""
+        for cid, msg in messages.items():
+            if cid in self.alive:
+                try:
+                    self.channel.send(self.rank_of[cid], msg)
+                except _PEER_ERRORS:
+                    self._drop(cid)
+        deadline = time.monotonic() + self.config.stage_timeout
+        replies: dict[int, Any] = {}
+        for cid in messages:
+            if cid not in self.alive:
+                continue
+            rank = self.rank_of[cid]
+            try:
+                reply = self.channel.recv(rank, deadline - time.monotonic())
+                self.channel.settle(rank)
+            except _PEER_ERRORS:
+                self._drop(cid)
+                continue
+            if isinstance(reply, tuple) and reply and reply[0] == "error":
+                self._drop(cid)  # the client refused (e.g. its own threshold check)
+                continue
+            replies[cid] = reply
+        return replies
+
+    def train_and_aggregate(
+        self, selected: Sequence[int], round_index: int, dropouts: Mapping[Stage, Sequence[int]]
+    ) -> tuple[list[ClientUpdate], AggregateResult]:
+        """Remote training, then the aggregator's protocol over the network."""
+        config = self.strategy.fit_config(round_index)
+        fit_msgs = {
+            cid: ("fit", round_index, self.global_vector, config, self.seed) for cid in selected
+        }
+        fitted = self._exchange(fit_msgs)
+        updates = [
+            ClientUpdate(cid, torch.empty(0), int(n), float(loss))
+            for cid, (_, n, loss) in sorted(fitted.items())
+        ]
+        if not updates:
+            raise InsufficientClientsError("fit", 0, 1)
+        weights = self.aggregator.weights({u.client_id: u.num_examples for u in updates})
+        session = self.aggregator.server_session(weights, self.global_vector.numel(), round_index=round_index)
+        messages: dict[int, Any] | None = session.first()
+        while messages is not None:
+            replies = self._exchange({cid: ("agg", m) for cid, m in messages.items()})
+            messages = session.step({cid: r[1] for cid, r in replies.items()})
+        result = session.result()
+        self.aggregator.record_round()
+        return updates, result
+
+    def shutdown(self) -> None:
+        """Tell the connected clients to exit, then leave the process group."""
+        for cid in sorted(self.alive):
+            try:
+                self.channel.send(self.rank_of[cid], ("stop",))
+            except _PEER_ERRORS:
+                pass
+        time.sleep(0.2)
+        self.channel.close()
+
+
+def run_server(
+    model: nn.Module,
+    config: NetworkConfig,
+    *,
+    num_rounds: int,
+    strategy: Strategy | None = None,
+    aggregator: Aggregator | None = None,
+    test_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+    loss_fn: LossFn = nn.functional.cross_entropy,
+    seed: int = 0,
+    on_failure: FailurePolicy = FailurePolicy.RAISE,
+    progress: bool = False,
+    checkpoint: str | None = None,
+) -> History:
+    """Rank 0: run ``num_rounds`` rounds over the remote clients and return the history."""
+    server = NetworkServer(
+        model,
+        config,
+        strategy=strategy,
+        aggregator=aggregator,
+        test_data=test_data,
+        loss_fn=loss_fn,
+        seed=seed,
+        on_failure=on_failure,
+    )
+    try:
+        return server.run(num_rounds, progress=progress, checkpoint=checkpoint)
+    finally:
+        server.shutdown()
+
+
+def run_client(
+    client: Client,
+    model: nn.Module,
+    config: NetworkConfig,
+    *,
+    rank: int,
+    aggregator: Aggregator,
+) -> int:
+    """Ranks 1..n: serve the server's requests until it says stop.
+
+    Args:
+        client: This process's client (its data stays here).
+        model: A module of the global architecture (used as the local worker).
+        config: Network configuration (same as the server's).
+        rank: This process's rank (>= 1).
+        aggregator: An aggregator configured like the server's (its client side runs here).
+
+    Returns:
+        The number of rounds this client trained in.
+    """
+    if rank < 1:
+        raise ConfigError(f"a client's `rank` must be >= 1; got {rank}")
+    channel = _Channel(config, rank)
+    channel.send(0, ("hello", client.client_id, client.num_examples))
+    session = None
+    rounds = 0
+    try:
+        while True:
+            msg = channel.recv(0, config.idle_timeout)
+            channel.settle(0)
+            kind = msg[0]
+            if kind == "stop":
+                return rounds
+            if kind == "fit":
+                _, round_index, global_vector, fit_config, seed = msg
+                g = round_generator(seed, round_index, client.client_id + 1)
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(int(torch.randint(1 << 62, (1,), generator=g)))
+                    update = client.fit(model, global_vector, fit_config, generator=g)
+                session = aggregator.client_session(client.client_id, update.delta)
+                rounds += 1
+                channel.send(0, ("fitted", update.num_examples, update.train_loss))
+            elif kind == "agg":
+                if session is None:
+                    raise NetworkError("aggregation message before any fit")
+                try:
+                    reply = session.respond(msg[1])
+                except FlError as exc:  # report, then stay available for later rounds
+                    channel.send(0, ("error", f"{type(exc).__name__}: {exc}"))
+                    continue
+                channel.send(0, ("agg", reply))
+            else:
+                raise NetworkError(f"unknown message kind {kind!r} from the server")
+    finally:
+        channel.close()
+
+

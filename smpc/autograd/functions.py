@@ -1,0 +1,936 @@
+"""Differentiable ops: one :class:`Function` per op of the public API (autograd layer).
+
+Forward passes call the non-differentiable kernels of :mod:`smpc.ops` and
+:mod:`smpc.nonlinear`; backward passes use them too (no differentiation through
+protocol internals). A gradient flowing backwards may be a *public* torch
+tensor (the implicit ``1`` of ``loss.backward()``) until it first meets a shared
+operand: that saves a Beaver product and a truncation at the top of the graph.
+
+Costs that matter for training:
+
+* ``mul``/``matmul``/``conv2d``: each needed input gradient is one Beaver
+  product plus one truncation (one with a public operand: truncation only).
+* ``relu``: forward saves the comparison bit; backward is ``grad * bit``, one
+  product, no second comparison.
+* ``cross_entropy``: forward computes only the softmax; the gradient is
+  ``(softmax - onehot) * grad / batch``. The loss value (which needs a log) is
+  computed lazily, only if it is revealed or used.
+* ``mse_loss``: backward is ``2 (input - target) * grad / numel``; the squared
+  error is likewise computed only when the loss is used.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from .. import nonlinear as nl
+from .. import ops
+from ..errors import ShapeError
+from ..sharing import lead
+from ..tensor import SharedTensor
+from .function import Context, Function
+
+__all__ = [
+    "Add", "Sub", "Neg", "Mul", "Square", "MatMul", "Linear", "Conv2d", "Sum", "Mean",
+    "Reshape", "Transpose", "Permute", "Expand", "GetItem", "Cat", "Stack", "ReLU",
+    "AvgPool2d", "MaxPool2d", "Softmax", "LogSoftmax", "MSELoss", "CrossEntropy",
+    "Where", "Exp", "Reciprocal", "Sigmoid", "Tanh", "Log", "Sqrt", "LazyValue",
+    "sum_to",
+]
+
+Grad = SharedTensor | torch.Tensor
+
+
+# ----------------------------------------------------------------- gradient helpers
+def _gmul(g: Grad, y: Any) -> Grad:
+    """``g * y`` for public or shared g and y."""
+    if isinstance(g, SharedTensor) or isinstance(y, SharedTensor):
+        return ops.mul(g, y)
+    return g * torch.as_tensor(y)
+
+
+def _gmatmul(a: Any, b: Any) -> Grad:
+    if isinstance(a, SharedTensor) or isinstance(b, SharedTensor):
+        return ops.matmul(a, b)
+    return torch.as_tensor(a) @ torch.as_tensor(b)
+
+
+def _gneg(g: Grad) -> Grad:
+    return ops.neg(g) if isinstance(g, SharedTensor) else -g
+
+
+def _gadd(a: Grad, b: Any) -> Grad:
+    if isinstance(a, SharedTensor) or isinstance(b, SharedTensor):
+        return ops.add(a, b)
+    return a + b
+
+
+def _gsum(g: Grad, dims: tuple[int, ...], keepdim: bool) -> Grad:
+    if not dims:
+        return g
+    if isinstance(g, SharedTensor):
+        return ops.sum(g, dims, keepdim)
+    return g.sum(dim=dims, keepdim=keepdim)
+
+
+def sum_to(g: Grad, shape: Sequence[int]) -> Grad:
+    """Sum a broadcast gradient back to ``shape`` (local)."""
+    shape = tuple(shape)
+    gshape = tuple(g.shape)
+    if gshape == shape:
+        return g
+    extra = len(gshape) - len(shape)
+    if extra > 0:
+        g = _gsum(g, tuple(range(extra)), False)
+    dims = tuple(i for i, s in enumerate(shape) if s == 1 and g.shape[i] != 1)
+    g = _gsum(g, dims, True)
+    if tuple(g.shape) != shape:
+        g = g.reshape(shape)
+    return g
+
+
+def _shape_of(x: Any) -> tuple[int, ...]:
+    return tuple(x.shape) if isinstance(x, (SharedTensor, torch.Tensor)) else ()
+
+
+# ----------------------------------------------------------------- arithmetic
+class Add(Function):
+    """``x + y``."""
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, y: Any) -> SharedTensor:
+        ctx.shapes = (_shape_of(x), _shape_of(y))
+        return ops.add(x, y)
+
+    @staticmethod
+    def backward(ctx: Context, g: Grad) -> tuple[Grad | None, Grad | None]:
+        nx, ny = ctx.needs_input_grad
+        sx, sy = ctx.shapes
+        return (sum_to(g, sx) if nx else None, sum_to(g, sy) if ny else None)
+
+
+class Sub(Function):
+    """``x - y``."""
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, y: Any) -> SharedTensor:
+        ctx.shapes = (_shape_of(x), _shape_of(y))
+        return ops.sub(x, y)
+
+    @staticmethod
+    def backward(ctx: Context, g: Grad) -> tuple[Grad | None, Grad | None]:
+        nx, ny = ctx.needs_input_grad
+        sx, sy = ctx.shapes
+        return (sum_to(g, sx) if nx else None, _gneg(sum_to(g, sy)) if ny else None)
+
+
+class Neg(Function):
+    """``-x``."""
+
+    @staticmethod
+    def forward(ctx: Context, x: SharedTensor) -> SharedTensor:
+        return ops.neg(x)
+
+    @staticmethod
+    def backward(ctx: Context, g: Grad) -> Grad:
+        return _gneg(g)
+
+
+class Mul(Function):
+    """``x * y``: saves both operands; each needed gradient is one product."""
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, y: Any) -> SharedTensor:
+        ctx.save_for_backward(x, y)
+        return ops.mul(x, y)
+
+    @staticmethod
+    def backward(ctx: Context, g: Grad) -> tuple[Grad | None, Grad | None]:
+        x, y = ctx.saved_tensors
+        nx, ny = ctx.needs_input_grad
+        gx = sum_to(_gmul(g, y), _shape_of(x)) if nx else None
+        gy = sum_to(_gmul(g, x), _shape_of(y)) if ny else None
+        return gx, gy
+
+
+class Square(Function):
+    """``x * x``: backward ``2 x g`` (one product; the 2 is a free integer scaling)."""
+
+    @staticmethod
+    def forward(ctx: Context, x: SharedTensor) -> SharedTensor:
+        ctx.save_for_backward(x)
+        return ops.square(x)
+
+    @staticmethod
+    def backward(ctx: Context, g: Grad) -> Grad:
+        (x,) = ctx.saved_tensors
+        return ops.mul(_gmul(g, x), 2)
+
+
+def _t(a: Any) -> Any:
+    """Transpose the last two dims (shared or public)."""
+    return a.transpose(-2, -1)
+
+
+class MatMul(Function):
+    """``x @ y`` with torch's semantics; ``gx = g @ y^T``, ``gy = x^T @ g``."""
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, y: Any) -> SharedTensor:
+        ctx.save_for_backward(x, y)
+        return ops.matmul(x, y)
+
+    @staticmethod
+    def backward(ctx: Context, g: Grad) -> tuple[Grad | None, Grad | None]:
+        x, y = ctx.saved_tensors
+        nx, ny = ctx.needs_input_grad
+        xs, ys = _shape_of(x), _shape_of(y)
+        # Promote 1-D operands as torch does, so the 2-D rules apply.
+        x2 = x.reshape(1, xs[0]) if len(xs) == 1 else x
+        y2 = y.reshape(ys[0], 1) if len(ys) == 1 else y
+        g2 = g
+        if len(xs) == 1:
+            g2 = g2.unsqueeze(-2)
+        if len(ys) == 1:
+            g2 = g2.unsqueeze(-1)
+        gx = gy = None
+        if nx:
+            gx = sum_to(_gmatmul(g2, _t(y2)), _shape_of(x2)).reshape(xs)
+        if ny:
+            gy = sum_to(_gmatmul(_t(x2), g2), _shape_of(y2)).reshape(ys)
+        return gx, gy
+
+
+class Linear(Function):
+    """``input @ weight^T + bias`` fused (one node per layer).
+
+    Backward: ``grad_weight = g^T @ input``, ``grad_input = g @ weight``,
+    ``grad_bias = g.sum(0)``; each product only when needed (the first layer
+    never computes ``grad_input``).
+    """
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, w: Any, b: Any) -> SharedTensor:
+        ctx.save_for_backward(x, w)
+        wt = w.t() if isinstance(w, SharedTensor) else torch.as_tensor(w).t()
+        out = ops.matmul(x, wt)
+        return out if b is None else ops.add(out, b)
+
+    @staticmethod
+    def backward(ctx: Context, g: Grad) -> tuple[Grad | None, Grad | None, Grad | None]:
+        x, w = ctx.saved_tensors
+        nx, nw, nb = ctx.needs_input_grad
+        gx = gw = gb = None
+        if nx:
+            gx = _gmatmul(g, w)
+        if nw:
+            g2 = g.reshape(-1, g.shape[-1])
+            x2 = x.reshape(-1, x.shape[-1])
+            gw = _gmatmul(g2.t() if isinstance(g2, SharedTensor) else g2.t(), x2)
+        if nb:
+            g2 = g.reshape(-1, g.shape[-1])
+            gb = _gsum(g2, (0,), False)
+        return gx, gw, gb
+
+
+# ----------------------------------------------------------------- convolution
+def _dilate(g: SharedTensor | torch.Tensor, stride: tuple[int, int]) -> Any:
+    """Insert ``stride - 1`` zeros between the spatial elements of ``g`` (local)."""
+    sh, sw = stride
+    if sh == 1 and sw == 1:
+        return g
+    if isinstance(g, SharedTensor):
+        s = g.share
+        ld = lead(g.session.comm)
+        n, c, h, w = s.shape[ld:]
+        out = torch.zeros(
+            (*s.shape[:ld], n, c, (h - 1) * sh + 1, (w - 1) * sw + 1), dtype=s.dtype
+        )
+        out[..., ::sh, ::sw] = s
+        return SharedTensor(out, g.session)
+    n, c, h, w = g.shape
+    out_t = torch.zeros((n, c, (h - 1) * sh + 1, (w - 1) * sw + 1), dtype=g.dtype)
+    out_t[..., ::sh, ::sw] = g
+    return out_t
+
+
+def _pad(g: Any, pads: tuple[int, int, int, int]) -> Any:
+    """Zero-pad the last two dims (left, right, top, bottom); negative values crop."""
+    if not any(pads):
+        return g
+    if isinstance(g, SharedTensor):
+        s = torch.nn.functional.pad(g.share, pads)
+        return SharedTensor(s, g.session)
+    return torch.nn.functional.pad(g, pads)
+
+
+def conv2d_input_grad(
+    g: Grad,
+    w: Any,
+    input_shape: Sequence[int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> Grad:
+    """``conv_transpose2d(g, w)`` written as a convolution (groups=1).
+
+    The gradient of a strided convolution is a stride-1 convolution of the
+    zero-dilated ``g`` with the flipped, channel-swapped kernel: the same
+    Beaver convolution triple kind as the forward pass, no new protocol.
+    """
+    kh, kw = int(w.shape[2]), int(w.shape[3])
+    dh, dw = dilation
+    ph, pw = padding
+    h_in, w_in = int(input_shape[-2]), int(input_shape[-1])
+    gd = _dilate(g, stride)
+    eh, ew = dh * (kh - 1), dw * (kw - 1)
+    top, left = eh - ph, ew - pw
+    hd, wd = int(gd.shape[-2]), int(gd.shape[-1])
+    bottom = h_in - (hd + top - eh)
+    right = w_in - (wd + left - ew)
+    gp = _pad(gd, (left, right, top, bottom))
+    if isinstance(w, SharedTensor):
+        wf = SharedTensor(w.share.flip(-1, -2).transpose(-4, -3).contiguous(), w.session)
+    else:
+        wf = torch.as_tensor(w).flip(-1, -2).transpose(0, 1).contiguous()
+    if not isinstance(gp, SharedTensor) and not isinstance(wf, SharedTensor):
+        return torch.nn.functional.conv2d(gp, wf, dilation=dilation)
+    return ops.conv2d(gp, wf, dilation=dilation)
+
+
+def conv2d_weight_grad(
+    x: Any,
+    g: Grad,
+    weight_shape: Sequence[int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> Grad:
+    """``d out / d weight``: a convolution of the input with ``g`` over the batch (groups=1)."""
+    kh, kw = int(weight_shape[2]), int(weight_shape[3])
+    xt = x.transpose(0, 1)  # (C, N, H, W)
+    gt = g.transpose(0, 1)  # (O, N, Ho, Wo)
+    if not isinstance(xt, SharedTensor) and not isinstance(gt, SharedTensor):
+        out = torch.nn.functional.conv2d(xt, gt, padding=padding, stride=dilation, dilation=stride)
+    else:
+        out = ops.conv2d(xt, gt, padding=padding, stride=dilation, dilation=stride)
+    out = out[:, :, :kh, :kw]
+    return out.transpose(0, 1)
+
+
+class Conv2d(Function):
+    """2-D convolution (``groups=1`` for gradients)."""
+
+    @staticmethod
+    def forward(
+        ctx: Context,
+        x: Any,
+        w: Any,
+        b: Any,
+        stride: tuple[int, int],
+        padding: tuple[int, int],
+        dilation: tuple[int, int],
+        groups: int,
+    ) -> SharedTensor:
+        if groups != 1:
+            raise NotImplementedError(
+                f"conv2d: gradients need groups=1; got groups={groups} (run under smpc.no_grad())"
+            )
+        ctx.save_for_backward(x, w)
+        ctx.conf = (stride, padding, dilation)
+        return ops.conv2d(x, w, b, stride=stride, padding=padding, dilation=dilation)
+
+    @staticmethod
+    def backward(ctx: Context, g: Grad) -> tuple[Any, ...]:
+        x, w = ctx.saved_tensors
+        stride, padding, dilation = ctx.conf
+        nx, nw, nb = ctx.needs_input_grad[:3]
+        squeeze = len(_shape_of(x)) == 3
+        if squeeze:
+            x = x.unsqueeze(0)
+            g = g.unsqueeze(0)
+        gx = gw = gb = None
+        if nx:
+            gx = conv2d_input_grad(g, w, _shape_of(x), stride, padding, dilation)
+            if squeeze:
+                gx = gx.squeeze(0)
+        if nw:
+            gw = conv2d_weight_grad(x, g, _shape_of(w), stride, padding, dilation)
+        if nb:
+            gb = _gsum(g, (0, 2, 3), False)
+        return (gx, gw, gb, None, None, None, None)
+
+
+class AvgPool2d(Function):
+    """Average pooling: a public depthwise convolution; backward is its transpose (local)."""
+
+    @staticmethod
+    def forward(
+        ctx: Context,
+        x: SharedTensor,
+        kernel: tuple[int, int],
+        stride: tuple[int, int],
+        padding: tuple[int, int],
+    ) -> SharedTensor:
+        c = x.shape[-3]
+        weight = torch.full((c, 1, *kernel), 1.0 / (kernel[0] * kernel[1]))
+        ctx.conf = (tuple(x.shape), kernel, stride, padding)
+        return ops.conv2d(x, weight, stride=stride, padding=padding, groups=c)
+
+    @staticmethod
+    def backward(ctx: Context, g: Grad) -> tuple[Grad, None, None, None]:
+        xshape, kernel, stride, padding = ctx.conf
+        squeeze = len(xshape) == 3
+        if squeeze:
+            g = g.unsqueeze(0)
+        c = xshape[-3]
+        # Channels fold into the batch so one public kernel serves all of them.
+        n = g.shape[0]
+        g1 = g.reshape(n * c, 1, g.shape[-2], g.shape[-1])
+        weight = torch.full((1, 1, *kernel), 1.0 / (kernel[0] * kernel[1]))
+        gx = conv2d_input_grad(g1, weight, (n * c, 1, xshape[-2], xshape[-1]), stride, padding, (1, 1))
+        gx = gx.reshape(n, c, xshape[-2], xshape[-1])
+        if squeeze:
+            gx = gx.squeeze(0)
+        return gx, None, None, None
+
+
+# ----------------------------------------------------------------- reductions
+def _dims(x: SharedTensor, dim: int | Sequence[int] | None) -> tuple[int, ...]:
+    nd = x.dim()
+    if dim is None:
+        return tuple(range(nd))
+    ds = (dim,) if isinstance(dim, int) else tuple(dim)
+    return tuple(d % max(nd, 1) for d in ds)
+
+
+def _expand_back(g: Grad, shape: tuple[int, ...], dims: tuple[int, ...], keepdim: bool) -> Grad:
+    if not keepdim:
+        kshape = [1 if i in dims else s for i, s in enumerate(shape)]
+        g = g.reshape(kshape)
+    return g.expand(shape) if isinstance(g, SharedTensor) else g.expand(shape).contiguous()
+
+
+class Sum(Function):
+    """Sum over dims: backward broadcasts the gradient back (local)."""
+
+    @staticmethod
+    def forward(ctx: Context, x: SharedTensor, dim: Any, keepdim: bool) -> SharedTensor:
+        ctx.conf = (tuple(x.shape), _dims(x, dim), keepdim)
+        return ops.sum(x, dim, keepdim)
+
+    @staticmethod
+    def backward(ctx: Context, g: Grad) -> tuple[Grad, None, None]:
+        shape, dims, keepdim = ctx.conf
+        return _expand_back(g, shape, dims, keepdim), None, None
+
+
+class Mean(Function):
+    """Mean over dims: backward ``g / count`` broadcast back (one public product)."""
+
+    @staticmethod
+    def forward(ctx: Context, x: SharedTensor, dim: Any, keepdim: bool) -> SharedTensor:
+        dims = _dims(x, dim)
+        ctx.conf = (tuple(x.shape), dims, keepdim, math.prod(x.shape[d] for d in dims))
+        return ops.mean(x, dim, keepdim)
+
+    @staticmethod
+    def backward(ctx: Context, g: Grad) -> tuple[Grad, None, None]:
+        shape, dims, keepdim, count = ctx.conf
+        if count != 1:
+            g = _gmul(g, 1.0 / count)
+        return _expand_back(g, shape, dims, keepdim), None, None
+
+
+# ----------------------------------------------------------------- shape ops (all local)
+class Reshape(Function):
+    """Reshape."""
+
+    @staticmethod
+    def forward(ctx: Context, x: SharedTensor, shape: tuple[int, ...], fn: Callable[..., Any]) -> SharedTensor:
+        ctx.shape = tuple(x.shape)
+        return fn(x, shape)
+
+    @staticmethod
+    def backward(ctx: Context, g: Grad) -> tuple[Grad, None, None]:
+        return g.reshape(ctx.shape), None, None
+
+
+class Transpose(Function):
+    """Swap two dims."""
+
+    @staticmethod
+    def forward(ctx: Context, x: SharedTensor, d0: int, d1: int, fn: Callable[..., Any]) -> SharedTensor:
+        ctx.dims = (d0, d1)
+        return fn(x, d0, d1)
+
+    @staticmethod
+    def backward(ctx: Context, g: Grad) -> tuple[Grad, None, None, None]:
+        return g.transpose(*ctx.dims), None, None, None
+
+
+class Permute(Function):
+    """Permute dims."""
+
+    @staticmethod
+    def forward(ctx: Context, x: SharedTensor, dims: tuple[int, ...], fn: Callable[..., Any]) -> SharedTensor:
+        nd = max(x.dim(), 1)
+        ctx.inv = tuple(sorted(range(len(dims)), key=lambda i: dims[i] % nd))
+        return fn(x, dims)
+
+    @staticmethod
+    def backward(ctx: Context, g: Grad) -> tuple[Grad, None, None]:
+        return g.permute(*ctx.inv), None, None
+
+
+class Expand(Function):
+    """Broadcast to a size."""
+
+    @staticmethod
+    def forward(ctx: Context, x: SharedTensor, sizes: tuple[int, ...], fn: Callable[..., Any]) -> SharedTensor:
+        ctx.shape = tuple(x.shape)
+        return fn(x, sizes)
+
+    @staticmethod
+    def backward(ctx: Context, g: Grad) -> tuple[Grad, None, None]:
+        return sum_to(g, ctx.shape), None, None
+
+
+class GetItem(Function):
+    """Index or slice; backward scatters into zeros (local)."""
+
+    @staticmethod
+    def forward(ctx: Context, x: SharedTensor, index: Any, fn: Callable[..., Any]) -> SharedTensor:
+        ctx.conf = (tuple(x.shape), index)
+        return fn(x, index)
+
+    @staticmethod
+    def backward(ctx: Context, g: Grad) -> tuple[Grad, None, None]:
+        shape, index = ctx.conf
+        idx = index if isinstance(index, tuple) else (index,)
+        if isinstance(g, SharedTensor):
+            ld = lead(g.session.comm)
+            s = g.share
+            out = torch.zeros((*s.shape[:ld], *shape), dtype=s.dtype)
+            out[(slice(None),) * ld + idx] += s
+            return SharedTensor(out, g.session), None, None
+        out_t = torch.zeros(shape, dtype=g.dtype)
+        out_t[idx] += g
+        return out_t, None, None
+
+
+class Cat(Function):
+    """Concatenate along a dim; backward slices the gradient (local)."""
+
+    @staticmethod
+    def forward(ctx: Context, dim: int, *tensors: SharedTensor) -> SharedTensor:
+        nd = tensors[0].dim()
+        ctx.conf = (dim % max(nd, 1), [t.shape[dim] for t in tensors])
+        return ops.cat(list(tensors), dim)
+
+    @staticmethod
+    def backward(ctx: Context, g: Grad) -> tuple[Grad | None, ...]:
+        d, sizes = ctx.conf
+        outs: list[Grad | None] = [None]
+        start = 0
+        for s, need in zip(sizes, ctx.needs_input_grad[1:], strict=True):
+            if need:
+                idx = (slice(None),) * d + (slice(start, start + s),)
+                outs.append(g[idx])
+            else:
+                outs.append(None)
+            start += s
+        return tuple(outs)
+
+
+class Stack(Function):
+    """Stack along a new dim; backward selects (local)."""
+
+    @staticmethod
+    def forward(ctx: Context, dim: int, *tensors: SharedTensor) -> SharedTensor:
+        ctx.dim = dim % (tensors[0].dim() + 1)
+        return ops.stack(list(tensors), dim)
+
+    @staticmethod
+    def backward(ctx: Context, g: Grad) -> tuple[Grad | None, ...]:
+        d = ctx.dim
+        outs: list[Grad | None] = [None]
+        for i, need in enumerate(ctx.needs_input_grad[1:]):
+            outs.append(g[(slice(None),) * d + (i,)] if need else None)
+        return tuple(outs)
+
+
+# ----------------------------------------------------------------- non-linear
+class ReLU(Function):
+    """``max(x, 0)``: forward keeps the comparison bit, backward is ``g * bit`` (one product)."""
+
+    @staticmethod
+    def forward(ctx: Context, x: SharedTensor) -> SharedTensor:
+        out, bit = nl.relu_with_bit(x)
+        ctx.save_for_backward(bit)
+        return out
+
+    @staticmethod
+    def backward(ctx: Context, g: Grad) -> Grad:
+        (bit,) = ctx.saved_tensors
+        return _gmul(g, bit)
+
+
+class Where(Function):
+    """``a`` where ``cond`` else ``b``; gradients ``g * cond`` and ``g - g * cond``."""
+
+    @staticmethod
+    def forward(ctx: Context, cond: SharedTensor, a: Any, b: Any) -> SharedTensor:
+        ctx.save_for_backward(cond)
+        ctx.shapes = (_shape_of(a), _shape_of(b))
+        return nl.where(cond, a, b)
+
+    @staticmethod
+    def backward(ctx: Context, g: Grad) -> tuple[None, Grad | None, Grad | None]:
+        (cond,) = ctx.saved_tensors
+        _, na, nb = ctx.needs_input_grad
+        gc = _gmul(g, cond)
+        ga = sum_to(gc, ctx.shapes[0]) if na else None
+        gb = sum_to(_gadd(g, _gneg(gc)), ctx.shapes[1]) if nb else None
+        return None, ga, gb
+
+
+def _window_view(x: SharedTensor, kernel: tuple[int, int], stride: tuple[int, int]) -> SharedTensor:
+    """Non-overlapping or strided windows as a last dim: (.., C, Ho, Wo, kh*kw) (local)."""
+    s = x.share
+    kh, kw = kernel
+    sh, sw = stride
+    u = s.unfold(-2, kh, sh).unfold(-2, kw, sw)  # (..., C, Ho, Wo, kh, kw)
+    return SharedTensor(u.reshape(*u.shape[:-2], kh * kw).contiguous(), x.session)
+
+
+class MaxPool2d(Function):
+    """Max pooling via a one-hot argmax over each window, kept for backward.
+
+    Forward: windows (local), one-hot argmax (comparisons), max = sum(onehot * window)
+    (one product). Backward: ``onehot * g`` (one product) scattered back to the
+    windows (local). Requires ``padding=0``.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Context,
+        x: SharedTensor,
+        kernel: tuple[int, int],
+        stride: tuple[int, int],
+        padding: tuple[int, int],
+    ) -> SharedTensor:
+        if padding != (0, 0):
+            raise NotImplementedError("max_pool2d: gradients need padding=0")
+        win = _window_view(x, kernel, stride)
+        onehot = nl.argmax(win, -1, False)
+        out = ops.sum(ops.mul(onehot, win), -1)
+        ctx.save_for_backward(onehot)
+        ctx.conf = (tuple(x.shape), kernel, stride)
+        return out
+
+    @staticmethod
+    def backward(ctx: Context, g: Grad) -> tuple[Grad, None, None, None]:
+        (onehot,) = ctx.saved_tensors
+        shape, (kh, kw), (sh, sw) = ctx.conf
+        gw = ops.mul(onehot, g.unsqueeze(-1) if isinstance(g, SharedTensor) else g.unsqueeze(-1))
+        s = gw.share
+        ld = lead(gw.session.comm)
+        ho, wo = s.shape[-3], s.shape[-2]
+        s = s.reshape(*s.shape[:-1], kh, kw)  # (..., C, Ho, Wo, kh, kw)
+        out = torch.zeros((*s.shape[:ld], *shape), dtype=s.dtype)
+        for i in range(kh):
+            for j in range(kw):
+                out[..., i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw] += s[..., i, j]
+        return SharedTensor(out, gw.session), None, None, None
+
+
+class Softmax(Function):
+    """Softmax; backward ``s * (g - sum(g * s))`` (two products)."""
+
+    @staticmethod
+    def forward(ctx: Context, x: SharedTensor, dim: int) -> SharedTensor:
+        s = nl.softmax(x, dim)
+        ctx.save_for_backward(s)
+        ctx.dim = dim
+        return s
+
+    @staticmethod
+    def backward(ctx: Context, g: Grad) -> tuple[Grad, None]:
+        (s,) = ctx.saved_tensors
+        gs = _gmul(g, s)
+        tot = _gsum(gs, (ctx.dim % max(s.dim(), 1),), True)
+        return ops.sub(gs, _gmul(tot, s)), None
+
+
+class LogSoftmax(Function):
+    """Log-softmax; backward ``g - softmax * sum(g)`` (softmax recomputed, one product)."""
+
+    @staticmethod
+    def forward(ctx: Context, x: SharedTensor, dim: int) -> SharedTensor:
+        ctx.save_for_backward(x)
+        ctx.dim = dim
+        return nl.log_softmax(x, dim)
+
+    @staticmethod
+    def backward(ctx: Context, g: Grad) -> tuple[Grad, None]:
+        (x,) = ctx.saved_tensors
+        p = nl.softmax(x, ctx.dim)
+        tot = _gsum(g, (ctx.dim % max(x.dim(), 1),), True)
+        return _gadd(g, _gneg(_gmul(tot, p))), None
+
+
+class Exp(Function):
+    """``e^x``; backward ``g * out``."""
+
+    @staticmethod
+    def forward(ctx: Context, x: SharedTensor) -> SharedTensor:
+        out = nl.exp(x)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Context, g: Grad) -> Grad:
+        return _gmul(g, ctx.saved_tensors[0])
+
+
+class Reciprocal(Function):
+    """``1/x``; backward ``-g * out^2``."""
+
+    @staticmethod
+    def forward(ctx: Context, x: SharedTensor) -> SharedTensor:
+        out = nl.reciprocal(x)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Context, g: Grad) -> Grad:
+        (r,) = ctx.saved_tensors
+        return _gneg(_gmul(g, ops.square(r)))
+
+
+class Log(Function):
+    """``ln x``; backward ``g / x``."""
+
+    @staticmethod
+    def forward(ctx: Context, x: SharedTensor) -> SharedTensor:
+        ctx.save_for_backward(x)
+        return nl.log(x)
+
+    @staticmethod
+    def backward(ctx: Context, g: Grad) -> Grad:
+        return _gmul(g, nl.reciprocal(ctx.saved_tensors[0]))
+
+
+class Sqrt(Function):
+    """``sqrt x``; backward ``g / (2 out)``."""
+
+    @staticmethod
+    def forward(ctx: Context, x: SharedTensor) -> SharedTensor:
+        out = nl.sqrt(x)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Context, g: Grad) -> Grad:
+        return _gmul(_gmul(g, nl.reciprocal(ctx.saved_tensors[0])), 0.5)
+
+
+class Sigmoid(Function):
+    """Logistic sigmoid; backward ``g * s * (1 - s)``."""
+
+    @staticmethod
+    def forward(ctx: Context, x: SharedTensor) -> SharedTensor:
+        out = nl.sigmoid(x)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Context, g: Grad) -> Grad:
+        (s,) = ctx.saved_tensors
+        return _gmul(g, ops.mul(s, ops.sub(1.0, s)))
+
+
+class Tanh(Function):
+    """tanh; backward ``g * (1 - t^2)``."""
+
+    @staticmethod
+    def forward(ctx: Context, x: SharedTensor) -> SharedTensor:
+        out = nl.tanh(x)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Context, g: Grad) -> Grad:
+        (t,) = ctx.saved_tensors
+        return _gmul(g, ops.sub(1.0, ops.square(t)))
+
+
+# ----------------------------------------------------------------- losses
+class LazyValue(SharedTensor):
+    """A SharedTensor whose shares are computed on first use.
+
+    Losses return one: training needs only the loss *gradient* (which for
+    softmax cross-entropy needs no logarithm), so the loss value and its cost
+    are paid only when someone reveals or uses it. Its shape is known upfront.
+    """
+
+    __slots__ = ("_thunk", "_lazy_shape")
+
+    def __init__(
+        self, thunk: Callable[[], torch.Tensor], session: Any, shape: tuple[int, ...]
+    ) -> None:
+        # Every slot but ``_share``, which stays unset until ``_force``.
+        self.session = session
+        self.requires_grad = False
+        self.grad = None
+        self.grad_fn = None
+        self._thunk: Callable[[], torch.Tensor] | None = thunk
+        self._lazy_shape = torch.Size(shape)
+
+    def __getattr__(self, name: str) -> Any:
+        # Called only when normal lookup fails, i.e. for ``_share`` before it is computed.
+        if name == "_share":
+            thunk = object.__getattribute__(self, "_thunk")
+            if thunk is None:
+                raise AttributeError(name)
+            self._thunk = None
+            share = thunk()
+            self._share = share
+            return share
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @property
+    def shape(self) -> torch.Size:
+        """Shape (known without computing the value)."""
+        return self._lazy_shape
+
+    @property
+    def computed(self) -> bool:
+        """Whether the value has been computed."""
+        return self._thunk is None
+
+
+def _reduce_shape(batch_shape: tuple[int, ...], reduction: str) -> tuple[int, ...]:
+    return batch_shape if reduction == "none" else ()
+
+
+def _reduce(x: SharedTensor, reduction: str) -> SharedTensor:
+    if reduction == "mean":
+        return ops.mean(x)
+    if reduction == "sum":
+        return ops.sum(x)
+    return x
+
+
+def check_reduction(reduction: str) -> None:
+    """Validate a ``reduction`` argument."""
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"`reduction` must be 'mean', 'sum' or 'none'; got {reduction!r}")
+
+
+def _scale_grad(g: Grad, d: SharedTensor, scale: float, reduction: str) -> SharedTensor:
+    """``d * g * scale`` with ``g`` broadcast over the reduced dims."""
+    if reduction == "none":
+        while g.dim() < d.dim():
+            g = g.unsqueeze(-1)
+        if isinstance(g, SharedTensor):
+            return ops.mul(ops.mul(d, g), scale) if scale != 1 else ops.mul(d, g)
+        return ops.mul(d, g * scale)
+    if isinstance(g, SharedTensor):
+        return ops.mul(d, g if scale == 1 else ops.mul(g, scale))
+    factor = g.reshape(()) * scale
+    if float(factor) == 1.0:
+        return d
+    return ops.mul(d, factor)
+
+
+class MSELoss(Function):
+    """``mean((input - target)^2)``; backward ``2 (input - target) g / numel``.
+
+    The squared error is computed only if the loss value is used.
+    """
+
+    @staticmethod
+    def forward(ctx: Context, x: SharedTensor, target: Any, reduction: str) -> SharedTensor:
+        d = ops.sub(x, target)
+        ctx.save_for_backward(d)
+        ctx.conf = (reduction, _shape_of(x), _shape_of(target))
+        if reduction == "none":
+            return ops.square(d)
+        return LazyValue(lambda: _reduce(ops.square(d), reduction).share, d.session, ())
+
+    @staticmethod
+    def backward(ctx: Context, g: Grad) -> tuple[Grad | None, Grad | None, None]:
+        (d,) = ctx.saved_tensors
+        reduction, xs, ts = ctx.conf
+        n = d.numel() if reduction == "mean" else 1
+        gd = _scale_grad(g, d, 2.0 / n, reduction)
+        nx, nt, _ = ctx.needs_input_grad
+        return (sum_to(gd, xs) if nx else None, _gneg(sum_to(gd, ts)) if nt else None, None)
+
+
+def onehot_target(x: SharedTensor, target: Any) -> Any:
+    """Class indices -> one-hot float (public); float or shared targets pass through."""
+    if isinstance(target, torch.Tensor) and not target.is_floating_point():
+        if x.dim() > 1 and tuple(target.shape) != (x.shape[0], *x.shape[2:]):
+            raise ShapeError(
+                f"cross_entropy: class-index target must have shape "
+                f"{(x.shape[0], *x.shape[2:])} for input {tuple(x.shape)}; got {tuple(target.shape)}"
+            )
+        if bool((target < 0).any()) or bool((target >= x.shape[1 if x.dim() > 1 else 0]).any()):
+            raise ValueError(
+                f"cross_entropy: class indices must be in [0, {x.shape[1 if x.dim() > 1 else 0]})"
+            )
+        oh = torch.nn.functional.one_hot(target, x.shape[1 if x.dim() > 1 else 0]).to(torch.float32)
+        return oh.movedim(-1, 1) if x.dim() > 2 else oh
+    if tuple(_shape_of(target)) != tuple(x.shape):
+        raise ShapeError(
+            f"cross_entropy: probability target must have the input's shape {tuple(x.shape)}; "
+            f"got {_shape_of(target)}"
+        )
+    return target
+
+
+class CrossEntropy(Function):
+    """Softmax cross-entropy with the fused gradient ``(softmax - onehot) * g / batch``.
+
+    Forward computes only the softmax (kept for backward). The loss value,
+    ``-sum(onehot * log_softmax)``, is computed lazily: only when revealed or used.
+    """
+
+    @staticmethod
+    def forward(ctx: Context, x: SharedTensor, target: Any, reduction: str) -> SharedTensor:
+        dim = 1 if x.dim() > 1 else 0
+        p = nl.softmax(x, dim)
+        ctx.save_for_backward(p, target)
+        ctx.conf = (reduction, dim)
+        batch_shape = tuple(s for i, s in enumerate(x.shape) if i != dim)
+
+        def value() -> torch.Tensor:
+            logp = nl.log_softmax(x, dim)
+            per = ops.neg(ops.sum(ops.mul(logp, target), dim))
+            return _reduce(per, reduction).share
+
+        if reduction == "none":
+            return SharedTensor(value(), x.session)
+        return LazyValue(value, x.session, _reduce_shape(batch_shape, reduction))
+
+    @staticmethod
+    def backward(ctx: Context, g: Grad) -> tuple[Grad | None, Grad | None, None]:
+        p, target = ctx.saved_tensors
+        reduction, dim = ctx.conf
+        d = ops.sub(p, target)
+        n = d.numel() // d.shape[dim] if reduction == "mean" else 1
+        if reduction == "none" and dim == 1:
+            g = g.unsqueeze(1)
+        gd = _scale_grad(g, d, 1.0 / n, "none" if reduction == "none" else reduction)
+        nx, nt, _ = ctx.needs_input_grad
+        gt = None
+        if nt:
+            raise NotImplementedError("cross_entropy: no gradient w.r.t. the target")
+        return (gd if nx else None, gt, None)

@@ -1,0 +1,548 @@
+"""Distributed runtime: one OS process per party over torch.distributed / gloo (runtime layer).
+
+Each party runs the same protocol code as in the simulation, holding only its
+own share (``party_axis = False``). Parties talk point to point over a gloo
+process group on TCP whose ranks are ``0 .. world_size - 1`` for the computing
+parties and ``world_size`` for the crypto provider (see
+:mod:`smpc.dealer.trusted`).
+
+Wire format. Every message is a fixed 4-element int64 *header*
+``[seq, kind, nbytes, aux]`` on one gloo tag, followed (when ``nbytes > 0``) by
+one *payload* message on another tag. ``seq`` is the deterministic operation
+counter (every communicator call increments it identically on every party),
+so a party that calls a different operation, or the same one with other
+shapes, gets :class:`~smpc.errors.ProtocolDesyncError` instead of corrupted
+data. The header is what makes this safe: gloo aborts the whole process when a
+message is larger than the posted receive buffer, so a receiver posts the
+payload buffer only after checking the announced size.
+
+Costs. An opening batches all shares of the call into one flat buffer per peer;
+sends and receives to every peer are posted together (no deadlock, one round).
+Buffers are reused between calls. Payload bytes are counted in :attr:`stats`
+exactly as :class:`~smpc.comm.local.LocalCommunicator` counts them for the same
+program; headers are not counted.
+
+Failures. Every wait is bounded by ``timeout`` seconds: a peer that died (its
+connection closes, detected at once) or stopped answering raises
+:class:`~smpc.errors.PartyTimeoutError`; nothing hangs.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import pickle
+from collections.abc import Sequence
+from enum import IntEnum
+
+import torch
+from torch.distributed import PrefixStore, ProcessGroupGloo, Store, TCPStore
+
+from ..errors import PartyTimeoutError, ProtocolDesyncError, SessionClosedError
+from .stats import Stats
+
+__all__ = [
+    "TorchDistCommunicator",
+    "MessageKind",
+    "Channel",
+    "connect",
+    "DEFAULT_PORT",
+]
+
+DEFAULT_PORT = 29533
+HEADER_NUMEL = 4
+# gloo tags: headers and payloads travel on separate tags so that a header can never
+# land in a payload buffer (gloo matches messages by (peer, tag), FIFO).
+TAG_HEADER = 11
+TAG_PAYLOAD = 12
+# Waits without a useful bound (the provider waiting for the next request).
+LONG_WAIT = datetime.timedelta(days=7)
+
+
+class MessageKind(IntEnum):
+    """What a message carries (header field ``kind``)."""
+
+    OPEN = 1
+    REVEAL = 2
+    SHARE = 3
+    OBJECT = 4
+    BARRIER = 5
+    CLOSE = 6
+    SEED = 7
+    REQUEST = 8
+    CORRECTION = 9
+    ERROR = 10
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def connect(
+    rank: int,
+    size: int,
+    *,
+    store: Store | None = None,
+    master_addr: str | None = None,
+    master_port: int | None = None,
+    timeout: float = 60.0,
+    prefix: str = "smpc",
+    host_store: bool | None = None,
+) -> ProcessGroupGloo:
+    """Join a gloo process group of ``size`` ranks (parties plus the provider).
+
+    Args:
+        rank: this process's rank in ``[0, size)``.
+        size: number of ranks.
+        store: a rendezvous store; if ``None``, a TCP store at ``master_addr:master_port``
+            (default ``MASTER_ADDR``/``MASTER_PORT`` from the environment), hosted by rank 0.
+        master_addr: host of the TCP store.
+        master_port: port of the TCP store.
+        timeout: seconds to wait for the other ranks to join.
+        prefix: key prefix in the store (lets several groups share one store).
+        host_store: whether this process hosts the TCP store (default: rank 0 does).
+
+    Raises:
+        PartyTimeoutError: the other ranks did not join within ``timeout``.
+    """
+    if not 0 <= rank < size:
+        raise ValueError(f"`rank` must be in [0, {size}); got {rank}")
+    td = datetime.timedelta(seconds=timeout)
+    addr = master_addr or os.environ.get("MASTER_ADDR", "127.0.0.1")
+    try:
+        if store is None:
+            port = master_port if master_port is not None else int(
+                os.environ.get("MASTER_PORT", DEFAULT_PORT)
+            )
+            is_master = rank == 0 if host_store is None else host_store
+            store = TCPStore(addr, port, size, is_master, timeout=td, wait_for_workers=False)
+        options = ProcessGroupGloo._Options()
+        options._timeout = td
+        options._threads = 2
+        if _is_loopback(addr) and not os.environ.get("GLOO_SOCKET_IFNAME"):
+            options._devices = [ProcessGroupGloo.create_device(hostname="127.0.0.1")]
+        else:
+            # Default device: resolves this host's name, or GLOO_SOCKET_IFNAME if set.
+            options._devices = [ProcessGroupGloo.create_device()]
+        return ProcessGroupGloo(PrefixStore(prefix, store), rank, size, options)
+    except RuntimeError as e:  # torch raises DistStoreError (a RuntimeError) on timeouts
+        raise PartyTimeoutError(
+            f"rank {rank}: the other {size - 1} ranks did not all join the process group "
+            f"at {addr} within {timeout} s: {e}"
+        ) from e
+
+
+class Channel:
+    """Framed, tagged point-to-point messages over a gloo group (shared by comm and dealer).
+
+    Args:
+        pg: the process group.
+        rank: this process's rank.
+        timeout: seconds a wait may take before :class:`PartyTimeoutError`.
+        names: display names of ranks for error messages.
+    """
+
+    def __init__(
+        self, pg: ProcessGroupGloo, rank: int, timeout: float, names: Sequence[str]
+    ) -> None:
+        self.pg = pg
+        self.rank = rank
+        self.timeout = timeout
+        self.wait_timeout = datetime.timedelta(seconds=timeout)
+        self.names = tuple(names)
+        self.failed: BaseException | None = None
+
+    def who(self, rank: int) -> str:
+        """A display name for ``rank``."""
+        name = self.names[rank] if rank < len(self.names) else f"rank {rank}"
+        return f"{name!r} (rank {rank})"
+
+    def wait(
+        self, work: object, peer: int, what: str, *, timeout: datetime.timedelta | None = None
+    ) -> None:
+        """Wait for one gloo work item; translate failures into :class:`PartyTimeoutError`."""
+        try:
+            work.wait(timeout or self.wait_timeout)  # type: ignore[attr-defined]
+        except RuntimeError as e:
+            text = str(e)
+            if "closed" in text.lower() or "reset" in text.lower() or "broken pipe" in text.lower():
+                why = "closed the connection (the process died or exited)"
+            elif "timed out" in text.lower() or "timeout" in text.lower():
+                why = f"did not answer within {self.timeout} s"
+            else:
+                why = "failed"
+            err = PartyTimeoutError(
+                f"{self.who(self.rank)}: peer {self.who(peer)} {why} during {what}: {text}"
+            )
+            self.failed = err
+            raise err from e
+
+    def check(self) -> None:
+        """Raise if an earlier wait failed (the group's state is then unusable)."""
+        if self.failed is not None:
+            raise PartyTimeoutError(f"the runtime failed earlier: {self.failed}")
+
+    def send(
+        self, dst: int, seq: int, kind: MessageKind, payload: torch.Tensor | None, aux: int = 0
+    ) -> list[object]:
+        """Post a header (and payload) to ``dst``; return the works to wait for.
+
+        The caller must keep ``payload`` alive and unchanged until the works complete.
+        """
+        nbytes = 0 if payload is None else payload.numel() * payload.element_size()
+        header = torch.tensor([seq, int(kind), nbytes, aux], dtype=torch.int64)
+        works: list[object] = [self.pg.send([header], dst, TAG_HEADER), header]
+        if nbytes:
+            assert payload is not None and payload.is_contiguous()
+            works.append(self.pg.send([payload], dst, TAG_PAYLOAD))
+        return works
+
+    def post_header(self, src: int) -> tuple[object, torch.Tensor]:
+        """Post the receive of ``src``'s next header."""
+        header = torch.empty(HEADER_NUMEL, dtype=torch.int64)
+        return self.pg.recv([header], src, TAG_HEADER), header
+
+    def check_header(
+        self,
+        header: torch.Tensor,
+        src: int,
+        seq: int,
+        kind: MessageKind,
+        nbytes: int | None,
+        what: str,
+    ) -> tuple[int, int]:
+        """Validate a received header; return its ``(nbytes, aux)``."""
+        got_seq, got_kind, got_nbytes, aux = (int(v) for v in header.tolist())
+        if got_seq != seq or got_kind != int(kind):
+            try:
+                got = MessageKind(got_kind).name
+            except ValueError:
+                got = f"kind {got_kind}"
+            closing = " (it closed its session)" if got_kind == MessageKind.CLOSE else ""
+            raise ProtocolDesyncError(
+                f"{self.who(self.rank)} expected message #{seq} ({kind.name}, {what}) from "
+                f"{self.who(src)}, got #{got_seq} ({got}){closing}: the parties run "
+                "different programs or different op orders"
+            )
+        if nbytes is not None and got_nbytes != nbytes:
+            raise ProtocolDesyncError(
+                f"{self.who(self.rank)} expected {nbytes} payload bytes in message #{seq} "
+                f"({what}) from {self.who(src)}, got {got_nbytes}: the parties' shapes differ"
+            )
+        return got_nbytes, aux
+
+    def post_payload(self, src: int, buf: torch.Tensor) -> object:
+        """Post the receive of ``src``'s payload into ``buf`` (exactly the announced size)."""
+        return self.pg.recv([buf], src, TAG_PAYLOAD)
+
+    def recv(
+        self,
+        src: int,
+        seq: int,
+        kind: MessageKind,
+        what: str,
+        *,
+        timeout: datetime.timedelta | None = None,
+        accept: tuple[MessageKind, ...] = (),
+    ) -> tuple[MessageKind, torch.Tensor, int]:
+        """Receive one whole message as bytes: ``(kind, uint8 payload, aux)``.
+
+        ``accept`` lists other kinds taken instead of ``kind`` (e.g. CLOSE or ERROR).
+        """
+        work, header = self.post_header(src)
+        self.wait(work, src, what, timeout=timeout)
+        got_kind = int(header[1])
+        if got_kind in {int(k) for k in accept}:
+            kind = MessageKind(got_kind)
+        nbytes, aux = self.check_header(header, src, seq, kind, None, what)
+        buf = torch.empty(nbytes, dtype=torch.uint8)
+        if nbytes:
+            self.wait(self.post_payload(src, buf), src, what)
+        return kind, buf, aux
+
+    def wait_all(self, works: list[object], peer: int, what: str) -> None:
+        """Wait for sends posted by :meth:`send` (skipping the kept-alive tensors)."""
+        for w in works:
+            if not isinstance(w, torch.Tensor):
+                self.wait(w, peer, what)
+
+
+def _align8(n: int) -> int:
+    return (n + 7) & ~7
+
+
+def _as_bytes_view(buf: torch.Tensor, offset: int, t: torch.Tensor) -> torch.Tensor:
+    """``buf[offset : offset + t.nbytes]`` viewed with ``t``'s dtype and shape."""
+    nb = t.numel() * t.element_size()
+    return buf[offset : offset + nb].view(t.dtype).view(t.shape)
+
+
+class TorchDistCommunicator:
+    """This party's endpoint of the distributed runtime (gloo over TCP).
+
+    Args:
+        rank: this party's index in ``[0, world_size)``.
+        world_size: number of computing parties (the process group has one more
+            rank, ``world_size``, for the crypto provider).
+        store: rendezvous store; default: a TCP store at ``master_addr:master_port``
+            (``MASTER_ADDR``/``MASTER_PORT`` from the environment), hosted by rank 0.
+        master_addr: host of the TCP store.
+        master_port: port of the TCP store.
+        timeout: seconds to wait for a peer before :class:`PartyTimeoutError`.
+        names: party names for error messages (default ``party0, party1, ...``).
+        prefix: key prefix in the store.
+        host_store: whether this process hosts the TCP store (default: rank 0 does).
+        pg: an already joined process group (``store`` etc. are then ignored).
+
+    Example:
+        >>> comm = TorchDistCommunicator(0, 2, master_addr="10.0.0.1", master_port=29533)
+        >>> sess = smpc.Session(("alice", "bob"), comm=comm, dealer=TrustedDealerClient(comm))
+    """
+
+    party_axis = False
+
+    def __init__(
+        self,
+        rank: int,
+        world_size: int,
+        *,
+        store: Store | None = None,
+        master_addr: str | None = None,
+        master_port: int | None = None,
+        timeout: float = 60.0,
+        names: Sequence[str] | None = None,
+        prefix: str = "smpc",
+        host_store: bool | None = None,
+        pg: ProcessGroupGloo | None = None,
+    ) -> None:
+        if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 2:
+            raise ValueError(f"`world_size` must be an int >= 2; got {world_size!r}")
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+            raise ValueError(f"`rank` must be in [0, {world_size}); got {rank!r}")
+        if timeout <= 0:
+            raise ValueError(f"`timeout` must be > 0 seconds; got {timeout}")
+        self.rank: int | None = rank
+        self._rank = rank
+        self.world_size = world_size
+        self.dealer_rank = world_size
+        self.timeout = float(timeout)
+        self.stats = Stats(world_size=world_size)
+        if names is None:
+            names = [f"party{i}" for i in range(world_size)]
+        if len(names) != world_size:
+            raise ValueError(f"`names` must have {world_size} entries; got {len(names)}")
+        if pg is None:
+            pg = connect(
+                rank,
+                world_size + 1,
+                store=store,
+                master_addr=master_addr,
+                master_port=master_port,
+                timeout=timeout,
+                prefix=prefix,
+                host_store=host_store,
+            )
+        self.channel = Channel(pg, rank, self.timeout, [*names, "dealer"])
+        self._peers = [p for p in range(world_size) if p != rank]
+        self._seq = 0
+        self._closed = False
+        self._send_buf = torch.empty(0, dtype=torch.uint8)
+        self._recv_bufs: dict[int, torch.Tensor] = {}
+
+    # ----------------------------------------------------------------- helpers
+    def _next(self) -> int:
+        if self._closed:
+            raise SessionClosedError("the session is closed; create a new Session")
+        self.channel.check()
+        self._seq += 1
+        return self._seq
+
+    def _buffer(self, current: torch.Tensor, nbytes: int) -> torch.Tensor:
+        if current.numel() < nbytes:
+            current = torch.empty(max(nbytes, current.numel() * 5 // 4), dtype=torch.uint8)
+        return current
+
+    def _recv_buffer(self, peer: int, nbytes: int) -> torch.Tensor:
+        buf = self._buffer(self._recv_bufs.get(peer, torch.empty(0, dtype=torch.uint8)), nbytes)
+        self._recv_bufs[peer] = buf
+        return buf[:nbytes]
+
+    def _exchange(
+        self,
+        seq: int,
+        kind: MessageKind,
+        payload: torch.Tensor | None,
+        dsts: Sequence[int],
+        srcs: Sequence[int],
+        nbytes: int,
+        what: str,
+    ) -> dict[int, torch.Tensor]:
+        """Send ``payload`` to ``dsts`` and receive ``nbytes`` from each of ``srcs``, concurrently."""
+        ch = self.channel
+        sends = {p: ch.send(p, seq, kind, payload) for p in dsts}
+        headers = {p: ch.post_header(p) for p in srcs}
+        recvs: dict[int, tuple[object, torch.Tensor]] = {}
+        for p, (work, header) in headers.items():
+            ch.wait(work, p, what)
+            ch.check_header(header, p, seq, kind, nbytes, what)
+            if nbytes:
+                buf = self._recv_buffer(p, nbytes)
+                recvs[p] = (ch.post_payload(p, buf), buf)
+        for p, (work, _) in recvs.items():
+            ch.wait(work, p, what)
+        for p, works in sends.items():
+            ch.wait_all(works, p, what)
+        return {p: buf for p, (_, buf) in recvs.items()}
+
+    # ----------------------------------------------------------------- Communicator
+    def open(self, shares: Sequence[torch.Tensor], label: str) -> list[torch.Tensor]:
+        """Reconstruct several shared values to every party in one round.
+
+        Cost: 1 round; each share is sent to each of the other ``world_size - 1``
+        parties, all of the call's shares in one message per peer.
+        """
+        seq = self._next()
+        offsets = []
+        total = 0
+        for s in shares:
+            offsets.append(total)
+            total = _align8(total + s.numel() * s.element_size())
+        payload = None
+        if total:
+            self._send_buf = self._buffer(self._send_buf, total)
+            payload = self._send_buf[:total]
+            for s, off in zip(shares, offsets):
+                _as_bytes_view(payload, off, s).copy_(s)
+        what = f"open #{seq} ({label!r})"
+        got = self._exchange(seq, MessageKind.OPEN, payload, self._peers, self._peers, total, what)
+        out = []
+        for s, off in zip(shares, offsets):
+            acc: torch.Tensor | None = None
+            for p in self._peers:
+                peer = _as_bytes_view(got[p], off, s)
+                acc = s + peer if acc is None else acc.add_(peer)
+            out.append(acc if acc is not None else s.clone())
+        per_party = sum(s.numel() * s.element_size() for s in shares) * (self.world_size - 1)
+        self.stats.record(label, {self._rank: per_party})
+        return out
+
+    def reveal_to(self, share: torch.Tensor, dst: int, label: str) -> torch.Tensor | None:
+        """Reconstruct to party ``dst`` only; the others get ``None``. 1 round."""
+        if not 0 <= dst < self.world_size:
+            raise ValueError(f"`dst` must be in [0, {self.world_size}); got {dst}")
+        seq = self._next()
+        share = share.contiguous()
+        nb = share.numel() * share.element_size()
+        what = f"reveal #{seq} to {self.channel.who(dst)} ({label!r})"
+        if self._rank == dst:
+            got = self._exchange(seq, MessageKind.REVEAL, None, (), self._peers, nb, what)
+            acc = share.clone()
+            for p in self._peers:
+                if nb:
+                    acc.add_(got[p].view(share.dtype).view(share.shape))
+            out: torch.Tensor | None = acc
+        else:
+            self._exchange(seq, MessageKind.REVEAL, share if nb else None, (dst,), (), nb, what)
+            out = None
+        self.stats.record(label, {self._rank: 0 if self._rank == dst else nb})
+        return out
+
+    def share_from(
+        self, shares: torch.Tensor | None, src: int, shape: tuple[int, ...] | None, label: str
+    ) -> torch.Tensor:
+        """Distribute input shares from party ``src`` (row ``j`` of ``shares`` to party ``j``).
+
+        The shape travels in front of the payload (not counted); a receiver that
+        passes ``shape`` checks it. Cost: 1 round, ``world_size - 1`` shares sent by ``src``.
+        """
+        if not 0 <= src < self.world_size:
+            raise ValueError(f"`src` must be in [0, {self.world_size}); got {src}")
+        seq = self._next()
+        what = f"share #{seq} from {self.channel.who(src)} ({label!r})"
+        ch = self.channel
+        if self._rank == src:
+            if shares is None or shares.dim() < 1 or shares.shape[0] != self.world_size:
+                raise ValueError(
+                    f"`shares` must be stacked shares with a leading axis of size "
+                    f"{self.world_size} on the source party; got "
+                    f"{None if shares is None else tuple(shares.shape)}"
+                )
+            if shares.dtype != torch.int64:
+                raise TypeError(f"`shares` must be int64 ring shares; got {shares.dtype}")
+            data_shape = tuple(shares.shape[1:])
+            numel = shares[0].numel()
+            prefix = [len(data_shape), *data_shape]
+            sends = {}
+            for p in self._peers:
+                msg = torch.empty(len(prefix) + numel, dtype=torch.int64)
+                msg[: len(prefix)] = torch.tensor(prefix, dtype=torch.int64)
+                msg[len(prefix) :].view(data_shape).copy_(shares[p])
+                sends[p] = ch.send(p, seq, MessageKind.SHARE, msg, aux=len(prefix))
+            for p, works in sends.items():
+                ch.wait_all(works, p, what)
+            out = shares[self._rank].clone()
+            self.stats.record(label, {self._rank: numel * 8 * (self.world_size - 1)})
+            return out
+        _, raw, aux = ch.recv(src, seq, MessageKind.SHARE, what)
+        msg = raw.view(torch.int64)
+        ndim = int(msg[0])
+        got_shape = tuple(int(v) for v in msg[1 : 1 + ndim].tolist())
+        if shape is not None and tuple(shape) != got_shape:
+            raise ProtocolDesyncError(
+                f"{ch.who(self._rank)} expected a share of shape {tuple(shape)} from "
+                f"{ch.who(src)}, got {got_shape}"
+            )
+        self.stats.record(label, {self._rank: 0})
+        return msg[aux:].view(got_shape)
+
+    def broadcast_object(self, obj: object, src: int, label: str) -> object:
+        """Send a small picklable object from ``src`` to every party (not counted as payload).
+
+        Security: objects are unpickled; parties are assumed semi-honest.
+        """
+        if not 0 <= src < self.world_size:
+            raise ValueError(f"`src` must be in [0, {self.world_size}); got {src}")
+        seq = self._next()
+        what = f"broadcast #{seq} from {self.channel.who(src)} ({label!r})"
+        ch = self.channel
+        if self._rank == src:
+            data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+            payload = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else None
+            sends = {p: ch.send(p, seq, MessageKind.OBJECT, payload) for p in self._peers}
+            for p, works in sends.items():
+                ch.wait_all(works, p, what)
+            return obj
+        _, raw, _ = ch.recv(src, seq, MessageKind.OBJECT, what)
+        return pickle.loads(raw.numpy().tobytes())
+
+    def barrier(self) -> None:
+        """Wait until every party reaches this point (one empty message to each peer)."""
+        seq = self._next()
+        self._exchange(seq, MessageKind.BARRIER, None, self._peers, self._peers, 0, f"barrier #{seq}")
+
+    def close(self) -> None:
+        """Say goodbye to every peer (so no one exits with data in flight), then release.
+
+        Never raises for a peer that is already gone: :meth:`close` runs on error paths too.
+        """
+        if self._closed:
+            return
+        if self.channel.failed is None:
+            seq = self._seq + 1
+            try:
+                self._exchange(seq, MessageKind.CLOSE, None, self._peers, self._peers, 0, "close")
+            except (PartyTimeoutError, ProtocolDesyncError):
+                pass
+        self.abort()
+
+    def abort(self) -> None:
+        """Release without synchronising with the peers (after an error)."""
+        self._closed = True
+        self._send_buf = torch.empty(0, dtype=torch.uint8)
+        self._recv_bufs.clear()

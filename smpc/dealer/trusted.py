@@ -1,0 +1,310 @@
+"""Trusted crypto provider as its own process, for the distributed runtime (runtime layer).
+
+The provider is rank ``world_size`` of the runtime's gloo group (see
+:mod:`smpc.comm.torchdist`). Its traffic is cut to the minimum with per-party
+seeds (the CrypTen TTP idea):
+
+1. At start it sends each party ``i`` a 16-byte AES key ``k_i`` (from
+   ``os.urandom``; from :func:`~smpc.prg.key_from_seed` under the session's
+   testing ``seed``).
+2. For every request, party ``i`` expands from AES-CTR(``k_i``), in component
+   order, its shares of the ``RANDOM`` components and, if ``i < n - 1``, of the
+   ``DERIVED`` ones. Parties ``0 .. n-2`` never talk to the provider again.
+3. The last party sends the request (a small pickled frozen dataclass) to the
+   provider and receives only the *correction* shares ``value - sum(others)``
+   of the derived components. The provider expands every party's stream to
+   compute them.
+
+Every party therefore draws exactly what :func:`~smpc.dealer.local.generate_stacked`
+would give it up to the choice of stream (only the sums matter), and the
+provider's traffic per request is the correction shares alone: the bytes
+:class:`~smpc.dealer.local.LocalDealer` counts for the same request.
+
+Security: semi-honest; the provider sees no secret and must not collude with
+any party. Requests are unpickled with an allow-list of smpc classes.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import pickle
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..comm.stats import Stats
+from ..comm.torchdist import LONG_WAIT, Channel, MessageKind, TorchDistCommunicator, connect
+from ..errors import DealerError, PartyTimeoutError, ProtocolDesyncError
+from ..prg import KEY_BYTES, AesPrg, key_from_seed
+from .base import Component, Request
+
+__all__ = ["TrustedDealer", "TrustedDealerClient", "DealerStats", "dealer_key"]
+
+
+def dealer_key(seed: int | bytes | str | None, party: int) -> bytes | None:
+    """The stream key of ``party`` under the testing ``seed`` (``None``: draw from os.urandom)."""
+    return None if seed is None else key_from_seed(seed, label=f"trusted-dealer/{party}")
+
+
+def _numel(c: Component) -> int:
+    return math.prod(c.shape)
+
+
+def _drawn(comps: Sequence[Component], party: int, world_size: int) -> list[Component]:
+    """Components whose share ``party`` expands from its own stream, in order."""
+    last = party == world_size - 1
+    return [c for c in comps if not (last and c.kind.derived)]
+
+
+def _split(buf: torch.Tensor, comps: Sequence[Component]) -> dict[str, torch.Tensor]:
+    out = {}
+    offset = 0
+    for c in comps:
+        n = _numel(c)
+        out[c.name] = buf[offset : offset + n].view(c.shape)
+        offset += n
+    return out
+
+
+class _RequestUnpickler(pickle.Unpickler):
+    """Unpickles request dataclasses only: smpc classes and a few builtins."""
+
+    _BUILTINS = frozenset({"tuple", "list", "int", "float", "bool", "str", "frozenset", "dict"})
+
+    def find_class(self, module: str, name: str) -> object:
+        if module.startswith("smpc.") or (module == "builtins" and name in self._BUILTINS):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"request may not reference {module}.{name}")
+
+
+def _load_request(data: bytes) -> Request:
+    req = _RequestUnpickler(io.BytesIO(data)).load()
+    if not hasattr(req, "components") or not hasattr(req, "derive"):
+        raise DealerError(f"not a dealer request: {type(req).__name__}")
+    return req  # type: ignore[no-any-return]
+
+
+class TrustedDealerClient:
+    """A party's handle on the provider process (implements :class:`~smpc.dealer.base.Dealer`).
+
+    Args:
+        comm: this party's communicator (the provider is its rank ``world_size``).
+        stats: counters to add dealer bytes to (default: ``comm.stats``).
+
+    Attributes:
+        received_bytes: payload bytes this party received from the provider (its
+            seed, and on the last party the correction shares).
+
+    Raises:
+        PartyTimeoutError: the provider did not send the seed within ``comm.timeout``.
+    """
+
+    def __init__(self, comm: TorchDistCommunicator, *, stats: Stats | None = None) -> None:
+        assert comm.rank is not None
+        self._comm = comm
+        self._channel = comm.channel
+        self._rank = comm.rank
+        self._n = comm.world_size
+        self._dealer = comm.dealer_rank
+        self._last = self._rank == self._n - 1
+        self._stats = stats if stats is not None else comm.stats
+        self._seq = 0
+        self._closed = False
+        _, raw, _ = self._channel.recv(self._dealer, 0, MessageKind.SEED, "receiving the seed")
+        if raw.numel() != KEY_BYTES:
+            raise DealerError(f"the provider sent a {raw.numel()}-byte seed; expected {KEY_BYTES}")
+        self.received_bytes = KEY_BYTES
+        self._prg = AesPrg(raw.numpy().tobytes())
+
+    def request(self, req: Request) -> dict[str, torch.Tensor]:
+        """This party's shares of ``req``'s components, by name."""
+        if self._closed:
+            raise DealerError("the dealer client is closed")
+        self._channel.check()
+        self._seq += 1
+        seq = self._seq
+        comps = req.components()
+        derived = [c for c in comps if c.kind.derived]
+        corr_bytes = 8 * sum(_numel(c) for c in derived)
+        what = f"dealer request #{seq} ({type(req).__name__})"
+        sends: list[object] = []
+        if self._last:
+            # Send first: the provider computes while this party expands its own streams.
+            data = pickle.dumps(req, protocol=pickle.HIGHEST_PROTOCOL)
+            payload = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+            sends = self._channel.send(self._dealer, seq, MessageKind.REQUEST, payload)
+        drawn = _drawn(comps, self._rank, self._n)
+        out = _split(self._prg.random_int64(sum(_numel(c) for c in drawn)), drawn)
+        if self._last:
+            kind, raw, _ = self._channel.recv(
+                self._dealer, seq, MessageKind.CORRECTION, what, accept=(MessageKind.ERROR,)
+            )
+            if kind is MessageKind.ERROR:
+                raise DealerError(f"the provider failed on {what}: {raw.numpy().tobytes().decode()}")
+            if raw.numel() != corr_bytes:
+                raise ProtocolDesyncError(
+                    f"{what}: expected {corr_bytes} correction bytes, got {raw.numel()}"
+                )
+            self._channel.wait_all(sends, self._dealer, what)
+            out.update(_split(raw.view(torch.int64), derived))
+            self.received_bytes += corr_bytes
+        self._stats.record_dealer(corr_bytes)
+        return out
+
+    def close(self) -> None:
+        """Tell the provider the session ended (the last party does; never raises)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._last and self._channel.failed is None:
+            try:
+                works = self._channel.send(self._dealer, self._seq + 1, MessageKind.CLOSE, None)
+                self._channel.wait_all(works, self._dealer, "closing the dealer")
+            except PartyTimeoutError:
+                pass
+
+
+@dataclass(slots=True)
+class DealerStats:
+    """What the provider process did: requests served and payload bytes sent."""
+
+    requests: int = 0
+    correction_bytes: int = 0
+    seed_bytes: int = 0
+
+
+class TrustedDealer:
+    """The provider process's side: serves the last party's requests until it closes.
+
+    Args:
+        world_size: number of computing parties; this process is rank ``world_size``.
+        seed: TESTING SWITCH, as :class:`~smpc.session.Session`'s ``seed``: derive the
+            party keys from it (the parties must use the same seed). ``None``: os.urandom.
+        timeout: seconds to wait for the parties to join and to take each correction.
+        names: party names for error messages.
+        pg: an already joined process group; otherwise one is joined with ``store`` /
+            ``master_addr`` / ``master_port`` (defaults from the environment);
+            ``host_store`` as in :func:`~smpc.comm.torchdist.connect`.
+    """
+
+    def __init__(
+        self,
+        world_size: int,
+        *,
+        seed: int | bytes | str | None = None,
+        timeout: float = 60.0,
+        names: Sequence[str] | None = None,
+        store: object | None = None,
+        master_addr: str | None = None,
+        master_port: int | None = None,
+        prefix: str = "smpc",
+        host_store: bool | None = None,
+        pg: object | None = None,
+    ) -> None:
+        if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 2:
+            raise ValueError(f"`world_size` must be an int >= 2; got {world_size!r}")
+        self.world_size = world_size
+        self.rank = world_size
+        if names is None:
+            names = [f"party{i}" for i in range(world_size)]
+        if pg is None:
+            pg = connect(
+                world_size,
+                world_size + 1,
+                store=store,  # type: ignore[arg-type]
+                master_addr=master_addr,
+                master_port=master_port,
+                timeout=timeout,
+                prefix=prefix,
+                host_store=host_store,
+            )
+        self._channel = Channel(pg, world_size, timeout, [*names, "dealer"])  # type: ignore[arg-type]
+        self._keys = [dealer_key(seed, i) for i in range(world_size)]
+        self.stats = DealerStats()
+        self._send_buf = torch.empty(0, dtype=torch.int64)
+
+    def serve(self) -> DealerStats:
+        """Send the seeds, then answer requests until the last party closes.
+
+        Raises:
+            PartyTimeoutError: a party died (its connection closed).
+            ProtocolDesyncError: the request stream is out of order.
+        """
+        ch = self._channel
+        prgs = []
+        sends = []
+        for i, key in enumerate(self._keys):
+            raw = bytearray(key) if key is not None else bytearray(AesPrg().random_bytes(KEY_BYTES))
+            prgs.append(AesPrg(bytes(raw)))
+            sends.append((i, ch.send(i, 0, MessageKind.SEED, torch.frombuffer(raw, dtype=torch.uint8))))
+            self.stats.seed_bytes += KEY_BYTES
+        for i, works in sends:
+            ch.wait_all(works, i, "sending the seed")
+        last = self.world_size - 1
+        seq = 0
+        pending: list[object] = []
+        while True:
+            seq += 1
+            kind, raw, _ = ch.recv(
+                last, seq, MessageKind.REQUEST, f"waiting for request #{seq}",
+                timeout=LONG_WAIT, accept=(MessageKind.CLOSE,),
+            )  # fmt: skip
+            ch.wait_all(pending, last, f"sending correction #{seq - 1}")
+            pending = []
+            if kind is MessageKind.CLOSE:
+                return self.stats
+            try:
+                req = _load_request(raw.numpy().tobytes())
+                corr = self._corrections(req, prgs)
+            except Exception as e:  # reported to the party, which raises DealerError
+                msg = f"{type(e).__name__}: {e}".encode()
+                pending = ch.send(
+                    last, seq, MessageKind.ERROR, torch.frombuffer(bytearray(msg), dtype=torch.uint8)
+                )
+                continue
+            pending = ch.send(last, seq, MessageKind.CORRECTION, corr if corr.numel() else None)
+            self.stats.requests += 1
+            self.stats.correction_bytes += corr.numel() * 8
+
+    def _corrections(self, req: Request, prgs: Sequence[AesPrg]) -> torch.Tensor:
+        """The last party's shares of the derived components, as one flat int64 buffer."""
+        n = self.world_size
+        comps = req.components()
+        plain: dict[str, torch.Tensor] = {}
+        partial: dict[str, torch.Tensor] = {}  # sum of parties 0..n-2's derived shares
+        for i in range(n):
+            drawn = _drawn(comps, i, n)
+            shares = _split(prgs[i].random_int64(sum(_numel(c) for c in drawn)), drawn)
+            for c in drawn:
+                acc = partial if c.kind.derived else plain
+                v = shares[c.name]
+                if c.name not in acc:
+                    acc[c.name] = v  # a fresh buffer: accumulate in place
+                elif c.kind.xor:
+                    acc[c.name].bitwise_xor_(v)
+                else:
+                    acc[c.name].add_(v)
+        values = req.derive(plain)
+        derived = [c for c in comps if c.kind.derived]
+        total = sum(_numel(c) for c in derived)
+        if self._send_buf.numel() < total:
+            self._send_buf = torch.empty(total, dtype=torch.int64)
+        out = self._send_buf[:total]
+        offset = 0
+        for c in derived:
+            size = _numel(c)
+            dst = out[offset : offset + size].view(c.shape)
+            offset += size
+            value = values[c.name]
+            if tuple(value.shape) != tuple(c.shape):
+                raise DealerError(
+                    f"derived component {c.name!r} has shape {tuple(value.shape)}; "
+                    f"expected {c.shape}"
+                )
+            if c.kind.xor:
+                torch.bitwise_xor(value, partial[c.name], out=dst)
+            else:
+                torch.sub(value, partial[c.name], out=dst)
+        return out

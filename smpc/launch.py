@@ -1,0 +1,545 @@
+"""Run a program with one OS process per party plus the crypto provider (launcher layer).
+
+:func:`run` spawns every party and the provider on this machine (loopback TCP)
+and returns each party's result; :func:`main` (console script ``smpc-launch``,
+or ``python -m smpc.launch``) starts one role of a run spread over several
+machines, configured by the usual torch.distributed environment variables.
+See ``docs/runtimes.md``.
+
+Each party process builds ``Session(parties, frac_bits, seed=..., comm=TorchDistCommunicator(...),
+dealer=TrustedDealerClient(...))`` and calls ``program(sess)``: the same code as
+in the in-process simulation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import multiprocessing
+import multiprocessing.connection
+import os
+import pickle
+import runpy
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import PartyTimeoutError, ProtocolDesyncError, SmpcError
+
+__all__ = ["run", "main", "run_party", "run_dealer", "PartyExitError"]
+
+# Grace period after the first failure for the other parties to report theirs.
+_FAILURE_GRACE = 3.0
+_JOIN_TIMEOUT = 5.0
+
+
+class PartyExitError(SmpcError, RuntimeError):
+    """A party (or the provider) process exited without reporting a result."""
+
+
+class _RemoteTraceback(Exception):
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+@dataclass(frozen=True, slots=True)
+class _Config:
+    names: tuple[str, ...]
+    frac_bits: int
+    seed: int | bytes | str | None
+    timeout: float
+    truncation: str
+    threads: int
+    master_addr: str
+    master_port: int
+
+
+def _names(parties: int | Sequence[str]) -> tuple[str, ...]:
+    if isinstance(parties, bool) or isinstance(parties, (str, bytes)):
+        raise TypeError(f"`parties` must be an int or a sequence of names; got {parties!r}")
+    if isinstance(parties, int):
+        names = tuple(f"party{i}" for i in range(parties))
+    else:
+        names = tuple(str(p) for p in parties)
+    if len(names) < 2:
+        raise ValueError(f"`parties` must name at least 2 parties; got {len(names)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"`parties` names must be distinct; got {names}")
+    if "dealer" in names:
+        raise ValueError("`parties` may not use the name 'dealer' (the provider's role)")
+    return names
+
+
+def run_party(
+    program: Callable[[Any], Any],
+    rank: int,
+    parties: Sequence[str],
+    *,
+    frac_bits: int = 16,
+    seed: int | bytes | str | None = None,
+    timeout: float = 60.0,
+    truncation: str = "probabilistic",
+    master_addr: str | None = None,
+    master_port: int | None = None,
+    host_store: bool | None = None,
+) -> Any:
+    """Join a distributed run as party ``rank`` and return ``program(sess)``.
+
+    The session is closed afterwards; on an exception it is torn down without
+    waiting for the peers (they then fail fast with :class:`PartyTimeoutError`).
+    """
+    from .comm.torchdist import TorchDistCommunicator
+    from .dealer.trusted import TrustedDealerClient
+    from .session import Session
+
+    comm = TorchDistCommunicator(
+        rank,
+        len(parties),
+        master_addr=master_addr,
+        master_port=master_port,
+        timeout=timeout,
+        names=parties,
+        host_store=host_store,
+    )
+    try:
+        dealer = TrustedDealerClient(comm)
+        sess = Session(
+            tuple(parties),
+            frac_bits,
+            seed=seed,
+            timeout=timeout,
+            truncation=truncation,
+            comm=comm,
+            dealer=dealer,
+        )
+        result = program(sess)
+    except BaseException:
+        comm.abort()
+        raise
+    sess.close()
+    return result
+
+
+def run_dealer(
+    parties: Sequence[str],
+    *,
+    seed: int | bytes | str | None = None,
+    timeout: float = 60.0,
+    master_addr: str | None = None,
+    master_port: int | None = None,
+    host_store: bool | None = None,
+) -> object:
+    """Join a distributed run as the crypto provider; serve until the parties close."""
+    from .dealer.trusted import TrustedDealer
+
+    dealer = TrustedDealer(
+        len(parties),
+        seed=seed,
+        timeout=timeout,
+        names=parties,
+        master_addr=master_addr,
+        master_port=master_port,
+        host_store=host_store,
+    )
+    return dealer.serve()
+
+
+def _portable_exception(exc: BaseException) -> BaseException:
+    try:
+        out = pickle.loads(pickle.dumps(exc))
+        assert isinstance(out, BaseException)
+        return exc
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+
+
+def _worker(
+    conn: multiprocessing.connection.Connection,
+    rank: int,
+    program: Callable[[Any], Any] | None,
+    cfg: _Config,
+) -> None:
+    """Process entry point: run one role, send back ("ok", value) or ("err", exc, tb)."""
+    import torch
+
+    torch.set_num_threads(cfg.threads)
+    try:
+        if program is None:
+            value = run_dealer(
+                cfg.names,
+                seed=cfg.seed,
+                timeout=cfg.timeout,
+                master_addr=cfg.master_addr,
+                master_port=cfg.master_port,
+                host_store=False,
+            )
+        else:
+            value = run_party(
+                program,
+                rank,
+                cfg.names,
+                frac_bits=cfg.frac_bits,
+                seed=cfg.seed,
+                timeout=cfg.timeout,
+                truncation=cfg.truncation,
+                master_addr=cfg.master_addr,
+                master_port=cfg.master_port,
+                host_store=False,
+            )
+        try:
+            msg = pickle.dumps(("ok", value), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as e:
+            raise TypeError(
+                f"the program's return value ({type(value).__name__}) cannot be pickled back "
+                f"to the caller: {e}; return plain tensors (e.g. `.reveal()`), not shared ones"
+            ) from e
+    except BaseException as e:
+        tb = traceback.format_exc()
+        msg = pickle.dumps(("err", _portable_exception(e), tb), protocol=pickle.HIGHEST_PROTOCOL)
+    try:
+        conn.send_bytes(msg)
+        conn.close()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Skip interpreter teardown (torch/gloo destructors): seconds saved per run.
+        os._exit(0)
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    methods = multiprocessing.get_all_start_methods()
+    if "forkserver" in methods:
+        # The fork server imports torch once; each party then starts in milliseconds.
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["torch", "smpc.launch", "smpc.session"])
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+def _pick_failure(
+    names: Sequence[str], errors: dict[int, tuple[BaseException, str]]
+) -> tuple[int, BaseException, str]:
+    """The root cause: prefer an error that is not a consequence of another party failing."""
+    secondary = (PartyTimeoutError, ProtocolDesyncError, PartyExitError)
+    for rank, (exc, tb) in errors.items():
+        if not isinstance(exc, secondary):
+            return rank, exc, tb
+    for rank, (exc, tb) in errors.items():
+        if isinstance(exc, PartyExitError):
+            return rank, exc, tb
+    rank = next(iter(errors))
+    return rank, *errors[rank]
+
+
+def run(
+    program: Callable[[Any], Any],
+    parties: int | Sequence[str] = ("alice", "bob"),
+    *,
+    frac_bits: int = 16,
+    seed: int | bytes | str | None = None,
+    timeout: float = 60.0,
+    port: int | None = None,
+    truncation: str = "probabilistic",
+    threads: int | None = None,
+    return_exceptions: bool = False,
+) -> list[Any]:
+    """Run ``program(sess)`` in one process per party, with the provider in its own process.
+
+    Args:
+        program: a module-level (picklable) function of a :class:`~smpc.session.Session`;
+            it runs in every party process (SPMD) and its return value is pickled back.
+        parties: number of parties or their names (>= 2).
+        frac_bits: fixed-point fractional bits.
+        seed: TESTING SWITCH (see :class:`~smpc.session.Session`): reproducible shares
+            and dealer material. Never with real data.
+        timeout: seconds a party waits for a peer before :class:`PartyTimeoutError`.
+        port: TCP port of the rendezvous store on 127.0.0.1 (default: a free one).
+        truncation: the session's truncation mode.
+        threads: torch intra-op threads per party (default: cores / parties, at least 1).
+        return_exceptions: return a failed party's exception in its slot instead of raising.
+
+    Returns:
+        ``[program's result on party 0, on party 1, ...]``.
+
+    Raises:
+        Exception: the exception a party raised (the root cause if several did), with
+            a note naming the party and the remote traceback as ``__cause__``.
+        PartyExitError: a process exited without reporting (killed, crashed).
+
+    Example:
+        >>> def program(sess):
+        ...     x = sess.share(torch.tensor([1.0, 2.0]), src="alice")
+        ...     return (x * x).reveal()
+        >>> smpc.run(program, parties=("alice", "bob"))
+        [tensor([1., 4.]), tensor([1., 4.])]
+    """
+    from torch.distributed import TCPStore
+
+    if not callable(program):
+        raise TypeError(f"`program` must be callable; got {type(program).__name__}")
+    names = _names(parties)
+    n = len(names)
+    try:
+        pickle.dumps(program)
+    except Exception as e:
+        raise TypeError(
+            f"`program` must be picklable (a module-level function) to run in party "
+            f"processes; got {program!r}: {e}"
+        ) from e
+    if timeout <= 0:
+        raise ValueError(f"`timeout` must be > 0 seconds; got {timeout}")
+    if threads is None:
+        threads = max(1, (os.cpu_count() or 1) // n)
+    # The caller hosts the rendezvous store: port 0 lets the OS pick a free port, no race.
+    store = TCPStore(
+        "127.0.0.1",
+        0 if port is None else port,
+        None,
+        True,
+        timeout=datetime.timedelta(seconds=timeout),
+        wait_for_workers=False,
+    )
+    cfg = _Config(
+        names, frac_bits, seed, float(timeout), str(truncation), threads, "127.0.0.1", store.port
+    )
+    ctx = _context()
+    procs: list[multiprocessing.process.BaseProcess] = []
+    conns: list[multiprocessing.connection.Connection] = []
+    try:
+        for rank in range(n + 1):
+            parent_end, child_end = ctx.Pipe(duplex=False)
+            target_program = program if rank < n else None
+            p = ctx.Process(
+                target=_worker,
+                args=(child_end, rank, target_program, cfg),
+                name=f"smpc-{names[rank] if rank < n else 'dealer'}",
+                daemon=True,
+            )
+            p.start()
+            child_end.close()
+            procs.append(p)
+            conns.append(parent_end)
+        return _collect(names, procs, conns, timeout, return_exceptions)
+    finally:
+        _reap(procs)
+        for c in conns:
+            c.close()
+        del store
+
+
+def _collect(
+    names: tuple[str, ...],
+    procs: list[multiprocessing.process.BaseProcess],
+    conns: list[multiprocessing.connection.Connection],
+    timeout: float,
+    return_exceptions: bool,
+) -> list[Any]:
+    """Gather every party's report; bound the wait once one has failed."""
+    n = len(names)
+    results: dict[int, Any] = {}
+    errors: dict[int, tuple[BaseException, str]] = {}
+    pending = set(range(n))
+    deadline: float | None = None
+    while pending:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            break
+        waitables: list[Any] = [conns[r] for r in pending] + [procs[r].sentinel for r in pending]
+        multiprocessing.connection.wait(waitables, timeout=left)
+        for r in sorted(pending):
+            report = _read_report(conns[r])
+            if report is None and procs[r].is_alive():
+                continue
+            if report is None:
+                report = _read_report(conns[r])  # it may have written just before exiting
+            pending.discard(r)
+            if report is None:
+                errors[r] = (
+                    PartyExitError(
+                        f"the process of party {names[r]!r} (rank {r}) exited with code "
+                        f"{procs[r].exitcode} without reporting a result"
+                    ),
+                    "",
+                )
+            elif report[0] == "ok":
+                results[r] = report[1]
+            else:
+                errors[r] = (report[1], report[2])
+        if errors and deadline is None:
+            # The failed process is gone, so the others fail fast (connection closed);
+            # one peer timeout bounds it anyway.
+            deadline = time.monotonic() + timeout + _FAILURE_GRACE
+    for r in pending:
+        errors[r] = (
+            PartyTimeoutError(
+                f"party {names[r]!r} (rank {r}) did not finish within "
+                f"{timeout + _FAILURE_GRACE} s after another party failed; terminated"
+            ),
+            "",
+        )
+    if return_exceptions:
+        return [
+            results[r] if r in results else _annotate(*errors[r], names, r) for r in range(n)
+        ]
+    if errors:
+        r, exc, tb = _pick_failure(names, dict(sorted(errors.items())))
+        raise _annotate(exc, tb, names, r)
+    return [results[r] for r in range(n)]
+
+
+def _read_report(conn: multiprocessing.connection.Connection) -> tuple[Any, ...] | None:
+    try:
+        if not conn.poll():
+            return None
+        report = pickle.loads(conn.recv_bytes())
+    except (EOFError, OSError):
+        return None
+    assert isinstance(report, tuple)
+    return report
+
+
+def _annotate(exc: BaseException, tb: str, names: Sequence[str], rank: int) -> BaseException:
+    exc.add_note(f"raised in party {names[rank]!r} (rank {rank}) of smpc.run")
+    if tb:
+        exc.__cause__ = _RemoteTraceback(f"\n\nremote traceback of party {names[rank]!r}:\n{tb}")
+    return exc
+
+
+def _reap(procs: Sequence[multiprocessing.process.BaseProcess]) -> None:
+    """Join every process briefly; terminate, then kill, any that is still running."""
+    deadline = time.monotonic() + _JOIN_TIMEOUT
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    for p in procs:
+        p.join(1.0)
+        if p.is_alive():
+            p.kill()
+            p.join(1.0)
+
+
+# --------------------------------------------------------------------------- CLI
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        prog="smpc-launch",
+        description=(
+            "Run one role (a party or the crypto provider) of a distributed smpc program. "
+            "Ranks 0..n-1 are the parties (in --parties order), rank n the provider. "
+            "Rendezvous: MASTER_ADDR and MASTER_PORT (rank 0 hosts the store); the role "
+            "comes from --role or RANK; WORLD_SIZE, if set, must be n + 1."
+        ),
+    )
+    ap.add_argument("script", nargs="?", help="Python file defining main(sess) (parties only)")
+    ap.add_argument("--parties", required=True, help="comma-separated names, or a count")
+    ap.add_argument("--role", help="a party name or 'dealer' (default: from RANK)")
+    ap.add_argument("--frac-bits", type=int, default=16)
+    ap.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
+    ap.add_argument("--seed", help="TESTING ONLY: reproducible randomness (same on every role)")
+    ap.add_argument("--truncation", default="probabilistic")
+    ap.add_argument("--master-addr", help="default: $MASTER_ADDR or 127.0.0.1")
+    ap.add_argument("--master-port", type=int, help="default: $MASTER_PORT or 29533")
+    ap.add_argument(
+        "--local",
+        action="store_true",
+        help="run every role on this machine (smpc.run) instead of one role",
+    )
+    return ap.parse_args(argv)
+
+
+def _load_main(script: str) -> Callable[[Any], Any]:
+    namespace = runpy.run_path(script, run_name="__smpc_main__")
+    fn = namespace.get("main")
+    if not callable(fn):
+        raise SystemExit(f"smpc-launch: {script} must define a function main(sess)")
+    return fn  # type: ignore[no-any-return]
+
+
+class _ScriptProgram:
+    """A picklable program that loads ``main`` from a script file in each process."""
+
+    def __init__(self, script: str) -> None:
+        self.script = os.path.abspath(script)
+
+    def __call__(self, sess: Any) -> Any:
+        return _load_main(self.script)(sess)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point ``smpc-launch`` (see ``docs/runtimes.md``)."""
+    args = _parse(argv)
+    names = _names(int(args.parties) if args.parties.isdigit() else args.parties.split(","))
+    n = len(names)
+    seed = args.seed
+    if seed is not None and seed.lstrip("-").isdigit():
+        seed = int(seed)
+    if args.local:
+        if not args.script:
+            raise SystemExit("smpc-launch: --local needs a script")
+        results = run(
+            _ScriptProgram(args.script),
+            names,
+            frac_bits=args.frac_bits,
+            seed=seed,
+            timeout=args.timeout,
+            truncation=args.truncation,
+            port=args.master_port,
+        )
+        for name, value in zip(names, results):
+            print(f"{name}: {value!r}")
+        return 0
+    if args.role is not None:
+        if args.role == "dealer":
+            rank = n
+        elif args.role.isdigit():
+            rank = int(args.role)
+        elif args.role in names:
+            rank = names.index(args.role)
+        else:
+            raise SystemExit(f"smpc-launch: --role must be one of {names} or 'dealer'; got {args.role!r}")
+    elif "RANK" in os.environ:
+        rank = int(os.environ["RANK"])
+    else:
+        raise SystemExit("smpc-launch: give --role or set RANK")
+    if not 0 <= rank <= n:
+        raise SystemExit(f"smpc-launch: rank must be in [0, {n}] (n parties + the dealer); got {rank}")
+    world = os.environ.get("WORLD_SIZE")
+    if world is not None and int(world) != n + 1:
+        raise SystemExit(f"smpc-launch: WORLD_SIZE must be {n + 1} ({n} parties + dealer); got {world}")
+    addr = args.master_addr or os.environ.get("MASTER_ADDR", "127.0.0.1")
+    port = args.master_port if args.master_port is not None else int(
+        os.environ.get("MASTER_PORT", "29533")
+    )
+    if rank == n:
+        stats = run_dealer(names, seed=seed, timeout=args.timeout, master_addr=addr, master_port=port)
+        print(f"dealer: {stats}", file=sys.stderr)
+        return 0
+    if not args.script:
+        raise SystemExit("smpc-launch: a party needs a script defining main(sess)")
+    fn = _load_main(args.script)
+    result = run_party(
+        fn,
+        rank,
+        names,
+        frac_bits=args.frac_bits,
+        seed=seed,
+        timeout=args.timeout,
+        truncation=args.truncation,
+        master_addr=addr,
+        master_port=port,
+    )
+    if result is not None:
+        print(f"{names[rank]}: {result!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,427 @@
+"""Torch-like layers over shared parameters (nn layer).
+
+A :class:`Module` holds :class:`~smpc.SharedTensor` parameters and child
+modules, registered by attribute assignment as in ``torch.nn``. Layers are
+built from a torch layer (:meth:`Linear.from_torch`, usually through
+:func:`smpc.nn.encrypt`) or from scratch with a session; ``to_torch`` gives the
+plaintext layer back (revealing the weights).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+
+from .. import functional as F
+from ..errors import ShapeError
+from ..session import Session
+from ..tensor import SharedTensor
+
+__all__ = [
+    "Module",
+    "Linear",
+    "Conv2d",
+    "ReLU",
+    "Flatten",
+    "AvgPool2d",
+    "MaxPool2d",
+    "Dropout",
+    "BatchNorm",
+    "Identity",
+    "Sequential",
+]
+
+
+def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _reveal(t: SharedTensor) -> torch.Tensor:
+    out = t.reveal()
+    assert out is not None
+    return out
+
+
+class Module:
+    """Base class: parameters, children, train/eval, ``__call__`` -> ``forward``."""
+
+    def __init__(self) -> None:
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        params: OrderedDict[str, SharedTensor | None] = self.__dict__.get("_parameters")  # type: ignore[assignment]
+        if params is None:
+            raise RuntimeError("call Module.__init__() before assigning attributes")
+        if isinstance(value, Module):
+            self._modules[name] = value
+        elif isinstance(value, SharedTensor) and value.requires_grad:
+            params[name] = value
+        object.__setattr__(self, name, value)
+
+    def forward(self, *args: Any) -> Any:
+        """Compute the output (override)."""
+        raise NotImplementedError
+
+    def __call__(self, *args: Any) -> Any:
+        return self.forward(*args)
+
+    # ------------------------------------------------------------- traversal
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, SharedTensor]]:
+        """``(name, parameter)`` pairs of this module and its children."""
+        for n, p in self._parameters.items():
+            if p is not None:
+                yield prefix + n, p
+        for mn, m in self._modules.items():
+            yield from m.named_parameters(prefix + mn + ".")
+
+    def parameters(self) -> Iterator[SharedTensor]:
+        """All parameters (shared tensors with ``requires_grad``)."""
+        for _, p in self.named_parameters():
+            yield p
+
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        """``(name, module)`` for this module and every descendant."""
+        yield prefix.rstrip("."), self
+        for mn, m in self._modules.items():
+            yield from m.named_modules(prefix + mn + ".")
+
+    def children(self) -> Iterator[Module]:
+        """Direct children."""
+        yield from self._modules.values()
+
+    def train(self, mode: bool = True) -> Module:
+        """Set training mode (Dropout active) recursively."""
+        object.__setattr__(self, "training", mode)
+        for m in self._modules.values():
+            m.train(mode)
+        return self
+
+    def eval(self) -> Module:
+        """Set evaluation mode."""
+        return self.train(False)
+
+    def zero_grad(self) -> None:
+        """Clear the ``.grad`` of every parameter."""
+        for p in self.parameters():
+            p.grad = None
+
+    def requires_grad_(self, flag: bool = True) -> Module:
+        """Set ``requires_grad`` of every parameter."""
+        for p in self.parameters():
+            p.requires_grad = flag
+        return self
+
+    # ------------------------------------------------------------- conversion
+    def to_torch(self) -> torch.nn.Module:
+        """A plaintext torch module with this module's (revealed) weights."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be converted back to torch")
+
+    def decrypt(self) -> torch.nn.Module:
+        """Reveal the weights into a plain ``torch.nn.Module`` (alias of :meth:`to_torch`)."""
+        return self.to_torch()
+
+    def extra_repr(self) -> str:
+        """Extra text for ``repr``."""
+        return ""
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        for n, m in self._modules.items():
+            sub = repr(m).replace("\n", "\n  ")
+            lines.append(f"  ({n}): {sub}")
+        return lines[0] + (")" if len(lines) == 1 else "\n" + "\n".join(lines[1:]) + "\n)")
+
+
+def _share_param(sess: Session, t: torch.Tensor, src: int | str | None) -> SharedTensor:
+    return sess.share(t.detach().float(), src=src, requires_grad=True)
+
+
+class Linear(Module):
+    """``y = x W^T + b`` with shared ``weight`` (out, in) and ``bias`` (out,).
+
+    Args:
+        in_features, out_features, bias: as ``torch.nn.Linear``.
+        session: the session that holds the shares.
+        src: the party that owns the initial weights (default: the first).
+        weight: initial weights (default: torch's initialisation).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        session: Session,
+        src: int | str | None = None,
+        init: torch.nn.Linear | None = None,
+    ) -> None:
+        super().__init__()
+        plain = init if init is not None else torch.nn.Linear(in_features, out_features, bias)
+        if plain.in_features != in_features or plain.out_features != out_features:
+            raise ShapeError("Linear: `init` has the wrong shape")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.weight = _share_param(session, plain.weight, src)
+        self.bias: SharedTensor | None = (
+            _share_param(session, plain.bias, src) if plain.bias is not None else None
+        )
+
+    @classmethod
+    def from_torch(cls, m: torch.nn.Linear, session: Session, src: int | str | None = None) -> Linear:
+        """Share a torch ``Linear``'s weights."""
+        return cls(
+            m.in_features, m.out_features, m.bias is not None, session=session, src=src, init=m
+        )
+
+    def forward(self, x: SharedTensor) -> SharedTensor:
+        if x.shape[-1] != self.in_features if x.dim() else True:
+            raise ShapeError(
+                f"Linear: expected input (..., {self.in_features}); got {tuple(x.shape)}"
+            )
+        return F.linear(x, self.weight, self.bias)
+
+    def to_torch(self) -> torch.nn.Linear:
+        m = torch.nn.Linear(self.in_features, self.out_features, self.bias is not None)
+        with torch.no_grad():
+            m.weight.copy_(_reveal(self.weight))
+            if self.bias is not None:
+                m.bias.copy_(_reveal(self.bias))
+        return m
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class Conv2d(Module):
+    """2-D convolution with shared ``weight`` (O, C, kh, kw) and ``bias`` (O,); ``groups=1``."""
+
+    def __init__(self, init: torch.nn.Conv2d, *, session: Session, src: int | str | None = None) -> None:
+        super().__init__()
+        if init.groups != 1 or init.padding_mode != "zeros" or isinstance(init.padding, str):
+            raise ValueError(
+                "Conv2d: only groups=1, zero padding and integer padding are supported; "
+                f"got groups={init.groups}, padding_mode={init.padding_mode!r}, padding={init.padding!r}"
+            )
+        self.in_channels = init.in_channels
+        self.out_channels = init.out_channels
+        self.kernel_size = _pair(init.kernel_size)
+        self.stride = _pair(init.stride)
+        self.padding = _pair(init.padding)  # type: ignore[arg-type]
+        self.dilation = _pair(init.dilation)
+        self.weight = _share_param(session, init.weight, src)
+        self.bias: SharedTensor | None = (
+            _share_param(session, init.bias, src) if init.bias is not None else None
+        )
+
+    @classmethod
+    def from_torch(cls, m: torch.nn.Conv2d, session: Session, src: int | str | None = None) -> Conv2d:
+        """Share a torch ``Conv2d``'s weights."""
+        return cls(m, session=session, src=src)
+
+    def forward(self, x: SharedTensor) -> SharedTensor:
+        if x.dim() not in (3, 4) or x.shape[-3] != self.in_channels:
+            raise ShapeError(
+                f"Conv2d: expected input (N, {self.in_channels}, H, W); got {tuple(x.shape)}"
+            )
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+
+    def to_torch(self) -> torch.nn.Conv2d:
+        m = torch.nn.Conv2d(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            bias=self.bias is not None,
+        )
+        with torch.no_grad():
+            m.weight.copy_(_reveal(self.weight))
+            if self.bias is not None:
+                m.bias.copy_(_reveal(self.bias))
+        return m
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}"
+        )
+
+
+class ReLU(Module):
+    """``max(x, 0)`` (gradient through the saved comparison bit)."""
+
+    def forward(self, x: SharedTensor) -> SharedTensor:
+        return F.relu(x)
+
+    def to_torch(self) -> torch.nn.Module:
+        return torch.nn.ReLU()
+
+
+class Identity(Module):
+    """Returns its input."""
+
+    def forward(self, x: SharedTensor) -> SharedTensor:
+        return x
+
+    def to_torch(self) -> torch.nn.Module:
+        return torch.nn.Identity()
+
+
+class Flatten(Module):
+    """Flatten dims ``start_dim..end_dim`` (local)."""
+
+    def __init__(self, start_dim: int = 1, end_dim: int = -1) -> None:
+        super().__init__()
+        self.start_dim = start_dim
+        self.end_dim = end_dim
+
+    def forward(self, x: SharedTensor) -> SharedTensor:
+        return x.flatten(self.start_dim, self.end_dim)
+
+    def to_torch(self) -> torch.nn.Module:
+        return torch.nn.Flatten(self.start_dim, self.end_dim)
+
+
+class AvgPool2d(Module):
+    """Average pooling (a public convolution: one truncation)."""
+
+    def __init__(
+        self,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int] | None = None,
+        padding: int | Sequence[int] = 0,
+    ) -> None:
+        super().__init__()
+        self.kernel_size = _pair(kernel_size)
+        self.stride = _pair(stride) if stride is not None else self.kernel_size
+        self.padding = _pair(padding)
+
+    def forward(self, x: SharedTensor) -> SharedTensor:
+        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding)
+
+    def to_torch(self) -> torch.nn.Module:
+        return torch.nn.AvgPool2d(self.kernel_size, self.stride, self.padding)
+
+
+class MaxPool2d(Module):
+    """Max pooling (comparisons; gradient through the saved one-hot argmax)."""
+
+    def __init__(
+        self,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int] | None = None,
+        padding: int | Sequence[int] = 0,
+    ) -> None:
+        super().__init__()
+        self.kernel_size = _pair(kernel_size)
+        self.stride = _pair(stride) if stride is not None else self.kernel_size
+        self.padding = _pair(padding)
+
+    def forward(self, x: SharedTensor) -> SharedTensor:
+        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
+
+    def to_torch(self) -> torch.nn.Module:
+        return torch.nn.MaxPool2d(self.kernel_size, self.stride, self.padding)
+
+
+class Dropout(Module):
+    """Dropout with a *public* random mask (independent of the data); no-op in eval mode."""
+
+    def __init__(self, p: float = 0.5, *, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"Dropout: `p` must be in [0, 1); got {p}")
+        self.p = p
+        self.generator = generator
+
+    def forward(self, x: SharedTensor) -> SharedTensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = (torch.rand(tuple(x.shape), generator=self.generator) >= self.p).to(torch.float32)
+        return F.mul(x, keep / (1.0 - self.p))
+
+    def to_torch(self) -> torch.nn.Module:
+        return torch.nn.Dropout(self.p)
+
+
+class BatchNorm(Module):
+    """Inference-time batch norm as a shared per-channel affine map ``x * scale + shift``.
+
+    ``scale = gamma / sqrt(var + eps)`` and ``shift = beta - mean * scale`` are
+    computed in plaintext by the model owner and shared. When the batch norm
+    follows a Linear/Conv2d in a Sequential, :func:`smpc.nn.encrypt` folds it
+    into that layer's weights instead (no extra product at all).
+    """
+
+    def __init__(self, init: torch.nn.modules.batchnorm._BatchNorm, *, session: Session, src: int | str | None = None) -> None:
+        super().__init__()
+        scale, shift = bn_affine(init)
+        self.num_features = init.num_features
+        self.kind = type(init)
+        self.eps = init.eps
+        self.scale = session.share(scale, src=src)
+        self.shift = session.share(shift, src=src)
+
+    def forward(self, x: SharedTensor) -> SharedTensor:
+        if x.dim() < 2 or x.shape[1] != self.num_features:
+            raise ShapeError(
+                f"BatchNorm: expected input (N, {self.num_features}, ...); got {tuple(x.shape)}"
+            )
+        shape = [1, self.num_features] + [1] * (x.dim() - 2)
+        return F.add(F.mul(x, self.scale.reshape(shape)), self.shift.reshape(shape))
+
+    def to_torch(self) -> torch.nn.Module:
+        m = self.kind(self.num_features, eps=0.0)
+        with torch.no_grad():
+            m.weight.copy_(_reveal(self.scale))
+            m.bias.copy_(_reveal(self.shift))
+            m.running_mean.zero_()
+            m.running_var.fill_(1.0)
+        return m.eval()
+
+
+def bn_affine(bn: torch.nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, shift)`` of an eval-mode batch norm."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError("BatchNorm: `track_running_stats=True` is required to encrypt it")
+    scale = torch.rsqrt(bn.running_var.detach() + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight.detach()
+    shift = -bn.running_mean.detach() * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias.detach()
+    return scale.float(), shift.float()
+
+
+class Sequential(Module):
+    """Modules applied in order."""
+
+    def __init__(self, *modules: Module) -> None:
+        super().__init__()
+        for i, m in enumerate(modules):
+            if not isinstance(m, Module):
+                raise TypeError(f"Sequential: item {i} must be a smpc.nn.Module; got {type(m).__name__}")
+            setattr(self, str(i), m)
+
+    def forward(self, x: Any) -> Any:
+        for m in self._modules.values():
+            x = m(x)
+        return x
+
+    def __getitem__(self, i: int) -> Module:
+        return list(self._modules.values())[i]
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def to_torch(self) -> torch.nn.Module:
+        return torch.nn.Sequential(
+            OrderedDict((n, m.to_torch()) for n, m in self._modules.items())
+        )

@@ -1,0 +1,119 @@
+"""Optimizers on shared parameters (nn layer): :class:`SGD` with momentum and weight decay.
+
+Updates are computed on the shares without revealing anything. The whole step
+costs **one truncation round for all parameters together**: every parameter's
+update is formed at double scale (public hyper-parameters times shared
+gradients, no truncation yet), the updates are concatenated, truncated once and
+split back. Momentum is kept pre-multiplied by the learning rate
+(``v' = momentum * v' + lr * (g + weight_decay * p)``, ``p -= v'``), which is
+torch's SGD whenever the learning rate is constant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from .ops import rescale
+from .tensor import SharedTensor
+
+__all__ = ["SGD", "Optimizer"]
+
+
+class Optimizer:
+    """Base class: holds the parameters, ``zero_grad``."""
+
+    def __init__(self, params: Iterable[SharedTensor]) -> None:
+        self.params: list[SharedTensor] = list(params)
+        if not self.params:
+            raise ValueError("optimizer got an empty parameter list")
+        for i, p in enumerate(self.params):
+            if not isinstance(p, SharedTensor):
+                raise TypeError(f"`params[{i}]` must be a SharedTensor; got {type(p).__name__}")
+            if not p.requires_grad:
+                raise ValueError(f"`params[{i}]` does not require grad")
+        sess = self.params[0].session
+        if any(p.session is not sess for p in self.params):
+            raise ValueError("all parameters must belong to one session")
+        self.session = sess
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear the gradients."""
+        for p in self.params:
+            p.grad = None
+
+    def step(self) -> None:
+        """Update the parameters (override)."""
+        raise NotImplementedError
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent, like ``torch.optim.SGD``.
+
+    Args:
+        params: shared parameters (``requires_grad=True``).
+        lr: learning rate (public).
+        momentum: momentum factor (public, default 0).
+        weight_decay: L2 penalty (public, default 0).
+
+    Cost per step: one truncation round (all parameters batched), no Beaver
+    products (the hyper-parameters are public).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[SharedTensor],
+        lr: float,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__(params)
+        if not lr > 0:
+            raise ValueError(f"`lr` must be > 0; got {lr}")
+        if not 0 <= momentum < 1:
+            raise ValueError(f"`momentum` must be in [0, 1); got {momentum}")
+        if weight_decay < 0:
+            raise ValueError(f"`weight_decay` must be >= 0; got {weight_decay}")
+        self.lr = lr
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self._velocity: list[torch.Tensor | None] = [None] * len(self.params)
+
+    def _enc(self, v: float) -> int:
+        return int(round(v * self.session.encoding.scale))
+
+    def step(self) -> None:
+        """Apply one update to every parameter that has a gradient (one truncation round)."""
+        sess = self.session
+        lr, wd, mom = self._enc(self.lr), self._enc(self.lr * self.weight_decay), self._enc(self.momentum)
+        active = [i for i, p in enumerate(self.params) if p.grad is not None]
+        if not active:
+            return
+        wide: list[torch.Tensor] = []
+        for i in active:
+            p = self.params[i]
+            g = p.grad
+            assert g is not None
+            if tuple(g.shape) != tuple(p.shape):
+                raise ValueError(
+                    f"parameter {i}: gradient shape {tuple(g.shape)} != parameter shape {tuple(p.shape)}"
+                )
+            u = g.share * lr  # scale 2^2f
+            if wd:
+                u = u + p.share * wd
+            v = self._velocity[i]
+            if mom and v is not None:
+                u = u + v * mom
+            wide.append(u)
+        flat = torch.cat([u.reshape(*u.shape[: u.dim() - self.params[i].dim()], -1) for u, i in zip(wide, active)], dim=-1)
+        upd = rescale(sess, flat)  # one round for every parameter
+        offset = 0
+        for i in active:
+            p = self.params[i]
+            n = p.numel()
+            u = upd[..., offset : offset + n].reshape(p.share.shape)
+            offset += n
+            if mom:
+                self._velocity[i] = u
+            p._share = p.share - u

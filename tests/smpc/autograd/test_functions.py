@@ -1,0 +1,234 @@
+"""Gradients of every differentiable op against torch.autograd (hypothesis inputs)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import smpc
+from smpc import functional as F
+from tests.strategies import broadcastable_pair, matmul_shapes
+
+TOL = 2e-3  # a few ulps of 2^-16 times the operand magnitudes used here
+
+
+def _rand(shape: tuple[int, ...], seed: int, scale: float = 1.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(shape, generator=g) * 2 - 1) * scale
+
+
+def check_grads(
+    fn_smpc: Callable[..., Any],
+    fn_torch: Callable[..., Any],
+    inputs: list[torch.Tensor],
+    *,
+    world_size: int = 2,
+    tol: float = TOL,
+    seed: int = 0,
+) -> None:
+    """Compare the forward value and every input gradient with torch.autograd."""
+    with smpc.Session(world_size) as sess:
+        xs = [sess.share(x, requires_grad=True) for x in inputs]
+        out = fn_smpc(*xs)
+        g = _rand(tuple(out.shape), seed + 99)
+        out.backward(sess.share(g))
+        ts = [x.clone().requires_grad_() for x in inputs]
+        ref = fn_torch(*ts)
+        ref.backward(g)
+        torch.testing.assert_close(out.reveal(), ref.detach().float(), atol=tol, rtol=tol)
+        for i, (a, b) in enumerate(zip(xs, ts, strict=True)):
+            assert a.grad is not None, f"input {i} got no gradient"
+            torch.testing.assert_close(
+                a.grad.reveal(), b.grad.float(), atol=tol, rtol=tol, msg=lambda m: f"input {i}: {m}"
+            )
+
+
+@given(shapes=broadcastable_pair(), seed=st.integers(0, 2**16), n=st.sampled_from([2, 3]))
+def test_add_sub_mul_broadcast(shapes: Any, seed: int, n: int) -> None:
+    a, b = _rand(shapes[0], seed), _rand(shapes[1], seed + 1)
+    check_grads(lambda x, y: (x + y) * x - y, lambda x, y: (x + y) * x - y, [a, b], world_size=n)
+
+
+@given(shapes=matmul_shapes(), seed=st.integers(0, 2**16))
+def test_matmul(shapes: Any, seed: int) -> None:
+    a, b = _rand(shapes[0], seed), _rand(shapes[1], seed + 1)
+    check_grads(lambda x, y: x @ y, torch.matmul, [a, b], tol=5e-3)
+
+
+@given(m=st.integers(1, 5), k=st.integers(1, 6), n=st.integers(1, 4), seed=st.integers(0, 2**16))
+def test_linear(m: int, k: int, n: int, seed: int) -> None:
+    x, w, b = _rand((m, k), seed), _rand((n, k), seed + 1), _rand((n,), seed + 2)
+    check_grads(F.linear, torch.nn.functional.linear, [x, w, b])
+
+
+@given(
+    stride=st.integers(1, 3),
+    padding=st.integers(0, 2),
+    dilation=st.integers(1, 2),
+    k=st.integers(1, 3),
+    seed=st.integers(0, 2**16),
+)
+def test_conv2d(stride: int, padding: int, dilation: int, k: int, seed: int) -> None:
+    x, w, b = _rand((2, 2, 7, 6), seed), _rand((3, 2, k, k), seed + 1), _rand((3,), seed + 2)
+    check_grads(
+        lambda x, w, b: F.conv2d(x, w, b, stride, padding, dilation),
+        lambda x, w, b: torch.nn.functional.conv2d(x, w, b, stride, padding, dilation),
+        [x, w, b],
+        tol=5e-3,
+    )
+
+
+@given(k=st.integers(1, 3), stride=st.integers(1, 3), padding=st.integers(0, 1), seed=st.integers(0, 2**16))
+def test_avg_pool2d(k: int, stride: int, padding: int, seed: int) -> None:
+    if padding * 2 > k:
+        padding = 0
+    x = _rand((2, 3, 6, 7), seed)
+    check_grads(
+        lambda x: F.avg_pool2d(x, k, stride, padding),
+        lambda x: torch.nn.functional.avg_pool2d(x, k, stride, padding),
+        [x],
+    )
+
+
+@given(seed=st.integers(0, 2**16), keep=st.booleans(), dim=st.sampled_from([None, 0, 1, -1, (0, 2)]))
+def test_sum_mean(seed: int, keep: bool, dim: Any) -> None:
+    x = _rand((3, 4, 2), seed)
+    kw = {} if dim is None else {"dim": dim, "keepdim": keep}
+    check_grads(lambda x: x.sum(**kw) * 2.0, lambda x: x.sum(**kw) * 2.0, [x])
+    check_grads(lambda x: x.mean(**kw) * 2.0, lambda x: x.mean(**kw) * 2.0, [x])
+
+
+@given(seed=st.integers(0, 2**16))
+def test_shape_ops(seed: int) -> None:
+    x = _rand((2, 3, 4), seed)
+
+    def f(x: Any) -> Any:
+        y = x.reshape(6, 4).t().permute(1, 0).transpose(0, 1)  # (4, 6)
+        z = y[1:3, ::2].unsqueeze(0).expand(2, 2, 3)
+        return (z * 1.5).flatten() + x.flatten()[:12]
+
+    check_grads(f, f, [x])
+
+
+@given(seed=st.integers(0, 2**16))
+def test_cat_stack(seed: int) -> None:
+    a, b = _rand((2, 3), seed), _rand((1, 3), seed + 1)
+    check_grads(
+        lambda a, b: smpc.cat([a, b], 0) * 1.5,
+        lambda a, b: torch.cat([a, b], 0) * 1.5,
+        [a, b],
+    )
+    check_grads(
+        lambda a, b: smpc.stack([a, a * b], 1),
+        lambda a, b: torch.stack([a, a * b], 1),
+        [a, b[0].expand(2, 3).contiguous()],
+    )
+
+
+@given(seed=st.integers(0, 2**16), e=st.integers(1, 4))
+def test_square_pow(seed: int, e: int) -> None:
+    x = _rand((5,), seed)
+    check_grads(lambda x: x.square() + x**e, lambda x: x.square() + x**e, [x])
+
+
+def test_mse_loss() -> None:
+    x, t = _rand((4, 3), 1), _rand((4, 3), 2)
+    for red in ("mean", "sum", "none"):
+        check_grads(
+            lambda x, t: F.mse_loss(x, t, reduction=red),
+            lambda x, t: torch.nn.functional.mse_loss(x, t, reduction=red),
+            [x, t],
+        )
+
+
+# ---------------------------------------------------------------- non-linear (real or fake kernels)
+@pytest.mark.usefixtures("nonlinear")
+@given(seed=st.integers(0, 2**16))
+def test_relu(seed: int) -> None:
+    x = _rand((4, 5), seed) * 3
+    x[x.abs() < 1e-2] = 0.5  # away from the kink
+    check_grads(lambda x: F.relu(x) * x, lambda x: torch.relu(x) * x, [x])
+
+
+@pytest.mark.usefixtures("nonlinear")
+def test_relu_backward_uses_saved_bit(monkeypatch: pytest.MonkeyPatch) -> None:
+    from smpc import nonlinear as nl
+
+    calls = []
+    real = nl.relu_with_bit
+    monkeypatch.setattr(nl, "relu_with_bit", lambda x: calls.append(1) or real(x))
+    with smpc.Session(2) as sess:
+        x = sess.share(torch.tensor([-1.0, 2.0]), requires_grad=True)
+        F.relu(x).sum().backward()
+        assert calls == [1]  # no second comparison in backward
+        torch.testing.assert_close(x.grad.reveal(), torch.tensor([0.0, 1.0]))
+
+
+@pytest.mark.usefixtures("nonlinear")
+@given(seed=st.integers(0, 2**16))
+def test_softmax_log_softmax(seed: int) -> None:
+    x = _rand((3, 4), seed) * 2
+    check_grads(lambda x: F.softmax(x, 1), lambda x: torch.softmax(x, 1), [x], tol=1e-2)
+    check_grads(lambda x: F.log_softmax(x, 1), lambda x: torch.log_softmax(x, 1), [x], tol=2e-2)
+
+
+@pytest.mark.usefixtures("nonlinear")
+@given(seed=st.integers(0, 2**16), red=st.sampled_from(["mean", "sum", "none"]))
+def test_cross_entropy(seed: int, red: str) -> None:
+    x = _rand((5, 4), seed) * 2
+    y = torch.randint(0, 4, (5,), generator=torch.Generator().manual_seed(seed))
+    check_grads(
+        lambda x: F.cross_entropy(x, y, reduction=red),
+        lambda x: torch.nn.functional.cross_entropy(x, y, reduction=red),
+        [x],
+        tol=2e-2,
+    )
+
+
+@pytest.mark.usefixtures("nonlinear")
+def test_cross_entropy_shared_onehot_target_and_lazy_value() -> None:
+    x = _rand((6, 3), 5) * 2
+    y = torch.tensor([0, 1, 2, 2, 1, 0])
+    with smpc.Session(2) as sess:
+        xs = sess.share(x, requires_grad=True)
+        onehot = sess.share(torch.nn.functional.one_hot(y, 3).float())
+        before = sess.stats.rounds if hasattr(sess.stats, "rounds") else None
+        loss = F.cross_entropy(xs, onehot)
+        loss.backward()
+        assert not loss.computed  # the log was never paid for
+        xt = x.clone().requires_grad_()
+        ref = torch.nn.functional.cross_entropy(xt, y)
+        ref.backward()
+        torch.testing.assert_close(xs.grad.reveal(), xt.grad, atol=1e-2, rtol=1e-2)
+        torch.testing.assert_close(loss.reveal(), ref.detach(), atol=2e-2, rtol=2e-2)
+        del before
+
+
+@pytest.mark.usefixtures("nonlinear")
+def test_max_pool2d() -> None:
+    x = torch.randperm(2 * 2 * 6 * 6).float().reshape(2, 2, 6, 6) / 20  # distinct values
+    for k, s in ((2, 2), (3, 3), (3, 2)):
+        check_grads(
+            lambda x: F.max_pool2d(x, k, s),
+            lambda x: torch.nn.functional.max_pool2d(x, k, s),
+            [x],
+        )
+
+
+@pytest.mark.usefixtures("nonlinear")
+def test_unary_approximations() -> None:
+    x = torch.rand(6) + 0.5
+    for f, g in (
+        (F.exp, torch.exp),
+        (F.log, torch.log),
+        (F.reciprocal, torch.reciprocal),
+        (F.sqrt, torch.sqrt),
+        (F.sigmoid, torch.sigmoid),
+        (F.tanh, torch.tanh),
+    ):
+        check_grads(f, g, [x], tol=3e-2)

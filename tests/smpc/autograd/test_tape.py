@@ -1,0 +1,145 @@
+"""The tape: recording rules, grad mode, accumulation, freeing, errors."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import weakref
+
+import pytest
+import torch
+
+import smpc
+from smpc import functional as F
+from smpc.autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
+
+
+def test_no_tape_without_requires_grad() -> None:
+    with smpc.Session(2) as sess:
+        x = sess.share(torch.ones(3))
+        y = (x * x + 1).sum()
+        assert y.grad_fn is None and not y.requires_grad
+
+
+def test_records_and_names_nodes() -> None:
+    with smpc.Session(2) as sess:
+        x = sess.share(torch.ones(3), requires_grad=True)
+        y = x * 2.0
+        assert y.requires_grad and y.grad_fn is not None
+        assert y.grad_fn.name == "MulBackward"
+        assert not y.is_leaf and x.is_leaf
+
+
+def test_no_grad_and_enable_grad_nest() -> None:
+    with smpc.Session(2) as sess:
+        x = sess.share(torch.ones(3), requires_grad=True)
+        with no_grad():
+            assert not is_grad_enabled()
+            assert (x * x).grad_fn is None
+            with enable_grad():
+                assert (x * x).grad_fn is not None
+            assert not is_grad_enabled()
+        assert is_grad_enabled()
+
+        @no_grad()
+        def f() -> smpc.SharedTensor:
+            return x + 1
+
+        assert f().grad_fn is None
+        with set_grad_enabled(False):
+            assert (x + 1).grad_fn is None
+
+
+def test_grad_mode_is_per_thread() -> None:
+    seen = []
+    with no_grad():
+        t = threading.Thread(target=lambda: seen.append(is_grad_enabled()))
+        t.start()
+        t.join()
+    assert seen == [True]
+
+
+def test_accumulates_and_zero_grad() -> None:
+    with smpc.Session(2) as sess:
+        x = sess.share(torch.tensor([1.0, 2.0]), requires_grad=True)
+        (x * 3.0).sum().backward()
+        (x * x).sum().backward()
+        torch.testing.assert_close(x.grad.reveal(), torch.tensor([5.0, 7.0]))
+        x.grad = None
+        x.sum().backward()
+        torch.testing.assert_close(x.grad.reveal(), torch.tensor([1.0, 1.0]))
+
+
+def test_diamond_graph_sums_paths() -> None:
+    with smpc.Session(3) as sess:
+        x = sess.share(torch.tensor([1.5, -2.0]), requires_grad=True)
+        a = x * 2.0
+        b = a * a
+        c = (a + b + x).sum()
+        c.backward()
+        # c = 2x + 4x^2 + x -> dc/dx = 3 + 8x
+        torch.testing.assert_close(x.grad.reveal(), 3 + 8 * torch.tensor([1.5, -2.0]), atol=1e-3, rtol=0)
+
+
+def test_graph_freed_after_backward() -> None:
+    with smpc.Session(2) as sess:
+        x = sess.share(torch.ones(4), requires_grad=True)
+        h = x * x
+        ref = weakref.ref(h)
+        y = (h * 2.0).sum()
+        del h
+        y.backward()
+        gc.collect()
+        assert ref() is None  # the intermediate is no longer held by the graph
+        with pytest.raises(RuntimeError, match="freed"):
+            y.backward()
+
+
+def test_backward_errors() -> None:
+    with smpc.Session(2) as sess:
+        x = sess.share(torch.ones(3))
+        with pytest.raises(RuntimeError, match="does not require grad"):
+            x.sum().backward()
+        w = sess.share(torch.ones(3), requires_grad=True)
+        with pytest.raises(RuntimeError, match="one-element"):
+            (w * 2.0).backward()
+        with pytest.raises(ValueError, match="shape"):
+            (w * 2.0).backward(torch.ones(2))
+
+
+def test_leaf_backward_and_public_grad() -> None:
+    with smpc.Session(2) as sess:
+        x = sess.share(torch.ones(2), requires_grad=True)
+        (x * 2.0).backward(torch.tensor([1.0, -1.0]))
+        torch.testing.assert_close(x.grad.reveal(), torch.tensor([2.0, -2.0]))
+        assert isinstance(x.grad, smpc.SharedTensor)
+
+
+def test_memory_flat_over_200_steps() -> None:
+    """Tape and saved tensors are released: live SharedTensors do not grow with steps."""
+    import smpc.nn as snn
+    import smpc.optim
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.Linear(6, 2))
+    x = torch.randn(16, 8)
+    y = torch.randn(16, 2)
+    with smpc.Session(2) as sess:
+        enc = snn.encrypt(model, sess)
+        opt = smpc.optim.SGD(enc.parameters(), lr=0.01, momentum=0.9)
+        xs, ys = sess.share(x), sess.share(y)
+
+        def live() -> int:
+            gc.collect()
+            return sum(1 for o in gc.get_objects() if issubclass(type(o), smpc.SharedTensor))
+
+        counts = []
+        for step in range(200):
+            opt.zero_grad()
+            loss = F.mse_loss(enc(xs), ys)
+            loss.backward()
+            opt.step()
+            del loss
+            if step in (10, 199):
+                counts.append(live())
+        assert counts[1] <= counts[0]

@@ -1,0 +1,89 @@
+"""Beaver protocols at ring level: exact modulo 2^64, and their communication cost."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given
+
+import smpc
+from smpc import ring
+from smpc.protocols import beaver
+from tests.strategies import broadcastable_pair, matmul_shapes, party_counts, seeds
+
+
+def _ring(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(-(2**63), 2**63 - 1, shape, generator=g)
+
+
+def _share(sess: smpc.Session, x: torch.Tensor) -> torch.Tensor:
+    from smpc.sharing import additive_shares
+
+    return additive_shares(x, sess.world_size, sess.prg)
+
+
+@given(party_counts, broadcastable_pair(), seeds)
+def test_mul_exact(n: int, sh: tuple[tuple[int, ...], tuple[int, ...]], seed: int) -> None:
+    x, y = _ring(sh[0], seed), _ring(sh[1], seed + 1)
+    nd = max(len(sh[0]), len(sh[1]))
+    x = x.reshape((1,) * (nd - x.dim()) + tuple(x.shape))
+    y = y.reshape((1,) * (nd - y.dim()) + tuple(y.shape))
+    with smpc.Session(parties=n) as sess:
+        z = beaver.mul(sess.comm, sess.dealer, _share(sess, x), _share(sess, y))
+        assert torch.equal(z.sum(0), x * y)
+
+
+@given(party_counts, seeds)
+def test_square_exact(n: int, seed: int) -> None:
+    x = _ring((3, 4), seed)
+    with smpc.Session(parties=n) as sess:
+        z = beaver.square(sess.comm, sess.dealer, _share(sess, x))
+        assert torch.equal(z.sum(0), x * x)
+
+
+@given(party_counts, matmul_shapes(), seeds)
+def test_matmul_exact(n: int, sh: tuple[tuple[int, ...], tuple[int, ...]], seed: int) -> None:
+    if len(sh[0]) < 2 or len(sh[1]) < 2:
+        sh = ((2, sh[0][-1]), (sh[0][-1], 3))
+    x, y = _ring(sh[0], seed), _ring(sh[1], seed + 1)
+    nd = max(x.dim(), y.dim())
+    x = x.reshape((1,) * (nd - x.dim()) + tuple(x.shape))
+    y = y.reshape((1,) * (nd - y.dim()) + tuple(y.shape))
+    with smpc.Session(parties=n) as sess:
+        z = beaver.matmul(sess.comm, sess.dealer, _share(sess, x), _share(sess, y))
+        assert torch.equal(z.sum(0), torch.matmul(x, y))
+
+
+@given(party_counts, seeds)
+def test_conv2d_exact(n: int, seed: int) -> None:
+    x, w = _ring((2, 3, 6, 6), seed), _ring((4, 3, 3, 3), seed + 1)
+    with smpc.Session(parties=n) as sess:
+        z = beaver.conv2d(sess.comm, sess.dealer, _share(sess, x), _share(sess, w), padding=(1, 1))
+        assert torch.equal(z.sum(0), ring.conv2d(x, w, padding=1))
+
+
+def test_mul_cost_one_round_two_elements() -> None:
+    """Online cost of a Beaver product: 1 round, 2 ring elements per element per party (n=2);
+    (n-1) x 2 in general; one correction share from the dealer."""
+    for n in (2, 3, 4):
+        with smpc.Session(parties=n) as sess:
+            x, y = _share(sess, _ring((100,), 1)), _share(sess, _ring((100,), 2))
+            before = sess.stats.snapshot()
+            beaver.mul(sess.comm, sess.dealer, x, y)
+            d = sess.stats - before
+            assert d.rounds == 1
+            assert d.bytes_per_party == [2 * 8 * 100 * (n - 1)] * n
+            assert d.dealer_bytes == 8 * 100
+            assert d.by_op["mul"].calls == 1
+
+
+def test_fixed_point_mul_cost() -> None:
+    """A fixed-point product = Beaver (1 round, 2 elements) + truncation (1 round, 1 element)."""
+    with smpc.Session(parties=2) as sess:
+        x, y = sess.share(torch.randn(50)), sess.share(torch.randn(50))
+        before = sess.stats.snapshot()
+        x * y
+        d = sess.stats - before
+        assert d.rounds == 2
+        assert d.by_op["mul"].bytes == 2 * 2 * 8 * 50
+        assert d.by_op["trunc"].bytes == 2 * 8 * 50

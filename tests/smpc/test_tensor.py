@@ -1,0 +1,219 @@
+"""SharedTensor against plaintext torch: arithmetic, products, shape ops, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import smpc
+from smpc import functional as F
+from smpc.testing import assert_close, matmul_tolerance, product_tolerance, ulp
+from tests.strategies import bounds, broadcastable_pair, matmul_shapes, party_counts, seeds, shapes, tensors
+
+E = ulp(16)
+
+
+@given(party_counts, broadcastable_pair(), bounds, seeds)
+def test_add_sub_neg(n: int, sh: tuple[tuple[int, ...], tuple[int, ...]], bound: float, seed: int) -> None:
+    x, y = tensors(sh[0], bound, seed), tensors(sh[1], bound, seed + 1)
+    with smpc.Session(parties=n) as sess:
+        xs, ys = sess.share(x), sess.share(y)
+        assert_close((xs + ys).reveal(), x + y, E)
+        assert_close((xs - ys).reveal(), x - y, E)
+        assert_close((-xs).reveal(), -x, E)
+        assert_close((xs + y).reveal(), x + y, E)
+        assert_close((y - xs).reveal(), y - x, E)
+        assert_close((2.5 + xs).reveal(), x + 2.5, E)
+
+
+@given(party_counts, broadcastable_pair(), bounds, seeds)
+def test_mul_secret_secret(n: int, sh: tuple[tuple[int, ...], tuple[int, ...]], bound: float, seed: int) -> None:
+    x, y = tensors(sh[0], bound, seed), tensors(sh[1], bound, seed + 1)
+    with smpc.Session(parties=n) as sess:
+        got = (sess.share(x) * sess.share(y)).reveal()
+    xb, yb = torch.broadcast_tensors(x, y)
+    assert_close(got, x * y, product_tolerance(xb, yb))
+
+
+@given(party_counts, shapes(max_dims=3), bounds, seeds, st.sampled_from([3, -2, 0.37, -12.5]))
+def test_mul_public(n: int, shape: tuple[int, ...], bound: float, seed: int, c: float) -> None:
+    x = tensors(shape, bound, seed)
+    with smpc.Session(parties=n) as sess:
+        xs = sess.share(x)
+        assert_close((xs * c).reveal(), x * c, product_tolerance(x, torch.full_like(x, c)))
+        w = tensors(shape, 2.0, seed + 7)
+        assert_close((w * xs).reveal(), x * w, product_tolerance(x, w))
+
+
+@given(party_counts, matmul_shapes(), bounds, seeds)
+def test_matmul(n: int, sh: tuple[tuple[int, ...], tuple[int, ...]], bound: float, seed: int) -> None:
+    x, y = tensors(sh[0], bound, seed), tensors(sh[1], 3.0, seed + 1)
+    want = x @ y
+    tol = matmul_tolerance(x.reshape(-1, x.shape[-1]), y.reshape(y.shape[0], -1) if y.dim() <= 2 else y[0]).max()
+    with smpc.Session(parties=n) as sess:
+        xs, ys = sess.share(x), sess.share(y)
+        assert_close((xs @ ys).reveal(), want, tol)
+        assert_close((xs @ y).reveal(), want, tol)
+        assert_close((x @ ys).reveal(), want, tol)
+
+
+def test_matmul_large_shape_exact_within_tolerance() -> None:
+    x, y = torch.randn(64, 784), torch.randn(784, 128)
+    with smpc.Session(parties=2) as sess:
+        got = (sess.share(x) @ sess.share(y)).reveal()
+    assert_close(got, x @ y, matmul_tolerance(x, y))
+
+
+@given(
+    party_counts,
+    st.integers(1, 3),
+    st.integers(1, 4),
+    st.sampled_from([1, 2]),
+    st.sampled_from([0, 1]),
+    st.sampled_from(["ss", "sp", "ps"]),
+    seeds,
+)
+def test_conv2d(n: int, c: int, o: int, stride: int, padding: int, mode: str, seed: int) -> None:
+    x, w = tensors((2, c, 6, 7), 4.0, seed), tensors((o, c, 3, 3), 1.0, seed + 1)
+    b = tensors((o,), 1.0, seed + 2)
+    want = torch.nn.functional.conv2d(x, w, b, stride=stride, padding=padding)
+    tol = 9 * c * (4.0 * E + E) + 3 * E
+    with smpc.Session(parties=n) as sess:
+        xi = sess.share(x) if mode[0] == "s" else x
+        wi = sess.share(w) if mode[1] == "s" else w
+        got = F.conv2d(xi, wi, sess.share(b), stride=stride, padding=padding).reveal()
+    assert_close(got, want, tol)
+
+
+@given(party_counts, shapes(min_dims=1, max_dims=3), seeds, st.data())
+def test_sum_mean(n: int, shape: tuple[int, ...], seed: int, data: st.DataObject) -> None:
+    x = tensors(shape, 50.0, seed)
+    dim = data.draw(st.integers(-len(shape), len(shape) - 1))
+    with smpc.Session(parties=n) as sess:
+        xs = sess.share(x)
+        assert_close(xs.sum().reveal(), x.sum(), x.numel() * E)
+        assert_close(xs.sum(dim).reveal(), x.sum(dim), x.numel() * E)
+        assert_close(xs.mean(dim, keepdim=True).reveal(), x.mean(dim, keepdim=True), 60 * E)
+
+
+@given(party_counts, seeds)
+def test_shape_ops(n: int, seed: int) -> None:
+    x = tensors((2, 3, 4), 10.0, seed)
+    y = tensors((2, 3, 4), 10.0, seed + 1)
+    with smpc.Session(parties=n) as sess:
+        xs, ys = sess.share(x), sess.share(y)
+        cases = [
+            (xs.reshape(6, 4), x.reshape(6, 4)),
+            (xs.view(-1), x.view(-1)),
+            (xs.flatten(1), x.flatten(1)),
+            (xs.transpose(0, 2), x.transpose(0, 2)),
+            (xs[0].t(), x[0].t()),
+            (xs.permute(2, 0, 1), x.permute(2, 0, 1)),
+            (xs[1, :, 1:3], x[1, :, 1:3]),
+            (xs[..., -1], x[..., -1]),
+            (xs[:, torch.tensor([0, 2])], x[:, torch.tensor([0, 2])]),
+            (smpc.cat([xs, ys], dim=1), torch.cat([x, y], dim=1)),
+            (smpc.stack([xs, ys], dim=-1), torch.stack([x, y], dim=-1)),
+            (xs[:, :1].expand(2, 3, 4), x[:, :1].expand(2, 3, 4)),
+            (xs.unsqueeze(1).squeeze(1), x),
+            (xs.T, x.T),
+        ]
+        for got, want in cases:
+            assert got.shape == want.shape
+            assert_close(got.reveal(), want, E)
+
+
+@given(party_counts, st.integers(0, 4), seeds)
+def test_pow_and_square(n: int, k: int, seed: int) -> None:
+    x = tensors((5,), 3.0, seed)
+    with smpc.Session(parties=n) as sess:
+        xs = sess.share(x)
+        assert_close(xs.square().reveal(), x * x, product_tolerance(x, x))
+        assert_close(xs.pow(k).reveal(), x**k, 1e-3 * 3.0**k + 1e-3)
+
+
+def test_integer_inputs_and_float_output() -> None:
+    with smpc.Session(parties=2) as sess:
+        out = (sess.share(torch.tensor([3, -4])) * sess.share(torch.tensor([2, 5]))).reveal()
+    assert out.dtype == torch.float32
+    assert out.tolist() == [6.0, -20.0]
+
+
+def test_reveal_to_one_party() -> None:
+    with smpc.Session(parties=("alice", "bob", "bill")) as sess:
+        x = sess.share(torch.tensor([1.5]))
+        before = sess.stats.snapshot()
+        assert x.reveal(to="bob").tolist() == [1.5]
+        d = sess.stats - before
+        assert d.rounds == 1
+        assert d.bytes_per_party == [8, 0, 8]  # bob receives, sends nothing
+
+
+def test_tutorial_values() -> None:
+    with smpc.Session(parties=("alice", "bob"), frac_bits=16) as sess:
+        x = sess.share(torch.tensor([25.0, -1.5]))
+        y = sess.share(torch.tensor([5.0, 2.0]))
+        assert (x * y + 3).reveal().tolist() == [128.0, 0.0]
+
+
+# ----------------------------------------------------------------- bad input
+def test_repr_hides_value_and_bool_raises() -> None:
+    with smpc.Session(parties=2) as sess:
+        x = sess.share(torch.tensor([123.456]))
+        assert "123" not in repr(x) and "123" not in str(x)
+        with pytest.raises(smpc.SecretBranchError, match="reveal"):
+            bool(x)
+        with pytest.raises(smpc.SecretBranchError):
+            if x:  # noqa: SIM108
+                pass
+
+
+def test_nan_inf_and_range() -> None:
+    with smpc.Session(parties=2) as sess:
+        with pytest.raises(smpc.EncodingOverflowError, match="finite"):
+            sess.share(torch.tensor([float("nan")]))
+        with pytest.raises(smpc.EncodingOverflowError, match="32768"):
+            sess.share(torch.tensor([1e6]))
+        x = sess.share(torch.tensor([1.0]))
+        with pytest.raises(smpc.EncodingOverflowError, match="other"):
+            x + float("inf")
+
+
+def test_shape_mismatch() -> None:
+    with smpc.Session(parties=2) as sess:
+        x, y = sess.share(torch.ones(3)), sess.share(torch.ones(4))
+        with pytest.raises(smpc.ShapeError, match=r"\(3,\) and \(4,\)"):
+            x * y
+        with pytest.raises(smpc.ShapeError, match="inner dimensions"):
+            sess.share(torch.ones(2, 3)) @ sess.share(torch.ones(2, 3))
+        with pytest.raises(smpc.ShapeError, match="channels"):
+            F.conv2d(sess.share(torch.ones(1, 2, 5, 5)), torch.ones(1, 3, 3, 3))
+
+
+def test_two_sessions_do_not_mix() -> None:
+    with smpc.Session(parties=2) as a, smpc.Session(parties=2) as b:
+        with pytest.raises(smpc.SessionMismatchError, match="different sessions"):
+            a.share(torch.ones(2)) + b.share(torch.ones(2))
+
+
+def test_parties_validation() -> None:
+    with pytest.raises(ValueError, match="at least 2"):
+        smpc.Session(parties=1)
+    with pytest.raises(ValueError, match="distinct"):
+        smpc.Session(parties=("a", "a"))
+    with pytest.raises(TypeError, match="parties"):
+        smpc.Session(parties="ab")
+    with smpc.Session(parties=2) as sess, pytest.raises(ValueError, match="src"):
+        sess.share(torch.ones(1), src="carol")
+
+
+def test_use_after_close() -> None:
+    sess = smpc.Session(parties=2)
+    x = sess.share(torch.ones(2))
+    sess.close()
+    with pytest.raises(smpc.SessionClosedError, match="closed"):
+        x.reveal()
+    with pytest.raises(smpc.SessionClosedError):
+        sess.share(torch.ones(1))
