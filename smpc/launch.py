@@ -34,6 +34,17 @@ __all__ = ["run", "main", "run_party", "run_dealer", "PartyExitError"]
 # Grace period after the first failure for the other parties to report theirs.
 _FAILURE_GRACE = 3.0
 _JOIN_TIMEOUT = 5.0
+# Imported once by the fork server. torch.broadcast_shapes imports sympy on first use
+# (about 0.5-1 s per process), so that is preloaded too.
+_PRELOAD = [
+    "torch",
+    "torch.fx.experimental.symbolic_shapes",
+    "smpc",
+    "smpc.launch",
+    "smpc.session",
+    "smpc.comm.torchdist",
+    "smpc.dealer.trusted",
+]
 
 
 class PartyExitError(SmpcError, RuntimeError):
@@ -218,7 +229,7 @@ def _context() -> multiprocessing.context.BaseContext:
     if "forkserver" in methods:
         # The fork server imports torch once; each party then starts in milliseconds.
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["torch", "smpc.launch", "smpc.session"])
+        ctx.set_forkserver_preload(_PRELOAD)
         return ctx
     return multiprocessing.get_context("spawn")
 

@@ -68,6 +68,16 @@ class AesPrg:
 
     def random_int64(self, numel: int) -> torch.Tensor:
         """Return ``numel`` uniform int64 values."""
-        if numel == 0:
-            return torch.empty(0, dtype=torch.int64)
-        return torch.frombuffer(self.random_bytes(8 * numel), dtype=torch.int64)
+        out = torch.empty(numel, dtype=torch.int64)
+        return self.fill_(out)
+
+    def fill_(self, out: torch.Tensor) -> torch.Tensor:
+        """Overwrite a contiguous CPU int64 tensor with keystream, in place; return it."""
+        nbytes = out.numel() * 8
+        if nbytes:
+            if len(self._zeros) < nbytes:
+                self._zeros = bytes(max(nbytes, 2 * len(self._zeros)))
+            assert out.is_contiguous() and out.dtype == torch.int64 and not out.is_cuda
+            view = memoryview(out.numpy()).cast("B")
+            self._enc.update_into(memoryview(self._zeros)[:nbytes], view)
+        return out

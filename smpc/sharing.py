@@ -18,6 +18,7 @@ __all__ = [
     "reconstruct",
     "data_shape",
     "add_public",
+    "add_public_",
     "public_share",
     "lead",
     "data_dim",
@@ -78,6 +79,16 @@ def add_public(comm: Communicator, share: torch.Tensor, public: torch.Tensor | i
         return share + public
     shape = torch.broadcast_shapes(share.shape, public.shape)
     return share.expand(shape).clone() if shape != share.shape else share
+
+
+def add_public_(comm: Communicator, share: torch.Tensor, public: torch.Tensor | int) -> torch.Tensor:
+    """In-place :func:`add_public` for a freshly computed share whose shape already covers
+    the broadcast shape. Cost: local, 0 rounds."""
+    if comm.party_axis:
+        share[0] += public
+    elif comm.rank == 0:
+        share += public
+    return share
 
 
 def public_share(comm: Communicator, public: torch.Tensor) -> torch.Tensor:

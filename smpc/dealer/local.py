@@ -27,31 +27,40 @@ def _xor_reduce(t: torch.Tensor) -> torch.Tensor:
 
 
 def generate_stacked(req: Request, world_size: int, prg: AesPrg) -> dict[str, torch.Tensor]:
-    """All parties' shares of ``req``'s components, shape ``(world_size, *shape)`` each."""
+    """All parties' shares of ``req``'s components, shape ``(world_size, *shape)`` each.
+
+    Random rows are written by the keystream in place; the last row of each
+    derived component is the correction, computed without drawing randomness.
+    """
     n = world_size
     comps = req.components()
     sizes = [math.prod(c.shape) for c in comps]
-    total = n * sum(sizes)
-    # One keystream call covers every random row; derived last rows are overwritten.
-    buf = prg.random_int64(total)
+    buf = torch.empty(n * sum(sizes), dtype=torch.int64)
     out: dict[str, torch.Tensor] = {}
     plain: dict[str, torch.Tensor] = {}
     offset = 0
     for comp, size in zip(comps, sizes):
-        stacked = buf[offset : offset + n * size].view(n, *comp.shape)
+        flat = buf[offset : offset + n * size]
         offset += n * size
+        prg.fill_(flat[: (n - 1) * size] if comp.kind.derived else flat)
+        stacked = flat.view(n, *comp.shape)
         out[comp.name] = stacked
         if not comp.kind.derived:
-            plain[comp.name] = _xor_reduce(stacked) if comp.kind.xor else stacked.sum(0)
+            if comp.kind.xor:
+                plain[comp.name] = _xor_reduce(stacked)
+            else:
+                plain[comp.name] = stacked[0] + stacked[1] if n == 2 else stacked.sum(0)
     derived = req.derive(plain)
     for comp in comps:
         if comp.kind.derived:
             stacked = out[comp.name]
             value = derived[comp.name]
             if comp.kind.xor:
-                stacked[-1] = value ^ (_xor_reduce(stacked[:-1]) if n > 2 else stacked[0])
+                rest = _xor_reduce(stacked[:-1]) if n > 2 else stacked[0]
+                torch.bitwise_xor(value, rest, out=stacked[-1])
             else:
-                stacked[-1] = value - (stacked[:-1].sum(0) if n > 2 else stacked[0])
+                rest = stacked[:-1].sum(0) if n > 2 else stacked[0]
+                torch.sub(value, rest, out=stacked[-1])
     return out
 
 

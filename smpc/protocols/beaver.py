@@ -11,7 +11,7 @@ import torch
 from .. import ring
 from ..comm.base import Communicator
 from ..dealer.base import BilinearTriple, Dealer, MulTriple, SquarePair
-from ..sharing import add_public, data_shape
+from ..sharing import add_public, add_public_, data_shape
 
 __all__ = ["mul", "square", "bilinear", "matmul", "conv2d"]
 
@@ -39,6 +39,8 @@ def mul(comm: Communicator, dealer: Dealer, x: torch.Tensor, y: torch.Tensor) ->
     e, f = comm.open([x - t["a"], y - t["b"]], "mul")
     z = t["c"] + e * t["b"]
     z += t["a"] * f
+    if tuple(data_shape(comm, z)) == tuple(torch.broadcast_shapes(e.shape, f.shape)):
+        return add_public_(comm, z, e * f)
     return add_public(comm, z, e * f)
 
 
@@ -54,7 +56,7 @@ def square(comm: Communicator, dealer: Dealer, x: torch.Tensor) -> torch.Tensor:
     t = dealer.request(SquarePair(_shape(comm, x)))
     (e,) = comm.open([x - t["a"]], "square")
     z = t["c"] + (2 * e) * t["a"]
-    return add_public(comm, z, e * e)
+    return add_public_(comm, z, e * e)
 
 
 def bilinear(

@@ -11,13 +11,12 @@ import torch
 
 from ..comm.base import Communicator
 from ..dealer.base import Dealer, TruncPair
-from ..sharing import add_public, data_shape
+from ..sharing import add_public_, data_shape
 
 __all__ = ["trunc", "trunc_local", "TRUNC_BOUND_BITS"]
 
 # |x| < 2^62 is required: x + 2^62 must have a zero most significant bit.
 TRUNC_BOUND_BITS = 62
-_LOW63 = (1 << 63) - 1
 
 
 def trunc(comm: Communicator, dealer: Dealer, x: torch.Tensor, frac_bits: int) -> torch.Tensor:
@@ -46,13 +45,13 @@ def trunc(comm: Communicator, dealer: Dealer, x: torch.Tensor, frac_bits: int) -
     """
     f = frac_bits
     t = dealer.request(TruncPair(tuple(data_shape(comm, x)), f))
-    (c,) = comm.open([add_public(comm, x + t["r"], 1 << TRUNC_BOUND_BITS)], "trunc")
-    c_msb = (c >> 63) & 1
-    c_low = c & _LOW63
-    public = (c_low >> f) + (c_msb << (63 - f)) - (1 << (TRUNC_BOUND_BITS - f))
-    z = t["s"] * (1 - 2 * c_msb)
+    (c,) = comm.open([add_public_(comm, x + t["r"], 1 << TRUNC_BOUND_BITS)], "trunc")
+    # (c mod 2^63) >> f + msb(c) 2^(63-f) is the logical shift of c read as unsigned.
+    public = ((c >> f) & ((1 << (64 - f)) - 1)) - (1 << (TRUNC_BOUND_BITS - f))
+    # [s] (1 - 2 msb(c)) = +[s] where c >= 0 (as signed), -[s] where c < 0.
+    z = torch.where(c < 0, -t["s"], t["s"])
     z -= t["r_hi"]
-    return add_public(comm, z, public)
+    return add_public_(comm, z, public)
 
 
 def trunc_local(comm: Communicator, x: torch.Tensor, frac_bits: int) -> torch.Tensor:
