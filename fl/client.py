@@ -13,15 +13,30 @@ from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
-from torch.nn.utils import parameters_to_vector, vector_to_parameters
+from torch.nn.utils import parameters_to_vector
 
 from fl.errors import ConfigError
 from fl.types import ClientUpdate, FitConfig
 
-__all__ = ["Client", "LossFn", "OptimizerFactory", "evaluate_model"]
+__all__ = ["Client", "LossFn", "OptimizerFactory", "evaluate_model", "load_vector"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 OptimizerFactory = Callable[[Iterable[nn.Parameter], float], torch.optim.Optimizer]
+
+
+@torch.no_grad()
+def load_vector(params: list[nn.Parameter], vector: torch.Tensor) -> None:
+    """Copy a flat vector into ``params`` (unlike ``torch.nn.utils.vector_to_parameters``,
+    which makes the parameters views of the vector, so training would write into it).
+    """
+    total = sum(p.numel() for p in params)
+    if vector.numel() != total:
+        raise ConfigError(f"vector has {vector.numel()} values; the parameters hold {total}")
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.copy_(vector[offset : offset + n].view_as(p))
+        offset += n
 
 
 def _sgd(params: Iterable[nn.Parameter], lr: float) -> torch.optim.Optimizer:
@@ -122,8 +137,7 @@ class Client:
             The update ``local - global`` and the example count.
         """
         params = [p for p in model.parameters() if p.requires_grad]
-        with torch.no_grad():
-            vector_to_parameters(global_vector, params)
+        load_vector(params, global_vector)
         anchors = [p.detach().clone() for p in params] if config.proximal_mu > 0 else None
         opt = self.optimizer(params, config.lr)
         n, bs = self.num_examples, config.batch_size

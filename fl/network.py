@@ -35,6 +35,7 @@ from __future__ import annotations
 import datetime
 import os
 import pickle
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -64,6 +65,10 @@ class NetworkConfig:
         master_port: TCP port of the store.
         stage_timeout: Seconds the server waits for all replies of one stage
             (including local training); a client that misses it is a dropout.
+        heartbeat_timeout: A client beats every ``heartbeat_timeout / 5``
+            seconds from a background thread; one silent for longer than this
+            (killed, crashed, disconnected) is a dropout at once, even while a
+            long stage is still within its deadline.
         connect_timeout: Seconds to wait for every process to join.
         idle_timeout: Seconds a client waits for the server's next message.
     """
@@ -71,19 +76,20 @@ class NetworkConfig:
     world_size: int
     master_addr: str = "127.0.0.1"
     master_port: int = 29500
-    stage_timeout: float = 60.0
+    stage_timeout: float = 600.0
+    heartbeat_timeout: float = 5.0
     connect_timeout: float = 120.0
     idle_timeout: float = 3600.0
 
     def __post_init__(self) -> None:
         if self.world_size < 2:
             raise ConfigError(f"`world_size` must be >= 2 (server + clients); got {self.world_size}")
-        for name in ("stage_timeout", "connect_timeout", "idle_timeout"):
+        for name in ("stage_timeout", "heartbeat_timeout", "connect_timeout", "idle_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"`{name}` must be > 0; got {getattr(self, name)}")
 
     @classmethod
-    def from_env(cls, *, stage_timeout: float = 60.0) -> tuple[NetworkConfig, int]:
+    def from_env(cls, *, stage_timeout: float = 600.0) -> tuple[NetworkConfig, int]:
         """Read ``MASTER_ADDR``, ``MASTER_PORT``, ``WORLD_SIZE`` and ``RANK``.
 
         Returns:
@@ -99,6 +105,9 @@ class NetworkConfig:
             return cfg, int(os.environ["RANK"])
         except KeyError as exc:
             raise ConfigError(f"environment variable {exc.args[0]} is not set") from exc
+
+
+_PEER_ERRORS = (RuntimeError, dist.DistError, TimeoutError, ConnectionError, OSError, EOFError)
 
 
 class _Channel:
@@ -154,6 +163,36 @@ class _Channel:
         """Drop a dead peer's pending sends without waiting on them."""
         self.pending.pop(peer, None)
 
+    def ready(self, src: int) -> bool:
+        """Whether the next message from ``src`` is waiting (never blocks)."""
+        return bool(self.store.check([f"fl/{src}->{self.rank}/{self.received.get(src, 0)}"]))
+
+    def beats(self, rank: int) -> int:
+        """Heartbeat counter of ``rank``."""
+        return int(self.store.add(f"fl/beat/{rank}", 0))
+
+    def start_heartbeat(self) -> threading.Event:
+        """Beat from a background thread on a separate store connection; set the event to stop."""
+        stop = threading.Event()
+        store = dist.TCPStore(
+            self.config.master_addr,
+            self.config.master_port,
+            is_master=False,
+            timeout=datetime.timedelta(seconds=self.config.connect_timeout),
+        )
+        key, period = f"fl/beat/{self.rank}", self.config.heartbeat_timeout / 5
+
+        def beat() -> None:
+            while not stop.is_set():
+                try:
+                    store.add(key, 1)
+                except _PEER_ERRORS:
+                    return
+                stop.wait(period)
+
+        threading.Thread(target=beat, name=f"fl-heartbeat-{self.rank}", daemon=True).start()
+        return stop
+
     def recv(self, src: int, timeout: float) -> Any:
         seq = self.received.get(src, 0)
         key = f"fl/{src}->{self.rank}/{seq}"
@@ -168,9 +207,6 @@ class _Channel:
     def close(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
-
-
-_PEER_ERRORS = (RuntimeError, dist.DistError, TimeoutError, ConnectionError, OSError, EOFError)
 
 
 class NetworkServer(Server):
@@ -247,20 +283,34 @@ class NetworkServer(Server):
                     self._drop(cid)
         deadline = time.monotonic() + self.config.stage_timeout
         replies: dict[int, Any] = {}
-        for cid in messages:
-            if cid not in self.alive:
-                continue
-            rank = self.rank_of[cid]
-            try:
-                reply = self.channel.recv(rank, deadline - time.monotonic())
-                self.channel.settle(rank)
-            except _PEER_ERRORS:
-                self._drop(cid)
-                continue
-            if isinstance(reply, tuple) and reply and reply[0] == "error":
-                self._drop(cid)  # the client refused (e.g. its own threshold check)
-                continue
-            replies[cid] = reply
+        pending = [cid for cid in messages if cid in self.alive]
+        seen = {cid: (self.channel.beats(self.rank_of[cid]), time.monotonic()) for cid in pending}
+        while pending:
+            now = time.monotonic()
+            for cid in list(pending):
+                rank = self.rank_of[cid]
+                try:
+                    if self.channel.ready(rank):
+                        reply = self.channel.recv(rank, self.config.heartbeat_timeout)
+                        self.channel.settle(rank)
+                    else:
+                        beat = self.channel.beats(rank)
+                        if beat != seen[cid][0]:
+                            seen[cid] = (beat, now)
+                        elif now - seen[cid][1] > self.config.heartbeat_timeout or now > deadline:
+                            raise TimeoutError(f"client {cid} is silent")
+                        continue
+                except _PEER_ERRORS:
+                    pending.remove(cid)
+                    self._drop(cid)
+                    continue
+                pending.remove(cid)
+                if isinstance(reply, tuple) and reply and reply[0] == "error":
+                    self._drop(cid)  # the client refused (e.g. its own threshold check)
+                    continue
+                replies[cid] = reply
+            if pending:
+                time.sleep(0.005)
         return replies
 
     def train_and_aggregate(
@@ -353,6 +403,7 @@ def run_client(
     if rank < 1:
         raise ConfigError(f"a client's `rank` must be >= 1; got {rank}")
     channel = _Channel(config, rank)
+    stop_heartbeat = channel.start_heartbeat()
     channel.send(0, ("hello", client.client_id, client.num_examples))
     session = None
     rounds = 0
@@ -384,6 +435,7 @@ def run_client(
             else:
                 raise NetworkError(f"unknown message kind {kind!r} from the server")
     finally:
+        stop_heartbeat.set()
         channel.close()
 
 

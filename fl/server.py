@@ -27,10 +27,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils import parameters_to_vector, vector_to_parameters
+from torch.nn.utils import parameters_to_vector
 
 from fl.aggregators import Aggregator, PlainAggregator, Stage
-from fl.client import Client, LossFn, evaluate_model
+from fl.client import Client, LossFn, evaluate_model, load_vector
 from fl.errors import AggregationError, CheckpointError, ConfigError
 from fl.strategy import FedAvg, Strategy
 from fl.types import AggregateResult, ClientUpdate, History, RoundResult
@@ -207,8 +207,7 @@ class Server:
         start: float,
     ) -> RoundResult:
         self.global_vector = self.strategy.apply(self.global_vector, agg.mean).detach()
-        with torch.no_grad():
-            vector_to_parameters(self.global_vector, self.params)
+        load_vector(self.params, self.global_vector)
         survivors = set(agg.survivors)
         kept = [u for u in updates if u.client_id in survivors]
         n = sum(u.num_examples for u in kept)
@@ -295,8 +294,7 @@ class Server:
             raise CheckpointError(f"checkpoint was made with seed {state['seed']}; this server has {self.seed}")
         self.round = int(state["round"])
         self.global_vector = vec.clone()
-        with torch.no_grad():
-            vector_to_parameters(self.global_vector, self.params)
+        load_vector(self.params, self.global_vector)
         self.strategy.load_state_dict(state["strategy"])
         self.aggregator.load_state_dict(state["aggregator"])
         self.history = History([RoundResult(**{**d, "selected": tuple(d["selected"]), "survivors": tuple(d["survivors"])}) for d in state["history"]])

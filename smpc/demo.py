@@ -159,7 +159,7 @@ def train_plain(cfg: Config, data: Sequence[torch.Tensor]) -> History:
                 loss = torch.nn.functional.mse_loss(out, onehot[idx])
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             hist.steps += 1
         hist.loss.append(sum(losses) / len(losses))
         hist.accuracy.append(accuracy(model, xtp, yt))

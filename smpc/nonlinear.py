@@ -1,77 +1,585 @@
 """Encoding-aware comparison and non-linear kernels on SharedTensor (tensor layer).
 
-Placeholder signatures: the comparison issue fills these in on top of
-:mod:`smpc.protocols.compare` and :mod:`smpc.protocols.nonlinear`.
+Comparison results are shared 0/1 in the session's fixed point (ring value
+``2^f`` for 1): the protocols of :mod:`smpc.protocols.compare` return unscaled
+ring bits and this layer multiplies them by ``2^f`` locally. Products of such a
+ring bit with a shared value need no truncation, so ReLU, abs, max and the
+sign-dependent selections cost one comparison and no extra round.
+
+Exactness: ``x < y`` is exact for all encoded inputs with
+``|x - y| < 2^(63 - f)`` (``2^47`` for ``f = 16``), which covers every pair of
+values accepted by :meth:`FixedPoint.encode` and their sums far beyond it.
+
+Approximations (``exp``, ``reciprocal``, ``log``, ``rsqrt``/``sqrt``,
+``sigmoid``/``tanh``, ``softmax``/``log_softmax``) are iterative, with
+iteration counts as keyword arguments; their input ranges and measured errors
+are in ``docs/approximations.md`` and checked by ``tests/smpc/test_nonlinear.py``.
+
+``max(x, dim)`` returns a :class:`MaxResult` ``(values, indices)`` like torch,
+but ``indices`` is a *one-hot* SharedTensor of ``x``'s shape (1 at the first
+maximum along ``dim``), since an index cannot be revealed; ``max(x)`` returns
+the values only.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import builtins
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
+import torch
+import torch.nn.functional as F
+
+from . import ops
+from .errors import ShapeError
+from .protocols import beaver, compare
+from .protocols import nonlinear as ring_nl
+from .session import Session
+from .sharing import add_public, lead
 from .tensor import SharedTensor
 
 __all__ = [
-    "lt", "le", "gt", "ge", "eq", "ne", "relu", "relu_with_bit", "sign", "abs", "where",
-    "max", "min", "argmax", "argmin", "max_pool2d", "reciprocal", "div", "exp", "log",
-    "sqrt", "rsqrt", "sigmoid", "tanh", "softmax", "log_softmax",
+    "MaxResult", "lt", "le", "gt", "ge", "eq", "ne", "relu", "relu_with_bit", "sign", "abs",
+    "where", "max", "min", "argmax", "argmin", "max_pool2d", "max_pool2d_with_onehot",
+    "reciprocal", "div", "exp", "log", "sqrt", "rsqrt", "sigmoid", "tanh", "softmax",
+    "log_softmax",
 ]
 
 
-def _todo(name: str) -> Any:
-    def f(*args: Any, **kwargs: Any) -> SharedTensor:
-        raise NotImplementedError(f"{name} is not implemented yet")
+class MaxResult(NamedTuple):
+    """``(values, indices)`` of :func:`max`/:func:`min` over a dim; ``indices`` is one-hot."""
 
-    f.__name__ = name
-    return f
+    values: SharedTensor
+    indices: SharedTensor
 
 
-lt = _todo("lt")
-le = _todo("le")
-gt = _todo("gt")
-ge = _todo("ge")
-eq = _todo("eq")
-ne = _todo("ne")
-relu = _todo("relu")
-relu_with_bit = _todo("relu_with_bit")
-sign = _todo("sign")
-abs = _todo("abs")
-max = _todo("max")
-min = _todo("min")
-argmax = _todo("argmax")
-argmin = _todo("argmin")
-max_pool2d = _todo("max_pool2d")
-reciprocal = _todo("reciprocal")
-exp = _todo("exp")
-log = _todo("log")
-sqrt = _todo("sqrt")
-rsqrt = _todo("rsqrt")
-sigmoid = _todo("sigmoid")
-tanh = _todo("tanh")
-softmax = _todo("softmax")
-log_softmax = _todo("log_softmax")
+# ----------------------------------------------------------------- helpers
+def _sess(*xs: Any) -> Session:
+    for x in xs:
+        if isinstance(x, SharedTensor):
+            return ops._session(*xs)
+    raise TypeError("at least one operand must be a SharedTensor")
+
+
+def _check_shared(x: Any, name: str) -> SharedTensor:
+    if not isinstance(x, SharedTensor):
+        raise TypeError(f"`{name}` must be a SharedTensor; got {type(x).__name__}")
+    return x
+
+
+def _scale(sess: Session, bit: torch.Tensor) -> SharedTensor:
+    """Ring 0/1 bit -> fixed-point 0/1 (local)."""
+    return SharedTensor(bit * sess.encoding.scale, sess)
+
+
+def _one_minus(sess: Session, bit: torch.Tensor) -> torch.Tensor:
+    return add_public(sess.comm, -bit, 1)
+
+
+def _ltz_many(sess: Session, shares: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Ring bits ``[s < 0]`` for several same-shaped shares in one batched comparison."""
+    ld = lead(sess.comm)
+    stacked = torch.stack(list(shares), dim=ld)
+    z = compare.ltz(sess.comm, sess.dealer, stacked)
+    return list(z.unbind(ld))
+
+
+def _diff(x: Any, y: Any) -> SharedTensor:
+    if not isinstance(x, SharedTensor) and not isinstance(y, SharedTensor):
+        raise TypeError("at least one operand must be a SharedTensor")
+    return ops.sub(x, y)
+
+
+# ----------------------------------------------------------------- comparison
+def lt(x: SharedTensor | Any, y: SharedTensor | Any) -> SharedTensor:
+    """``x < y`` elementwise as shared fixed-point 0/1 (either side may be public).
+
+    Cost: one :func:`smpc.protocols.compare.ltz` (7 rounds, 64 bytes per element per
+    party for 2 parties). Exact while ``|x - y| < 2^(63-f)``.
+    """
+    d = _diff(x, y)
+    sess = d.session
+    return _scale(sess, compare.ltz(sess.comm, sess.dealer, d.share))
+
+
+def gt(x: SharedTensor | Any, y: SharedTensor | Any) -> SharedTensor:
+    """``x > y`` as shared fixed-point 0/1. Cost: as :func:`lt`."""
+    return lt(y, x)
+
+
+def le(x: SharedTensor | Any, y: SharedTensor | Any) -> SharedTensor:
+    """``x <= y`` = ``1 - (y < x)``. Cost: as :func:`lt`."""
+    d = _diff(y, x)
+    sess = d.session
+    return _scale(sess, _one_minus(sess, compare.ltz(sess.comm, sess.dealer, d.share)))
+
+
+def ge(x: SharedTensor | Any, y: SharedTensor | Any) -> SharedTensor:
+    """``x >= y`` = ``1 - (x < y)``. Cost: as :func:`lt`."""
+    return le(y, x)
+
+
+def ne(x: SharedTensor | Any, y: SharedTensor | Any) -> SharedTensor:
+    """``x != y`` = ``(x < y) + (y < x)``: two comparisons batched (7 rounds, 2x bytes)."""
+    d = _diff(x, y)
+    sess = d.session
+    a, b = _ltz_many(sess, [d.share, -d.share])
+    return _scale(sess, a + b)
+
+
+def eq(x: SharedTensor | Any, y: SharedTensor | Any) -> SharedTensor:
+    """``x == y`` = ``1 - (x != y)``. Cost: as :func:`ne`."""
+    d = _diff(x, y)
+    sess = d.session
+    a, b = _ltz_many(sess, [d.share, -d.share])
+    return _scale(sess, _one_minus(sess, a + b))
+
+
+# ----------------------------------------------------------------- built on comparison
+def relu_with_bit(x: SharedTensor) -> tuple[SharedTensor, SharedTensor]:
+    """``(max(x, 0), [x >= 0])``; the bit is shared fixed-point 0/1 (for ReLU's gradient).
+
+    The product ``x * bit`` is fused into the comparison (no truncation).
+    Cost: 7 rounds, 72 bytes per element per party (2 parties).
+    """
+    x = _check_shared(x, "x")
+    sess = _sess(x)
+    value, bit = compare.relu(sess.comm, sess.dealer, x.share)
+    return SharedTensor(value, sess), _scale(sess, bit)
+
+
+def relu(x: SharedTensor) -> SharedTensor:
+    """``max(x, 0)``. Cost: as :func:`relu_with_bit`."""
+    return relu_with_bit(x)[0]
+
+
+def sign(x: SharedTensor) -> SharedTensor:
+    """``sign(x)`` in {-1, 0, 1} like ``torch.sign``: ``(x > 0) - (x < 0)``, two batched comparisons."""
+    x = _check_shared(x, "x")
+    sess = _sess(x)
+    neg, pos = _ltz_many(sess, [x.share, -x.share])
+    return _scale(sess, pos - neg)
+
+
+def abs(x: SharedTensor) -> SharedTensor:
+    """``|x| = x - 2 x [x < 0]`` with the product fused into the comparison (7 rounds)."""
+    x = _check_shared(x, "x")
+    sess = _sess(x)
+    _, xz = compare.ltz_mul(sess.comm, sess.dealer, x.share)
+    assert xz is not None
+    return SharedTensor(x.share - 2 * xz, sess)
 
 
 def where(cond: SharedTensor, a: Any, b: Any) -> SharedTensor:
-    """Select ``a`` where ``cond`` (shared 0/1) is 1, else ``b``: ``b + cond * (a - b)``."""
-    from . import ops
+    """Select ``a`` where ``cond`` (shared fixed-point 0/1) is 1, else ``b``: ``b + cond (a - b)``.
 
+    Cost: one product (Beaver + truncation: 2 rounds) when ``a`` or ``b`` is shared,
+    a public product (1 round) otherwise.
+    """
+    cond = _check_shared(cond, "cond")
     if isinstance(a, SharedTensor) or isinstance(b, SharedTensor):
         return ops.add(b, ops.mul(cond, ops.sub(a, b)))
-    import torch
-
-    diff = torch.as_tensor(a) - torch.as_tensor(b)
-    return ops.add(ops.mul(cond, diff), b)
+    diff = torch.as_tensor(a, dtype=torch.float64) - torch.as_tensor(b, dtype=torch.float64)
+    return ops.add(ops.mul(cond, diff), torch.as_tensor(b, dtype=torch.float64))
 
 
-def div(x: SharedTensor, y: Any) -> SharedTensor:
-    """``x / y``: public divisor by one public product; shared by ``x * reciprocal(y)``."""
-    from . import ops
+def _reduce_last(
+    x: SharedTensor, dim: int | None, keepdim: bool, onehot: bool
+) -> tuple[SharedTensor, SharedTensor | None]:
+    sess = _sess(x)
+    ld = lead(sess.comm)
+    if x.numel() == 0:
+        raise ShapeError("max/min/argmax of an empty SharedTensor")
+    scale = sess.encoding.scale if onehot else None
+    if dim is None:
+        flat = x.share.reshape(*x.share.shape[:ld], -1)
+        vals, oh = ring_nl.max_last(sess.comm, sess.dealer, flat, onehot_scale=scale)
+        if keepdim:
+            vals = vals.reshape(*vals.shape, *([1] * x.dim()))
+        ohs = None if oh is None else SharedTensor(oh.reshape(x.share.shape), sess)
+        return SharedTensor(vals, sess), ohs
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise TypeError(f"`dim` must be an int or None; got {type(dim).__name__}")
+    d = x._dim(dim)
+    moved = x.share.movedim(d, -1)
+    vals, oh = ring_nl.max_last(sess.comm, sess.dealer, moved, onehot_scale=scale)
+    if keepdim:
+        vals = vals.unsqueeze(d)
+    ohs = None if oh is None else SharedTensor(oh.movedim(-1, d), sess)
+    return SharedTensor(vals, sess), ohs
 
+
+def max(x: SharedTensor, dim: int | None = None, keepdim: bool = False) -> Any:
+    """Maximum over all elements (``dim=None``: values only) or over ``dim``.
+
+    With ``dim``: a :class:`MaxResult` ``(values, indices)`` where ``indices`` is the
+    one-hot argmax (shape of ``x``; ties -> lowest index).
+    Cost: ``ceil(log2 k)`` levels of 7 rounds (8 with the one-hot after the first).
+    """
+    x = _check_shared(x, "x")
+    if dim is None:
+        return _reduce_last(x, None, keepdim, onehot=False)[0]
+    vals, oh = _reduce_last(x, dim, keepdim, onehot=True)
+    assert oh is not None
+    return MaxResult(vals, oh)
+
+
+def min(x: SharedTensor, dim: int | None = None, keepdim: bool = False) -> Any:
+    """Minimum: ``-max(-x)`` (same return conventions and cost as :func:`max`)."""
+    x = _check_shared(x, "x")
+    res = max(ops.neg(x), dim, keepdim)
+    if dim is None:
+        return ops.neg(res)
+    return MaxResult(ops.neg(res.values), res.indices)
+
+
+def argmax(x: SharedTensor, dim: int | None = None, keepdim: bool = False) -> SharedTensor:
+    """One-hot argmax (shared fixed-point 0/1, shape of ``x``; ties -> lowest index).
+
+    ``dim=None`` marks one element among all of them. ``keepdim`` is accepted for
+    torch compatibility; the one-hot always has ``x``'s shape.
+    """
+    x = _check_shared(x, "x")
+    _, oh = _reduce_last(x, dim, keepdim, onehot=True)
+    assert oh is not None
+    return oh
+
+
+def argmin(x: SharedTensor, dim: int | None = None, keepdim: bool = False) -> SharedTensor:
+    """One-hot argmin: :func:`argmax` of ``-x``."""
+    x = _check_shared(x, "x")
+    return argmax(ops.neg(x), dim, keepdim)
+
+
+def _pair(v: int | Sequence[int], name: str) -> tuple[int, int]:
+    if isinstance(v, int) and not isinstance(v, bool):
+        return (v, v)
+    t = tuple(int(i) for i in v)
+    if len(t) != 2:
+        raise ValueError(f"`{name}` must be an int or a pair; got {v!r}")
+    return (t[0], t[1])
+
+
+def _pool_windows(
+    x: SharedTensor,
+    kernel_size: int | Sequence[int],
+    stride: int | Sequence[int] | None,
+    padding: int | Sequence[int],
+) -> tuple[torch.Tensor, bool, tuple[int, int], tuple[int, int], tuple[int, int]]:
+    if x.dim() not in (3, 4):
+        raise ShapeError(f"max_pool2d: expected input (N,C,H,W) or (C,H,W); got {tuple(x.shape)}")
+    sess = x.session
+    kh, kw = _pair(kernel_size, "kernel_size")
+    sh, sw = _pair(stride, "stride") if stride is not None else (kh, kw)
+    ph, pw = _pair(padding, "padding")
+    if kh < 1 or kw < 1 or sh < 1 or sw < 1 or ph < 0 or pw < 0:
+        raise ValueError(
+            f"max_pool2d: kernel_size and stride must be >= 1 and padding >= 0; got "
+            f"kernel_size={(kh, kw)}, stride={(sh, sw)}, padding={(ph, pw)}"
+        )
+    if ph > kh // 2 or pw > kw // 2:
+        raise ValueError(
+            f"max_pool2d: padding must be at most half the kernel size; got padding={(ph, pw)} "
+            f"for kernel_size={(kh, kw)}"
+        )
+    squeeze = x.dim() == 3
+    s = x.share.unsqueeze(lead(sess.comm)) if squeeze else x.share
+    h, w = s.shape[-2] + 2 * ph, s.shape[-1] + 2 * pw
+    if h < kh or w < kw:
+        raise ShapeError(
+            f"max_pool2d: kernel {(kh, kw)} is larger than the padded input {(h, w)}"
+        )
+    if ph or pw:
+        s = F.pad(s, (pw, pw, ph, ph))
+        # Padded cells hold a public value below every encodable input (like -inf).
+        fill = torch.zeros(h, w, dtype=torch.int64)
+        low = -(1 << 52)
+        fill[:ph, :] = low
+        fill[h - ph :, :] = low
+        fill[:, :pw] = low
+        fill[:, w - pw :] = low
+        s = add_public(sess.comm, s, fill)
+    win = s.unfold(-2, kh, sh).unfold(-2, kw, sw)  # (..., N, C, oh, ow, kh, kw)
+    win = win.reshape(*win.shape[:-2], kh * kw)
+    return win, squeeze, (kh, kw), (sh, sw), (ph, pw)
+
+
+def max_pool2d(
+    input: SharedTensor,
+    kernel_size: int | Sequence[int],
+    stride: int | Sequence[int] | None = None,
+    padding: int | Sequence[int] = 0,
+) -> SharedTensor:
+    """Max pooling like ``torch.nn.functional.max_pool2d`` (dilation 1, floor mode).
+
+    Cost: ``ceil(log2(kh*kw))`` levels of 7 rounds (14 rounds for 2x2).
+    """
+    input = _check_shared(input, "input")
+    sess = _sess(input)
+    win, squeeze, *_ = _pool_windows(input, kernel_size, stride, padding)
+    vals, _ = ring_nl.max_last(sess.comm, sess.dealer, win)
+    if squeeze:
+        vals = vals.squeeze(lead(sess.comm))
+    return SharedTensor(vals, sess)
+
+
+def max_pool2d_with_onehot(
+    input: SharedTensor,
+    kernel_size: int | Sequence[int],
+    stride: int | Sequence[int] | None = None,
+    padding: int | Sequence[int] = 0,
+) -> tuple[SharedTensor, SharedTensor]:
+    """Max pooling plus, per output cell, the one-hot of its argmax in the window.
+
+    Returns ``(out, onehot)`` with ``onehot`` of shape ``(*out.shape, kh*kw)``
+    (fixed-point 0/1, row-major window order) for the backward pass: the input
+    gradient is ``fold(grad_out[..., None] * onehot)`` (a scatter by public
+    window positions, local once multiplied).
+    Cost: as :func:`max_pool2d` plus one round per level after the first.
+    """
+    input = _check_shared(input, "input")
+    sess = _sess(input)
+    win, squeeze, *_ = _pool_windows(input, kernel_size, stride, padding)
+    vals, oh = ring_nl.max_last(sess.comm, sess.dealer, win, onehot_scale=sess.encoding.scale)
+    assert oh is not None
+    if squeeze:
+        vals = vals.squeeze(lead(sess.comm))
+        oh = oh.squeeze(lead(sess.comm))
+    return SharedTensor(vals, sess), SharedTensor(oh, sess)
+
+
+# ----------------------------------------------------------------- approximations
+def _check_iters(n: int, name: str) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"`{name}` must be an int >= 1; got {n!r}")
+
+
+def _mul_many(pairs: Sequence[tuple[SharedTensor, SharedTensor]]) -> list[SharedTensor]:
+    """Several same-shaped products in one batched Beaver opening and truncation."""
+    if len(pairs) == 1:
+        return [ops.mul(*pairs[0])]
+    a = ops.stack([p[0] for p in pairs])
+    b = ops.stack([p[1] for p in pairs])
+    out = ops.mul(a, b)
+    return [out[i] for i in range(len(pairs))]
+
+
+def _poly_public(terms: Sequence[tuple[SharedTensor, float]], constant: float) -> SharedTensor:
+    """``constant + sum c_k t_k`` with one truncation for all public coefficients."""
+    sess = terms[0][0].session
+    acc: torch.Tensor | None = None
+    for t, c in terms:
+        part = t.share * sess.encoding.encode(torch.tensor(c, dtype=torch.float64), name="coefficient")
+        acc = part if acc is None else acc + part
+    assert acc is not None
+    y = SharedTensor(ops.rescale(sess, acc), sess)
+    return ops.add(y, constant)
+
+
+EXP_LOW = -16.0
+
+
+def exp(x: SharedTensor, *, iterations: int = 5, terms: int = 5, clamp: bool = True) -> SharedTensor:
+    """``e^x`` by range reduction: ``e^x = (e^(x/2^n))^(2^n)``, ``n = iterations``.
+
+    ``e^t`` for ``t = x / 2^n`` is its Taylor polynomial of degree ``terms``, then
+    ``n`` squarings. Inputs below -16 are clamped to -16 first (one comparison;
+    ``e^-16`` is below one ulp for ``f = 16``), unless ``clamp=False``, which is valid
+    only for ``x >= -2^(n-1)``. Range: ``x <= 10`` (the result must stay below the
+    encoding limit 2^(31-f)). Accuracy: ``docs/approximations.md``.
+    Cost: 1 (+7 clamp) + 2 ceil(log2(terms+1)) + 1 + 2n rounds (18 + 7 by default).
+    """
+    x = _check_shared(x, "x")
+    _check_iters(iterations, "iterations")
+    _check_iters(terms, "terms")
+    if clamp:
+        x = ops.add(relu(ops.sub(x, EXP_LOW)), EXP_LOW)
+    t = ops.mul(x, 1.0 / (1 << iterations))
+    powers: dict[int, SharedTensor] = {1: t}
+    while len(powers) < terms:
+        have = sorted(powers)
+        top = have[-1]
+        pairs = []
+        wanted = []
+        for k in range(top + 1, builtins.min(2 * top, terms) + 1):
+            pairs.append((powers[top], powers[k - top]))
+            wanted.append(k)
+        for k, v in zip(wanted, _mul_many(pairs)):
+            powers[k] = v
+    fact = 1.0
+    coeffs = []
+    for k in range(1, terms + 1):
+        fact *= k
+        coeffs.append((powers[k], 1.0 / fact))
+    y = _poly_public(coeffs, 1.0)
+    for _ in range(iterations):
+        y = ops.square(y)
+    return y
+
+
+def _newton_reciprocal(x: SharedTensor, y: SharedTensor, iterations: int) -> SharedTensor:
+    for _ in range(iterations):
+        # y <- y (2 - x y)
+        y = ops.mul(y, ops.sub(2.0, ops.mul(x, y)))
+    return y
+
+
+def reciprocal(
+    x: SharedTensor, *, iterations: int = 10, positive: bool = False, initial: SharedTensor | None = None
+) -> SharedTensor:
+    """``1 / x`` by Newton-Raphson ``y <- y (2 - x y)``.
+
+    Initial guess ``y0 = 3 e^(1/2 - |x|) + 0.003`` (from the CrypTen paper, Knott et
+    al., NeurIPS 2021), valid for ``|x|`` in [0.05, 500]; ``positive=True`` skips
+    the sign handling (one comparison) when ``x > 0`` is known.
+    Cost: exp (18 rounds) + 4 rounds per iteration (+ 7 for the sign).
+    """
+    x = _check_shared(x, "x")
+    _check_iters(iterations, "iterations")
+    sess = _sess(x)
+    if positive:
+        a = x
+        z = None
+    else:
+        z, xz = compare.ltz_mul(sess.comm, sess.dealer, x.share)
+        assert xz is not None
+        a = SharedTensor(x.share - 2 * xz, sess)
+    y0 = initial if initial is not None else ops.add(ops.mul(exp(ops.sub(0.5, a)), 3.0), 0.003)
+    y = _newton_reciprocal(a, y0, iterations)
+    if z is None:
+        return y
+    # 1/x = (1 - 2 [x < 0]) / |x|: a ring bit times a share, no truncation.
+    yz = beaver.mul(sess.comm, sess.dealer, z, y.share)
+    return SharedTensor(y.share - 2 * yz, sess)
+
+
+def div(x: SharedTensor, y: Any, *, iterations: int = 10) -> SharedTensor:
+    """``x / y``: by a public divisor, one public product; by a shared one, ``x * (1/y)``."""
     if isinstance(y, SharedTensor):
-        return ops.mul(x, reciprocal(y))
-    import torch
-
+        return ops.mul(x, reciprocal(y, iterations=iterations))
     t = torch.as_tensor(y, dtype=torch.float64)
     if bool((t == 0).any()):
         raise ZeroDivisionError("div: public divisor contains zero")
     return ops.mul(x, 1.0 / t)
+
+
+def log(x: SharedTensor, *, iterations: int = 3, order: int = 8) -> SharedTensor:
+    """Natural log for ``x`` in [0.1, 200] by Householder steps on ``e^y = x``.
+
+    With ``h = 1 - x e^(-y)``, the exact correction is ``log(1 - h)``; each step
+    applies its series to ``order`` terms: ``y <- y - sum_k h^k / k``.
+    Initial guess ``y0 = x/120 - 20 e^(-2x - 1) + 3`` (CrypTen paper).
+    Cost: per iteration one exp (18 rounds) + one product + ``order`` powers.
+    """
+    x = _check_shared(x, "x")
+    _check_iters(iterations, "iterations")
+    _check_iters(order, "order")
+    y = ops.add(
+        ops.sub(ops.mul(x, 1.0 / 120), ops.mul(exp(ops.sub(ops.mul(x, -2.0), 1.0)), 20.0)), 3.0
+    )
+    for _ in range(iterations):
+        h = ops.sub(1.0, ops.mul(x, exp(ops.neg(y))))
+        acc = h
+        power = h
+        for k in range(2, order + 1):
+            power = ops.mul(power, h)
+            acc = ops.add(acc, ops.mul(power, 1.0 / k))
+        y = ops.sub(y, acc)
+    return y
+
+
+def rsqrt(x: SharedTensor, *, iterations: int = 5) -> SharedTensor:
+    """``1 / sqrt(x)`` for ``x`` in [0.1, 100] by Newton ``y <- y (3 - x y^2) / 2``.
+
+    Initial guess ``y0 = 2.2 e^(-(x/2 + 0.2)) + 0.2 - x/1024`` (CrypTen paper).
+    Cost: exp (18 rounds) + 6 rounds per iteration.
+    """
+    x = _check_shared(x, "x")
+    _check_iters(iterations, "iterations")
+    y = ops.add(
+        ops.sub(ops.mul(exp(ops.neg(ops.add(ops.mul(x, 0.5), 0.2))), 2.2), ops.mul(x, 1.0 / 1024)),
+        0.2,
+    )
+    for _ in range(iterations):
+        y = ops.mul(y, ops.sub(1.5, ops.mul(ops.mul(x, 0.5), ops.square(y))))
+    return y
+
+
+def sqrt(x: SharedTensor, *, iterations: int = 5) -> SharedTensor:
+    """``sqrt(x) = x * rsqrt(x)`` for ``x`` in [0.1, 100]."""
+    x = _check_shared(x, "x")
+    return ops.mul(x, rsqrt(x, iterations=iterations))
+
+
+def sigmoid(x: SharedTensor, *, iterations: int = 5, reciprocal_iterations: int = 4) -> SharedTensor:
+    """Logistic ``1 / (1 + e^(-x))`` for ``|x| < 2^iterations`` (exp's range).
+
+    Computed on ``-|x|`` so the exponential stays in (0, 1]: ``p = 1 / (1 + e^(-|x|))``
+    with Newton from ``y0 = 0.75`` (the denominator lies in (1, 2]), then
+    ``sigmoid(x) = p`` for ``x >= 0`` and ``1 - p`` otherwise.
+    Cost: one comparison with fused ``|x|`` (7) + exp (2 + 2n) + 4 per Newton step + 1.
+    """
+    x = _check_shared(x, "x")
+    sess = _sess(x)
+    z, xz = compare.ltz_mul(sess.comm, sess.dealer, x.share)
+    assert xz is not None
+    absx = SharedTensor(x.share - 2 * xz, sess)
+    den = ops.add(exp(ops.neg(absx), iterations=iterations), 1.0)
+    y0 = ops.add(ops.mul(den, 0.0), 0.75)
+    p = _newton_reciprocal(den, y0, reciprocal_iterations)
+    # sigmoid = p + z (1 - 2p): ring bit times share, exact.
+    one_minus_2p = ops.sub(1.0, ops.mul(p, 2))
+    sel = beaver.mul(sess.comm, sess.dealer, z, one_minus_2p.share)
+    return SharedTensor(p.share + sel, sess)
+
+
+def tanh(x: SharedTensor, *, iterations: int = 5, reciprocal_iterations: int = 4) -> SharedTensor:
+    """``tanh(x) = 2 sigmoid(2x) - 1`` for ``|x| < 2^(iterations - 1)``."""
+    x = _check_shared(x, "x")
+    s = sigmoid(ops.mul(x, 2), iterations=iterations, reciprocal_iterations=reciprocal_iterations)
+    return ops.sub(ops.mul(s, 2), 1.0)
+
+
+def _softmax_parts(
+    x: SharedTensor, dim: int, exp_iterations: int
+) -> tuple[SharedTensor, SharedTensor, SharedTensor, int]:
+    x = _check_shared(x, "x")
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise TypeError(f"`dim` must be an int; got {type(dim).__name__}")
+    x._dim(dim)  # validates
+    m = _reduce_last(x, dim, True, onehot=False)[0]
+    z = ops.sub(x, m)  # <= 0: numerically stable
+    e = exp(z, iterations=exp_iterations)
+    s = ops.sum(e, dim, keepdim=True)
+    return z, e, s, x.shape[dim]
+
+
+def softmax(
+    x: SharedTensor, dim: int, *, exp_iterations: int = 5, reciprocal_iterations: int = 10
+) -> SharedTensor:
+    """Softmax over ``dim``: ``e^(x - max) / sum e^(x - max)``.
+
+    The max subtraction keeps every exponent in (0, 1]; the exponential's base
+    is clamped at 0 so that very negative logits give 0; the denominator lies in
+    [1, k] and its reciprocal uses Newton from the CrypTen initial guess.
+    Cost: max tree (7 ceil(log2 k) rounds) + exp (25) + reciprocal (18 + 4 per step) + 2.
+    """
+    _, e, s, _ = _softmax_parts(x, dim, exp_iterations)
+    inv = reciprocal(s, iterations=reciprocal_iterations, positive=True)
+    return ops.mul(e, inv)
+
+
+def log_softmax(
+    x: SharedTensor,
+    dim: int,
+    *,
+    exp_iterations: int = 5,
+    log_iterations: int = 3,
+    log_order: int = 8,
+) -> SharedTensor:
+    """Log-softmax over ``dim``: ``(x - max) - log(sum e^(x - max))`` (log on [1, k])."""
+    z, _, s, _ = _softmax_parts(x, dim, exp_iterations)
+    return ops.sub(z, log(s, iterations=log_iterations, order=log_order))
+
+
+_ = builtins  # builtins.max/min stay reachable despite the torch-named functions here

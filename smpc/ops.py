@@ -75,7 +75,7 @@ def _encode_public(sess: Session, y: Public, name: str = "other") -> torch.Tenso
 
 
 def _aligned(sess: Session, x: SharedTensor, ndim: int) -> torch.Tensor:
-    """x's share with singleton data dims prepended up to ``ndim`` data dims."""
+    """X's share with singleton data dims prepended up to ``ndim`` data dims."""
     s = x.share
     extra = ndim - x.dim()
     if extra <= 0:
@@ -86,11 +86,9 @@ def _aligned(sess: Session, x: SharedTensor, ndim: int) -> torch.Tensor:
 
 def _check_broadcast(a: torch.Size, b: torch.Size, op: str) -> torch.Size:
     try:
-        return torch.broadcast_shapes(a, b)
+        return ring.broadcast_shapes(a, b)
     except RuntimeError as err:
-        raise ShapeError(
-            f"{op}: shapes {tuple(a)} and {tuple(b)} are not broadcastable"
-        ) from err
+        raise ShapeError(f"{op}: shapes {tuple(a)} and {tuple(b)} are not broadcastable") from err
 
 
 def rescale(sess: Session, share: torch.Tensor) -> torch.Tensor:
@@ -275,7 +273,9 @@ def conv2d(
     return out
 
 
-def sum(x: SharedTensor, dim: int | Sequence[int] | None = None, keepdim: bool = False) -> SharedTensor:
+def sum(
+    x: SharedTensor, dim: int | Sequence[int] | None = None, keepdim: bool = False
+) -> SharedTensor:
     """Sum over ``dim`` (all elements when ``None``). Cost: local."""
     sess = _session(x)
     ld = lead(sess.comm)
@@ -289,7 +289,9 @@ def sum(x: SharedTensor, dim: int | Sequence[int] | None = None, keepdim: bool =
     return _wrap(sess, x.share.sum(dim=mapped, keepdim=keepdim))
 
 
-def mean(x: SharedTensor, dim: int | Sequence[int] | None = None, keepdim: bool = False) -> SharedTensor:
+def mean(
+    x: SharedTensor, dim: int | Sequence[int] | None = None, keepdim: bool = False
+) -> SharedTensor:
     """Mean over ``dim``: a local sum then one public-float product (1 truncation round)."""
     s = sum(x, dim, keepdim)
     count = x.numel() // max(s.numel(), 1)

@@ -78,6 +78,6 @@ class AesPrg:
             if len(self._zeros) < nbytes:
                 self._zeros = bytes(max(nbytes, 2 * len(self._zeros)))
             assert out.is_contiguous() and out.dtype == torch.int64 and not out.is_cuda
-            view = memoryview(out.numpy()).cast("B")
+            view = memoryview(out.numpy()).cast("B")  # type: ignore[arg-type]  # ndarray is a buffer
             self._enc.update_into(memoryview(self._zeros)[:nbytes], view)
         return out

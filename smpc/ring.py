@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "RING_BITS",
+    "broadcast_shapes",
     "wrap",
     "matmul",
     "conv2d",
@@ -35,6 +36,12 @@ _HALF = 1 << 63
 
 # Below this many multiply-adds, torch's native int64 kernel beats the limb split.
 _NATIVE_MATMUL_WORK = 1 << 15
+
+
+def broadcast_shapes(*shapes: torch.Size | tuple[int, ...]) -> torch.Size:
+    """Typed ``torch.broadcast_shapes``."""
+    out: torch.Size = torch.broadcast_shapes(*shapes)  # type: ignore[no-untyped-call]
+    return out
 
 
 def wrap(value: int) -> int:
@@ -177,8 +184,8 @@ def matmul(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         yb = y.reshape(-1, k, cols)
         y2 = yb.permute(1, 0, 2).reshape(k, -1)
         if _int8_ok(rows, k, y2.shape[1]):
-            out = _matmul_int8(x, y2).reshape(rows, yb.shape[0], cols).permute(1, 0, 2)
-            return out.reshape(*y.shape[:-2], rows, cols)
+            res = _matmul_int8(x, y2).reshape(rows, yb.shape[0], cols).permute(1, 0, 2)
+            return res.reshape(*y.shape[:-2], rows, cols)
     if k > _PLAN22.max_k:
         # Chunk the reduction so that the fast 22-bit plan stays exact.
         step = 512
@@ -263,7 +270,12 @@ class Conv2dOp:
 
     def __call__(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return conv2d(
-            x, w, stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups
+            x,
+            w,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            groups=self.groups,
         )
 
     def out_shape(self, x_shape: torch.Size, w_shape: torch.Size) -> torch.Size:

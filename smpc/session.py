@@ -76,8 +76,10 @@ class Session:
         comm: Communicator | None = None,
         dealer: Dealer | None = None,
     ) -> None:
-        if isinstance(parties, bool) or not isinstance(parties, (int, Sequence)) or isinstance(
-            parties, (str, bytes)
+        if (
+            isinstance(parties, bool)
+            or not isinstance(parties, (int, Sequence))
+            or isinstance(parties, (str, bytes))
         ):
             raise TypeError(
                 f"`parties` must be an int or a sequence of names; got {type(parties).__name__}"

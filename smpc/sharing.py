@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from . import ring
 from .comm.base import Communicator
 from .prg import Prg
 
@@ -71,19 +72,23 @@ def add_public(comm: Communicator, share: torch.Tensor, public: torch.Tensor | i
     if isinstance(public, int):
         public = torch.tensor(public, dtype=torch.int64)
     if comm.party_axis:
-        shape = torch.broadcast_shapes(share.shape[1:], public.shape)
+        shape = ring.broadcast_shapes(share.shape[1:], public.shape)
         out = share.expand(share.shape[0], *shape).clone()
         out[0] += public
         return out
     if comm.rank == 0:
         return share + public
-    shape = torch.broadcast_shapes(share.shape, public.shape)
+    shape = ring.broadcast_shapes(share.shape, public.shape)
     return share.expand(shape).clone() if shape != share.shape else share
 
 
-def add_public_(comm: Communicator, share: torch.Tensor, public: torch.Tensor | int) -> torch.Tensor:
-    """In-place :func:`add_public` for a freshly computed share whose shape already covers
-    the broadcast shape. Cost: local, 0 rounds."""
+def add_public_(
+    comm: Communicator, share: torch.Tensor, public: torch.Tensor | int
+) -> torch.Tensor:
+    """In-place :func:`add_public` for a fresh share that already has the broadcast shape.
+
+    Cost: local, 0 rounds.
+    """
     if comm.party_axis:
         share[0] += public
     elif comm.rank == 0:

@@ -18,15 +18,21 @@ from .errors import SecretBranchError, ShapeError
 from .sharing import lead
 
 if TYPE_CHECKING:
+    from . import functional as F
     from .session import Session
+else:
+
+    class _LazyFunctional:
+        """``smpc.functional``, imported on first use (the one sanctioned upward edge)."""
+
+        def __getattr__(self, name: str) -> Any:
+            from . import functional
+
+            return getattr(functional, name)
+
+    F = _LazyFunctional()
 
 __all__ = ["SharedTensor"]
-
-
-def _F() -> Any:
-    from . import functional
-
-    return functional
 
 
 def _shape_args(shape: tuple[Any, ...]) -> tuple[int, ...]:
@@ -189,7 +195,7 @@ class SharedTensor:
     # ------------------------------------------------------------ shape ops (via functional)
     def reshape(self, *shape: Any) -> SharedTensor:
         """Like ``torch.Tensor.reshape``."""
-        return _F().reshape(self, _shape_args(shape))
+        return F.reshape(self, _shape_args(shape))
 
     view = reshape
 
@@ -208,7 +214,7 @@ class SharedTensor:
 
     def transpose(self, dim0: int, dim1: int) -> SharedTensor:
         """Swap two dims."""
-        return _F().transpose(self, dim0, dim1)
+        return F.transpose(self, dim0, dim1)
 
     def t(self) -> SharedTensor:
         """Transpose a matrix (<= 2-D), like ``torch.Tensor.t``."""
@@ -223,11 +229,11 @@ class SharedTensor:
 
     def permute(self, *dims: Any) -> SharedTensor:
         """Like ``torch.Tensor.permute``."""
-        return _F().permute(self, _shape_args(dims))
+        return F.permute(self, _shape_args(dims))
 
     def expand(self, *sizes: Any) -> SharedTensor:
         """Like ``torch.Tensor.expand`` (materialised)."""
-        return _F().expand(self, _shape_args(sizes))
+        return F.expand(self, _shape_args(sizes))
 
     def expand_as(self, other: SharedTensor | torch.Tensor) -> SharedTensor:
         """Expand to ``other``'s shape."""
@@ -254,7 +260,7 @@ class SharedTensor:
         return self.reshape(*shp)
 
     def __getitem__(self, index: Any) -> SharedTensor:
-        return _F().getitem(self, index)
+        return F.getitem(self, index)
 
     def contiguous(self) -> SharedTensor:
         """Return self (shares are always usable)."""
@@ -276,195 +282,195 @@ class SharedTensor:
 
     # ------------------------------------------------------------ arithmetic
     def __add__(self, other: Any) -> SharedTensor:
-        return _F().add(self, other)
+        return F.add(self, other)
 
     def __radd__(self, other: Any) -> SharedTensor:
-        return _F().add(other, self)
+        return F.add(other, self)
 
     def __sub__(self, other: Any) -> SharedTensor:
-        return _F().sub(self, other)
+        return F.sub(self, other)
 
     def __rsub__(self, other: Any) -> SharedTensor:
-        return _F().sub(other, self)
+        return F.sub(other, self)
 
     def __mul__(self, other: Any) -> SharedTensor:
-        return _F().mul(self, other)
+        return F.mul(self, other)
 
     def __rmul__(self, other: Any) -> SharedTensor:
-        return _F().mul(other, self)
+        return F.mul(other, self)
 
     def __matmul__(self, other: Any) -> SharedTensor:
-        return _F().matmul(self, other)
+        return F.matmul(self, other)
 
     def __rmatmul__(self, other: Any) -> SharedTensor:
-        return _F().matmul(other, self)
+        return F.matmul(other, self)
 
     def __truediv__(self, other: Any) -> SharedTensor:
-        return _F().div(self, other)
+        return F.div(self, other)
 
     def __rtruediv__(self, other: Any) -> SharedTensor:
-        return _F().mul(_F().reciprocal(self), other)
+        return F.mul(F.reciprocal(self), other)
 
     def __neg__(self) -> SharedTensor:
-        return _F().neg(self)
+        return F.neg(self)
 
     def __pos__(self) -> SharedTensor:
         return self
 
     def __pow__(self, exponent: int) -> SharedTensor:
-        return _F().pow(self, exponent)
+        return F.pow(self, exponent)
 
     def __abs__(self) -> SharedTensor:
-        return _F().abs(self)
+        return F.abs(self)
 
     def add(self, other: Any) -> SharedTensor:
         """``self + other``."""
-        return _F().add(self, other)
+        return F.add(self, other)
 
     def sub(self, other: Any) -> SharedTensor:
         """``self - other``."""
-        return _F().sub(self, other)
+        return F.sub(self, other)
 
     def mul(self, other: Any) -> SharedTensor:
         """``self * other``."""
-        return _F().mul(self, other)
+        return F.mul(self, other)
 
     def matmul(self, other: Any) -> SharedTensor:
         """``self @ other``."""
-        return _F().matmul(self, other)
+        return F.matmul(self, other)
 
     def div(self, other: Any) -> SharedTensor:
         """``self / other`` (public or shared divisor)."""
-        return _F().div(self, other)
+        return F.div(self, other)
 
     def neg(self) -> SharedTensor:
         """``-self``."""
-        return _F().neg(self)
+        return F.neg(self)
 
     def square(self) -> SharedTensor:
         """``self * self`` with a square pair."""
-        return _F().square(self)
+        return F.square(self)
 
     def pow(self, exponent: int) -> SharedTensor:
         """Integer power by repeated squaring."""
-        return _F().pow(self, exponent)
+        return F.pow(self, exponent)
 
     def sum(self, dim: int | Sequence[int] | None = None, keepdim: bool = False) -> SharedTensor:
         """Sum over ``dim`` (all when ``None``)."""
-        return _F().sum(self, dim, keepdim)
+        return F.sum(self, dim, keepdim)
 
     def mean(self, dim: int | Sequence[int] | None = None, keepdim: bool = False) -> SharedTensor:
         """Mean over ``dim`` (all when ``None``)."""
-        return _F().mean(self, dim, keepdim)
+        return F.mean(self, dim, keepdim)
 
     # ------------------------------------------------------------ comparison & non-linear
     def __lt__(self, other: Any) -> SharedTensor:
-        return _F().lt(self, other)
+        return F.lt(self, other)
 
     def __le__(self, other: Any) -> SharedTensor:
-        return _F().le(self, other)
+        return F.le(self, other)
 
     def __gt__(self, other: Any) -> SharedTensor:
-        return _F().gt(self, other)
+        return F.gt(self, other)
 
     def __ge__(self, other: Any) -> SharedTensor:
-        return _F().ge(self, other)
+        return F.ge(self, other)
 
     def __eq__(self, other: Any) -> SharedTensor:  # type: ignore[override]  # elementwise, like torch
-        return _F().eq(self, other)
+        return F.eq(self, other)
 
     def __ne__(self, other: Any) -> SharedTensor:  # type: ignore[override]  # elementwise, like torch
-        return _F().ne(self, other)
+        return F.ne(self, other)
 
     def lt(self, other: Any) -> SharedTensor:
         """Elementwise ``self < other`` as shared 0/1."""
-        return _F().lt(self, other)
+        return F.lt(self, other)
 
     def le(self, other: Any) -> SharedTensor:
         """Elementwise ``self <= other`` as shared 0/1."""
-        return _F().le(self, other)
+        return F.le(self, other)
 
     def gt(self, other: Any) -> SharedTensor:
         """Elementwise ``self > other`` as shared 0/1."""
-        return _F().gt(self, other)
+        return F.gt(self, other)
 
     def ge(self, other: Any) -> SharedTensor:
         """Elementwise ``self >= other`` as shared 0/1."""
-        return _F().ge(self, other)
+        return F.ge(self, other)
 
     def eq(self, other: Any) -> SharedTensor:
         """Elementwise ``self == other`` as shared 0/1."""
-        return _F().eq(self, other)
+        return F.eq(self, other)
 
     def ne(self, other: Any) -> SharedTensor:
         """Elementwise ``self != other`` as shared 0/1."""
-        return _F().ne(self, other)
+        return F.ne(self, other)
 
     def relu(self) -> SharedTensor:
         """``max(self, 0)``."""
-        return _F().relu(self)
+        return F.relu(self)
 
     def sign(self) -> SharedTensor:
         """-1, 0 or 1."""
-        return _F().sign(self)
+        return F.sign(self)
 
     def abs(self) -> SharedTensor:
         """Absolute value."""
-        return _F().abs(self)
+        return F.abs(self)
 
     def max(self, dim: int | None = None, keepdim: bool = False) -> Any:
         """Maximum over ``dim`` (all elements when ``None``)."""
-        return _F().max(self, dim, keepdim)
+        return F.max(self, dim, keepdim)
 
     def min(self, dim: int | None = None, keepdim: bool = False) -> Any:
         """Minimum over ``dim`` (all elements when ``None``)."""
-        return _F().min(self, dim, keepdim)
+        return F.min(self, dim, keepdim)
 
     def argmax(self, dim: int | None = None, keepdim: bool = False) -> SharedTensor:
         """One-hot argmax over ``dim``."""
-        return _F().argmax(self, dim, keepdim)
+        return F.argmax(self, dim, keepdim)
 
     def argmin(self, dim: int | None = None, keepdim: bool = False) -> SharedTensor:
         """One-hot argmin over ``dim``."""
-        return _F().argmin(self, dim, keepdim)
+        return F.argmin(self, dim, keepdim)
 
     def reciprocal(self) -> SharedTensor:
         """``1 / self``."""
-        return _F().reciprocal(self)
+        return F.reciprocal(self)
 
     def exp(self) -> SharedTensor:
         """``e ** self``."""
-        return _F().exp(self)
+        return F.exp(self)
 
     def log(self) -> SharedTensor:
         """Natural logarithm."""
-        return _F().log(self)
+        return F.log(self)
 
     def sqrt(self) -> SharedTensor:
         """Square root."""
-        return _F().sqrt(self)
+        return F.sqrt(self)
 
     def rsqrt(self) -> SharedTensor:
         """Inverse square root."""
-        return _F().rsqrt(self)
+        return F.rsqrt(self)
 
     def sigmoid(self) -> SharedTensor:
         """Logistic sigmoid."""
-        return _F().sigmoid(self)
+        return F.sigmoid(self)
 
     def tanh(self) -> SharedTensor:
         """Hyperbolic tangent."""
-        return _F().tanh(self)
+        return F.tanh(self)
 
     def softmax(self, dim: int) -> SharedTensor:
         """Softmax over ``dim``."""
-        return _F().softmax(self, dim)
+        return F.softmax(self, dim)
 
     def log_softmax(self, dim: int) -> SharedTensor:
         """Log-softmax over ``dim``."""
-        return _F().log_softmax(self, dim)
+        return F.log_softmax(self, dim)
 
     # ------------------------------------------------------------ autograd
     def backward(self, grad: SharedTensor | torch.Tensor | None = None) -> None:
         """Back-propagate from this tensor (see :mod:`smpc.autograd`)."""
-        return _F().backward(self, grad)
+        return F.backward(self, grad)

@@ -37,9 +37,13 @@ def matmul_tolerance(x: torch.Tensor, y: torch.Tensor, frac_bits: int = 16) -> t
     e = encode_error(frac_bits)
     x64, y64 = x.double().abs(), y.double().abs()
     k = x.shape[-1]
-    return (x64 @ torch.ones_like(y64)) * e + (torch.ones_like(x64) @ y64) * e + k * e * e + ulp(
-        frac_bits
-    ) + 1e-12
+    return (
+        (x64 @ torch.ones_like(y64)) * e
+        + (torch.ones_like(x64) @ y64) * e
+        + k * e * e
+        + ulp(frac_bits)
+        + 1e-12
+    )
 
 
 def assert_close(got: torch.Tensor, want: torch.Tensor, tol: torch.Tensor | float) -> None:

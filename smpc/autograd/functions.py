@@ -30,6 +30,7 @@ import torch
 from .. import nonlinear as nl
 from .. import ops
 from ..errors import ShapeError
+from ..protocols import beaver, compare
 from ..sharing import lead
 from ..tensor import SharedTensor
 from .function import Context, Function
@@ -566,18 +567,35 @@ class Stack(Function):
 
 # ----------------------------------------------------------------- non-linear
 class ReLU(Function):
-    """``max(x, 0)``: forward keeps the comparison bit, backward is ``g * bit`` (one product)."""
+    """``max(x, 0)``: forward keeps the comparison bit, backward is ``g * bit``.
+
+    The bit is kept as an *unscaled* ring 0/1, so the backward product is one
+    Beaver multiplication with no truncation (1 round), and no second comparison.
+    """
 
     @staticmethod
     def forward(ctx: Context, x: SharedTensor) -> SharedTensor:
-        out, bit = nl.relu_with_bit(x)
+        sess = x.session
+        value, bit = compare.relu(sess.comm, sess.dealer, x.share)
         ctx.save_for_backward(bit)
-        return out
+        ctx.session = sess
+        return SharedTensor(value, sess)
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> Grad:
         (bit,) = ctx.saved_tensors
-        return _gmul(g, bit)
+        return mul_ring_bit(g, bit, ctx.session)
+
+
+def mul_ring_bit(g: Grad, bit: torch.Tensor, sess: Any) -> SharedTensor:
+    """``g * b`` for shares ``bit`` of an unscaled ring 0/1: no truncation needed."""
+    if isinstance(g, SharedTensor):
+        gs = g.share
+        if tuple(gs.shape) != tuple(bit.shape):
+            gs = gs.expand(*bit.shape).contiguous()
+        return SharedTensor(beaver.mul(sess.comm, sess.dealer, gs, bit), sess)
+    enc = sess.encoding.encode(g.detach().to(torch.float64), name="grad")
+    return SharedTensor(bit * enc, sess)
 
 
 class Where(Function):

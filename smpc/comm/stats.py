@@ -93,7 +93,8 @@ class Stats:
         out = self.snapshot()
         out.rounds -= other.rounds
         out.bytes -= other.bytes
-        out.bytes_per_party = [a - b for a, b in zip(out.bytes_per_party, other.bytes_per_party)]
+        pairs = zip(out.bytes_per_party, other.bytes_per_party, strict=True)
+        out.bytes_per_party = [a - b for a, b in pairs]
         out.dealer_bytes -= other.dealer_bytes
         out.dealer_requests -= other.dealer_requests
         for k, v in other.by_op.items():

@@ -200,7 +200,7 @@ class Channel:
         works: list[object] = [self.pg.send([header], dst, TAG_HEADER), header]
         if nbytes:
             assert payload is not None and payload.is_contiguous()
-            works.append(self.pg.send([payload], dst, TAG_PAYLOAD))
+            works += [self.pg.send([payload], dst, TAG_PAYLOAD), payload]
         return works
 
     def post_header(self, src: int) -> tuple[object, torch.Tensor]:

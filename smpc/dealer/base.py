@@ -100,7 +100,7 @@ class MulTriple:
     shape_b: tuple[int, ...]
 
     def components(self) -> tuple[Component, ...]:
-        out = _shape(torch.broadcast_shapes(self.shape_a, self.shape_b))
+        out = _shape(ring.broadcast_shapes(self.shape_a, self.shape_b))
         return (
             Component("a", Kind.RANDOM, self.shape_a),
             Component("b", Kind.RANDOM, self.shape_b),
@@ -146,8 +146,9 @@ class BilinearTriple:
 
 @dataclass(frozen=True, slots=True)
 class TruncPair:
-    """Material to truncate by ``frac_bits``: ``r`` uniform, ``r_hi = (r mod 2^63) >> f``,
-    ``s = msb(r) * 2^(63 - f)``.
+    """Material to truncate by ``frac_bits``.
+
+    ``r`` uniform, ``r_hi = (r mod 2^63) >> f``, ``s = msb(r) * 2^(63 - f)``.
     """
 
     shape: tuple[int, ...]
@@ -163,6 +164,5 @@ class TruncPair:
     def derive(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         r = values["r"]
         f = self.frac_bits
-        low63 = r & ((1 << 63) - 1)
-        msb = (r >> 63) & 1
-        return {"r_hi": low63 >> f, "s": msb << (63 - f)}
+        # r >> 63 is all ones exactly when msb(r) = 1 (arithmetic shift).
+        return {"r_hi": (r & ((1 << 63) - 1)) >> f, "s": (r >> 63) & (1 << (63 - f))}

@@ -14,7 +14,7 @@ import torch
 
 from ..comm.stats import Stats
 from ..prg import AesPrg
-from .base import Kind, Request
+from .base import Request
 
 __all__ = ["LocalDealer", "generate_stacked"]
 
@@ -39,7 +39,7 @@ def generate_stacked(req: Request, world_size: int, prg: AesPrg) -> dict[str, to
     out: dict[str, torch.Tensor] = {}
     plain: dict[str, torch.Tensor] = {}
     offset = 0
-    for comp, size in zip(comps, sizes):
+    for comp, size in zip(comps, sizes, strict=True):
         flat = buf[offset : offset + n * size]
         offset += n * size
         prg.fill_(flat[: (n - 1) * size] if comp.kind.derived else flat)

@@ -29,7 +29,8 @@ from __future__ import annotations
 import io
 import math
 import pickle
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -40,7 +41,7 @@ from ..errors import DealerError, PartyTimeoutError, ProtocolDesyncError
 from ..prg import KEY_BYTES, AesPrg, key_from_seed
 from .base import Component, Request
 
-__all__ = ["TrustedDealer", "TrustedDealerClient", "DealerStats", "dealer_key"]
+__all__ = ["TrustedDealer", "TrustedDealerClient", "Shares", "DealerStats", "dealer_key"]
 
 
 def dealer_key(seed: int | bytes | str | None, party: int) -> bytes | None:
@@ -86,6 +87,60 @@ def _load_request(data: bytes) -> Request:
     return req  # type: ignore[no-any-return]
 
 
+class _Pending:
+    """A correction the provider is computing: received when first needed."""
+
+    __slots__ = ("seq", "what", "comps", "nbytes", "sends", "shares")
+
+    def __init__(
+        self, seq: int, what: str, comps: list[Component], nbytes: int, sends: list[object]
+    ) -> None:
+        self.seq = seq
+        self.what = what
+        self.comps = comps
+        self.nbytes = nbytes
+        self.sends = sends
+        self.shares: dict[str, torch.Tensor] | None = None
+
+
+class Shares(Mapping[str, torch.Tensor]):
+    """One request's shares by component name; derived ones may still be in transit.
+
+    The last party gets its correction shares from the provider. To overlap the
+    provider's work with the protocol's opening round, they are received on
+    first access (earlier requests' corrections first: the channel is FIFO).
+    """
+
+    __slots__ = ("_ready", "_pending", "_client")
+
+    def __init__(
+        self,
+        ready: dict[str, torch.Tensor],
+        pending: _Pending | None,
+        client: TrustedDealerClient,
+    ) -> None:
+        self._ready = ready
+        self._pending = pending
+        self._client = client
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._ready and self._pending is not None:
+            self._client._resolve(self._pending)
+            assert self._pending.shares is not None
+            self._ready.update(self._pending.shares)
+            self._pending = None
+        return self._ready[name]
+
+    def __iter__(self) -> Iterator[str]:
+        names = list(self._ready)
+        if self._pending is not None:
+            names += [c.name for c in self._pending.comps]
+        return iter(names)
+
+    def __len__(self) -> int:
+        return len(self._ready) + (0 if self._pending is None else len(self._pending.comps))
+
+
 class TrustedDealerClient:
     """A party's handle on the provider process (implements :class:`~smpc.dealer.base.Dealer`).
 
@@ -112,14 +167,19 @@ class TrustedDealerClient:
         self._stats = stats if stats is not None else comm.stats
         self._seq = 0
         self._closed = False
+        self._pending: deque[_Pending] = deque()
         _, raw, _ = self._channel.recv(self._dealer, 0, MessageKind.SEED, "receiving the seed")
         if raw.numel() != KEY_BYTES:
             raise DealerError(f"the provider sent a {raw.numel()}-byte seed; expected {KEY_BYTES}")
         self.received_bytes = KEY_BYTES
         self._prg = AesPrg(raw.numpy().tobytes())
 
-    def request(self, req: Request) -> dict[str, torch.Tensor]:
-        """This party's shares of ``req``'s components, by name."""
+    def request(self, req: Request) -> Mapping[str, torch.Tensor]:
+        """This party's shares of ``req``'s components, by name.
+
+        On the last party the derived shares arrive when first read (the provider
+        computes them meanwhile).
+        """
         if self._closed:
             raise DealerError("the dealer client is closed")
         self._channel.check()
@@ -128,30 +188,41 @@ class TrustedDealerClient:
         comps = req.components()
         derived = [c for c in comps if c.kind.derived]
         corr_bytes = 8 * sum(_numel(c) for c in derived)
-        what = f"dealer request #{seq} ({type(req).__name__})"
-        sends: list[object] = []
+        pending = None
         if self._last:
             # Send first: the provider computes while this party expands its own streams.
             data = pickle.dumps(req, protocol=pickle.HIGHEST_PROTOCOL)
             payload = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+            what = f"dealer request #{seq} ({type(req).__name__})"
             sends = self._channel.send(self._dealer, seq, MessageKind.REQUEST, payload)
+            pending = _Pending(seq, what, derived, corr_bytes, sends)
+            self._pending.append(pending)
         drawn = _drawn(comps, self._rank, self._n)
-        out = _split(self._prg.random_int64(sum(_numel(c) for c in drawn)), drawn)
-        if self._last:
+        ready = _split(self._prg.random_int64(sum(_numel(c) for c in drawn)), drawn)
+        self._stats.record_dealer(corr_bytes)
+        if pending is not None and not derived:
+            self._resolve(pending)
+            pending = None
+        return Shares(ready, pending, self)
+
+    def _resolve(self, target: _Pending) -> None:
+        """Receive corrections up to ``target``'s (in order)."""
+        while target.shares is None:
+            p = self._pending.popleft()
             kind, raw, _ = self._channel.recv(
-                self._dealer, seq, MessageKind.CORRECTION, what, accept=(MessageKind.ERROR,)
+                self._dealer, p.seq, MessageKind.CORRECTION, p.what, accept=(MessageKind.ERROR,)
             )
             if kind is MessageKind.ERROR:
-                raise DealerError(f"the provider failed on {what}: {raw.numpy().tobytes().decode()}")
-            if raw.numel() != corr_bytes:
-                raise ProtocolDesyncError(
-                    f"{what}: expected {corr_bytes} correction bytes, got {raw.numel()}"
+                raise DealerError(
+                    f"the provider failed on {p.what}: {raw.numpy().tobytes().decode()}"
                 )
-            self._channel.wait_all(sends, self._dealer, what)
-            out.update(_split(raw.view(torch.int64), derived))
-            self.received_bytes += corr_bytes
-        self._stats.record_dealer(corr_bytes)
-        return out
+            if raw.numel() != p.nbytes:
+                raise ProtocolDesyncError(
+                    f"{p.what}: expected {p.nbytes} correction bytes, got {raw.numel()}"
+                )
+            self._channel.wait_all(p.sends, self._dealer, p.what)
+            p.shares = _split(raw.view(torch.int64), p.comps)
+            self.received_bytes += p.nbytes
 
     def close(self) -> None:
         """Tell the provider the session ended (the last party does; never raises)."""
@@ -160,9 +231,11 @@ class TrustedDealerClient:
         self._closed = True
         if self._last and self._channel.failed is None:
             try:
+                if self._pending:
+                    self._resolve(self._pending[-1])
                 works = self._channel.send(self._dealer, self._seq + 1, MessageKind.CLOSE, None)
                 self._channel.wait_all(works, self._dealer, "closing the dealer")
-            except PartyTimeoutError:
+            except (PartyTimeoutError, ProtocolDesyncError, DealerError):
                 pass
 
 
@@ -223,7 +296,7 @@ class TrustedDealer:
         self._channel = Channel(pg, world_size, timeout, [*names, "dealer"])  # type: ignore[arg-type]
         self._keys = [dealer_key(seed, i) for i in range(world_size)]
         self.stats = DealerStats()
-        self._send_buf = torch.empty(0, dtype=torch.int64)
+        self._free: list[torch.Tensor] = []
 
     def serve(self) -> DealerStats:
         """Send the seeds, then answer requests until the last party closes.
@@ -244,32 +317,54 @@ class TrustedDealer:
             ch.wait_all(works, i, "sending the seed")
         last = self.world_size - 1
         seq = 0
-        pending: list[object] = []
+        # Sends complete only when the party posts its receive, which it does lazily:
+        # keep them in flight (with their buffers) and recycle the buffers once done.
+        inflight: list[tuple[list[object], torch.Tensor | None]] = []
         while True:
             seq += 1
             kind, raw, _ = ch.recv(
                 last, seq, MessageKind.REQUEST, f"waiting for request #{seq}",
                 timeout=LONG_WAIT, accept=(MessageKind.CLOSE,),
             )  # fmt: skip
-            ch.wait_all(pending, last, f"sending correction #{seq - 1}")
-            pending = []
+            still = []
+            for works, buf in inflight:
+                if all(w.is_completed() for w in works if not isinstance(w, torch.Tensor)):  # type: ignore[attr-defined]
+                    ch.wait_all(works, last, "sending a correction")  # raises if it failed
+                    if buf is not None and len(self._free) < 4:
+                        self._free.append(buf)
+                else:
+                    still.append((works, buf))
+            inflight = still
             if kind is MessageKind.CLOSE:
+                for works, _ in inflight:
+                    ch.wait_all(works, last, "sending a correction")
                 return self.stats
             try:
                 req = _load_request(raw.numpy().tobytes())
-                corr = self._corrections(req, prgs)
+                corr, buf = self._corrections(req, prgs)
             except Exception as e:  # reported to the party, which raises DealerError
                 msg = f"{type(e).__name__}: {e}".encode()
-                pending = ch.send(
-                    last, seq, MessageKind.ERROR, torch.frombuffer(bytearray(msg), dtype=torch.uint8)
-                )
+                err = torch.frombuffer(bytearray(msg), dtype=torch.uint8)
+                inflight.append((ch.send(last, seq, MessageKind.ERROR, err), None))
                 continue
-            pending = ch.send(last, seq, MessageKind.CORRECTION, corr if corr.numel() else None)
+            works = ch.send(last, seq, MessageKind.CORRECTION, corr if corr.numel() else None)
+            inflight.append((works, buf))
             self.stats.requests += 1
             self.stats.correction_bytes += corr.numel() * 8
 
-    def _corrections(self, req: Request, prgs: Sequence[AesPrg]) -> torch.Tensor:
-        """The last party's shares of the derived components, as one flat int64 buffer."""
+    def _buffer(self, numel: int) -> torch.Tensor:
+        for i, buf in enumerate(self._free):
+            if buf.numel() >= numel:
+                return self._free.pop(i)
+        return torch.empty(numel, dtype=torch.int64)
+
+    def _corrections(
+        self, req: Request, prgs: Sequence[AesPrg]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last party's shares of the derived components, as one flat int64 buffer.
+
+        Returns the correction and the (pooled) buffer that holds it.
+        """
         n = self.world_size
         comps = req.components()
         plain: dict[str, torch.Tensor] = {}
@@ -289,9 +384,8 @@ class TrustedDealer:
         values = req.derive(plain)
         derived = [c for c in comps if c.kind.derived]
         total = sum(_numel(c) for c in derived)
-        if self._send_buf.numel() < total:
-            self._send_buf = torch.empty(total, dtype=torch.int64)
-        out = self._send_buf[:total]
+        buf = self._buffer(total)
+        out = buf[:total]
         offset = 0
         for c in derived:
             size = _numel(c)
@@ -307,4 +401,4 @@ class TrustedDealer:
                 torch.bitwise_xor(value, partial[c.name], out=dst)
             else:
                 torch.sub(value, partial[c.name], out=dst)
-        return out
+        return out, buf

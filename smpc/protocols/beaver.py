@@ -39,7 +39,7 @@ def mul(comm: Communicator, dealer: Dealer, x: torch.Tensor, y: torch.Tensor) ->
     e, f = comm.open([x - t["a"], y - t["b"]], "mul")
     z = t["c"] + e * t["b"]
     z += t["a"] * f
-    if tuple(data_shape(comm, z)) == tuple(torch.broadcast_shapes(e.shape, f.shape)):
+    if tuple(data_shape(comm, z)) == tuple(ring.broadcast_shapes(e.shape, f.shape)):
         return add_public_(comm, z, e * f)
     return add_public(comm, z, e * f)
 

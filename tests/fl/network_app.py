@@ -42,7 +42,7 @@ class KilledClient(fl.Client):
 
 def server_main(port: int, world: int, rounds: int, out: Any) -> None:
     x, y = tiny_problem()
-    config = NetworkConfig(world_size=world, master_port=port, stage_timeout=4.0, connect_timeout=60.0)
+    config = NetworkConfig(world_size=world, master_port=port, stage_timeout=60.0, heartbeat_timeout=2.0, connect_timeout=60.0)
     history = run_server(
         make_model(),
         config,
@@ -58,7 +58,7 @@ def client_main(port: int, world: int, rank: int, die_in: int | None) -> None:
     x, y = tiny_problem()
     part = fl.partition(y, world - 1, "iid", seed=0)
     cx, cy = part.subsets(x, y)[rank - 1]
-    config = NetworkConfig(world_size=world, master_port=port, stage_timeout=4.0, connect_timeout=60.0)
+    config = NetworkConfig(world_size=world, master_port=port, stage_timeout=60.0, heartbeat_timeout=2.0, connect_timeout=60.0)
     client: fl.Client
     if die_in is None:
         client = fl.Client(rank - 1, cx, cy)

@@ -1,0 +1,129 @@
+"""Tests of the ring-level comparison protocol (exact) and its cost."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import smpc
+from smpc.protocols import compare, convert
+from smpc.protocols import nonlinear as ring_nl
+from smpc.sharing import additive_shares
+
+from ...strategies import party_counts
+
+_EDGES = [0, 1, -1, 2, -2, (1 << 62), -(1 << 62), (1 << 63) - 1, -(1 << 63), (1 << 47), -(1 << 47)]
+
+
+def _shares(sess: smpc.Session, plain: torch.Tensor) -> torch.Tensor:
+    return additive_shares(plain, sess.world_size, sess.prg)
+
+
+@given(n=party_counts, seed=st.integers(0, 2**31), size=st.integers(1, 300))
+def test_ltz_exact_for_any_ring_element(n: int, seed: int, size: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    plain = torch.randint(-(2**63), 2**63 - 1, (size,), dtype=torch.int64, generator=g)
+    plain = torch.cat([plain, torch.tensor(_EDGES, dtype=torch.int64)])
+    with smpc.Session(parties=n, seed=seed) as sess:
+        z = compare.ltz(sess.comm, sess.dealer, _shares(sess, plain)).sum(0)
+    assert torch.equal(z, (plain < 0).to(torch.int64))
+
+
+@given(n=party_counts, seed=st.integers(0, 2**31))
+def test_relu_and_bit_exact(n: int, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    plain = torch.randint(-(2**50), 2**50, (3, 40), dtype=torch.int64, generator=g)
+    plain[0, :3] = torch.tensor([0, 1, -1])
+    with smpc.Session(parties=n, seed=seed) as sess:
+        value, bit = compare.relu(sess.comm, sess.dealer, _shares(sess, plain))
+    assert torch.equal(value.sum(0), plain.clamp(min=0))
+    assert torch.equal(bit.sum(0), (plain >= 0).to(torch.int64))
+
+
+def test_sweep_million_zero_wrong_signs() -> None:
+    # >= 10^6 random in-range inputs (fixed point, |v| <= 2^15 at f = 16), plus the edges.
+    g = torch.Generator().manual_seed(7)
+    bound = 1 << 31
+    plain = torch.randint(-bound, bound + 1, (1 << 20,), dtype=torch.int64, generator=g)
+    plain[:7] = torch.tensor([0, 1, -1, bound, -bound, bound - 1, -bound + 1])
+    with smpc.Session(parties=2, seed=3) as sess:
+        value, bit = compare.relu(sess.comm, sess.dealer, _shares(sess, plain))
+    wrong = (bit.sum(0) != (plain >= 0).to(torch.int64)).sum().item()
+    assert wrong == 0
+    assert torch.equal(value.sum(0), plain.clamp(min=0))
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5])
+def test_cost_matches_table(n: int) -> None:
+    size = 1000
+    with smpc.Session(parties=n, seed=1) as sess:
+        x = _shares(sess, torch.arange(-size // 2, size // 2, dtype=torch.int64))
+        before = sess.stats.snapshot()
+        compare.ltz(sess.comm, sess.dealer, x)
+        mid = sess.stats.snapshot()
+        compare.relu(sess.comm, sess.dealer, x)
+        after = sess.stats.snapshot()
+    d1, d2 = mid - before, after - mid
+    rounds, elems = compare.cost(n)
+    assert d1.rounds == rounds == 7
+    assert d1.by_op["ltz"].rounds == 7
+    assert d1.bytes_per_party[0] == elems * 8 * (n - 1) * size
+    rounds_m, elems_m = compare.cost(n, mul=True)
+    assert d2.rounds == rounds_m == 7
+    assert d2.bytes_per_party[0] == elems_m * 8 * (n - 1) * size
+    if n == 2:
+        assert d1.bytes_per_party[0] / size == 64
+        assert d2.bytes_per_party[0] / size == 72  # <= 100 bytes per element per party
+
+
+def test_open_fields_packs_and_xors() -> None:
+    with smpc.Session(parties=3, seed=5) as sess:
+        g = torch.Generator().manual_seed(1)
+        words = [torch.randint(-(2**62), 2**62, (3, 50), dtype=torch.int64, generator=g) for _ in range(3)]
+        mask = compare._OUT[4]
+        before = sess.stats.snapshot()
+        opened = convert.open_fields(sess.comm, words, [mask] * 3, 8, "test")
+        d = sess.stats - before
+        assert d.rounds == 1 and d.bytes_per_party[0] == 50 * 8 * 2  # 3 words in one element
+        for w, o in zip(words, opened):
+            assert torch.equal(o, (w[0] ^ w[1] ^ w[2]) & mask)
+
+
+def test_b2a() -> None:
+    with smpc.Session(parties=3, seed=5) as sess:
+        bits = torch.tensor([0, 1, 1, 0, 1], dtype=torch.int64)
+        sh = torch.randint(0, 2, (3, 5), dtype=torch.int64)
+        sh[2] = bits ^ sh[0] ^ sh[1]
+        out = convert.b2a(sess.comm, sess.dealer, sh, (5,))
+        assert torch.equal(out.sum(0), bits)
+
+
+def test_max_last_tree_and_onehot_ties() -> None:
+    plain = torch.tensor([[3, 7, 7, 1, -5], [0, 0, 0, 0, 0], [-9, -2, -3, -2, -8]], dtype=torch.int64)
+    with smpc.Session(parties=2, seed=1) as sess:
+        vals, oh = ring_nl.max_last(sess.comm, sess.dealer, _shares(sess, plain), onehot_scale=1)
+    assert oh is not None
+    assert torch.equal(vals.sum(0), plain.max(-1).values)
+    expected = torch.nn.functional.one_hot(plain.argmax(-1), 5)  # first maximum
+    assert torch.equal(oh.sum(0), expected)
+
+
+def test_too_many_parties() -> None:
+    with smpc.Session(parties=16, seed=1) as sess:
+        x = torch.zeros(16, 3, dtype=torch.int64)
+        with pytest.raises(ValueError, match="at most 15 parties"):
+            compare.ltz(sess.comm, sess.dealer, x)
+
+
+def test_material_is_fresh_and_masks_opened_values() -> None:
+    # Same input twice: the opened c = x + r differs (uniform mask).
+    with smpc.Session(parties=2, seed=1) as sess:
+        t1 = sess.dealer.request(compare.LtzMaterial((4,)))
+        t2 = sess.dealer.request(compare.LtzMaterial((4,)))
+    assert not torch.equal(t1["r"], t2["r"])
+    for t in (t1, t2):
+        r = t["r"].sum(0)
+        assert torch.equal(t["rx"][0] ^ t["rx"][1], r)
+        assert torch.equal(t["s"].sum(0), (t["s_xor"][0] ^ t["s_xor"][1]) & 1)

@@ -1,0 +1,310 @@
+"""Comparison, comparison-based ops and approximations on SharedTensor, against torch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+import smpc
+from smpc import nonlinear as nl
+from smpc.errors import EncodingOverflowError, ShapeError
+from smpc.protocols import compare
+
+from ..strategies import party_counts, shapes
+
+F16 = 16
+ULP = 2.0**-F16
+LIMIT = 2.0 ** (31 - F16)  # encoding range at f = 16
+
+
+def _grid(shape: tuple[int, ...], seed: int, bound: float) -> torch.Tensor:
+    """Values on the fixed-point grid (exactly encodable), with ties and zeros."""
+    g = torch.Generator().manual_seed(seed)
+    v = (torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1) * bound
+    # On the fixed-point grid and exact in float32 (reveal() returns float32).
+    v = (torch.round(v * 2**F16) / 2**F16).float().double()
+    flat = v.reshape(-1)
+    if flat.numel() > 2:
+        flat[0] = 0.0
+        flat[1] = flat[2]  # a tie
+    return v
+
+
+CMP = [
+    (nl.lt, torch.lt),
+    (nl.le, torch.le),
+    (nl.gt, torch.gt),
+    (nl.ge, torch.ge),
+    (nl.eq, torch.eq),
+    (nl.ne, torch.ne),
+]
+
+
+@given(n=party_counts, shape=shapes(min_dims=1), seed=st.integers(0, 2**31), which=st.integers(0, 5))
+def test_comparisons_exact(n: int, shape: tuple[int, ...], seed: int, which: int) -> None:
+    ours, ref = CMP[which]
+    x = _grid(shape, seed, LIMIT)
+    y = _grid(shape, seed + 1, LIMIT)
+    y.reshape(-1)[-1:] = x.reshape(-1)[-1:]  # equal values
+    with smpc.Session(parties=n, seed=seed) as sess:
+        sx, sy = sess.share(x), sess.share(y)
+        expect = ref(x, y).to(torch.float32)
+        assert torch.equal(ours(sx, sy).reveal(), expect)
+        assert torch.equal(ours(sx, y).reveal(), expect)  # public right
+        assert torch.equal(ours(x, sy).reveal(), expect)  # public left
+
+
+def test_operators_and_edges() -> None:
+    # 0, +-1 ulp, +- the range limit, against shared and public.
+    edges = torch.tensor(
+        [0.0, ULP, -ULP, LIMIT, -LIMIT, LIMIT - ULP, -LIMIT + ULP, 1.5, -1.5], dtype=torch.float64
+    )
+    with smpc.Session(parties=2, seed=1) as sess:
+        x = sess.share(edges)
+        assert torch.equal((x > 0).reveal(), (edges > 0).float())
+        assert torch.equal((x >= 0).reveal(), (edges >= 0).float())
+        assert torch.equal((x < 0).reveal(), (edges < 0).float())
+        assert torch.equal((x <= 0).reveal(), (edges <= 0).float())
+        assert torch.equal((x == 0).reveal(), (edges == 0).float())
+        assert torch.equal((x != 0).reveal(), (edges != 0).float())
+        y = sess.share(edges.flip(0))
+        assert torch.equal((x < y).reveal(), (edges < edges.flip(0)).float())
+        assert torch.equal(x.relu().reveal(), edges.relu().float())
+        assert torch.equal(nl.sign(x).reveal(), edges.sign().float())
+        assert torch.equal(nl.abs(x).reveal(), edges.abs().float())
+        # exact on the ring: the -1 ulp neighbour of the limit stays distinct
+        assert int(x.relu().share.sum(0)[5]) == (1 << 31) - 1
+
+
+@given(n=party_counts, shape=shapes(min_dims=1), seed=st.integers(0, 2**31))
+def test_relu_sign_abs(n: int, shape: tuple[int, ...], seed: int) -> None:
+    x = _grid(shape, seed, LIMIT)
+    with smpc.Session(parties=n, seed=seed) as sess:
+        sx = sess.share(x)
+        value, bit = nl.relu_with_bit(sx)
+        assert torch.equal(value.reveal().double(), x.relu())
+        assert torch.equal(bit.reveal(), (x >= 0).float())
+        assert torch.equal(nl.sign(sx).reveal().double(), x.sign())
+        assert torch.equal(nl.abs(sx).reveal().double(), x.abs())
+
+
+@given(n=party_counts, seed=st.integers(0, 2**31))
+def test_where(n: int, seed: int) -> None:
+    x = _grid((6,), seed, 100)
+    y = _grid((6,), seed + 1, 100)
+    with smpc.Session(parties=n, seed=seed) as sess:
+        sx, sy = sess.share(x), sess.share(y)
+        cond = sx > sy
+        out = nl.where(cond, sx, sy).reveal().double()
+        assert torch.allclose(out, torch.where(x > y, x, y), atol=2 * ULP)
+        out2 = nl.where(cond, 1.0, -1.0).reveal().double()
+        assert torch.allclose(out2, torch.where(x > y, 1.0, -1.0).double(), atol=2 * ULP)
+
+
+@given(
+    n=party_counts,
+    shape=shapes(min_dims=1, max_dims=3, max_side=6),
+    seed=st.integers(0, 2**31),
+    data=st.data(),
+)
+def test_max_min_argmax(n: int, shape: tuple[int, ...], seed: int, data: st.DataObject) -> None:
+    dim = data.draw(st.integers(-len(shape), len(shape) - 1))
+    keepdim = data.draw(st.booleans())
+    x = _grid(shape, seed, 1000)
+    with smpc.Session(parties=n, seed=seed) as sess:
+        sx = sess.share(x)
+        res = nl.max(sx, dim, keepdim)
+        ref = x.max(dim, keepdim=keepdim)
+        assert torch.equal(res.values.reveal().double(), ref.values)
+        onehot = F.one_hot(x.argmax(dim), x.shape[dim]).movedim(-1, dim % x.dim()).float()
+        assert torch.equal(res.indices.reveal(), onehot)  # ties -> first index, like torch
+        assert torch.equal(nl.argmax(sx, dim).reveal(), onehot)
+        mres = nl.min(sx, dim, keepdim)
+        assert torch.equal(mres.values.reveal().double(), x.min(dim, keepdim=keepdim).values)
+        onehot_min = F.one_hot(x.argmin(dim), x.shape[dim]).movedim(-1, dim % x.dim()).float()
+        assert torch.equal(nl.argmin(sx, dim).reveal(), onehot_min)
+        assert torch.equal(nl.max(sx).reveal().double(), x.max())
+        assert torch.equal(nl.min(sx).reveal().double(), x.min())
+        flat_onehot = F.one_hot(x.argmax(), x.numel()).reshape(x.shape).float()
+        assert torch.equal(nl.argmax(sx).reveal(), flat_onehot)
+
+
+def test_max_rounds_logarithmic() -> None:
+    with smpc.Session(parties=2, seed=1) as sess:
+        x = sess.share(torch.randn(4, 16))
+        before = sess.stats.snapshot()
+        nl.max(x)  # 64 elements: 6 levels
+        assert (sess.stats - before).rounds == 6 * 7
+
+
+@given(
+    n=st.integers(2, 3),
+    seed=st.integers(0, 2**31),
+    cfg=st.sampled_from([(2, None, 0), (3, 2, 1), (2, 1, 0), ((2, 3), (2, 1), (1, 1)), (3, 3, 0)]),
+    batch=st.booleans(),
+)
+def test_max_pool2d(n: int, seed: int, cfg: tuple, batch: bool) -> None:
+    k, s, p = cfg
+    shape = (2, 3, 7, 6) if batch else (3, 7, 6)
+    x = _grid(shape, seed, 50)
+    with smpc.Session(parties=n, seed=seed) as sess:
+        sx = sess.share(x)
+        out = nl.max_pool2d(sx, k, s, p).reveal().double()
+        assert torch.equal(out, F.max_pool2d(x, k, s, p))
+        out2, onehot = nl.max_pool2d_with_onehot(sx, k, s, p)
+        assert torch.equal(out2.reveal().double(), out)
+        assert torch.equal(onehot.reveal().sum(-1), torch.ones(out.shape))
+        # functional / method entry points
+        assert torch.equal(smpc.functional.max_pool2d(sx, k, s, p).reveal().double(), out)
+
+
+def _rel(out: torch.Tensor, ref: torch.Tensor, floor: float = 1e-2) -> float:
+    m = ref.abs() > floor
+    return float(((out - ref).abs()[m] / ref.abs()[m]).max()) if bool(m.any()) else 0.0
+
+
+# (name, function, torch reference, range, max abs error, max rel error where |ref| > 1e-2)
+APPROX = [
+    ("exp", nl.exp, torch.exp, (-16.0, 0.0), 2e-3, 3e-3),
+    ("exp_pos", nl.exp, torch.exp, (-4.0, 10.0), 30.0, 3e-3),
+    ("reciprocal", nl.reciprocal, torch.reciprocal, (0.05, 500.0), 3e-3, 1.5e-2),
+    ("reciprocal_neg", nl.reciprocal, torch.reciprocal, (-500.0, -0.05), 3e-3, 1.5e-2),
+    ("log", nl.log, torch.log, (0.1, 200.0), 8e-3, 1e-2),
+    ("rsqrt", nl.rsqrt, torch.rsqrt, (0.1, 100.0), 1e-3, 2e-3),
+    ("sqrt", nl.sqrt, torch.sqrt, (0.1, 100.0), 2e-2, 2e-3),
+    ("sigmoid", nl.sigmoid, torch.sigmoid, (-30.0, 30.0), 1e-3, 5e-3),
+    ("tanh", nl.tanh, torch.tanh, (-15.0, 15.0), 2e-3, 3e-2),
+]
+
+
+@pytest.mark.parametrize("case", APPROX, ids=[c[0] for c in APPROX])
+def test_approximation_accuracy_table(case: tuple) -> None:
+    """The accuracy table of docs/approximations.md, measured on a dense grid."""
+    _, fn, ref, (lo, hi), max_abs, max_rel = case
+    x = torch.linspace(lo, hi, 4001, dtype=torch.float64)
+    with smpc.Session(parties=2, seed=11) as sess:
+        out = fn(sess.share(x)).reveal().double()
+    expect = ref(x)
+    assert float((out - expect).abs().max()) <= max_abs
+    assert _rel(out, expect) <= max_rel
+
+
+@given(n=party_counts, seed=st.integers(0, 2**31), which=st.integers(0, len(APPROX) - 1))
+def test_approximations_random(n: int, seed: int, which: int) -> None:
+    _, fn, ref, (lo, hi), max_abs, max_rel = APPROX[which]
+    g = torch.Generator().manual_seed(seed)
+    x = lo + (hi - lo) * torch.rand(20, generator=g, dtype=torch.float64)
+    with smpc.Session(parties=n, seed=seed) as sess:
+        out = fn(sess.share(x)).reveal().double()
+    assert float((out - ref(x)).abs().max()) <= max_abs
+
+
+@given(n=party_counts, seed=st.integers(0, 2**31))
+def test_div(n: int, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(10, generator=g, dtype=torch.float64) * 10
+    y = (torch.rand(10, generator=g, dtype=torch.float64) + 0.5) * 4 * torch.sign(torch.randn(10, generator=g))
+    with smpc.Session(parties=n, seed=seed) as sess:
+        sx, sy = sess.share(x), sess.share(y)
+        assert torch.allclose((sx / sy).reveal().double(), x / y, atol=0.02, rtol=5e-3)
+        # a public float divisor is encoded: 1/y carries a 2^-17 error, times |x|
+        assert torch.allclose((sx / 3.0).reveal().double(), x / 3.0, atol=x.abs().max().item() * 2**-16 + 2 * ULP)
+        assert torch.allclose(nl.div(sx, y).reveal().double(), x / y, atol=x.abs().max().item() * 2**-14 + 2 * ULP)
+        with pytest.raises(ZeroDivisionError):
+            nl.div(sx, 0.0)
+
+
+@given(
+    n=party_counts,
+    seed=st.integers(0, 2**31),
+    rows=st.integers(1, 6),
+    k=st.integers(1, 12),
+    scale=st.sampled_from([1.0, 5.0, 20.0]),
+)
+def test_softmax_log_softmax(n: int, seed: int, rows: int, k: int, scale: float) -> None:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, k, generator=g, dtype=torch.float64) * scale
+    with smpc.Session(parties=n, seed=seed) as sess:
+        sx = sess.share(x)
+        p = nl.softmax(sx, 1).reveal().double()
+        assert float((p - x.softmax(1)).abs().max()) <= 5e-3
+        lp = nl.log_softmax(sx, -1).reveal().double()
+        ref = x.log_softmax(1)
+        # log-softmax: absolute error where the probability is not negligible (> e^-16)
+        m = ref > -16
+        assert float((lp - ref).abs()[m].max()) <= 2e-2
+        p0 = nl.softmax(sx, 0).reveal().double()
+        assert float((p0 - x.softmax(0)).abs().max()) <= 5e-3
+
+
+def test_softmax_large_spread_stable() -> None:
+    x = torch.tensor([[1000.0, 0.0, -1000.0, 999.0], [-3000.0, -3000.0, -3000.0, -3001.0]])
+    with smpc.Session(parties=2, seed=1) as sess:
+        p = nl.softmax(sess.share(x), 1).reveal().double()
+        assert float((p - x.double().softmax(1)).abs().max()) <= 5e-3
+        lp = nl.log_softmax(sess.share(x), 1).reveal().double()
+        ref = x.double().log_softmax(1)
+        assert float((lp - ref).abs()[ref > -16].max()) <= 2e-2
+
+
+def test_tensor_methods_route_here() -> None:
+    x = torch.tensor([[-1.0, 2.0, 0.5], [3.0, -4.0, 0.0]])
+    with smpc.Session(parties=2, seed=1) as sess:
+        sx = sess.share(x)
+        assert torch.equal(smpc.functional.relu(sx).reveal(), x.relu())
+        assert torch.equal(abs(sx).reveal(), x.abs())
+        assert torch.allclose(smpc.functional.softmax(sx, 1).reveal(), x.softmax(1), atol=5e-3)
+        assert torch.equal(smpc.functional.argmax(sx, 1).reveal(), F.one_hot(x.argmax(1), 3).float())
+
+
+def test_cost_relu_and_gt() -> None:
+    with smpc.Session(parties=2, seed=1) as sess:
+        x = sess.share(torch.randn(1000))
+        y = sess.share(torch.randn(1000))
+        before = sess.stats.snapshot()
+        x.relu()
+        d = sess.stats - before
+        assert d.rounds == 7 and d.bytes_per_party[0] == 72 * 1000
+        before = sess.stats.snapshot()
+        _ = x > y
+        d = sess.stats - before
+        assert d.rounds == 7 and d.bytes_per_party[0] == 64 * 1000
+        assert compare.cost(2) == (7, 8)
+
+
+def test_bad_inputs() -> None:
+    with smpc.Session(parties=2, seed=1) as sess:
+        x = sess.share(torch.randn(2, 3))
+        with pytest.raises(EncodingOverflowError):
+            _ = x < 1e9  # public value out of the fixed-point range
+        with pytest.raises(EncodingOverflowError):
+            _ = x < float("nan")
+        with pytest.raises(ShapeError):
+            _ = x < torch.zeros(4)  # not broadcastable
+        with pytest.raises(IndexError):
+            nl.max(x, 2)
+        with pytest.raises(IndexError):
+            nl.softmax(x, -3)
+        with pytest.raises(TypeError):
+            nl.max(x, 1.5)  # type: ignore[arg-type]
+        with pytest.raises(ShapeError):
+            nl.max_pool2d(x, 2)  # needs (N,C,H,W) or (C,H,W)
+        img = sess.share(torch.randn(1, 1, 3, 3))
+        with pytest.raises(ShapeError):
+            nl.max_pool2d(img, 4)
+        with pytest.raises(ValueError):
+            nl.max_pool2d(img, 2, 1, 2)  # padding > kernel / 2
+        with pytest.raises(ValueError):
+            nl.exp(x, iterations=0)
+        with pytest.raises(ValueError):
+            nl.reciprocal(x, iterations=-1)
+        with pytest.raises(TypeError):
+            nl.relu(torch.zeros(3))  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            nl.lt(torch.zeros(3), torch.ones(3))
+        with smpc.Session(parties=2, seed=2) as other:
+            with pytest.raises(smpc.SessionMismatchError):
+                _ = x < other.share(torch.randn(2, 3))
