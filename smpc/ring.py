@@ -39,9 +39,25 @@ _NATIVE_MATMUL_WORK = 1 << 15
 
 
 def broadcast_shapes(*shapes: torch.Size | tuple[int, ...]) -> torch.Size:
-    """Typed ``torch.broadcast_shapes``."""
-    out: torch.Size = torch.broadcast_shapes(*shapes)  # type: ignore[no-untyped-call]
-    return out
+    """``torch.broadcast_shapes`` (typed, and fast for the common small cases).
+
+    Raises:
+        RuntimeError: if the shapes do not broadcast (like torch).
+    """
+    nd = max((len(s) for s in shapes), default=0)
+    out = [1] * nd
+    for shp in shapes:
+        off = nd - len(shp)
+        for i, v in enumerate(shp):
+            cur = out[off + i]
+            if v != cur:
+                if cur == 1:
+                    out[off + i] = v
+                elif v != 1:
+                    raise RuntimeError(
+                        f"shapes {[tuple(x) for x in shapes]} are not broadcastable"
+                    )
+    return torch.Size(out)
 
 
 def wrap(value: int) -> int:

@@ -18,6 +18,8 @@ from .base import Request
 
 __all__ = ["LocalDealer", "generate_stacked"]
 
+_SMALL = 1 << 14
+
 
 def _xor_reduce(t: torch.Tensor) -> torch.Tensor:
     out = t[0].clone()
@@ -35,14 +37,19 @@ def generate_stacked(req: Request, world_size: int, prg: AesPrg) -> dict[str, to
     n = world_size
     comps = req.components()
     sizes = [math.prod(c.shape) for c in comps]
-    buf = torch.empty(n * sum(sizes), dtype=torch.int64)
+    total = n * sum(sizes)
+    # Small requests: one keystream call for everything (the few derived last rows
+    # drawn in vain cost less than extra calls). Large ones: skip those rows.
+    small = total <= _SMALL
+    buf = prg.random_int64(total) if small else torch.empty(total, dtype=torch.int64)
     out: dict[str, torch.Tensor] = {}
     plain: dict[str, torch.Tensor] = {}
     offset = 0
     for comp, size in zip(comps, sizes, strict=True):
         flat = buf[offset : offset + n * size]
         offset += n * size
-        prg.fill_(flat[: (n - 1) * size] if comp.kind.derived else flat)
+        if not small:
+            prg.fill_(flat[: (n - 1) * size] if comp.kind.derived else flat)
         stacked = flat.view(n, *comp.shape)
         out[comp.name] = stacked
         if not comp.kind.derived:

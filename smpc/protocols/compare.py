@@ -53,8 +53,13 @@ __all__ = [
 
 _LOW63 = (1 << 63) - 1
 _EVEN = 0x5555555555555555  # bit 2m: the low bit of each adjacent pair
-# Input stride of each AND level of the prefix tree (groups at multiples of s -> 2s).
+_ODD = ring.wrap(0xAAAAAAAAAAAAAAAA)
+# Input strides of the tree levels done on whole int64 words; the last three
+# levels (strides 8, 16, 32) work on bytes: pairs of adjacent bytes.
+WORD_LEVELS: tuple[int, ...] = (2, 4)
+BYTE_LEVELS = 3
 LEVELS: tuple[int, ...] = (2, 4, 8, 16, 32)
+_BYTE_OFFSETS = (0, 4, 6)  # where each byte level's masks sit in the ``mb``/``tb`` words
 
 
 def _positions(step: int) -> int:
@@ -67,6 +72,13 @@ def _positions(step: int) -> int:
 _OUT = {s: _positions(2 * s) for s in LEVELS}  # output positions of level s
 
 
+def _and_mask_material(m: torch.Tensor, pos: int) -> torch.Tensor:
+    """``(a | a << 1) & b`` for the masks packed in ``m``: ``a`` at offset 0, ``b`` at 1-2."""
+    a = m & pos
+    b = (m >> 1) & (pos | (pos << 1))
+    return (a | (a << 1)) & b
+
+
 @dataclass(frozen=True, slots=True)
 class LtzMaterial:
     """Dealer material for one :func:`ltz` (and optionally the product ``x * bit``).
@@ -74,12 +86,14 @@ class LtzMaterial:
     Components (per element, all int64 words):
         r: uniform additive mask.
         a: uniform additive Beaver mask for ``x`` (only when ``mul``).
-        m{s}: random XOR word per AND level ``s``; its bits at offsets 0, 1, 2 of
-            each output group are the AND-triple masks ``a, b1, b2``.
+        m2, m4: random XOR words for the word-level AND rounds; in each output
+            group the bit at offset 0 masks ``P_hi`` and offsets 1, 2 mask ``(G_lo, P_lo)``.
+        mb: random XOR word, the same for the three byte-level rounds (bytes 0-3,
+            4-5 and 6, one group per byte).
         s_xor: random XOR word; bit 0 is the conversion bit ``s``.
         rx: ``r`` itself, XOR-shared (bits of ``r``).
-        rr: ``r_{2m+1} AND r_{2m}`` at bit ``2m`` (first tree level, low 63 bits of r).
-        t{s}: ``a AND b1`` at offset 0 and ``a AND b2`` at offset 1 of each group.
+        rr: ``r_{2m+1} AND r_{2m}`` at bits ``2m`` and ``2m + 1`` (low 63 bits of r).
+        t2, t4, tb: the AND of the masks, ``(a | a << 1) & b`` per group.
         s: the bit ``s`` additively shared.
         as: ``a * s`` additively shared (only when ``mul``).
     """
@@ -92,10 +106,12 @@ class LtzMaterial:
         comps = [Component("r", Kind.RANDOM, sh)]
         if self.mul:
             comps.append(Component("a", Kind.RANDOM, sh))
-        comps += [Component(f"m{s}", Kind.RANDOM_XOR, sh) for s in LEVELS]
+        comps += [Component(f"m{s}", Kind.RANDOM_XOR, sh) for s in WORD_LEVELS]
+        comps.append(Component("mb", Kind.RANDOM_XOR, sh))
         comps.append(Component("s_xor", Kind.RANDOM_XOR, sh))
         comps += [Component("rx", Kind.DERIVED_XOR, sh), Component("rr", Kind.DERIVED_XOR, sh)]
-        comps += [Component(f"t{s}", Kind.DERIVED_XOR, sh) for s in LEVELS]
+        comps += [Component(f"t{s}", Kind.DERIVED_XOR, sh) for s in WORD_LEVELS]
+        comps.append(Component("tb", Kind.DERIVED_XOR, sh))
         comps.append(Component("s", Kind.DERIVED, sh))
         if self.mul:
             comps.append(Component("as", Kind.DERIVED, sh))
@@ -104,14 +120,12 @@ class LtzMaterial:
     def derive(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         r = values["r"]
         low = r & _LOW63
-        out = {"rx": r, "rr": (low >> 1) & low & _EVEN}
-        for s in LEVELS:
-            pos = _OUT[s]
-            m = values[f"m{s}"]
-            a = m & pos
-            b1 = (m >> 1) & pos
-            b2 = (m >> 2) & pos
-            out[f"t{s}"] = (a & b1) | ((a & b2) << 1)
+        rr = (low >> 1) & low & _EVEN
+        out = {"rx": r, "rr": rr | (rr << 1)}
+        for s in WORD_LEVELS:
+            out[f"t{s}"] = _and_mask_material(values[f"m{s}"], _OUT[s])
+        mb = values["mb"].contiguous().view(torch.uint8)
+        out["tb"] = _and_mask_material(mb, 1).view(torch.int64)
         bit = values["s_xor"] & 1
         out["s"] = bit
         if self.mul:
@@ -119,43 +133,125 @@ class LtzMaterial:
         return out
 
 
+def _xor_public_(comm: Communicator, share: torch.Tensor, public: torch.Tensor) -> torch.Tensor:
+    """In place: party 0's XOR share of a fresh tensor absorbs a public word."""
+    if comm.party_axis:
+        share[0] ^= public
+    elif comm.rank == 0:
+        share ^= public
+    return share
+
+
+def _open_bytes(comm: Communicator, packed: torch.Tensor, label: str) -> torch.Tensor:
+    """Additively open small per-byte (or per-int16) fields, several per ring element.
+
+    ``packed`` is uint8 or int16 with data shape ``(N, k)``; the fields inside never
+    carry out of their byte (sums of ``world_size`` bits in fields of
+    ``bit_length(world_size)`` bits), so 8 bytes travel as one int64.
+    """
+    ld = 1 if comm.party_axis else 0
+    lead_shape = packed.shape[:ld]
+    data = packed.shape[ld:]
+    flat = packed.reshape(*lead_shape, -1)
+    nbytes = flat.shape[-1] * flat.element_size()
+    pad = (-nbytes) % 8
+    raw = flat.view(torch.uint8)
+    if pad:
+        raw = torch.cat([raw, raw.new_zeros(*lead_shape, pad)], dim=-1)
+    (summed,) = comm.open([raw.view(torch.int64)], label)
+    out = summed.view(torch.uint8)[:nbytes].view(packed.dtype)
+    return out.reshape(data)
+
+
+def _word_level(
+    comm: Communicator, w: torch.Tensor, m: torch.Tensor, t: torch.Tensor, s: int
+) -> torch.Tensor:
+    """One tree level on int64 words: groups at multiples of ``s`` (G at offset 0, P at 1)."""
+    pos = _OUT[s]
+    pos2 = pos | (pos << 1)
+    f0 = (w >> (s + 1)) & pos  # P_hi
+    a = m & pos
+    f0 ^= a
+    f1 = w & pos2  # (G_lo, P_lo)
+    b = (m >> 1) & pos2
+    f1 ^= b
+    words = [f0, f1 & pos, (f1 >> 1) & pos]
+    d, e0, e1 = open_fields(comm, words, [pos] * 3, 2 * s, "ltz", clean=True)
+    d2 = d | (d << 1)
+    e = e0 | (e1 << 1)
+    # Beaver AND on two offsets at once: (d^a)(e^b) = de ^ d b ^ e a ^ ab.
+    z = b & d2
+    z ^= t
+    a |= a << 1
+    a &= e
+    z ^= a
+    _xor_public_(comm, z, d2 & e)
+    g_hi = (w >> s) & pos
+    z ^= g_hi
+    return z
+
+
+def _byte_level(
+    comm: Communicator, v: torch.Tensor, mb: torch.Tensor, tb: torch.Tensor, width: int
+) -> torch.Tensor:
+    """One tree level on bytes ``(..., N, k) -> (..., N, k/2)``: pairs of adjacent bytes."""
+    hi = v[..., 1::2]
+    lo = v[..., 0::2]
+    f0 = (hi >> 1) & 1
+    a = mb & 1
+    f0 ^= a
+    f1 = lo & 3
+    b = (mb >> 1) & 3
+    f1 ^= b
+    if 3 * width <= 8:
+        packed = f0 | ((f1 & 1) << width) | ((f1 & 2) << (2 * width - 1))
+    else:
+        f0 = f0.to(torch.int16)
+        f1 = f1.to(torch.int16)
+        packed = f0 | ((f1 & 1) << width) | ((f1 & 2) << (2 * width - 1))
+    pub = _open_bytes(comm, packed, "ltz")
+    d = (pub & 1).to(torch.uint8)
+    e = (((pub >> width) & 1) | (((pub >> (2 * width)) & 1) << 1)).to(torch.uint8)
+    d2 = d | (d << 1)
+    z = b & d2
+    z ^= tb
+    a |= a << 1
+    a &= e
+    z ^= a
+    _xor_public_(comm, z, d2 & e)
+    z ^= hi & 1
+    return z
+
+
 def _msb_xor(comm: Communicator, t: Mapping[str, torch.Tensor], c: torch.Tensor) -> torch.Tensor:
-    """XOR shares (bit 0) of ``msb(c - r)`` from the public ``c`` and the dealer's ``t``."""
+    """XOR shares (bit 0 of uint8) of ``msb(c - r)`` from the public ``c`` and the dealer's ``t``."""
     nc = ~(c & _LOW63)  # bit 63 set: neutral (r's bit 63 is excluded below)
     n_hi = (nc >> 1) & _EVEN
     n_lo = nc & _EVEN
-    r_low = t["rx"] & _LOW63
-    r_hi = r_low >> 1
-    rr = t["rr"] & _EVEN
-    # Level 1 (pairs, local): with g_i = ~c_i r_i, p_i = ~c_i ^ r_i,
-    # G = g_hi ^ p_hi g_lo and P = p_hi p_lo expand into products of r-bits and r_hi r_lo.
-    g = (r_hi & n_hi) ^ (r_low & (n_hi & n_lo)) ^ (rr & n_lo)
-    p = (r_low & n_hi) ^ (r_hi & n_lo) ^ rr
-    p = xor_public(comm, p, n_hi & n_lo)
-    for s in LEVELS:
-        pos = _OUT[s]
-        last = s == LEVELS[-1]
-        m = t[f"m{s}"]
-        a = m & pos
-        b1 = (m >> 1) & pos
-        words = [((p >> s) ^ a), (g ^ b1)]
-        if not last:
-            b2 = (m >> 2) & pos
-            words.append(p ^ b2)
-        opened = open_fields(comm, words, [pos] * len(words), 2 * s, "ltz")
-        d, e1 = opened[0], opened[1]
-        tt = t[f"t{s}"]
-        # Beaver AND: (d^a)(e^b) = de ^ d b ^ e a ^ ab (de added by party 0).
-        z1 = (tt & pos) ^ (b1 & d) ^ (a & e1)
-        z1 = xor_public(comm, z1, d & e1)
-        g_next = ((g >> s) & pos) ^ z1
-        if not last:
-            e2 = opened[2]
-            z2 = ((tt >> 1) & pos) ^ (b2 & d) ^ (a & e2)
-            p = xor_public(comm, z2, d & e2)
-        g = g_next
-    msb = g ^ ((t["rx"] >> 63) & 1)
-    return xor_public(comm, msb, (c >> 63) & 1)
+    nhl = n_hi & n_lo
+    # Level 1 (pairs, local). With g_i = ~c_i r_i and p_i = ~c_i ^ r_i, the pair's
+    # G = g_h ^ p_h g_l (bit 2m) and P = p_h p_l (bit 2m+1) are sums of products of
+    # one r-bit, or of r_h r_l (from the dealer), with public bits.
+    r = t["rx"] & _LOW63
+    w = r & (nhl | (n_lo << 1))
+    w ^= (r >> 1) & n_hi
+    w ^= (r << 1) & (n_hi << 1)
+    w ^= t["rr"] & (n_lo | _ODD)
+    _xor_public_(comm, w, nhl << 1)
+    for s in WORD_LEVELS:
+        w = _word_level(comm, w, t[f"m{s}"], t[f"t{s}"], s)
+    # After stride 4: G at bit 0 and P at bit 1 of every byte. Bytes pair up next.
+    width = field_width(comm.world_size)
+    v = w.view(torch.uint8).unflatten(-1, (-1, 8))
+    mb = t["mb"].view(torch.uint8).unflatten(-1, (-1, 8))
+    tb = t["tb"].view(torch.uint8).unflatten(-1, (-1, 8))
+    k = 8
+    for off in _BYTE_OFFSETS:
+        v = _byte_level(comm, v, mb[..., off : off + k // 2], tb[..., off : off + k // 2], width)
+        k //= 2
+    g = v[..., 0] & 1
+    g ^= ((t["rx"] >> 63) & 1).to(torch.uint8)
+    return _xor_public_(comm, g, ((c >> 63) & 1).to(torch.uint8))
 
 
 def _check_parties(comm: Communicator) -> None:
@@ -202,7 +298,8 @@ def ltz_mul(
     else:
         (c,) = comm.open([x + t["r"]], "ltz")
     msb = _msb_xor(comm, t, c)
-    (e,) = open_fields(comm, [msb ^ t["s_xor"]], [1], 64, "ltz")
+    msb ^= (t["s_xor"] & 1).to(torch.uint8)
+    e = _open_bytes(comm, msb.unsqueeze(-1), "ltz").squeeze(-1).to(torch.int64) & 1
     flip = 1 - 2 * e
     z = add_public(comm, t["s"] * flip, e)
     if not mul:
@@ -235,11 +332,13 @@ def relu(comm: Communicator, dealer: Dealer, x: torch.Tensor) -> tuple[torch.Ten
 
 
 def cost(world_size: int, *, mul: bool = False) -> tuple[int, int]:
-    """(rounds, ring elements sent per element to each other party) of :func:`ltz_mul`."""
+    """(rounds, bytes sent per element to each other party) of :func:`ltz_mul`."""
     w = field_width(world_size)
-    elems = 1 + (1 if mul else 0) + 1  # c (+ d) and e
-    for s in LEVELS:
-        nwords = 2 if s == LEVELS[-1] else 3
+    nbytes = 8 * (1 + (1 if mul else 0))  # c (+ d)
+    for s in WORD_LEVELS:
         per = (2 * s) // w
-        elems += -(-nwords // per)
-    return 2 + len(LEVELS), elems
+        nbytes += 8 * -(-3 // per)
+    per_byte = 1 if 3 * w <= 8 else 2
+    nbytes += per_byte * (4 + 2 + 1)  # byte levels
+    nbytes += 1  # e
+    return 2 + len(LEVELS), nbytes

@@ -57,6 +57,8 @@ def open_fields(
     masks: Sequence[int],
     group_bits: int,
     label: str,
+    *,
+    clean: bool = False,
 ) -> list[torch.Tensor]:
     """Open XOR-shared words whose meaningful bits are the set bits of ``masks``.
 
@@ -73,6 +75,7 @@ def open_fields(
             element must share the same mask.
         group_bits: distance between two meaningful positions (a power of two).
         label: op label for the stats.
+        clean: the shares are already zero outside their mask (skip masking).
 
     Returns:
         The public words (meaningful bits only).
@@ -93,9 +96,11 @@ def open_fields(
         chunk = list(range(i, min(i + per, len(words))))
         if any(masks[j] != masks[chunk[0]] for j in chunk):
             chunk = [i]
-        acc = words[chunk[0]] & masks[chunk[0]]
+        first = words[chunk[0]]
+        acc = first if clean else first & masks[chunk[0]]
         for k, j in enumerate(chunk[1:], start=1):
-            acc |= (words[j] & masks[j]) << (k * w)
+            part = words[j] if clean else words[j] & masks[j]
+            acc = acc | (part << (k * w))
         packed.append(acc)
         layout.append([(j, k * w) for k, j in enumerate(chunk)])
         i += len(chunk)
