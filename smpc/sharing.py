@@ -8,11 +8,15 @@ protocol code never branches on the runtime itself.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from . import ring
-from .comm.base import Communicator
 from .prg import Prg
+
+if TYPE_CHECKING:
+    from .comm.base import Communicator
 
 __all__ = [
     "additive_shares",
