@@ -222,6 +222,7 @@ class Session:
             self._closed = True
             self.dealer.close()
             self.comm.close()
+            self.prg.close()
 
     def __enter__(self) -> Session:
         return self

@@ -92,4 +92,4 @@ class LocalDealer:
         return out
 
     def close(self) -> None:
-        pass
+        self._prg.close()

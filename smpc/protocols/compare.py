@@ -56,10 +56,9 @@ _EVEN = 0x5555555555555555  # bit 2m: the low bit of each adjacent pair
 _ODD = ring.wrap(0xAAAAAAAAAAAAAAAA)
 # Input strides of the tree levels done on whole int64 words; the last three
 # levels (strides 8, 16, 32) work on bytes: pairs of adjacent bytes.
-WORD_LEVELS: tuple[int, ...] = (2, 4)
-BYTE_LEVELS = 3
 LEVELS: tuple[int, ...] = (2, 4, 8, 16, 32)
-_BYTE_OFFSETS = (0, 4, 6)  # where each byte level's masks sit in the ``mb``/``tb`` words
+WORD_LEVELS: tuple[int, ...] = LEVELS  # measured faster than byte-level rounds on CPU
+_BYTE_OFFSETS: tuple[int, ...] = ()  # (0, 4, 6): masks of byte levels in ``mb``/``tb``
 
 
 def _positions(step: int) -> int:
@@ -107,11 +106,13 @@ class LtzMaterial:
         if self.mul:
             comps.append(Component("a", Kind.RANDOM, sh))
         comps += [Component(f"m{s}", Kind.RANDOM_XOR, sh) for s in WORD_LEVELS]
-        comps.append(Component("mb", Kind.RANDOM_XOR, sh))
+        if _BYTE_OFFSETS:
+            comps.append(Component("mb", Kind.RANDOM_XOR, sh))
         comps.append(Component("s_xor", Kind.RANDOM_XOR, sh))
         comps += [Component("rx", Kind.DERIVED_XOR, sh), Component("rr", Kind.DERIVED_XOR, sh)]
         comps += [Component(f"t{s}", Kind.DERIVED_XOR, sh) for s in WORD_LEVELS]
-        comps.append(Component("tb", Kind.DERIVED_XOR, sh))
+        if _BYTE_OFFSETS:
+            comps.append(Component("tb", Kind.DERIVED_XOR, sh))
         comps.append(Component("s", Kind.DERIVED, sh))
         if self.mul:
             comps.append(Component("as", Kind.DERIVED, sh))
@@ -124,8 +125,9 @@ class LtzMaterial:
         out = {"rx": r, "rr": rr | (rr << 1)}
         for s in WORD_LEVELS:
             out[f"t{s}"] = _and_mask_material(values[f"m{s}"], _OUT[s])
-        mb = values["mb"].contiguous().view(torch.uint8)
-        out["tb"] = _and_mask_material(mb, 1).view(torch.int64)
+        if _BYTE_OFFSETS:
+            mb = values["mb"].contiguous().view(torch.uint8)
+            out["tb"] = _and_mask_material(mb, 1).view(torch.int64)
         bit = values["s_xor"] & 1
         out["s"] = bit
         if self.mul:
@@ -197,10 +199,10 @@ def _byte_level(
     """One tree level on bytes ``(..., N, k) -> (..., N, k/2)``: pairs of adjacent bytes."""
     hi = v[..., 1::2]
     lo = v[..., 0::2]
-    f0 = (hi >> 1) & 1
+    f0 = (hi >> 1) & 1  # P_hi
     a = mb & 1
     f0 ^= a
-    f1 = lo & 3
+    f1 = lo & 3  # (G_lo, P_lo)
     b = (mb >> 1) & 3
     f1 ^= b
     if 3 * width <= 8:
@@ -219,7 +221,7 @@ def _byte_level(
     a &= e
     z ^= a
     _xor_public_(comm, z, d2 & e)
-    z ^= hi & 1
+    z ^= hi & 1  # G_hi
     return z
 
 
@@ -240,16 +242,19 @@ def _msb_xor(comm: Communicator, t: Mapping[str, torch.Tensor], c: torch.Tensor)
     _xor_public_(comm, w, nhl << 1)
     for s in WORD_LEVELS:
         w = _word_level(comm, w, t[f"m{s}"], t[f"t{s}"], s)
-    # After stride 4: G at bit 0 and P at bit 1 of every byte. Bytes pair up next.
-    width = field_width(comm.world_size)
-    v = w.view(torch.uint8).unflatten(-1, (-1, 8))
-    mb = t["mb"].view(torch.uint8).unflatten(-1, (-1, 8))
-    tb = t["tb"].view(torch.uint8).unflatten(-1, (-1, 8))
-    k = 8
-    for off in _BYTE_OFFSETS:
-        v = _byte_level(comm, v, mb[..., off : off + k // 2], tb[..., off : off + k // 2], width)
-        k //= 2
-    g = v[..., 0] & 1
+    if _BYTE_OFFSETS:
+        # After stride 4: G at bit 0 and P at bit 1 of every byte. Bytes pair up next.
+        width = field_width(comm.world_size)
+        v = w.view(torch.uint8).unflatten(-1, (-1, 8))
+        mb = t["mb"].view(torch.uint8).unflatten(-1, (-1, 8))
+        tb = t["tb"].view(torch.uint8).unflatten(-1, (-1, 8))
+        k = 8
+        for off in _BYTE_OFFSETS:
+            v = _byte_level(comm, v, mb[..., off : off + k // 2], tb[..., off : off + k // 2], width)
+            k //= 2
+        g = v[..., 0] & 1
+    else:
+        g = (w & 1).to(torch.uint8)
     g ^= ((t["rx"] >> 63) & 1).to(torch.uint8)
     return _xor_public_(comm, g, ((c >> 63) & 1).to(torch.uint8))
 
@@ -338,7 +343,8 @@ def cost(world_size: int, *, mul: bool = False) -> tuple[int, int]:
     for s in WORD_LEVELS:
         per = (2 * s) // w
         nbytes += 8 * -(-3 // per)
-    per_byte = 1 if 3 * w <= 8 else 2
-    nbytes += per_byte * (4 + 2 + 1)  # byte levels
+    if _BYTE_OFFSETS:
+        per_byte = 1 if 3 * w <= 8 else 2
+        nbytes += per_byte * (4 + 2 + 1)  # byte levels
     nbytes += 1  # e
     return 2 + len(LEVELS), nbytes

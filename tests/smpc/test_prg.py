@@ -22,3 +22,22 @@ def test_bits_are_balanced() -> None:
     bits = torch.stack([(x >> i) & 1 for i in range(64)]).double().mean(1)
     # Each bit mean ~ 0.5 with std 1/(2*sqrt(1e5)) = 0.0016; 6 sigma.
     assert float((bits - 0.5).abs().max()) < 0.01
+
+
+def test_stream_depends_only_on_position() -> None:
+    """Draws split any way (including the two-thread path for large draws) give the same
+    keystream as one draw."""
+    k = key_from_seed(3)
+    a = AesPrg(k)
+    parts = [a.random_int64(n) for n in (5, 200_001, 3, 150_000)]
+    b = AesPrg(k)
+    assert torch.equal(torch.cat(parts), b.random_int64(350_009))
+    a.close()
+    b.close()
+
+
+def test_fill_rejects_bad_buffers() -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="contiguous CPU int64"):
+        AesPrg().fill_(torch.empty(4, dtype=torch.int32))

@@ -54,13 +54,21 @@ def test_short_mnist_run_reaches_accuracy() -> None:
     xt, yt = xt.reshape(-1, 784)[::4], yt[::4]
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(784, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    plain = torch.nn.Sequential(torch.nn.Linear(784, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    plain.load_state_dict(model.state_dict())
+    popt = torch.optim.SGD(plain.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(3):
+        for i in range(0, len(x), 32):
+            popt.zero_grad()
+            torch.nn.functional.cross_entropy(plain(x[i : i + 32]), y[i : i + 32]).backward()
+            popt.step()
     with smpc.Session(2) as sess:
         enc = snn.encrypt(model, sess)
-        opt = smpc.optim.SGD(enc.parameters(), lr=0.1, momentum=0.9)
+        opt = smpc.optim.SGD(enc.parameters(), lr=0.05, momentum=0.9)
         xs = sess.share(x)
         ys = sess.share(torch.nn.functional.one_hot(y, 10).float())
         loss_fn = snn.CrossEntropyLoss()
-        for _ in range(2):
+        for _ in range(3):
             for i in range(0, len(x), 32):
                 opt.zero_grad()
                 loss_fn(enc(xs[i : i + 32]), ys[i : i + 32]).backward()
@@ -68,4 +76,6 @@ def test_short_mnist_run_reaches_accuracy() -> None:
         trained = enc.decrypt()
     with torch.no_grad():
         acc = (trained(xt).argmax(1) == yt).float().mean().item()
-    assert acc >= 0.70, acc
+        plain_acc = (plain(xt).argmax(1) == yt).float().mean().item()
+    assert acc >= 0.65, acc
+    assert abs(acc - plain_acc) <= 0.05, (acc, plain_acc)
