@@ -35,8 +35,12 @@ import torch
 import smpc
 import smpc.nn as snn
 import smpc.optim
+from smpc.autograd import no_grad
 
-__all__ = ["Config", "build_model", "main", "parse_args", "run_demo", "train_encrypted", "train_plain"]
+__all__ = [
+    "Config", "build_model", "encrypted_predict", "lenet", "main", "parse_args", "run_demo",
+    "train_encrypted", "train_plain",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +237,54 @@ def _bar(batches: list[torch.Tensor], epoch: int, cfg: Config, show: bool) -> An
     from tqdm.auto import tqdm
 
     return tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False, file=sys.stderr)
+
+
+def lenet() -> torch.nn.Module:
+    """LeNet-5 style CNN for 28x28 digits (inference example)."""
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 6, 5),  # 24x24
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),  # 12x12
+        torch.nn.Conv2d(6, 16, 5),  # 8x8
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),  # 4x4
+        torch.nn.Flatten(),
+        torch.nn.Linear(256, 120),
+        torch.nn.ReLU(),
+        torch.nn.Linear(120, 84),
+        torch.nn.ReLU(),
+        torch.nn.Linear(84, 10),
+    )
+
+
+def encrypted_predict(
+    sess: smpc.Session,
+    model: snn.Module,
+    x: torch.Tensor | None,
+    *,
+    n: int,
+    batch_size: int,
+    data_owner: int | str,
+) -> torch.Tensor | None:
+    """Class predictions of an encrypted model on the data owner's images.
+
+    Each batch is secret-shared by ``data_owner``; the network and an argmax
+    run on shares; only the one-hot argmax is revealed, and only to
+    ``data_owner`` (other parties get ``None``). ``x`` may be ``None`` on
+    parties other than the data owner (distributed runs).
+    """
+    owner = sess.party_index(data_owner, name="data_owner")
+    model.eval()
+    preds: list[torch.Tensor] = []
+    with no_grad():
+        for i in range(0, n, batch_size):
+            xb = None if x is None else x[i : i + batch_size]
+            xs = sess.share(xb, src=owner)
+            onehot = smpc.functional.argmax(model(xs), 1)
+            got = onehot.reveal(to=owner)
+            if got is not None:
+                preds.append(got.argmax(1))
+    return torch.cat(preds) if preds else None
 
 
 def _party_program(cfg: Config, sess: smpc.Session) -> History:

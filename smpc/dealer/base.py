@@ -148,7 +148,7 @@ class BilinearTriple:
 class TruncPair:
     """Material to truncate by ``frac_bits``.
 
-    ``r`` uniform, ``r_hi = (r mod 2^63) >> f``, ``s = msb(r) * 2^(63 - f)``.
+    ``r`` uniform, ``neg_r_hi = -((r mod 2^63) >> f)``, ``s = msb(r) * 2^(63 - f)``.
     """
 
     shape: tuple[int, ...]
@@ -157,7 +157,7 @@ class TruncPair:
     def components(self) -> tuple[Component, ...]:
         return (
             Component("r", Kind.RANDOM, self.shape),
-            Component("r_hi", Kind.DERIVED, self.shape),
+            Component("neg_r_hi", Kind.DERIVED, self.shape),
             Component("s", Kind.DERIVED, self.shape),
         )
 
@@ -165,4 +165,4 @@ class TruncPair:
         r = values["r"]
         f = self.frac_bits
         # r >> 63 is all ones exactly when msb(r) = 1 (arithmetic shift).
-        return {"r_hi": (r & ((1 << 63) - 1)) >> f, "s": (r >> 63) & (1 << (63 - f))}
+        return {"neg_r_hi": -((r & ((1 << 63) - 1)) >> f), "s": (r >> 63) & (1 << (63 - f))}

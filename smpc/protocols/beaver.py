@@ -37,8 +37,13 @@ def mul(comm: Communicator, dealer: Dealer, x: torch.Tensor, y: torch.Tensor) ->
     """
     t = dealer.request(MulTriple(_shape(comm, x), _shape(comm, y)))
     e, f = comm.open([x - t["a"], y - t["b"]], "mul")
-    z = t["c"] + e * t["b"]
-    z += t["a"] * f
+    # One fused pass each: z = c + e*b, then z += a*f.
+    c = t["c"]
+    z = torch.addcmul(c, e, t["b"]) if c.shape == t["b"].shape else c + e * t["b"]
+    if z.shape == t["a"].shape:
+        z.addcmul_(t["a"], f)
+    else:
+        z = z + t["a"] * f
     if tuple(data_shape(comm, z)) == tuple(ring.broadcast_shapes(e.shape, f.shape)):
         return add_public_(comm, z, e * f)
     return add_public(comm, z, e * f)
@@ -55,7 +60,7 @@ def square(comm: Communicator, dealer: Dealer, x: torch.Tensor) -> torch.Tensor:
     """
     t = dealer.request(SquarePair(_shape(comm, x)))
     (e,) = comm.open([x - t["a"]], "square")
-    z = t["c"] + (2 * e) * t["a"]
+    z = torch.addcmul(t["c"], 2 * e, t["a"])
     return add_public_(comm, z, e * e)
 
 

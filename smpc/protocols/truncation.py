@@ -26,7 +26,7 @@ def trunc(comm: Communicator, dealer: Dealer, x: torch.Tensor, frac_bits: int) -
     Ghosh, Keller, Rachuri, Scholl, "Improved primitives for MPC over mixed
     arithmetic-binary circuits", CRYPTO 2020 [EGKRS20]):
         1. Shift to non-negative: ``x' = x + 2^62`` (party 0), so ``msb(x') = 0``.
-        2. The dealer gives ``[r]`` (uniform), ``[r_hi] = [(r mod 2^63) >> f]`` and
+        2. The dealer gives ``[r]`` (uniform), ``[-r_hi] = [-((r mod 2^63) >> f)]`` and
            ``[s] = [msb(r) * 2^(63-f)]``.
         3. Open ``c = x' + r`` (uniform, so ``x'`` stays hidden).
         4. Since ``msb(x') = 0``, the carry into bit 63 is ``msb(c) XOR msb(r)``, so
@@ -48,9 +48,9 @@ def trunc(comm: Communicator, dealer: Dealer, x: torch.Tensor, frac_bits: int) -
     (c,) = comm.open([add_public_(comm, x + t["r"], 1 << TRUNC_BOUND_BITS)], "trunc")
     # (c mod 2^63) >> f + msb(c) 2^(63-f) is the logical shift of c read as unsigned.
     public = ((c >> f) & ((1 << (64 - f)) - 1)) - (1 << (TRUNC_BOUND_BITS - f))
-    # [s] (1 - 2 msb(c)) = +[s] where c >= 0 (as signed), -[s] where c < 0.
-    z = torch.where(c < 0, -t["s"], t["s"])
-    z -= t["r_hi"]
+    # [s] (1 - 2 msb(c)) - [r_hi] in one fused pass; the sign is +1 where c >= 0 (signed).
+    sign = torch.where(c < 0, -1, 1)
+    z = torch.addcmul(t["neg_r_hi"], t["s"], sign)
     return add_public_(comm, z, public)
 
 
