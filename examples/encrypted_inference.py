@@ -31,7 +31,9 @@ from smpc.demo import build_model, encrypted_predict, lenet
 def train_plain(kind: str, epochs: int, train_size: int, seed: int = 0) -> torch.nn.Module:
     """The model owner's plaintext training (SGD, momentum 0.9, cross-entropy)."""
     x, y = load_mnist("train")
-    x, y = x[:train_size], y[:train_size]
+    if train_size < len(x):
+        keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(1234))[:train_size]
+        x, y = x[keep], y[keep]
     torch.manual_seed(seed)
     model = build_model("mlp", seed) if kind == "mlp" else lenet()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
@@ -50,7 +52,9 @@ def run(kind: str, args: argparse.Namespace) -> dict[str, float]:
     """Encrypted inference of one trained model; returns the figures."""
     model = train_plain(kind, args.epochs, args.train_size)
     xt, yt = load_mnist("test")
-    xt, yt = xt[: args.test_size], yt[: args.test_size]
+    if args.test_size < len(xt):  # a fixed random subset: the file is sorted by label
+        keep = torch.randperm(len(xt), generator=torch.Generator().manual_seed(4321))[: args.test_size]
+        xt, yt = xt[keep], yt[keep]
     if kind == "mlp":
         model = model[1:]  # the data owner sends flattened images
         xt = xt.reshape(len(xt), -1)

@@ -151,20 +151,21 @@ def _shards(
     order = np.argsort(labels, kind="stable")
     shards = np.array_split(order, n_shards)
     shard_class = [np.unique(labels[s]) for s in shards]
-    best: np.ndarray | None = None
-    best_score = -1
-    for _ in range(200):  # redraw to avoid two shards of one class on a client
-        perm = rng.permutation(n_shards).reshape(n_clients, k)
-        score = sum(len(np.unique(np.concatenate([shard_class[j] for j in row]))) for row in perm)
-        if score > best_score:
-            best, best_score = perm, score
-        if all(
+    def clean(rows: np.ndarray) -> bool:
+        return all(
             len({int(c) for j in row for c in shard_class[j]}) == sum(len(shard_class[j]) for j in row)
-            for row in perm
-        ):
+            for row in rows
+        )
+
+    best: np.ndarray | None = None
+    for _ in range(200):  # random assignment, redrawn if a client got two shards of one class
+        perm = rng.permutation(n_shards).reshape(n_clients, k)
+        if clean(perm):
             best = perm
             break
-    assert best is not None
+    if best is None:  # deal label-sorted shards round-robin to randomly relabelled clients
+        relabel = rng.permutation(n_clients)
+        best = np.arange(n_shards).reshape(k, n_clients).T[relabel]
     return [np.concatenate([shards[j] for j in row]) for row in best]
 
 

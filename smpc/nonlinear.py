@@ -94,7 +94,7 @@ def _diff(x: Any, y: Any) -> SharedTensor:
 def lt(x: SharedTensor | Any, y: SharedTensor | Any) -> SharedTensor:
     """``x < y`` elementwise as shared fixed-point 0/1 (either side may be public).
 
-    Cost: one :func:`smpc.protocols.compare.ltz` (7 rounds, 64 bytes per element per
+    Cost: one :func:`smpc.protocols.compare.ltz` (7 rounds, 40 bytes per element per
     party for 2 parties). Exact while ``|x - y| < 2^(63-f)``.
     """
     d = _diff(x, y)
@@ -140,7 +140,7 @@ def relu_with_bit(x: SharedTensor) -> tuple[SharedTensor, SharedTensor]:
     """``(max(x, 0), [x >= 0])``; the bit is shared fixed-point 0/1 (for ReLU's gradient).
 
     The product ``x * bit`` is fused into the comparison (no truncation).
-    Cost: 7 rounds, 72 bytes per element per party (2 parties).
+    Cost: 7 rounds, 48 bytes per element per party (2 parties).
     """
     x = _check_shared(x, "x")
     sess = _sess(x)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import torch
 
@@ -61,7 +61,12 @@ class Component:
 
 
 class Request(Protocol):
-    """A description of correlated randomness (hashable, serialisable)."""
+    """A description of correlated randomness (hashable, serialisable).
+
+    A request class may set ``elementwise = True`` when ``derive`` works
+    unchanged on components with an extra leading batch axis; the in-process
+    dealer then serves small requests from a vectorised pool.
+    """
 
     def components(self) -> tuple[Component, ...]:
         """Random components first, in a fixed order, then derived ones."""
@@ -96,6 +101,8 @@ def _shape(s: torch.Size | tuple[int, ...]) -> tuple[int, ...]:
 class MulTriple:
     """Beaver triple ``c = a * b`` (elementwise, broadcasting like torch)."""
 
+    elementwise: ClassVar[bool] = True  # derive() works on any leading batch axis
+
     shape_a: tuple[int, ...]
     shape_b: tuple[int, ...]
 
@@ -114,6 +121,8 @@ class MulTriple:
 @dataclass(frozen=True, slots=True)
 class SquarePair:
     """Square pair ``c = a * a``."""
+
+    elementwise: ClassVar[bool] = True  # derive() works on any leading batch axis
 
     shape: tuple[int, ...]
 
@@ -150,6 +159,8 @@ class TruncPair:
 
     ``r`` uniform, ``neg_r_hi = -((r mod 2^63) >> f)``, ``s = msb(r) * 2^(63 - f)``.
     """
+
+    elementwise: ClassVar[bool] = True  # derive() works on any leading batch axis
 
     shape: tuple[int, ...]
     frac_bits: int

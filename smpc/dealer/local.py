@@ -14,7 +14,7 @@ import torch
 
 from ..comm.stats import Stats
 from ..prg import AesPrg
-from .base import Request
+from .base import Component, Request
 
 __all__ = ["LocalDealer", "generate_stacked"]
 
@@ -28,14 +28,20 @@ def _xor_reduce(t: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def generate_stacked(req: Request, world_size: int, prg: AesPrg) -> dict[str, torch.Tensor]:
+def generate_stacked(
+    req: Request, world_size: int, prg: AesPrg, *, batch: int | None = None
+) -> dict[str, torch.Tensor]:
     """All parties' shares of ``req``'s components, shape ``(world_size, *shape)`` each.
 
     Random rows are written by the keystream in place; the last row of each
     derived component is the correction, computed without drawing randomness.
+    With ``batch=P`` (elementwise requests only) every component gets a leading
+    axis of P independent instances: shape ``(world_size, P, *shape)``.
     """
     n = world_size
     comps = req.components()
+    if batch is not None:
+        comps = tuple(Component(c.name, c.kind, (batch, *c.shape)) for c in comps)
     sizes = [math.prod(c.shape) for c in comps]
     total = n * sum(sizes)
     # Small requests: one keystream call for everything (the few derived last rows
@@ -71,6 +77,12 @@ def generate_stacked(req: Request, world_size: int, prg: AesPrg) -> dict[str, to
     return out
 
 
+# Elementwise requests of at most this many elements are served from a pool of
+# _POOL pre-generated instances (one vectorised generation instead of one per request).
+_POOLED_NUMEL = 64
+_POOL = 256
+
+
 class LocalDealer:
     """Trusted dealer simulated in process.
 
@@ -84,10 +96,29 @@ class LocalDealer:
         self.world_size = world_size
         self._stats = stats
         self._prg = AesPrg(key)
+        self._pools: dict[Request, tuple[dict[str, torch.Tensor], list[int]]] = {}
+
+    def _pooled(self, req: Request) -> dict[str, torch.Tensor]:
+        entry = self._pools.get(req)
+        if entry is None or entry[1][0] >= _POOL:
+            entry = (generate_stacked(req, self.world_size, self._prg, batch=_POOL), [0])
+            self._pools[req] = entry
+        material, cursor = entry
+        i = cursor[0]
+        cursor[0] = i + 1
+        return {name: t[:, i] for name, t in material.items()}
 
     def request(self, req: Request) -> dict[str, torch.Tensor]:
-        out = generate_stacked(req, self.world_size, self._prg)
-        corr = sum(math.prod(c.shape) * 8 for c in req.components() if c.kind.derived)
+        comps = req.components()
+        if (
+            getattr(req, "elementwise", False)
+            and len({len(c.shape) for c in comps}) == 1
+            and all(math.prod(c.shape) <= _POOLED_NUMEL for c in comps)
+        ):
+            out = self._pooled(req)
+        else:
+            out = generate_stacked(req, self.world_size, self._prg)
+        corr = sum(math.prod(c.shape) * 8 for c in comps if c.kind.derived)
         self._stats.record_dealer(corr)
         return out
 

@@ -17,7 +17,7 @@ work) with a bit-packed log-depth prefix circuit on XOR shares:
   propagate) pairs. Its first level is *local* because the dealer also gives
   the AND of each pair of adjacent bits of ``r``; each of the 5 remaining
   levels is one round of bit-packed AND gates with dealer AND triples, all 64
-  bits of an element in one int64 word;
+  bits of an element in one int64 word (the last three on bytes);
 * the final XOR bit becomes an additive bit with a doubly shared random bit
   (one more round), and ReLU's product ``x * bit`` rides along: its Beaver
   opening ``x - a`` goes out with ``c`` in the first round.
@@ -282,16 +282,21 @@ def ltz_mul(
            Per bit ``g_i = ~c_i r_i``, ``p_i = ~c_i ^ r_i``; the first tree level
            ``(G, P) = (g_h ^ p_h g_l, p_h p_l)`` is local thanks to ``<r_h r_l>``;
            levels of stride 2, 4, 8, 16, 32 each take one round of bit-packed AND
-           gates ``P_h G_l`` and ``P_h P_l`` (Beaver ANDs; 3 masked words opened in
-           bit fields, packed into 1 or 2 ring elements).
-        4. Open ``e = msb(x) ^ s``: ``[z] = e + (1 - 2e)[s]`` and
+           gates ``P_h G_l`` and ``P_h P_l`` (one Beaver AND on two bit offsets;
+           the masked ``P_h`` and ``(G_l, P_l)`` are opened in bit fields). Strides
+           2 and 4 run on whole int64 words (G at bit ``2sm``, P next to it); after
+           them every byte holds one (G, P) pair and strides 8, 16, 32 pair
+           adjacent bytes, so their openings shrink to 4, 2 and 1 byte.
+        4. Open ``e = msb(x) ^ s`` (one byte): ``[z] = e + (1 - 2e)[s]`` and
            ``[x z] = e [x] + (1 - 2e)([a s] + d [s])``.
 
-    Cost: 7 rounds. Ring elements sent per element to each other party, for 2 or
-    3 parties: 1 (``c``) + 2 + 1 + 1 + 1 + 1 (tree) + 1 (``e``) = 8, plus 1 for
-    the product (``d``): 64 / 72 bytes. With 4 to 7 parties the first two tree
-    levels need 3 and 2 elements (11 / 12 elements).
-    Dealer: 7 (+1) random words from seeds and 8 (+1) correction words per element.
+    Cost: 7 rounds. Bytes sent per element to each other party, for 2 or 3
+    parties: 8 (``c``) + 16 + 8 (word levels) + 4 + 2 + 1 (byte levels) + 1 (``e``)
+    = 40, plus 8 for the product (``d``): 48. With 4 to 7 parties the word levels
+    need 24 + 16 bytes and the byte levels twice as much: 63 / 71 bytes. See
+    :func:`cost`.
+    Dealer: 5 (+1) random words from seeds and 6 (+1) correction words per element
+    (48 / 56 bytes of correction shares to the last party).
 
     Security: semi-honest, dealer not colluding with any party. ``c`` and ``d`` are
     uniform; every opened AND input is one-time padded by a triple mask; ``e``
@@ -319,8 +324,8 @@ def ltz_mul(
 def ltz(comm: Communicator, dealer: Dealer, x: torch.Tensor) -> torch.Tensor:
     """Additive shares of the ring bit ``[x < 0]`` (signed reading of ``x``).
 
-    See :func:`ltz_mul` for the protocol. Cost: 7 rounds, 8 ring elements per
-    element to each other party (2-3 parties); exact for every ``x``.
+    See :func:`ltz_mul` for the protocol. Cost: 7 rounds, 40 bytes per element to
+    each other party (2-3 parties); exact for every ``x``.
     """
     z, _ = ltz_mul(comm, dealer, x, mul=False)
     return z
@@ -330,8 +335,8 @@ def relu(comm: Communicator, dealer: Dealer, x: torch.Tensor) -> tuple[torch.Ten
     """Shares of ``max(x, 0)`` and of the ring bit ``[x >= 0]``.
 
     ``relu(x) = x - x [x < 0]`` with the product fused into :func:`ltz_mul`
-    (no truncation: the bit is an unscaled ring 0/1). Cost: 7 rounds, 9 ring
-    elements per element to each other party (2-3 parties).
+    (no truncation: the bit is an unscaled ring 0/1). Cost: 7 rounds, 48 bytes
+    per element to each other party (2-3 parties).
     """
     z, xz = ltz_mul(comm, dealer, x, mul=True)
     assert xz is not None

@@ -15,7 +15,7 @@ import fl
 @st.composite
 def labelled(draw: st.DrawFn) -> tuple[torch.Tensor, int]:
     n_classes = draw(st.integers(1, 6))
-    n = draw(st.integers(10, 200))
+    n = draw(st.integers(20, 200))
     seed = draw(st.integers(0, 1000))
     labels = torch.randint(n_classes, (n,), generator=torch.Generator().manual_seed(seed))
     return labels, draw(st.integers(1, 10))
@@ -41,10 +41,12 @@ def test_iid_sizes_are_balanced() -> None:
 
 def test_shards_gives_k_classes_per_client() -> None:
     labels = torch.arange(4000) // 400  # sorted, 10 balanced classes
-    for k in (1, 2, 3):
+    for k in (1, 2, 5):  # shards aligned with class boundaries: exactly k classes
         p = fl.partition(labels, 10, "shards", classes_per_client=k, seed=1)
         classes = (p.histogram() > 0).sum(dim=1)
         assert classes.tolist() == [k] * 10
+    p = fl.partition(labels, 10, "shards", classes_per_client=3, seed=1)  # straddling shards
+    assert int((p.histogram() > 0).sum(dim=1).max()) <= 6
 
 
 def test_dirichlet_skew_grows_as_alpha_falls() -> None:

@@ -267,12 +267,13 @@ def test_cost_relu_and_gt() -> None:
         before = sess.stats.snapshot()
         x.relu()
         d = sess.stats - before
-        assert d.rounds == 7 and d.bytes_per_party[0] == 72 * 1000
+        assert d.rounds == 7 and d.bytes_per_party[0] == 48 * 1000
         before = sess.stats.snapshot()
         _ = x > y
         d = sess.stats - before
-        assert d.rounds == 7 and d.bytes_per_party[0] == 64 * 1000
-        assert compare.cost(2) == (7, 8)
+        assert d.rounds == 7 and d.bytes_per_party[0] == 40 * 1000
+        assert compare.cost(2) == (7, 40)
+        assert compare.cost(2, mul=True) == (7, 48)
 
 
 def test_bad_inputs() -> None:

@@ -66,16 +66,17 @@ def test_cost_matches_table(n: int) -> None:
         compare.relu(sess.comm, sess.dealer, x)
         after = sess.stats.snapshot()
     d1, d2 = mid - before, after - mid
-    rounds, elems = compare.cost(n)
+    rounds, nbytes = compare.cost(n)
     assert d1.rounds == rounds == 7
     assert d1.by_op["ltz"].rounds == 7
-    assert d1.bytes_per_party[0] == elems * 8 * (n - 1) * size
-    rounds_m, elems_m = compare.cost(n, mul=True)
+    assert d1.bytes_per_party[0] == nbytes * (n - 1) * size
+    rounds_m, nbytes_m = compare.cost(n, mul=True)
     assert d2.rounds == rounds_m == 7
-    assert d2.bytes_per_party[0] == elems_m * 8 * (n - 1) * size
+    assert d2.bytes_per_party[0] == nbytes_m * (n - 1) * size
+    assert d1.bytes_per_party == [d1.bytes_per_party[0]] * n  # symmetric
     if n == 2:
-        assert d1.bytes_per_party[0] / size == 64
-        assert d2.bytes_per_party[0] / size == 72  # <= 100 bytes per element per party
+        assert d1.bytes_per_party[0] / size == 40
+        assert d2.bytes_per_party[0] / size == 48  # <= 100 bytes per element per party
 
 
 def test_open_fields_packs_and_xors() -> None:

@@ -1,0 +1,133 @@
+"""Every aggregator equals the plaintext reference (exactly / within fixed point)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fl
+from fl.aggregators import Stage
+from fl.types import ClientUpdate
+
+
+def _updates(n: int, dim: int, seed: int, scale: float = 1.0) -> list[ClientUpdate]:
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.randint(1, 100, (n,), generator=g).tolist()
+    return [
+        ClientUpdate(i, (torch.rand(dim, generator=g) * 2 - 1) * scale, counts[i]) for i in range(n)
+    ]
+
+
+def test_fedavg_equals_hand_computed_weighted_average() -> None:
+    ups = [
+        ClientUpdate(0, torch.tensor([1.0, 0.0]), 10),
+        ClientUpdate(1, torch.tensor([0.0, 2.0]), 30),
+        ClientUpdate(2, torch.tensor([4.0, -4.0]), 60),
+    ]
+    expected = torch.tensor([0.1 * 1 + 0.6 * 4, 0.3 * 2 - 0.6 * 4])
+    assert torch.allclose(fl.weighted_mean([u.delta for u in ups], [10, 30, 60]), expected)
+    assert fl.fedavg_weights(ups) == [0.1, 0.3, 0.6]
+    res = fl.PlainAggregator().aggregate(ups)
+    assert torch.allclose(res.mean, expected, atol=1e-6)
+    assert res.survivors == (0, 1, 2) and res.upload_bytes[0] == 8
+
+
+def _masking_oracle(ups: list[ClientUpdate], agg: fl.MaskingAggregator, survivors: list[int]) -> torch.Tensor:
+    """Plain sum of the *quantized* weighted updates of the survivors."""
+    weights = agg.weights({u.client_id: u.num_examples for u in ups})
+    q = agg.quantizer(len(ups))
+    total = np.zeros(ups[0].delta.numel(), dtype=np.uint32)
+    for u in ups:
+        if u.client_id in survivors:
+            total += q.quantize(u.delta * weights[u.client_id])
+    return q.dequantize(total) / sum(weights[c] for c in survivors)
+
+
+@settings(max_examples=8)
+@given(st.integers(1, 7), st.integers(1, 40), st.integers(0, 10_000))
+def test_masking_equals_plain_exactly_on_quantized_values(n: int, dim: int, seed: int) -> None:
+    ups = _updates(n, dim, seed)
+    agg = fl.MaskingAggregator(clip_range=1.0)
+    res = agg.aggregate(ups)
+    assert torch.equal(res.mean, _masking_oracle(ups, agg, list(range(n))))
+    plain = fl.PlainAggregator().aggregate(ups).mean
+    assert torch.allclose(res.mean, plain, atol=2 * n * agg.quantizer(n).resolution + 1e-6)
+
+
+@settings(max_examples=5)
+@given(st.integers(1, 6), st.integers(1, 30), st.integers(0, 10_000), st.sampled_from([2, 3]))
+def test_secret_sharing_equals_plain_within_fixed_point(n: int, dim: int, seed: int, parties: int) -> None:
+    ups = _updates(n, dim, seed)
+    agg = fl.SecretSharingAggregator(parties, frac_bits=16)
+    res = agg.aggregate(ups)
+    plain = fl.PlainAggregator().aggregate(ups).mean
+    assert (res.mean - plain).abs().max() <= agg.tolerance(n)
+    assert res.upload_bytes[0] == 8 * parties * dim
+
+
+@pytest.mark.parametrize("stage", list(Stage))
+def test_masking_survives_dropouts_at_every_stage(stage: Stage) -> None:
+    ups = _updates(7, 25, seed=1)
+    agg = fl.MaskingAggregator()
+    dropped = [1, 4, 6]  # leaves 4 = threshold (7 // 2 + 1)
+    res = agg.aggregate(ups, dropouts={stage: dropped})
+    # a client that drops while unmasking already sent its input: it stays in the sum
+    survivors = list(range(7)) if stage is Stage.UNMASK else [0, 2, 3, 5]
+    assert list(res.survivors) == survivors
+    assert torch.equal(res.mean, _masking_oracle(ups, agg, survivors))
+
+
+@pytest.mark.parametrize("stage", list(Stage))
+def test_masking_too_many_dropouts_is_a_clear_error(stage: Stage) -> None:
+    ups = _updates(7, 10, seed=2)
+    with pytest.raises(fl.InsufficientClientsError, match=stage.value) as info:
+        fl.MaskingAggregator().aggregate(ups, dropouts={stage: [0, 1, 2, 3]})
+    assert info.value.threshold == 4 and info.value.alive == 3
+
+
+def test_dropouts_in_several_stages_and_neighbour_graph() -> None:
+    ups = _updates(12, 30, seed=3)
+    agg = fl.MaskingAggregator(neighbours=6, threshold=3)
+    plan = {Stage.ADVERTISE_KEYS: [0], Stage.SHARE_KEYS: [5], Stage.INPUT: [7, 9], Stage.UNMASK: [11]}
+    res = agg.aggregate(ups, dropouts=plan)
+    survivors = [c for c in range(12) if c not in (0, 5, 7, 9)]
+    assert list(res.survivors) == survivors
+    assert torch.equal(res.mean, _masking_oracle(ups, agg, survivors))
+
+
+@pytest.mark.parametrize(
+    "make", [fl.PlainAggregator, lambda: fl.SecretSharingAggregator(2), fl.MaskingAggregator]
+)
+def test_plain_and_secret_sharing_drop_absent_clients(make: object) -> None:
+    ups = _updates(5, 8, seed=4)
+    agg = make()  # type: ignore[operator]
+    res = agg.aggregate(ups, dropouts={Stage.INPUT: [2]})
+    ref = fl.PlainAggregator().aggregate([u for u in ups if u.client_id != 2]).mean
+    assert res.survivors == (0, 1, 3, 4)
+    assert torch.allclose(res.mean, ref, atol=1e-4)
+
+
+def test_out_of_range_update_is_an_error_not_a_wrong_sum() -> None:
+    ups = _updates(3, 5, seed=5, scale=1.0)
+    big = ClientUpdate(3, torch.full((5,), 50.0), 1000)
+    with pytest.raises(fl.QuantizationRangeError, match="clip_range"):
+        fl.MaskingAggregator(clip_range=1.0).aggregate([*ups, big])
+    nan = ClientUpdate(3, torch.full((5,), float("nan")), 1)
+    with pytest.raises(fl.QuantizationRangeError):
+        fl.MaskingAggregator().aggregate([*ups, nan])
+
+
+def test_aggregate_input_errors() -> None:
+    with pytest.raises(fl.ConfigError):
+        fl.PlainAggregator().aggregate([])
+    with pytest.raises(fl.ConfigError, match="values"):
+        fl.PlainAggregator().aggregate(
+            [ClientUpdate(0, torch.zeros(3), 1), ClientUpdate(1, torch.zeros(4), 1)]
+        )
+    with pytest.raises(fl.ConfigError):
+        fl.MaskingAggregator(clip_range=-1)
+    with pytest.raises(fl.ConfigError):
+        fl.MaskingAggregator(threshold=9).aggregate(_updates(3, 2, 0))
