@@ -65,30 +65,42 @@ class Quantizer:
     @property
     def scale(self) -> float:
         """Ring units per unit of value."""
-        return ((_HALF - 1) / self.n_clients - 0.5) / self.clip_range
+        # 1 unit of slack per input for rounding, and 2^-20 relative for float32 products
+        return ((_HALF - 1) / self.n_clients - 1.0) / self.clip_range * (1.0 - 2.0**-20)
 
     @property
     def resolution(self) -> float:
-        """Value of one ring unit (the worst-case rounding error per input is half of it)."""
+        """Value of one ring unit."""
         return 1.0 / self.scale
 
-    def quantize(self, vector: torch.Tensor, *, name: str = "update") -> np.ndarray:
-        """Encode a float vector as ``uint32`` ring elements (two's complement).
+    def quantize(
+        self, vector: torch.Tensor, *, multiplier: float = 1.0, name: str = "update"
+    ) -> np.ndarray:
+        """Encode ``multiplier * vector`` as ``uint32`` ring elements (two's complement).
+
+        The product with the scale is taken in float32, so the rounding error of
+        a coordinate is at most ``max(1/2, |x| * scale * 2^-24)`` ring units, no
+        coarser than float32 itself. The range check is exact and happens
+        before anything is encoded.
 
         Raises:
-            QuantizationRangeError: A coordinate is NaN/inf or outside ``[-clip_range, clip_range]``.
+            QuantizationRangeError: A coordinate of ``multiplier * vector`` is NaN/inf
+                or outside ``[-clip_range, clip_range]``.
         """
-        v = vector.detach().reshape(-1).to(torch.float64)
+        factor = float(multiplier) * self.scale
+        v = torch.mul(vector.detach().reshape(-1).to(torch.float32), factor)
         if v.numel():
-            peak = float(v.abs().max())
-            if not math.isfinite(peak) or peak > self.clip_range:
+            lo, hi = torch.aminmax(v)
+            peak = max(-float(lo), float(hi))
+            limit = self.clip_range * self.scale
+            if not math.isfinite(peak) or peak > limit * (1.0 + 2.0**-22):
                 raise QuantizationRangeError(
                     f"{name}: every coordinate must lie in [-{self.clip_range}, {self.clip_range}] "
-                    f"(the quantizer's documented range); got max |x| = {peak}. Clip the update "
-                    "(e.g. `clip_norm=`) or raise `clip_range`"
+                    f"(the quantizer's documented range); got max |x| = {peak / self.scale:.6g}. "
+                    "Clip the update (e.g. DP `clip_norm`) or raise `clip_range`"
                 )
-        q = torch.round(v * self.scale).to(torch.int64)
-        return q.numpy().astype(np.uint32)  # wraps negatives to two's complement
+        q = v.round_().to(torch.int32)
+        return q.numpy().view(np.uint32)
 
     def dequantize(self, ring: np.ndarray) -> torch.Tensor:
         """Decode a sum of at most ``n_clients`` quantized vectors to float32."""

@@ -316,7 +316,9 @@ class MaskingClient:
         *,
         dp: DifferentialPrivacy | None = None,
         noise_generator: torch.Generator | None = None,
+        scratch: _MaskBuffer | None = None,
     ) -> None:
+        self.scratch = scratch
         self.client_id = client_id
         self.delta = delta
         self.dp = dp
@@ -421,11 +423,15 @@ class MaskingClient:
             st.held_s[u] = int.from_bytes(plain[shamir.SHARE_BYTES :], "big")
         st.u2 = tuple(delivery.u2)
         quantizer = Quantizer(setup.clip_range, len(setup.participants))
-        x = prepare_contribution(self.delta, setup.weight, self.dp)
-        if setup.noise_std > 0:
-            x = x + torch.normal(0.0, setup.noise_std, size=x.shape, generator=self.noise_generator)
-        y = quantizer.quantize(x, name=f"client {self.client_id}'s weighted update")
-        buf = _MaskBuffer(setup.dim)
+        name = f"client {self.client_id}'s weighted update"
+        if self.dp is None:
+            y = quantizer.quantize(self.delta, multiplier=setup.weight, name=name)
+        else:
+            x = prepare_contribution(self.delta, setup.weight, self.dp)
+            if setup.noise_std > 0:
+                x = x + torch.normal(0.0, setup.noise_std, size=x.shape, generator=self.noise_generator)
+            y = quantizer.quantize(x, name=name)
+        buf = self.scratch if self.scratch is not None and self.scratch.dim == setup.dim else _MaskBuffer(setup.dim)
         y += buf.expand(_self_key(st.b_seed, setup.round_id))
         live = set(delivery.u2)
         for v, (_, s_pk) in st.roster.items():
@@ -596,7 +602,7 @@ class MaskingServer:
         total = np.zeros(self.dim, dtype=np.uint32)
         for y in self.y.values():
             total += y
-        buf = _MaskBuffer(self.dim)
+        buf = self.agg._scratch if self.agg._scratch is not None and self.agg._scratch.dim == self.dim else _MaskBuffer(self.dim)
         for u in self.u3:
             seed = self._gather(u, replies, "b").to_bytes(32, "big")
             total -= buf.expand(_self_key(seed, self.round_id))
@@ -673,6 +679,7 @@ class MaskingAggregator(Aggregator):
         if neighbours is not None and neighbours < 1:
             raise ConfigError(f"`neighbours` must be >= 1 or None (all pairs); got {neighbours}")
         self.clip_range = float(clip_range)
+        self._scratch: _MaskBuffer | None = None
         self.threshold = threshold
         self.neighbours = neighbours
 
@@ -693,7 +700,10 @@ class MaskingAggregator(Aggregator):
             gen = torch.Generator()
             base = self.dp.seed if self.dp.seed is not None else int.from_bytes(os.urandom(8), "little")
             gen.manual_seed((base * 1_000_003 + client_id) % (1 << 63))
-        return MaskingClient(client_id, delta, dp=self.dp, noise_generator=gen)
+        dim = delta.numel()
+        if self._scratch is None or self._scratch.dim != dim:
+            self._scratch = _MaskBuffer(dim)  # simulation: clients of one process share scratch
+        return MaskingClient(client_id, delta, dp=self.dp, noise_generator=gen, scratch=self._scratch)
 
 
 def upload_bytes_per_parameter(result: AggregateResult, dim: int) -> float:

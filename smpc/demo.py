@@ -195,12 +195,12 @@ def train_encrypted(sess: smpc.Session, cfg: Config, data: Sequence[torch.Tensor
     show = cfg.progress and sess.rank in (None, 0)
     hist = History()
     compute = 0.0
-    before = sess.stats.snapshot()
     for epoch in range(cfg.epochs):
         batches = _batches(len(x), cfg.batch_size, epoch, cfg.seed)
         bar = _bar(batches, epoch, cfg, show)
         losses = []
         for step, idx in enumerate(bar):
+            before = sess.stats.snapshot()
             t0 = time.perf_counter()
             xb, yb = xs[idx], ys[idx]
             opt.zero_grad()
@@ -208,6 +208,10 @@ def train_encrypted(sess: smpc.Session, cfg: Config, data: Sequence[torch.Tensor
             loss.backward()
             opt.step()
             compute += time.perf_counter() - t0
+            used = sess.stats - before
+            hist.rounds += used.rounds
+            hist.bytes += max(used.bytes_per_party) if sess.simulated else used.bytes
+            hist.dealer_bytes += used.dealer_bytes
             hist.steps += 1
             if cfg.log_every and step % cfg.log_every == 0:
                 value = loss.reveal()
@@ -222,11 +226,7 @@ def train_encrypted(sess: smpc.Session, cfg: Config, data: Sequence[torch.Tensor
                 bar.write(  # type: ignore[attr-defined]
                     f"epoch {epoch + 1}: loss {hist.loss[-1]:.4f}  test acc {hist.accuracy[-1]:.4f}"
                 )
-    used = sess.stats - before
     hist.seconds = compute
-    hist.rounds = used.rounds
-    hist.bytes = max(used.bytes_per_party) if sess.simulated else used.bytes
-    hist.dealer_bytes = used.dealer_bytes
     hist.state_dict = {k: v.detach().clone() for k, v in enc.decrypt().state_dict().items()}
     return hist
 

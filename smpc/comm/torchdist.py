@@ -163,6 +163,23 @@ class Channel:
         name = self.names[rank] if rank < len(self.names) else f"rank {rank}"
         return f"{name!r} (rank {rank})"
 
+    def fail(self, peer: int, what: str, error: RuntimeError) -> PartyTimeoutError:
+        """Record a gloo failure talking to ``peer`` as a :class:`PartyTimeoutError`."""
+        text = str(error)
+        low = text.lower()
+        if "closed" in low or "reset" in low or "broken pipe" in low:
+            why = "closed the connection (the process died or exited)"
+        elif "timed out" in low or "timeout" in low:
+            why = f"did not answer within {self.timeout} s"
+        else:
+            why = "failed"
+        err = PartyTimeoutError(
+            f"{self.who(self.rank)}: peer {self.who(peer)} {why} during {what}: {text}"
+        )
+        if self.failed is None:
+            self.failed = err
+        return err
+
     def wait(
         self, work: object, peer: int, what: str, *, timeout: datetime.timedelta | None = None
     ) -> None:
@@ -170,23 +187,12 @@ class Channel:
         try:
             work.wait(timeout or self.wait_timeout)  # type: ignore[attr-defined]
         except RuntimeError as e:
-            text = str(e)
-            if "closed" in text.lower() or "reset" in text.lower() or "broken pipe" in text.lower():
-                why = "closed the connection (the process died or exited)"
-            elif "timed out" in text.lower() or "timeout" in text.lower():
-                why = f"did not answer within {self.timeout} s"
-            else:
-                why = "failed"
-            err = PartyTimeoutError(
-                f"{self.who(self.rank)}: peer {self.who(peer)} {why} during {what}: {text}"
-            )
-            self.failed = err
-            raise err from e
+            raise self.fail(peer, what, e) from e
 
     def check(self) -> None:
-        """Raise if an earlier wait failed (the group's state is then unusable)."""
+        """Raise if an earlier step failed (the message stream is then unusable)."""
         if self.failed is not None:
-            raise PartyTimeoutError(f"the runtime failed earlier: {self.failed}")
+            raise type(self.failed)(f"the runtime failed earlier: {self.failed}")
 
     def send(
         self, dst: int, seq: int, kind: MessageKind, payload: torch.Tensor | None, aux: int = 0
@@ -197,16 +203,22 @@ class Channel:
         """
         nbytes = 0 if payload is None else payload.numel() * payload.element_size()
         header = torch.tensor([seq, int(kind), nbytes, aux], dtype=torch.int64)
-        works: list[object] = [self.pg.send([header], dst, TAG_HEADER), header]
-        if nbytes:
-            assert payload is not None and payload.is_contiguous()
-            works += [self.pg.send([payload], dst, TAG_PAYLOAD), payload]
+        try:
+            works: list[object] = [self.pg.send([header], dst, TAG_HEADER), header]
+            if nbytes:
+                assert payload is not None and payload.is_contiguous()
+                works += [self.pg.send([payload], dst, TAG_PAYLOAD), payload]
+        except RuntimeError as e:
+            raise self.fail(dst, f"sending message #{seq} ({kind.name})", e) from e
         return works
 
     def post_header(self, src: int) -> tuple[object, torch.Tensor]:
         """Post the receive of ``src``'s next header."""
         header = torch.empty(HEADER_NUMEL, dtype=torch.int64)
-        return self.pg.recv([header], src, TAG_HEADER), header
+        try:
+            return self.pg.recv([header], src, TAG_HEADER), header
+        except RuntimeError as e:
+            raise self.fail(src, "posting a receive", e) from e
 
     def check_header(
         self,
@@ -225,21 +237,26 @@ class Channel:
             except ValueError:
                 got = f"kind {got_kind}"
             closing = " (it closed its session)" if got_kind == MessageKind.CLOSE else ""
-            raise ProtocolDesyncError(
+            self.failed = err = ProtocolDesyncError(
                 f"{self.who(self.rank)} expected message #{seq} ({kind.name}, {what}) from "
                 f"{self.who(src)}, got #{got_seq} ({got}){closing}: the parties run "
                 "different programs or different op orders"
             )
+            raise err
         if nbytes is not None and got_nbytes != nbytes:
-            raise ProtocolDesyncError(
+            self.failed = err = ProtocolDesyncError(
                 f"{self.who(self.rank)} expected {nbytes} payload bytes in message #{seq} "
                 f"({what}) from {self.who(src)}, got {got_nbytes}: the parties' shapes differ"
             )
+            raise err
         return got_nbytes, aux
 
     def post_payload(self, src: int, buf: torch.Tensor) -> object:
         """Post the receive of ``src``'s payload into ``buf`` (exactly the announced size)."""
-        return self.pg.recv([buf], src, TAG_PAYLOAD)
+        try:
+            return self.pg.recv([buf], src, TAG_PAYLOAD)
+        except RuntimeError as e:
+            raise self.fail(src, "posting a receive", e) from e
 
     def recv(
         self,
@@ -298,6 +315,8 @@ class TorchDistCommunicator:
         names: party names for error messages (default ``party0, party1, ...``).
         prefix: key prefix in the store.
         host_store: whether this process hosts the TCP store (default: rank 0 does).
+        join_timeout: seconds to wait for every rank to join (default ``max(timeout, 60)``:
+            processes may start seconds apart).
         pg: an already joined process group (``store`` etc. are then ignored).
 
     Example:
@@ -319,6 +338,7 @@ class TorchDistCommunicator:
         names: Sequence[str] | None = None,
         prefix: str = "smpc",
         host_store: bool | None = None,
+        join_timeout: float | None = None,
         pg: ProcessGroupGloo | None = None,
     ) -> None:
         if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 2:
@@ -344,7 +364,7 @@ class TorchDistCommunicator:
                 store=store,
                 master_addr=master_addr,
                 master_port=master_port,
-                timeout=timeout,
+                timeout=max(timeout, 60.0) if join_timeout is None else join_timeout,
                 prefix=prefix,
                 host_store=host_store,
             )

@@ -289,7 +289,7 @@ class TrustedDealer:
                 store=store,  # type: ignore[arg-type]
                 master_addr=master_addr,
                 master_port=master_port,
-                timeout=timeout,
+                timeout=max(timeout, 60.0),
                 prefix=prefix,
                 host_store=host_store,
             )

@@ -71,6 +71,7 @@ def _positions(step: int) -> int:
 
 
 _OUT = {s: _positions(2 * s) for s in LEVELS}  # output positions of level s
+_BYTE_BIT0 = _positions(8)
 
 
 def _and_mask_material(m: torch.Tensor, pos: int) -> torch.Tensor:
@@ -128,8 +129,8 @@ class LtzMaterial:
         for s in WORD_LEVELS:
             out[f"t{s}"] = _and_mask_material(values[f"m{s}"], _OUT[s])
         if _BYTE_OFFSETS:
-            mb = values["mb"].contiguous().view(torch.uint8)
-            out["tb"] = _and_mask_material(mb, 1).view(torch.int64)
+            # bit 0 of each byte masks P_hi, bits 1-2 mask (G_lo, P_lo); int64 ops are faster.
+            out["tb"] = _and_mask_material(values["mb"], _BYTE_BIT0)
         bit = values["s_xor"] & 1
         out["s"] = bit
         if self.mul:

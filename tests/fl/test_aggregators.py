@@ -42,7 +42,7 @@ def _masking_oracle(ups: list[ClientUpdate], agg: fl.MaskingAggregator, survivor
     total = np.zeros(ups[0].delta.numel(), dtype=np.uint32)
     for u in ups:
         if u.client_id in survivors:
-            total += q.quantize(u.delta * weights[u.client_id])
+            total += q.quantize(u.delta, multiplier=weights[u.client_id])
     return q.dequantize(total) / sum(weights[c] for c in survivors)
 
 

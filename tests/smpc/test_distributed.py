@@ -17,8 +17,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,145 +28,23 @@ from hypothesis import strategies as st
 import smpc
 from smpc import ring
 from smpc.comm.stats import Stats
-from smpc.dealer.base import MulTriple
-from smpc.errors import PartyTimeoutError, ProtocolDesyncError
+from smpc.errors import ProtocolDesyncError
 from smpc.launch import PartyExitError, run
-from smpc.protocols import beaver, truncation
-from smpc.sharing import additive_shares
+from tests.smpc.comm.dist_programs import (
+    FRAC,
+    Case,
+    desync_op_program,
+    desync_shape_program,
+    dies_program,
+    object_program,
+    protocol_program,
+    raises_program,
+    seeded_program,
+    stalls_program,
+    tensor_program,
+)
 
 pytestmark = pytest.mark.distributed
-
-FRAC = 16
-
-
-# ----------------------------------------------------------------- programs
-def _share(sess: smpc.Session, plain: torch.Tensor | None, src: int) -> torch.Tensor:
-    """Raw shares of int64 ``plain`` owned by ``src``, in this runtime's layout."""
-    comm = sess.comm
-    if comm.rank is None or comm.rank == src:
-        assert plain is not None
-        stacked = additive_shares(plain, comm.world_size, sess.prg)
-        return comm.share_from(stacked, src, tuple(plain.shape), "input")
-    return comm.share_from(None, src, None, "input")
-
-
-def _open(sess: smpc.Session, share: torch.Tensor) -> torch.Tensor:
-    (out,) = sess.comm.open([share], "check")
-    return out
-
-
-@dataclass(frozen=True)
-class Case:
-    """Ring inputs of one protocol check (drawn in the main process)."""
-
-    x: torch.Tensor  # fixed-point encoded, |x| < 2^31
-    y: torch.Tensor  # same shape as x (or broadcastable, same ndim)
-    a: torch.Tensor  # (..., m, k)
-    b: torch.Tensor  # (..., k, p)
-
-
-def protocol_program(sess: smpc.Session, case: Case) -> dict[str, Any]:
-    """Share, open, reveal to one party, mul, matmul, truncation; runtime-agnostic."""
-    comm, dealer = sess.comm, sess.dealer
-    last = comm.world_size - 1
-    x = _share(sess, case.x if comm.rank in (None, 0) else None, 0)
-    y = _share(sess, case.y if comm.rank in (None, last) else None, last)
-    a = _share(sess, case.a if comm.rank in (None, 0) else None, 0)
-    b = _share(sess, case.b if comm.rank in (None, 1) else None, 1)
-    out: dict[str, Any] = {"x": _open(sess, x)}
-    before = sess.stats.snapshot()
-    out["reveal_to"] = comm.reveal_to(y, last, "reveal_to")
-    out["reveal_to_stats"] = sess.stats - before
-    xy = beaver.mul(comm, dealer, x, y)
-    out["mul"] = _open(sess, xy)
-    out["trunc"] = _open(sess, truncation.trunc(comm, dealer, xy, FRAC))
-    out["matmul"] = _open(sess, beaver.matmul(comm, dealer, a, b))
-    out["square"] = _open(sess, beaver.square(comm, dealer, x))
-    out["stats"] = sess.stats.snapshot()
-    dealer_bytes = getattr(dealer, "received_bytes", None)
-    out["dealer_received"] = dealer_bytes
-    return out
-
-
-def tensor_program(sess: smpc.Session, xp: torch.Tensor, wp: torch.Tensor) -> dict[str, Any]:
-    """The SharedTensor API: the same code as a simulated session."""
-    last = sess.world_size - 1
-    x = sess.share(xp if sess.rank in (None, 0) else None, src=0)
-    w = sess.share(wp if sess.rank in (None, last) else None, src=last)
-    return {
-        "mul": (x * x + 3).reveal(),
-        "matmul": (x @ w).reveal(),
-        "to_last": (x - 1).reveal(to=last),
-        "stats": sess.stats.snapshot(),
-    }
-
-
-def dies_program(sess: smpc.Session) -> tuple[str, float]:
-    """Party 1 dies after one opening; the others time how long until they raise."""
-    share = torch.zeros(4, dtype=torch.int64)
-    sess.comm.open([share], "warmup")
-    if sess.rank == 1:
-        os._exit(3)
-    start = time.monotonic()
-    try:
-        for _ in range(3):
-            sess.comm.open([share], "after")
-    except PartyTimeoutError:
-        return "timeout", time.monotonic() - start
-    return "no error", time.monotonic() - start
-
-
-def stalls_program(sess: smpc.Session, stall: float) -> tuple[str, float]:
-    """Party 1 stops answering for ``stall`` seconds (alive, connection open)."""
-    share = torch.zeros(4, dtype=torch.int64)
-    sess.comm.open([share], "warmup")
-    if sess.rank == 1:
-        time.sleep(stall)
-        return "stalled", stall
-    start = time.monotonic()
-    try:
-        sess.comm.open([share], "after")
-    except PartyTimeoutError:
-        return "timeout", time.monotonic() - start
-    return "no error", time.monotonic() - start
-
-
-def desync_shape_program(sess: smpc.Session) -> None:
-    """Parties open tensors of different shapes."""
-    assert sess.rank is not None
-    sess.comm.open([torch.zeros(3 + sess.rank, dtype=torch.int64)], "mismatch")
-
-
-def desync_op_program(sess: smpc.Session) -> None:
-    """Party 0 waits at a barrier while the others open."""
-    if sess.rank == 0:
-        sess.comm.barrier()
-    else:
-        sess.comm.open([torch.zeros(3, dtype=torch.int64)], "open")
-
-
-def raises_program(sess: smpc.Session) -> int:
-    """The last party raises; the others are blocked in an opening."""
-    if sess.rank == sess.world_size - 1:
-        raise ValueError("boom in the last party")
-    sess.comm.open([torch.zeros(2, dtype=torch.int64)], "blocked")
-    return 0
-
-
-def seeded_program(sess: smpc.Session) -> torch.Tensor:
-    """A masked opening: reproducible under the testing seed only."""
-    comm, dealer = sess.comm, sess.dealer
-    x = _share(sess, torch.arange(5) if comm.rank == 0 else None, 0)
-    t = dealer.request(MulTriple((5,), (5,)))
-    return _open(sess, x - t["a"])
-
-
-def object_program(sess: smpc.Session) -> object:
-    """broadcast_object and barrier."""
-    obj = {"rank": sess.rank, "data": [1, 2, 3]} if sess.rank == 1 else None
-    got = sess.comm.broadcast_object(obj, 1, "meta")
-    sess.comm.barrier()
-    return got
 
 
 # ----------------------------------------------------------------- helpers
@@ -187,7 +63,8 @@ def cases(draw: st.DrawFn) -> Case:
     def ints(sh: tuple[int, ...]) -> torch.Tensor:
         return torch.randint(-bound, bound, sh, generator=g, dtype=torch.int64)
 
-    bbatch = batch[-1:] if batch and draw(st.booleans()) else batch
+    # broadcast batch dims keep the same ndim (the simulation's party axis needs it)
+    bbatch = tuple(d if draw(st.booleans()) else 1 for d in batch)
     return Case(ints(shape), ints(yshape), ints((*batch, m, k)), ints((*bbatch, k, p)))
 
 
@@ -361,7 +238,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.slow
+@pytest.mark.timeout(120)
 def test_cli_with_torch_distributed_env(tmp_path: Path) -> None:
     # Prepare: the documented multi-machine commands, on loopback
     script = tmp_path / "prog.py"
@@ -387,7 +265,7 @@ def test_cli_with_torch_distributed_env(tmp_path: Path) -> None:
         for rank in range(3)
     ]
     try:
-        outs = [p.communicate(timeout=80) for p in procs]
+        outs = [p.communicate(timeout=110) for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:

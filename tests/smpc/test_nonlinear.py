@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import smpc
@@ -309,3 +311,56 @@ def test_bad_inputs() -> None:
         with smpc.Session(parties=2, seed=2) as other:
             with pytest.raises(smpc.SessionMismatchError):
                 _ = x < other.share(torch.randn(2, 3))
+
+
+# ----------------------------------------------------------------- distributed runtime
+def _dist_program(sess: smpc.Session, x_plain: torch.Tensor, y_plain: torch.Tensor) -> dict:
+    """Runs in every party process (and in simulation, for comparison)."""
+    me = sess.rank
+    x = sess.share(x_plain if me in (None, 0) else None, src=0)
+    y = sess.share(y_plain if me in (None, 1) else None, src=1)
+    before = sess.stats.snapshot()
+    r = x.relu()
+    d = sess.stats - before
+    out = {
+        "relu": r.reveal(),
+        "relu_cost": (d.rounds, d.bytes_per_party[me or 0]),
+        "gt": (x > y).reveal(),
+        "eq": (x == y).reveal(),
+        "sign": nl.sign(x).reveal(),
+        "max": nl.max(x, 1).values.reveal(),
+        "argmax": nl.argmax(x, 1).reveal(),
+        "pool": nl.max_pool2d(x.reshape(1, 1, 4, 6), 2).reveal(),
+        "softmax": nl.softmax(x, 1).reveal(),
+        "log_softmax": nl.log_softmax(x, 1).reveal(),
+        "exp": nl.exp(nl.min(x, 1, keepdim=True).values).reveal(),
+        "reciprocal": nl.reciprocal(nl.abs(x) + 1.0).reveal(),
+    }
+    return out
+
+
+@pytest.mark.distributed
+@given(n=st.integers(2, 3), seed=st.integers(0, 2**31))
+@settings(max_examples=2, deadline=None)
+def test_distributed_matches_torch_and_simulation(n: int, seed: int) -> None:
+    from smpc.launch import run
+
+    x = _grid((4, 6), seed, 8).float()
+    y = _grid((4, 6), seed + 1, 8).float()
+    y[0, 0] = x[0, 0]
+    results = run(functools.partial(_dist_program, x_plain=x, y_plain=y), parties=n, seed=seed)
+    with smpc.Session(parties=n, seed=seed) as sess:
+        sim = _dist_program(sess, x, y)
+    for res in results:
+        assert torch.equal(res["relu"], x.relu())
+        assert torch.equal(res["gt"], (x > y).float())
+        assert torch.equal(res["eq"], (x == y).float())
+        assert torch.equal(res["sign"], x.sign())
+        assert torch.equal(res["max"], x.max(1).values)
+        assert torch.equal(res["argmax"], F.one_hot(x.argmax(1), 6).float())
+        assert torch.equal(res["pool"], F.max_pool2d(x.reshape(1, 1, 4, 6), 2))
+        assert torch.allclose(res["softmax"], x.softmax(1), atol=5e-3)
+        assert torch.allclose(res["log_softmax"], x.log_softmax(1), atol=2e-2)
+        assert torch.allclose(res["exp"], x.min(1, keepdim=True).values.exp(), atol=2e-3, rtol=3e-3)
+        assert torch.allclose(res["reciprocal"], 1 / (x.abs() + 1), atol=2e-3)
+        assert res["relu_cost"] == sim["relu_cost"] == (7, compare.cost(n, mul=True)[1] * (n - 1) * 24)

