@@ -29,7 +29,12 @@ from smpc.data import load_mnist
 def mlp() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10)
+        nn.Flatten(),
+        nn.Linear(784, 128),
+        nn.ReLU(),
+        nn.Linear(128, 64),
+        nn.ReLU(),
+        nn.Linear(64, 10),
     )
 
 
@@ -44,7 +49,11 @@ def f1(rounds: int) -> None:
         ("plain/iid", iid, fl.PlainAggregator()),
         ("masking/iid", iid, fl.MaskingAggregator()),
         ("secret-sharing/iid", iid, fl.SecretSharingAggregator(2)),
-        ("plain+dp(z=0.3,C=2)/iid", iid, fl.PlainAggregator(dp=fl.DifferentialPrivacy(clip_norm=2.0, noise_multiplier=0.3))),
+        (
+            "plain+dp(z=0.3,C=2)/iid",
+            iid,
+            fl.PlainAggregator(dp=fl.DifferentialPrivacy(clip_norm=2.0, noise_multiplier=0.3)),
+        ),
         ("plain/shards", shards, fl.PlainAggregator()),
         ("masking/shards", shards, fl.MaskingAggregator()),
     ]
@@ -52,13 +61,21 @@ def f1(rounds: int) -> None:
     times: dict[str, float] = {}
     for name, clients, agg in runs:
         t = time.perf_counter()
-        h = fl.run_simulation(mlp(), clients, num_rounds=rounds, strategy=strategy, aggregator=agg, test_data=(xt, yt))
+        h = fl.run_simulation(
+            mlp(), clients, num_rounds=rounds, strategy=strategy, aggregator=agg, test_data=(xt, yt)
+        )
         times[name] = time.perf_counter() - t
         accs = " ".join(f"{a:.3f}" for a in h.accuracy)
         eps = f"  eps={h.epsilon[-1]:.2f}" if h.epsilon[-1] == h.epsilon[-1] else ""
-        print(f"  {name:26s} {times[name]:6.2f} s  final acc {h.accuracy[-1]:.4f}{eps}\n      per round: {accs}")
+        print(
+            f"  {name:26s} {times[name]:6.2f} s  final acc {h.accuracy[-1]:.4f}{eps}\n"
+            f"      per round: {accs}"
+        )
     print(f"  masking / plain time ratio (iid): {times['masking/iid'] / times['plain/iid']:.2f}")
-    print(f"  secret-sharing / plain time ratio (iid): {times['secret-sharing/iid'] / times['plain/iid']:.2f}")
+    print(
+        "  secret-sharing / plain time ratio (iid): "
+        f"{times['secret-sharing/iid'] / times['plain/iid']:.2f}"
+    )
 
 
 def f3(sizes: list[int], dim: int) -> None:
@@ -78,7 +95,10 @@ def f3(sizes: list[int], dim: int) -> None:
                 sec = time.perf_counter() - t
                 per_param = sum(res.upload_bytes.values()) / len(res.upload_bytes) / dim
                 graph = "all pairs" if k is None else f"{k} neighbours"
-                print(f"  {n:7d}  {graph:13s}  {rate:6.0%}  {sec:7.2f}  {per_param:18.4f}  {len(res.survivors)}")
+                print(
+                    f"  {n:7d}  {graph:13s}  {rate:6.0%}  {sec:7.2f}  {per_param:18.4f}  "
+                    f"{len(res.survivors)}"
+                )
                 del res
 
 

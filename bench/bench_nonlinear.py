@@ -1,5 +1,4 @@
-"""Comparison benchmark (issue 3): W3 ReLU on 1,000,000 elements, ``>`` on 100,000,
-softmax over [64 x 10].
+"""Comparison benchmark (issue 3): W3 ReLU 1e6, ``>`` on 1e5, softmax over [64 x 10].
 
 Prints median seconds (dealer material included: the in-process provider runs
 inside the timed call), rounds, bytes sent per element per party, provider
@@ -75,7 +74,8 @@ def run_simulation(repeat: int) -> None:
         numel = plains[0].numel()
         print(
             f"{name:16s} {secs:8.4f} s  rounds={d.rounds:3d}  bytes/elem/party="
-            f"{d.bytes_per_party[0] / numel:7.1f}  provider bytes/elem={d.dealer_bytes / numel:7.1f}  "
+            f"{d.bytes_per_party[0] / numel:7.1f}  "
+            f"provider bytes/elem={d.dealer_bytes / numel:7.1f}  "
             f"plain={plain * 1e3:8.3f} ms  ratio={secs / plain:9.0f}x"
         )
 
@@ -113,7 +113,8 @@ def run_distributed(repeat: int) -> None:
         secs, rounds, nbytes = results[0][name]
         numel = plains[0].numel()
         print(
-            f"{name:16s} {secs:8.4f} s  rounds={rounds:3d}  bytes/elem/party={nbytes / numel:7.1f}  "
+            f"{name:16s} {secs:8.4f} s  rounds={rounds:3d}  "
+            f"bytes/elem/party={nbytes / numel:7.1f}  "
             f"plain={plain * 1e3:8.3f} ms  ratio={secs / plain:9.0f}x"
         )
 

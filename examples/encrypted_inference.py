@@ -53,7 +53,9 @@ def run(kind: str, args: argparse.Namespace) -> dict[str, float]:
     model = train_plain(kind, args.epochs, args.train_size)
     xt, yt = load_mnist("test")
     if args.test_size < len(xt):  # a fixed random subset: the file is sorted by label
-        keep = torch.randperm(len(xt), generator=torch.Generator().manual_seed(4321))[: args.test_size]
+        keep = torch.randperm(len(xt), generator=torch.Generator().manual_seed(4321))[
+            : args.test_size
+        ]
         xt, yt = xt[keep], yt[keep]
     if kind == "mlp":
         model = model[1:]  # the data owner sends flattened images
@@ -65,7 +67,9 @@ def run(kind: str, args: argparse.Namespace) -> dict[str, float]:
         enc = snn.encrypt(model, sess, src="alice")
         before = sess.stats.snapshot()
         t0 = time.perf_counter()
-        pred = encrypted_predict(sess, enc, xt, n=len(xt), batch_size=args.batch_size, data_owner="bob")
+        pred = encrypted_predict(
+            sess, enc, xt, n=len(xt), batch_size=args.batch_size, data_owner="bob"
+        )
         seconds = time.perf_counter() - t0
         used = sess.stats - before
     assert pred is not None
@@ -96,7 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--model", choices=("mlp", "cnn", "both"), default="both")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--test-size", type=int, default=1000)
-    p.add_argument("--train-size", type=int, default=4000, help="model owner's plaintext training set")
+    p.add_argument(
+        "--train-size", type=int, default=4000, help="model owner's plaintext training set"
+    )
     p.add_argument("--epochs", type=int, default=5, help="model owner's plaintext training epochs")
     p.add_argument("--parties", type=int, choices=(2, 3), default=2)
     args = p.parse_args(argv)

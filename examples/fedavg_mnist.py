@@ -20,21 +20,31 @@ from smpc.data import load_mnist
 
 
 def mlp() -> nn.Module:
+    """The MLP 784-128-64-10 (seeded)."""
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10)
+        nn.Flatten(),
+        nn.Linear(784, 128),
+        nn.ReLU(),
+        nn.Linear(128, 64),
+        nn.ReLU(),
+        nn.Linear(64, 10),
     )
 
 
 def main(argv: list[str] | None = None) -> dict[str, fl.History]:
+    """Run every split x aggregator; return the histories by label."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--clients", type=int, default=10)
     ap.add_argument("--out", default="fedavg_mnist.png")
+    ap.add_argument("--subsample", type=int, default=1, help="keep every k-th image (smoke tests)")
     args = ap.parse_args(argv)
 
     x, y = load_mnist("train")
-    test = load_mnist("test")
+    x_test, y_test = load_mnist("test")
+    x, y = x[:: args.subsample], y[:: args.subsample]
+    test = (x_test[:: args.subsample], y_test[:: args.subsample])
     strategy = fl.FedAvg(epochs=1, batch_size=32, lr=0.05)
     splits = {
         "iid": fl.partition(y, args.clients, "iid", seed=0),
@@ -54,7 +64,12 @@ def main(argv: list[str] | None = None) -> dict[str, fl.History]:
         for agg_name, make in aggregators.items():
             label = f"{split_name}/{agg_name}"
             histories[label] = fl.run_simulation(
-                mlp(), clients, num_rounds=args.rounds, strategy=strategy, aggregator=make(), test_data=test
+                mlp(),
+                clients,
+                num_rounds=args.rounds,
+                strategy=strategy,
+                aggregator=make(),
+                test_data=test,
             )
     names = list(histories)
     print("round " + " ".join(f"{n:>22s}" for n in names))

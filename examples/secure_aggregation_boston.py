@@ -22,15 +22,20 @@ from smpc.data import load_boston
 
 
 def mlp() -> nn.Module:
+    """The regression MLP 13-32-24-1 (seeded)."""
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(13, 32), nn.ReLU(), nn.Linear(32, 24), nn.ReLU(), nn.Linear(24, 1))
+    return nn.Sequential(
+        nn.Linear(13, 32), nn.ReLU(), nn.Linear(32, 24), nn.ReLU(), nn.Linear(24, 1)
+    )
 
 
 def mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error on flattened outputs."""
     return nn.functional.mse_loss(out.reshape(-1), target.reshape(-1))
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
+    """Train with secret sharing and with plain averaging; return test losses."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=30)
     args = ap.parse_args(argv)
@@ -54,17 +59,28 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     }.items():
         model = mlp()
         history = fl.run_simulation(
-            model, [alice, bob], num_rounds=args.rounds, strategy=strategy, aggregator=agg,
-            test_data=(x[test], y[test]), loss_fn=mse,
+            model,
+            [alice, bob],
+            num_rounds=args.rounds,
+            strategy=strategy,
+            aggregator=agg,
+            test_data=(x[test], y[test]),
+            loss_fn=mse,
         )
         models[name] = model
         results[name] = history.loss[-1]
         rmse = (history.loss[-1] ** 0.5) * 10
-        print(f"{name:15s} test MSE {history.loss[-1]:.4f} (RMSE ${rmse:.2f}k) after {args.rounds} rounds")
+        print(
+            f"{name:15s} test MSE {history.loss[-1]:.4f} (RMSE ${rmse:.2f}k) "
+            f"after {args.rounds} rounds"
+        )
     a = torch.nn.utils.parameters_to_vector(models["secret sharing"].parameters()).detach()
     b = torch.nn.utils.parameters_to_vector(models["plain"].parameters()).detach()
     results["max_weight_difference"] = float((a - b).abs().max())
-    print(f"largest weight difference, secret sharing vs plain: {results['max_weight_difference']:.2e}")
+    print(
+        "largest weight difference, secret sharing vs plain: "
+        f"{results['max_weight_difference']:.2e}"
+    )
     return results
 
 

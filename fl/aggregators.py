@@ -167,9 +167,13 @@ class Aggregator(ABC):
 
     def __init__(self, *, dp: DifferentialPrivacy | None = None) -> None:
         if dp is not None and not isinstance(dp, DifferentialPrivacy):
-            raise ConfigError(f"`dp` must be a DifferentialPrivacy or None; got {type(dp).__name__}")
+            raise ConfigError(
+                f"`dp` must be a DifferentialPrivacy or None; got {type(dp).__name__}"
+            )
         self.dp = dp
-        self.noise_multiplier: float = 0.0 if dp is None or dp.noise_multiplier is None else dp.noise_multiplier
+        self.noise_multiplier: float = (
+            0.0 if dp is None or dp.noise_multiplier is None else dp.noise_multiplier
+        )
         self.sampling_rate: float = 1.0
         self.accountant = RdpAccountant()
         self._noise_generator: torch.Generator | None = None
@@ -181,7 +185,9 @@ class Aggregator(ABC):
             raise ConfigError(f"`sampling_rate` must be in (0, 1]; got {sampling_rate}")
         self.sampling_rate = sampling_rate
         if self.dp is not None:
-            self.noise_multiplier = self.dp.resolve(num_rounds=num_rounds, sampling_rate=sampling_rate)
+            self.noise_multiplier = self.dp.resolve(
+                num_rounds=num_rounds, sampling_rate=sampling_rate
+            )
 
     @property
     def epsilon(self) -> float:
@@ -215,7 +221,12 @@ class Aggregator(ABC):
         return {cid: n / total for cid, n in num_examples.items()}
 
     def finalize(
-        self, total: torch.Tensor, survivors: Collection[int], weights: Mapping[int, float], *, noised: bool
+        self,
+        total: torch.Tensor,
+        survivors: Collection[int],
+        weights: Mapping[int, float],
+        *,
+        noised: bool,
     ) -> tuple[torch.Tensor, float]:
         """Server side: turn the survivors' weighted sum into the mean (+ central DP noise)."""
         if self.dp is not None:
@@ -239,7 +250,9 @@ class Aggregator(ABC):
             "accountant": self.accountant.state_dict(),
             "noise_multiplier": self.noise_multiplier,
             "sampling_rate": self.sampling_rate,
-            "noise_generator": None if self._noise_generator is None else self._noise_generator.get_state(),
+            "noise_generator": None
+            if self._noise_generator is None
+            else self._noise_generator.get_state(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -266,7 +279,7 @@ class Aggregator(ABC):
         updates: Sequence[ClientUpdate],
         *,
         round_index: int = 0,
-        dropouts: Mapping[Stage | str, Collection[int]] | None = None,
+        dropouts: Mapping[Stage, Collection[int]] | Mapping[str, Collection[int]] | None = None,
     ) -> AggregateResult:
         """Run one aggregation round in process.
 
@@ -319,12 +332,17 @@ class Aggregator(ABC):
 
 # ------------------------------------------------------------------ plain
 class _PlainServer:
-    def __init__(self, agg: Aggregator, weights: Mapping[int, float], dim: int, channel: Any = None):
+    def __init__(
+        self, agg: Aggregator, weights: Mapping[int, float], dim: int, channel: Any = None
+    ):
         self.agg, self.weights, self.dim, self.channel = agg, dict(weights), dim, channel
         self._result: AggregateResult | None = None
 
     def first(self) -> dict[int, Any]:
-        return {cid: InputRequest(weight=w, dim=self.dim, channel=self.channel) for cid, w in self.weights.items()}
+        return {
+            cid: InputRequest(weight=w, dim=self.dim, channel=self.channel)
+            for cid, w in self.weights.items()
+        }
 
     def _sum(self, replies: Mapping[int, Any]) -> torch.Tensor:
         total = torch.zeros(self.dim, dtype=torch.float64)
@@ -362,8 +380,12 @@ class _PlainClient:
 
     def respond(self, message: Any) -> PlainInput:
         if not isinstance(message, InputRequest):
-            raise ProtocolError(f"client {self.client_id}: unexpected message {type(message).__name__}")
-        return PlainInput(self.client_id, prepare_contribution(self.delta, message.weight, self.agg.dp))
+            raise ProtocolError(
+                f"client {self.client_id}: unexpected message {type(message).__name__}"
+            )
+        return PlainInput(
+            self.client_id, prepare_contribution(self.delta, message.weight, self.agg.dp)
+        )
 
 
 class PlainAggregator(Aggregator):
@@ -389,7 +411,9 @@ class PlainAggregator(Aggregator):
 
 # ---------------------------------------------------------- secret sharing
 class _SecretSharingServer(_PlainServer):
-    def __init__(self, agg: SecretSharingAggregator, weights: Mapping[int, float], dim: int) -> None:
+    def __init__(
+        self, agg: SecretSharingAggregator, weights: Mapping[int, float], dim: int
+    ) -> None:
         import smpc
 
         self._stack = contextlib.ExitStack()
@@ -409,13 +433,16 @@ class _SecretSharingServer(_PlainServer):
         acc = shared[0]
         for s in shared[1:]:
             acc = acc + s
-        return acc.reveal().to(torch.float32).reshape(-1)
+        revealed: torch.Tensor = acc.reveal()
+        return revealed.to(torch.float32).reshape(-1)
 
 
 class _SecretSharingClient(_PlainClient):
     def respond(self, message: Any) -> SharedInput:  # type: ignore[override]
         if not isinstance(message, InputRequest) or message.channel is None:
-            raise ProtocolError(f"client {self.client_id}: unexpected message {type(message).__name__}")
+            raise ProtocolError(
+                f"client {self.client_id}: unexpected message {type(message).__name__}"
+            )
         x = prepare_contribution(self.delta, message.weight, self.agg.dp)
         assert isinstance(self.agg, SecretSharingAggregator)
         shared = message.channel.share(x.to(torch.float64))
@@ -470,7 +497,9 @@ class SecretSharingAggregator(Aggregator):
             raise ConfigError(f"`parties` must be >= 2; got {parties!r}")
         if dp is not None and dp.distributed:
             raise ConfigError("distributed DP noise needs MaskingAggregator; use distributed=False")
-        self.parties: int | tuple[str, ...] = parties if isinstance(parties, int) else tuple(parties)
+        self.parties: int | tuple[str, ...] = (
+            parties if isinstance(parties, int) else tuple(parties)
+        )
         self.n_parties = n
         self.frac_bits = frac_bits
         self.seed = seed

@@ -26,8 +26,10 @@ OptimizerFactory = Callable[[Iterable[nn.Parameter], float], torch.optim.Optimiz
 
 @torch.no_grad()
 def load_vector(params: list[nn.Parameter], vector: torch.Tensor) -> None:
-    """Copy a flat vector into ``params`` (unlike ``torch.nn.utils.vector_to_parameters``,
-    which makes the parameters views of the vector, so training would write into it).
+    """Copy a flat vector into ``params``.
+
+    Unlike ``torch.nn.utils.vector_to_parameters``, which makes the parameters
+    views of the vector (so training would write into the caller's vector).
     """
     total = sum(p.numel() for p in params)
     if vector.numel() != total:
@@ -151,7 +153,7 @@ class Client:
                 out = model(self.features[idx])
                 loss = self.loss_fn(out, self.labels[idx])
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                loss.backward()  # type: ignore[no-untyped-call]  # torch stub gap
                 if anchors is not None:
                     with torch.no_grad():
                         for p, a in zip(params, anchors, strict=True):

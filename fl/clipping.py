@@ -58,7 +58,9 @@ class Quantizer:
 
     def __post_init__(self) -> None:
         if not (self.clip_range > 0 and math.isfinite(self.clip_range)):
-            raise ConfigError(f"`clip_range` must be a positive finite number; got {self.clip_range}")
+            raise ConfigError(
+                f"`clip_range` must be a positive finite number; got {self.clip_range}"
+            )
         if not 1 <= self.n_clients < _HALF // 4:
             raise ConfigError(f"`n_clients` must be in [1, 2^29); got {self.n_clients}")
 

@@ -188,7 +188,9 @@ class DifferentialPrivacy:
 
     def __post_init__(self) -> None:
         if not (self.clip_norm > 0 and math.isfinite(self.clip_norm)):
-            raise PrivacyError(f"`clip_norm` must be a positive finite number; got {self.clip_norm}")
+            raise PrivacyError(
+                f"`clip_norm` must be a positive finite number; got {self.clip_norm}"
+            )
         if (self.noise_multiplier is None) == (self.target_epsilon is None):
             raise PrivacyError("give exactly one of `noise_multiplier` and `target_epsilon`")
         if self.noise_multiplier is not None and not self.noise_multiplier >= 0:
@@ -212,5 +214,7 @@ class DifferentialPrivacy:
         import os
 
         g = torch.Generator()
-        g.manual_seed(self.seed if self.seed is not None else int.from_bytes(os.urandom(8), "little"))
+        g.manual_seed(
+            self.seed if self.seed is not None else int.from_bytes(os.urandom(8), "little")
+        )
         return g

@@ -32,6 +32,7 @@ secret shares end to end itself, so the server still learns only the sum).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import pickle
@@ -83,7 +84,9 @@ class NetworkConfig:
 
     def __post_init__(self) -> None:
         if self.world_size < 2:
-            raise ConfigError(f"`world_size` must be >= 2 (server + clients); got {self.world_size}")
+            raise ConfigError(
+                f"`world_size` must be >= 2 (server + clients); got {self.world_size}"
+            )
         for name in ("stage_timeout", "heartbeat_timeout", "connect_timeout", "idle_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"`{name}` must be > 0; got {getattr(self, name)}")
@@ -107,6 +110,10 @@ class NetworkConfig:
             raise ConfigError(f"environment variable {exc.args[0]} is not set") from exc
 
 
+# torch.distributed re-exports its stores without declaring them public to mypy
+_TCPStore = dist.TCPStore  # type: ignore[attr-defined]
+_PrefixStore = dist.PrefixStore  # type: ignore[attr-defined]
+
 _PEER_ERRORS = (RuntimeError, dist.DistError, TimeoutError, ConnectionError, OSError, EOFError)
 
 
@@ -119,7 +126,7 @@ class _Channel:
         self.rank = rank
         self.config = config
         try:
-            self.store = dist.TCPStore(
+            self.store = _TCPStore(
                 config.master_addr,
                 config.master_port,
                 config.world_size,
@@ -129,10 +136,12 @@ class _Channel:
             )
             dist.init_process_group(
                 "gloo",
-                store=dist.PrefixStore("gloo", self.store),
+                store=_PrefixStore("gloo", self.store),
                 rank=rank,
                 world_size=config.world_size,
-                timeout=datetime.timedelta(seconds=max(config.idle_timeout, config.connect_timeout)),
+                timeout=datetime.timedelta(
+                    seconds=max(config.idle_timeout, config.connect_timeout)
+                ),
             )
         except (RuntimeError, dist.DistError) as exc:
             raise NetworkError(
@@ -174,7 +183,7 @@ class _Channel:
     def start_heartbeat(self) -> threading.Event:
         """Beat from a background thread on a separate store connection; set the event to stop."""
         stop = threading.Event()
-        store = dist.TCPStore(
+        store = _TCPStore(
             self.config.master_addr,
             self.config.master_port,
             is_master=False,
@@ -216,8 +225,9 @@ class NetworkServer(Server):
         model: The global model.
         config: Network configuration (``world_size - 1`` clients).
         strategy: As for :class:`Server`.
-        aggregator: As for :class:`Server` (plain or masking; the secret-sharing
-            aggregator's smpc parties are simulated in the server process).
+        aggregator: As for :class:`Server`: plain or masking. (The
+            secret-sharing aggregator needs its smpc parties as processes of
+            their own, which this runtime does not start: a ConfigError.)
         test_data: As for :class:`Server`.
         loss_fn: As for :class:`Server`.
         seed: As for :class:`Server`.
@@ -236,6 +246,13 @@ class NetworkServer(Server):
         seed: int = 0,
         on_failure: FailurePolicy = FailurePolicy.RAISE,
     ) -> None:
+        from fl.aggregators import SecretSharingAggregator
+
+        if isinstance(aggregator, SecretSharingAggregator):
+            raise ConfigError(
+                "networked mode supports PlainAggregator and MaskingAggregator; "
+                "SecretSharingAggregator runs in simulation only"
+            )
         super().__init__(
             model,
             (),
@@ -329,7 +346,9 @@ class NetworkServer(Server):
         if not updates:
             raise InsufficientClientsError("fit", 0, 1)
         weights = self.aggregator.weights({u.client_id: u.num_examples for u in updates})
-        session = self.aggregator.server_session(weights, self.global_vector.numel(), round_index=round_index)
+        session = self.aggregator.server_session(
+            weights, self.global_vector.numel(), round_index=round_index
+        )
         messages: dict[int, Any] | None = session.first()
         while messages is not None:
             replies = self._exchange({cid: ("agg", m) for cid, m in messages.items()})
@@ -341,10 +360,8 @@ class NetworkServer(Server):
     def shutdown(self) -> None:
         """Tell the connected clients to exit, then leave the process group."""
         for cid in sorted(self.alive):
-            try:
+            with contextlib.suppress(*_PEER_ERRORS):
                 self.channel.send(self.rank_of[cid], ("stop",))
-            except _PEER_ERRORS:
-                pass
         time.sleep(0.2)
         self.channel.close()
 
@@ -437,5 +454,3 @@ def run_client(
     finally:
         stop_heartbeat.set()
         channel.close()
-
-

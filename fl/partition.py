@@ -15,7 +15,6 @@ Three schemes, all deterministic under ``seed``:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -62,9 +61,7 @@ class Partition:
 
     def histogram(self) -> torch.Tensor:
         """Class histogram, int64 ``[n_clients, num_classes]``."""
-        rows = [
-            torch.bincount(self.labels[ix], minlength=self.num_classes) for ix in self.indices
-        ]
+        rows = [torch.bincount(self.labels[ix], minlength=self.num_classes) for ix in self.indices]
         return torch.stack(rows) if rows else torch.zeros(0, self.num_classes, dtype=torch.int64)
 
     def summary(self) -> str:
@@ -104,7 +101,9 @@ class Partition:
         ax.set_xlabel("client")
         ax.set_ylabel("examples")
         ax.set_title(f"partition: {self.scheme.value}")
-        ax.legend(title="class", fontsize="small", ncol=2, bbox_to_anchor=(1.01, 1), loc="upper left")
+        ax.legend(
+            title="class", fontsize="small", ncol=2, bbox_to_anchor=(1.01, 1), loc="upper left"
+        )
         fig.tight_layout()
         out = Path(path)
         fig.savefig(out, dpi=100)
@@ -129,7 +128,8 @@ def _labels_of(dataset: object) -> torch.Tensor:
     labels = torch.as_tensor(labels)
     if labels.ndim != 1 or labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise ConfigError(
-            f"labels must be a 1-D integer tensor; got dtype {labels.dtype}, shape {tuple(labels.shape)}"
+            "labels must be a 1-D integer tensor; "
+            f"got dtype {labels.dtype}, shape {tuple(labels.shape)}"
         )
     if labels.numel() and int(labels.min()) < 0:
         raise ConfigError("labels must be >= 0")
@@ -146,14 +146,17 @@ def _shards(
     n_shards = n_clients * k
     if n_shards > labels.size:
         raise ConfigError(
-            f"`n_clients * classes_per_client` = {n_shards} shards exceeds the {labels.size} examples"
+            f"`n_clients * classes_per_client` = {n_shards} shards exceeds "
+            f"the {labels.size} examples"
         )
     order = np.argsort(labels, kind="stable")
     shards = np.array_split(order, n_shards)
     shard_class = [np.unique(labels[s]) for s in shards]
+
     def clean(rows: np.ndarray) -> bool:
         return all(
-            len({int(c) for j in row for c in shard_class[j]}) == sum(len(shard_class[j]) for j in row)
+            len({int(c) for j in row for c in shard_class[j]})
+            == sum(len(shard_class[j]) for j in row)
             for row in rows
         )
 
@@ -249,5 +252,3 @@ def partition(
     indices = tuple(torch.from_numpy(np.sort(p).astype(np.int64)) for p in parts)
     num_classes = int(labels.max()) + 1 if n else 0
     return Partition(indices=indices, labels=labels, num_classes=num_classes, scheme=kind)
-
-

@@ -214,14 +214,18 @@ class UnmaskShares:
 def neighbour_graph(
     participants: tuple[int, ...], k: int | None, round_id: bytes
 ) -> dict[int, tuple[int, ...]]:
-    """Neighbours of each participant: everyone (``k=None`` or ``k >= n-1``), else a
-    ``k``-regular Harary ring over a public pseudo-random order derived from ``round_id``
+    """Neighbours of each participant (all pairs, or a SecAgg+ ring).
+
+    Everyone (``k=None`` or ``k >= n-1``), else a ``k``-regular Harary ring
+    over a public pseudo-random order derived from ``round_id``
     (each client is linked to ``ceil(k/2)`` clients on each side, so degree ``2*ceil(k/2)``).
     """
     n = len(participants)
     if k is None or k >= n - 1:
         return {u: tuple(v for v in participants if v != u) for u in participants}
-    order = sorted(participants, key=lambda c: hashlib.sha256(round_id + struct.pack("<q", c)).digest())
+    order = sorted(
+        participants, key=lambda c: hashlib.sha256(round_id + struct.pack("<q", c)).digest()
+    )
     half = math.ceil(k / 2)
     pos = {c: i for i, c in enumerate(order)}
     out: dict[int, tuple[int, ...]] = {}
@@ -340,7 +344,8 @@ class MaskingClient:
     def _expect(self, stage: Stage) -> MaskingSetup:
         if self.state.stage is not stage:
             raise ProtocolError(
-                f"client {self.client_id}: got a `{stage}` message while at stage `{self.state.stage}`"
+                f"client {self.client_id}: got a `{stage}` message "
+                f"while at stage `{self.state.stage}`"
             )
         if stage is not Stage.ADVERTISE_KEYS:
             assert self.state.setup is not None
@@ -353,7 +358,8 @@ class MaskingClient:
             raise ProtocolError(f"client {self.client_id} is not among the round's participants")
         if self.delta.numel() != setup.dim:
             raise ProtocolError(
-                f"client {self.client_id}: update has {self.delta.numel()} values; round expects {setup.dim}"
+                f"client {self.client_id}: update has {self.delta.numel()} values; "
+                f"round expects {setup.dim}"
             )
         st = self.state
         st.setup = setup
@@ -385,17 +391,20 @@ class MaskingClient:
         st.b_seed = secrets.token_bytes(32)
         xs = [self._x(v) for v in holders]
         b_sh = shamir.split(int.from_bytes(st.b_seed, "big"), setup.threshold, xs)
-        s_sh = shamir.split(
-            int.from_bytes(st.s_sk.private_bytes_raw(), "big"), setup.threshold, xs
-        )
+        s_sh = shamir.split(int.from_bytes(st.s_sk.private_bytes_raw(), "big"), setup.threshold, xs)
         st.held_b[self.client_id] = b_sh[self._x(self.client_id)]
         st.held_s[self.client_id] = s_sh[self._x(self.client_id)]
         out: dict[int, bytes] = {}
         for v, (c_pk, _) in st.roster.items():
-            key = _kdf(b"enc", setup.round_id, st.c_sk.exchange(X25519PublicKey.from_public_bytes(c_pk)), 32)
-            plain = b_sh[self._x(v)].to_bytes(shamir.SHARE_BYTES, "big") + s_sh[self._x(v)].to_bytes(
-                shamir.SHARE_BYTES, "big"
+            key = _kdf(
+                b"enc",
+                setup.round_id,
+                st.c_sk.exchange(X25519PublicKey.from_public_bytes(c_pk)),
+                32,
             )
+            plain = b_sh[self._x(v)].to_bytes(shamir.SHARE_BYTES, "big") + s_sh[
+                self._x(v)
+            ].to_bytes(shamir.SHARE_BYTES, "big")
             out[v] = AESGCM(key).encrypt(
                 _nonce(self.client_id), plain, _ad(self.client_id, v, setup.round_id)
             )
@@ -414,11 +423,18 @@ class MaskingClient:
         for u, ct in delivery.ciphertexts.items():
             if u not in st.roster:
                 raise ProtocolError(f"client {self.client_id}: share from unknown client {u}")
-            key = _kdf(b"enc", setup.round_id, st.c_sk.exchange(X25519PublicKey.from_public_bytes(st.roster[u][0])), 32)
+            key = _kdf(
+                b"enc",
+                setup.round_id,
+                st.c_sk.exchange(X25519PublicKey.from_public_bytes(st.roster[u][0])),
+                32,
+            )
             try:
                 plain = AESGCM(key).decrypt(_nonce(u), ct, _ad(u, self.client_id, setup.round_id))
             except InvalidTag as exc:
-                raise ProtocolError(f"client {self.client_id}: share from {u} fails authentication") from exc
+                raise ProtocolError(
+                    f"client {self.client_id}: share from {u} fails authentication"
+                ) from exc
             st.held_b[u] = int.from_bytes(plain[: shamir.SHARE_BYTES], "big")
             st.held_s[u] = int.from_bytes(plain[shamir.SHARE_BYTES :], "big")
         st.u2 = tuple(delivery.u2)
@@ -429,9 +445,15 @@ class MaskingClient:
         else:
             x = prepare_contribution(self.delta, setup.weight, self.dp)
             if setup.noise_std > 0:
-                x = x + torch.normal(0.0, setup.noise_std, size=x.shape, generator=self.noise_generator)
+                x = x + torch.normal(
+                    0.0, setup.noise_std, size=x.shape, generator=self.noise_generator
+                )
             y = quantizer.quantize(x, name=name)
-        buf = self.scratch if self.scratch is not None and self.scratch.dim == setup.dim else _MaskBuffer(setup.dim)
+        buf = (
+            self.scratch
+            if self.scratch is not None and self.scratch.dim == setup.dim
+            else _MaskBuffer(setup.dim)
+        )
         y += buf.expand(_self_key(st.b_seed, setup.round_id))
         live = set(delivery.u2)
         for v, (_, s_pk) in st.roster.items():
@@ -453,14 +475,17 @@ class MaskingClient:
         survivors, dropped = set(request.survivors), set(request.dropped)
         if survivors & dropped:
             raise ProtocolError(
-                f"client {self.client_id}: server asked for both kinds of shares of {sorted(survivors & dropped)}"
+                f"client {self.client_id}: server asked for both kinds of shares of "
+                f"{sorted(survivors & dropped)}"
             )
         if not survivors | dropped <= set(st.u2):
             raise ProtocolError(f"client {self.client_id}: unmask request names clients outside U2")
         if len(survivors) < setup.threshold:
             raise InsufficientClientsError(Stage.UNMASK.value, len(survivors), setup.threshold)
         if self.client_id not in survivors:
-            raise ProtocolError(f"client {self.client_id} sent its input but is not listed as a survivor")
+            raise ProtocolError(
+                f"client {self.client_id} sent its input but is not listed as a survivor"
+            )
         b = {u: st.held_b[u] for u in survivors if u in st.held_b}
         s = {w: st.held_s[w] for w in dropped if w in st.held_s}
         st.stage = _DONE
@@ -498,7 +523,8 @@ class MaskingServer:
         self.threshold = agg.threshold if agg.threshold is not None else holders // 2 + 1
         if not 1 <= self.threshold <= holders:
             raise ConfigError(
-                f"`threshold` must be in [1, {holders}] (clients holding each secret); got {self.threshold}"
+                f"`threshold` must be in [1, {holders}] (clients holding each secret); "
+                f"got {self.threshold}"
             )
         self.quantizer = Quantizer(agg.clip_range, n)
         self.stage: Stage | str = Stage.ADVERTISE_KEYS
@@ -524,8 +550,10 @@ class MaskingServer:
     def _accept(self, replies: Mapping[int, Any], kind: type, expected: set[int]) -> dict[int, Any]:
         for cid, r in replies.items():
             if cid not in expected or not isinstance(r, kind):
-                raise ProtocolError(f"unexpected {type(r).__name__} from client {cid} at stage {self.stage}")
-            self.upload[cid] += r.nbytes()
+                raise ProtocolError(
+                    f"unexpected {type(r).__name__} from client {cid} at stage {self.stage}"
+                )
+            self.upload[cid] += int(getattr(r, "nbytes")())  # noqa: B009 - checked type above
         return dict(replies)
 
     def first(self) -> dict[int, Any]:
@@ -602,7 +630,11 @@ class MaskingServer:
         total = np.zeros(self.dim, dtype=np.uint32)
         for y in self.y.values():
             total += y
-        buf = self.agg._scratch if self.agg._scratch is not None and self.agg._scratch.dim == self.dim else _MaskBuffer(self.dim)
+        buf = (
+            self.agg._scratch
+            if self.agg._scratch is not None and self.agg._scratch.dim == self.dim
+            else _MaskBuffer(self.dim)
+        )
         for u in self.u3:
             seed = self._gather(u, replies, "b").to_bytes(32, "big")
             total -= buf.expand(_self_key(seed, self.round_id))
@@ -698,12 +730,18 @@ class MaskingAggregator(Aggregator):
         gen = None
         if self.dp is not None and self.dp.distributed:
             gen = torch.Generator()
-            base = self.dp.seed if self.dp.seed is not None else int.from_bytes(os.urandom(8), "little")
+            base = (
+                self.dp.seed
+                if self.dp.seed is not None
+                else int.from_bytes(os.urandom(8), "little")
+            )
             gen.manual_seed((base * 1_000_003 + client_id) % (1 << 63))
         dim = delta.numel()
         if self._scratch is None or self._scratch.dim != dim:
             self._scratch = _MaskBuffer(dim)  # simulation: clients of one process share scratch
-        return MaskingClient(client_id, delta, dp=self.dp, noise_generator=gen, scratch=self._scratch)
+        return MaskingClient(
+            client_id, delta, dp=self.dp, noise_generator=gen, scratch=self._scratch
+        )
 
 
 def upload_bytes_per_parameter(result: AggregateResult, dim: int) -> float:

@@ -154,7 +154,9 @@ class Server:
             g = round_generator(self.seed, round_index, cid + 1)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(int(torch.randint(1 << 62, (1,), generator=g)))
-                updates.append(self.clients[cid].fit(self.worker, self.global_vector, config, generator=g))
+                updates.append(
+                    self.clients[cid].fit(self.worker, self.global_vector, config, generator=g)
+                )
         return updates
 
     def available_clients(self) -> list[int]:
@@ -166,7 +168,9 @@ class Server:
     ) -> tuple[list[ClientUpdate], AggregateResult]:
         """Local training then aggregation (overridden by the networked server)."""
         updates = self.train_clients(selected, round_index)
-        return updates, self.aggregator.aggregate(updates, round_index=round_index, dropouts=dropouts)
+        return updates, self.aggregator.aggregate(
+            updates, round_index=round_index, dropouts=dropouts
+        )
 
     def run_round(self, num_rounds: int | None = None) -> RoundResult:
         """Run the next round and append its record to :attr:`history`."""
@@ -246,7 +250,7 @@ class Server:
         Returns:
             The history of all rounds (including resumed ones).
         """
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # type: ignore[import-untyped]  # no stubs installed
 
         if num_rounds < 0:
             raise ConfigError(f"`num_rounds` must be >= 0; got {num_rounds}")
@@ -255,13 +259,17 @@ class Server:
         if checkpoint is not None and Path(checkpoint).exists():
             self.load_checkpoint(checkpoint)
         self._prepare(num_rounds)
-        bar = tqdm(total=num_rounds, initial=self.round, disable=not progress, unit="round", desc="fl")
+        bar = tqdm(
+            total=num_rounds, initial=self.round, disable=not progress, unit="round", desc="fl"
+        )
         try:
             while self.round < num_rounds:
                 res = self.run_round(num_rounds)
                 bar.update(1)
                 bar.set_postfix(acc=f"{res.test_accuracy:.4f}", loss=f"{res.test_loss:.4f}")
-                if checkpoint is not None and (self.round % checkpoint_every == 0 or self.round == num_rounds):
+                if checkpoint is not None and (
+                    self.round % checkpoint_every == 0 or self.round == num_rounds
+                ):
                     self.save_checkpoint(checkpoint)
         finally:
             bar.close()
@@ -288,16 +296,26 @@ class Server:
         vec = state["global_vector"]
         if vec.shape != self.global_vector.shape:
             raise CheckpointError(
-                f"checkpoint holds {vec.numel()} parameters; this model has {self.global_vector.numel()}"
+                f"checkpoint holds {vec.numel()} parameters; "
+                f"this model has {self.global_vector.numel()}"
             )
         if state["seed"] != self.seed:
-            raise CheckpointError(f"checkpoint was made with seed {state['seed']}; this server has {self.seed}")
+            raise CheckpointError(
+                f"checkpoint was made with seed {state['seed']}; this server has {self.seed}"
+            )
         self.round = int(state["round"])
         self.global_vector = vec.clone()
         load_vector(self.params, self.global_vector)
         self.strategy.load_state_dict(state["strategy"])
         self.aggregator.load_state_dict(state["aggregator"])
-        self.history = History([RoundResult(**{**d, "selected": tuple(d["selected"]), "survivors": tuple(d["survivors"])}) for d in state["history"]])
+        self.history = History(
+            [
+                RoundResult(
+                    **{**d, "selected": tuple(d["selected"]), "survivors": tuple(d["survivors"])}
+                )
+                for d in state["history"]
+            ]
+        )
 
     def save_checkpoint(self, path: str | Path) -> Path:
         """Write a checkpoint atomically (temp file + rename)."""

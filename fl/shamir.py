@@ -11,7 +11,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterable, Mapping
 
-import gmpy2
+import gmpy2  # type: ignore[import-untyped]  # gmpy2 ships no stubs
 
 from fl.errors import ConfigError, ProtocolError
 
@@ -34,7 +34,9 @@ def split(secret: int, threshold: int, xs: Iterable[int]) -> dict[int, int]:
         raise ConfigError("share points must be distinct and non-zero")
     if not 0 <= secret < PRIME:
         raise ConfigError("secret must be in [0, 2^521 - 1)")
-    coeffs = [gmpy2.mpz(secret)] + [gmpy2.mpz(secrets.randbelow(int(PRIME))) for _ in range(threshold - 1)]
+    coeffs = [gmpy2.mpz(secret)] + [
+        gmpy2.mpz(secrets.randbelow(int(PRIME))) for _ in range(threshold - 1)
+    ]
     out: dict[int, int] = {}
     for x in points:
         acc = gmpy2.mpz(0)

@@ -1,5 +1,7 @@
-"""Federated strategies: which clients train, with what config, and how the
-server applies the aggregated update (top layer, ``fl``).
+"""Federated strategies (top layer, ``fl``).
+
+Which clients train, with what config, and how the server applies the
+aggregated update.
 
 A strategy never sees individual updates: it receives the aggregator's
 (weighted) mean update, so it works unchanged with every aggregator.
@@ -28,7 +30,9 @@ class Strategy(Protocol):
         """Fraction of the available clients sampled per round."""
         ...
 
-    def sample(self, round_index: int, client_ids: Sequence[int], generator: torch.Generator) -> list[int]:
+    def sample(
+        self, round_index: int, client_ids: Sequence[int], generator: torch.Generator
+    ) -> list[int]:
         """The clients to train this round (sorted ids)."""
         ...
 
@@ -94,7 +98,9 @@ class FedAvg:
         """How many clients a round samples out of ``n_available``."""
         return min(n_available, max(self.min_fit_clients, round(self._fraction_fit * n_available)))
 
-    def sample(self, round_index: int, client_ids: Sequence[int], generator: torch.Generator) -> list[int]:
+    def sample(
+        self, round_index: int, client_ids: Sequence[int], generator: torch.Generator
+    ) -> list[int]:
         """Sample ``num_sampled`` clients uniformly without replacement."""
         ids = list(client_ids)
         if not ids:

@@ -111,9 +111,7 @@ def _parse_idx(raw: bytes, name: str) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
-def load_idx(
-    images_file: str | Path, labels_file: str | Path
-) -> tuple[torch.Tensor, torch.Tensor]:
+def load_idx(images_file: str | Path, labels_file: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     """Read one pair of IDX files (MNIST layout), gzipped or not.
 
     Args:

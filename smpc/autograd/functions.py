@@ -36,10 +36,38 @@ from ..tensor import SharedTensor
 from .function import Context, Function
 
 __all__ = [
-    "Add", "Sub", "Neg", "Mul", "Square", "MatMul", "Linear", "Conv2d", "Sum", "Mean",
-    "Reshape", "Transpose", "Permute", "Expand", "GetItem", "Cat", "Stack", "ReLU",
-    "AvgPool2d", "MaxPool2d", "Softmax", "LogSoftmax", "MSELoss", "CrossEntropy",
-    "Where", "Exp", "Reciprocal", "Sigmoid", "Tanh", "Log", "Sqrt", "LazyValue",
+    "Add",
+    "Sub",
+    "Neg",
+    "Mul",
+    "Square",
+    "MatMul",
+    "Linear",
+    "Conv2d",
+    "Sum",
+    "Mean",
+    "Reshape",
+    "Transpose",
+    "Permute",
+    "Expand",
+    "GetItem",
+    "Cat",
+    "Stack",
+    "ReLU",
+    "AvgPool2d",
+    "MaxPool2d",
+    "Softmax",
+    "LogSoftmax",
+    "MSELoss",
+    "CrossEntropy",
+    "Where",
+    "Exp",
+    "Reciprocal",
+    "Sigmoid",
+    "Tanh",
+    "Log",
+    "Sqrt",
+    "LazyValue",
     "sum_to",
 ]
 
@@ -104,11 +132,13 @@ class Add(Function):
 
     @staticmethod
     def forward(ctx: Context, x: Any, y: Any) -> SharedTensor:
+        """Compute the output."""
         ctx.shapes = (_shape_of(x), _shape_of(y))
         return ops.add(x, y)
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> tuple[Grad | None, Grad | None]:
+        """Gradients w.r.t. the inputs."""
         nx, ny = ctx.needs_input_grad
         sx, sy = ctx.shapes
         return (sum_to(g, sx) if nx else None, sum_to(g, sy) if ny else None)
@@ -119,11 +149,13 @@ class Sub(Function):
 
     @staticmethod
     def forward(ctx: Context, x: Any, y: Any) -> SharedTensor:
+        """Compute the output."""
         ctx.shapes = (_shape_of(x), _shape_of(y))
         return ops.sub(x, y)
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> tuple[Grad | None, Grad | None]:
+        """Gradients w.r.t. the inputs."""
         nx, ny = ctx.needs_input_grad
         sx, sy = ctx.shapes
         return (sum_to(g, sx) if nx else None, _gneg(sum_to(g, sy)) if ny else None)
@@ -134,10 +166,12 @@ class Neg(Function):
 
     @staticmethod
     def forward(ctx: Context, x: SharedTensor) -> SharedTensor:
+        """Compute the output."""
         return ops.neg(x)
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> Grad:
+        """Gradients w.r.t. the inputs."""
         return _gneg(g)
 
 
@@ -146,11 +180,13 @@ class Mul(Function):
 
     @staticmethod
     def forward(ctx: Context, x: Any, y: Any) -> SharedTensor:
+        """Compute the output."""
         ctx.save_for_backward(x, y)
         return ops.mul(x, y)
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> tuple[Grad | None, Grad | None]:
+        """Gradients w.r.t. the inputs."""
         x, y = ctx.saved_tensors
         nx, ny = ctx.needs_input_grad
         gx = sum_to(_gmul(g, y), _shape_of(x)) if nx else None
@@ -163,11 +199,13 @@ class Square(Function):
 
     @staticmethod
     def forward(ctx: Context, x: SharedTensor) -> SharedTensor:
+        """Compute the output."""
         ctx.save_for_backward(x)
         return ops.square(x)
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> Grad:
+        """Gradients w.r.t. the inputs."""
         (x,) = ctx.saved_tensors
         return ops.mul(_gmul(g, x), 2)
 
@@ -182,11 +220,13 @@ class MatMul(Function):
 
     @staticmethod
     def forward(ctx: Context, x: Any, y: Any) -> SharedTensor:
+        """Compute the output."""
         ctx.save_for_backward(x, y)
         return ops.matmul(x, y)
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> tuple[Grad | None, Grad | None]:
+        """Gradients w.r.t. the inputs."""
         x, y = ctx.saved_tensors
         nx, ny = ctx.needs_input_grad
         xs, ys = _shape_of(x), _shape_of(y)
@@ -216,6 +256,7 @@ class Linear(Function):
 
     @staticmethod
     def forward(ctx: Context, x: Any, w: Any, b: Any) -> SharedTensor:
+        """Compute the output."""
         ctx.save_for_backward(x, w)
         wt = w.t() if isinstance(w, SharedTensor) else torch.as_tensor(w).t()
         out = ops.matmul(x, wt)
@@ -223,6 +264,7 @@ class Linear(Function):
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> tuple[Grad | None, Grad | None, Grad | None]:
+        """Gradients w.r.t. the inputs."""
         x, w = ctx.saved_tensors
         nx, nw, nb = ctx.needs_input_grad
         gx = gw = gb = None
@@ -248,9 +290,7 @@ def _dilate(g: SharedTensor | torch.Tensor, stride: tuple[int, int]) -> Any:
         s = g.share
         ld = lead(g.session.comm)
         n, c, h, w = s.shape[ld:]
-        out = torch.zeros(
-            (*s.shape[:ld], n, c, (h - 1) * sh + 1, (w - 1) * sw + 1), dtype=s.dtype
-        )
+        out = torch.zeros((*s.shape[:ld], n, c, (h - 1) * sh + 1, (w - 1) * sw + 1), dtype=s.dtype)
         out[..., ::sh, ::sw] = s
         return SharedTensor(out, g.session)
     n, c, h, w = g.shape
@@ -337,6 +377,7 @@ class Conv2d(Function):
         dilation: tuple[int, int],
         groups: int,
     ) -> SharedTensor:
+        """Compute the output."""
         if groups != 1:
             raise NotImplementedError(
                 f"conv2d: gradients need groups=1; got groups={groups} (run under smpc.no_grad())"
@@ -347,6 +388,7 @@ class Conv2d(Function):
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> tuple[Any, ...]:
+        """Gradients w.r.t. the inputs."""
         x, w = ctx.saved_tensors
         stride, padding, dilation = ctx.conf
         nx, nw, nb = ctx.needs_input_grad[:3]
@@ -377,6 +419,7 @@ class AvgPool2d(Function):
         stride: tuple[int, int],
         padding: tuple[int, int],
     ) -> SharedTensor:
+        """Compute the output."""
         c = x.shape[-3]
         weight = torch.full((c, 1, *kernel), 1.0 / (kernel[0] * kernel[1]))
         ctx.conf = (tuple(x.shape), kernel, stride, padding)
@@ -384,6 +427,7 @@ class AvgPool2d(Function):
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> tuple[Grad, None, None, None]:
+        """Gradients w.r.t. the inputs."""
         xshape, kernel, stride, padding = ctx.conf
         squeeze = len(xshape) == 3
         if squeeze:
@@ -393,7 +437,9 @@ class AvgPool2d(Function):
         n = g.shape[0]
         g1 = g.reshape(n * c, 1, g.shape[-2], g.shape[-1])
         weight = torch.full((1, 1, *kernel), 1.0 / (kernel[0] * kernel[1]))
-        gx = conv2d_input_grad(g1, weight, (n * c, 1, xshape[-2], xshape[-1]), stride, padding, (1, 1))
+        gx = conv2d_input_grad(
+            g1, weight, (n * c, 1, xshape[-2], xshape[-1]), stride, padding, (1, 1)
+        )
         gx = gx.reshape(n, c, xshape[-2], xshape[-1])
         if squeeze:
             gx = gx.squeeze(0)
@@ -421,11 +467,13 @@ class Sum(Function):
 
     @staticmethod
     def forward(ctx: Context, x: SharedTensor, dim: Any, keepdim: bool) -> SharedTensor:
+        """Compute the output."""
         ctx.conf = (tuple(x.shape), _dims(x, dim), keepdim)
         return ops.sum(x, dim, keepdim)
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> tuple[Grad, None, None]:
+        """Gradients w.r.t. the inputs."""
         shape, dims, keepdim = ctx.conf
         return _expand_back(g, shape, dims, keepdim), None, None
 
@@ -435,12 +483,14 @@ class Mean(Function):
 
     @staticmethod
     def forward(ctx: Context, x: SharedTensor, dim: Any, keepdim: bool) -> SharedTensor:
+        """Compute the output."""
         dims = _dims(x, dim)
         ctx.conf = (tuple(x.shape), dims, keepdim, math.prod(x.shape[d] for d in dims))
         return ops.mean(x, dim, keepdim)
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> tuple[Grad, None, None]:
+        """Gradients w.r.t. the inputs."""
         shape, dims, keepdim, count = ctx.conf
         if count != 1:
             g = _gmul(g, 1.0 / count)
@@ -452,12 +502,16 @@ class Reshape(Function):
     """Reshape."""
 
     @staticmethod
-    def forward(ctx: Context, x: SharedTensor, shape: tuple[int, ...], fn: Callable[..., Any]) -> SharedTensor:
+    def forward(
+        ctx: Context, x: SharedTensor, shape: tuple[int, ...], fn: Callable[..., Any]
+    ) -> SharedTensor:
+        """Compute the output."""
         ctx.shape = tuple(x.shape)
         return fn(x, shape)
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> tuple[Grad, None, None]:
+        """Gradients w.r.t. the inputs."""
         return g.reshape(ctx.shape), None, None
 
 
@@ -465,12 +519,16 @@ class Transpose(Function):
     """Swap two dims."""
 
     @staticmethod
-    def forward(ctx: Context, x: SharedTensor, d0: int, d1: int, fn: Callable[..., Any]) -> SharedTensor:
+    def forward(
+        ctx: Context, x: SharedTensor, d0: int, d1: int, fn: Callable[..., Any]
+    ) -> SharedTensor:
+        """Compute the output."""
         ctx.dims = (d0, d1)
         return fn(x, d0, d1)
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> tuple[Grad, None, None, None]:
+        """Gradients w.r.t. the inputs."""
         return g.transpose(*ctx.dims), None, None, None
 
 
@@ -478,13 +536,17 @@ class Permute(Function):
     """Permute dims."""
 
     @staticmethod
-    def forward(ctx: Context, x: SharedTensor, dims: tuple[int, ...], fn: Callable[..., Any]) -> SharedTensor:
+    def forward(
+        ctx: Context, x: SharedTensor, dims: tuple[int, ...], fn: Callable[..., Any]
+    ) -> SharedTensor:
+        """Compute the output."""
         nd = max(x.dim(), 1)
         ctx.inv = tuple(sorted(range(len(dims)), key=lambda i: dims[i] % nd))
         return fn(x, dims)
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> tuple[Grad, None, None]:
+        """Gradients w.r.t. the inputs."""
         return g.permute(*ctx.inv), None, None
 
 
@@ -492,12 +554,16 @@ class Expand(Function):
     """Broadcast to a size."""
 
     @staticmethod
-    def forward(ctx: Context, x: SharedTensor, sizes: tuple[int, ...], fn: Callable[..., Any]) -> SharedTensor:
+    def forward(
+        ctx: Context, x: SharedTensor, sizes: tuple[int, ...], fn: Callable[..., Any]
+    ) -> SharedTensor:
+        """Compute the output."""
         ctx.shape = tuple(x.shape)
         return fn(x, sizes)
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> tuple[Grad, None, None]:
+        """Gradients w.r.t. the inputs."""
         return sum_to(g, ctx.shape), None, None
 
 
@@ -506,11 +572,13 @@ class GetItem(Function):
 
     @staticmethod
     def forward(ctx: Context, x: SharedTensor, index: Any, fn: Callable[..., Any]) -> SharedTensor:
+        """Compute the output."""
         ctx.conf = (tuple(x.shape), index)
         return fn(x, index)
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> tuple[Grad, None, None]:
+        """Gradients w.r.t. the inputs."""
         shape, index = ctx.conf
         idx = index if isinstance(index, tuple) else (index,)
         if isinstance(g, SharedTensor):
@@ -529,12 +597,14 @@ class Cat(Function):
 
     @staticmethod
     def forward(ctx: Context, dim: int, *tensors: SharedTensor) -> SharedTensor:
+        """Compute the output."""
         nd = tensors[0].dim()
         ctx.conf = (dim % max(nd, 1), [t.shape[dim] for t in tensors])
         return ops.cat(list(tensors), dim)
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> tuple[Grad | None, ...]:
+        """Gradients w.r.t. the inputs."""
         d, sizes = ctx.conf
         outs: list[Grad | None] = [None]
         start = 0
@@ -553,11 +623,13 @@ class Stack(Function):
 
     @staticmethod
     def forward(ctx: Context, dim: int, *tensors: SharedTensor) -> SharedTensor:
+        """Compute the output."""
         ctx.dim = dim % (tensors[0].dim() + 1)
         return ops.stack(list(tensors), dim)
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> tuple[Grad | None, ...]:
+        """Gradients w.r.t. the inputs."""
         d = ctx.dim
         outs: list[Grad | None] = [None]
         for i, need in enumerate(ctx.needs_input_grad[1:]):
@@ -575,6 +647,7 @@ class ReLU(Function):
 
     @staticmethod
     def forward(ctx: Context, x: SharedTensor) -> SharedTensor:
+        """Compute the output."""
         sess = x.session
         value, bit = compare.relu(sess.comm, sess.dealer, x.share)
         ctx.save_for_backward(bit)
@@ -583,6 +656,7 @@ class ReLU(Function):
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> Grad:
+        """Gradients w.r.t. the inputs."""
         (bit,) = ctx.saved_tensors
         return mul_ring_bit(g, bit, ctx.session)
 
@@ -603,12 +677,14 @@ class Where(Function):
 
     @staticmethod
     def forward(ctx: Context, cond: SharedTensor, a: Any, b: Any) -> SharedTensor:
+        """Compute the output."""
         ctx.save_for_backward(cond)
         ctx.shapes = (_shape_of(a), _shape_of(b))
         return nl.where(cond, a, b)
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> tuple[None, Grad | None, Grad | None]:
+        """Gradients w.r.t. the inputs."""
         (cond,) = ctx.saved_tensors
         _, na, nb = ctx.needs_input_grad
         gc = _gmul(g, cond)
@@ -642,6 +718,7 @@ class MaxPool2d(Function):
         stride: tuple[int, int],
         padding: tuple[int, int],
     ) -> SharedTensor:
+        """Compute the output."""
         if padding != (0, 0):
             raise NotImplementedError("max_pool2d: gradients need padding=0")
         win = _window_view(x, kernel, stride)
@@ -653,6 +730,7 @@ class MaxPool2d(Function):
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> tuple[Grad, None, None, None]:
+        """Gradients w.r.t. the inputs."""
         (onehot,) = ctx.saved_tensors
         shape, (kh, kw), (sh, sw) = ctx.conf
         gw = ops.mul(onehot, g.unsqueeze(-1) if isinstance(g, SharedTensor) else g.unsqueeze(-1))
@@ -663,7 +741,9 @@ class MaxPool2d(Function):
         out = torch.zeros((*s.shape[:ld], *shape), dtype=s.dtype)
         for i in range(kh):
             for j in range(kw):
-                out[..., i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw] += s[..., i, j]
+                out[..., i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw] += s[
+                    ..., i, j
+                ]
         return SharedTensor(out, gw.session), None, None, None
 
 
@@ -672,6 +752,7 @@ class Softmax(Function):
 
     @staticmethod
     def forward(ctx: Context, x: SharedTensor, dim: int) -> SharedTensor:
+        """Compute the output."""
         s = nl.softmax(x, dim)
         ctx.save_for_backward(s)
         ctx.dim = dim
@@ -679,6 +760,7 @@ class Softmax(Function):
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> tuple[Grad, None]:
+        """Gradients w.r.t. the inputs."""
         (s,) = ctx.saved_tensors
         gs = _gmul(g, s)
         tot = _gsum(gs, (ctx.dim % max(s.dim(), 1),), True)
@@ -690,12 +772,14 @@ class LogSoftmax(Function):
 
     @staticmethod
     def forward(ctx: Context, x: SharedTensor, dim: int) -> SharedTensor:
+        """Compute the output."""
         ctx.save_for_backward(x)
         ctx.dim = dim
         return nl.log_softmax(x, dim)
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> tuple[Grad, None]:
+        """Gradients w.r.t. the inputs."""
         (x,) = ctx.saved_tensors
         p = nl.softmax(x, ctx.dim)
         tot = _gsum(g, (ctx.dim % max(x.dim(), 1),), True)
@@ -707,12 +791,14 @@ class Exp(Function):
 
     @staticmethod
     def forward(ctx: Context, x: SharedTensor) -> SharedTensor:
+        """Compute the output."""
         out = nl.exp(x)
         ctx.save_for_backward(out)
         return out
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> Grad:
+        """Gradients w.r.t. the inputs."""
         return _gmul(g, ctx.saved_tensors[0])
 
 
@@ -721,12 +807,14 @@ class Reciprocal(Function):
 
     @staticmethod
     def forward(ctx: Context, x: SharedTensor) -> SharedTensor:
+        """Compute the output."""
         out = nl.reciprocal(x)
         ctx.save_for_backward(out)
         return out
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> Grad:
+        """Gradients w.r.t. the inputs."""
         (r,) = ctx.saved_tensors
         return _gneg(_gmul(g, ops.square(r)))
 
@@ -736,11 +824,13 @@ class Log(Function):
 
     @staticmethod
     def forward(ctx: Context, x: SharedTensor) -> SharedTensor:
+        """Compute the output."""
         ctx.save_for_backward(x)
         return nl.log(x)
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> Grad:
+        """Gradients w.r.t. the inputs."""
         return _gmul(g, nl.reciprocal(ctx.saved_tensors[0]))
 
 
@@ -749,12 +839,14 @@ class Sqrt(Function):
 
     @staticmethod
     def forward(ctx: Context, x: SharedTensor) -> SharedTensor:
+        """Compute the output."""
         out = nl.sqrt(x)
         ctx.save_for_backward(out)
         return out
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> Grad:
+        """Gradients w.r.t. the inputs."""
         return _gmul(_gmul(g, nl.reciprocal(ctx.saved_tensors[0])), 0.5)
 
 
@@ -763,12 +855,14 @@ class Sigmoid(Function):
 
     @staticmethod
     def forward(ctx: Context, x: SharedTensor) -> SharedTensor:
+        """Compute the output."""
         out = nl.sigmoid(x)
         ctx.save_for_backward(out)
         return out
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> Grad:
+        """Gradients w.r.t. the inputs."""
         (s,) = ctx.saved_tensors
         return _gmul(g, ops.mul(s, ops.sub(1.0, s)))
 
@@ -778,12 +872,14 @@ class Tanh(Function):
 
     @staticmethod
     def forward(ctx: Context, x: SharedTensor) -> SharedTensor:
+        """Compute the output."""
         out = nl.tanh(x)
         ctx.save_for_backward(out)
         return out
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> Grad:
+        """Gradients w.r.t. the inputs."""
         (t,) = ctx.saved_tensors
         return _gmul(g, ops.sub(1.0, ops.square(t)))
 
@@ -875,6 +971,7 @@ class MSELoss(Function):
 
     @staticmethod
     def forward(ctx: Context, x: SharedTensor, target: Any, reduction: str) -> SharedTensor:
+        """Compute the output."""
         d = ops.sub(x, target)
         ctx.save_for_backward(d)
         ctx.conf = (reduction, _shape_of(x), _shape_of(target))
@@ -884,6 +981,7 @@ class MSELoss(Function):
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> tuple[Grad | None, Grad | None, None]:
+        """Gradients w.r.t. the inputs."""
         (d,) = ctx.saved_tensors
         reduction, xs, ts = ctx.conf
         n = d.numel() if reduction == "mean" else 1
@@ -898,7 +996,8 @@ def onehot_target(x: SharedTensor, target: Any) -> Any:
         if x.dim() > 1 and tuple(target.shape) != (x.shape[0], *x.shape[2:]):
             raise ShapeError(
                 f"cross_entropy: class-index target must have shape "
-                f"{(x.shape[0], *x.shape[2:])} for input {tuple(x.shape)}; got {tuple(target.shape)}"
+                f"{(x.shape[0], *x.shape[2:])} for input {tuple(x.shape)}; "
+                f"got {tuple(target.shape)}"
             )
         if bool((target < 0).any()) or bool((target >= x.shape[1 if x.dim() > 1 else 0]).any()):
             raise ValueError(
@@ -923,6 +1022,7 @@ class CrossEntropy(Function):
 
     @staticmethod
     def forward(ctx: Context, x: SharedTensor, target: Any, reduction: str) -> SharedTensor:
+        """Compute the output."""
         dim = 1 if x.dim() > 1 else 0
         p = nl.softmax(x, dim)
         ctx.save_for_backward(p, target)
@@ -940,6 +1040,7 @@ class CrossEntropy(Function):
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> tuple[Grad | None, Grad | None, None]:
+        """Gradients w.r.t. the inputs."""
         p, target = ctx.saved_tensors
         reduction, dim = ctx.conf
         d = ops.sub(p, target)

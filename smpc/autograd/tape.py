@@ -65,6 +65,7 @@ class set_grad_enabled:  # noqa: N801 - torch's name
         _GRAD_ENABLED.reset(self._tokens.pop())
 
     def __call__(self, fn: F) -> F:
+        """Use as a decorator."""
         mode = self.mode
 
         @functools.wraps(fn)

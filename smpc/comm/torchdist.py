@@ -39,7 +39,7 @@ from enum import IntEnum
 import torch
 from torch.distributed import PrefixStore, ProcessGroupGloo, Store, TCPStore
 
-from ..errors import PartyTimeoutError, ProtocolDesyncError, SessionClosedError
+from ..errors import PartyTimeoutError, ProtocolDesyncError, SessionClosedError, SmpcError
 from .stats import Stats
 
 __all__ = [
@@ -51,7 +51,10 @@ __all__ = [
 ]
 
 DEFAULT_PORT = 29533
-HEADER_NUMEL = 4
+# A header is [seq, kind, nbytes, aux] followed by room for a small inline payload:
+# small messages (most rounds of comparison protocols) then cost one message, not two.
+HEADER_NUMEL = 512
+INLINE_BYTES = (HEADER_NUMEL - 4) * 8
 # gloo tags: headers and payloads travel on separate tags so that a header can never
 # land in a payload buffer (gloo matches messages by (peer, tag), FIFO).
 TAG_HEADER = 11
@@ -117,8 +120,10 @@ def connect(
     addr = master_addr or os.environ.get("MASTER_ADDR", "127.0.0.1")
     try:
         if store is None:
-            port = master_port if master_port is not None else int(
-                os.environ.get("MASTER_PORT", DEFAULT_PORT)
+            port = (
+                master_port
+                if master_port is not None
+                else int(os.environ.get("MASTER_PORT", DEFAULT_PORT))
             )
             is_master = rank == 0 if host_store is None else host_store
             store = TCPStore(addr, port, size, is_master, timeout=td, wait_for_workers=False)
@@ -156,7 +161,8 @@ class Channel:
         self.timeout = timeout
         self.wait_timeout = datetime.timedelta(seconds=timeout)
         self.names = tuple(names)
-        self.failed: BaseException | None = None
+        self.failed: SmpcError | None = None
+        self._posted: dict[int, tuple[object, torch.Tensor]] = {}
 
     def who(self, rank: int) -> str:
         """A display name for ``rank``."""
@@ -197,28 +203,48 @@ class Channel:
     def send(
         self, dst: int, seq: int, kind: MessageKind, payload: torch.Tensor | None, aux: int = 0
     ) -> list[object]:
-        """Post a header (and payload) to ``dst``; return the works to wait for.
+        """Post one message to ``dst``; return the works to wait for (with the kept-alive buffers).
 
-        The caller must keep ``payload`` alive and unchanged until the works complete.
+        A payload of at most ``INLINE_BYTES`` travels inside the header (one message);
+        a larger one follows on the payload tag. The caller must keep ``payload``
+        unchanged until the works complete.
         """
         nbytes = 0 if payload is None else payload.numel() * payload.element_size()
-        header = torch.tensor([seq, int(kind), nbytes, aux], dtype=torch.int64)
+        header = torch.empty(HEADER_NUMEL, dtype=torch.int64)
+        header[:4] = torch.tensor([seq, int(kind), nbytes, aux], dtype=torch.int64)
+        inline = nbytes <= INLINE_BYTES
+        if nbytes and inline:
+            assert payload is not None
+            header[4:].view(torch.uint8)[:nbytes].copy_(payload.reshape(-1).view(torch.uint8))
         try:
             works: list[object] = [self.pg.send([header], dst, TAG_HEADER), header]
-            if nbytes:
+            if not inline:
                 assert payload is not None and payload.is_contiguous()
                 works += [self.pg.send([payload], dst, TAG_PAYLOAD), payload]
         except RuntimeError as e:
             raise self.fail(dst, f"sending message #{seq} ({kind.name})", e) from e
         return works
 
-    def post_header(self, src: int) -> tuple[object, torch.Tensor]:
-        """Post the receive of ``src``'s next header."""
+    def _post_header(self, src: int) -> tuple[object, torch.Tensor]:
         header = torch.empty(HEADER_NUMEL, dtype=torch.int64)
         try:
             return self.pg.recv([header], src, TAG_HEADER), header
         except RuntimeError as e:
             raise self.fail(src, "posting a receive", e) from e
+
+    def take_header(
+        self, src: int, what: str, *, timeout: datetime.timedelta | None = None
+    ) -> torch.Tensor:
+        """Wait for ``src``'s next header.
+
+        The receive of the following header is posted at once, so that a peer's next
+        message lands in a waiting buffer instead of a send/receive handshake.
+        """
+        work, header = self._posted.pop(src, None) or self._post_header(src)
+        self.wait(work, src, what, timeout=timeout)
+        if int(header[1]) != MessageKind.CLOSE:
+            self._posted[src] = self._post_header(src)
+        return header
 
     def check_header(
         self,
@@ -230,7 +256,7 @@ class Channel:
         what: str,
     ) -> tuple[int, int]:
         """Validate a received header; return its ``(nbytes, aux)``."""
-        got_seq, got_kind, got_nbytes, aux = (int(v) for v in header.tolist())
+        got_seq, got_kind, got_nbytes, aux = (int(v) for v in header[:4].tolist())
         if got_seq != seq or got_kind != int(kind):
             try:
                 got = MessageKind(got_kind).name
@@ -251,10 +277,21 @@ class Channel:
             raise err
         return got_nbytes, aux
 
-    def post_payload(self, src: int, buf: torch.Tensor) -> object:
-        """Post the receive of ``src``'s payload into ``buf`` (exactly the announced size)."""
+    def payload(
+        self, header: torch.Tensor, src: int, nbytes: int, buf: torch.Tensor | None = None
+    ) -> tuple[object | None, torch.Tensor]:
+        """The payload announced by ``header``, as ``nbytes`` uint8.
+
+        Inline payloads are a view of the header (no wait: ``work`` is ``None``);
+        otherwise its receive is posted into ``buf`` (default: a fresh buffer) and
+        ``work`` must be waited for.
+        """
+        if nbytes <= INLINE_BYTES:
+            return None, header[4:].view(torch.uint8)[:nbytes]
+        if buf is None:
+            buf = torch.empty(nbytes, dtype=torch.uint8)
         try:
-            return self.pg.recv([buf], src, TAG_PAYLOAD)
+            return self.pg.recv([buf], src, TAG_PAYLOAD), buf
         except RuntimeError as e:
             raise self.fail(src, "posting a receive", e) from e
 
@@ -268,20 +305,19 @@ class Channel:
         timeout: datetime.timedelta | None = None,
         accept: tuple[MessageKind, ...] = (),
     ) -> tuple[MessageKind, torch.Tensor, int]:
-        """Receive one whole message as bytes: ``(kind, uint8 payload, aux)``.
+        """Receive one whole message: ``(kind, uint8 payload, aux)``.
 
         ``accept`` lists other kinds taken instead of ``kind`` (e.g. CLOSE or ERROR).
         """
-        work, header = self.post_header(src)
-        self.wait(work, src, what, timeout=timeout)
+        header = self.take_header(src, what, timeout=timeout)
         got_kind = int(header[1])
         if got_kind in {int(k) for k in accept}:
             kind = MessageKind(got_kind)
         nbytes, aux = self.check_header(header, src, seq, kind, None, what)
-        buf = torch.empty(nbytes, dtype=torch.uint8)
-        if nbytes:
-            self.wait(self.post_payload(src, buf), src, what)
-        return kind, buf, aux
+        work, data = self.payload(header, src, nbytes)
+        if work is not None:
+            self.wait(work, src, what)
+        return kind, data, aux
 
     def wait_all(self, works: list[object], peer: int, what: str) -> None:
         """Wait for sends posted by :meth:`send` (skipping the kept-alive tensors)."""
@@ -403,22 +439,26 @@ class TorchDistCommunicator:
         nbytes: int,
         what: str,
     ) -> dict[int, torch.Tensor]:
-        """Send ``payload`` to ``dsts`` and receive ``nbytes`` from each of ``srcs``, concurrently."""
+        """Send ``payload`` to ``dsts`` and receive ``nbytes`` from each of ``srcs``, concurrently.
+
+        Returns uint8 views that stay valid until the next call.
+        """
         ch = self.channel
         sends = {p: ch.send(p, seq, kind, payload) for p in dsts}
-        headers = {p: ch.post_header(p) for p in srcs}
-        recvs: dict[int, tuple[object, torch.Tensor]] = {}
-        for p, (work, header) in headers.items():
-            ch.wait(work, p, what)
+        got: dict[int, torch.Tensor] = {}
+        works = []
+        for p in srcs:
+            header = ch.take_header(p, what)
             ch.check_header(header, p, seq, kind, nbytes, what)
-            if nbytes:
-                buf = self._recv_buffer(p, nbytes)
-                recvs[p] = (ch.post_payload(p, buf), buf)
-        for p, (work, _) in recvs.items():
+            buf = self._recv_buffer(p, nbytes) if nbytes > INLINE_BYTES else None
+            work, got[p] = ch.payload(header, p, nbytes, buf)
+            if work is not None:
+                works.append((p, work))
+        for p, work in works:
             ch.wait(work, p, what)
-        for p, works in sends.items():
-            ch.wait_all(works, p, what)
-        return {p: buf for p, (_, buf) in recvs.items()}
+        for p, w in sends.items():
+            ch.wait_all(w, p, what)
+        return got
 
     # ----------------------------------------------------------------- Communicator
     def open(self, shares: Sequence[torch.Tensor], label: str) -> list[torch.Tensor]:
@@ -544,7 +584,9 @@ class TorchDistCommunicator:
     def barrier(self) -> None:
         """Wait until every party reaches this point (one empty message to each peer)."""
         seq = self._next()
-        self._exchange(seq, MessageKind.BARRIER, None, self._peers, self._peers, 0, f"barrier #{seq}")
+        self._exchange(
+            seq, MessageKind.BARRIER, None, self._peers, self._peers, 0, f"barrier #{seq}"
+        )
 
     def close(self) -> None:
         """Say goodbye to every peer (so no one exits with data in flight), then release.

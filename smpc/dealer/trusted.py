@@ -200,8 +200,10 @@ class TrustedDealerClient:
         drawn = _drawn(comps, self._rank, self._n)
         ready = _split(self._prg.random_int64(sum(_numel(c) for c in drawn)), drawn)
         self._stats.record_dealer(corr_bytes)
-        if pending is not None and not derived:
+        if pending is not None and (not derived or not getattr(self, "lazy", True)):
             self._resolve(pending)
+            assert pending.shares is not None
+            ready.update(pending.shares)
             pending = None
         return Shares(ready, pending, self)
 
@@ -297,6 +299,7 @@ class TrustedDealer:
         self._keys = [dealer_key(seed, i) for i in range(world_size)]
         self.stats = DealerStats()
         self._free: list[torch.Tensor] = []
+        self._scratch = [torch.empty(0, dtype=torch.int64) for _ in range(world_size)]
 
     def serve(self) -> DealerStats:
         """Send the seeds, then answer requests until the last party closes.
@@ -311,7 +314,9 @@ class TrustedDealer:
         for i, key in enumerate(self._keys):
             raw = bytearray(key) if key is not None else bytearray(AesPrg().random_bytes(KEY_BYTES))
             prgs.append(AesPrg(bytes(raw)))
-            sends.append((i, ch.send(i, 0, MessageKind.SEED, torch.frombuffer(raw, dtype=torch.uint8))))
+            sends.append(
+                (i, ch.send(i, 0, MessageKind.SEED, torch.frombuffer(raw, dtype=torch.uint8)))
+            )
             self.stats.seed_bytes += KEY_BYTES
         for i, works in sends:
             ch.wait_all(works, i, "sending the seed")
@@ -371,7 +376,11 @@ class TrustedDealer:
         partial: dict[str, torch.Tensor] = {}  # sum of parties 0..n-2's derived shares
         for i in range(n):
             drawn = _drawn(comps, i, n)
-            shares = _split(prgs[i].random_int64(sum(_numel(c) for c in drawn)), drawn)
+            total_i = sum(_numel(c) for c in drawn)
+            if self._scratch[i].numel() < total_i:
+                self._scratch[i] = torch.empty(total_i, dtype=torch.int64)
+            # Scratch reused across requests: no fresh pages to fault in for big requests.
+            shares = _split(prgs[i].fill_(self._scratch[i][:total_i]), drawn)
             for c in drawn:
                 acc = partial if c.kind.derived else plain
                 v = shares[c.name]

@@ -27,7 +27,20 @@ from .modules import (
 )
 
 __all__ = [
-    "Module", "Linear", "Conv2d", "ReLU", "Flatten", "AvgPool2d", "MaxPool2d", "Dropout",
-    "BatchNorm", "Identity", "Sequential", "MSELoss", "CrossEntropyLoss", "encrypt",
-    "register_layer", "supported_layers",
+    "Module",
+    "Linear",
+    "Conv2d",
+    "ReLU",
+    "Flatten",
+    "AvgPool2d",
+    "MaxPool2d",
+    "Dropout",
+    "BatchNorm",
+    "Identity",
+    "Sequential",
+    "MSELoss",
+    "CrossEntropyLoss",
+    "encrypt",
+    "register_layer",
+    "supported_layers",
 ]

@@ -23,7 +23,6 @@ from torch import nn
 from .. import functional as F
 from ..errors import UnsupportedModuleError
 from ..session import Session
-from ..tensor import SharedTensor
 from . import modules as M
 
 __all__ = ["encrypt", "register_layer", "supported_layers", "Traced"]
@@ -107,7 +106,9 @@ def _identity(m: nn.Identity, sess: Session, src: int | str | None) -> M.Module:
 
 
 @register_layer(nn.BatchNorm1d, nn.BatchNorm2d)
-def _batchnorm(m: nn.modules.batchnorm._BatchNorm, sess: Session, src: int | str | None) -> M.Module:
+def _batchnorm(
+    m: nn.modules.batchnorm._BatchNorm, sess: Session, src: int | str | None
+) -> M.Module:
     return M.BatchNorm(m, session=sess, src=src)
 
 
@@ -172,8 +173,12 @@ _FUNCTIONS: dict[Any, Callable[..., Any]] = {
     torch.nn.functional.relu: lambda x, inplace=False: F.relu(x),
     torch.nn.functional.linear: F.linear,
     torch.nn.functional.conv2d: F.conv2d,
-    torch.nn.functional.avg_pool2d: lambda x, kernel_size, stride=None, padding=0, *a, **k: F.avg_pool2d(x, kernel_size, stride, padding),
-    torch.nn.functional.max_pool2d: lambda x, kernel_size, stride=None, padding=0, *a, **k: F.max_pool2d(x, kernel_size, stride, padding),
+    torch.nn.functional.avg_pool2d: lambda x, kernel_size, stride=None, padding=0, *a, **k: (
+        F.avg_pool2d(x, kernel_size, stride, padding)
+    ),
+    torch.nn.functional.max_pool2d: lambda x, kernel_size, stride=None, padding=0, *a, **k: (
+        F.max_pool2d(x, kernel_size, stride, padding)
+    ),
     torch.nn.functional.softmax: lambda x, dim=None, *a, **k: F.softmax(x, dim),
     torch.nn.functional.log_softmax: lambda x, dim=None, *a, **k: F.log_softmax(x, dim),
     torch.nn.functional.sigmoid: F.sigmoid,
@@ -181,10 +186,32 @@ _FUNCTIONS: dict[Any, Callable[..., Any]] = {
 }
 _METHODS = frozenset(
     {
-        "view", "reshape", "flatten", "relu", "size", "permute", "transpose", "t",
-        "unsqueeze", "squeeze", "sum", "mean", "softmax", "log_softmax", "contiguous",
-        "add", "sub", "mul", "matmul", "neg", "square", "sigmoid", "tanh", "dim",
-        "expand", "expand_as",
+        "view",
+        "reshape",
+        "flatten",
+        "relu",
+        "size",
+        "permute",
+        "transpose",
+        "t",
+        "unsqueeze",
+        "squeeze",
+        "sum",
+        "mean",
+        "softmax",
+        "log_softmax",
+        "contiguous",
+        "add",
+        "sub",
+        "mul",
+        "matmul",
+        "neg",
+        "square",
+        "sigmoid",
+        "tanh",
+        "dim",
+        "expand",
+        "expand_as",
     }
 )
 
@@ -197,7 +224,13 @@ def _fname(target: Any) -> str:
 class Traced(M.Module):
     """A custom torch Module replayed on shared tensors from its ``torch.fx`` graph."""
 
-    def __init__(self, original: nn.Module, graph: torch.fx.Graph, subs: dict[str, M.Module]) -> None:
+    _graph: torch.fx.Graph
+    _skeleton: nn.Module
+    _names: dict[str, M.Module]
+
+    def __init__(
+        self, original: nn.Module, graph: torch.fx.Graph, subs: dict[str, M.Module]
+    ) -> None:
         super().__init__()
         object.__setattr__(self, "_graph", graph)
         object.__setattr__(self, "_original_type", type(original))
@@ -208,6 +241,7 @@ class Traced(M.Module):
             setattr(self, name.replace(".", "_"), sub)
 
     def forward(self, *args: Any) -> Any:
+        """Compute the output."""
         env: dict[str, Any] = {}
         it = iter(args)
 
@@ -232,6 +266,7 @@ class Traced(M.Module):
         return None
 
     def to_torch(self) -> nn.Module:
+        """The plaintext torch layer (reveals the weights)."""
         out = copy.deepcopy(self._skeleton)
         for name, sub in self._names.items():
             out.set_submodule(name, sub.to_torch())
@@ -318,5 +353,3 @@ def encrypt(module: nn.Module, session: Session, *, src: int | str | None = None
         )
     out = _convert(module, session, src)
     return out.train(module.training)
-
-

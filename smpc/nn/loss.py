@@ -24,6 +24,7 @@ class MSELoss(Module):
         self.reduction = reduction
 
     def forward(self, input: SharedTensor, target: Any) -> SharedTensor:
+        """Compute the output."""
         return F.mse_loss(input, target, reduction=self.reduction)
 
 
@@ -39,4 +40,5 @@ class CrossEntropyLoss(Module):
         self.reduction = reduction
 
     def forward(self, input: SharedTensor, target: Any) -> SharedTensor:
+        """Compute the output."""
         return F.cross_entropy(input, target, reduction=self.reduction)

@@ -48,6 +48,10 @@ def _reveal(t: SharedTensor) -> torch.Tensor:
 class Module:
     """Base class: parameters, children, train/eval, ``__call__`` -> ``forward``."""
 
+    _parameters: OrderedDict[str, SharedTensor | None]
+    _modules: OrderedDict[str, Module]
+    training: bool
+
     def __init__(self) -> None:
         object.__setattr__(self, "_parameters", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
@@ -68,6 +72,7 @@ class Module:
         raise NotImplementedError
 
     def __call__(self, *args: Any) -> Any:
+        """Run :meth:`forward`."""
         return self.forward(*args)
 
     # ------------------------------------------------------------- traversal
@@ -173,13 +178,16 @@ class Linear(Module):
         )
 
     @classmethod
-    def from_torch(cls, m: torch.nn.Linear, session: Session, src: int | str | None = None) -> Linear:
+    def from_torch(
+        cls, m: torch.nn.Linear, session: Session, src: int | str | None = None
+    ) -> Linear:
         """Share a torch ``Linear``'s weights."""
         return cls(
             m.in_features, m.out_features, m.bias is not None, session=session, src=src, init=m
         )
 
     def forward(self, x: SharedTensor) -> SharedTensor:
+        """Compute the output."""
         if x.shape[-1] != self.in_features if x.dim() else True:
             raise ShapeError(
                 f"Linear: expected input (..., {self.in_features}); got {tuple(x.shape)}"
@@ -187,6 +195,7 @@ class Linear(Module):
         return F.linear(x, self.weight, self.bias)
 
     def to_torch(self) -> torch.nn.Linear:
+        """The plaintext torch layer (reveals the weights)."""
         m = torch.nn.Linear(self.in_features, self.out_features, self.bias is not None)
         with torch.no_grad():
             m.weight.copy_(_reveal(self.weight))
@@ -195,18 +204,25 @@ class Linear(Module):
         return m
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        """Extra text for repr."""
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}"
+        )
 
 
 class Conv2d(Module):
     """2-D convolution with shared ``weight`` (O, C, kh, kw) and ``bias`` (O,); ``groups=1``."""
 
-    def __init__(self, init: torch.nn.Conv2d, *, session: Session, src: int | str | None = None) -> None:
+    def __init__(
+        self, init: torch.nn.Conv2d, *, session: Session, src: int | str | None = None
+    ) -> None:
         super().__init__()
         if init.groups != 1 or init.padding_mode != "zeros" or isinstance(init.padding, str):
             raise ValueError(
                 "Conv2d: only groups=1, zero padding and integer padding are supported; "
-                f"got groups={init.groups}, padding_mode={init.padding_mode!r}, padding={init.padding!r}"
+                f"got groups={init.groups}, padding_mode={init.padding_mode!r}, "
+                f"padding={init.padding!r}"
             )
         self.in_channels = init.in_channels
         self.out_channels = init.out_channels
@@ -220,11 +236,14 @@ class Conv2d(Module):
         )
 
     @classmethod
-    def from_torch(cls, m: torch.nn.Conv2d, session: Session, src: int | str | None = None) -> Conv2d:
+    def from_torch(
+        cls, m: torch.nn.Conv2d, session: Session, src: int | str | None = None
+    ) -> Conv2d:
         """Share a torch ``Conv2d``'s weights."""
         return cls(m, session=session, src=src)
 
     def forward(self, x: SharedTensor) -> SharedTensor:
+        """Compute the output."""
         if x.dim() not in (3, 4) or x.shape[-3] != self.in_channels:
             raise ShapeError(
                 f"Conv2d: expected input (N, {self.in_channels}, H, W); got {tuple(x.shape)}"
@@ -232,6 +251,7 @@ class Conv2d(Module):
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
 
     def to_torch(self) -> torch.nn.Conv2d:
+        """The plaintext torch layer (reveals the weights)."""
         m = torch.nn.Conv2d(
             self.in_channels,
             self.out_channels,
@@ -248,6 +268,7 @@ class Conv2d(Module):
         return m
 
     def extra_repr(self) -> str:
+        """Extra text for repr."""
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"stride={self.stride}, padding={self.padding}"
@@ -258,9 +279,11 @@ class ReLU(Module):
     """``max(x, 0)`` (gradient through the saved comparison bit)."""
 
     def forward(self, x: SharedTensor) -> SharedTensor:
+        """Compute the output."""
         return F.relu(x)
 
     def to_torch(self) -> torch.nn.Module:
+        """The plaintext torch layer (reveals the weights)."""
         return torch.nn.ReLU()
 
 
@@ -268,9 +291,11 @@ class Identity(Module):
     """Returns its input."""
 
     def forward(self, x: SharedTensor) -> SharedTensor:
+        """Compute the output."""
         return x
 
     def to_torch(self) -> torch.nn.Module:
+        """The plaintext torch layer (reveals the weights)."""
         return torch.nn.Identity()
 
 
@@ -283,9 +308,11 @@ class Flatten(Module):
         self.end_dim = end_dim
 
     def forward(self, x: SharedTensor) -> SharedTensor:
+        """Compute the output."""
         return x.flatten(self.start_dim, self.end_dim)
 
     def to_torch(self) -> torch.nn.Module:
+        """The plaintext torch layer (reveals the weights)."""
         return torch.nn.Flatten(self.start_dim, self.end_dim)
 
 
@@ -304,9 +331,11 @@ class AvgPool2d(Module):
         self.padding = _pair(padding)
 
     def forward(self, x: SharedTensor) -> SharedTensor:
+        """Compute the output."""
         return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding)
 
     def to_torch(self) -> torch.nn.Module:
+        """The plaintext torch layer (reveals the weights)."""
         return torch.nn.AvgPool2d(self.kernel_size, self.stride, self.padding)
 
 
@@ -325,9 +354,11 @@ class MaxPool2d(Module):
         self.padding = _pair(padding)
 
     def forward(self, x: SharedTensor) -> SharedTensor:
+        """Compute the output."""
         return F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
 
     def to_torch(self) -> torch.nn.Module:
+        """The plaintext torch layer (reveals the weights)."""
         return torch.nn.MaxPool2d(self.kernel_size, self.stride, self.padding)
 
 
@@ -342,12 +373,14 @@ class Dropout(Module):
         self.generator = generator
 
     def forward(self, x: SharedTensor) -> SharedTensor:
+        """Compute the output."""
         if not self.training or self.p == 0.0:
             return x
         keep = (torch.rand(tuple(x.shape), generator=self.generator) >= self.p).to(torch.float32)
         return F.mul(x, keep / (1.0 - self.p))
 
     def to_torch(self) -> torch.nn.Module:
+        """The plaintext torch layer (reveals the weights)."""
         return torch.nn.Dropout(self.p)
 
 
@@ -360,7 +393,13 @@ class BatchNorm(Module):
     into that layer's weights instead (no extra product at all).
     """
 
-    def __init__(self, init: torch.nn.modules.batchnorm._BatchNorm, *, session: Session, src: int | str | None = None) -> None:
+    def __init__(
+        self,
+        init: torch.nn.modules.batchnorm._BatchNorm,
+        *,
+        session: Session,
+        src: int | str | None = None,
+    ) -> None:
         super().__init__()
         scale, shift = bn_affine(init)
         self.num_features = init.num_features
@@ -370,6 +409,7 @@ class BatchNorm(Module):
         self.shift = session.share(shift, src=src)
 
     def forward(self, x: SharedTensor) -> SharedTensor:
+        """Compute the output."""
         if x.dim() < 2 or x.shape[1] != self.num_features:
             raise ShapeError(
                 f"BatchNorm: expected input (N, {self.num_features}, ...); got {tuple(x.shape)}"
@@ -378,6 +418,7 @@ class BatchNorm(Module):
         return F.add(F.mul(x, self.scale.reshape(shape)), self.shift.reshape(shape))
 
     def to_torch(self) -> torch.nn.Module:
+        """The plaintext torch layer (reveals the weights)."""
         m = self.kind(self.num_features, eps=0.0)
         with torch.no_grad():
             m.weight.copy_(_reveal(self.scale))
@@ -407,10 +448,13 @@ class Sequential(Module):
         super().__init__()
         for i, m in enumerate(modules):
             if not isinstance(m, Module):
-                raise TypeError(f"Sequential: item {i} must be a smpc.nn.Module; got {type(m).__name__}")
+                raise TypeError(
+                    f"Sequential: item {i} must be a smpc.nn.Module; got {type(m).__name__}"
+                )
             setattr(self, str(i), m)
 
     def forward(self, x: Any) -> Any:
+        """Compute the output."""
         for m in self._modules.values():
             x = m(x)
         return x
@@ -422,6 +466,5 @@ class Sequential(Module):
         return len(self._modules)
 
     def to_torch(self) -> torch.nn.Module:
-        return torch.nn.Sequential(
-            OrderedDict((n, m.to_torch()) for n, m in self._modules.items())
-        )
+        """The plaintext torch layer (reveals the weights)."""
+        return torch.nn.Sequential(OrderedDict((n, m.to_torch()) for n, m in self._modules.items()))

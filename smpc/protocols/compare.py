@@ -1,5 +1,4 @@
-"""Exact secure comparison: the sign (most significant bit) of a shared ring element
-(protocol layer).
+"""Exact secure comparison: the sign bit of a shared ring element (protocol layer).
 
 Everything here works on raw ring shares and returns *additive* shares of 0/1
 ring bits (unscaled); the tensor layer (:mod:`smpc.nonlinear`) multiplies by
@@ -39,8 +38,8 @@ import torch
 from .. import ring
 from ..comm.base import Communicator
 from ..dealer.base import Component, Dealer, Kind
-from ..sharing import add_public, data_shape
-from .convert import field_width, open_fields, xor_public
+from ..sharing import data_shape
+from .convert import field_width, open_fields
 
 __all__ = [
     "LtzMaterial",
@@ -104,6 +103,7 @@ class LtzMaterial:
     mul: bool = False
 
     def components(self) -> tuple[Component, ...]:
+        """Random components first, then derived ones."""
         sh = self.shape
         comps = [Component("r", Kind.RANDOM, sh)]
         if self.mul:
@@ -122,6 +122,7 @@ class LtzMaterial:
         return tuple(comps)
 
     def derive(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Plain derived values from the plain random ones."""
         r = values["r"]
         low = r & _LOW63
         rr = (low >> 1) & low & _EVEN
@@ -228,8 +229,13 @@ def _byte_level(
     return z
 
 
+def _bytes_of(words: torch.Tensor) -> torch.Tensor:
+    """uint8 view ``(..., N, 8)`` of int64 words ``(..., N)`` (byte 0 least significant)."""
+    return words.contiguous().view(torch.uint8).reshape(*words.shape, 8)
+
+
 def _msb_xor(comm: Communicator, t: Mapping[str, torch.Tensor], c: torch.Tensor) -> torch.Tensor:
-    """XOR shares (bit 0 of uint8) of ``msb(c - r)`` from the public ``c`` and the dealer's ``t``."""
+    """XOR shares (bit 0 of uint8) of ``msb(c - r)`` from public ``c`` and the dealer's ``t``."""
     nc = ~(c & _LOW63)  # bit 63 set: neutral (r's bit 63 is excluded below)
     n_hi = (nc >> 1) & _EVEN
     n_lo = nc & _EVEN
@@ -248,12 +254,14 @@ def _msb_xor(comm: Communicator, t: Mapping[str, torch.Tensor], c: torch.Tensor)
     if _BYTE_OFFSETS:
         # After stride 4: G at bit 0 and P at bit 1 of every byte. Bytes pair up next.
         width = field_width(comm.world_size)
-        v = w.view(torch.uint8).unflatten(-1, (-1, 8))
-        mb = t["mb"].view(torch.uint8).unflatten(-1, (-1, 8))
-        tb = t["tb"].view(torch.uint8).unflatten(-1, (-1, 8))
+        v = _bytes_of(w)
+        mb = _bytes_of(t["mb"])
+        tb = _bytes_of(t["tb"])
         k = 8
         for off in _BYTE_OFFSETS:
-            v = _byte_level(comm, v, mb[..., off : off + k // 2], tb[..., off : off + k // 2], width)
+            v = _byte_level(
+                comm, v, mb[..., off : off + k // 2], tb[..., off : off + k // 2], width
+            )
             k //= 2
         g = v[..., 0] & 1
     else:
@@ -313,13 +321,28 @@ def ltz_mul(
     msb = _msb_xor(comm, t, c)
     msb ^= (t["s_xor"] & 1).to(torch.uint8)
     e = _open_bytes(comm, msb.unsqueeze(-1), "ltz").squeeze(-1).to(torch.int64) & 1
-    flip = 1 - 2 * e
-    z = add_public(comm, t["s"] * flip, e)
-    if not mul:
+    on = e.bool()
+    s_bit = t["s"]
+    xs: torch.Tensor | None = None
+    if mul:
+        xs = d * s_bit
+        xs += t["as"]  # [x s] = [a s] + d [s]
+    # [z] = e + (1 - 2e)[s]: [s] where e = 0, 1 - [s] where e = 1.
+    z = torch.where(on, -s_bit, s_bit)
+    _add_public_(comm, z, e)
+    if xs is None:
         return z, None
-    xs = t["as"] + d * t["s"]
-    xz = x * e + xs * flip
+    # [x z] = e [x] + (1 - 2e)[x s]: [x s] where e = 0, [x] - [x s] where e = 1.
+    xz = torch.where(on, x - xs, xs)
     return z, xz
+
+
+def _add_public_(comm: Communicator, share: torch.Tensor, public: torch.Tensor | int) -> None:
+    """In place: party 0's additive share of a fresh tensor absorbs a public value."""
+    if comm.party_axis:
+        share[0] += public
+    elif comm.rank == 0:
+        share += public
 
 
 def ltz(comm: Communicator, dealer: Dealer, x: torch.Tensor) -> torch.Tensor:
@@ -341,7 +364,10 @@ def relu(comm: Communicator, dealer: Dealer, x: torch.Tensor) -> tuple[torch.Ten
     """
     z, xz = ltz_mul(comm, dealer, x, mul=True)
     assert xz is not None
-    return x - xz, add_public(comm, -z, 1)
+    xz.neg_().add_(x)  # x - x z
+    z.neg_()
+    _add_public_(comm, z, 1)  # 1 - z
+    return xz, z
 
 
 def cost(world_size: int, *, mul: bool = False) -> tuple[int, int]:

@@ -1,5 +1,4 @@
-"""Binary (XOR) shares: local helpers, bit-field openings and bit-to-arithmetic conversion
-(protocol layer).
+"""XOR shares: local helpers, bit-field openings, bit-to-arithmetic conversion (protocol layer).
 
 XOR shares of bit-packed words: ``w = w_0 ^ w_1 ^ ... ^ w_{n-1}``. AND with a
 public word and XOR of two shared words are local; XOR with a public word is
@@ -106,7 +105,7 @@ def open_fields(
         i += len(chunk)
     opened = comm.open(packed, label)
     out: list[torch.Tensor | None] = [None] * len(words)
-    for value, items in zip(opened, layout):
+    for value, items in zip(opened, layout, strict=True):
         for j, shift in items:
             out[j] = (value >> shift) & masks[j] if shift else value & masks[j]
     return [o for o in out if o is not None]
@@ -119,16 +118,20 @@ class BitPair:
     shape: tuple[int, ...]
 
     def components(self) -> tuple[Component, ...]:
+        """Random components first, then derived ones."""
         return (
             Component("s_xor", Kind.RANDOM_XOR, self.shape),
             Component("s", Kind.DERIVED, self.shape),
         )
 
     def derive(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Plain derived values from the plain random ones."""
         return {"s": values["s_xor"] & 1}
 
 
-def b2a(comm: Communicator, dealer: Dealer, bit: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+def b2a(
+    comm: Communicator, dealer: Dealer, bit: torch.Tensor, shape: tuple[int, ...]
+) -> torch.Tensor:
     """Additive shares of a bit from XOR shares of it (bit 0 of each word).
 
     Protocol (dealer-assisted conversion with a doubly shared random bit, as in

@@ -63,7 +63,7 @@ def max_last(
             if m % 2:
                 last = oh[..., -1:, :]
                 if oh_public:
-                        last = add_public(comm, torch.zeros_like(sel[..., :1, :]), last)
+                    last = add_public(comm, torch.zeros_like(sel[..., :1, :]), last)
                 sel = torch.cat([sel, last], dim=-2)
             oh = sel
             oh_public = False

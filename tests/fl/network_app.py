@@ -25,6 +25,24 @@ def make_model() -> nn.Module:
     return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
 
 
+class LightSGD:
+    """Duck-typed SGD: keeps the spawned processes from importing torch.optim's
+    compile machinery (seconds of start-up per process on a loaded 2-core box)."""
+
+    def __init__(self, params: Any, lr: float) -> None:
+        self.params, self.lr = list(params), lr
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for p in self.params:
+            if p.grad is not None:
+                p.add_(p.grad, alpha=-self.lr)
+
+
 class KilledClient(fl.Client):
     """Kills its own process (SIGKILL) when asked to train in round `die_in`."""
 
@@ -42,7 +60,13 @@ class KilledClient(fl.Client):
 
 def server_main(port: int, world: int, rounds: int, out: Any) -> None:
     x, y = tiny_problem()
-    config = NetworkConfig(world_size=world, master_port=port, stage_timeout=60.0, heartbeat_timeout=2.0, connect_timeout=60.0)
+    config = NetworkConfig(
+        world_size=world,
+        master_port=port,
+        stage_timeout=60.0,
+        heartbeat_timeout=2.0,
+        connect_timeout=60.0,
+    )
     history = run_server(
         make_model(),
         config,
@@ -58,10 +82,18 @@ def client_main(port: int, world: int, rank: int, die_in: int | None) -> None:
     x, y = tiny_problem()
     part = fl.partition(y, world - 1, "iid", seed=0)
     cx, cy = part.subsets(x, y)[rank - 1]
-    config = NetworkConfig(world_size=world, master_port=port, stage_timeout=60.0, heartbeat_timeout=2.0, connect_timeout=60.0)
+    config = NetworkConfig(
+        world_size=world,
+        master_port=port,
+        stage_timeout=60.0,
+        heartbeat_timeout=2.0,
+        connect_timeout=60.0,
+    )
     client: fl.Client
     if die_in is None:
-        client = fl.Client(rank - 1, cx, cy)
+        client = fl.Client(rank - 1, cx, cy, optimizer=LightSGD)  # type: ignore[arg-type]
     else:
-        client = KilledClient(rank - 1, cx, cy, die_in=die_in)
-    run_client(client, make_model(), config, rank=rank, aggregator=fl.MaskingAggregator(clip_range=4.0))
+        client = KilledClient(rank - 1, cx, cy, die_in=die_in, optimizer=LightSGD)
+    run_client(
+        client, make_model(), config, rank=rank, aggregator=fl.MaskingAggregator(clip_range=4.0)
+    )

@@ -35,7 +35,9 @@ def test_fedavg_equals_hand_computed_weighted_average() -> None:
     assert res.survivors == (0, 1, 2) and res.upload_bytes[0] == 8
 
 
-def _masking_oracle(ups: list[ClientUpdate], agg: fl.MaskingAggregator, survivors: list[int]) -> torch.Tensor:
+def _masking_oracle(
+    ups: list[ClientUpdate], agg: fl.MaskingAggregator, survivors: list[int]
+) -> torch.Tensor:
     """Plain sum of the *quantized* weighted updates of the survivors."""
     weights = agg.weights({u.client_id: u.num_examples for u in ups})
     q = agg.quantizer(len(ups))
@@ -59,7 +61,9 @@ def test_masking_equals_plain_exactly_on_quantized_values(n: int, dim: int, seed
 
 @settings(max_examples=5)
 @given(st.integers(1, 6), st.integers(1, 30), st.integers(0, 10_000), st.sampled_from([2, 3]))
-def test_secret_sharing_equals_plain_within_fixed_point(n: int, dim: int, seed: int, parties: int) -> None:
+def test_secret_sharing_equals_plain_within_fixed_point(
+    n: int, dim: int, seed: int, parties: int
+) -> None:
     ups = _updates(n, dim, seed)
     agg = fl.SecretSharingAggregator(parties, frac_bits=16)
     res = agg.aggregate(ups)
@@ -91,7 +95,12 @@ def test_masking_too_many_dropouts_is_a_clear_error(stage: Stage) -> None:
 def test_dropouts_in_several_stages_and_neighbour_graph() -> None:
     ups = _updates(12, 30, seed=3)
     agg = fl.MaskingAggregator(neighbours=6, threshold=3)
-    plan = {Stage.ADVERTISE_KEYS: [0], Stage.SHARE_KEYS: [5], Stage.INPUT: [7, 9], Stage.UNMASK: [11]}
+    plan = {
+        Stage.ADVERTISE_KEYS: [0],
+        Stage.SHARE_KEYS: [5],
+        Stage.INPUT: [7, 9],
+        Stage.UNMASK: [11],
+    }
     res = agg.aggregate(ups, dropouts=plan)
     survivors = [c for c in range(12) if c not in (0, 5, 7, 9)]
     assert list(res.survivors) == survivors

@@ -51,7 +51,9 @@ def test_invalid_settings() -> None:
     with pytest.raises(fl.PrivacyError):
         fl.DifferentialPrivacy(clip_norm=1.0, noise_multiplier=1.0, target_epsilon=1.0)
     with pytest.raises(fl.ConfigError):
-        fl.SecretSharingAggregator(dp=fl.DifferentialPrivacy(clip_norm=1.0, noise_multiplier=1.0, distributed=True))
+        fl.SecretSharingAggregator(
+            dp=fl.DifferentialPrivacy(clip_norm=1.0, noise_multiplier=1.0, distributed=True)
+        )
 
 
 def _zeros(m: int, dim: int) -> list[ClientUpdate]:
@@ -105,7 +107,11 @@ def test_epsilon_is_reported_per_round() -> None:
     agg = fl.PlainAggregator(dp=dp)
     torch.manual_seed(0)
     h = fl.run_simulation(
-        torch.nn.Linear(4, 2), clients, num_rounds=4, aggregator=agg, strategy=fl.FedAvg(fraction_fit=0.5)
+        torch.nn.Linear(4, 2),
+        clients,
+        num_rounds=4,
+        aggregator=agg,
+        strategy=fl.FedAvg(fraction_fit=0.5),
     )
     eps = h.epsilon
     assert all(b > a for a, b in zip(eps, eps[1:], strict=False))

@@ -22,7 +22,9 @@ def labelled(draw: st.DrawFn) -> tuple[torch.Tensor, int]:
 
 
 @given(labelled(), st.sampled_from(["iid", "shards", "dirichlet"]), st.integers(0, 5))
-def test_partition_is_a_disjoint_cover(data: tuple[torch.Tensor, int], scheme: str, seed: int) -> None:
+def test_partition_is_a_disjoint_cover(
+    data: tuple[torch.Tensor, int], scheme: str, seed: int
+) -> None:
     labels, n_clients = data
     kw = {"min_size": 0} if scheme == "dirichlet" else {}
     p = fl.partition(labels, n_clients, scheme, seed=seed, **kw)

@@ -127,7 +127,9 @@ def test_tampered_ciphertext_is_detected() -> None:
     delivery = msgs[0]  # type: ignore[index]
     assert isinstance(delivery, ShareDelivery)
     sender, ct = next(iter(delivery.ciphertexts.items()))
-    forged = dataclasses.replace(delivery, ciphertexts={**delivery.ciphertexts, sender: ct[:-1] + bytes([ct[-1] ^ 1])})
+    forged = dataclasses.replace(
+        delivery, ciphertexts={**delivery.ciphertexts, sender: ct[:-1] + bytes([ct[-1] ^ 1])}
+    )
     with pytest.raises(fl.ProtocolError, match="authentication"):
         clients[0].respond(forged)
 

@@ -17,7 +17,9 @@ def _linear_clients() -> list[fl.Client]:
     out = []
     for i, n in enumerate((4, 6, 10)):
         x = torch.randn(n, 2, generator=g)
-        out.append(fl.Client(i, x, x @ torch.tensor([[1.0], [-2.0]]), loss_fn=nn.functional.mse_loss))
+        out.append(
+            fl.Client(i, x, x @ torch.tensor([[1.0], [-2.0]]), loss_fn=nn.functional.mse_loss)
+        )
     return out
 
 
@@ -28,7 +30,9 @@ def _model() -> nn.Module:
     return m
 
 
-def _hand_local(w0: torch.Tensor, c: fl.Client, lr: float, epochs: int, mu: float = 0.0) -> torch.Tensor:
+def _hand_local(
+    w0: torch.Tensor, c: fl.Client, lr: float, epochs: int, mu: float = 0.0
+) -> torch.Tensor:
     """Full-batch gradient descent on the MSE, written out by hand."""
     w = w0.clone()
     x, y = c.features, c.labels[:, 0]
@@ -118,7 +122,12 @@ def test_checkpoint_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
     assert resumed.round == 4 and len(history) == 4
     assert torch.equal(resumed.global_vector, full.global_vector)
     for a, b in zip(history, full.history, strict=True):
-        assert (a.selected, a.survivors, a.test_loss, a.epsilon) == (b.selected, b.survivors, b.test_loss, b.epsilon)
+        assert (a.selected, a.survivors, a.test_loss, a.epsilon) == (
+            b.selected,
+            b.survivors,
+            b.test_loss,
+            b.epsilon,
+        )
     with pytest.raises(fl.CheckpointError, match="seed"):
         _server(seed=8).load_checkpoint(ckpt)
 
@@ -127,8 +136,12 @@ def test_failed_round_is_recorded_or_raised() -> None:
     clients, test = _mnist_like()
     drop_all = fl.DropoutModel(rate=1.0, stage=Stage.SHARE_KEYS)
     server = fl.Server(
-        _net(), clients, aggregator=fl.MaskingAggregator(), dropout=drop_all,
-        test_data=test, on_failure=fl.FailurePolicy.RECORD,
+        _net(),
+        clients,
+        aggregator=fl.MaskingAggregator(),
+        dropout=drop_all,
+        test_data=test,
+        on_failure=fl.FailurePolicy.RECORD,
     )
     before = server.global_vector.clone()
     h = server.run(2, progress=False)
@@ -143,8 +156,9 @@ def test_failed_round_is_recorded_or_raised() -> None:
 
 def test_history_plot_and_progress_bar(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     clients, test = _mnist_like()
-    h = fl.run_simulation(_net(), clients, num_rounds=3, test_data=test, progress=True,
-                          strategy=fl.FedAvg(lr=0.1))
+    h = fl.run_simulation(
+        _net(), clients, num_rounds=3, test_data=test, progress=True, strategy=fl.FedAvg(lr=0.1)
+    )
     assert len(h) == 3 and all(0 <= a <= 1 for a in h.accuracy)
     assert "round" in capsys.readouterr().err
     out = fl.plot_histories({"a": h, "b": h}, tmp_path / "h.png")

@@ -20,7 +20,7 @@ def test_mnist_default_splits_are_stratified() -> None:
     assert xt.shape == (1000, 1, 28, 28) and yt.dtype == torch.int64
     assert torch.equal(torch.bincount(y), torch.full((10,), 400))
     assert torch.equal(torch.bincount(yt), torch.full((10,), 100))
-    assert 0.0 <= float(x.min()) and float(x.max()) == 1.0
+    assert float(x.min()) >= 0.0 and float(x.max()) == 1.0
     xa, ya = load_mnist("all")
     assert xa.shape[0] == 5000 and ya.shape[0] == 5000
 

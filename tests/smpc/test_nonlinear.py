@@ -45,7 +45,9 @@ CMP = [
 ]
 
 
-@given(n=party_counts, shape=shapes(min_dims=1), seed=st.integers(0, 2**31), which=st.integers(0, 5))
+@given(
+    n=party_counts, shape=shapes(min_dims=1), seed=st.integers(0, 2**31), which=st.integers(0, 5)
+)
 def test_comparisons_exact(n: int, shape: tuple[int, ...], seed: int, which: int) -> None:
     ours, ref = CMP[which]
     x = _grid(shape, seed, LIMIT)
@@ -208,13 +210,21 @@ def test_approximations_random(n: int, seed: int, which: int) -> None:
 def test_div(n: int, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(10, generator=g, dtype=torch.float64) * 10
-    y = (torch.rand(10, generator=g, dtype=torch.float64) + 0.5) * 4 * torch.sign(torch.randn(10, generator=g))
+    y = (
+        (torch.rand(10, generator=g, dtype=torch.float64) + 0.5)
+        * 4
+        * torch.sign(torch.randn(10, generator=g))
+    )
     with smpc.Session(parties=n, seed=seed) as sess:
         sx, sy = sess.share(x), sess.share(y)
         assert torch.allclose((sx / sy).reveal().double(), x / y, atol=0.02, rtol=5e-3)
         # a public float divisor is encoded: 1/y carries a 2^-17 error, times |x|
-        assert torch.allclose((sx / 3.0).reveal().double(), x / 3.0, atol=x.abs().max().item() * 2**-16 + 2 * ULP)
-        assert torch.allclose(nl.div(sx, y).reveal().double(), x / y, atol=x.abs().max().item() * 2**-14 + 2 * ULP)
+        assert torch.allclose(
+            (sx / 3.0).reveal().double(), x / 3.0, atol=x.abs().max().item() * 2**-16 + 2 * ULP
+        )
+        assert torch.allclose(
+            nl.div(sx, y).reveal().double(), x / y, atol=x.abs().max().item() * 2**-14 + 2 * ULP
+        )
         with pytest.raises(ZeroDivisionError):
             nl.div(sx, 0.0)
 
@@ -259,7 +269,9 @@ def test_tensor_methods_route_here() -> None:
         assert torch.equal(smpc.functional.relu(sx).reveal(), x.relu())
         assert torch.equal(abs(sx).reveal(), x.abs())
         assert torch.allclose(smpc.functional.softmax(sx, 1).reveal(), x.softmax(1), atol=5e-3)
-        assert torch.equal(smpc.functional.argmax(sx, 1).reveal(), F.one_hot(x.argmax(1), 3).float())
+        assert torch.equal(
+            smpc.functional.argmax(sx, 1).reveal(), F.one_hot(x.argmax(1), 3).float()
+        )
 
 
 def test_cost_relu_and_gt() -> None:
@@ -308,9 +320,8 @@ def test_bad_inputs() -> None:
             nl.relu(torch.zeros(3))  # type: ignore[arg-type]
         with pytest.raises(TypeError):
             nl.lt(torch.zeros(3), torch.ones(3))
-        with smpc.Session(parties=2, seed=2) as other:
-            with pytest.raises(smpc.SessionMismatchError):
-                _ = x < other.share(torch.randn(2, 3))
+        with smpc.Session(parties=2, seed=2) as other, pytest.raises(smpc.SessionMismatchError):
+            _ = x < other.share(torch.randn(2, 3))
 
 
 # ----------------------------------------------------------------- distributed runtime
@@ -363,4 +374,6 @@ def test_distributed_matches_torch_and_simulation(n: int, seed: int) -> None:
         assert torch.allclose(res["log_softmax"], x.log_softmax(1), atol=2e-2)
         assert torch.allclose(res["exp"], x.min(1, keepdim=True).values.exp(), atol=2e-3, rtol=3e-3)
         assert torch.allclose(res["reciprocal"], 1 / (x.abs() + 1), atol=2e-3)
-        assert res["relu_cost"] == sim["relu_cost"] == (7, compare.cost(n, mul=True)[1] * (n - 1) * 24)
+        assert (
+            res["relu_cost"] == sim["relu_cost"] == (7, compare.cost(n, mul=True)[1] * (n - 1) * 24)
+        )

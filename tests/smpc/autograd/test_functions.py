@@ -83,7 +83,12 @@ def test_conv2d(stride: int, padding: int, dilation: int, k: int, seed: int) -> 
     )
 
 
-@given(k=st.integers(1, 3), stride=st.integers(1, 3), padding=st.integers(0, 1), seed=st.integers(0, 2**16))
+@given(
+    k=st.integers(1, 3),
+    stride=st.integers(1, 3),
+    padding=st.integers(0, 1),
+    seed=st.integers(0, 2**16),
+)
 def test_avg_pool2d(k: int, stride: int, padding: int, seed: int) -> None:
     if padding * 2 > k:
         padding = 0
@@ -95,7 +100,9 @@ def test_avg_pool2d(k: int, stride: int, padding: int, seed: int) -> None:
     )
 
 
-@given(seed=st.integers(0, 2**16), keep=st.booleans(), dim=st.sampled_from([None, 0, 1, -1, (0, 2)]))
+@given(
+    seed=st.integers(0, 2**16), keep=st.booleans(), dim=st.sampled_from([None, 0, 1, -1, (0, 2)])
+)
 def test_sum_mean(seed: int, keep: bool, dim: Any) -> None:
     x = _rand((3, 4, 2), seed)
     kw = {} if dim is None else {"dim": dim, "keepdim": keep}

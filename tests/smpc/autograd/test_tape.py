@@ -78,7 +78,9 @@ def test_diamond_graph_sums_paths() -> None:
         c = (a + b + x).sum()
         c.backward()
         # c = 2x + 4x^2 + x -> dc/dx = 3 + 8x
-        torch.testing.assert_close(x.grad.reveal(), 3 + 8 * torch.tensor([1.5, -2.0]), atol=1e-3, rtol=0)
+        torch.testing.assert_close(
+            x.grad.reveal(), 3 + 8 * torch.tensor([1.5, -2.0]), atol=1e-3, rtol=0
+        )
 
 
 def test_graph_freed_after_backward() -> None:

@@ -47,7 +47,11 @@ class Net(torch.nn.Module):
 @pytest.mark.parametrize("world_size", [2, 3])
 def test_round_trip_is_exact_up_to_encoding(world_size: int) -> None:
     torch.manual_seed(0)
-    for model in (torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)), _lenet(), Net()):
+    for model in (
+        torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)),
+        _lenet(),
+        Net(),
+    ):
         with smpc.Session(world_size) as sess:
             back = snn.encrypt(model, sess).decrypt()
         assert type(back) is type(model)
@@ -59,7 +63,10 @@ def test_forward_matches_torch() -> None:
     cases = [
         (_lenet(), torch.rand(2, 1, 12, 12)),
         (Net(), torch.randn(3, 3, 4)),
-        (torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Dropout(0.3), torch.nn.ReLU()), torch.randn(4, 6)),
+        (
+            torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Dropout(0.3), torch.nn.ReLU()),
+            torch.randn(4, 6),
+        ),
     ]
     for model, x in cases:
         model.eval()
@@ -74,8 +81,12 @@ def test_forward_matches_torch() -> None:
 def test_batchnorm_folds_and_standalone() -> None:
     torch.manual_seed(2)
     model = torch.nn.Sequential(
-        torch.nn.Conv2d(2, 3, 3), torch.nn.BatchNorm2d(3), torch.nn.ReLU(), torch.nn.Flatten(),
-        torch.nn.BatchNorm1d(3 * 4 * 4), torch.nn.Linear(48, 2),
+        torch.nn.Conv2d(2, 3, 3),
+        torch.nn.BatchNorm2d(3),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.BatchNorm1d(3 * 4 * 4),
+        torch.nn.Linear(48, 2),
     )
     for bn in (model[1], model[4]):
         bn.running_mean.uniform_(-1, 1)

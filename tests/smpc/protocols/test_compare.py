@@ -82,13 +82,16 @@ def test_cost_matches_table(n: int) -> None:
 def test_open_fields_packs_and_xors() -> None:
     with smpc.Session(parties=3, seed=5) as sess:
         g = torch.Generator().manual_seed(1)
-        words = [torch.randint(-(2**62), 2**62, (3, 50), dtype=torch.int64, generator=g) for _ in range(3)]
+        words = [
+            torch.randint(-(2**62), 2**62, (3, 50), dtype=torch.int64, generator=g)
+            for _ in range(3)
+        ]
         mask = compare._OUT[4]
         before = sess.stats.snapshot()
         opened = convert.open_fields(sess.comm, words, [mask] * 3, 8, "test")
         d = sess.stats - before
         assert d.rounds == 1 and d.bytes_per_party[0] == 50 * 8 * 2  # 3 words in one element
-        for w, o in zip(words, opened):
+        for w, o in zip(words, opened, strict=True):
             assert torch.equal(o, (w[0] ^ w[1] ^ w[2]) & mask)
 
 
@@ -102,7 +105,9 @@ def test_b2a() -> None:
 
 
 def test_max_last_tree_and_onehot_ties() -> None:
-    plain = torch.tensor([[3, 7, 7, 1, -5], [0, 0, 0, 0, 0], [-9, -2, -3, -2, -8]], dtype=torch.int64)
+    plain = torch.tensor(
+        [[3, 7, 7, 1, -5], [0, 0, 0, 0, 0], [-9, -2, -3, -2, -8]], dtype=torch.int64
+    )
     with smpc.Session(parties=2, seed=1) as sess:
         vals, oh = ring_nl.max_last(sess.comm, sess.dealer, _shares(sess, plain), onehot_scale=1)
     assert oh is not None
