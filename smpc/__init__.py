@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import functional
+from . import data, functional, nn, optim
+from .autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from .comm.stats import OpStats, Stats
 from .encoding import FixedPoint
 from .errors import (
@@ -39,6 +40,13 @@ __all__ = [
     "Stats",
     "OpStats",
     "functional",
+    "nn",
+    "optim",
+    "data",
+    "no_grad",
+    "enable_grad",
+    "set_grad_enabled",
+    "is_grad_enabled",
     "cat",
     "stack",
     "where",

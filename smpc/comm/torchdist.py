@@ -55,6 +55,9 @@ DEFAULT_PORT = 29533
 # small messages (most rounds of comparison protocols) then cost one message, not two.
 HEADER_NUMEL = 512
 INLINE_BYTES = (HEADER_NUMEL - 4) * 8
+# Above INLINE_BYTES, an opening of up to MAX_PARTS shares sends each share without
+# concatenating them (saves a copy of the payload); more shares are concatenated.
+MAX_PARTS = 8
 # gloo tags: headers and payloads travel on separate tags so that a header can never
 # land in a payload buffer (gloo matches messages by (peer, tag), FIFO).
 TAG_HEADER = 11
@@ -224,6 +227,46 @@ class Channel:
         except RuntimeError as e:
             raise self.fail(dst, f"sending message #{seq} ({kind.name})", e) from e
         return works
+
+    def send_parts(
+        self, dst: int, seq: int, kind: MessageKind, parts: Sequence[torch.Tensor]
+    ) -> list[object]:
+        """Post a header listing the parts' byte sizes, then each part as is (zero-copy).
+
+        For large multi-tensor messages: no concatenation copy. ``aux`` is the part count.
+        """
+        sizes = [p.numel() * p.element_size() for p in parts]
+        header = torch.empty(HEADER_NUMEL, dtype=torch.int64)
+        header[:4] = torch.tensor([seq, int(kind), sum(sizes), len(parts)], dtype=torch.int64)
+        header[4 : 4 + len(parts)] = torch.tensor(sizes, dtype=torch.int64)
+        try:
+            works: list[object] = [self.pg.send([header], dst, TAG_HEADER), header]
+            for part, size in zip(parts, sizes, strict=True):
+                if size:
+                    works += [self.pg.send([part], dst, TAG_PAYLOAD), part]
+        except RuntimeError as e:
+            raise self.fail(dst, f"sending message #{seq} ({kind.name})", e) from e
+        return works
+
+    def check_parts(
+        self, header: torch.Tensor, src: int, seq: int, sizes: Sequence[int], what: str
+    ) -> None:
+        """Check that a :meth:`send_parts` header lists exactly ``sizes``."""
+        k = len(sizes)
+        got = header[4 : 4 + min(int(header[3]), HEADER_NUMEL - 4)].tolist()
+        if int(header[3]) != k or got != list(sizes):
+            self.failed = err = ProtocolDesyncError(
+                f"{self.who(self.rank)} expected parts of {list(sizes)} bytes in message "
+                f"#{seq} ({what}) from {self.who(src)}, got {got}: the parties' shapes differ"
+            )
+            raise err
+
+    def recv_part(self, src: int, buf: torch.Tensor) -> object:
+        """Post the receive of ``src``'s next payload part into ``buf`` (its exact size)."""
+        try:
+            return self.pg.recv([buf], src, TAG_PAYLOAD)
+        except RuntimeError as e:
+            raise self.fail(src, "posting a receive", e) from e
 
     def _post_header(self, src: int) -> tuple[object, torch.Tensor]:
         header = torch.empty(HEADER_NUMEL, dtype=torch.int64)
@@ -465,32 +508,68 @@ class TorchDistCommunicator:
         """Reconstruct several shared values to every party in one round.
 
         Cost: 1 round; each share is sent to each of the other ``world_size - 1``
-        parties, all of the call's shares in one message per peer.
+        parties. All of the call's shares go in one message per peer when they are
+        small (inside the header); large ones follow one header without being
+        concatenated (no copy).
         """
         seq = self._next()
+        sizes = [s.numel() * s.element_size() for s in shares]
         offsets = []
         total = 0
-        for s in shares:
+        for nb in sizes:
             offsets.append(total)
-            total = _align8(total + s.numel() * s.element_size())
-        payload = None
-        if total:
-            self._send_buf = self._buffer(self._send_buf, total)
-            payload = self._send_buf[:total]
-            for s, off in zip(shares, offsets):
-                _as_bytes_view(payload, off, s).copy_(s)
+            total = _align8(total + nb)
         what = f"open #{seq} ({label!r})"
-        got = self._exchange(seq, MessageKind.OPEN, payload, self._peers, self._peers, total, what)
+        if total > INLINE_BYTES and len(shares) <= MAX_PARTS:
+            got = self._exchange_parts(seq, shares, sizes, offsets, total, what)
+        else:
+            payload = None
+            if total:
+                self._send_buf = self._buffer(self._send_buf, total)
+                payload = self._send_buf[:total]
+                for s, off in zip(shares, offsets, strict=True):
+                    _as_bytes_view(payload, off, s).copy_(s)
+            got = self._exchange(
+                seq, MessageKind.OPEN, payload, self._peers, self._peers, total, what
+            )
         out = []
-        for s, off in zip(shares, offsets):
+        for s, off in zip(shares, offsets, strict=True):
             acc: torch.Tensor | None = None
             for p in self._peers:
                 peer = _as_bytes_view(got[p], off, s)
                 acc = s + peer if acc is None else acc.add_(peer)
             out.append(acc if acc is not None else s.clone())
-        per_party = sum(s.numel() * s.element_size() for s in shares) * (self.world_size - 1)
-        self.stats.record(label, {self._rank: per_party})
+        self.stats.record(label, {self._rank: sum(sizes) * (self.world_size - 1)})
         return out
+
+    def _exchange_parts(
+        self,
+        seq: int,
+        shares: Sequence[torch.Tensor],
+        sizes: list[int],
+        offsets: list[int],
+        total: int,
+        what: str,
+    ) -> dict[int, torch.Tensor]:
+        """Open's exchange for large payloads: each share sent as is, received in place."""
+        ch = self.channel
+        parts = [s.contiguous().view(-1) for s in shares]
+        sends = {p: ch.send_parts(p, seq, MessageKind.OPEN, parts) for p in self._peers}
+        got: dict[int, torch.Tensor] = {}
+        works = []
+        for p in self._peers:
+            header = ch.take_header(p, what)
+            ch.check_header(header, p, seq, MessageKind.OPEN, sum(sizes), what)
+            ch.check_parts(header, p, seq, sizes, what)
+            buf = got[p] = self._recv_buffer(p, total)
+            for off, nb in zip(offsets, sizes, strict=True):
+                if nb:
+                    works.append((p, ch.recv_part(p, buf[off : off + nb])))
+        for p, work in works:
+            ch.wait(work, p, what)
+        for p, w in sends.items():
+            ch.wait_all(w, p, what)
+        return got
 
     def reveal_to(self, share: torch.Tensor, dst: int, label: str) -> torch.Tensor | None:
         """Reconstruct to party ``dst`` only; the others get ``None``. 1 round."""
