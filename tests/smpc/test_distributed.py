@@ -33,6 +33,8 @@ from smpc.launch import PartyExitError, run
 from tests.smpc.comm.dist_programs import (
     FRAC,
     Case,
+    big_open_program,
+    desync_parts_program,
     desync_op_program,
     desync_shape_program,
     dies_program,
@@ -153,6 +155,28 @@ def test_shared_tensor_api(n: int) -> None:
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("n", [2, 3])
+def test_openings_of_every_size(n: int) -> None:
+    # Prepare: shares inline (< 4 KiB), large (few: sent in parts; many: concatenated), empty
+    g = torch.Generator().manual_seed(n)
+    shapes = [(3,), (2, 2), (0,), (700,), (40, 30), (1,), (5, 1), (9,), (2,), (1000,)]
+    values = [torch.randint(-(2**62), 2**62, sh, generator=g) for sh in shapes]
+    program = functools.partial(big_open_program, values=values)
+    # Execute
+    results = run(program, parties=n, timeout=20)
+    sim = _simulate(program, n)
+    # Assert: exact values, and the same bytes as the simulation
+    big = [v for v in values if v.numel() > 600]
+    for res in results:
+        assert all(torch.equal(a, b) for a, b in zip(res["all"], values, strict=True))
+        assert all(torch.equal(a, b) for a, b in zip(res["big"], big, strict=True))
+        assert all(torch.equal(a, b) for a, b in zip(res["small"], values[:2], strict=True))
+        assert res["empty"] == []
+        assert torch.equal(res["mul"], big[0] * big[0])
+    _assert_same_costs([res["stats"] for res in results], sim["stats"])
+
+
+@pytest.mark.timeout(60)
 def test_broadcast_object_and_barrier() -> None:
     results = run(object_program, parties=3, timeout=20)
     assert results == [{"rank": 1, "data": [1, 2, 3]}] * 3
@@ -201,7 +225,9 @@ def test_stalled_peer_raises_after_timeout() -> None:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("program", [desync_shape_program, desync_op_program])
+@pytest.mark.parametrize(
+    "program", [desync_shape_program, desync_op_program, desync_parts_program]
+)
 def test_desync_raises_protocol_desync(program: Any) -> None:
     with pytest.raises(ProtocolDesyncError) as info:
         run(program, parties=3, timeout=10)

@@ -151,3 +151,28 @@ def object_program(sess: smpc.Session) -> object:
     got = sess.comm.broadcast_object(obj, 1, "meta")
     sess.comm.barrier()
     return got
+
+
+def big_open_program(sess: smpc.Session, values: list[torch.Tensor]) -> dict[str, Any]:
+    """Openings of every size class: inline, large in parts, large concatenated, empty."""
+    comm = sess.comm
+    n = comm.world_size
+    shares = [_share(sess, v if comm.rank in (None, 0) else None, 0) for v in values]
+    before = sess.stats.snapshot()
+    big = [s for s, v in zip(shares, values, strict=True) if v.numel() > 600]
+    out = {
+        "all": comm.open(shares, "many"),  # > MAX_PARTS shares: concatenated
+        "big": comm.open(big, "big"),  # few large shares: zero-copy parts
+        "small": comm.open(shares[:2], "small"),  # inline in the header
+        "empty": comm.open([], "empty"),
+        "mul": _open(sess, beaver.mul(comm, sess.dealer, big[0], big[0])),
+    }
+    out["stats"] = sess.stats - before
+    out["n"] = n
+    return out
+
+
+def desync_parts_program(sess: smpc.Session) -> None:
+    """Large openings with the same total size but the parts' sizes swapped."""
+    sizes = (600, 700) if sess.rank == 0 else (700, 600)
+    sess.comm.open([torch.zeros(k, dtype=torch.int64) for k in sizes], "swapped")
