@@ -1,8 +1,11 @@
 """Core benchmark (issue 2): W1 elementwise product, W2 matmul, one-element product.
 
-Prints median seconds, rounds, bytes per party and the ratio to plain float32
-torch measured in the same run, in simulation and (unless --no-distributed)
-with 2 party processes + the provider over torch.distributed on loopback.
+Prints median (and best) seconds, rounds, bytes per party, the provider's bytes
+and the ratio to plain float32 torch measured in the same run, in simulation and
+(unless --no-distributed) with 2 party processes + the provider over
+torch.distributed on loopback. It also prints the share of CPU time the
+hypervisor stole during each measurement: on a shared VM that share inflates
+every figure, the plain-torch baseline included.
 
     python bench/bench_core.py [--repeat 15] [--no-distributed]
 """
@@ -10,27 +13,17 @@ with 2 party processes + the provider over torch.distributed on loopback.
 from __future__ import annotations
 
 import argparse
-import functools
-import statistics
-import time
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 
 import smpc
 
-
-def median_seconds(fn: Callable[[], Any], repeat: int) -> float:
-    """Median wall time of ``fn`` over ``repeat`` runs after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import StealMeter, timings  # noqa: E402
 
 WORKLOADS: dict[str, tuple[tuple[int, ...], tuple[int, ...], str]] = {
     "W1 mul 1e6": ((1_000_000,), (1_000_000,), "mul"),
@@ -43,31 +36,38 @@ def _op(kind: str) -> Callable[[Any, Any], Any]:
     return (lambda a, b: a * b) if kind == "mul" else (lambda a, b: a @ b)
 
 
-def run_simulation(repeat: int) -> dict[str, float]:
-    """Time each workload with both parties simulated in this process; return the medians."""
+def _reps(kind: str, shape: tuple[int, ...], repeat: int) -> int:
+    return repeat * 20 if kind == "mul" and shape[0] == 1 else repeat
+
+
+def _row(name: str, med: float, best: float, plain: float, extra: str, steal: float) -> str:
+    return (
+        f"{name:28s} median {med * 1e3:8.3f} ms  best {best * 1e3:8.3f} ms  {extra}  "
+        f"plain {plain * 1e6:8.1f} us  ratio {med / plain:7.0f}x  steal {steal:4.0%}"
+    )
+
+
+def run_simulation(repeat: int) -> None:
+    """Time each workload with both parties simulated in this process."""
     print("== simulation (2 parties + provider, one process) ==")
-    figures = {}
     for name, (sx, sy, kind) in WORKLOADS.items():
         op = _op(kind)
         xp, yp = torch.randn(sx), torch.randn(sy)
-        plain = median_seconds(lambda: op(xp, yp), repeat)
-        with smpc.Session(parties=2) as sess:
+        with smpc.Session(parties=2) as sess, StealMeter() as steal:
+            plain, _ = timings(lambda: op(xp, yp), repeat)
             x, y = sess.share(xp), sess.share(yp)
-            reps = repeat if kind == "matmul" or sx[0] > 1 else repeat * 20
-            secs = median_seconds(lambda: op(x, y), reps)
+            med, best = timings(lambda: op(x, y), _reps(kind, sx, repeat))
             before = sess.stats.snapshot()
             op(x, y)
             d = sess.stats - before
-        figures[name] = secs
-        print(
-            f"{name:30s} {secs * 1e3:9.3f} ms  rounds={d.rounds}  bytes/party="
-            f"{d.bytes_per_party[0]:,}  dealer_bytes={d.dealer_bytes:,}  "
-            f"plain={plain * 1e6:8.1f} us  ratio={secs / plain:8.0f}x"
+        extra = (
+            f"rounds {d.rounds}  bytes/party {d.bytes_per_party[0]:,}  "
+            f"provider {d.dealer_bytes:,} B"
         )
-    return figures
+        print(_row(name, med, best, plain, extra, steal.fraction))
 
 
-def _dist_program(sess: smpc.Session, repeat: int) -> dict[str, tuple[float, int, int]]:
+def _dist_program(sess: smpc.Session, repeat: int) -> dict[str, tuple[float, float, int, int]]:
     out = {}
     for name, (sx, sy, kind) in WORKLOADS.items():
         op = _op(kind)
@@ -75,40 +75,31 @@ def _dist_program(sess: smpc.Session, repeat: int) -> dict[str, tuple[float, int
         xp, yp = torch.randn(sx, generator=g), torch.randn(sy, generator=g)
         x = sess.share(xp if sess.rank == 0 else None, src=0)
         y = sess.share(yp if sess.rank == 1 else None, src=1)
-        reps = repeat if kind == "matmul" or sx[0] > 1 else repeat * 20
         sess.comm.barrier()
-        secs = median_seconds(lambda: op(x, y), reps)
+        med, best = timings(lambda: op(x, y), _reps(kind, sx, repeat))
         before = sess.stats.snapshot()
         op(x, y)
         d = sess.stats - before
-        out[name] = (secs, d.rounds, d.bytes)
+        out[name] = (med, best, d.rounds, d.bytes)
     return out
 
 
-def run_distributed(repeat: int, simulation: dict[str, float] | None = None) -> None:
-    """Time each workload with 2 party processes + the provider over gloo on loopback.
-
-    The time of a workload is the slower party's median; ``simulation`` (the
-    figures of :func:`run_simulation`) adds the distributed/simulation ratio.
-    """
+def run_distributed(repeat: int) -> None:
+    """Time each workload with 2 party processes + the provider over gloo on loopback."""
     print("== distributed (2 party processes + provider process, gloo on loopback) ==")
-    try:
-        # A module-level function (partial), not a lambda: it is pickled to the parties.
-        results = smpc.run(functools.partial(_dist_program, repeat=repeat), parties=2)
-    except Exception as err:  # report, do not hide: the figures are simply missing
-        print(f"distributed run failed: {type(err).__name__}: {err}")
-        return
+    with StealMeter() as steal:
+        try:
+            results = smpc.run(lambda s: _dist_program(s, repeat), parties=2)
+        except Exception as err:  # report, do not hide: the figures are simply missing
+            print(f"distributed run failed: {type(err).__name__}: {err}")
+            return
     for name, (sx, sy, kind) in WORKLOADS.items():
         op = _op(kind)
         xp, yp = torch.randn(sx), torch.randn(sy)
-        plain = median_seconds(lambda: op(xp, yp), repeat)
-        secs = max(r[name][0] for r in results)
-        _, rounds, nbytes = results[0][name]
-        vs_sim = f"  dist/sim={secs / simulation[name]:5.2f}" if simulation else ""
-        print(
-            f"{name:30s} {secs * 1e3:9.3f} ms  rounds={rounds}  bytes/party={nbytes:,}  "
-            f"plain={plain * 1e6:8.1f} us  ratio={secs / plain:8.0f}x{vs_sim}"
-        )
+        plain, _ = timings(lambda: op(xp, yp), repeat)
+        med, best, rounds, nbytes = results[0][name]
+        extra = f"rounds {rounds}  bytes/party {nbytes:,}"
+        print(_row(name, med, best, plain, extra, steal.fraction))
 
 
 def main() -> None:
@@ -118,9 +109,9 @@ def main() -> None:
     parser.add_argument("--no-distributed", action="store_true")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
-    sim = run_simulation(args.repeat)
+    run_simulation(args.repeat)
     if not args.no_distributed:
-        run_distributed(args.repeat, sim)
+        run_distributed(args.repeat)
 
 
 if __name__ == "__main__":

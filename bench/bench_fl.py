@@ -25,6 +25,8 @@ from fl.aggregators import Stage
 from fl.types import ClientUpdate
 from smpc.data import load_mnist
 
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
 
 def mlp() -> nn.Module:
     torch.manual_seed(0)
@@ -41,6 +43,7 @@ def mlp() -> nn.Module:
 def f1(rounds: int) -> None:
     x, y = load_mnist("train")
     xt, yt = load_mnist("test")
+    x, xt = (x - MNIST_MEAN) / MNIST_STD, (xt - MNIST_MEAN) / MNIST_STD  # the usual Normalize
     strategy = fl.FedAvg(epochs=1, batch_size=32, lr=0.05)
     iid = fl.make_clients(fl.partition(y, 10, "iid", seed=0), x, y)
     shards = fl.make_clients(fl.partition(y, 10, "shards", classes_per_client=2, seed=0), x, y)
@@ -88,11 +91,17 @@ def f3(sizes: list[int], dim: int) -> None:
             if k is not None and k >= n - 1:
                 continue
             for rate in (0.0, 0.2):
-                agg = fl.MaskingAggregator(clip_range=1.0, neighbours=k)
+                # SecAgg+: the threshold is per neighbourhood (k + 1 holders)
+                t = None if k is None else (k + 1) // 2
+                agg = fl.MaskingAggregator(clip_range=1.0, neighbours=k, threshold=t)
                 dropped = list(range(0, n, 5))[: int(rate * n)] if rate else []
-                t = time.perf_counter()
-                res = agg.aggregate(ups, dropouts={Stage.INPUT: dropped} if dropped else None)
-                sec = time.perf_counter() - t
+                start = time.perf_counter()
+                try:
+                    res = agg.aggregate(ups, dropouts={Stage.INPUT: dropped} if dropped else None)
+                except fl.InsufficientClientsError as exc:
+                    print(f"  {n:7d}  k={k}  {rate:6.0%}  FAILED: {exc}")
+                    continue
+                sec = time.perf_counter() - start
                 per_param = sum(res.upload_bytes.values()) / len(res.upload_bytes) / dim
                 graph = "all pairs" if k is None else f"{k} neighbours"
                 print(

@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> dict[str, fl.History]:
 
     x, y = load_mnist("train")
     x_test, y_test = load_mnist("test")
+    x, x_test = (x - 0.1307) / 0.3081, (x_test - 0.1307) / 0.3081  # the usual MNIST Normalize
     x, y = x[:: args.subsample], y[:: args.subsample]
     test = (x_test[:: args.subsample], y_test[:: args.subsample])
     strategy = fl.FedAvg(epochs=1, batch_size=32, lr=0.05)

@@ -35,12 +35,13 @@ __all__ = ["run", "main", "run_party", "run_dealer", "PartyExitError"]
 _FAILURE_GRACE = 3.0
 _JOIN_TIMEOUT = 5.0
 # Imported once by the fork server. torch.broadcast_shapes imports sympy on first use
-# (about 0.5-1 s per process), so that is preloaded too.
+# (about 0.5-1 s per process), so that is preloaded too. Not smpc.launch itself: under
+# `python -m smpc.launch` the children run it as their main module, which runpy
+# warns about when it is already imported.
 _PRELOAD = [
     "torch",
     "torch.fx.experimental.symbolic_shapes",
     "smpc",
-    "smpc.launch",
     "smpc.session",
     "smpc.comm.torchdist",
     "smpc.dealer.trusted",
@@ -73,7 +74,7 @@ class _Config:
 
 
 def _names(parties: int | Sequence[str]) -> tuple[str, ...]:
-    if isinstance(parties, bool) or isinstance(parties, (str, bytes)):
+    if isinstance(parties, (bool, str, bytes)):
         raise TypeError(f"`parties` must be an int or a sequence of names; got {parties!r}")
     if isinstance(parties, int):
         names = tuple(f"party{i}" for i in range(parties))
@@ -128,7 +129,8 @@ def run_party(
             timeout=timeout,
             truncation=truncation,
             comm=comm,
-            dealer=dealer,
+            # request() returns a Mapping (corrections received lazily); Dealer says dict.
+            dealer=dealer,  # type: ignore[arg-type]
         )
         result = program(sess)
     except BaseException:
@@ -224,7 +226,7 @@ def _worker(
         os._exit(0)
 
 
-def _context() -> multiprocessing.context.BaseContext:
+def _context() -> multiprocessing.context.ForkServerContext | multiprocessing.context.SpawnContext:
     methods = multiprocessing.get_all_start_methods()
     if "forkserver" in methods:
         # The fork server imports torch once; each party then starts in milliseconds.
@@ -237,16 +239,22 @@ def _context() -> multiprocessing.context.BaseContext:
 def _pick_failure(
     names: Sequence[str], errors: dict[int, tuple[BaseException, str]]
 ) -> tuple[int, BaseException, str]:
-    """The root cause: prefer an error that is not a consequence of another party failing."""
-    secondary = (PartyTimeoutError, ProtocolDesyncError, PartyExitError)
-    for rank, (exc, tb) in errors.items():
-        if not isinstance(exc, secondary):
-            return rank, exc, tb
-    for rank, (exc, tb) in errors.items():
-        if isinstance(exc, PartyExitError):
-            return rank, exc, tb
-    rank = next(iter(errors))
-    return rank, *errors[rank]
+    """The root cause among the parties' errors.
+
+    An error of the program itself comes first; then a desync (a diagnosis: when
+    a party stops on one, its peers often see only a closed connection); then a
+    process that died; a timeout last (usually a consequence of the others).
+    """
+
+    def rank_of(item: tuple[int, tuple[BaseException, str]]) -> tuple[int, int]:
+        exc = item[1][0]
+        for order, kind in enumerate((ProtocolDesyncError, PartyExitError, PartyTimeoutError)):
+            if isinstance(exc, kind):
+                return order + 1, item[0]
+        return 0, item[0]
+
+    rank, (exc, tb) = min(errors.items(), key=rank_of)
+    return rank, exc, tb
 
 
 def run(
@@ -291,7 +299,7 @@ def run(
         >>> smpc.run(program, parties=("alice", "bob"))
         [tensor([1., 4.]), tensor([1., 4.])]
     """
-    from torch.distributed import TCPStore
+    from torch._C._distributed_c10d import TCPStore
 
     if not callable(program):
         raise TypeError(f"`program` must be callable; got {type(program).__name__}")
@@ -337,7 +345,15 @@ def run(
             child_end.close()
             procs.append(p)
             conns.append(parent_end)
-        return _collect(names, procs, conns, timeout, return_exceptions)
+        try:
+            return _collect(names, procs, conns, timeout, return_exceptions)
+        except BaseException as exc:
+            dealer = procs[n]
+            if not dealer.is_alive() and dealer.exitcode not in (0, None):
+                exc.add_note(
+                    f"the crypto provider process (rank {n}) exited with code {dealer.exitcode}"
+                )
+            raise
     finally:
         _reap(procs)
         for c in conns:
@@ -502,7 +518,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             truncation=args.truncation,
             port=args.master_port,
         )
-        for name, value in zip(names, results):
+        for name, value in zip(names, results, strict=True):
             print(f"{name}: {value!r}")
         return 0
     if args.role is not None:

@@ -29,15 +29,23 @@ connection closes, detected at once) or stopped answering raises
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import os
 import pickle
 from collections.abc import Sequence
 from enum import IntEnum
+from typing import Protocol, cast
 
 import torch
-from torch.distributed import PrefixStore, ProcessGroupGloo, Store, TCPStore
+from torch._C._distributed_c10d import (  # the classes torch.distributed re-exports
+    PrefixStore,
+    ProcessGroupGloo,
+    Store,
+    TCPStore,
+    Work,
+)
 
 from ..errors import PartyTimeoutError, ProtocolDesyncError, SessionClosedError, SmpcError
 from .stats import Stats
@@ -79,6 +87,22 @@ class MessageKind(IntEnum):
     REQUEST = 8
     CORRECTION = 9
     ERROR = 10
+
+
+class PointToPoint(Protocol):
+    """The part of a gloo process group this runtime uses (tagged send and receive)."""
+
+    def send(self, tensors: list[torch.Tensor], dstRank: int, tag: int) -> Work:  # noqa: N803
+        """Post a send."""
+        ...
+
+    def recv(self, tensors: list[torch.Tensor], srcRank: int, tag: int) -> Work:  # noqa: N803
+        """Post a receive."""
+        ...
+
+
+# A send's works, and the tensors that must stay alive until they complete.
+Pending = list[Work | torch.Tensor]
 
 
 def _is_loopback(host: str) -> bool:
@@ -130,7 +154,7 @@ def connect(
             )
             is_master = rank == 0 if host_store is None else host_store
             store = TCPStore(addr, port, size, is_master, timeout=td, wait_for_workers=False)
-        options = ProcessGroupGloo._Options()
+        options = ProcessGroupGloo._Options()  # type: ignore[attr-defined]  # not in the stubs
         options._timeout = td
         options._threads = 2
         if _is_loopback(addr) and not os.environ.get("GLOO_SOCKET_IFNAME"):
@@ -157,15 +181,15 @@ class Channel:
     """
 
     def __init__(
-        self, pg: ProcessGroupGloo, rank: int, timeout: float, names: Sequence[str]
+        self, pg: ProcessGroupGloo | PointToPoint, rank: int, timeout: float, names: Sequence[str]
     ) -> None:
-        self.pg = pg
+        self.pg = cast(PointToPoint, pg)
         self.rank = rank
         self.timeout = timeout
         self.wait_timeout = datetime.timedelta(seconds=timeout)
         self.names = tuple(names)
         self.failed: SmpcError | None = None
-        self._posted: dict[int, tuple[object, torch.Tensor]] = {}
+        self._posted: dict[int, tuple[Work, torch.Tensor]] = {}
 
     def who(self, rank: int) -> str:
         """A display name for ``rank``."""
@@ -190,11 +214,11 @@ class Channel:
         return err
 
     def wait(
-        self, work: object, peer: int, what: str, *, timeout: datetime.timedelta | None = None
+        self, work: Work, peer: int, what: str, *, timeout: datetime.timedelta | None = None
     ) -> None:
         """Wait for one gloo work item; translate failures into :class:`PartyTimeoutError`."""
         try:
-            work.wait(timeout or self.wait_timeout)  # type: ignore[attr-defined]
+            work.wait(timeout or self.wait_timeout)
         except RuntimeError as e:
             raise self.fail(peer, what, e) from e
 
@@ -205,7 +229,7 @@ class Channel:
 
     def send(
         self, dst: int, seq: int, kind: MessageKind, payload: torch.Tensor | None, aux: int = 0
-    ) -> list[object]:
+    ) -> Pending:
         """Post one message to ``dst``; return the works to wait for (with the kept-alive buffers).
 
         A payload of at most ``INLINE_BYTES`` travels inside the header (one message);
@@ -220,7 +244,7 @@ class Channel:
             assert payload is not None
             header[4:].view(torch.uint8)[:nbytes].copy_(payload.reshape(-1).view(torch.uint8))
         try:
-            works: list[object] = [self.pg.send([header], dst, TAG_HEADER), header]
+            works: Pending = [self.pg.send([header], dst, TAG_HEADER), header]
             if not inline:
                 assert payload is not None and payload.is_contiguous()
                 works += [self.pg.send([payload], dst, TAG_PAYLOAD), payload]
@@ -230,7 +254,7 @@ class Channel:
 
     def send_parts(
         self, dst: int, seq: int, kind: MessageKind, parts: Sequence[torch.Tensor]
-    ) -> list[object]:
+    ) -> Pending:
         """Post a header listing the parts' byte sizes, then each part as is (zero-copy).
 
         For large multi-tensor messages: no concatenation copy. ``aux`` is the part count.
@@ -240,7 +264,7 @@ class Channel:
         header[:4] = torch.tensor([seq, int(kind), sum(sizes), len(parts)], dtype=torch.int64)
         header[4 : 4 + len(parts)] = torch.tensor(sizes, dtype=torch.int64)
         try:
-            works: list[object] = [self.pg.send([header], dst, TAG_HEADER), header]
+            works: Pending = [self.pg.send([header], dst, TAG_HEADER), header]
             for part, size in zip(parts, sizes, strict=True):
                 if size:
                     works += [self.pg.send([part], dst, TAG_PAYLOAD), part]
@@ -261,14 +285,14 @@ class Channel:
             )
             raise err
 
-    def recv_part(self, src: int, buf: torch.Tensor) -> object:
+    def recv_part(self, src: int, buf: torch.Tensor) -> Work:
         """Post the receive of ``src``'s next payload part into ``buf`` (its exact size)."""
         try:
             return self.pg.recv([buf], src, TAG_PAYLOAD)
         except RuntimeError as e:
             raise self.fail(src, "posting a receive", e) from e
 
-    def _post_header(self, src: int) -> tuple[object, torch.Tensor]:
+    def _post_header(self, src: int) -> tuple[Work, torch.Tensor]:
         header = torch.empty(HEADER_NUMEL, dtype=torch.int64)
         try:
             return self.pg.recv([header], src, TAG_HEADER), header
@@ -283,7 +307,8 @@ class Channel:
         The receive of the following header is posted at once, so that a peer's next
         message lands in a waiting buffer instead of a send/receive handshake.
         """
-        work, header = self._posted.pop(src, None) or self._post_header(src)
+        posted = self._posted.pop(src, None)
+        work, header = posted if posted is not None else self._post_header(src)
         self.wait(work, src, what, timeout=timeout)
         if int(header[1]) != MessageKind.CLOSE:
             self._posted[src] = self._post_header(src)
@@ -322,7 +347,7 @@ class Channel:
 
     def payload(
         self, header: torch.Tensor, src: int, nbytes: int, buf: torch.Tensor | None = None
-    ) -> tuple[object | None, torch.Tensor]:
+    ) -> tuple[Work | None, torch.Tensor]:
         """The payload announced by ``header``, as ``nbytes`` uint8.
 
         Inline payloads are a view of the header (no wait: ``work`` is ``None``);
@@ -362,7 +387,7 @@ class Channel:
             self.wait(work, src, what)
         return kind, data, aux
 
-    def wait_all(self, works: list[object], peer: int, what: str) -> None:
+    def wait_all(self, works: Pending, peer: int, what: str) -> None:
         """Wait for sends posted by :meth:`send` (skipping the kept-alive tensors)."""
         for w in works:
             if not isinstance(w, torch.Tensor):
@@ -676,10 +701,8 @@ class TorchDistCommunicator:
             return
         if self.channel.failed is None:
             seq = self._seq + 1
-            try:
+            with contextlib.suppress(PartyTimeoutError, ProtocolDesyncError):
                 self._exchange(seq, MessageKind.CLOSE, None, self._peers, self._peers, 0, "close")
-            except (PartyTimeoutError, ProtocolDesyncError):
-                pass
         self.abort()
 
     def abort(self) -> None:

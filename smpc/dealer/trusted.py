@@ -28,15 +28,25 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import pickle
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch._C._distributed_c10d import ProcessGroupGloo, Store
 
 from ..comm.stats import Stats
-from ..comm.torchdist import LONG_WAIT, Channel, MessageKind, TorchDistCommunicator, connect
+from ..comm.torchdist import (
+    LONG_WAIT,
+    Channel,
+    MessageKind,
+    Pending,
+    PointToPoint,
+    TorchDistCommunicator,
+    connect,
+)
 from ..errors import DealerError, PartyTimeoutError, ProtocolDesyncError
 from ..prg import KEY_BYTES, AesPrg, key_from_seed
 from .base import Component, Request
@@ -93,7 +103,7 @@ class _Pending:
     __slots__ = ("seq", "what", "comps", "nbytes", "sends", "shares")
 
     def __init__(
-        self, seq: int, what: str, comps: list[Component], nbytes: int, sends: list[object]
+        self, seq: int, what: str, comps: list[Component], nbytes: int, sends: Pending
     ) -> None:
         self.seq = seq
         self.what = what
@@ -147,6 +157,9 @@ class TrustedDealerClient:
     Args:
         comm: this party's communicator (the provider is its rank ``world_size``).
         stats: counters to add dealer bytes to (default: ``comm.stats``).
+        lazy: on the last party, receive correction shares when the protocol first
+            reads them (default), so that the provider computes them while the
+            protocol opens its masked values; ``False`` waits in :meth:`request`.
 
     Attributes:
         received_bytes: payload bytes this party received from the provider (its
@@ -156,8 +169,11 @@ class TrustedDealerClient:
         PartyTimeoutError: the provider did not send the seed within ``comm.timeout``.
     """
 
-    def __init__(self, comm: TorchDistCommunicator, *, stats: Stats | None = None) -> None:
+    def __init__(
+        self, comm: TorchDistCommunicator, *, stats: Stats | None = None, lazy: bool = True
+    ) -> None:
         assert comm.rank is not None
+        self.lazy = lazy
         self._comm = comm
         self._channel = comm.channel
         self._rank = comm.rank
@@ -200,7 +216,7 @@ class TrustedDealerClient:
         drawn = _drawn(comps, self._rank, self._n)
         ready = _split(self._prg.random_int64(sum(_numel(c) for c in drawn)), drawn)
         self._stats.record_dealer(corr_bytes)
-        if pending is not None and (not derived or not getattr(self, "lazy", True)):
+        if pending is not None and (not derived or not self.lazy):
             self._resolve(pending)
             assert pending.shares is not None
             ready.update(pending.shares)
@@ -271,12 +287,12 @@ class TrustedDealer:
         seed: int | bytes | str | None = None,
         timeout: float = 60.0,
         names: Sequence[str] | None = None,
-        store: object | None = None,
+        store: Store | None = None,
         master_addr: str | None = None,
         master_port: int | None = None,
         prefix: str = "smpc",
         host_store: bool | None = None,
-        pg: object | None = None,
+        pg: ProcessGroupGloo | PointToPoint | None = None,
     ) -> None:
         if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 2:
             raise ValueError(f"`world_size` must be an int >= 2; got {world_size!r}")
@@ -288,14 +304,14 @@ class TrustedDealer:
             pg = connect(
                 world_size,
                 world_size + 1,
-                store=store,  # type: ignore[arg-type]
+                store=store,
                 master_addr=master_addr,
                 master_port=master_port,
                 timeout=max(timeout, 60.0),
                 prefix=prefix,
                 host_store=host_store,
             )
-        self._channel = Channel(pg, world_size, timeout, [*names, "dealer"])  # type: ignore[arg-type]
+        self._channel = Channel(pg, world_size, timeout, [*names, "dealer"])
         self._keys = [dealer_key(seed, i) for i in range(world_size)]
         self.stats = DealerStats()
         self._free: list[torch.Tensor] = []
@@ -312,11 +328,10 @@ class TrustedDealer:
         prgs = []
         sends = []
         for i, key in enumerate(self._keys):
-            raw = bytearray(key) if key is not None else bytearray(AesPrg().random_bytes(KEY_BYTES))
-            prgs.append(AesPrg(bytes(raw)))
-            sends.append(
-                (i, ch.send(i, 0, MessageKind.SEED, torch.frombuffer(raw, dtype=torch.uint8)))
-            )
+            seed = key if key is not None else os.urandom(KEY_BYTES)
+            prgs.append(AesPrg(seed))
+            seed_msg = torch.frombuffer(bytearray(seed), dtype=torch.uint8)
+            sends.append((i, ch.send(i, 0, MessageKind.SEED, seed_msg)))
             self.stats.seed_bytes += KEY_BYTES
         for i, works in sends:
             ch.wait_all(works, i, "sending the seed")
@@ -324,16 +339,16 @@ class TrustedDealer:
         seq = 0
         # Sends complete only when the party posts its receive, which it does lazily:
         # keep them in flight (with their buffers) and recycle the buffers once done.
-        inflight: list[tuple[list[object], torch.Tensor | None]] = []
+        inflight: list[tuple[Pending, torch.Tensor | None]] = []
         while True:
             seq += 1
-            kind, raw, _ = ch.recv(
+            kind, data, _ = ch.recv(
                 last, seq, MessageKind.REQUEST, f"waiting for request #{seq}",
                 timeout=LONG_WAIT, accept=(MessageKind.CLOSE,),
             )  # fmt: skip
             still = []
             for works, buf in inflight:
-                if all(w.is_completed() for w in works if not isinstance(w, torch.Tensor)):  # type: ignore[attr-defined]
+                if all(w.is_completed() for w in works if not isinstance(w, torch.Tensor)):
                     ch.wait_all(works, last, "sending a correction")  # raises if it failed
                     if buf is not None and len(self._free) < 4:
                         self._free.append(buf)
@@ -345,7 +360,7 @@ class TrustedDealer:
                     ch.wait_all(works, last, "sending a correction")
                 return self.stats
             try:
-                req = _load_request(raw.numpy().tobytes())
+                req = _load_request(data.numpy().tobytes())
                 corr, buf = self._corrections(req, prgs)
             except Exception as e:  # reported to the party, which raises DealerError
                 msg = f"{type(e).__name__}: {e}".encode()

@@ -34,8 +34,8 @@ from tests.smpc.comm.dist_programs import (
     FRAC,
     Case,
     big_open_program,
-    desync_parts_program,
     desync_op_program,
+    desync_parts_program,
     desync_shape_program,
     dies_program,
     object_program,
@@ -147,6 +147,8 @@ def test_shared_tensor_api(n: int) -> None:
     for r, res in enumerate(results):
         torch.testing.assert_close(res["mul"], xp * xp + 3, atol=tol, rtol=0)
         torch.testing.assert_close(res["matmul"], xp @ wp, atol=tol, rtol=0)
+        torch.testing.assert_close(res["gt"], (xp > 1).float())
+        torch.testing.assert_close(res["relu"], xp.relu(), atol=2.0**-FRAC, rtol=0)
         if r == n - 1:
             torch.testing.assert_close(res["to_last"], xp - 1, atol=2.0**-FRAC, rtol=0)
         else:
@@ -225,9 +227,7 @@ def test_stalled_peer_raises_after_timeout() -> None:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize(
-    "program", [desync_shape_program, desync_op_program, desync_parts_program]
-)
+@pytest.mark.parametrize("program", [desync_shape_program, desync_op_program, desync_parts_program])
 def test_desync_raises_protocol_desync(program: Any) -> None:
     with pytest.raises(ProtocolDesyncError) as info:
         run(program, parties=3, timeout=10)
@@ -297,7 +297,7 @@ def test_cli_with_torch_distributed_env(tmp_path: Path) -> None:
             if p.poll() is None:
                 p.kill()
     # Assert
-    for p, (out, err) in zip(procs, outs):
+    for p, (_, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err
     assert outs[0][0].startswith("alice: tensor([2.2500, 4.0000])")
     assert outs[1][0].startswith("bob: tensor([2.2500, 4.0000])")

@@ -81,6 +81,9 @@ def tensor_program(sess: smpc.Session, xp: torch.Tensor, wp: torch.Tensor) -> di
         "mul": (x * x + 3).reveal(),
         "matmul": (x @ w).reveal(),
         "to_last": (x - 1).reveal(to=last),
+        # multi-round comparison: XOR-shared dealer material
+        "gt": (x > 1).reveal(),
+        "relu": x.relu().reveal(),
         "stats": sess.stats.snapshot(),
     }
 
