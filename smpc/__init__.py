@@ -10,8 +10,6 @@ Nothing happens at import: create a :class:`Session` explicitly.
 
 from __future__ import annotations
 
-from typing import Any
-
 from . import data, functional, nn, optim
 from .autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from .comm.stats import OpStats, Stats
@@ -19,6 +17,7 @@ from .encoding import FixedPoint
 from .errors import (
     DealerError,
     EncodingOverflowError,
+    PartyExitError,
     PartyTimeoutError,
     ProtocolDesyncError,
     SecretBranchError,
@@ -29,6 +28,7 @@ from .errors import (
     UnsupportedModuleError,
 )
 from .functional import cat, stack, where
+from .launch import run
 from .session import Session, Truncation
 from .tensor import SharedTensor
 
@@ -58,16 +58,10 @@ __all__ = [
     "SessionClosedError",
     "ProtocolDesyncError",
     "PartyTimeoutError",
+    "PartyExitError",
     "DealerError",
     "SecretBranchError",
     "UnsupportedModuleError",
 ]
 
 __version__ = "0.1.0"
-
-
-def run(program: Any, parties: Any = 2, **kwargs: Any) -> Any:
-    """Run ``program(sess)`` in one OS process per party (see :func:`smpc.launch.run`)."""
-    from .launch import run as _run
-
-    return _run(program, parties=parties, **kwargs)

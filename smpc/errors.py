@@ -14,6 +14,7 @@ __all__ = [
     "SessionClosedError",
     "ProtocolDesyncError",
     "PartyTimeoutError",
+    "PartyExitError",
     "DealerError",
     "SecretBranchError",
     "UnsupportedModuleError",
@@ -46,6 +47,10 @@ class ProtocolDesyncError(SmpcError, RuntimeError):
 
 class PartyTimeoutError(SmpcError, TimeoutError):
     """A peer died or did not answer within the session timeout."""
+
+
+class PartyExitError(SmpcError, RuntimeError):
+    """A party (or the provider) process exited without reporting a result."""
 
 
 class DealerError(SmpcError, RuntimeError):

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import PartyTimeoutError, ProtocolDesyncError, SmpcError
+from .errors import PartyExitError, PartyTimeoutError, ProtocolDesyncError
 
 __all__ = ["run", "main", "run_party", "run_dealer", "PartyExitError"]
 
@@ -46,10 +46,6 @@ _PRELOAD = [
     "smpc.comm.torchdist",
     "smpc.dealer.trusted",
 ]
-
-
-class PartyExitError(SmpcError, RuntimeError):
-    """A party (or the provider) process exited without reporting a result."""
 
 
 class _RemoteTraceback(Exception):
@@ -130,7 +126,7 @@ def run_party(
             truncation=truncation,
             comm=comm,
             # request() returns a Mapping (corrections received lazily); Dealer says dict.
-            dealer=dealer,  # type: ignore[arg-type]
+            dealer=dealer,
         )
         result = program(sess)
     except BaseException:

@@ -84,7 +84,7 @@ class Dealer(Protocol):
     run, this party's share only.
     """
 
-    def request(self, req: Request) -> dict[str, torch.Tensor]:
+    def request(self, req: Request) -> Mapping[str, torch.Tensor]:
         """Return this runtime's shares, by component name."""
         ...
 
