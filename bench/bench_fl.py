@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 import fl
+import smpc
 from fl.aggregators import Stage
 from fl.types import ClientUpdate
 from smpc.data import load_mnist
@@ -112,6 +113,7 @@ def f3(sizes: list[int], dim: int) -> None:
 
 
 def main() -> None:
+    smpc.perf.keep_freed_memory()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="3 rounds, 100k parameters, 10/20 clients")
     ap.add_argument("--only", choices=["F1", "F3"])

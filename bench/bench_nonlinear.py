@@ -121,6 +121,7 @@ def run_distributed(repeat: int) -> None:
 
 def main() -> None:
     """Entry point."""
+    smpc.perf.keep_freed_memory()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--no-distributed", action="store_true")

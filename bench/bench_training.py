@@ -201,6 +201,7 @@ def w6(args: argparse.Namespace, results: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    smpc.perf.keep_freed_memory()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--only", choices=("w4", "w5", "w6"), action="append")
     p.add_argument("--steps", type=int, default=10, help="W4 timed steps")

@@ -96,6 +96,7 @@ def run(kind: str, args: argparse.Namespace) -> dict[str, float]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
+    smpc.perf.keep_freed_memory()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", choices=("mlp", "cnn", "both"), default="both")
     p.add_argument("--batch-size", type=int, default=100)

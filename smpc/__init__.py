@@ -10,7 +10,7 @@ Nothing happens at import: create a :class:`Session` explicitly.
 
 from __future__ import annotations
 
-from . import data, functional, nn, optim
+from . import data, functional, nn, optim, perf
 from .autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from .comm.stats import OpStats, Stats
 from .encoding import FixedPoint
@@ -43,6 +43,7 @@ __all__ = [
     "nn",
     "optim",
     "data",
+    "perf",
     "no_grad",
     "enable_grad",
     "set_grad_enabled",

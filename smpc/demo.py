@@ -451,6 +451,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point."""
+    from .perf import keep_freed_memory
+
+    keep_freed_memory()
     cfg = parse_args(argv)
     run_demo(cfg)
     return 0

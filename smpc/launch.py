@@ -179,6 +179,9 @@ def _worker(
     import torch
 
     torch.set_num_threads(cfg.threads)
+    from .perf import keep_freed_memory
+
+    keep_freed_memory()  # our own process: keep big share buffers in the heap
     try:
         if program is None:
             value = run_dealer(
