@@ -13,6 +13,7 @@ from fl.aggregators import Aggregator, PlainAggregator, SecretSharingAggregator,
 from fl.client import Client, evaluate_model
 from fl.clipping import Quantizer, clip_by_l2_norm
 from fl.dp import DifferentialPrivacy, RdpAccountant, calibrate_noise_multiplier, compute_epsilon
+from fl.encrypted import TrainingReport, encrypted_inference, encrypted_training
 from fl.errors import (
     AggregationError,
     CheckpointError,
@@ -32,6 +33,9 @@ from fl.strategy import FedAvg, FedAvgM, FedProx, Strategy
 from fl.types import AggregateResult, ClientUpdate, FitConfig, History, RoundResult, plot_histories
 
 __all__ = [
+    "encrypted_inference",
+    "encrypted_training",
+    "TrainingReport",
     "AggregateResult",
     "AggregationError",
     "Aggregator",
