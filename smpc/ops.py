@@ -101,6 +101,11 @@ def rescale(sess: Session, share: torch.Tensor) -> torch.Tensor:
     return truncation.trunc(sess.comm, sess.dealer, share, f)
 
 
+def _fused(sess: Session) -> bool:
+    """Whether products fold the truncation mask into their triple (the default protocol)."""
+    return sess.truncation is Truncation.PROBABILISTIC and sess.encoding.frac_bits > 0
+
+
 def _wrap(sess: Session, share: torch.Tensor) -> SharedTensor:
     return SharedTensor(share, sess)
 
@@ -148,8 +153,11 @@ def mul(x: SharedTensor | Public, y: SharedTensor | Public) -> SharedTensor:
     if isinstance(y, SharedTensor):
         shape = _check_broadcast(x.shape, y.shape, "mul")
         nd = len(shape)
-        z = beaver.mul(sess.comm, sess.dealer, _aligned(sess, x, nd), _aligned(sess, y, nd))
-        return _wrap(sess, rescale(sess, z))
+        xs, ys = _aligned(sess, x, nd), _aligned(sess, y, nd)
+        if _fused(sess):
+            f = sess.encoding.frac_bits
+            return _wrap(sess, beaver.mul_trunc(sess.comm, sess.dealer, xs, ys, f))
+        return _wrap(sess, rescale(sess, beaver.mul(sess.comm, sess.dealer, xs, ys)))
     if is_public_int(y):
         pub = _public_tensor(y).to(torch.int64)
         shape = _check_broadcast(x.shape, pub.shape, "mul")
@@ -202,11 +210,13 @@ def matmul(x: SharedTensor | Public, y: SharedTensor | Public) -> SharedTensor:
     nd = max(x2.dim(), y2.dim())
     xs = _mm_operand(sess, x2, nd)
     ys = _mm_operand(sess, y2, nd)
-    if isinstance(x2, SharedTensor) and isinstance(y2, SharedTensor):
-        z = beaver.matmul(sess.comm, sess.dealer, xs, ys)
+    if isinstance(x2, SharedTensor) and isinstance(y2, SharedTensor) and _fused(sess):
+        f = sess.encoding.frac_bits
+        z = beaver.bilinear_trunc(sess.comm, sess.dealer, ring.MatmulOp(), xs, ys, f)
+    elif isinstance(x2, SharedTensor) and isinstance(y2, SharedTensor):
+        z = rescale(sess, beaver.matmul(sess.comm, sess.dealer, xs, ys))
     else:
-        z = ring.matmul(xs, ys)
-    z = rescale(sess, z)
+        z = rescale(sess, ring.matmul(xs, ys))
     return _wrap(sess, z.reshape(*z.shape[: lead(sess.comm)], *out_shape))
 
 
@@ -256,6 +266,10 @@ def conv2d(
         op.out_shape(torch.Size(xin.shape), torch.Size(w.shape))
     except RuntimeError as err:
         raise ShapeError(f"conv2d: {err}") from err
+    if isinstance(xin, SharedTensor) and isinstance(w, SharedTensor) and _fused(sess):
+        f = sess.encoding.frac_bits
+        z = beaver.bilinear_trunc(sess.comm, sess.dealer, op, xin.share, w.share, f)
+        return _conv_finish(sess, _wrap(sess, z), bias, squeeze)
     if isinstance(xin, SharedTensor) and isinstance(w, SharedTensor):
         z = beaver.bilinear(sess.comm, sess.dealer, op, xin.share, w.share)
     elif isinstance(xin, SharedTensor):
@@ -264,10 +278,17 @@ def conv2d(
     else:
         assert isinstance(w, SharedTensor)
         z = beaver._apply(sess.comm, op, xin, w.share, share_left=False)
-    out = _wrap(sess, rescale(sess, z))
+    return _conv_finish(sess, _wrap(sess, rescale(sess, z)), bias, squeeze)
+
+
+def _conv_finish(
+    sess: Session,
+    out: SharedTensor,
+    bias: SharedTensor | torch.Tensor | None,
+    squeeze: bool,
+) -> SharedTensor:
     if bias is not None:
-        b = bias.reshape(-1, 1, 1) if isinstance(bias, SharedTensor) else bias.reshape(-1, 1, 1)
-        out = add(out, b)
+        out = add(out, bias.reshape(-1, 1, 1))
     if squeeze:
         out = out.squeeze(0)
     return out

@@ -24,6 +24,7 @@ __all__ = [
     "data_shape",
     "add_public",
     "add_public_",
+    "addcmul_public_",
     "public_share",
     "lead",
     "data_dim",
@@ -97,6 +98,17 @@ def add_public_(
         share[0] += public
     elif comm.rank == 0:
         share += public
+    return share
+
+
+def addcmul_public_(
+    comm: Communicator, share: torch.Tensor, a: torch.Tensor, b: torch.Tensor
+) -> torch.Tensor:
+    """In place: party 0 adds the public product ``a * b`` to a fresh share (one fused pass)."""
+    if comm.party_axis:
+        share[0].addcmul_(a, b)
+    elif comm.rank == 0:
+        share.addcmul_(a, b)
     return share
 
 

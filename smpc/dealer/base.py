@@ -6,7 +6,9 @@ comes from the owning party's random stream. A ``DERIVED`` component is a
 function of the random ones (e.g. ``c = a * b``): parties ``0..n-2`` expand their
 share from their stream and only the last party receives an explicit
 *correction* share ``value - sum(others)``. ``*_XOR`` kinds are the same with
-XOR sharing (bit-packed binary shares). This one description drives both the
+XOR sharing (bit-packed binary shares). A ``PRIVATE`` component is
+randomness the provider draws for ``derive`` and never shares (e.g. the mask
+folded into a product's triple). This one description drives both the
 in-process dealer and the distributed provider, which sends each party a short
 seed once and afterwards only the correction shares (the CrypTen TTP idea).
 """
@@ -23,6 +25,8 @@ import torch
 from .. import ring
 
 __all__ = [
+    "MulTruncTriple",
+    "BilinearTruncTriple",
     "Kind",
     "Component",
     "Request",
@@ -41,6 +45,12 @@ class Kind(StrEnum):
     DERIVED = "derived"
     RANDOM_XOR = "random_xor"
     DERIVED_XOR = "derived_xor"
+    PRIVATE = "private"
+
+    @property
+    def shared(self) -> bool:
+        """False for PRIVATE: drawn by the provider only, never given to a party."""
+        return self is not Kind.PRIVATE
 
     @property
     def derived(self) -> bool:
@@ -177,3 +187,69 @@ class TruncPair:
         f = self.frac_bits
         # r >> 63 is all ones exactly when msb(r) = 1 (arithmetic shift).
         return {"neg_r_hi": -((r & ((1 << 63) - 1)) >> f), "s": (r >> 63) & (1 << (63 - f))}
+
+
+def _trunc_material(r: torch.Tensor, frac_bits: int, bound_bits: int) -> dict[str, torch.Tensor]:
+    f = frac_bits
+    return {
+        "neg_r_hi": -((r & ((1 << 63) - 1)) >> f),
+        "s": (r >> 63) & (1 << (63 - f)),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class MulTruncTriple:
+    """A Beaver triple whose product carries a truncation mask: ``c = a*b + r + 2^62``.
+
+    With ``neg_r_hi``/``s`` as in :class:`TruncPair` for the provider-private ``r``.
+    """
+
+    elementwise: ClassVar[bool] = True  # derive() works on any leading batch axis
+
+    shape_a: tuple[int, ...]
+    shape_b: tuple[int, ...]
+    frac_bits: int
+
+    def components(self) -> tuple[Component, ...]:
+        out = _shape(ring.broadcast_shapes(self.shape_a, self.shape_b))
+        return (
+            Component("a", Kind.RANDOM, self.shape_a),
+            Component("b", Kind.RANDOM, self.shape_b),
+            Component("r", Kind.PRIVATE, out),
+            Component("c", Kind.DERIVED, out),
+            Component("neg_r_hi", Kind.DERIVED, out),
+            Component("s", Kind.DERIVED, out),
+        )
+
+    def derive(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        r = values["r"]
+        c = torch.addcmul(r, values["a"], values["b"])
+        c += 1 << 62
+        return {"c": c, **_trunc_material(r, self.frac_bits, 62)}
+
+
+@dataclass(frozen=True, slots=True)
+class BilinearTruncTriple:
+    """A bilinear triple whose product carries a truncation mask: ``c = op(a, b) + r + 2^62``."""
+
+    op: ring.BilinearOp
+    shape_a: tuple[int, ...]
+    shape_b: tuple[int, ...]
+    frac_bits: int
+
+    def components(self) -> tuple[Component, ...]:
+        out = _shape(self.op.out_shape(torch.Size(self.shape_a), torch.Size(self.shape_b)))
+        return (
+            Component("a", Kind.RANDOM, self.shape_a),
+            Component("b", Kind.RANDOM, self.shape_b),
+            Component("r", Kind.PRIVATE, out),
+            Component("c", Kind.DERIVED, out),
+            Component("neg_r_hi", Kind.DERIVED, out),
+            Component("s", Kind.DERIVED, out),
+        )
+
+    def derive(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        r = values["r"]
+        c = self.op(values["a"], values["b"]).add_(r)
+        c += 1 << 62
+        return {"c": c, **_trunc_material(r, self.frac_bits, 62)}

@@ -42,6 +42,8 @@ def generate_stacked(
     comps = req.components()
     if batch is not None:
         comps = tuple(Component(c.name, c.kind, (batch, *c.shape)) for c in comps)
+    private = [c for c in comps if not c.kind.shared]
+    comps = tuple(c for c in comps if c.kind.shared)
     sizes = [math.prod(c.shape) for c in comps]
     total = n * sum(sizes)
     # Small requests: one keystream call for everything (the few derived last rows
@@ -63,6 +65,8 @@ def generate_stacked(
                 plain[comp.name] = _xor_reduce(stacked)
             else:
                 plain[comp.name] = stacked[0] + stacked[1] if n == 2 else stacked.sum(0)
+    for c in private:
+        plain[c.name] = prg.random_int64(math.prod(c.shape)).view(c.shape)
     derived = req.derive(plain)
     for comp in comps:
         if comp.kind.derived:

@@ -66,7 +66,7 @@ def _numel(c: Component) -> int:
 def _drawn(comps: Sequence[Component], party: int, world_size: int) -> list[Component]:
     """Components whose share ``party`` expands from its own stream, in order."""
     last = party == world_size - 1
-    return [c for c in comps if not (last and c.kind.derived)]
+    return [c for c in comps if c.kind.shared and not (last and c.kind.derived)]
 
 
 def _split(buf: torch.Tensor, comps: Sequence[Component]) -> dict[str, torch.Tensor]:
@@ -313,6 +313,8 @@ class TrustedDealer:
             )
         self._channel = Channel(pg, world_size, timeout, [*names, "dealer"])
         self._keys = [dealer_key(seed, i) for i in range(world_size)]
+        private_key = None if seed is None else key_from_seed(seed, label="trusted-dealer/private")
+        self._private_prg = AesPrg(private_key)
         self.stats = DealerStats()
         self._free: list[torch.Tensor] = []
         self._scratch = [torch.empty(0, dtype=torch.int64) for _ in range(world_size)]
@@ -405,6 +407,9 @@ class TrustedDealer:
                     acc[c.name].bitwise_xor_(v)
                 else:
                     acc[c.name].add_(v)
+        for c in comps:
+            if not c.kind.shared:  # provider-private randomness, never sent
+                plain[c.name] = self._private_prg.random_int64(_numel(c)).view(c.shape)
         values = req.derive(plain)
         derived = [c for c in comps if c.kind.derived]
         total = sum(_numel(c) for c in derived)

@@ -13,7 +13,7 @@ from ..comm.base import Communicator
 from ..dealer.base import Dealer, TruncPair
 from ..sharing import add_public_, data_shape
 
-__all__ = ["trunc", "trunc_local", "TRUNC_BOUND_BITS"]
+__all__ = ["trunc", "finish", "trunc_local", "TRUNC_BOUND_BITS"]
 
 # |x| < 2^62 is required: x + 2^62 must have a zero most significant bit.
 TRUNC_BOUND_BITS = 62
@@ -46,11 +46,19 @@ def trunc(comm: Communicator, dealer: Dealer, x: torch.Tensor, frac_bits: int) -
     f = frac_bits
     t = dealer.request(TruncPair(tuple(data_shape(comm, x)), f))
     (c,) = comm.open([add_public_(comm, x + t["r"], 1 << TRUNC_BOUND_BITS)], "trunc")
+    return finish(comm, c, t["neg_r_hi"], t["s"], f)
+
+
+def finish(
+    comm: Communicator, c: torch.Tensor, neg_r_hi: torch.Tensor, s: torch.Tensor, frac_bits: int
+) -> torch.Tensor:
+    """Steps 4-5 of :func:`trunc`, from the opened ``c = x + 2^62 + r``. Cost: local."""
+    f = frac_bits
     # (c mod 2^63) >> f + msb(c) 2^(63-f) is the logical shift of c read as unsigned.
     public = ((c >> f) & ((1 << (64 - f)) - 1)) - (1 << (TRUNC_BOUND_BITS - f))
     # [s] (1 - 2 msb(c)) - [r_hi] in one fused pass; the sign is +1 where c >= 0 (signed).
     sign = torch.where(c < 0, -1, 1)
-    z = torch.addcmul(t["neg_r_hi"], t["s"], sign)
+    z = torch.addcmul(neg_r_hi, s, sign)
     return add_public_(comm, z, public)
 
 
