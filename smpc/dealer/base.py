@@ -54,11 +54,11 @@ class Kind(StrEnum):
 
     @property
     def derived(self) -> bool:
-        return self in (Kind.DERIVED, Kind.DERIVED_XOR)
+        return self is Kind.DERIVED or self is Kind.DERIVED_XOR
 
     @property
     def xor(self) -> bool:
-        return self in (Kind.RANDOM_XOR, Kind.DERIVED_XOR)
+        return self is Kind.RANDOM_XOR or self is Kind.DERIVED_XOR
 
 
 @dataclass(frozen=True, slots=True)

@@ -101,6 +101,7 @@ class LocalDealer:
         self._stats = stats
         self._prg = AesPrg(key)
         self._pools: dict[Request, tuple[dict[str, torch.Tensor], list[int]]] = {}
+        self._plans: dict[Request, tuple[bool, int]] = {}
 
     def _pooled(self, req: Request) -> dict[str, torch.Tensor]:
         entry = self._pools.get(req)
@@ -112,17 +113,25 @@ class LocalDealer:
         cursor[0] = i + 1
         return {name: t[:, i] for name, t in material.items()}
 
+    def _plan(self, req: Request) -> tuple[bool, int]:
+        """(served from a pool?, correction bytes), memoised per small request."""
+        plan = self._plans.get(req)
+        if plan is None:
+            comps = req.components()
+            pooled = (
+                getattr(req, "elementwise", False)
+                and len({len(c.shape) for c in comps}) == 1
+                and all(math.prod(c.shape) <= _POOLED_NUMEL for c in comps)
+            )
+            corr = sum(math.prod(c.shape) * 8 for c in comps if c.kind.derived)
+            plan = (pooled, corr)
+            if pooled:
+                self._plans[req] = plan
+        return plan
+
     def request(self, req: Request) -> dict[str, torch.Tensor]:
-        comps = req.components()
-        if (
-            getattr(req, "elementwise", False)
-            and len({len(c.shape) for c in comps}) == 1
-            and all(math.prod(c.shape) <= _POOLED_NUMEL for c in comps)
-        ):
-            out = self._pooled(req)
-        else:
-            out = generate_stacked(req, self.world_size, self._prg)
-        corr = sum(math.prod(c.shape) * 8 for c in comps if c.kind.derived)
+        pooled, corr = self._plan(req)
+        out = self._pooled(req) if pooled else generate_stacked(req, self.world_size, self._prg)
         self._stats.record_dealer(corr)
         return out
 
