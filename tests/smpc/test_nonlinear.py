@@ -346,6 +346,20 @@ def _dist_program(sess: smpc.Session, x_plain: torch.Tensor, y_plain: torch.Tens
         "log_softmax": nl.log_softmax(x, 1).reveal(),
         "exp": nl.exp(nl.min(x, 1, keepdim=True).values).reveal(),
         "reciprocal": nl.reciprocal(nl.abs(x) + 1.0).reveal(),
+        "lt": (x < y).reveal(),
+        "le": (x <= y).reveal(),
+        "ge": (x >= 0.5).reveal(),
+        "ne": (x != y).reveal(),
+        "abs": nl.abs(x).reveal(),
+        "where": nl.where(x > y, x, y).reveal(),
+        "min": nl.min(x, 1).values.reveal(),
+        "argmin": nl.argmin(x, 1).reveal(),
+        "log": nl.log(nl.abs(x) + 1.0).reveal(),
+        "sqrt": nl.sqrt(nl.abs(x) + 1.0).reveal(),
+        "rsqrt": nl.rsqrt(nl.abs(x) + 1.0).reveal(),
+        "sigmoid": nl.sigmoid(x).reveal(),
+        "tanh": nl.tanh(x).reveal(),
+        "div": nl.div(x, nl.abs(y) + 1.0).reveal(),
     }
     return out
 
@@ -374,6 +388,20 @@ def test_distributed_matches_torch_and_simulation(n: int, seed: int) -> None:
         assert torch.allclose(res["log_softmax"], x.log_softmax(1), atol=2e-2)
         assert torch.allclose(res["exp"], x.min(1, keepdim=True).values.exp(), atol=2e-3, rtol=3e-3)
         assert torch.allclose(res["reciprocal"], 1 / (x.abs() + 1), atol=2e-3)
+        assert torch.equal(res["lt"], (x < y).float())
+        assert torch.equal(res["le"], (x <= y).float())
+        assert torch.equal(res["ge"], (x >= 0.5).float())
+        assert torch.equal(res["ne"], (x != y).float())
+        assert torch.equal(res["abs"], x.abs())
+        assert torch.equal(res["where"], torch.maximum(x, y))
+        assert torch.equal(res["min"], x.min(1).values)
+        assert torch.equal(res["argmin"], F.one_hot(x.argmin(1), 6).float())
+        assert torch.allclose(res["log"], (x.abs() + 1).log(), atol=4e-3)
+        assert torch.allclose(res["sqrt"], (x.abs() + 1).sqrt(), rtol=1e-3, atol=1e-3)
+        assert torch.allclose(res["rsqrt"], (x.abs() + 1).rsqrt(), atol=1e-3)
+        assert torch.allclose(res["sigmoid"], x.sigmoid(), atol=1e-3)
+        assert torch.allclose(res["tanh"], x.tanh(), atol=1e-3)
+        assert torch.allclose(res["div"], x / (y.abs() + 1), atol=5e-3, rtol=2e-3)
         assert (
             res["relu_cost"] == sim["relu_cost"] == (7, compare.cost(n, mul=True)[1] * (n - 1) * 24)
         )
