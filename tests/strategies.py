@@ -9,7 +9,9 @@ party_counts = st.integers(min_value=2, max_value=5)
 
 
 @st.composite
-def shapes(draw: st.DrawFn, min_dims: int = 0, max_dims: int = 3, max_side: int = 5) -> tuple[int, ...]:
+def shapes(
+    draw: st.DrawFn, min_dims: int = 0, max_dims: int = 3, max_side: int = 5
+) -> tuple[int, ...]:
     """A tensor shape."""
     nd = draw(st.integers(min_dims, max_dims))
     return tuple(draw(st.integers(1, max_side)) for _ in range(nd))

@@ -10,13 +10,23 @@ from hypothesis import strategies as st
 import smpc
 from smpc import functional as F
 from smpc.testing import assert_close, matmul_tolerance, product_tolerance, ulp
-from tests.strategies import bounds, broadcastable_pair, matmul_shapes, party_counts, seeds, shapes, tensors
+from tests.strategies import (
+    bounds,
+    broadcastable_pair,
+    matmul_shapes,
+    party_counts,
+    seeds,
+    shapes,
+    tensors,
+)
 
 E = ulp(16)
 
 
 @given(party_counts, broadcastable_pair(), bounds, seeds)
-def test_add_sub_neg(n: int, sh: tuple[tuple[int, ...], tuple[int, ...]], bound: float, seed: int) -> None:
+def test_add_sub_neg(
+    n: int, sh: tuple[tuple[int, ...], tuple[int, ...]], bound: float, seed: int
+) -> None:
     x, y = tensors(sh[0], bound, seed), tensors(sh[1], bound, seed + 1)
     with smpc.Session(parties=n) as sess:
         xs, ys = sess.share(x), sess.share(y)
@@ -29,7 +39,9 @@ def test_add_sub_neg(n: int, sh: tuple[tuple[int, ...], tuple[int, ...]], bound:
 
 
 @given(party_counts, broadcastable_pair(), bounds, seeds)
-def test_mul_secret_secret(n: int, sh: tuple[tuple[int, ...], tuple[int, ...]], bound: float, seed: int) -> None:
+def test_mul_secret_secret(
+    n: int, sh: tuple[tuple[int, ...], tuple[int, ...]], bound: float, seed: int
+) -> None:
     x, y = tensors(sh[0], bound, seed), tensors(sh[1], bound, seed + 1)
     with smpc.Session(parties=n) as sess:
         got = (sess.share(x) * sess.share(y)).reveal()
@@ -48,10 +60,14 @@ def test_mul_public(n: int, shape: tuple[int, ...], bound: float, seed: int, c: 
 
 
 @given(party_counts, matmul_shapes(), bounds, seeds)
-def test_matmul(n: int, sh: tuple[tuple[int, ...], tuple[int, ...]], bound: float, seed: int) -> None:
+def test_matmul(
+    n: int, sh: tuple[tuple[int, ...], tuple[int, ...]], bound: float, seed: int
+) -> None:
     x, y = tensors(sh[0], bound, seed), tensors(sh[1], 3.0, seed + 1)
     want = x @ y
-    tol = matmul_tolerance(x.reshape(-1, x.shape[-1]), y.reshape(y.shape[0], -1) if y.dim() <= 2 else y[0]).max()
+    tol = matmul_tolerance(
+        x.reshape(-1, x.shape[-1]), y.reshape(y.shape[0], -1) if y.dim() <= 2 else y[0]
+    ).max()
     with smpc.Session(parties=n) as sess:
         xs, ys = sess.share(x), sess.share(y)
         assert_close((xs @ ys).reveal(), want, tol)
