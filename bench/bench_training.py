@@ -126,8 +126,10 @@ def w5(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, torch.Ten
         "bench_wall_s": wall
     }
     print(
-        f"W5: {args.epochs} epochs on {args.train_size} images: encrypted {100 * out['test_accuracy_encrypted']:.2f} % "
-        f"vs plaintext {100 * out['test_accuracy_plaintext']:.2f} %; training {out['training_seconds']:.1f} s "
+        f"W5: {args.epochs} epochs on {args.train_size} images: "
+        f"encrypted {100 * out['test_accuracy_encrypted']:.2f} % "
+        f"vs plaintext {100 * out['test_accuracy_plaintext']:.2f} %; "
+        f"training {out['training_seconds']:.1f} s "
         f"(wall {out['wall_seconds']:.1f} s with sharing and evaluation)",
         flush=True,
     )
@@ -187,7 +189,8 @@ def w6(args: argparse.Namespace, results: dict[str, Any]) -> None:
         ms = 1e3 * r["seconds"] / n
         row = {"ms_per_image": ms, "accuracy": acc, "plain_accuracy": pacc, "images": n}
         line = (
-            f"W6 batch {batch:3d}: simulation {ms:6.2f} ms/image on {n} images; accuracy {100 * acc:.2f} % "
+            f"W6 batch {batch:3d}: simulation {ms:6.2f} ms/image on {n} images; "
+            f"accuracy {100 * acc:.2f} % "
             f"(plaintext {100 * pacc:.2f} %, full-set plaintext {100 * plain_acc:.2f} %, "
             f"plain {plain_ms * 1e3:.1f} us/image)"
         )

@@ -1,4 +1,6 @@
-"""Encrypted inference: a model owner's network on a data owner's images (docs/tutorial_inference.md).
+"""Encrypted inference: a model owner's network on a data owner's images.
+
+Walkthrough: docs/tutorial_inference.md.
 
 * ``alice`` (model owner) trains a network in plaintext on her own data, then
   secret-shares its weights;
@@ -86,7 +88,8 @@ def run(kind: str, args: argparse.Namespace) -> dict[str, float]:
         "bytes_per_image": max(used.bytes_per_party) / n,
     }
     print(
-        f"{kind.upper():4s} {n} images, batch {args.batch_size}: encrypted accuracy {100 * acc:.2f} % "
+        f"{kind.upper():4s} {n} images, batch {args.batch_size}: "
+        f"encrypted accuracy {100 * acc:.2f} % "
         f"(plaintext {100 * plain_acc:.2f} %, same prediction on {100 * agree:.1f} %); "
         f"{out['ms_per_image']:.2f} ms/image, {out['rounds_per_batch']:.0f} rounds/batch, "
         f"{out['bytes_per_image'] / 1e3:.1f} kB/image per party"

@@ -241,6 +241,16 @@ def _kdf(label: bytes, round_id: bytes, secret: bytes, size: int) -> bytes:
     return hashlib.sha256(b"fl-secagg/" + label + b"/" + round_id + secret).digest()[:size]
 
 
+def _keystream(key: bytes) -> Any:
+    """AES-128-CTR keystream under ``key`` (counter ``0^96 || i``, ``i`` from 2).
+
+    Computed by OpenSSL's AES-GCM encryption of zeros, which is the CTR
+    keystream (the tag is never produced) on OpenSSL's vectorised GCM path,
+    about twice as fast as its CTR mode. Each key is used for one mask only.
+    """
+    return Cipher(algorithms.AES(key), modes.GCM(b"\x00" * 12)).encryptor()
+
+
 def expand_mask(key: bytes, dim: int) -> np.ndarray:
     """AES-128-CTR keystream of ``4 * dim`` bytes viewed as ``uint32[dim]`` (a CSPRNG).
 
@@ -248,24 +258,56 @@ def expand_mask(key: bytes, dim: int) -> np.ndarray:
         key: 16-byte AES key.
         dim: Number of ring elements.
     """
-    return _MaskBuffer(dim).expand(key).copy()
+    out = np.zeros(dim, dtype=np.uint32)
+    return _Masker().apply(out, [key], [])
 
 
-class _MaskBuffer:
-    """Preallocated zero input and keystream output for repeated mask expansions."""
+# Elements per chunk: 64 Ki uint32 = 256 KiB of keystream per key, so one chunk
+# of every key's stream and the running sums stay in the CPU's L2 cache.
+_CHUNK = 1 << 15
 
-    __slots__ = ("dim", "zeros", "raw", "view")
 
-    def __init__(self, dim: int) -> None:
-        self.dim = dim
-        self.zeros = bytes(4 * dim)
-        self.raw = bytearray(4 * dim + 15)
-        self.view = np.frombuffer(self.raw, dtype=np.uint32, count=dim)
+class _Masker:
+    """Adds ``sum(PRG(k) for k in plus) - sum(PRG(k) for k in minus)`` to a ``uint32`` vector.
 
-    def expand(self, key: bytes) -> np.ndarray:
-        enc = Cipher(algorithms.AES(key), modes.CTR(b"\x00" * 16)).encryptor()
-        enc.update_into(self.zeros, self.raw)
-        return self.view
+    Streams every key's AES-128-CTR keystream chunk by chunk into a
+    cache-resident ``[keys, chunk]`` block and folds the block into the vector
+    with one reduction, instead of writing each whole mask to memory and adding
+    it in a separate pass: the same keystream, about half the memory traffic.
+    Reusable across calls (the block is kept).
+    """
+
+    __slots__ = ("_block", "_zeros")
+
+    def __init__(self) -> None:
+        self._block = bytearray()
+        self._zeros = bytes(4 * _CHUNK)
+
+    def apply(self, y: np.ndarray, plus: list[bytes], minus: list[bytes]) -> np.ndarray:
+        """Mask ``y`` in place (mod 2^32) and return it."""
+        keys = [*plus, *minus]
+        if not keys:
+            return y
+        dim, p, k = y.shape[0], len(plus), len(keys)
+        chunk = min(_CHUNK, dim)
+        need = 4 * k * chunk + 15  # update_into wants 15 spare bytes after the last row
+        if len(self._block) < need:
+            self._block = bytearray(need)
+        encs = [_keystream(key) for key in keys]
+        rows = np.frombuffer(self._block, dtype=np.uint32, count=k * chunk).reshape(k, chunk)
+        mv = memoryview(self._block)
+        for start in range(0, dim, chunk):
+            n = min(chunk, dim - start)
+            zeros = memoryview(self._zeros)[: 4 * n]
+            for i, enc in enumerate(encs):
+                off = 4 * i * chunk
+                enc.update_into(zeros, mv[off : off + 4 * n + 15])
+            seg = y[start : start + n]
+            if p:
+                seg += np.add.reduce(rows[:p, :n], axis=0, dtype=np.uint32)
+            if p < k:
+                seg -= np.add.reduce(rows[p:, :n], axis=0, dtype=np.uint32)
+        return y
 
 
 def _pair_key(sk: X25519PrivateKey, pk: bytes, round_id: bytes) -> bytes:
@@ -296,6 +338,7 @@ class _ClientState:
     b_seed: bytes = b""
     held_b: dict[int, int] = field(default_factory=dict)  # shares I hold of others' b_u
     held_s: dict[int, int] = field(default_factory=dict)  # shares I hold of others' s_sk
+    channel: dict[int, bytes] = field(default_factory=dict)  # AES-GCM key per peer
     u2: tuple[int, ...] = ()
     sent_input: bool = False
 
@@ -320,7 +363,7 @@ class MaskingClient:
         *,
         dp: DifferentialPrivacy | None = None,
         noise_generator: torch.Generator | None = None,
-        scratch: _MaskBuffer | None = None,
+        scratch: _Masker | None = None,
     ) -> None:
         self.scratch = scratch
         self.client_id = client_id
@@ -402,6 +445,7 @@ class MaskingClient:
                 st.c_sk.exchange(X25519PublicKey.from_public_bytes(c_pk)),
                 32,
             )
+            st.channel[v] = key  # symmetric: the same key decrypts v's shares to us
             plain = b_sh[self._x(v)].to_bytes(shamir.SHARE_BYTES, "big") + s_sh[
                 self._x(v)
             ].to_bytes(shamir.SHARE_BYTES, "big")
@@ -423,12 +467,7 @@ class MaskingClient:
         for u, ct in delivery.ciphertexts.items():
             if u not in st.roster:
                 raise ProtocolError(f"client {self.client_id}: share from unknown client {u}")
-            key = _kdf(
-                b"enc",
-                setup.round_id,
-                st.c_sk.exchange(X25519PublicKey.from_public_bytes(st.roster[u][0])),
-                32,
-            )
+            key = st.channel[u]
             try:
                 plain = AESGCM(key).decrypt(_nonce(u), ct, _ad(u, self.client_id, setup.round_id))
             except InvalidTag as exc:
@@ -449,21 +488,14 @@ class MaskingClient:
                     0.0, setup.noise_std, size=x.shape, generator=self.noise_generator
                 )
             y = quantizer.quantize(x, name=name)
-        buf = (
-            self.scratch
-            if self.scratch is not None and self.scratch.dim == setup.dim
-            else _MaskBuffer(setup.dim)
-        )
-        y += buf.expand(_self_key(st.b_seed, setup.round_id))
+        plus: list[bytes] = [_self_key(st.b_seed, setup.round_id)]
+        minus: list[bytes] = []
         live = set(delivery.u2)
         for v, (_, s_pk) in st.roster.items():
-            if v not in live:
-                continue
-            mask = buf.expand(_pair_key(st.s_sk, s_pk, setup.round_id))
-            if self.client_id < v:
-                y += mask
-            else:
-                y -= mask
+            if v in live:
+                key = _pair_key(st.s_sk, s_pk, setup.round_id)
+                (plus if self.client_id < v else minus).append(key)
+        (self.scratch or _Masker()).apply(y, plus, minus)
         st.stage = Stage.UNMASK
         st.sent_input = True
         return MaskedInput(self.client_id, y)
@@ -630,14 +662,11 @@ class MaskingServer:
         total = np.zeros(self.dim, dtype=np.uint32)
         for y in self.y.values():
             total += y
-        buf = (
-            self.agg._scratch
-            if self.agg._scratch is not None and self.agg._scratch.dim == self.dim
-            else _MaskBuffer(self.dim)
-        )
+        minus: list[bytes] = []  # masks to subtract: survivors' self masks, pair masks they added
+        plus: list[bytes] = []  # pair masks that survivors subtracted
         for u in self.u3:
             seed = self._gather(u, replies, "b").to_bytes(32, "big")
-            total -= buf.expand(_self_key(seed, self.round_id))
+            minus.append(_self_key(seed, self.round_id))
         live = set(self.u3)
         for w in self.u2:
             if w in live:
@@ -647,11 +676,10 @@ class MaskingServer:
             for u in self.graph[w]:
                 if u not in live:
                     continue
-                mask = buf.expand(_pair_key(sk, self.keys[u][1], self.round_id))
-                if u < w:  # u added +mask for the pair (u, w)
-                    total -= mask
-                else:
-                    total += mask
+                key = _pair_key(sk, self.keys[u][1], self.round_id)
+                # u added +mask for the pair (u, w) when u < w
+                (minus if u < w else plus).append(key)
+        (self.agg._scratch or _Masker()).apply(total, plus, minus)
         summed = self.quantizer.dequantize(total)
         noised = self.agg.dp is not None and self.agg.dp.distributed
         mean, std = self.agg.finalize(summed, self.u3, self.weights, noised=noised)
@@ -711,7 +739,7 @@ class MaskingAggregator(Aggregator):
         if neighbours is not None and neighbours < 1:
             raise ConfigError(f"`neighbours` must be >= 1 or None (all pairs); got {neighbours}")
         self.clip_range = float(clip_range)
-        self._scratch: _MaskBuffer | None = None
+        self._scratch: _Masker | None = None
         self.threshold = threshold
         self.neighbours = neighbours
 
@@ -736,9 +764,8 @@ class MaskingAggregator(Aggregator):
                 else int.from_bytes(os.urandom(8), "little")
             )
             gen.manual_seed((base * 1_000_003 + client_id) % (1 << 63))
-        dim = delta.numel()
-        if self._scratch is None or self._scratch.dim != dim:
-            self._scratch = _MaskBuffer(dim)  # simulation: clients of one process share scratch
+        if self._scratch is None:
+            self._scratch = _Masker()  # simulation: clients of one process share scratch
         return MaskingClient(
             client_id, delta, dp=self.dp, noise_generator=gen, scratch=self._scratch
         )

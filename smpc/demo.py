@@ -73,7 +73,7 @@ class Config:
     data: str | None = None
 
 
-def build_model(kind: str, seed: int = 0) -> torch.nn.Module:
+def build_model(kind: str, seed: int = 0) -> torch.nn.Sequential:
     """The demo networks: ``mlp`` (784-128-64-10) or ``cnn`` (small LeNet-style)."""
     torch.manual_seed(seed)
     if kind == "mlp":
@@ -99,6 +99,12 @@ def build_model(kind: str, seed: int = 0) -> torch.nn.Module:
             torch.nn.Linear(64, 10),
         )
     raise ValueError(f"`model` must be 'mlp' or 'cnn'; got {kind!r}")
+
+
+def _reference_model(cfg: Config) -> torch.nn.Module:
+    """``build_model`` without the MLP's leading ``Flatten`` (inputs are flattened upfront)."""
+    model = build_model(cfg.model, cfg.seed)
+    return model[1:] if cfg.model == "mlp" else model
 
 
 def load_data(cfg: Config) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -149,9 +155,7 @@ class History:
 def train_plain(cfg: Config, data: Sequence[torch.Tensor]) -> History:
     """The plaintext reference: same model, initial weights, batches and hyper-parameters."""
     x, y, xt, yt = data
-    model = build_model(cfg.model, cfg.seed)
-    if cfg.model == "mlp":
-        model = model[1:]  # inputs are flattened upfront, as in the encrypted run
+    model = _reference_model(cfg)
     opt = torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
@@ -168,7 +172,7 @@ def train_plain(cfg: Config, data: Sequence[torch.Tensor]) -> History:
                 loss = torch.nn.functional.cross_entropy(out, y[idx])
             else:
                 loss = torch.nn.functional.mse_loss(out, onehot[idx])
-            loss.backward()
+            torch.autograd.backward(loss)
             opt.step()
             losses.append(float(loss.detach()))
             hist.steps += 1
@@ -190,9 +194,7 @@ def train_encrypted(
         data = load_data(cfg)
     x, y, xt, yt = data
     model_owner, data_owner = 0, sess.world_size - 1
-    plain = build_model(cfg.model, cfg.seed)
-    if cfg.model == "mlp":
-        plain = plain[1:]
+    plain = _reference_model(cfg)
     enc = snn.encrypt(plain, sess, src=model_owner)
     xs = sess.share(_prepare(cfg, x), src=data_owner)
     ys = sess.share(torch.nn.functional.one_hot(y, 10).float(), src=data_owner)
@@ -227,12 +229,12 @@ def train_encrypted(
                 assert value is not None
                 losses.append(float(value))
                 if show:
-                    bar.set_postfix(loss=f"{losses[-1]:.4f}")  # type: ignore[attr-defined]
+                    bar.set_postfix(loss=f"{losses[-1]:.4f}")
         hist.loss.append(sum(losses) / len(losses) if losses else math.nan)
         if cfg.epoch_eval or epoch == cfg.epochs - 1:
             hist.accuracy.append(accuracy(enc.decrypt(), xtp, yt))
             if show:
-                bar.write(  # type: ignore[attr-defined]
+                bar.write(
                     f"epoch {epoch + 1}: loss {hist.loss[-1]:.4f}  test acc {hist.accuracy[-1]:.4f}"
                 )
     hist.seconds = compute
@@ -243,7 +245,7 @@ def train_encrypted(
 def _bar(batches: list[torch.Tensor], epoch: int, cfg: Config, show: bool) -> Any:
     if not show:
         return batches
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # type: ignore[import-untyped]  # no stubs installed
 
     return tqdm(
         batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False, file=sys.stderr
@@ -353,9 +355,7 @@ def run_demo(cfg: Config) -> dict[str, Any]:
             enc = train_encrypted(sess, cfg, data)
     wall = time.perf_counter() - t0
     steps = max(enc.steps, 1)
-    model = build_model(cfg.model, cfg.seed)
-    if cfg.model == "mlp":
-        model = model[1:]
+    model = _reference_model(cfg)
     model.load_state_dict(enc.state_dict)
     acc_enc = accuracy(model, _prepare(cfg, data[2]), data[3])
     acc_plain = plain.accuracy[-1]

@@ -20,6 +20,7 @@ import torch
 
 from . import nonlinear as _nl
 from . import ops as _ops
+from . import ring as _ring
 from .autograd import functions as _fn
 from .autograd.tape import _GRAD_ENABLED
 from .autograd.tape import backward as _backward
@@ -328,7 +329,7 @@ def mse_loss(
     """
     _fn.check_reduction(reduction)
     try:
-        torch.broadcast_shapes(tuple(input.shape), tuple(target.shape))
+        _ring.broadcast_shapes(tuple(input.shape), tuple(target.shape))
     except RuntimeError as err:
         raise ShapeError(
             f"mse_loss: input {tuple(input.shape)} and target {tuple(target.shape)} "

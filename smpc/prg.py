@@ -1,12 +1,18 @@
 """Pseudorandom generators for shares and masks (bottom layer: pure, local).
 
-``AesPrg`` is AES-128 in counter mode from ``cryptography`` (OpenSSL, AES-NI),
-keyed from ``os.urandom`` unless a key is given. It writes keystream into a
-reusable buffer with ``update_into`` and views it as int64 with
-``torch.frombuffer``: a cryptographically secure generator that is faster
+``AesPrg`` is AES-128 in counter mode, keyed from ``os.urandom`` unless a key
+is given. It writes keystream into the caller's buffer with ``update_into``
+and views it as int64: a cryptographically secure generator that is faster
 than torch's own Mersenne/Philox ``randint``. Deterministic runs (tests) pass a
 key derived from a seed: see :func:`key_from_seed`. There is no insecure
 generator in this package.
+
+The keystream is computed through OpenSSL's AES-GCM encryption of zeros: GCM
+encrypts with AES-CTR (counter block ``nonce || i``, ``i`` from 2), and
+OpenSSL's GCM path is vectorised with VAES/AVX-512 where the CPU has it,
+about twice the speed of its plain CTR mode (11 vs 5 GB/s on one core here).
+The authentication tag is never computed (``finalize`` is never called), so
+the output is exactly the AES-CTR keystream.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 __all__ = ["Prg", "AesPrg", "key_from_seed"]
 
 KEY_BYTES = 16
+# Keystream bytes per nonce (a power of two, far below GCM's 2^36 limit).
+SEGMENT_BYTES = 1 << 22
 # Draws of at least this many bytes are split over two threads.
 _PARALLEL_BYTES = 1 << 20
 
@@ -46,9 +54,12 @@ def key_from_seed(seed: int | bytes | str, *, label: str = "") -> bytes:
 class AesPrg:
     """AES-128-CTR keystream as uniform int64 tensors.
 
-    The keystream is a function of the byte position only, so a sequence of
-    draws returns the same values however it is split. Large draws are computed
-    by two threads on disjoint counter ranges (OpenSSL releases the GIL).
+    The stream is cut into segments of ``SEGMENT_BYTES``; segment ``j`` is the
+    CTR keystream under the 96-bit nonce ``j`` (so no counter ever repeats, and
+    no nonce carries more than the 2^32 blocks GCM's counter allows). The
+    keystream is a function of the byte position only, so a sequence of draws
+    returns the same values however it is split. Large draws are computed by
+    two threads from a segment boundary (OpenSSL releases the GIL).
 
     Args:
         key: 16-byte key; ``None`` draws one from ``os.urandom`` (the default, secure).
@@ -68,10 +79,10 @@ class AesPrg:
         self._pool: ThreadPoolExecutor | None = None
 
     def _encryptor_at(self, pos: int) -> Any:
-        counter = (pos // 16).to_bytes(16, "big")
-        enc = Cipher(algorithms.AES(self._key), modes.CTR(counter)).encryptor()
-        if pos % 16:
-            enc.update(bytes(pos % 16))
+        nonce = (pos // SEGMENT_BYTES).to_bytes(12, "big")
+        enc = Cipher(algorithms.AES(self._key), modes.GCM(nonce)).encryptor()
+        if pos % SEGMENT_BYTES:
+            enc.update(bytes(pos % SEGMENT_BYTES))  # only when a stream starts mid-segment
         return enc
 
     def _zeros_of(self, nbytes: int) -> memoryview:
@@ -79,11 +90,27 @@ class AesPrg:
             self._zeros = bytes(max(nbytes, 2 * len(self._zeros)))
         return memoryview(self._zeros)[:nbytes]
 
+    def _write(self, enc: Any, pos: int, view: memoryview) -> Any:
+        """Keystream from ``pos`` into ``view`` using ``enc`` (positioned at ``pos``).
+
+        Returns the encryptor positioned at the end (a fresh one after a segment boundary).
+        """
+        done, total = 0, len(view)
+        while done < total:
+            room = SEGMENT_BYTES - pos % SEGMENT_BYTES
+            take = min(room, total - done)
+            enc.update_into(self._zeros_of(take), view[done : done + take])
+            done += take
+            pos += take
+            if take == room:
+                enc = self._encryptor_at(pos)
+        return enc
+
     def random_bytes(self, nbytes: int) -> bytearray:
         """Return ``nbytes`` of keystream."""
         out = bytearray(nbytes)
         if nbytes:
-            self._enc.update_into(self._zeros_of(nbytes), out)
+            self._enc = self._write(self._enc, self._pos, memoryview(out))
             self._pos += nbytes
         return out
 
@@ -100,22 +127,22 @@ class AesPrg:
         if not (out.is_contiguous() and out.dtype == torch.int64 and out.device.type == "cpu"):
             raise ValueError("`out` must be a contiguous CPU int64 tensor")
         view = memoryview(out.numpy()).cast("B")  # type: ignore[arg-type]  # ndarray is a buffer
-        if nbytes < _PARALLEL_BYTES:
-            self._enc.update_into(self._zeros_of(nbytes), view)
-            self._pos += nbytes
-            return out
-        half = (nbytes // 2) // 16 * 16
         start = self._pos
-        zeros = self._zeros_of(nbytes - half)
+        # Split at the segment boundary nearest the middle, so the second thread
+        # starts a fresh nonce instead of skipping into a segment.
+        mid = (start + nbytes // 2 + SEGMENT_BYTES // 2) // SEGMENT_BYTES * SEGMENT_BYTES - start
+        if nbytes < _PARALLEL_BYTES or not 0 < mid < nbytes:
+            self._enc = self._write(self._enc, start, view)
+            self._pos = start + nbytes
+            return out
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="smpc-aes")
         second = self._pool.submit(
-            lambda: self._encryptor_at(start + half).update_into(zeros, view[half:])
+            lambda: self._write(self._encryptor_at(start + mid), start + mid, view[mid:])
         )
-        self._encryptor_at(start).update_into(zeros[:half], view[:half])
-        second.result()
+        self._write(self._enc, start, view[:mid])
+        self._enc = second.result()
         self._pos = start + nbytes
-        self._enc = self._encryptor_at(self._pos)
         return out
 
     def close(self) -> None:

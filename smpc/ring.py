@@ -54,9 +54,7 @@ def broadcast_shapes(*shapes: torch.Size | tuple[int, ...]) -> torch.Size:
                 if cur == 1:
                     out[off + i] = v
                 elif v != 1:
-                    raise RuntimeError(
-                        f"shapes {[tuple(x) for x in shapes]} are not broadcastable"
-                    )
+                    raise RuntimeError(f"shapes {[tuple(x) for x in shapes]} are not broadcastable")
     return torch.Size(out)
 
 

@@ -92,7 +92,7 @@ def _gneg(g: Grad) -> Grad:
     return ops.neg(g) if isinstance(g, SharedTensor) else -g
 
 
-def _gadd(a: Grad, b: Any) -> Grad:
+def _gadd(a: Grad, b: Grad) -> Grad:
     if isinstance(a, SharedTensor) or isinstance(b, SharedTensor):
         return ops.add(a, b)
     return a + b
@@ -334,6 +334,7 @@ def conv2d_input_grad(
     bottom = h_in - (hd + top - eh)
     right = w_in - (wd + left - ew)
     gp = _pad(gd, (left, right, top, bottom))
+    wf: Grad
     if isinstance(w, SharedTensor):
         wf = SharedTensor(w.share.flip(-1, -2).transpose(-4, -3).contiguous(), w.session)
     else:
@@ -355,6 +356,7 @@ def conv2d_weight_grad(
     kh, kw = int(weight_shape[2]), int(weight_shape[3])
     xt = x.transpose(0, 1)  # (C, N, H, W)
     gt = g.transpose(0, 1)  # (O, N, Ho, Wo)
+    out: Grad
     if not isinstance(xt, SharedTensor) and not isinstance(gt, SharedTensor):
         out = torch.nn.functional.conv2d(xt, gt, padding=padding, stride=dilation, dilation=stride)
     else:
@@ -503,7 +505,7 @@ class Reshape(Function):
 
     @staticmethod
     def forward(
-        ctx: Context, x: SharedTensor, shape: tuple[int, ...], fn: Callable[..., Any]
+        ctx: Context, x: SharedTensor, shape: tuple[int, ...], fn: Callable[..., SharedTensor]
     ) -> SharedTensor:
         """Compute the output."""
         ctx.shape = tuple(x.shape)
@@ -520,7 +522,7 @@ class Transpose(Function):
 
     @staticmethod
     def forward(
-        ctx: Context, x: SharedTensor, d0: int, d1: int, fn: Callable[..., Any]
+        ctx: Context, x: SharedTensor, d0: int, d1: int, fn: Callable[..., SharedTensor]
     ) -> SharedTensor:
         """Compute the output."""
         ctx.dims = (d0, d1)
@@ -537,7 +539,7 @@ class Permute(Function):
 
     @staticmethod
     def forward(
-        ctx: Context, x: SharedTensor, dims: tuple[int, ...], fn: Callable[..., Any]
+        ctx: Context, x: SharedTensor, dims: tuple[int, ...], fn: Callable[..., SharedTensor]
     ) -> SharedTensor:
         """Compute the output."""
         nd = max(x.dim(), 1)
@@ -555,7 +557,7 @@ class Expand(Function):
 
     @staticmethod
     def forward(
-        ctx: Context, x: SharedTensor, sizes: tuple[int, ...], fn: Callable[..., Any]
+        ctx: Context, x: SharedTensor, sizes: tuple[int, ...], fn: Callable[..., SharedTensor]
     ) -> SharedTensor:
         """Compute the output."""
         ctx.shape = tuple(x.shape)
@@ -571,7 +573,9 @@ class GetItem(Function):
     """Index or slice; backward scatters into zeros (local)."""
 
     @staticmethod
-    def forward(ctx: Context, x: SharedTensor, index: Any, fn: Callable[..., Any]) -> SharedTensor:
+    def forward(
+        ctx: Context, x: SharedTensor, index: Any, fn: Callable[..., SharedTensor]
+    ) -> SharedTensor:
         """Compute the output."""
         ctx.conf = (tuple(x.shape), index)
         return fn(x, index)

@@ -86,12 +86,12 @@ def _flatten(m: nn.Flatten, sess: Session, src: int | str | None) -> M.Module:
 
 @register_layer(nn.AvgPool2d)
 def _avgpool(m: nn.AvgPool2d, sess: Session, src: int | str | None) -> M.Module:
-    return M.AvgPool2d(m.kernel_size, m.stride, m.padding)  # type: ignore[arg-type]
+    return M.AvgPool2d(m.kernel_size, m.stride, m.padding)
 
 
 @register_layer(nn.MaxPool2d)
 def _maxpool(m: nn.MaxPool2d, sess: Session, src: int | str | None) -> M.Module:
-    return M.MaxPool2d(m.kernel_size, m.stride, m.padding)  # type: ignore[arg-type]
+    return M.MaxPool2d(m.kernel_size, m.stride, m.padding)
 
 
 @register_layer(nn.Dropout)
@@ -112,7 +112,9 @@ def _batchnorm(
     return M.BatchNorm(m, session=sess, src=src)
 
 
-def _fold_bn(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
+def _fold_bn(
+    layer: nn.Linear | nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm
+) -> nn.Linear | nn.Conv2d:
     """A copy of ``layer`` (Linear/Conv2d) with the following eval-mode batch norm folded in."""
     scale, shift = M.bn_affine(bn)
     out = copy.deepcopy(layer)

@@ -228,7 +228,7 @@ class Conv2d(Module):
         self.out_channels = init.out_channels
         self.kernel_size = _pair(init.kernel_size)
         self.stride = _pair(init.stride)
-        self.padding = _pair(init.padding)  # type: ignore[arg-type]
+        self.padding = _pair(init.padding)
         self.dilation = _pair(init.dilation)
         self.weight = _share_param(session, init.weight, src)
         self.bias: SharedTensor | None = (
@@ -264,6 +264,8 @@ class Conv2d(Module):
         with torch.no_grad():
             m.weight.copy_(_reveal(self.weight))
             if self.bias is not None:
+                if m.bias is None:
+                    raise RuntimeError("Conv2d.to_torch: torch.nn.Conv2d(bias=True) has no bias")
                 m.bias.copy_(_reveal(self.bias))
         return m
 
@@ -420,6 +422,10 @@ class BatchNorm(Module):
     def to_torch(self) -> torch.nn.Module:
         """The plaintext torch layer (reveals the weights)."""
         m = self.kind(self.num_features, eps=0.0)
+        if m.running_mean is None or m.running_var is None:
+            raise RuntimeError(
+                f"BatchNorm.to_torch: {self.kind.__name__} was built without running statistics"
+            )
         with torch.no_grad():
             m.weight.copy_(_reveal(self.scale))
             m.bias.copy_(_reveal(self.shift))

@@ -41,3 +41,30 @@ def test_fill_rejects_bad_buffers() -> None:
 
     with pytest.raises(ValueError, match="contiguous CPU int64"):
         AesPrg().fill_(torch.empty(4, dtype=torch.int32))
+
+
+def test_keystream_is_aes_ctr_across_segments() -> None:
+    """The stream is AES-128-CTR with counter block ``segment || i+2`` (the GCM layout):
+    checked against OpenSSL's plain CTR mode on both sides of a segment boundary,
+    for one large (two-thread) draw and for many small draws."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    from smpc.prg import SEGMENT_BYTES
+
+    key = key_from_seed(11)
+
+    def ctr(segment: int, nbytes: int) -> bytes:
+        iv = segment.to_bytes(12, "big") + (2).to_bytes(4, "big")
+        return Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor().update(bytes(nbytes))
+
+    numel = (2 * SEGMENT_BYTES + 4096) // 8
+    big = AesPrg(key)
+    stream = big.random_int64(numel).numpy().tobytes()
+    big.close()
+    assert stream[:SEGMENT_BYTES] == ctr(0, SEGMENT_BYTES)
+    assert stream[SEGMENT_BYTES : 2 * SEGMENT_BYTES] == ctr(1, SEGMENT_BYTES)
+    assert stream[2 * SEGMENT_BYTES :] == ctr(2, 4096)
+    small = AesPrg(key)
+    step = SEGMENT_BYTES // 8 // 3 + 1  # draws that straddle each boundary
+    parts = [small.random_int64(min(step, numel - i)) for i in range(0, numel, step)]
+    assert torch.cat(parts).numpy().tobytes() == stream

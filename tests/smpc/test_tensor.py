@@ -209,9 +209,12 @@ def test_shape_mismatch() -> None:
 
 
 def test_two_sessions_do_not_mix() -> None:
-    with smpc.Session(parties=2) as a, smpc.Session(parties=2) as b:
-        with pytest.raises(smpc.SessionMismatchError, match="different sessions"):
-            a.share(torch.ones(2)) + b.share(torch.ones(2))
+    with (
+        smpc.Session(parties=2) as a,
+        smpc.Session(parties=2) as b,
+        pytest.raises(smpc.SessionMismatchError, match="different sessions"),
+    ):
+        a.share(torch.ones(2)) + b.share(torch.ones(2))
 
 
 def test_parties_validation() -> None:

@@ -44,7 +44,11 @@ def check_grads(
         for i, (a, b) in enumerate(zip(xs, ts, strict=True)):
             assert a.grad is not None, f"input {i} got no gradient"
             torch.testing.assert_close(
-                a.grad.reveal(), b.grad.float(), atol=tol, rtol=tol, msg=lambda m: f"input {i}: {m}"
+                a.grad.reveal(),
+                b.grad.float(),
+                atol=tol,
+                rtol=tol,
+                msg=lambda m, i=i: f"input {i}: {m}",
             )
 
 
@@ -147,8 +151,8 @@ def test_mse_loss() -> None:
     x, t = _rand((4, 3), 1), _rand((4, 3), 2)
     for red in ("mean", "sum", "none"):
         check_grads(
-            lambda x, t: F.mse_loss(x, t, reduction=red),
-            lambda x, t: torch.nn.functional.mse_loss(x, t, reduction=red),
+            lambda x, t, red=red: F.mse_loss(x, t, reduction=red),
+            lambda x, t, red=red: torch.nn.functional.mse_loss(x, t, reduction=red),
             [x, t],
         )
 
@@ -221,8 +225,8 @@ def test_max_pool2d() -> None:
     x = torch.randperm(2 * 2 * 6 * 6).float().reshape(2, 2, 6, 6) / 20  # distinct values
     for k, s in ((2, 2), (3, 3), (3, 2)):
         check_grads(
-            lambda x: F.max_pool2d(x, k, s),
-            lambda x: torch.nn.functional.max_pool2d(x, k, s),
+            lambda x, k=k, s=s: F.max_pool2d(x, k, s),
+            lambda x, k=k, s=s: torch.nn.functional.max_pool2d(x, k, s),
             [x],
         )
 
