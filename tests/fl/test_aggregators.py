@@ -48,15 +48,41 @@ def _masking_oracle(
     return q.dequantize(total) / sum(weights[c] for c in survivors)
 
 
-@settings(max_examples=8)
-@given(st.integers(1, 7), st.integers(1, 40), st.integers(0, 10_000))
-def test_masking_equals_plain_exactly_on_quantized_values(n: int, dim: int, seed: int) -> None:
+@settings(max_examples=12)
+@given(
+    st.integers(1, 7), st.integers(1, 40), st.integers(0, 10_000), st.sampled_from([16, 24, 32])
+)
+def test_masking_equals_plain_exactly_on_quantized_values(
+    n: int, dim: int, seed: int, bits: int
+) -> None:
     ups = _updates(n, dim, seed)
-    agg = fl.MaskingAggregator(clip_range=1.0)
+    agg = fl.MaskingAggregator(clip_range=1.0, bits=bits)
     res = agg.aggregate(ups)
     assert torch.equal(res.mean, _masking_oracle(ups, agg, list(range(n))))
     plain = fl.PlainAggregator().aggregate(ups).mean
     assert torch.allclose(res.mean, plain, atol=2 * n * agg.quantizer(n).resolution + 1e-6)
+    # Upload: bits/8 bytes per parameter for the masked vector, plus the key material.
+    masked = dim * bits // 8
+    assert all(masked < b <= masked + 400 * n for b in res.upload_bytes.values())
+
+
+@settings(max_examples=20)
+@given(st.sampled_from([16, 24, 32]), st.integers(1, 50), st.integers(0, 2**32 - 1))
+def test_quantizer_pack_round_trip(bits: int, dim: int, seed: int) -> None:
+    q = fl.Quantizer(1.0, 4, bits)
+    rng = np.random.default_rng(seed)
+    ring = rng.integers(0, 2**32, size=dim, dtype=np.uint64).astype(np.uint32)
+    packed = q.pack(ring)
+    assert packed.nbytes == dim * bits // 8
+    low = ring & np.uint32((1 << bits) - 1) if bits < 32 else ring
+    assert np.array_equal(q.unpack(packed, dim), low)
+    with pytest.raises(fl.QuantizationRangeError, match="packed ring vector"):
+        q.unpack(packed[:-1], dim)
+
+
+def test_quantizer_rejects_unsupported_width() -> None:
+    with pytest.raises(fl.ConfigError, match="`bits` must be one of"):
+        fl.MaskingAggregator(bits=20)
 
 
 @settings(max_examples=5)
@@ -94,7 +120,9 @@ def test_masking_too_many_dropouts_is_a_clear_error(stage: Stage) -> None:
 
 def test_dropouts_in_several_stages_and_neighbour_graph() -> None:
     ups = _updates(12, 30, seed=3)
-    agg = fl.MaskingAggregator(neighbours=6, threshold=3)
+    # The ring is random per round: with 5 of 12 clients lost, a secret may keep
+    # only 2 live holders (its owner and one neighbour), so t = 2 always suffices.
+    agg = fl.MaskingAggregator(neighbours=6, threshold=2)
     plan = {
         Stage.ADVERTISE_KEYS: [0],
         Stage.SHARE_KEYS: [5],
