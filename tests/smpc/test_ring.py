@@ -22,7 +22,10 @@ def test_matmul_exact_small(shapes: tuple[tuple[int, ...], tuple[int, ...]], see
 
 
 @given(
-    st.sampled_from([(17, 64, 16), (64, 784, 128), (40, 3000, 8), (33, 100, 7), (3, 700, 24)]),
+    st.sampled_from(
+        [(17, 64, 16), (64, 784, 128), (40, 3000, 8), (33, 100, 7), (3, 700, 24), (1, 784, 128)]
+        + [(8, 784, 64), (16, 300, 100)]  # the broadcast path for few rows
+    ),
     st.sampled_from(["2d", "left_batch", "right_batch", "both_batch"]),
     seeds,
 )
