@@ -19,7 +19,19 @@ __all__ = ["LocalCommunicator"]
 
 
 def _nbytes(t: torch.Tensor) -> int:
-    return t[0].numel() * t.element_size()
+    """Bytes of one party's share (no tensor is created: this runs per message)."""
+    return t.numel() // t.shape[0] * t.element_size()
+
+
+# Up to this many elements per party, one reduction over the party axis beats
+# two row views and an add (fewer dispatches); above it the add streams faster.
+_SMALL_OPEN = 1 << 16
+
+
+def _sum_parties(s: torch.Tensor, n: int) -> torch.Tensor:
+    if n > 2 or s.numel() <= 2 * _SMALL_OPEN:
+        return s.sum(0)
+    return s[0] + s[1]
 
 
 class LocalCommunicator:
@@ -43,7 +55,7 @@ class LocalCommunicator:
         n = self.world_size
         per_party = sum(_nbytes(s) for s in shares) * (n - 1)
         self.stats.record(label, [per_party] * n)
-        return [s.sum(0) if n > 2 else s[0] + s[1] for s in shares]
+        return [_sum_parties(s, n) for s in shares]
 
     def reveal_to(self, share: torch.Tensor, dst: int, label: str) -> torch.Tensor | None:
         self._check()
