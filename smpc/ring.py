@@ -5,8 +5,11 @@ two's complement. Bilinear maps (matmul, conv2d) are computed *exactly* modulo
 2^64 through float64 BLAS: each operand is split into balanced limbs small
 enough that every partial product sum is an integer below 2^53, so the float
 result is exact; the partial products are recombined with wrap-around. This is
-6 float64 GEMMs per ring GEMM (22-bit limbs) and is 5-12x faster on CPU than
-torch's own int64 kernels, which have no BLAS path (and none at all for conv).
+6 float64 GEMMs per ring GEMM (22/22/20-bit limbs, reductions cut into chunks
+of at most 1024 terms) and is 5-12x faster on CPU than torch's own int64
+kernels, which have no BLAS path (and none at all for conv). The limb split
+and recombination are single fused passes in the optional C module
+``smpc._ringkernels`` (built by setup.py; torch ops are the fallback).
 """
 
 from __future__ import annotations
@@ -67,107 +70,117 @@ def wrap(value: int) -> int:
     return value - _MOD if value >= _HALF else value
 
 
-@dataclass(frozen=True, slots=True)
-class _LimbPlan:
-    bits: int
-    count: int
-    max_k: int  # largest reduction length whose partial sums stay below 2^53
+try:  # optional fused kernels (setup.py); torch ops are the fallback
+    from . import _ringkernels as _kernels  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - depends on the build
+    _kernels = None
 
-    def pairs(self) -> list[tuple[int, int]]:
-        return [
-            (i, j)
-            for i in range(self.count)
-            for j in range(self.count)
-            if (i + j) * self.bits < RING_BITS
-        ]
+# Elementwise kernels use a second thread above this many elements.
+_KERNEL_THREADS_MIN = 1 << 16
 
-
-# 3 balanced 22-bit limbs: |limb| <= 2^21, |product| <= 2^42, 6 products; sums exact for
-# up to 2^53 / (3 * 2^42) = 682 terms per group of equal offset.
-_PLAN22 = _LimbPlan(bits=22, count=3, max_k=682)
-# 4 balanced 16-bit limbs: |product| <= 2^30, 10 products; exact for k up to 2^21.
-_PLAN16 = _LimbPlan(bits=16, count=4, max_k=1 << 21)
+# Balanced 22/22/20-bit limbs: x = l0 + l1 2^22 + l2 2^44 (mod 2^64) with
+# |l0|, |l1| <= 2^21 and |l2| <= 2^19 + 1. The six products l_i l_j with
+# i + j <= 2 cover every bit below 2^64. Each partial-sum group stays an
+# integer below 2^53 (hence exact in float64) while the reduction length is
+# at most _LIMB_MAX_K: group 1 is bounded by 2 * 2^42 * k.
+_LIMB_BITS = 22
+_LIMB_MAX_K = 1024
+_LIMB_PAIRS = ((0, 0), (1, 0), (2, 0), (0, 1), (1, 1), (0, 2))
 
 
-def _split(x: torch.Tensor, plan: _LimbPlan) -> list[torch.Tensor]:
-    """Balanced limbs of ``x`` as float64: x = sum_i limb_i * 2^(bits*i) mod 2^64."""
-    half = 1 << (plan.bits - 1)
-    mask = (1 << plan.bits) - 1
-    limbs = []
-    rest = x
-    for _ in range(plan.count - 1):
-        low = ((rest + half) & mask) - half
-        limbs.append(low.to(torch.float64))
-        rest = (rest - low) >> plan.bits
-    limbs.append(rest.to(torch.float64))
-    return limbs
+def kernels_available() -> bool:
+    """Whether the optional C kernels (``smpc._ringkernels``) were built."""
+    return _kernels is not None
 
 
-def _combine(partials: dict[int, torch.Tensor], plan: _LimbPlan) -> torch.Tensor:
-    out: torch.Tensor | None = None
-    for offset_index in sorted(partials):
-        term = partials[offset_index].to(torch.int64)
-        if offset_index:
-            term = term * (1 << (plan.bits * offset_index))
-        out = term if out is None else out.add_(term)
-    assert out is not None
-    return out
+def split_limbs(x: torch.Tensor) -> torch.Tensor:
+    """Balanced float64 limbs of int64 ``x``: shape ``(3, *x.shape)``, least significant first.
 
-
-def _limb_bilinear(
-    op: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    x: torch.Tensor,
-    y: torch.Tensor,
-    k: int,
-) -> torch.Tensor:
-    plan = _PLAN22 if k <= _PLAN22.max_k else _PLAN16
-    if k > plan.max_k:
-        raise ValueError(f"reduction length must be <= {plan.max_k} for exact ring ops; got {k}")
-    xs = _split(x, plan)
-    ys = _split(y, plan)
-    partials: dict[int, torch.Tensor] = {}
-    for i, j in plan.pairs():
-        term = op(xs[i], ys[j])
-        key = i + j
-        partials[key] = term if key not in partials else partials[key].add_(term)
-    return _combine(partials, plan)
-
-
-# Signed-byte limbs: x + C has bytes b_i with x = sum_i (b_i - 128) 2^(8i) mod 2^64.
-_BYTE_BIAS = -0x7F7F7F7F7F7F7F80  # 0x8080808080808080 as a signed int64
-
-
-def _byte_limbs(x: torch.Tensor) -> torch.Tensor:
-    """Signed 8-bit limbs of int64 ``x``, shape ``(*x.shape, 8)``, least significant first."""
-    biased = (x + _BYTE_BIAS).contiguous().view(torch.uint8) ^ 0x80
-    return biased.view(torch.int8).reshape(*x.shape, 8)
-
-
-def _matmul_int8(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """2-D ring matmul through int8 GEMMs (oneDNN/AMX): 36 limb products grouped in 8 calls.
-
-    Q_s = sum_{i+j=s} X_i @ Y_j is one GEMM over the concatenated reduction axis
-    [X_0 | ... | X_s] @ [Y_s; ...; Y_0]; |Q_s| < 8 * K * 2^14 fits int32 for K < 2^14.
-    The result is sum_s Q_s 2^(8s), evaluated by Horner's rule in int64.
+    ``x = l0 + l1 2^22 + l2 2^44 (mod 2^64)``, ``|l0|, |l1| <= 2^21``, ``|l2| <= 2^19 + 1``.
     """
-    m, k = x.shape
-    n = y.shape[1]
-    xx = _byte_limbs(x).permute(0, 2, 1).reshape(m, 8 * k)
-    ylimbs = _byte_limbs(y)
-    z = torch.empty(8, k, n, dtype=torch.int8)
-    for i in range(8):
-        z[7 - i].copy_(ylimbs[..., i])
-    zz = z.view(8 * k, n)
-    out: torch.Tensor | None = None
-    for s in range(7, -1, -1):
-        q = torch._int_mm(xx[:, : (s + 1) * k], zz[(7 - s) * k :]).to(torch.int64)
-        out = q if out is None else (out << 8).add_(q)
-    assert out is not None
+    out = torch.empty((3, *x.shape), dtype=torch.float64, device=x.device)
+    if _kernels is not None and x.device.type == "cpu":
+        src = x.contiguous()
+        n = src.numel()
+        _kernels.split3(src.data_ptr(), out.data_ptr(), n, 2 if n >= _KERNEL_THREADS_MIN else 1)
+        return out
+    half, mask = 1 << (_LIMB_BITS - 1), (1 << _LIMB_BITS) - 1
+    low = ((x + half) & mask) - half
+    out[0].copy_(low)
+    rest = (x - low) >> _LIMB_BITS
+    mid = ((rest + half) & mask) - half
+    out[1].copy_(mid)
+    out[2].copy_((rest - mid) >> _LIMB_BITS)
     return out
 
 
-def _int8_ok(m: int, k: int, n: int) -> bool:
-    return m > 16 and k % 8 == 0 and n % 8 == 0 and k < (1 << 14)
+def _combine_limbs(
+    g0: torch.Tensor, g1: torch.Tensor, g2: torch.Tensor, out: torch.Tensor | None
+) -> torch.Tensor:
+    """``g0 + g1 2^22 + g2 2^44`` modulo 2^64 from exact float64 group sums (added to ``out``)."""
+    if _kernels is not None and g0.device.type == "cpu":
+        g0, g1, g2 = g0.contiguous(), g1.contiguous(), g2.contiguous()
+        acc = out is not None
+        if out is None:
+            out = torch.empty(g0.shape, dtype=torch.int64)
+        n = g0.numel()
+        _kernels.combine3(
+            g0.data_ptr(),
+            g1.data_ptr(),
+            g2.data_ptr(),
+            out.data_ptr(),
+            n,
+            int(acc),
+            2 if n >= _KERNEL_THREADS_MIN else 1,
+        )
+        return out
+    res = g2.to(torch.int64) << _LIMB_BITS
+    res += g1.to(torch.int64)
+    res <<= _LIMB_BITS
+    res += g0.to(torch.int64)
+    return res if out is None else out.add_(res)
+
+
+def _limb_product(
+    op: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    xs: torch.Tensor,
+    ys: torch.Tensor,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Ring ``op`` from limb stacks ``xs = split_limbs(x)``, ``ys = split_limbs(y)``.
+
+    ``op`` must map a leading limb axis of its left operand through (three
+    calls compute the six products: ``[l0, l1, l2] x m0``, ``[l0, l1] x m1``,
+    ``l0 x m2``).
+    """
+    p0 = op(xs, ys[0])
+    p1 = op(xs[:2], ys[1])
+    p2 = op(xs[0], ys[2])
+    g1 = p0[1].add_(p1[0])
+    g2 = p0[2].add_(p1[1]).add_(p2)
+    return _combine_limbs(p0[0], g1, g2, out)
+
+
+def _matmul_limbs(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Exact ring matmul of int64 ``x`` (..., m, k) and ``y`` (..., k, n) through float64 GEMMs."""
+    k = x.shape[-1]
+    nb = max(x.dim(), y.dim()) - 2
+    lead = (1,) * (nb - (x.dim() - 2))
+
+    def op(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        # a: (L, *lead, *x.shape) limb stack, or one limb (*x.shape).
+        if a.dim() == x.dim() + 1:
+            a = a.view(a.shape[0], *lead, *a.shape[1:])
+        return torch.matmul(a, b)
+
+    out: torch.Tensor | None = None
+    for start in range(0, k, _LIMB_MAX_K):
+        stop = min(k, start + _LIMB_MAX_K)
+        xc = x if stop - start == k else x[..., start:stop]
+        yc = y if stop - start == k else y[..., start:stop, :]
+        out = _limb_product(op, split_limbs(xc), split_limbs(yc), out)
+    assert out is not None
+    return out
 
 
 def matmul(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -203,30 +216,17 @@ def matmul(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             return (x.unsqueeze(-1) * y.unsqueeze(-3)).sum(-2)
     elif work <= _NATIVE_MATMUL_WORK:
         return torch.matmul(x, y)
-    if y.dim() == 2 and x.dim() >= 2 and not x.is_cuda:
-        # Fold x's batch dims into rows: one 2-D product.
-        x2 = x.reshape(-1, k)
-        if _int8_ok(x2.shape[0], k, cols):
-            return _matmul_int8(x2, y).reshape(*x.shape[:-1], cols)
-    if x.dim() == 2 and y.dim() >= 3 and not x.is_cuda:
-        # Fold y's batch dims into columns: x @ [y_0 | y_1 | ...].
+    if x.dim() == 1:
+        return matmul(x.unsqueeze(0), y).squeeze(-2)
+    if y.dim() == 1:
+        return matmul(x, y.unsqueeze(-1)).squeeze(-1)
+    if x.dim() == 2 and y.dim() >= 3:
+        # Fold y's batch dims into columns: x @ [y_0 | y_1 | ...], one GEMM per limb pair.
         yb = y.reshape(-1, k, cols)
         y2 = yb.permute(1, 0, 2).reshape(k, -1)
-        if _int8_ok(rows, k, y2.shape[1]):
-            res = _matmul_int8(x, y2).reshape(rows, yb.shape[0], cols).permute(1, 0, 2)
-            return res.reshape(*y.shape[:-2], rows, cols)
-    if k > _PLAN22.max_k:
-        # Chunk the reduction so that the fast 22-bit plan stays exact.
-        step = 512
-        out: torch.Tensor | None = None
-        for start in range(0, k, step):
-            xs = x[..., start : start + step]
-            ys = y[..., start : start + step, :] if y.dim() > 1 else y[start : start + step]
-            part = _limb_bilinear(torch.matmul, xs, ys, xs.shape[-1])
-            out = part if out is None else out.add_(part)
-        assert out is not None
-        return out
-    return _limb_bilinear(torch.matmul, x, y, k)
+        res = _matmul_limbs(x, y2).reshape(rows, yb.shape[0], cols).permute(1, 0, 2)
+        return res.reshape(*y.shape[:-2], rows, cols)
+    return _matmul_limbs(x, y)
 
 
 def conv2d(
@@ -239,12 +239,11 @@ def conv2d(
     groups: int = 1,
 ) -> torch.Tensor:
     """Exact ``conv2d(x, weight)`` modulo 2^64 for int64 tensors (N,C,H,W) and (O,C/g,kh,kw)."""
-    k = weight.shape[1] * weight.shape[2] * weight.shape[3]
 
-    def op(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(a, b, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    def op(a: torch.Tensor, b: torch.Tensor, g: int) -> torch.Tensor:
+        return F.conv2d(a, b, stride=stride, padding=padding, dilation=dilation, groups=g)
 
-    return _limb_bilinear(op, x, weight, k)
+    return _conv_limbs(op, x, weight, in_axis=1, groups=groups)
 
 
 def conv_transpose2d(
@@ -258,9 +257,8 @@ def conv_transpose2d(
     groups: int = 1,
 ) -> torch.Tensor:
     """Exact ``conv_transpose2d(x, weight)`` modulo 2^64 (used by conv2d's input gradient)."""
-    k = weight.shape[0] // groups * weight.shape[2] * weight.shape[3]
 
-    def op(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def op(a: torch.Tensor, b: torch.Tensor, g: int) -> torch.Tensor:
         return F.conv_transpose2d(
             a,
             b,
@@ -268,10 +266,61 @@ def conv_transpose2d(
             padding=padding,
             output_padding=output_padding,
             dilation=dilation,
-            groups=groups,
+            groups=g,
         )
 
-    return _limb_bilinear(op, x, weight, k)
+    return _conv_limbs(op, x, weight, in_axis=0, groups=groups)
+
+
+def _conv_limbs(
+    op: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor],
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    *,
+    in_axis: int,
+    groups: int,
+) -> torch.Tensor:
+    """Exact ring convolution through float64 limb convolutions.
+
+    ``op(x, w, groups)`` is the float convolution; ``in_axis`` is the weight's
+    input-channel axis (1 for conv2d, 0 for the transposed convolution). The
+    reduction (input channels per group times the kernel area) is cut into
+    chunks of at most ``_LIMB_MAX_K`` terms, over whole input channels, so that
+    every float64 partial sum stays exact.
+    """
+    area = weight.shape[2] * weight.shape[3]
+    cin = x.shape[1]
+    per_group = cin // groups
+    step = max(1, _LIMB_MAX_K // area)
+    if area > _LIMB_MAX_K:
+        raise ValueError(
+            f"conv2d: kernel area must be <= {_LIMB_MAX_K} for exact ring convolution; got {area}"
+        )
+
+    def stacked(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if a.dim() == 4:
+            return op(a, b, groups)
+        out = op(a.reshape(-1, *a.shape[2:]), b, groups)
+        return out.view(a.shape[0], -1, *out.shape[1:])
+
+    if per_group <= step:
+        return _limb_product(stacked, split_limbs(x), split_limbs(weight))
+    if groups != 1:
+        # One exact convolution per group (rare: > _LIMB_MAX_K terms per group).
+        parts = [
+            _conv_limbs(op, xg, wg, in_axis=in_axis, groups=1)
+            for xg, wg in zip(
+                x.chunk(groups, dim=1), weight.chunk(groups, dim=in_axis), strict=True
+            )
+        ]
+        return torch.cat(parts, dim=1)
+    out: torch.Tensor | None = None
+    for start in range(0, cin, step):
+        xc = x[:, start : start + step]
+        wc = weight.narrow(in_axis, start, min(step, cin - start))
+        out = _limb_product(stacked, split_limbs(xc), split_limbs(wc), out)
+    assert out is not None
+    return out
 
 
 @dataclass(frozen=True, slots=True)

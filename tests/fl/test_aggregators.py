@@ -49,9 +49,7 @@ def _masking_oracle(
 
 
 @settings(max_examples=12)
-@given(
-    st.integers(1, 7), st.integers(1, 40), st.integers(0, 10_000), st.sampled_from([16, 24, 32])
-)
+@given(st.integers(1, 7), st.integers(1, 40), st.integers(0, 10_000), st.sampled_from([16, 24, 32]))
 def test_masking_equals_plain_exactly_on_quantized_values(
     n: int, dim: int, seed: int, bits: int
 ) -> None:

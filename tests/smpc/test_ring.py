@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -62,3 +63,51 @@ def test_wrap() -> None:
     assert ring.wrap(2**63) == -(2**63)
     assert ring.wrap(-1) == -1
     assert ring.wrap(2**64 + 5) == 5
+
+
+_EXTREMES = torch.tensor([-(2**63), 2**63 - 1, -1, 0, 1, 2**21, -(2**21), 2**43 - 1, 2**62])
+
+
+@given(st.integers(1, 200_000), seeds)
+def test_split_limbs_reconstructs_and_is_balanced(n: int, seed: int) -> None:
+    x = torch.cat([_EXTREMES, _rand((n,), seed)])
+    limbs = ring.split_limbs(x)
+    assert limbs.dtype == torch.float64
+    assert limbs[:2].abs().max() <= 2**21 and limbs[2].abs().max() <= 2**19 + 1
+    back = limbs.to(torch.int64)
+    assert torch.equal(back[0] + (back[1] << 22) + (back[2] << 44), x)
+
+
+def test_kernels_match_the_torch_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The optional C kernels and the pure-torch path give identical ring results."""
+    x, y = _rand((70, 1500), 1), _rand((1500, 33), 2)
+    fast = ring.matmul(x, y)
+    limbs = ring.split_limbs(x)
+    assert torch.equal(fast, torch.matmul(x, y))
+    monkeypatch.setattr(ring, "_kernels", None)
+    assert torch.equal(ring.split_limbs(x), limbs)
+    assert torch.equal(ring.matmul(x, y), fast)
+
+
+@given(st.sampled_from([(3, 1025, 5), (2, 2048, 3), (4, 3333, 2)]), seeds)
+def test_matmul_chunks_long_reductions(mkn: tuple[int, int, int], seed: int) -> None:
+    m, k, n = mkn
+    x = torch.cat([_EXTREMES.repeat(m, k // len(_EXTREMES) + 1)[:, :k], _rand((m, k), seed)])
+    y = _rand((k, n), seed + 1)
+    assert torch.equal(ring.matmul(x, y), torch.matmul(x, y))
+
+
+@given(st.sampled_from([(130, 1), (300, 1), (8, 4)]), seeds)
+def test_conv2d_exact_many_channels_and_groups(cg: tuple[int, int], seed: int) -> None:
+    """Reductions above the exact float64 bound are chunked over channels (and groups)."""
+    c, groups = cg
+    x, w = _rand((1, c, 5, 5), seed), _rand((groups * 2, c // groups, 3, 3), seed + 1)
+    got = ring.conv2d(x, w, padding=1, groups=groups)
+    ref = torch.cat(
+        [
+            _conv_reference(xg, wg, 1, 1)
+            for xg, wg in zip(x.chunk(groups, 1), w.chunk(groups, 0), strict=True)
+        ],
+        dim=1,
+    )
+    assert torch.equal(got, ref)
