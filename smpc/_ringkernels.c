@@ -154,11 +154,202 @@ static PyObject *py_combine3(PyObject *self, PyObject *const *args, Py_ssize_t n
     Py_END_ALLOW_THREADS Py_RETURN_NONE;
 }
 
+/* ---- beaver_mul: out[k] = c[k] + e b[k] + f a[k] (+ e f on row 0 if first), k < rows ----
+ * The local step of a Beaver product for `rows` stacked shares (the simulation's
+ * party axis, or one row for a real party). out may alias c.
+ */
+
+typedef struct {
+    const i64 *c, *e, *b, *f, *a;
+    i64 *out;
+    Py_ssize_t rows, n;
+    int first;
+} beaver_ctx;
+
+KERNEL static void beaver_range(void *vctx, Py_ssize_t lo, Py_ssize_t hi) {
+    beaver_ctx *x = (beaver_ctx *)vctx;
+    const u64 *e = (const u64 *)x->e, *f = (const u64 *)x->f;
+    for (Py_ssize_t k = 0; k < x->rows; k++) {
+        const u64 *c = (const u64 *)x->c + k * x->n, *b = (const u64 *)x->b + k * x->n;
+        const u64 *a = (const u64 *)x->a + k * x->n;
+        u64 *out = (u64 *)x->out + k * x->n;
+        if (k == 0 && x->first) {
+            for (Py_ssize_t i = lo; i < hi; i++) out[i] = c[i] + e[i] * (b[i] + f[i]) + f[i] * a[i];
+        } else {
+            for (Py_ssize_t i = lo; i < hi; i++) out[i] = c[i] + e[i] * b[i] + f[i] * a[i];
+        }
+    }
+}
+
+static PyObject *py_beaver_mul(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    beaver_ctx x;
+    void *p[6];
+    Py_ssize_t first, threads;
+    if (check_nargs(nargs, 10, "beaver_mul")) return NULL;
+    for (int i = 0; i < 6; i++)
+        if (get_ptr(args[i], &p[i])) return NULL;
+    if (get_size(args[6], &x.rows) || get_size(args[7], &x.n) || get_size(args[8], &first) ||
+        get_size(args[9], &threads))
+        return NULL;
+    x.c = p[0]; x.e = p[1]; x.b = p[2]; x.f = p[3]; x.a = p[4]; x.out = p[5];
+    x.first = first != 0;
+    Py_BEGIN_ALLOW_THREADS run_range(beaver_range, &x, x.n, (int)threads);
+    Py_END_ALLOW_THREADS Py_RETURN_NONE;
+}
+
+/* ---- trunc_finish: the local end of the [EGKRS20] truncation from the opened w ----
+ * out[k] = nrh[k] + (w < 0 ? -s[k] : s[k]) (+ (w >>> f) - 2^(62-f) on row 0 if first).
+ */
+
+typedef struct {
+    const i64 *w, *nrh, *s;
+    i64 *out;
+    Py_ssize_t rows, n;
+    int f, first;
+} finish_ctx;
+
+KERNEL static void finish_range(void *vctx, Py_ssize_t lo, Py_ssize_t hi) {
+    finish_ctx *x = (finish_ctx *)vctx;
+    const u64 *w = (const u64 *)x->w;
+    const int f = x->f;
+    const u64 off = (u64)1 << (62 - f);
+    for (Py_ssize_t k = 0; k < x->rows; k++) {
+        const u64 *nrh = (const u64 *)x->nrh + k * x->n, *s = (const u64 *)x->s + k * x->n;
+        u64 *out = (u64 *)x->out + k * x->n;
+        if (k == 0 && x->first) {
+            for (Py_ssize_t i = lo; i < hi; i++) {
+                u64 neg = (u64)((i64)w[i] >> 63); /* all ones where w < 0 */
+                out[i] = nrh[i] + ((s[i] ^ neg) - neg) + (w[i] >> f) - off;
+            }
+        } else {
+            for (Py_ssize_t i = lo; i < hi; i++) {
+                u64 neg = (u64)((i64)w[i] >> 63);
+                out[i] = nrh[i] + ((s[i] ^ neg) - neg);
+            }
+        }
+    }
+}
+
+static PyObject *py_trunc_finish(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    finish_ctx x;
+    void *p[4];
+    Py_ssize_t f, first, threads;
+    if (check_nargs(nargs, 9, "trunc_finish")) return NULL;
+    for (int i = 0; i < 4; i++)
+        if (get_ptr(args[i], &p[i])) return NULL;
+    if (get_size(args[4], &x.rows) || get_size(args[5], &x.n) || get_size(args[6], &f) ||
+        get_size(args[7], &first) || get_size(args[8], &threads))
+        return NULL;
+    if (f < 1 || f > 61) {
+        PyErr_Format(PyExc_ValueError, "trunc_finish: frac_bits must be in [1, 61]; got %zd", f);
+        return NULL;
+    }
+    x.w = p[0]; x.nrh = p[1]; x.s = p[2]; x.out = p[3];
+    x.f = (int)f;
+    x.first = first != 0;
+    Py_BEGIN_ALLOW_THREADS run_range(finish_range, &x, x.n, (int)threads);
+    Py_END_ALLOW_THREADS Py_RETURN_NONE;
+}
+
+/* ---- trunc_correct: the correction shares of a (product-)truncation triple ----
+ * With A = sum_k a[k], B = sum_k b[k] over rab rows (rab = 0: no product),
+ *   C = A B + r + 2^62, NRH = -((r mod 2^63) >> f), S = msb(r) 2^(63-f),
+ * writes oc = C - sum_k pc[k], on = NRH - sum_k pn[k], os = S - sum_k ps[k] over rp rows.
+ * Rows are n elements apart. oc/pc are ignored when rab = 0.
+ */
+
+typedef struct {
+    const i64 *a, *b, *r, *pc, *pn, *ps;
+    i64 *oc, *on, *os;
+    Py_ssize_t rab, rp, n;
+    int f;
+} correct_ctx;
+
+KERNEL static void correct_range(void *vctx, Py_ssize_t lo, Py_ssize_t hi) {
+    correct_ctx *x = (correct_ctx *)vctx;
+    const Py_ssize_t n = x->n;
+    const int f = x->f;
+    const u64 low63 = ((u64)1 << 63) - 1, sbit = (u64)1 << (63 - f), bias = (u64)1 << 62;
+    const u64 *r = (const u64 *)x->r;
+    const u64 *pn = (const u64 *)x->pn, *ps = (const u64 *)x->ps;
+    u64 *on = (u64 *)x->on, *os = (u64 *)x->os;
+    const u64 *a = (const u64 *)x->a, *b = (const u64 *)x->b, *pc = (const u64 *)x->pc;
+    u64 *oc = (u64 *)x->oc;
+    if (x->rab == 0) {
+        for (Py_ssize_t i = lo; i < hi; i++) {
+            u64 nrh = (u64)0 - ((r[i] & low63) >> f);
+            u64 sv = ((u64)((i64)r[i] >> 63)) & sbit;
+            for (Py_ssize_t k = 0; k < x->rp; k++) {
+                nrh -= pn[k * n + i];
+                sv -= ps[k * n + i];
+            }
+            on[i] = nrh;
+            os[i] = sv;
+        }
+        return;
+    }
+    if (x->rab == 2 && x->rp == 1) { /* two parties: the common case, unrolled */
+        for (Py_ssize_t i = lo; i < hi; i++) {
+            u64 ri = r[i];
+            on[i] = (u64)0 - ((ri & low63) >> f) - pn[i];
+            os[i] = (((u64)((i64)ri >> 63)) & sbit) - ps[i];
+            oc[i] = (a[i] + a[n + i]) * (b[i] + b[n + i]) + ri + bias - pc[i];
+        }
+        return;
+    }
+    for (Py_ssize_t i = lo; i < hi; i++) {
+        u64 ri = r[i];
+        u64 nrh = (u64)0 - ((ri & low63) >> f);
+        u64 sv = ((u64)((i64)ri >> 63)) & sbit;
+        u64 av = a[i], bv = b[i];
+        for (Py_ssize_t k = 1; k < x->rab; k++) {
+            av += a[k * n + i];
+            bv += b[k * n + i];
+        }
+        u64 cv = av * bv + ri + bias;
+        for (Py_ssize_t k = 0; k < x->rp; k++) {
+            nrh -= pn[k * n + i];
+            sv -= ps[k * n + i];
+            cv -= pc[k * n + i];
+        }
+        on[i] = nrh;
+        os[i] = sv;
+        oc[i] = cv;
+    }
+}
+
+static PyObject *py_trunc_correct(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    correct_ctx x;
+    void *p[9];
+    Py_ssize_t f, threads;
+    if (check_nargs(nargs, 14, "trunc_correct")) return NULL;
+    for (int i = 0; i < 9; i++)
+        if (get_ptr(args[i], &p[i])) return NULL;
+    if (get_size(args[9], &x.rab) || get_size(args[10], &x.rp) || get_size(args[11], &x.n) ||
+        get_size(args[12], &f) || get_size(args[13], &threads))
+        return NULL;
+    if (f < 1 || f > 61) {
+        PyErr_Format(PyExc_ValueError, "trunc_correct: frac_bits must be in [1, 61]; got %zd", f);
+        return NULL;
+    }
+    x.a = p[0]; x.b = p[1]; x.r = p[2]; x.pc = p[3]; x.pn = p[4]; x.ps = p[5];
+    x.oc = p[6]; x.on = p[7]; x.os = p[8];
+    x.f = (int)f;
+    Py_BEGIN_ALLOW_THREADS run_range(correct_range, &x, x.n, (int)threads);
+    Py_END_ALLOW_THREADS Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"split3", (PyCFunction)(void (*)(void))py_split3, METH_FASTCALL,
      "split3(src, dst, n, threads): balanced 22/22/20-bit float64 limb planes of int64 src."},
     {"combine3", (PyCFunction)(void (*)(void))py_combine3, METH_FASTCALL,
      "combine3(g0, g1, g2, out, n, accumulate, threads): out (+)= g0 + g1 2^22 + g2 2^44."},
+    {"beaver_mul", (PyCFunction)(void (*)(void))py_beaver_mul, METH_FASTCALL,
+     "beaver_mul(c, e, b, f, a, out, rows, n, first, threads): local Beaver product step."},
+    {"trunc_finish", (PyCFunction)(void (*)(void))py_trunc_finish, METH_FASTCALL,
+     "trunc_finish(w, nrh, s, out, rows, n, frac_bits, first, threads): end of truncation."},
+    {"trunc_correct", (PyCFunction)(void (*)(void))py_trunc_correct, METH_FASTCALL,
+     "trunc_correct(a, b, r, pc, pn, ps, oc, on, os, rab, rp, n, frac_bits, threads)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -373,3 +373,118 @@ BilinearOp = MatmulOp | Conv2dOp
 def bilinear(op: BilinearOp, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Apply a bilinear op exactly modulo 2^64."""
     return op(x, y)
+
+
+def _fusable(*tensors: torch.Tensor) -> bool:
+    """Whether the C kernels can take these tensors (built, CPU, int64, contiguous)."""
+    return _kernels is not None and all(
+        t.device.type == "cpu" and t.dtype == torch.int64 and t.is_contiguous() for t in tensors
+    )
+
+
+def _threads(n: int) -> int:
+    return 2 if n >= _KERNEL_THREADS_MIN else 1
+
+
+def fused_beaver(
+    c: torch.Tensor,
+    e: torch.Tensor,
+    b: torch.Tensor,
+    f: torch.Tensor,
+    a: torch.Tensor,
+    *,
+    first: bool,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor | None:
+    """One pass of ``c + e*b + f*a`` (plus ``e*f`` on row 0 when ``first``), or None.
+
+    ``c``, ``b``, ``a`` hold ``R >= 1`` rows of ``e``'s shape (stacked shares,
+    or one share); ``e`` and ``f`` are public and of one shape. Returns None
+    when the kernels are not built or the shapes or layouts do not fit (the
+    caller then uses torch ops). ``out`` may be ``c``.
+    """
+    n = e.numel()
+    if (
+        n == 0
+        or f.shape != e.shape
+        or c.shape != b.shape
+        or a.shape != c.shape
+        or c.numel() % n
+        or not _fusable(c, e, b, f, a)
+    ):
+        return None
+    res = torch.empty_like(c) if out is None else out
+    assert _kernels is not None
+    _kernels.beaver_mul(
+        c.data_ptr(), e.data_ptr(), b.data_ptr(), f.data_ptr(), a.data_ptr(), res.data_ptr(),
+        c.numel() // n, n, int(first), _threads(n),
+    )  # fmt: skip
+    return res
+
+
+def fused_trunc_finish(
+    w: torch.Tensor, neg_r_hi: torch.Tensor, s: torch.Tensor, frac_bits: int, *, first: bool
+) -> torch.Tensor | None:
+    """One pass of ``neg_r_hi + s * sign(w)`` (plus ``(w >>> f) - 2^(62-f)`` on row 0), or None.
+
+    The local end of the [EGKRS20] truncation (see
+    :func:`smpc.protocols.truncation.finish`); ``neg_r_hi`` and ``s`` hold
+    ``R >= 1`` rows of ``w``'s shape. None when the kernels cannot take the inputs.
+    """
+    n = w.numel()
+    if (
+        n == 0
+        or neg_r_hi.shape != s.shape
+        or neg_r_hi.numel() % n
+        or not 1 <= frac_bits <= 61
+        or not _fusable(w, neg_r_hi, s)
+    ):
+        return None
+    out = torch.empty_like(neg_r_hi)
+    assert _kernels is not None
+    _kernels.trunc_finish(
+        w.data_ptr(), neg_r_hi.data_ptr(), s.data_ptr(), out.data_ptr(),
+        neg_r_hi.numel() // n, n, frac_bits, int(first), _threads(n),
+    )  # fmt: skip
+    return out
+
+
+def fused_trunc_correct(
+    r: torch.Tensor,
+    partial: tuple[torch.Tensor, torch.Tensor],
+    out: tuple[torch.Tensor, torch.Tensor],
+    frac_bits: int,
+    product: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+) -> bool:
+    """Correction shares of truncation material, in one pass; False if not possible.
+
+    With ``R = r``: ``out = (NRH - sum(partial[0]), S - sum(partial[1]))`` where
+    ``NRH = -((R mod 2^63) >> f)`` and ``S = msb(R) 2^(63-f)``, sums over the
+    rows of the partial tensors (other parties' shares). With ``product =
+    (a_rows, b_rows, c_partial_rows, c_out)`` also ``c_out = A*B + R + 2^62 -
+    sum(c_partial_rows)`` for ``A``, ``B`` the row sums of ``a_rows``, ``b_rows``.
+    """
+    n = r.numel()
+    tensors = [r, *partial, *out] + (list(product) if product is not None else [])
+    if n == 0 or not 1 <= frac_bits <= 61 or not _fusable(*tensors):
+        return False
+    if any(t.numel() % n for t in tensors) or any(t.numel() != n for t in out):
+        return False
+    rp = partial[0].numel() // n
+    if partial[1].numel() != rp * n:
+        return False
+    if product is not None:
+        a, b, pc, oc = product
+        rab = a.numel() // n
+        if b.numel() != rab * n or pc.numel() != rp * n or oc.numel() != n:
+            return False
+        ptrs = (a.data_ptr(), b.data_ptr(), pc.data_ptr(), oc.data_ptr())
+    else:
+        rab = 0
+        ptrs = (0, 0, 0, 0)
+    assert _kernels is not None
+    _kernels.trunc_correct(
+        ptrs[0], ptrs[1], r.data_ptr(), ptrs[2], partial[0].data_ptr(), partial[1].data_ptr(),
+        ptrs[3], out[0].data_ptr(), out[1].data_ptr(), rab, rp, n, frac_bits, _threads(n),
+    )  # fmt: skip
+    return True

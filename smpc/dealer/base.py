@@ -25,6 +25,7 @@ import torch
 from .. import ring
 
 __all__ = [
+    "fused_correction",
     "MulTruncTriple",
     "BilinearTruncTriple",
     "Kind",
@@ -85,6 +86,28 @@ class Request(Protocol):
     def derive(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Plain derived values from the plain random ones."""
         ...
+
+
+def fused_correction(
+    req: Request,
+    shared: Mapping[str, torch.Tensor],
+    private: Mapping[str, torch.Tensor],
+    partial: Mapping[str, torch.Tensor],
+    out: Mapping[str, torch.Tensor],
+) -> bool:
+    """Write the correction shares of ``req`` in one fused pass, if it knows how.
+
+    ``shared[name]`` (shape ``(rows, *shape)``) are shares of each shared
+    random component whose sum is its value; ``private[name]`` the
+    provider-private values; ``partial[name]`` (``(rows, *shape)``) the shares
+    of each derived component that parties ``0..n-2`` expand themselves; the
+    correction ``value - sum(partial)`` goes to ``out[name]`` (``shape``). Returns False (nothing written) when the request has no
+    fused form or the kernels cannot take these tensors: the dealer then uses
+    ``derive``. Requests opt in with a ``fused_correction`` method of this
+    signature (minus ``req``).
+    """
+    method = getattr(req, "fused_correction", None)
+    return bool(method(shared, private, partial, out)) if method is not None else False
 
 
 class Dealer(Protocol):
@@ -188,6 +211,22 @@ class TruncPair:
         # r >> 63 is all ones exactly when msb(r) = 1 (arithmetic shift).
         return {"neg_r_hi": -((r & ((1 << 63) - 1)) >> f), "s": (r >> 63) & (1 << (63 - f))}
 
+    def fused_correction(
+        self,
+        shared: Mapping[str, torch.Tensor],
+        private: Mapping[str, torch.Tensor],
+        partial: Mapping[str, torch.Tensor],
+        out: Mapping[str, torch.Tensor],
+    ) -> bool:
+        """See :func:`fused_correction` (one pass over ``r`` and the partial rows)."""
+        rows = shared["r"]
+        return ring.fused_trunc_correct(
+            rows[0] if rows.shape[0] == 1 else rows.sum(0),
+            (partial["neg_r_hi"], partial["s"]),
+            (out["neg_r_hi"], out["s"]),
+            self.frac_bits,
+        )
+
 
 def _trunc_material(r: torch.Tensor, frac_bits: int, bound_bits: int) -> dict[str, torch.Tensor]:
     f = frac_bits
@@ -226,6 +265,24 @@ class MulTruncTriple:
         c = torch.addcmul(r, values["a"], values["b"])
         c += 1 << 62
         return {"c": c, **_trunc_material(r, self.frac_bits, 62)}
+
+    def fused_correction(
+        self,
+        shared: Mapping[str, torch.Tensor],
+        private: Mapping[str, torch.Tensor],
+        partial: Mapping[str, torch.Tensor],
+        out: Mapping[str, torch.Tensor],
+    ) -> bool:
+        """See :func:`fused_correction` (same-shape operands only: one pass in all)."""
+        if self.shape_a != self.shape_b:
+            return False
+        return ring.fused_trunc_correct(
+            private["r"],
+            (partial["neg_r_hi"], partial["s"]),
+            (out["neg_r_hi"], out["s"]),
+            self.frac_bits,
+            product=(shared["a"], shared["b"], partial["c"], out["c"]),
+        )
 
 
 @dataclass(frozen=True, slots=True)

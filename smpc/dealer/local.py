@@ -14,7 +14,7 @@ import torch
 
 from ..comm.stats import Stats
 from ..prg import AesPrg
-from .base import Component, Request
+from .base import Component, Request, fused_correction
 
 __all__ = ["LocalDealer", "generate_stacked"]
 
@@ -51,22 +51,30 @@ def generate_stacked(
     small = total <= _SMALL
     buf = prg.random_int64(total) if small else torch.empty(total, dtype=torch.int64)
     out: dict[str, torch.Tensor] = {}
-    plain: dict[str, torch.Tensor] = {}
     offset = 0
     for comp, size in zip(comps, sizes, strict=True):
         flat = buf[offset : offset + n * size]
         offset += n * size
         if not small:
             prg.fill_(flat[: (n - 1) * size] if comp.kind.derived else flat)
-        stacked = flat.view(n, *comp.shape)
-        out[comp.name] = stacked
+        out[comp.name] = flat.view(n, *comp.shape)
+    private_values = {c.name: prg.random_int64(math.prod(c.shape)).view(c.shape) for c in private}
+    if fused_correction(
+        req,
+        {c.name: out[c.name] for c in comps if not c.kind.derived},
+        private_values,
+        {c.name: out[c.name][:-1] for c in comps if c.kind.derived},
+        {c.name: out[c.name][-1] for c in comps if c.kind.derived},
+    ):
+        return out
+    plain: dict[str, torch.Tensor] = dict(private_values)
+    for comp in comps:
         if not comp.kind.derived:
+            stacked = out[comp.name]
             if comp.kind.xor:
                 plain[comp.name] = _xor_reduce(stacked)
             else:
                 plain[comp.name] = stacked[0] + stacked[1] if n == 2 else stacked.sum(0)
-    for c in private:
-        plain[c.name] = prg.random_int64(math.prod(c.shape)).view(c.shape)
     derived = req.derive(plain)
     for comp in comps:
         if comp.kind.derived:

@@ -49,7 +49,7 @@ from ..comm.torchdist import (
 )
 from ..errors import DealerError, PartyTimeoutError, ProtocolDesyncError
 from ..prg import KEY_BYTES, AesPrg, key_from_seed
-from .base import Component, Request
+from .base import Component, Request, fused_correction
 
 __all__ = ["TrustedDealer", "TrustedDealerClient", "Shares", "DealerStats", "dealer_key"]
 
@@ -407,19 +407,31 @@ class TrustedDealer:
                     acc[c.name].bitwise_xor_(v)
                 else:
                     acc[c.name].add_(v)
+        private: dict[str, torch.Tensor] = {}
         for c in comps:
             if not c.kind.shared:  # provider-private randomness, never sent
-                plain[c.name] = self._private_prg.random_int64(_numel(c)).view(c.shape)
-        values = req.derive(plain)
+                private[c.name] = self._private_prg.random_int64(_numel(c)).view(c.shape)
         derived = [c for c in comps if c.kind.derived]
         total = sum(_numel(c) for c in derived)
         buf = self._buffer(total)
         out = buf[:total]
+        dsts: dict[str, torch.Tensor] = {}
         offset = 0
         for c in derived:
             size = _numel(c)
-            dst = out[offset : offset + size].view(c.shape)
+            dsts[c.name] = out[offset : offset + size].view(c.shape)
             offset += size
+        if fused_correction(
+            req,
+            {k: v.unsqueeze(0) for k, v in plain.items()},
+            private,
+            {k: v.unsqueeze(0) for k, v in partial.items()},
+            dsts,
+        ):
+            return out, buf
+        values = req.derive(plain | private)
+        for c in derived:
+            dst = dsts[c.name]
             value = values[c.name]
             if tuple(value.shape) != tuple(c.shape):
                 raise DealerError(

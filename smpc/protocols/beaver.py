@@ -28,6 +28,11 @@ def _shape(comm: Communicator, share: torch.Tensor) -> tuple[int, ...]:
     return tuple(data_shape(comm, share))
 
 
+def _first(comm: Communicator) -> bool:
+    """Whether the local share rows start with party 0's (which adds public terms)."""
+    return bool(comm.party_axis) or comm.rank == 0
+
+
 def mul(comm: Communicator, dealer: Dealer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Shares of ``x * y`` (elementwise, broadcasting) from shares of ``x`` and ``y``.
 
@@ -45,6 +50,9 @@ def mul(comm: Communicator, dealer: Dealer, x: torch.Tensor, y: torch.Tensor) ->
     """
     t = dealer.request(MulTriple(_shape(comm, x), _shape(comm, y)))
     e, f = comm.open([x - t["a"], y - t["b"]], "mul")
+    fused = ring.fused_beaver(t["c"], e, t["b"], f, t["a"], first=_first(comm))
+    if fused is not None:
+        return fused
     # One fused pass each: z = c + e*b, then z += a*f.
     c = t["c"]
     z = torch.addcmul(c, e, t["b"]) if c.shape == t["b"].shape else c + e * t["b"]
@@ -157,15 +165,19 @@ def mul_trunc(
     t = dealer.request(MulTruncTriple(_shape(comm, x), _shape(comm, y), frac_bits))
     e, f = comm.open([x - t["a"], y - t["b"]], "mul")
     c = t["c"]
-    z = torch.addcmul(c, e, t["b"]) if c.shape == t["b"].shape else c + e * t["b"]
-    if z.shape == t["a"].shape:
-        z.addcmul_(t["a"], f)
+    fused = ring.fused_beaver(c, e, t["b"], f, t["a"], first=_first(comm))
+    if fused is not None:
+        z = fused
     else:
-        z = z + t["a"] * f
-    if tuple(data_shape(comm, z)) == tuple(ring.broadcast_shapes(e.shape, f.shape)):
-        z = addcmul_public_(comm, z, e, f)
-    else:
-        z = add_public(comm, z, e * f)
+        z = torch.addcmul(c, e, t["b"]) if c.shape == t["b"].shape else c + e * t["b"]
+        if z.shape == t["a"].shape:
+            z.addcmul_(t["a"], f)
+        else:
+            z = z + t["a"] * f
+        if tuple(data_shape(comm, z)) == tuple(ring.broadcast_shapes(e.shape, f.shape)):
+            z = addcmul_public_(comm, z, e, f)
+        else:
+            z = add_public(comm, z, e * f)
     (w,) = comm.open([z], "trunc")
     return truncation.finish(comm, w, t["neg_r_hi"], t["s"], frac_bits)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import ring
 from ..comm.base import Communicator
 from ..dealer.base import Dealer, TruncPair
 from ..sharing import add_public_, data_shape
@@ -54,6 +55,11 @@ def finish(
 ) -> torch.Tensor:
     """Steps 4-5 of :func:`trunc`, from the opened ``c = x + 2^62 + r``. Cost: local."""
     f = frac_bits
+    fused = ring.fused_trunc_finish(
+        c, neg_r_hi, s, f, first=bool(comm.party_axis) or comm.rank == 0
+    )
+    if fused is not None:
+        return fused
     # (c mod 2^63) >> f + msb(c) 2^(63-f) is the logical shift of c read as unsigned.
     public = ((c >> f) & ((1 << (64 - f)) - 1)) - (1 << (TRUNC_BOUND_BITS - f))
     # [s] (1 - 2 msb(c)) - [r_hi] in one fused pass; the sign is +1 where c >= 0 (signed).
