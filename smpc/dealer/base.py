@@ -101,8 +101,8 @@ def fused_correction(
     random component whose sum is its value; ``private[name]`` the
     provider-private values; ``partial[name]`` (``(rows, *shape)``) the shares
     of each derived component that parties ``0..n-2`` expand themselves; the
-    correction ``value - sum(partial)`` goes to ``out[name]`` (``shape``). Returns False (nothing written) when the request has no
-    fused form or the kernels cannot take these tensors: the dealer then uses
+    correction ``value - sum(partial)`` goes to ``out[name]`` (``shape``).
+    Returns False (nothing written) when the request has no fused form or the kernels cannot take these tensors: the dealer then uses
     ``derive``. Requests opt in with a ``fused_correction`` method of this
     signature (minus ``req``).
     """
