@@ -102,8 +102,8 @@ def fused_correction(
     provider-private values; ``partial[name]`` (``(rows, *shape)``) the shares
     of each derived component that parties ``0..n-2`` expand themselves; the
     correction ``value - sum(partial)`` goes to ``out[name]`` (``shape``).
-    Returns False (nothing written) when the request has no fused form or the kernels cannot take these tensors: the dealer then uses
-    ``derive``. Requests opt in with a ``fused_correction`` method of this
+    Returns False (nothing written) when the request has no fused form or the
+    kernels cannot take these tensors: the dealer then uses ``derive``. Requests opt in with a ``fused_correction`` method of this
     signature (minus ``req``).
     """
     method = getattr(req, "fused_correction", None)
