@@ -103,8 +103,9 @@ def fused_correction(
     of each derived component that parties ``0..n-2`` expand themselves; the
     correction ``value - sum(partial)`` goes to ``out[name]`` (``shape``).
     Returns False (nothing written) when the request has no fused form or the
-    kernels cannot take these tensors: the dealer then uses ``derive``. Requests opt in with a ``fused_correction`` method of this
-    signature (minus ``req``).
+    kernels cannot take these tensors: the dealer then uses ``derive``.
+    Requests opt in with a ``fused_correction`` method of this signature
+    (minus ``req``).
     """
     method = getattr(req, "fused_correction", None)
     return bool(method(shared, private, partial, out)) if method is not None else False
