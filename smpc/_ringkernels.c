@@ -26,9 +26,7 @@ typedef int64_t i64;
 #define KERNEL
 #endif
 
-/* ---- threading: split [0, n) in two halves above a size threshold ---- */
-
-#define PAR_MIN (1 << 16)
+/* ---- threading: split [0, n) in two halves (the caller decides from the work size) ---- */
 
 typedef void (*range_fn)(void *ctx, Py_ssize_t lo, Py_ssize_t hi);
 
@@ -45,11 +43,12 @@ static void *job_run(void *arg) {
 }
 
 static void run_range(range_fn fn, void *ctx, Py_ssize_t n, int threads) {
-    if (threads < 2 || n < PAR_MIN) {
+    if (threads < 2 || n < 2) {
         fn(ctx, 0, n);
         return;
     }
-    Py_ssize_t mid = (n / 2) & ~(Py_ssize_t)7;
+    Py_ssize_t mid = n / 2;
+    if (n >= 64) mid &= ~(Py_ssize_t)7;
     job_t j = {fn, ctx, mid, n};
     pthread_t t;
     if (pthread_create(&t, NULL, job_run, &j) != 0) {
@@ -82,75 +81,122 @@ static int check_nargs(Py_ssize_t nargs, Py_ssize_t want, const char *name) {
 
 /* ---- split3: balanced 22/22/20-bit limbs as float64 planes ----
  * x = l0 + l1 2^22 + l2 2^44 (mod 2^64), |l0|,|l1| <= 2^21, |l2| <= 2^19 + 1.
- * dst holds three planes of n doubles: l0 | l1 | l2.
+ * src holds R rows of a K x N matrix. With sum_rows, the rows are summed first
+ * and dst is (3, K, N); otherwise `add` (K x N, or NULL) is added to row 0 and
+ * dst is (3, K, R, N): the rows side by side, ready to be the right operand of
+ * one GEMM per limb. R = 1 is the plain layout.
  */
 
 typedef struct {
-    const i64 *src;
+    const i64 *src, *add;
     double *dst;
-    Py_ssize_t n;
+    Py_ssize_t R, K, N;
+    int sum_rows;
 } split_ctx;
+
+static inline void limbs3(u64 x, double *d0, double *d1, double *d2) {
+    const u64 half = (u64)1 << 21, mask = ((u64)1 << 22) - 1;
+    i64 l0 = (i64)((x + half) & mask) - (i64)half;
+    i64 r = (i64)(x - (u64)l0) >> 22;
+    i64 l1 = (i64)(((u64)r + half) & mask) - (i64)half;
+    *d0 = (double)l0;
+    *d1 = (double)l1;
+    *d2 = (double)((r - l1) >> 22);
+}
 
 KERNEL static void split3_range(void *vctx, Py_ssize_t lo, Py_ssize_t hi) {
     split_ctx *c = (split_ctx *)vctx;
-    const i64 *src = c->src;
-    double *d0 = c->dst, *d1 = c->dst + c->n, *d2 = c->dst + 2 * c->n;
-    const u64 half = (u64)1 << 21, mask = ((u64)1 << 22) - 1;
+    const Py_ssize_t R = c->R, K = c->K, N = c->N;
+    const u64 *src = (const u64 *)c->src, *add = (const u64 *)c->add;
+    if (c->sum_rows) {
+        const Py_ssize_t plane = K * N;
+        for (Py_ssize_t i = lo; i < hi; i++) {
+            double *d0 = c->dst + i * N, *d1 = d0 + plane, *d2 = d1 + plane;
+            for (Py_ssize_t j = 0; j < N; j++) {
+                u64 x = src[i * N + j];
+                for (Py_ssize_t r = 1; r < R; r++) x += src[(r * K + i) * N + j];
+                limbs3(x, d0 + j, d1 + j, d2 + j);
+            }
+        }
+        return;
+    }
+    const Py_ssize_t plane = K * R * N;
     for (Py_ssize_t i = lo; i < hi; i++) {
-        u64 x = (u64)src[i];
-        i64 l0 = (i64)((x + half) & mask) - (i64)half;
-        i64 r = (i64)(x - (u64)l0) >> 22;
-        i64 l1 = (i64)(((u64)r + half) & mask) - (i64)half;
-        i64 l2 = (r - l1) >> 22;
-        d0[i] = (double)l0;
-        d1[i] = (double)l1;
-        d2[i] = (double)l2;
+        for (Py_ssize_t r = 0; r < R; r++) {
+            const u64 *s = src + (r * K + i) * N;
+            double *d0 = c->dst + (i * R + r) * N, *d1 = d0 + plane, *d2 = d1 + plane;
+            if (r == 0 && add != NULL) {
+                const u64 *ad = add + i * N;
+                for (Py_ssize_t j = 0; j < N; j++) limbs3(s[j] + ad[j], d0 + j, d1 + j, d2 + j);
+            } else {
+                for (Py_ssize_t j = 0; j < N; j++) limbs3(s[j], d0 + j, d1 + j, d2 + j);
+            }
+        }
     }
 }
 
 static PyObject *py_split3(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     split_ctx c;
-    void *src, *dst;
-    Py_ssize_t threads;
-    if (check_nargs(nargs, 4, "split3") || get_ptr(args[0], &src) || get_ptr(args[1], &dst) ||
-        get_size(args[2], &c.n) || get_size(args[3], &threads))
+    void *src, *add, *dst;
+    Py_ssize_t sum_rows, threads;
+    if (check_nargs(nargs, 8, "split3") || get_ptr(args[0], &src) || get_ptr(args[1], &add) ||
+        get_ptr(args[2], &dst) || get_size(args[3], &c.R) || get_size(args[4], &c.K) ||
+        get_size(args[5], &c.N) || get_size(args[6], &sum_rows) || get_size(args[7], &threads))
         return NULL;
     c.src = (const i64 *)src;
+    c.add = (const i64 *)add;
     c.dst = (double *)dst;
-    Py_BEGIN_ALLOW_THREADS run_range(split3_range, &c, c.n, (int)threads);
+    c.sum_rows = sum_rows != 0;
+    Py_BEGIN_ALLOW_THREADS run_range(split3_range, &c, c.K, (int)threads);
     Py_END_ALLOW_THREADS Py_RETURN_NONE;
 }
 
-/* ---- combine3: out = g0 + g1 2^22 + g2 2^44 (mod 2^64) from exact float64 sums ---- */
+/* ---- combine3: ring result from the three float64 limb-product groups ----
+ * g0 = l0 m0, g1 = l1 m0 + l0 m1, g2 = l2 m0 + l1 m1 + l0 m2, each M x R x N (a
+ * GEMM's M x (R N) output), exact integers in float64 (the caller bounds the
+ * reduction length):
+ *   out[r, i, j] = base[r, i, j] + g0 + g1 2^22 + g2 2^44  (mod 2^64),
+ * with out and base R x M x N (base may be NULL or equal to out).
+ */
 
 typedef struct {
-    const double *g0, *g1, *g2;
+    const double *g[3];
+    const i64 *base;
     i64 *out;
-    int accumulate;
+    Py_ssize_t R, M, N;
 } comb_ctx;
 
 KERNEL static void combine3_range(void *vctx, Py_ssize_t lo, Py_ssize_t hi) {
     comb_ctx *c = (comb_ctx *)vctx;
+    const Py_ssize_t R = c->R, M = c->M, N = c->N;
     for (Py_ssize_t i = lo; i < hi; i++) {
-        u64 v = (u64)(i64)c->g0[i] + ((u64)(i64)c->g1[i] << 22) + ((u64)(i64)c->g2[i] << 44);
-        c->out[i] = c->accumulate ? (i64)((u64)c->out[i] + v) : (i64)v;
+        for (Py_ssize_t r = 0; r < R; r++) {
+            const Py_ssize_t g = (i * R + r) * N, o = (r * M + i) * N;
+            const double *g0 = c->g[0] + g, *g1 = c->g[1] + g, *g2 = c->g[2] + g;
+            const u64 *base = c->base != NULL ? (const u64 *)c->base + o : NULL;
+            u64 *out = (u64 *)c->out + o;
+            for (Py_ssize_t j = 0; j < N; j++) {
+                u64 v = (u64)(i64)g0[j] + ((u64)(i64)g1[j] << 22) + ((u64)(i64)g2[j] << 44);
+                out[j] = base != NULL ? base[j] + v : v;
+            }
+        }
     }
 }
 
 static PyObject *py_combine3(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     comb_ctx c;
-    void *g0, *g1, *g2, *out;
-    Py_ssize_t n, threads, acc;
-    if (check_nargs(nargs, 7, "combine3") || get_ptr(args[0], &g0) || get_ptr(args[1], &g1) ||
-        get_ptr(args[2], &g2) || get_ptr(args[3], &out) || get_size(args[4], &n) ||
-        get_size(args[5], &acc) || get_size(args[6], &threads))
+    void *p[5];
+    Py_ssize_t threads;
+    if (check_nargs(nargs, 9, "combine3")) return NULL;
+    for (int i = 0; i < 5; i++)
+        if (get_ptr(args[i], &p[i])) return NULL;
+    if (get_size(args[5], &c.R) || get_size(args[6], &c.M) || get_size(args[7], &c.N) ||
+        get_size(args[8], &threads))
         return NULL;
-    c.g0 = (const double *)g0;
-    c.g1 = (const double *)g1;
-    c.g2 = (const double *)g2;
-    c.out = (i64 *)out;
-    c.accumulate = acc != 0;
-    Py_BEGIN_ALLOW_THREADS run_range(combine3_range, &c, n, (int)threads);
+    for (int i = 0; i < 3; i++) c.g[i] = (const double *)p[i];
+    c.base = (const i64 *)p[3];
+    c.out = (i64 *)p[4];
+    Py_BEGIN_ALLOW_THREADS run_range(combine3_range, &c, c.M, (int)threads);
     Py_END_ALLOW_THREADS Py_RETURN_NONE;
 }
 
@@ -255,6 +301,7 @@ static PyObject *py_trunc_finish(PyObject *self, PyObject *const *args, Py_ssize
  * With A = sum_k a[k], B = sum_k b[k] over rab rows (rab = 0: no product),
  *   C = A B + r + 2^62, NRH = -((r mod 2^63) >> f), S = msb(r) 2^(63-f),
  * writes oc = C - sum_k pc[k], on = NRH - sum_k pn[k], os = S - sum_k ps[k] over rp rows.
+ * With b = NULL, a holds rab rows of a precomputed product: C = sum_k a[k] + r + 2^62.
  * Rows are n elements apart. oc/pc are ignored when rab = 0.
  */
 
@@ -285,6 +332,24 @@ KERNEL static void correct_range(void *vctx, Py_ssize_t lo, Py_ssize_t hi) {
             }
             on[i] = nrh;
             os[i] = sv;
+        }
+        return;
+    }
+    if (b == NULL) { /* the product is given (rab rows of it): C = sum_k a[k] + r + 2^62 */
+        for (Py_ssize_t i = lo; i < hi; i++) {
+            u64 ri = r[i];
+            u64 nrh = (u64)0 - ((ri & low63) >> f);
+            u64 sv = ((u64)((i64)ri >> 63)) & sbit;
+            u64 cv = a[i] + ri + bias;
+            for (Py_ssize_t k = 1; k < x->rab; k++) cv += a[k * n + i];
+            for (Py_ssize_t k = 0; k < x->rp; k++) {
+                nrh -= pn[k * n + i];
+                sv -= ps[k * n + i];
+                cv -= pc[k * n + i];
+            }
+            on[i] = nrh;
+            os[i] = sv;
+            oc[i] = cv;
         }
         return;
     }
@@ -341,9 +406,9 @@ static PyObject *py_trunc_correct(PyObject *self, PyObject *const *args, Py_ssiz
 
 static PyMethodDef methods[] = {
     {"split3", (PyCFunction)(void (*)(void))py_split3, METH_FASTCALL,
-     "split3(src, dst, n, threads): balanced 22/22/20-bit float64 limb planes of int64 src."},
+     "split3(src, add, dst, R, K, N, sum_rows, threads): float64 limb planes of int64 rows."},
     {"combine3", (PyCFunction)(void (*)(void))py_combine3, METH_FASTCALL,
-     "combine3(g0, g1, g2, out, n, accumulate, threads): out (+)= g0 + g1 2^22 + g2 2^44."},
+     "combine3(g0, g1, g2, base, out, R, M, N, threads): ring result from limb groups."},
     {"beaver_mul", (PyCFunction)(void (*)(void))py_beaver_mul, METH_FASTCALL,
      "beaver_mul(c, e, b, f, a, out, rows, n, first, threads): local Beaver product step."},
     {"trunc_finish", (PyCFunction)(void (*)(void))py_trunc_finish, METH_FASTCALL,

@@ -14,8 +14,10 @@ and recombination are single fused passes in the optional C module
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -71,7 +73,7 @@ def wrap(value: int) -> int:
 
 
 try:  # optional fused kernels (setup.py); torch ops are the fallback
-    from . import _ringkernels as _kernels  # type: ignore[attr-defined]
+    _kernels: Any = importlib.import_module("smpc._ringkernels")
 except ImportError:  # pragma: no cover - depends on the build
     _kernels = None
 
@@ -85,12 +87,26 @@ _KERNEL_THREADS_MIN = 1 << 16
 # at most _LIMB_MAX_K: group 1 is bounded by 2 * 2^42 * k.
 _LIMB_BITS = 22
 _LIMB_MAX_K = 1024
-_LIMB_PAIRS = ((0, 0), (1, 0), (2, 0), (0, 1), (1, 1), (0, 2))
 
 
 def kernels_available() -> bool:
     """Whether the optional C kernels (``smpc._ringkernels``) were built."""
     return _kernels is not None
+
+
+def _threads(n: int) -> int:
+    return 2 if n >= _KERNEL_THREADS_MIN else 1
+
+
+def _split_torch(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    half, mask = 1 << (_LIMB_BITS - 1), (1 << _LIMB_BITS) - 1
+    low = ((x + half) & mask) - half
+    out[0].copy_(low)
+    rest = (x - low) >> _LIMB_BITS
+    mid = ((rest + half) & mask) - half
+    out[1].copy_(mid)
+    out[2].copy_((rest - mid) >> _LIMB_BITS)
+    return out
 
 
 def split_limbs(x: torch.Tensor) -> torch.Tensor:
@@ -102,43 +118,84 @@ def split_limbs(x: torch.Tensor) -> torch.Tensor:
     if _kernels is not None and x.device.type == "cpu":
         src = x.contiguous()
         n = src.numel()
-        _kernels.split3(src.data_ptr(), out.data_ptr(), n, 2 if n >= _KERNEL_THREADS_MIN else 1)
+        if n:
+            last = src.shape[-1] if src.dim() else 1
+            _kernels.split3(src.data_ptr(), 0, out.data_ptr(), 1, n // last, last, 0, _threads(n))
         return out
-    half, mask = 1 << (_LIMB_BITS - 1), (1 << _LIMB_BITS) - 1
-    low = ((x + half) & mask) - half
-    out[0].copy_(low)
-    rest = (x - low) >> _LIMB_BITS
-    mid = ((rest + half) & mask) - half
-    out[1].copy_(mid)
-    out[2].copy_((rest - mid) >> _LIMB_BITS)
+    return _split_torch(x, out)
+
+
+def _split_rows(rows: torch.Tensor, add_first: torch.Tensor | None = None) -> torch.Tensor:
+    """Limbs of ``R`` stacked ``K x N`` matrices laid side by side: shape ``(3, K, R * N)``.
+
+    ``add_first`` (``K x N``) is added to row 0 first. One pass with the kernels.
+    """
+    r, k, n = rows.shape
+    out = torch.empty((3, k, r * n), dtype=torch.float64)
+    if _fusable(rows) and (add_first is None or _fusable(add_first)):
+        add = 0 if add_first is None else add_first.data_ptr()
+        _kernels.split3(rows.data_ptr(), add, out.data_ptr(), r, k, n, 0, _threads(rows.numel()))
+        return out
+    src = rows if add_first is None else rows.clone()
+    if add_first is not None:
+        src[0] += add_first
+    return _split_torch(src.permute(1, 0, 2).reshape(k, r * n), out)
+
+
+def _split_row_sum(rows: torch.Tensor) -> torch.Tensor:
+    """Limbs of the sum of ``R`` stacked matrices (``R x K x N``): shape ``(3, K, N)``."""
+    r, k, n = rows.shape
+    out = torch.empty((3, k, n), dtype=torch.float64)
+    if _fusable(rows):
+        _kernels.split3(rows.data_ptr(), 0, out.data_ptr(), r, k, n, 1, _threads(rows.numel()))
+        return out
+    return _split_torch(rows.sum(0), out)
+
+
+def _combine(
+    groups: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    shape: tuple[int, int, int],
+    base: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Ring result ``base + g0 + g1 2^22 + g2 2^44`` from the float64 limb-product groups.
+
+    ``groups`` are ``g0 = l0 m0``, ``g1 = l1 m0 + l0 m1``, ``g2 = l2 m0 + l1 m1 +
+    l0 m2``, each laid out ``M x R x N`` for ``shape = (R, M, N)``; the result
+    (and ``base``, and ``out``, which may be ``base``) is ``R x M x N``.
+    """
+    r, m, n = shape
+    if out is None:
+        out = torch.empty(shape, dtype=torch.int64)
+    if _kernels is not None and all(g.is_contiguous() for g in groups):
+        if base is not None and not _fusable(base):
+            base = base.contiguous()
+        ptrs = [g.data_ptr() for g in groups]
+        bptr = 0 if base is None else base.data_ptr()
+        _kernels.combine3(*ptrs, bptr, out.data_ptr(), r, m, n, _threads(r * m * n))
+        return out
+    g0, g1, g2 = (g.to(torch.int64) for g in groups)
+    res = ((g2 << _LIMB_BITS) + g1 << _LIMB_BITS) + g0
+    res = res.reshape(m, r, n).permute(1, 0, 2)
+    if base is not None:
+        res = res + base.reshape(shape)
+    out.view(shape).copy_(res)
     return out
 
 
-def _combine_limbs(
-    g0: torch.Tensor, g1: torch.Tensor, g2: torch.Tensor, out: torch.Tensor | None
-) -> torch.Tensor:
-    """``g0 + g1 2^22 + g2 2^44`` modulo 2^64 from exact float64 group sums (added to ``out``)."""
-    if _kernels is not None and g0.device.type == "cpu":
-        g0, g1, g2 = g0.contiguous(), g1.contiguous(), g2.contiguous()
-        acc = out is not None
-        if out is None:
-            out = torch.empty(g0.shape, dtype=torch.int64)
-        n = g0.numel()
-        _kernels.combine3(
-            g0.data_ptr(),
-            g1.data_ptr(),
-            g2.data_ptr(),
-            out.data_ptr(),
-            n,
-            int(acc),
-            2 if n >= _KERNEL_THREADS_MIN else 1,
-        )
-        return out
-    res = g2.to(torch.int64) << _LIMB_BITS
-    res += g1.to(torch.int64)
-    res <<= _LIMB_BITS
-    res += g0.to(torch.int64)
-    return res if out is None else out.add_(res)
+def _gemm_groups(
+    xs: torch.Tensor, ys: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Limb groups of 2-D limb stacks ``xs (3, M, K)``, ``ys (3, K, N)``: 3 GEMM calls.
+
+    ``[l0; l1; l2] @ m0`` gives the three groups' first terms; ``[l0; l1] @ m1``
+    and ``l0 @ m2`` are accumulated into groups 1-2 and 2 by the GEMM itself.
+    """
+    _, m, k = xs.shape
+    g = torch.mm(xs.view(3 * m, k), ys[0])
+    g[m:].addmm_(xs[:2].reshape(2 * m, k), ys[1])
+    g[2 * m :].addmm_(xs[0], ys[2])
+    return g[:m], g[m : 2 * m], g[2 * m :]
 
 
 def _limb_product(
@@ -151,19 +208,23 @@ def _limb_product(
 
     ``op`` must map a leading limb axis of its left operand through (three
     calls compute the six products: ``[l0, l1, l2] x m0``, ``[l0, l1] x m1``,
-    ``l0 x m2``).
+    ``l0 x m2``). With ``out``, the product is added to it.
     """
     p0 = op(xs, ys[0])
     p1 = op(xs[:2], ys[1])
     p2 = op(xs[0], ys[2])
-    g1 = p0[1].add_(p1[0])
-    g2 = p0[2].add_(p1[1]).add_(p2)
-    return _combine_limbs(p0[0], g1, g2, out)
+    groups = (p0[0], p0[1].add_(p1[0]), p0[2].add_(p1[1]).add_(p2))
+    last = p2.shape[-1] if p2.dim() else 1
+    res = _combine(groups, (1, p2.numel() // last, last), out, out)
+    return res.view(p2.shape)
 
 
 def _matmul_limbs(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Exact ring matmul of int64 ``x`` (..., m, k) and ``y`` (..., k, n) through float64 GEMMs."""
     k = x.shape[-1]
+    if x.dim() == 2 and y.dim() == 2 and k <= _LIMB_MAX_K:
+        m, n = x.shape[0], y.shape[1]
+        return _combine(_gemm_groups(split_limbs(x), split_limbs(y)), (1, m, n)).view(m, n)
     nb = max(x.dim(), y.dim()) - 2
     lead = (1,) * (nb - (x.dim() - 2))
 
@@ -181,6 +242,61 @@ def _matmul_limbs(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         out = _limb_product(op, split_limbs(xc), split_limbs(yc), out)
     assert out is not None
     return out
+
+
+def beaver_matmul_local(
+    c: torch.Tensor,
+    e: torch.Tensor,
+    b: torch.Tensor,
+    f: torch.Tensor,
+    a: torch.Tensor,
+    *,
+    first: bool,
+) -> torch.Tensor | None:
+    """The local step of a Beaver matmul, ``c + e @ (b + f·[first]) + a @ f``, or None.
+
+    ``e (m, k)`` and ``f (k, n)`` are public; ``c (R, m, n)``, ``b (R, k, n)``,
+    ``a (R, m, k)`` hold ``R`` stacked shares (or one share without the
+    leading axis); ``first`` adds ``e @ f`` to row 0 (party 0). Exact modulo
+    2^64: 2 ring GEMMs (12 float64 GEMMs on ``R``-wide operands) and fused
+    limb passes. None for shapes this path does not take (batched operands,
+    reductions longer than 1024): the caller then uses :func:`matmul`.
+    """
+    if e.dim() != 2 or f.dim() != 2 or b.dim() not in (2, 3) or a.dim() != b.dim():
+        return None
+    m, k = e.shape
+    n = f.shape[1]
+    r = b.shape[0] if b.dim() == 3 else 1
+    if (
+        k > _LIMB_MAX_K
+        or f.shape[0] != k
+        or tuple(b.shape[-2:]) != (k, n)
+        or tuple(a.shape[-2:]) != (m, k)
+        or tuple(c.shape) != ((r, m, n) if b.dim() == 3 else (m, n))
+        or (b.dim() == 3 and a.shape[0] != r)
+        or e.device.type != "cpu"
+    ):
+        return None
+    b_rows = b.reshape(r, k, n)
+    fc = f.contiguous()
+    bs = _split_rows(b_rows.contiguous(), fc if first else None)
+    z = _combine(_gemm_groups(split_limbs(e), bs), (r, m, n), base=c)
+    groups = _gemm_groups(split_limbs(a.reshape(r * m, k)), split_limbs(fc))
+    _combine(groups, (1, r * m, n), base=z, out=z)
+    return z.view(c.shape)
+
+
+def matmul_of_row_sums(a_rows: torch.Tensor, b_rows: torch.Tensor) -> torch.Tensor:
+    """``(sum_r a_rows[r]) @ (sum_r b_rows[r])`` exactly, for ``R x M x K`` and ``R x K x N``.
+
+    The provider's product of two shared masks; the row sums are folded into
+    the limb split (one pass each with the kernels).
+    """
+    if a_rows.shape[-1] > _LIMB_MAX_K or a_rows.dim() != 3 or b_rows.dim() != 3:
+        return matmul(a_rows.sum(0), b_rows.sum(0))
+    m, n = a_rows.shape[1], b_rows.shape[2]
+    groups = _gemm_groups(_split_row_sum(a_rows.contiguous()), _split_row_sum(b_rows.contiguous()))
+    return _combine(groups, (1, m, n)).view(m, n)
 
 
 def matmul(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -382,10 +498,6 @@ def _fusable(*tensors: torch.Tensor) -> bool:
     )
 
 
-def _threads(n: int) -> int:
-    return 2 if n >= _KERNEL_THREADS_MIN else 1
-
-
 def fused_beaver(
     c: torch.Tensor,
     e: torch.Tensor,
@@ -454,7 +566,7 @@ def fused_trunc_correct(
     partial: tuple[torch.Tensor, torch.Tensor],
     out: tuple[torch.Tensor, torch.Tensor],
     frac_bits: int,
-    product: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    product: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor] | None = None,
 ) -> bool:
     """Correction shares of truncation material, in one pass; False if not possible.
 
@@ -462,10 +574,11 @@ def fused_trunc_correct(
     ``NRH = -((R mod 2^63) >> f)`` and ``S = msb(R) 2^(63-f)``, sums over the
     rows of the partial tensors (other parties' shares). With ``product =
     (a_rows, b_rows, c_partial_rows, c_out)`` also ``c_out = A*B + R + 2^62 -
-    sum(c_partial_rows)`` for ``A``, ``B`` the row sums of ``a_rows``, ``b_rows``.
+    sum(c_partial_rows)`` for ``A``, ``B`` the row sums of ``a_rows``, ``b_rows``;
+    with ``b_rows = None``, ``A`` is the product itself (e.g. a matmul of masks).
     """
     n = r.numel()
-    tensors = [r, *partial, *out] + (list(product) if product is not None else [])
+    tensors = [r, *partial, *out] + [t for t in product or () if t is not None]
     if n == 0 or not 1 <= frac_bits <= 61 or not _fusable(*tensors):
         return False
     if any(t.numel() % n for t in tensors) or any(t.numel() != n for t in out):
@@ -476,9 +589,9 @@ def fused_trunc_correct(
     if product is not None:
         a, b, pc, oc = product
         rab = a.numel() // n
-        if b.numel() != rab * n or pc.numel() != rp * n or oc.numel() != n:
+        if (b is not None and b.numel() != rab * n) or pc.numel() != rp * n or oc.numel() != n:
             return False
-        ptrs = (a.data_ptr(), b.data_ptr(), pc.data_ptr(), oc.data_ptr())
+        ptrs = (a.data_ptr(), 0 if b is None else b.data_ptr(), pc.data_ptr(), oc.data_ptr())
     else:
         rab = 0
         ptrs = (0, 0, 0, 0)

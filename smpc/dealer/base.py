@@ -311,3 +311,23 @@ class BilinearTruncTriple:
         c = self.op(values["a"], values["b"]).add_(r)
         c += 1 << 62
         return {"c": c, **_trunc_material(r, self.frac_bits, 62)}
+
+    def fused_correction(
+        self,
+        shared: Mapping[str, torch.Tensor],
+        private: Mapping[str, torch.Tensor],
+        partial: Mapping[str, torch.Tensor],
+        out: Mapping[str, torch.Tensor],
+    ) -> bool:
+        """See :func:`fused_correction`: 2-D matmuls (the mask sums folded into the limb split)."""
+        a, b = shared["a"], shared["b"]
+        if not isinstance(self.op, ring.MatmulOp) or a.dim() != 3 or b.dim() != 3:
+            return False
+        product = ring.matmul_of_row_sums(a, b)
+        return ring.fused_trunc_correct(
+            private["r"],
+            (partial["neg_r_hi"], partial["s"]),
+            (out["neg_r_hi"], out["s"]),
+            self.frac_bits,
+            product=(product, None, partial["c"], out["c"]),
+        )

@@ -6,6 +6,8 @@ layer truncates afterwards.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
 from .. import ring
@@ -97,6 +99,21 @@ def bilinear(
     """
     t = dealer.request(BilinearTriple(op, _shape(comm, x), _shape(comm, y)))
     e, f = comm.open([x - t["a"], y - t["b"]], type(op).__name__.removesuffix("Op").lower())
+    return _local_step(comm, op, t, e, f)
+
+
+def _local_step(
+    comm: Communicator,
+    op: ring.BilinearOp,
+    t: Mapping[str, torch.Tensor],
+    e: torch.Tensor,
+    f: torch.Tensor,
+) -> torch.Tensor:
+    """``[c] + op(e, [b] + f·δ0) + op([a], f)``: each party's share of ``op(x, y)``."""
+    if isinstance(op, ring.MatmulOp):
+        z = ring.beaver_matmul_local(t["c"], e, t["b"], f, t["a"], first=_first(comm))
+        if z is not None:
+            return z
     b_plus = add_public(comm, t["b"], f)
     z = t["c"] + _apply(comm, op, e, b_plus, share_left=False)
     z += _apply(comm, op, t["a"], f, share_left=True)
@@ -201,8 +218,6 @@ def bilinear_trunc(
     """
     t = dealer.request(BilinearTruncTriple(op, _shape(comm, x), _shape(comm, y), frac_bits))
     e, f = comm.open([x - t["a"], y - t["b"]], type(op).__name__.removesuffix("Op").lower())
-    b_plus = add_public(comm, t["b"], f)
-    z = t["c"] + _apply(comm, op, e, b_plus, share_left=False)
-    z += _apply(comm, op, t["a"], f, share_left=True)
+    z = _local_step(comm, op, t, e, f)
     (w,) = comm.open([z], "trunc")
     return truncation.finish(comm, w, t["neg_r_hi"], t["s"], frac_bits)

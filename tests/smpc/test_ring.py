@@ -111,3 +111,39 @@ def test_conv2d_exact_many_channels_and_groups(cg: tuple[int, int], seed: int) -
         dim=1,
     )
     assert torch.equal(got, ref)
+
+
+def _ref_mm(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (x.unsqueeze(-1) * y.unsqueeze(-3)).sum(-2)
+
+
+@pytest.mark.parametrize("kernels", [True, False])
+@given(
+    st.integers(1, 40),
+    st.integers(1, 300),
+    st.integers(1, 40),
+    st.sampled_from([None, 1, 2, 3]),
+    st.booleans(),
+    seeds,
+)
+def test_beaver_matmul_local_and_row_sums(
+    kernels: bool, m: int, k: int, n: int, rows: int | None, first: bool, seed: int
+) -> None:
+    """The fused local Beaver matmul step equals its definition, with or without the kernels."""
+    lead = () if rows is None else (rows,)
+    c, b, a = _rand((*lead, m, n), seed), _rand((*lead, k, n), seed + 1), _rand((*lead, m, k), 2)
+    e, f = _rand((m, k), seed + 3), _rand((k, n), seed + 4)
+    mp = pytest.MonkeyPatch()
+    if not kernels:
+        mp.setattr(ring, "_kernels", None)
+    try:
+        got = ring.beaver_matmul_local(c, e, b, f, a, first=first)
+        sums = ring.matmul_of_row_sums(a.reshape(-1, m, k), b.reshape(-1, k, n))
+    finally:
+        mp.undo()
+    b_plus = b.clone()
+    if first:
+        b_plus.view(-1, k, n)[0] += f
+    assert got is not None
+    assert torch.equal(got, c + _ref_mm(e, b_plus) + _ref_mm(a, f))
+    assert torch.equal(sums, _ref_mm(a.reshape(-1, m, k).sum(0), b.reshape(-1, k, n).sum(0)))
