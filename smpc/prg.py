@@ -30,8 +30,10 @@ __all__ = ["Prg", "AesPrg", "key_from_seed"]
 KEY_BYTES = 16
 # Keystream bytes per nonce (a power of two, far below GCM's 2^36 limit).
 SEGMENT_BYTES = 1 << 22
-# Draws of at least this many bytes are split over two threads.
-_PARALLEL_BYTES = 1 << 20
+# Draws of at least this many bytes are split over two threads. Below it a
+# helper thread loses more than it gains: torch's OpenMP workers keep spinning
+# on the other core for a while after each parallel op, and would compete.
+_PARALLEL_BYTES = 1 << 22
 
 
 class Prg(Protocol):

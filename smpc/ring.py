@@ -77,8 +77,10 @@ try:  # optional fused kernels (setup.py); torch ops are the fallback
 except ImportError:  # pragma: no cover - depends on the build
     _kernels = None
 
-# Elementwise kernels use a second thread above this many elements.
-_KERNEL_THREADS_MIN = 1 << 16
+# Kernels use a second thread above this many elements. Below it the thread
+# costs more than it saves: torch's OpenMP workers keep spinning on the other
+# core for a while after each parallel op, and would compete with it.
+_KERNEL_THREADS_MIN = 1 << 19
 
 # Balanced 22/22/20-bit limbs: x = l0 + l1 2^22 + l2 2^44 (mod 2^64) with
 # |l0|, |l1| <= 2^21 and |l2| <= 2^19 + 1. The six products l_i l_j with
