@@ -208,8 +208,8 @@ def where(cond: SharedTensor, a: Any, b: Any) -> SharedTensor:
 
 
 def _reduce_last(
-    x: SharedTensor, dim: int | None, keepdim: bool, onehot: bool
-) -> tuple[SharedTensor, SharedTensor | None]:
+    x: SharedTensor, dim: int | None, keepdim: bool, onehot: bool, need_values: bool = True
+) -> tuple[SharedTensor | None, SharedTensor | None]:
     sess = _sess(x)
     ld = lead(sess.comm)
     if x.numel() == 0:
@@ -217,20 +217,24 @@ def _reduce_last(
     scale = sess.encoding.scale if onehot else None
     if dim is None:
         flat = x.share.reshape(*x.share.shape[:ld], -1)
-        vals, oh = ring_nl.max_last(sess.comm, sess.dealer, flat, onehot_scale=scale)
-        if keepdim:
+        vals, oh = ring_nl.max_last(
+            sess.comm, sess.dealer, flat, onehot_scale=scale, values=need_values
+        )
+        if keepdim and vals is not None:
             vals = vals.reshape(*vals.shape, *([1] * x.dim()))
         ohs = None if oh is None else SharedTensor(oh.reshape(x.share.shape), sess)
-        return SharedTensor(vals, sess), ohs
+        return (None if vals is None else SharedTensor(vals, sess)), ohs
     if isinstance(dim, bool) or not isinstance(dim, int):
         raise TypeError(f"`dim` must be an int or None; got {type(dim).__name__}")
     d = x._dim(dim)
     moved = x.share.movedim(d, -1)
-    vals, oh = ring_nl.max_last(sess.comm, sess.dealer, moved, onehot_scale=scale)
-    if keepdim:
+    vals, oh = ring_nl.max_last(
+        sess.comm, sess.dealer, moved, onehot_scale=scale, values=need_values
+    )
+    if keepdim and vals is not None:
         vals = vals.unsqueeze(d)
     ohs = None if oh is None else SharedTensor(oh.movedim(-1, d), sess)
-    return SharedTensor(vals, sess), ohs
+    return (None if vals is None else SharedTensor(vals, sess)), ohs
 
 
 def max(x: SharedTensor, dim: int | None = None, keepdim: bool = False) -> Any:
@@ -244,7 +248,7 @@ def max(x: SharedTensor, dim: int | None = None, keepdim: bool = False) -> Any:
     if dim is None:
         return _reduce_last(x, None, keepdim, onehot=False)[0]
     vals, oh = _reduce_last(x, dim, keepdim, onehot=True)
-    assert oh is not None
+    assert vals is not None and oh is not None
     return MaxResult(vals, oh)
 
 
@@ -264,7 +268,7 @@ def argmax(x: SharedTensor, dim: int | None = None, keepdim: bool = False) -> Sh
     torch compatibility; the one-hot always has ``x``'s shape.
     """
     x = _check_shared(x, "x")
-    _, oh = _reduce_last(x, dim, keepdim, onehot=True)
+    _, oh = _reduce_last(x, dim, keepdim, onehot=True, need_values=False)
     assert oh is not None
     return oh
 
@@ -342,6 +346,7 @@ def max_pool2d(
     sess = _sess(input)
     win, squeeze, *_ = _pool_windows(input, kernel_size, stride, padding)
     vals, _ = ring_nl.max_last(sess.comm, sess.dealer, win)
+    assert vals is not None
     if squeeze:
         vals = vals.squeeze(lead(sess.comm))
     return SharedTensor(vals, sess)
@@ -365,7 +370,7 @@ def max_pool2d_with_onehot(
     sess = _sess(input)
     win, squeeze, *_ = _pool_windows(input, kernel_size, stride, padding)
     vals, oh = ring_nl.max_last(sess.comm, sess.dealer, win, onehot_scale=sess.encoding.scale)
-    assert oh is not None
+    assert vals is not None and oh is not None
     if squeeze:
         vals = vals.squeeze(lead(sess.comm))
         oh = oh.squeeze(lead(sess.comm))
@@ -582,6 +587,7 @@ def _softmax_parts(
         raise TypeError(f"`dim` must be an int; got {type(dim).__name__}")
     x._dim(dim)  # validates
     m = _reduce_last(x, dim, True, onehot=False)[0]
+    assert m is not None
     z = ops.sub(x, m)  # <= 0: numerically stable
     e = exp(z, iterations=exp_iterations)
     s = ops.sum(e, dim, keepdim=True)

@@ -271,6 +271,7 @@ def beaver_matmul_local(
     r = b.shape[0] if b.dim() == 3 else 1
     if (
         k > _LIMB_MAX_K
+        or m <= _BROADCAST_ROWS  # few rows: matmul's broadcast path avoids splitting b
         or f.shape[0] != k
         or tuple(b.shape[-2:]) != (k, n)
         or tuple(a.shape[-2:]) != (m, k)
@@ -294,7 +295,12 @@ def matmul_of_row_sums(a_rows: torch.Tensor, b_rows: torch.Tensor) -> torch.Tens
     The provider's product of two shared masks; the row sums are folded into
     the limb split (one pass each with the kernels).
     """
-    if a_rows.shape[-1] > _LIMB_MAX_K or a_rows.dim() != 3 or b_rows.dim() != 3:
+    if (
+        a_rows.dim() != 3
+        or b_rows.dim() != 3
+        or a_rows.shape[-1] > _LIMB_MAX_K
+        or a_rows.shape[1] <= _BROADCAST_ROWS
+    ):
         return matmul(a_rows.sum(0), b_rows.sum(0))
     m, n = a_rows.shape[1], b_rows.shape[2]
     groups = _gemm_groups(_split_row_sum(a_rows.contiguous()), _split_row_sum(b_rows.contiguous()))

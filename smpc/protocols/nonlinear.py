@@ -10,10 +10,16 @@ import torch
 
 from ..comm.base import Communicator
 from ..dealer.base import Dealer
-from ..sharing import add_public
+from ..sharing import add_public, add_public_
 from . import beaver, compare
 
-__all__ = ["max_last"]
+__all__ = ["max_last", "max_pairwise", "PAIRWISE_MIN", "PAIRWISE_MAX"]
+
+# max_last compares all pairs at once (2 comparisons deep) for this many
+# candidates; a tree of ceil(log2 k) comparisons is shallower below, and
+# the k (k - 1) / 2 comparisons grow too many above.
+PAIRWISE_MIN = 5
+PAIRWISE_MAX = 32
 
 
 def max_last(
@@ -22,7 +28,8 @@ def max_last(
     x: torch.Tensor,
     *,
     onehot_scale: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    values: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Maximum over the last axis by a tree of comparisons, optionally with a one-hot argmax.
 
     Protocol: pair up neighbours ``(a, b)``, ``max = b + relu(a - b)`` with the
@@ -33,13 +40,17 @@ def max_last(
     index, as ``torch.argmax``.
 
     Cost: ``ceil(log2 k)`` levels of 7 rounds (8 with the one-hot after the first
-    level); per level, one ReLU per pair.
+    level); per level, one ReLU per pair. For ``PAIRWISE_MIN <= k <=
+    PAIRWISE_MAX`` it runs :func:`max_pairwise` instead (15 rounds).
 
     Returns:
-        ``(values, onehot)``: values with the last axis removed; one-hot with the
-        same shape as ``x`` (``None`` unless ``onehot_scale``).
+        ``(values, onehot)``: values with the last axis removed (``None`` may be
+        returned when ``values`` is False); one-hot with the same shape as ``x``
+        (``None`` unless ``onehot_scale``).
     """
     k = x.shape[-1]
+    if PAIRWISE_MIN <= k <= PAIRWISE_MAX:
+        return max_pairwise(comm, dealer, x, onehot_scale=onehot_scale, values=values)
     vals = x
     oh: torch.Tensor | None = None
     oh_public = True
@@ -76,3 +87,47 @@ def max_last(
     if oh_public:  # k == 1
         oh = add_public(comm, torch.zeros_like(x).unsqueeze(-1), oh)
     return out, oh.squeeze(-2)
+
+
+def max_pairwise(
+    comm: Communicator,
+    dealer: Dealer,
+    x: torch.Tensor,
+    *,
+    onehot_scale: int | None = None,
+    values: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Maximum and one-hot argmax over the last axis from all pairwise comparisons.
+
+    Protocol (constant depth, after the tournament-free argmax of secure
+    inference work such as SecureNN):
+        1. ``[l_ij] = [x_i < x_j]`` for every pair ``i < j``: one batched comparison.
+        2. Wins ``w_i = #{j > i: x_i >= x_j} + #{j < i: x_i > x_j}``, a local
+           linear combination of the ``l`` (ties go to the lower index, as
+           ``torch.argmax``); the maximum alone has ``w_i = k - 1``.
+        3. ``[o_i] = [w_i >= k - 1] = 1 - [w_i - (k - 1) < 0]``: a second comparison.
+        4. If ``values``: the maximum ``sum_i o_i x_i``, one Beaver product (ring
+           bit times value).
+
+    Cost: 2 comparisons (14 rounds) + 1 round for the values; ``k (k - 1) / 2 + k``
+    comparisons per row (40-48 bytes each, see :func:`compare.cost`) and
+    ``2 k`` ring elements for the product.
+
+    Returns:
+        ``(values, onehot)`` as :func:`max_last`.
+    """
+    k = x.shape[-1]
+    iu = torch.triu_indices(k, k, 1)
+    lt = compare.ltz(comm, dealer, x[..., iu[0]] - x[..., iu[1]])  # [x_i < x_j], i < j
+    wins = torch.zeros_like(x)
+    wins.index_add_(-1, iu[0], lt, alpha=-1)
+    wins.index_add_(-1, iu[1], lt)
+    # Public part: #{j > i} = k - 1 - i wins for i before any loss, minus the k - 1 target.
+    add_public_(comm, wins, -torch.arange(k, dtype=torch.int64))
+    not_max = compare.ltz(comm, dealer, wins)  # [w_i - (k - 1) < 0]
+    onehot = not_max.neg_()
+    add_public_(comm, onehot, 1)
+    vals = beaver.mul(comm, dealer, onehot, x).sum(-1) if values else None
+    if onehot_scale is None:
+        return vals, None
+    return vals, onehot.mul_(onehot_scale)

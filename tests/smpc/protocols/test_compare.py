@@ -116,6 +116,29 @@ def test_max_last_tree_and_onehot_ties() -> None:
     assert torch.equal(oh.sum(0), expected)
 
 
+@pytest.mark.parametrize("n", [2, 3, 5])
+@pytest.mark.parametrize("k", [2, 3, 4, 5, 10, 32, 33, 40])
+def test_max_last_pairwise_and_tree_agree_with_torch_on_ties(n: int, k: int) -> None:
+    """Both strategies (pairwise for 5 <= k <= 32, a tree otherwise): first maximum wins."""
+    g = torch.Generator().manual_seed(k + n)
+    plain = torch.randint(-3, 3, (4, k), generator=g, dtype=torch.int64) * (1 << 40)
+    plain[0] = 7  # all tied
+    with smpc.Session(parties=n, seed=1) as sess:
+        before = sess.stats.snapshot()
+        vals, oh = ring_nl.max_last(sess.comm, sess.dealer, _shares(sess, plain), onehot_scale=3)
+        rounds = (sess.stats - before).rounds
+        _, oh_only = ring_nl.max_last(
+            sess.comm, sess.dealer, _shares(sess, plain), onehot_scale=3, values=False
+        )
+    assert vals is not None and oh is not None and oh_only is not None
+    assert torch.equal(vals.sum(0), plain.max(-1).values)
+    expected = 3 * torch.nn.functional.one_hot(plain.argmax(-1), k)
+    assert torch.equal(oh.sum(0), expected) and torch.equal(oh_only.sum(0), expected)
+    levels = (k - 1).bit_length()
+    pairwise = ring_nl.PAIRWISE_MIN <= k <= ring_nl.PAIRWISE_MAX
+    assert rounds == (15 if pairwise else 7 + 8 * (levels - 1))
+
+
 def test_too_many_parties() -> None:
     with smpc.Session(parties=16, seed=1) as sess:
         x = torch.zeros(16, 3, dtype=torch.int64)
