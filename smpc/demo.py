@@ -60,7 +60,9 @@ class Config:
     train_size: int = 4000
     test_size: int = 1000
     batch_size: int = 64
-    lr: float = 0.05
+    lr: float = 0.1
+    schedule: str = "linear"  # "linear" decay to 0 over the run, or "constant"
+    augment: int = 2  # random shifts of up to this many pixels per epoch (0: none)
     momentum: float = 0.9
     weight_decay: float = 0.0
     parties: int = 2
@@ -127,6 +129,39 @@ def _prepare(cfg: Config, x: torch.Tensor) -> torch.Tensor:
     return x.reshape(len(x), -1) if cfg.model == "mlp" else x
 
 
+def augment(x: torch.Tensor, max_shift: int, epoch: int, seed: int) -> torch.Tensor:
+    """Images ``(N, C, H, W)`` shifted by random whole pixels in ``[-max_shift, max_shift]``.
+
+    The data owner's plaintext preprocessing (zero fill at the borders), drawn
+    afresh each epoch from a seeded generator so that the encrypted run and the
+    plaintext reference see the same images.
+    """
+    if max_shift <= 0:
+        return x
+    g = torch.Generator().manual_seed(seed * 7919 + epoch)
+    n, _, h, w = x.shape
+    s = max_shift
+    dy = torch.randint(-s, s + 1, (n,), generator=g)
+    dx = torch.randint(-s, s + 1, (n,), generator=g)
+    padded = torch.nn.functional.pad(x, (s, s, s, s))
+    out = torch.empty_like(x)
+    for oy in range(-s, s + 1):
+        for ox in range(-s, s + 1):
+            sel = ((dy == oy) & (dx == ox)).nonzero().squeeze(1)
+            if len(sel):
+                out[sel] = padded[sel, :, s + oy : s + oy + h, s + ox : s + ox + w]
+    return out
+
+
+def lr_at(cfg: Config, step: int, total: int) -> float:
+    """Learning rate of step ``step`` of ``total`` under ``cfg.schedule``."""
+    if cfg.schedule == "linear":
+        return cfg.lr * (1 - step / total)
+    if cfg.schedule == "constant":
+        return cfg.lr
+    raise ValueError(f"`schedule` must be 'linear' or 'constant'; got {cfg.schedule!r}")
+
+
 def _batches(n: int, batch: int, epoch: int, seed: int) -> list[torch.Tensor]:
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
     return [perm[i : i + batch] for i in range(0, n, batch)]
@@ -159,13 +194,17 @@ def train_plain(cfg: Config, data: Sequence[torch.Tensor]) -> History:
     opt = torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
-    xp, xtp = _prepare(cfg, x), _prepare(cfg, xt)
+    xtp = _prepare(cfg, xt)
     onehot = torch.nn.functional.one_hot(y, 10).float()
     hist = History()
+    total = cfg.epochs * -(-len(x) // cfg.batch_size)
     t0 = time.perf_counter()
     for epoch in range(cfg.epochs):
         losses = []
+        xp = _prepare(cfg, augment(x, cfg.augment, epoch, cfg.seed))
         for idx in _batches(len(x), cfg.batch_size, epoch, cfg.seed):
+            for group in opt.param_groups:
+                group["lr"] = lr_at(cfg, hist.steps, total)
             opt.zero_grad()
             out = model(xp[idx])
             if cfg.loss == "ce":
@@ -196,7 +235,6 @@ def train_encrypted(
     model_owner, data_owner = 0, sess.world_size - 1
     plain = _reference_model(cfg)
     enc = snn.encrypt(plain, sess, src=model_owner)
-    xs = sess.share(_prepare(cfg, x), src=data_owner)
     ys = sess.share(torch.nn.functional.one_hot(y, 10).float(), src=data_owner)
     opt = smpc.optim.SGD(
         enc.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
@@ -206,13 +244,21 @@ def train_encrypted(
     show = cfg.progress and sess.rank in (None, 0)
     hist = History()
     compute = 0.0
+    total = cfg.epochs * -(-len(x) // cfg.batch_size)
+    xs = None
     for epoch in range(cfg.epochs):
+        if xs is None or cfg.augment:
+            # The data owner shares this epoch's (augmented) images: one message.
+            mine = sess.rank in (None, data_owner)
+            xe = _prepare(cfg, augment(x, cfg.augment, epoch, cfg.seed)) if mine else None
+            xs = sess.share(xe, src=data_owner)
         batches = _batches(len(x), cfg.batch_size, epoch, cfg.seed)
         bar = _bar(batches, epoch, cfg, show)
         losses = []
         for step, idx in enumerate(bar):
             before = sess.stats.snapshot()
             t0 = time.perf_counter()
+            opt.lr = lr_at(cfg, hist.steps, total)
             xb, yb = xs[idx], ys[idx]
             opt.zero_grad()
             loss = loss_fn(enc(xb), yb)
@@ -408,7 +454,19 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     p.add_argument("--train-size", type=int, default=d.train_size)
     p.add_argument("--test-size", type=int, default=d.test_size)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=None, help="default 0.05 (ce) / 0.5 (mse)")
+    p.add_argument("--lr", type=float, default=None, help="default 0.1 (ce) / 0.5 (mse)")
+    p.add_argument(
+        "--schedule",
+        choices=("linear", "constant"),
+        default=d.schedule,
+        help="learning rate: linear decay to 0 (default) or constant",
+    )
+    p.add_argument(
+        "--augment",
+        type=int,
+        default=d.augment,
+        help="random shifts of up to this many pixels each epoch (0: none; default 2)",
+    )
     p.add_argument("--momentum", type=float, default=d.momentum)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--parties", type=int, choices=(2, 3), default=d.parties)
@@ -436,6 +494,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         test_size=a.test_size,
         batch_size=a.batch_size,
         lr=lr,
+        schedule=a.schedule,
+        augment=a.augment,
         momentum=a.momentum,
         weight_decay=a.weight_decay,
         parties=a.parties,

@@ -4,9 +4,11 @@ Updates are computed on the shares without revealing anything. The whole step
 costs **one truncation round for all parameters together**: every parameter's
 update is formed at double scale (public hyper-parameters times shared
 gradients, no truncation yet), the updates are concatenated, truncated once and
-split back. Momentum is kept pre-multiplied by the learning rate
-(``v' = momentum * v' + lr * (g + weight_decay * p)``, ``p -= v'``), which is
-torch's SGD whenever the learning rate is constant.
+split back. The rule is torch's SGD, learning-rate changes included
+(``v = momentum * v + g + weight_decay * p``, ``p -= lr * v``): both the new
+buffer and the step are linear in ``(g, p, v_old)`` with public coefficients,
+so they are truncated together. ``lr`` may be changed between steps (a
+schedule), as torch's ``param_groups[0]["lr"]``.
 """
 
 from __future__ import annotations
@@ -86,11 +88,13 @@ class SGD(Optimizer):
     def step(self) -> None:
         """Apply one update to every parameter that has a gradient (one truncation round)."""
         sess = self.session
-        lr, wd, mom = (
-            self._enc(self.lr),
-            self._enc(self.lr * self.weight_decay),
-            self._enc(self.momentum),
-        )
+        lr, wd, mom = self.lr, self.weight_decay, self.momentum
+        one = sess.encoding.scale
+        # Wide (scale 2^2f) linear forms in (g, p, v) with public coefficients:
+        #   v' = g + wd p + mom v             (torch's momentum buffer)
+        #   s  = lr v' = lr g + lr wd p + lr mom v   (the step)
+        c_step = (self._enc(lr), self._enc(lr * wd), self._enc(lr * mom))
+        c_vel = (one, self._enc(wd), self._enc(mom))
         active = [i for i, p in enumerate(self.params) if p.grad is not None]
         if not active:
             return
@@ -104,27 +108,22 @@ class SGD(Optimizer):
                     f"parameter {i}: gradient shape {tuple(g.shape)} != "
                     f"parameter shape {tuple(p.shape)}"
                 )
-            u = g.share * lr  # scale 2^2f
-            if wd:
-                u = u + p.share * wd
-            v = self._velocity[i]
-            if mom and v is not None:
-                u = u + v * mom
-            wide.append(u)
-        flat = torch.cat(
-            [
-                u.reshape(*u.shape[: u.dim() - self.params[i].dim()], -1)
-                for u, i in zip(wide, active, strict=True)
-            ],
-            dim=-1,
-        )
-        upd = rescale(sess, flat)  # one round for every parameter
+            v = self._velocity[i] if mom else None
+            forms = (c_step, c_vel) if mom else (c_step,)
+            for cg, cp, cv in forms:
+                u = g.share * cg
+                if wd:
+                    u += p.share * cp
+                if v is not None:
+                    u += v * cv
+                wide.append(u.reshape(*u.shape[: u.dim() - p.dim()], -1))
+        upd = rescale(sess, torch.cat(wide, dim=-1))  # one round for every parameter
         offset = 0
         for i in active:
             p = self.params[i]
             n = p.numel()
-            u = upd[..., offset : offset + n].reshape(p.share.shape)
+            p._share = p.share - upd[..., offset : offset + n].reshape(p.share.shape)
             offset += n
             if mom:
-                self._velocity[i] = u
-            p._share = p.share - u
+                self._velocity[i] = upd[..., offset : offset + n].reshape(p.share.shape)
+                offset += n

@@ -30,6 +30,28 @@ def test_sgd_matches_torch(momentum: float, weight_decay: float, world_size: int
         torch.testing.assert_close(b.reveal(), tb.detach(), atol=5e-4, rtol=0)
 
 
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_sgd_with_a_learning_rate_schedule_matches_torch(weight_decay: float) -> None:
+    """Changing ``lr`` between steps follows torch (momentum buffer without the lr)."""
+    torch.manual_seed(1)
+    w0 = torch.randn(5, 3)
+    grads = [torch.randn(5, 3) for _ in range(8)]
+    lrs = [0.2 * (1 - t / 8) for t in range(8)]
+    tw = w0.clone().requires_grad_()
+    topt = torch.optim.SGD([tw], lr=lrs[0], momentum=0.9, weight_decay=weight_decay)
+    with smpc.Session(2) as sess:
+        w = sess.share(w0, requires_grad=True)
+        opt = smpc.optim.SGD([w], lr=lrs[0], momentum=0.9, weight_decay=weight_decay)
+        for g, lr in zip(grads, lrs, strict=True):
+            topt.param_groups[0]["lr"] = lr
+            opt.lr = lr
+            tw.grad = g.clone()
+            topt.step()
+            w.grad = sess.share(g)
+            opt.step()
+        torch.testing.assert_close(w.reveal(), tw.detach(), atol=5e-4, rtol=0)
+
+
 def test_step_is_one_round_and_zero_grad() -> None:
     with smpc.Session(2) as sess:
         ps = [sess.share(torch.ones(4), requires_grad=True) for _ in range(3)]
