@@ -24,6 +24,7 @@ the values only.
 from __future__ import annotations
 
 import builtins
+import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -457,23 +458,63 @@ def _newton_reciprocal(x: SharedTensor, y: SharedTensor, iterations: int) -> Sha
     return y
 
 
+def _linear_guess(lo: float, hi: float) -> tuple[float, float, float]:
+    """Minimax linear start ``y0 = a - b x`` for ``1/x`` on ``[lo, hi]``: ``(a, b, max |1 - x y0|)``.
+
+    With ``u = x / lo`` in ``[1, k]``, ``k = hi / lo``: ``1 - u (c - d u)``
+    equioscillates at ``u = 1``, ``(k + 1) / 2`` and ``k`` for ``d = 8 / (k^2 + 6k + 1)``,
+    ``c = d (k + 1)``; the error is ``1 - d k``.
+    """
+    k = hi / lo
+    d = 8.0 / (k * k + 6.0 * k + 1.0)
+    return d * (k + 1.0) / lo, d / (lo * lo), 1.0 - d * k
+
+
+def _newton_steps(error: float, frac_bits: int) -> int:
+    """Newton steps that bring a relative error below ``2^-(f+2)`` (it squares each step)."""
+    target = 2.0 ** -(frac_bits + 2)
+    steps = 0
+    while error > target and steps < 64:
+        error *= error
+        steps += 1
+    return steps
+
+
 def reciprocal(
     x: SharedTensor,
     *,
-    iterations: int = 10,
+    iterations: int | None = None,
     positive: bool = False,
     initial: SharedTensor | None = None,
+    bounds: tuple[float, float] | None = None,
 ) -> SharedTensor:
     """``1 / x`` by Newton-Raphson ``y <- y (2 - x y)``.
 
     Initial guess ``y0 = 3 e^(1/2 - |x|) + 0.003`` (from the CrypTen paper, Knott et
     al., NeurIPS 2021), valid for ``|x|`` in [0.05, 500]; ``positive=True`` skips
-    the sign handling (one comparison) when ``x > 0`` is known.
-    Cost: exp (18 rounds) + 4 rounds per iteration (+ 7 for the sign).
+    the sign handling (one comparison) when ``x > 0`` is known. When the caller
+    knows ``lo <= x <= hi`` (``bounds``, ``0 < lo < hi``), the start is instead the
+    minimax line ``a - b x`` on that interval (no exponential) and, unless
+    ``iterations`` is given, the Newton steps are just enough for the encoding's
+    precision (5 for a softmax denominator in [1, 10]).
+    Cost: exp (18 rounds) + 4 rounds per iteration (10 by default; + 7 for the
+    sign); with ``bounds``: 1 + 4 rounds per iteration.
     """
     x = _check_shared(x, "x")
-    _check_iters(iterations, "iterations")
     sess = _sess(x)
+    if bounds is not None:
+        lo, hi = float(bounds[0]), float(bounds[1])
+        if not 0 < lo < hi < math.inf:
+            raise ValueError(f"`bounds` must satisfy 0 < lo < hi < inf; got {bounds}")
+        a_coef, b_coef, err = _linear_guess(lo, hi)
+        steps = (
+            _newton_steps(err, sess.encoding.frac_bits) if iterations is None else iterations
+        )
+        _check_iters(steps, "iterations")
+        y0 = ops.add(ops.mul(x, -b_coef), a_coef) if initial is None else initial
+        return _newton_reciprocal(x, y0, steps)
+    steps = 10 if iterations is None else iterations
+    _check_iters(steps, "iterations")
     if positive:
         a = x
         z = None
@@ -482,7 +523,7 @@ def reciprocal(
         assert xz is not None
         a = SharedTensor(x.share - 2 * xz, sess)
     y0 = initial if initial is not None else ops.add(ops.mul(exp(ops.sub(0.5, a)), 3.0), 0.003)
-    y = _newton_reciprocal(a, y0, iterations)
+    y = _newton_reciprocal(a, y0, steps)
     if z is None:
         return y
     # 1/x = (1 - 2 [x < 0]) / |x|: a ring bit times a share, no truncation.
@@ -595,17 +636,26 @@ def _softmax_parts(
 
 
 def softmax(
-    x: SharedTensor, dim: int, *, exp_iterations: int = 5, reciprocal_iterations: int = 10
+    x: SharedTensor,
+    dim: int,
+    *,
+    exp_iterations: int = 5,
+    reciprocal_iterations: int | None = None,
 ) -> SharedTensor:
     """Softmax over ``dim``: ``e^(x - max) / sum e^(x - max)``.
 
     The max subtraction keeps every exponent in (0, 1]; the exponential's base
     is clamped at 0 so that very negative logits give 0; the denominator lies in
-    [1, k] and its reciprocal uses Newton from the CrypTen initial guess.
-    Cost: max tree (7 ceil(log2 k) rounds) + exp (25) + reciprocal (18 + 4 per step) + 2.
+    [1, k], so its reciprocal starts from the minimax line on [1, k] and takes
+    the Newton steps that interval needs (5 for k = 10), unless
+    ``reciprocal_iterations`` is given.
+    Cost: max (15 rounds for 5 <= k <= 32, else 7 ceil(log2 k)) + exp (25) +
+    reciprocal (1 + 4 per step) + 2.
     """
-    _, e, s, _ = _softmax_parts(x, dim, exp_iterations)
-    inv = reciprocal(s, iterations=reciprocal_iterations, positive=True)
+    _, e, s, k = _softmax_parts(x, dim, exp_iterations)
+    if k == 1:
+        return ops.add(ops.mul(e, 0.0), 1.0)
+    inv = reciprocal(s, iterations=reciprocal_iterations, bounds=(1.0, float(k)))
     return ops.mul(e, inv)
 
 
