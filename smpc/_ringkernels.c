@@ -404,6 +404,199 @@ static PyObject *py_trunc_correct(PyObject *self, PyObject *const *args, Py_ssiz
     Py_END_ALLOW_THREADS Py_RETURN_NONE;
 }
 
+/* ==== comparison (smpc.protocols.compare): the local steps between openings ====
+ * XOR shares come in R rows of N int64 words (or bytes); row 0 takes the XOR
+ * of public terms when `first`. Each function mirrors, bit for bit, the torch
+ * code it replaces in compare.py (see there for the protocol); field width
+ * `wf` is bit_length(world_size), and only wf == 2 (2 or 3 parties) is taken.
+ * They are small and latency-bound, so they run on one thread.
+ */
+
+#define LOW63 ((u64)0x7FFFFFFFFFFFFFFFULL)
+#define EVEN ((u64)0x5555555555555555ULL)
+#define ODD ((u64)0xAAAAAAAAAAAAAAAAULL)
+
+static inline u64 sar(u64 x, int k) { return (u64)((i64)x >> k); }
+
+static u64 positions(int step) {
+    u64 m = 0;
+    for (int p = 0; p < 64; p += step) m |= (u64)1 << p;
+    return m;
+}
+
+/* level1(c, rx, rr, out_w, R, N, first): the local first tree level. */
+static PyObject *py_ltz_level1(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    void *p[4];
+    Py_ssize_t R, N, first;
+    if (check_nargs(nargs, 7, "ltz_level1")) return NULL;
+    for (int i = 0; i < 4; i++)
+        if (get_ptr(args[i], &p[i])) return NULL;
+    if (get_size(args[4], &R) || get_size(args[5], &N) || get_size(args[6], &first)) return NULL;
+    const u64 *c = p[0], *rx = p[1], *rr = p[2];
+    u64 *w = p[3];
+    for (Py_ssize_t i = 0; i < N; i++) {
+        u64 nc = ~(c[i] & LOW63);
+        u64 n_hi = sar(nc, 1) & EVEN, n_lo = nc & EVEN, nhl = n_hi & n_lo;
+        for (Py_ssize_t k = 0; k < R; k++) {
+            u64 r = rx[k * N + i] & LOW63;
+            u64 v = r & (nhl | (n_lo << 1));
+            v ^= (r >> 1) & n_hi;
+            v ^= (r << 1) & (n_hi << 1);
+            v ^= rr[k * N + i] & (n_lo | ODD);
+            if (k == 0 && first) v ^= nhl << 1;
+            w[k * N + i] = v;
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+/* word_pack(w, m, out, R, N, s, wf): the three masked AND inputs of word level s,
+ * packed as open_fields packs them: P = ceil(3 / per) words, per = 2s / wf. */
+static PyObject *py_ltz_word_pack(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    void *p[3];
+    Py_ssize_t R, N, s, wf;
+    if (check_nargs(nargs, 7, "ltz_word_pack")) return NULL;
+    for (int i = 0; i < 3; i++)
+        if (get_ptr(args[i], &p[i])) return NULL;
+    if (get_size(args[3], &R) || get_size(args[4], &N) || get_size(args[5], &s) ||
+        get_size(args[6], &wf))
+        return NULL;
+    const u64 *w = p[0], *m = p[1];
+    u64 *out = p[2];
+    const u64 pos = positions(2 * (int)s), pos2 = pos | (pos << 1);
+    const Py_ssize_t per = (2 * s) / wf, P = (3 + per - 1) / per, RN = R * N;
+    for (Py_ssize_t j = 0; j < RN; j++) {
+        u64 wv = w[j], mv = m[j];
+        u64 f1 = (wv & pos2) ^ ((mv >> 1) & pos2);
+        u64 words[3] = {(sar(wv, (int)s + 1) & pos) ^ (mv & pos), f1 & pos, sar(f1, 1) & pos};
+        for (Py_ssize_t q = 0; q < P; q++) {
+            u64 acc = 0;
+            for (Py_ssize_t t = 0; t < per && q * per + t < 3; t++)
+                acc |= words[q * per + t] << (t * wf);
+            out[q * RN + j] = acc;
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+/* word_finish(opened, w, m, t, out_z, R, N, s, wf, first): the Beaver AND of word level s. */
+static PyObject *py_ltz_word_finish(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    void *p[5];
+    Py_ssize_t R, N, s, wf, first;
+    if (check_nargs(nargs, 10, "ltz_word_finish")) return NULL;
+    for (int i = 0; i < 5; i++)
+        if (get_ptr(args[i], &p[i])) return NULL;
+    if (get_size(args[5], &R) || get_size(args[6], &N) || get_size(args[7], &s) ||
+        get_size(args[8], &wf) || get_size(args[9], &first))
+        return NULL;
+    const u64 *op = p[0], *w = p[1], *m = p[2], *t = p[3];
+    u64 *z = p[4];
+    const u64 pos = positions(2 * (int)s), pos2 = pos | (pos << 1);
+    const Py_ssize_t per = (2 * s) / wf;
+    for (Py_ssize_t i = 0; i < N; i++) {
+        u64 pub[3];
+        for (int j = 0; j < 3; j++) {
+            u64 v = op[(j / per) * N + i];
+            int sh = (int)((j % per) * wf);
+            pub[j] = (sh ? sar(v, sh) : v) & pos;
+        }
+        u64 d2 = pub[0] | (pub[0] << 1), e = pub[1] | (pub[2] << 1);
+        for (Py_ssize_t k = 0; k < R; k++) {
+            Py_ssize_t j = k * N + i;
+            u64 a = m[j] & pos, b = (m[j] >> 1) & pos2;
+            u64 v = (b & d2) ^ t[j] ^ ((a | (a << 1)) & e);
+            if (k == 0 && first) v ^= d2 & e;
+            v ^= sar(w[j], (int)s) & pos;
+            z[j] = v;
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+/* byte_pack(v, mb, out, R, N, k, off, wf): byte level with k bytes per element in v
+ * (R x N x k); out holds, per row, N k/2 packed bytes then zeros up to L int64. */
+static PyObject *py_ltz_byte_pack(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    void *p[3];
+    Py_ssize_t R, N, k, off, wf, L;
+    if (check_nargs(nargs, 9, "ltz_byte_pack")) return NULL;
+    for (int i = 0; i < 3; i++)
+        if (get_ptr(args[i], &p[i])) return NULL;
+    if (get_size(args[3], &R) || get_size(args[4], &N) || get_size(args[5], &k) ||
+        get_size(args[6], &off) || get_size(args[7], &wf) || get_size(args[8], &L))
+        return NULL;
+    const uint8_t *v = p[0], *mb = p[1];
+    uint8_t *out = p[2];
+    const Py_ssize_t h = k / 2;
+    for (Py_ssize_t r = 0; r < R; r++) {
+        uint8_t *o = out + r * L * 8;
+        for (Py_ssize_t i = 0; i < N; i++) {
+            const uint8_t *vv = v + (r * N + i) * k, *mm = mb + (r * N + i) * 8 + off;
+            for (Py_ssize_t j = 0; j < h; j++) {
+                uint8_t a = mm[j] & 1, b = (mm[j] >> 1) & 3;
+                uint8_t f0 = ((vv[2 * j + 1] >> 1) & 1) ^ a, f1 = (vv[2 * j] & 3) ^ b;
+                o[i * h + j] =
+                    (uint8_t)(f0 | ((f1 & 1) << wf) | ((f1 & 2) << (2 * wf - 1)));
+            }
+        }
+        memset(o + N * h, 0, (size_t)(L * 8 - N * h));
+    }
+    Py_RETURN_NONE;
+}
+
+/* byte_finish(pub, v, mb, tb, out, R, N, k, off, wf, first): the Beaver AND of a byte
+ * level; pub holds the N k/2 opened bytes, out is R x N x k/2. */
+static PyObject *py_ltz_byte_finish(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    void *p[5];
+    Py_ssize_t R, N, k, off, wf, first;
+    if (check_nargs(nargs, 11, "ltz_byte_finish")) return NULL;
+    for (int i = 0; i < 5; i++)
+        if (get_ptr(args[i], &p[i])) return NULL;
+    if (get_size(args[5], &R) || get_size(args[6], &N) || get_size(args[7], &k) ||
+        get_size(args[8], &off) || get_size(args[9], &wf) || get_size(args[10], &first))
+        return NULL;
+    const uint8_t *pub = p[0], *v = p[1], *mb = p[2], *tb = p[3];
+    uint8_t *out = p[4];
+    const Py_ssize_t h = k / 2;
+    for (Py_ssize_t i = 0; i < N; i++) {
+        for (Py_ssize_t j = 0; j < h; j++) {
+            uint8_t q = pub[i * h + j];
+            uint8_t d = q & 1, e = ((q >> wf) & 1) | (((q >> (2 * wf)) & 1) << 1);
+            uint8_t d2 = d | (d << 1);
+            for (Py_ssize_t r = 0; r < R; r++) {
+                const uint8_t *vv = v + (r * N + i) * k;
+                uint8_t mm = mb[(r * N + i) * 8 + off + j], tt = tb[(r * N + i) * 8 + off + j];
+                uint8_t a = mm & 1, b = (mm >> 1) & 3;
+                uint8_t z = (b & d2) ^ tt ^ ((a | (a << 1)) & e);
+                if (r == 0 && first) z ^= d2 & e;
+                z ^= vv[2 * j + 1] & 1;
+                out[(r * N + i) * h + j] = z;
+            }
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+/* final(v, rx, s_xor, c, out, R, N, first): msb(x) ^ s as bit 0 of a byte per row. */
+static PyObject *py_ltz_final(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    void *p[5];
+    Py_ssize_t R, N, first;
+    if (check_nargs(nargs, 8, "ltz_final")) return NULL;
+    for (int i = 0; i < 5; i++)
+        if (get_ptr(args[i], &p[i])) return NULL;
+    if (get_size(args[5], &R) || get_size(args[6], &N) || get_size(args[7], &first)) return NULL;
+    const uint8_t *v = p[0];
+    const u64 *rx = p[1], *sx = p[2], *c = p[3];
+    uint8_t *out = p[4];
+    for (Py_ssize_t r = 0; r < R; r++)
+        for (Py_ssize_t i = 0; i < N; i++) {
+            Py_ssize_t j = r * N + i;
+            uint8_t g = (v[j] & 1) ^ (uint8_t)(rx[j] >> 63) ^ (uint8_t)(sx[j] & 1);
+            if (r == 0 && first) g ^= (uint8_t)(c[i] >> 63);
+            out[j] = g;
+        }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"split3", (PyCFunction)(void (*)(void))py_split3, METH_FASTCALL,
      "split3(src, add, dst, R, K, N, sum_rows, threads): float64 limb planes of int64 rows."},
@@ -415,6 +608,14 @@ static PyMethodDef methods[] = {
      "trunc_finish(w, nrh, s, out, rows, n, frac_bits, first, threads): end of truncation."},
     {"trunc_correct", (PyCFunction)(void (*)(void))py_trunc_correct, METH_FASTCALL,
      "trunc_correct(a, b, r, pc, pn, ps, oc, on, os, rab, rp, n, frac_bits, threads)."},
+    {"ltz_level1", (PyCFunction)(void (*)(void))py_ltz_level1, METH_FASTCALL, "comparison"},
+    {"ltz_word_pack", (PyCFunction)(void (*)(void))py_ltz_word_pack, METH_FASTCALL, "comparison"},
+    {"ltz_word_finish", (PyCFunction)(void (*)(void))py_ltz_word_finish, METH_FASTCALL,
+     "comparison"},
+    {"ltz_byte_pack", (PyCFunction)(void (*)(void))py_ltz_byte_pack, METH_FASTCALL, "comparison"},
+    {"ltz_byte_finish", (PyCFunction)(void (*)(void))py_ltz_byte_finish, METH_FASTCALL,
+     "comparison"},
+    {"ltz_final", (PyCFunction)(void (*)(void))py_ltz_final, METH_FASTCALL, "comparison"},
     {NULL, NULL, 0, NULL},
 };
 

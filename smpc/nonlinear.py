@@ -459,7 +459,7 @@ def _newton_reciprocal(x: SharedTensor, y: SharedTensor, iterations: int) -> Sha
 
 
 def _linear_guess(lo: float, hi: float) -> tuple[float, float, float]:
-    """Minimax linear start ``y0 = a - b x`` for ``1/x`` on ``[lo, hi]``: ``(a, b, max |1 - x y0|)``.
+    """Minimax line ``y0 = a - b x`` for ``1/x`` on ``[lo, hi]``: ``(a, b, max |1 - x y0|)``.
 
     With ``u = x / lo`` in ``[1, k]``, ``k = hi / lo``: ``1 - u (c - d u)``
     equioscillates at ``u = 1``, ``(k + 1) / 2`` and ``k`` for ``d = 8 / (k^2 + 6k + 1)``,
@@ -507,9 +507,7 @@ def reciprocal(
         if not 0 < lo < hi < math.inf:
             raise ValueError(f"`bounds` must satisfy 0 < lo < hi < inf; got {bounds}")
         a_coef, b_coef, err = _linear_guess(lo, hi)
-        steps = (
-            _newton_steps(err, sess.encoding.frac_bits) if iterations is None else iterations
-        )
+        steps = _newton_steps(err, sess.encoding.frac_bits) if iterations is None else iterations
         _check_iters(steps, "iterations")
         y0 = ops.add(ops.mul(x, -b_coef), a_coef) if initial is None else initial
         return _newton_reciprocal(x, y0, steps)

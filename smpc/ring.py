@@ -96,6 +96,11 @@ def kernels_available() -> bool:
     return _kernels is not None
 
 
+def native() -> Any:
+    """The optional C kernel module, or None (for protocol-specific fused steps)."""
+    return _kernels
+
+
 def _threads(n: int) -> int:
     return 2 if n >= _KERNEL_THREADS_MIN else 1
 

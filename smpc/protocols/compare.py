@@ -270,6 +270,87 @@ def _msb_xor(comm: Communicator, t: Mapping[str, torch.Tensor], c: torch.Tensor)
     return _xor_public_(comm, g, ((c >> 63) & 1).to(torch.uint8))
 
 
+def _masked_msb(comm: Communicator, t: Mapping[str, torch.Tensor], c: torch.Tensor) -> torch.Tensor:
+    """XOR shares (bit 0 of uint8) of ``msb(c - r) ^ s``: :func:`_msb_xor` then the mask ``s``.
+
+    With the C kernels (2 or 3 parties, CPU) each local step between two
+    openings is one fused pass (:func:`_masked_msb_fused`); the openings, their
+    payloads and the result are the same as the torch path's.
+    """
+    kernels = ring.native()
+    if (
+        kernels is not None
+        and field_width(comm.world_size) == 2
+        and _BYTE_OFFSETS == (0, 4, 6)
+        and c.device.type == "cpu"
+        and c.numel() > 0
+    ):
+        return _masked_msb_fused(comm, t, c, kernels)
+    msb = _msb_xor(comm, t, c)
+    msb ^= (t["s_xor"] & 1).to(torch.uint8)
+    return msb
+
+
+def _masked_msb_fused(
+    comm: Communicator, t: Mapping[str, torch.Tensor], c: torch.Tensor, k: object
+) -> torch.Tensor:
+    """:func:`_masked_msb` with the local steps in C (same rounds, payloads and result)."""
+    kern: object = k
+    ld = 1 if comm.party_axis else 0
+    rows = comm.world_size if comm.party_axis else 1
+    lead = (rows,) if comm.party_axis else ()
+    n = c.numel()
+    first = int(bool(comm.party_axis) or comm.rank == 0)
+    wf = field_width(comm.world_size)
+    cc = c.contiguous()
+    words = {name: t[name].contiguous() for name in ("rx", "rr", "mb", "tb", "s_xor")}
+    w = torch.empty(rows * n, dtype=torch.int64)
+    kern.ltz_level1(  # type: ignore[attr-defined]
+        cc.data_ptr(), words["rx"].data_ptr(), words["rr"].data_ptr(), w.data_ptr(), rows, n, first
+    )
+    for s in WORD_LEVELS:
+        m, tt = t[f"m{s}"].contiguous(), t[f"t{s}"].contiguous()
+        per = (2 * s) // wf
+        parts = -(-3 // per)
+        packed = torch.empty((parts, rows * n), dtype=torch.int64)
+        kern.ltz_word_pack(  # type: ignore[attr-defined]
+            w.data_ptr(), m.data_ptr(), packed.data_ptr(), rows, n, s, wf
+        )
+        opened = comm.open([packed[q].view(*lead, n) for q in range(parts)], "ltz")
+        pub = torch.stack(opened) if parts > 1 else opened[0].contiguous()
+        z = torch.empty(rows * n, dtype=torch.int64)
+        kern.ltz_word_finish(  # type: ignore[attr-defined]
+            pub.data_ptr(), w.data_ptr(), m.data_ptr(), tt.data_ptr(), z.data_ptr(),
+            rows, n, s, wf, first,
+        )  # fmt: skip
+        w = z
+    v = w.view(torch.uint8)
+    mb, tb = words["mb"], words["tb"]
+    width = 8
+    for off in _BYTE_OFFSETS:
+        half = width // 2
+        nwords = -(-(n * half) // 8)
+        out = torch.empty((rows, nwords), dtype=torch.int64)
+        kern.ltz_byte_pack(  # type: ignore[attr-defined]
+            v.data_ptr(), mb.data_ptr(), out.data_ptr(), rows, n, width, off, wf, nwords
+        )
+        (summed,) = comm.open([out.view(*lead, nwords)], "ltz")
+        pub = summed.contiguous()
+        nv = torch.empty(rows * n * half, dtype=torch.uint8)
+        kern.ltz_byte_finish(  # type: ignore[attr-defined]
+            pub.data_ptr(), v.data_ptr(), mb.data_ptr(), tb.data_ptr(), nv.data_ptr(),
+            rows, n, width, off, wf, first,
+        )  # fmt: skip
+        v = nv
+        width = half
+    msb = torch.empty(rows * n, dtype=torch.uint8)
+    kern.ltz_final(  # type: ignore[attr-defined]
+        v.data_ptr(), words["rx"].data_ptr(), words["s_xor"].data_ptr(), cc.data_ptr(),
+        msb.data_ptr(), rows, n, first,
+    )  # fmt: skip
+    return msb.view(*t["rx"].shape[:ld], *c.shape)
+
+
 def _check_parties(comm: Communicator) -> None:
     if field_width(comm.world_size) > 2 * LEVELS[0]:
         raise ValueError(
@@ -318,8 +399,7 @@ def ltz_mul(
         c, d = comm.open([x + t["r"], x - t["a"]], "ltz")
     else:
         (c,) = comm.open([x + t["r"]], "ltz")
-    msb = _msb_xor(comm, t, c)
-    msb ^= (t["s_xor"] & 1).to(torch.uint8)
+    msb = _masked_msb(comm, t, c)
     e = _open_bytes(comm, msb.unsqueeze(-1), "ltz").squeeze(-1).to(torch.int64) & 1
     on = e.bool()
     s_bit = t["s"]

@@ -156,3 +156,38 @@ def test_material_is_fresh_and_masks_opened_values() -> None:
         r = t["r"].sum(0)
         assert torch.equal(t["rx"][0] ^ t["rx"][1], r)
         assert torch.equal(t["s"].sum(0), (t["s_xor"][0] ^ t["s_xor"][1]) & 1)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("size", [1, 7, 64, 1000])
+def test_fused_comparison_steps_match_the_torch_path(
+    n: int, size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The C kernels for the comparison's local steps give the torch path's shares, bit for bit."""
+    from smpc import ring
+
+    if ring.native() is None:
+        pytest.skip("C kernels not built")
+    g = torch.Generator().manual_seed(size + n)
+    x = torch.randint(-(2**62), 2**62, (size,), generator=g, dtype=torch.int64)
+    x[0] = 0
+    with smpc.Session(parties=n, seed=3) as sess:
+        t = sess.dealer.request(compare.LtzMaterial((size,)))
+        c = x + t["r"].sum(0)
+        before = sess.stats.snapshot()
+        fused = compare._masked_msb(sess.comm, t, c)
+        cost_fused = sess.stats - before
+        monkeypatch.setattr(ring, "_kernels", None)
+        before = sess.stats.snapshot()
+        plain = compare._masked_msb(sess.comm, t, c)
+        cost_plain = sess.stats - before
+    assert torch.equal(fused, plain)
+    assert cost_fused.rounds == cost_plain.rounds
+    assert cost_fused.bytes_per_party == cost_plain.bytes_per_party
+    s = t["s_xor"][0] & 1
+    for i in range(1, n):
+        s ^= t["s_xor"][i] & 1
+    msb = fused[0].to(torch.int64)
+    for i in range(1, n):
+        msb ^= fused[i].to(torch.int64)
+    assert torch.equal(msb ^ s, (x < 0).to(torch.int64))
