@@ -5,10 +5,12 @@ costs **one truncation round for all parameters together**: every parameter's
 update is formed at double scale (public hyper-parameters times shared
 gradients, no truncation yet), the updates are concatenated, truncated once and
 split back. The rule is torch's SGD, learning-rate changes included
-(``v = momentum * v + g + weight_decay * p``, ``p -= lr * v``): both the new
-buffer and the step are linear in ``(g, p, v_old)`` with public coefficients,
-so they are truncated together. ``lr`` may be changed between steps (a
-schedule), as torch's ``param_groups[0]["lr"]``.
+(``v = momentum * v + g + weight_decay * p``, ``p -= lr * v``): the momentum
+buffer is stored premultiplied by the current learning rate, so that the step
+and the new buffer are one tensor, a linear form in ``(g, p, b_old)`` with
+public coefficients (the old buffer rescaled by ``lr_new / lr_old``). ``lr``
+may be changed between steps (a schedule), as torch's
+``param_groups[0]["lr"]``.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ class SGD(Optimizer):
         self.momentum = momentum
         self.weight_decay = weight_decay
         self._velocity: list[torch.Tensor | None] = [None] * len(self.params)
+        self._beta = 1.0  # the public factor of the stored momentum buffers
 
     def _enc(self, v: float) -> int:
         return int(round(v * self.session.encoding.scale))
@@ -89,12 +92,15 @@ class SGD(Optimizer):
         """Apply one update to every parameter that has a gradient (one truncation round)."""
         sess = self.session
         lr, wd, mom = self.lr, self.weight_decay, self.momentum
-        one = sess.encoding.scale
-        # Wide (scale 2^2f) linear forms in (g, p, v) with public coefficients:
-        #   v' = g + wd p + mom v             (torch's momentum buffer)
-        #   s  = lr v' = lr g + lr wd p + lr mom v   (the step)
-        c_step = (self._enc(lr), self._enc(lr * wd), self._enc(lr * mom))
-        c_vel = (one, self._enc(wd), self._enc(mom))
+        if lr < 0:
+            raise ValueError(f"`lr` must be >= 0; got {lr}")
+        # The momentum buffer is kept premultiplied, b = beta v, beta = lr (1 while lr == 0):
+        #   b' = beta' (mom v + g + wd p) = (beta' mom / beta) b + beta' g + beta' wd p
+        # is one linear form with public coefficients at scale 2^2f, truncated once;
+        # the step p -= lr v' is then b' itself (nothing when lr == 0).
+        beta = lr if lr > 0 else 1.0
+        c_g, c_p = self._enc(beta), self._enc(beta * wd)
+        c_b = self._enc(beta * mom / self._beta)
         active = [i for i, p in enumerate(self.params) if p.grad is not None]
         if not active:
             return
@@ -108,22 +114,22 @@ class SGD(Optimizer):
                     f"parameter {i}: gradient shape {tuple(g.shape)} != "
                     f"parameter shape {tuple(p.shape)}"
                 )
-            v = self._velocity[i] if mom else None
-            forms = (c_step, c_vel) if mom else (c_step,)
-            for cg, cp, cv in forms:
-                u = g.share * cg
-                if wd:
-                    u += p.share * cp
-                if v is not None:
-                    u += v * cv
-                wide.append(u.reshape(*u.shape[: u.dim() - p.dim()], -1))
+            u = g.share * c_g
+            if wd:
+                u += p.share * c_p
+            b = self._velocity[i] if mom else None
+            if b is not None:
+                u += b * c_b
+            wide.append(u.reshape(*u.shape[: u.dim() - p.dim()], -1))
         upd = rescale(sess, torch.cat(wide, dim=-1))  # one round for every parameter
         offset = 0
         for i in active:
             p = self.params[i]
             n = p.numel()
-            p._share = p.share - upd[..., offset : offset + n].reshape(p.share.shape)
+            u = upd[..., offset : offset + n].reshape(p.share.shape)
             offset += n
             if mom:
-                self._velocity[i] = upd[..., offset : offset + n].reshape(p.share.shape)
-                offset += n
+                self._velocity[i] = u
+            if lr > 0:
+                p._share = p.share - u
+        self._beta = beta

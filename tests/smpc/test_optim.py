@@ -37,6 +37,7 @@ def test_sgd_with_a_learning_rate_schedule_matches_torch(weight_decay: float) ->
     w0 = torch.randn(5, 3)
     grads = [torch.randn(5, 3) for _ in range(8)]
     lrs = [0.2 * (1 - t / 8) for t in range(8)]
+    lrs[3] = lrs[5] = lrs[6] = 0.0  # lr 0: no step, the momentum buffer still moves
     tw = w0.clone().requires_grad_()
     topt = torch.optim.SGD([tw], lr=lrs[0], momentum=0.9, weight_decay=weight_decay)
     with smpc.Session(2) as sess:
