@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -98,6 +99,8 @@ class LtzMaterial:
         s: the bit ``s`` additively shared.
         as: ``a * s`` additively shared (only when ``mul``).
     """
+
+    elementwise: ClassVar[bool] = True  # derive() works on any leading batch axis
 
     shape: tuple[int, ...]
     mul: bool = False
