@@ -220,6 +220,40 @@ def matmul(x: SharedTensor | Public, y: SharedTensor | Public) -> SharedTensor:
     return _wrap(sess, z.reshape(*z.shape[: lead(sess.comm)], *out_shape))
 
 
+def can_keep(sess: Session) -> bool:
+    """Whether :func:`matmul_kept` is available (the default probabilistic truncation)."""
+    return _fused(sess)
+
+
+def keep_operand(y: SharedTensor) -> beaver.MaskedOperand:
+    """Open a 2-D right operand once under a mask that later :func:`matmul_kept` calls reuse.
+
+    For a value that does not change across many products (a trained model's
+    weights in inference). Cost: 1 round, ``numel(y)`` ring elements.
+    """
+    sess = _session(y)
+    if y.dim() != 2:
+        raise ShapeError(f"keep_operand: `y` must be 2-D; got shape {tuple(y.shape)}")
+    return beaver.mask_operand(sess.comm, sess.dealer, y.share, sess.new_mask_key())
+
+
+def matmul_kept(x: SharedTensor, y: beaver.MaskedOperand) -> SharedTensor:
+    """``x @ y`` for a shared 2-D ``x`` and an operand kept by :func:`keep_operand`.
+
+    Cost: 2 rounds; ``numel(x)`` then ``numel(out)`` ring elements (``y`` is not
+    sent again). Needs the default (probabilistic) truncation.
+    """
+    sess = _session(x)
+    if not _fused(sess):
+        raise ValueError("matmul_kept needs the default probabilistic truncation")
+    k, n = y.f.shape
+    if x.dim() != 2 or x.shape[1] != k:
+        raise ShapeError(f"matmul_kept: expected `x` of shape (m, {k}); got {tuple(x.shape)}")
+    f = sess.encoding.frac_bits
+    z = beaver.bilinear_trunc_kept(sess.comm, sess.dealer, ring.MatmulOp(), x.share, y, f)
+    return _wrap(sess, z)
+
+
 def _pair(v: int | Sequence[int], name: str) -> tuple[int, int]:
     if isinstance(v, int):
         return (v, v)

@@ -119,6 +119,12 @@ class Session:
             dealer = LocalDealer(len(names), self.comm.stats, key=dealer_key)
         self.dealer: Dealer = dealer
         self._closed = False
+        self._mask_keys = 0  # names of provider-kept masks, allocated in program order
+
+    def new_mask_key(self) -> int:
+        """A fresh name for a mask the provider keeps (same sequence on every party)."""
+        self._mask_keys += 1
+        return self._mask_keys
 
     # ----------------------------------------------------------------- identity
     @property

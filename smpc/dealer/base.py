@@ -23,9 +23,13 @@ from typing import ClassVar, Protocol
 import torch
 
 from .. import ring
+from ..errors import DealerError
 
 __all__ = [
     "fused_correction",
+    "kept_values",
+    "OperandMask",
+    "KeptBilinearTruncTriple",
     "MulTruncTriple",
     "BilinearTruncTriple",
     "Kind",
@@ -109,6 +113,22 @@ def fused_correction(
     """
     method = getattr(req, "fused_correction", None)
     return bool(method(shared, private, partial, out)) if method is not None else False
+
+
+def kept_values(req: Request, kept: Mapping[int, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The plain values ``req`` reuses from earlier requests (its ``uses`` component).
+
+    A request that sets ``uses = "name"`` and a ``key`` gets the value an earlier
+    request with ``keeps = "name"`` and the same ``key`` drew (the dealer stores
+    it). Raises :class:`~smpc.errors.DealerError` for an unknown key.
+    """
+    name = getattr(req, "uses", None)
+    if name is None:
+        return {}
+    key = req.key  # type: ignore[attr-defined]  # requests with ``uses`` carry a key
+    if key not in kept:
+        raise DealerError(f"{type(req).__name__}: no kept mask with key {key}")
+    return {name: kept[key]}
 
 
 class Dealer(Protocol):
@@ -330,4 +350,76 @@ class BilinearTruncTriple:
             (out["neg_r_hi"], out["s"]),
             self.frac_bits,
             product=(product, None, partial["c"], out["c"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class OperandMask:
+    """A mask ``b`` for an operand that several products reuse; the provider keeps ``b``.
+
+    Later :class:`KeptBilinearTruncTriple` requests with the same ``key`` build
+    their triples on this ``b`` instead of drawing a new one, so the operand's
+    masked value ``y - b`` is opened once (a fixed model's weights in inference).
+    """
+
+    keeps: ClassVar[str] = "b"
+
+    shape: tuple[int, ...]
+    key: int
+
+    def components(self) -> tuple[Component, ...]:
+        return (Component("b", Kind.RANDOM, self.shape),)
+
+    def derive(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {}
+
+
+@dataclass(frozen=True, slots=True)
+class KeptBilinearTruncTriple:
+    """:class:`BilinearTruncTriple` on the kept right mask ``key``: ``c = op(a, b) + r + 2^62``.
+
+    Only ``a`` is drawn; ``b`` is the :class:`OperandMask` of the same key.
+    """
+
+    uses: ClassVar[str] = "b"
+
+    op: ring.BilinearOp
+    shape_a: tuple[int, ...]
+    shape_b: tuple[int, ...]
+    frac_bits: int
+    key: int
+
+    def components(self) -> tuple[Component, ...]:
+        out = _shape(self.op.out_shape(torch.Size(self.shape_a), torch.Size(self.shape_b)))
+        return (
+            Component("a", Kind.RANDOM, self.shape_a),
+            Component("r", Kind.PRIVATE, out),
+            Component("c", Kind.DERIVED, out),
+            Component("neg_r_hi", Kind.DERIVED, out),
+            Component("s", Kind.DERIVED, out),
+        )
+
+    def derive(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        r = values["r"]
+        c = self.op(values["a"], values["b"]).add_(r)
+        c += 1 << 62
+        return {"c": c, **_trunc_material(r, self.frac_bits, 62)}
+
+    def fused_correction(
+        self,
+        shared: Mapping[str, torch.Tensor],
+        private: Mapping[str, torch.Tensor],
+        partial: Mapping[str, torch.Tensor],
+        out: Mapping[str, torch.Tensor],
+    ) -> bool:
+        """See :func:`fused_correction` (2-D matmuls; ``b`` comes as one row)."""
+        a, b = shared["a"], shared["b"]
+        if not isinstance(self.op, ring.MatmulOp) or a.dim() != 3 or b.dim() != 3:
+            return False
+        return ring.fused_trunc_correct(
+            private["r"],
+            (partial["neg_r_hi"], partial["s"]),
+            (out["neg_r_hi"], out["s"]),
+            self.frac_bits,
+            product=(ring.matmul_of_row_sums(a, b), None, partial["c"], out["c"]),
         )

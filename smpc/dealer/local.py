@@ -9,12 +9,13 @@ distributed provider would send for the same request (the correction shares).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 
 from ..comm.stats import Stats
 from ..prg import AesPrg
-from .base import Component, Request, fused_correction
+from .base import Component, Request, fused_correction, kept_values
 
 __all__ = ["LocalDealer", "generate_stacked"]
 
@@ -29,7 +30,12 @@ def _xor_reduce(t: torch.Tensor) -> torch.Tensor:
 
 
 def generate_stacked(
-    req: Request, world_size: int, prg: AesPrg, *, batch: int | None = None
+    req: Request,
+    world_size: int,
+    prg: AesPrg,
+    *,
+    batch: int | None = None,
+    known: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """All parties' shares of ``req``'s components, shape ``(world_size, *shape)`` each.
 
@@ -37,6 +43,8 @@ def generate_stacked(
     derived component is the correction, computed without drawing randomness.
     With ``batch=P`` (elementwise requests only) every component gets a leading
     axis of P independent instances: shape ``(world_size, P, *shape)``.
+    ``known`` holds plain values the request reuses (see
+    :func:`~smpc.dealer.base.kept_values`); they are not part of the output.
     """
     n = world_size
     comps = req.components()
@@ -59,15 +67,17 @@ def generate_stacked(
             prg.fill_(flat[: (n - 1) * size] if comp.kind.derived else flat)
         out[comp.name] = flat.view(n, *comp.shape)
     private_values = {c.name: prg.random_int64(math.prod(c.shape)).view(c.shape) for c in private}
+    known = dict(known or {})
     if fused_correction(
         req,
-        {c.name: out[c.name] for c in comps if not c.kind.derived},
+        {c.name: out[c.name] for c in comps if not c.kind.derived}
+        | {k: v.unsqueeze(0) for k, v in known.items()},
         private_values,
         {c.name: out[c.name][:-1] for c in comps if c.kind.derived},
         {c.name: out[c.name][-1] for c in comps if c.kind.derived},
     ):
         return out
-    plain: dict[str, torch.Tensor] = dict(private_values)
+    plain: dict[str, torch.Tensor] = dict(private_values) | known
     for comp in comps:
         if not comp.kind.derived:
             stacked = out[comp.name]
@@ -110,6 +120,7 @@ class LocalDealer:
         self._prg = AesPrg(key)
         self._pools: dict[Request, tuple[dict[str, torch.Tensor], list[int]]] = {}
         self._plans: dict[Request, tuple[bool, int]] = {}
+        self._kept: dict[int, torch.Tensor] = {}  # plain masks that later requests reuse
 
     def _pooled(self, req: Request) -> dict[str, torch.Tensor]:
         entry = self._pools.get(req)
@@ -139,7 +150,14 @@ class LocalDealer:
 
     def request(self, req: Request) -> dict[str, torch.Tensor]:
         pooled, corr = self._plan(req)
-        out = self._pooled(req) if pooled else generate_stacked(req, self.world_size, self._prg)
+        if pooled:
+            out = self._pooled(req)
+        else:
+            known = kept_values(req, self._kept)
+            out = generate_stacked(req, self.world_size, self._prg, known=known)
+        keeps = getattr(req, "keeps", None)
+        if keeps is not None:
+            self._kept[req.key] = out[keeps].sum(0)  # type: ignore[attr-defined]
         self._stats.record_dealer(corr)
         return out
 

@@ -49,7 +49,7 @@ from ..comm.torchdist import (
 )
 from ..errors import DealerError, PartyTimeoutError, ProtocolDesyncError
 from ..prg import KEY_BYTES, AesPrg, key_from_seed
-from .base import Component, Request, fused_correction
+from .base import Component, Request, fused_correction, kept_values
 
 __all__ = ["TrustedDealer", "TrustedDealerClient", "Shares", "DealerStats", "dealer_key"]
 
@@ -318,6 +318,7 @@ class TrustedDealer:
         self.stats = DealerStats()
         self._free: list[torch.Tensor] = []
         self._scratch = [torch.empty(0, dtype=torch.int64) for _ in range(world_size)]
+        self._kept: dict[int, torch.Tensor] = {}  # plain masks that later requests reuse
 
     def serve(self) -> DealerStats:
         """Send the seeds, then answer requests until the last party closes.
@@ -411,6 +412,10 @@ class TrustedDealer:
         for c in comps:
             if not c.kind.shared:  # provider-private randomness, never sent
                 private[c.name] = self._private_prg.random_int64(_numel(c)).view(c.shape)
+        keeps = getattr(req, "keeps", None)
+        if keeps is not None:  # later requests reuse this mask: keep its plain value
+            self._kept[req.key] = plain[keeps].clone()  # type: ignore[attr-defined]
+        plain.update(kept_values(req, self._kept))
         derived = [c for c in comps if c.kind.derived]
         total = sum(_numel(c) for c in derived)
         buf = self._buffer(total)

@@ -16,7 +16,10 @@ from typing import Any
 import torch
 
 from .. import functional as F
+from .. import ops
+from ..autograd import is_grad_enabled
 from ..errors import ShapeError
+from ..protocols.beaver import MaskedOperand
 from ..session import Session
 from ..tensor import SharedTensor
 
@@ -187,12 +190,36 @@ class Linear(Module):
         )
 
     def forward(self, x: SharedTensor) -> SharedTensor:
-        """Compute the output."""
+        """Compute the output.
+
+        In eval mode without gradients (inference) the weight is opened once under
+        a mask the provider keeps, and each batch then sends only its own masked
+        input (:func:`smpc.ops.matmul_kept`); any change of the weight's shares
+        (training) makes the next inference mask it afresh.
+        """
         if x.shape[-1] != self.in_features if x.dim() else True:
             raise ShapeError(
                 f"Linear: expected input (..., {self.in_features}); got {tuple(x.shape)}"
             )
+        if (
+            not self.training
+            and not is_grad_enabled()
+            and isinstance(x, SharedTensor)
+            and x.dim() == 2
+            and x.session is self.weight.session
+            and ops.can_keep(x.session)
+        ):
+            out = ops.matmul_kept(x, self._kept_weight())
+            return out if self.bias is None else ops.add(out, self.bias)
         return F.linear(x, self.weight, self.bias)
+
+    def _kept_weight(self) -> MaskedOperand:
+        """``weight.T`` opened once under a kept mask, redone when the weight's shares change."""
+        kept = self.__dict__.get("_kept")
+        if kept is None or kept[0] is not self.weight.share:
+            kept = (self.weight.share, ops.keep_operand(self.weight.t()))
+            object.__setattr__(self, "_kept", kept)
+        return kept[1]
 
     def to_torch(self) -> torch.nn.Linear:
         """The plaintext torch layer (reveals the weights)."""

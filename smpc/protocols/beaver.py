@@ -7,6 +7,7 @@ layer truncates afterwards.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 
@@ -16,14 +17,27 @@ from ..dealer.base import (
     BilinearTriple,
     BilinearTruncTriple,
     Dealer,
+    KeptBilinearTruncTriple,
     MulTriple,
     MulTruncTriple,
+    OperandMask,
     SquarePair,
 )
 from ..sharing import add_public, add_public_, addcmul_public_, data_shape
 from . import truncation
 
-__all__ = ["mul", "mul_trunc", "square", "bilinear", "bilinear_trunc", "matmul", "conv2d"]
+__all__ = [
+    "mul",
+    "mul_trunc",
+    "square",
+    "bilinear",
+    "bilinear_trunc",
+    "matmul",
+    "conv2d",
+    "MaskedOperand",
+    "mask_operand",
+    "bilinear_trunc_kept",
+]
 
 
 def _shape(comm: Communicator, share: torch.Tensor) -> tuple[int, ...]:
@@ -219,5 +233,60 @@ def bilinear_trunc(
     t = dealer.request(BilinearTruncTriple(op, _shape(comm, x), _shape(comm, y), frac_bits))
     e, f = comm.open([x - t["a"], y - t["b"]], type(op).__name__.removesuffix("Op").lower())
     z = _local_step(comm, op, t, e, f)
+    (w,) = comm.open([z], "trunc")
+    return truncation.finish(comm, w, t["neg_r_hi"], t["s"], frac_bits)
+
+
+@dataclass(frozen=True)
+class MaskedOperand:
+    """A right operand opened once under a mask that later products reuse.
+
+    Attributes:
+        key: the provider's name for the kept mask ``b``.
+        b: this runtime's shares of ``b``.
+        f: the public ``y - b``.
+    """
+
+    key: int
+    b: torch.Tensor
+    f: torch.Tensor
+
+
+def mask_operand(comm: Communicator, dealer: Dealer, y: torch.Tensor, key: int) -> MaskedOperand:
+    """Mask and open a right operand once, for :func:`bilinear_trunc_kept`.
+
+    Protocol: the dealer draws ``[b]`` and keeps ``b`` under ``key``; open
+    ``f = y - b``. Cost: 1 round, ``numel(y)`` ring elements to each other party.
+    Security: ``f`` is uniform; every later product with this operand reveals
+    the same ``f`` again, nothing more (each uses a fresh left mask ``a``).
+    """
+    shape = _shape(comm, y)
+    t = dealer.request(OperandMask(shape, key))
+    (f,) = comm.open([y - t["b"]], "mask")
+    return MaskedOperand(key, t["b"], f)
+
+
+def bilinear_trunc_kept(
+    comm: Communicator,
+    dealer: Dealer,
+    op: ring.BilinearOp,
+    x: torch.Tensor,
+    y: MaskedOperand,
+    frac_bits: int,
+) -> torch.Tensor:
+    """:func:`bilinear_trunc` with a right operand masked once by :func:`mask_operand`.
+
+    Protocol: the dealer gives ``[a]`` and ``[c] = [op(a, b) + r + 2^62]`` on the
+    kept ``b`` (plus the truncation material); open ``e = x - a`` only; the
+    local step and the truncation are as in :func:`bilinear_trunc`.
+
+    Cost: 2 rounds; ``numel(x)`` then ``numel(out)`` ring elements to each other
+    party (the operand's ``numel(y)`` is not sent again). Security: semi-honest,
+    non-colluding dealer; ``a`` and ``r`` are fresh for every product.
+    """
+    shape_b = tuple(y.f.shape)
+    t = dealer.request(KeptBilinearTruncTriple(op, _shape(comm, x), shape_b, frac_bits, y.key))
+    (e,) = comm.open([x - t["a"]], type(op).__name__.removesuffix("Op").lower())
+    z = _local_step(comm, op, {"a": t["a"], "b": y.b, "c": t["c"]}, e, y.f)
     (w,) = comm.open([z], "trunc")
     return truncation.finish(comm, w, t["neg_r_hi"], t["s"], frac_bits)

@@ -38,6 +38,7 @@ from tests.smpc.comm.dist_programs import (
     desync_parts_program,
     desync_shape_program,
     dies_program,
+    kept_inference_program,
     object_program,
     protocol_program,
     raises_program,
@@ -301,3 +302,26 @@ def test_cli_with_torch_distributed_env(tmp_path: Path) -> None:
         assert p.returncode == 0, err
     assert outs[0][0].startswith("alice: tensor([2.2500, 4.0000])")
     assert outs[1][0].startswith("bob: tensor([2.2500, 4.0000])")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("n", [2, 3])
+def test_inference_reuses_kept_weight_masks(n: int) -> None:
+    """Eval-mode Linear layers open their weights once; later batches send only inputs."""
+    g = torch.Generator().manual_seed(n)
+    torch.manual_seed(n)
+    plain = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    batches = [torch.randn(4, 6, generator=g) for _ in range(3)]
+    program = functools.partial(kept_inference_program, state=plain.state_dict(), batches=batches)
+    results = run(program, parties=n, timeout=20)
+    sim = _simulate(program, n)
+    with torch.no_grad():
+        want = [plain(xb) for xb in batches]
+    for res in [*results, sim]:
+        for got, ref in zip(res["out"], want, strict=True):
+            torch.testing.assert_close(got, ref, atol=1e-3, rtol=0)
+    # The first batch also opens the weights' masked values (6*5 + 5*3 elements).
+    weights_bytes = (6 * 5 + 5 * 3) * 8 * (n - 1) * n
+    assert sim["bytes"][0] - sim["bytes"][1] == weights_bytes
+    assert sim["bytes"][1] == sim["bytes"][2]
+    _assert_same_costs([res["stats"] for res in results], sim["stats"])

@@ -179,3 +179,23 @@ def desync_parts_program(sess: smpc.Session) -> None:
     """Large openings with the same total size but the parts' sizes swapped."""
     sizes = (600, 700) if sess.rank == 0 else (700, 600)
     sess.comm.open([torch.zeros(k, dtype=torch.int64) for k in sizes], "swapped")
+
+
+def kept_inference_program(
+    sess: smpc.Session, state: dict[str, torch.Tensor], batches: list[torch.Tensor]
+) -> dict[str, Any]:
+    """An encrypted Linear-ReLU-Linear in eval mode: weights masked once, batches after."""
+    import smpc.nn as snn
+
+    plain = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    plain.load_state_dict(state)
+    enc = snn.encrypt(plain, sess, src=0).eval()
+    last = sess.world_size - 1
+    outs, costs = [], []
+    with smpc.no_grad():
+        for xb in batches:
+            before = sess.stats.snapshot()
+            x = sess.share(xb if sess.rank in (None, last) else None, src=last)
+            outs.append(enc(x).reveal())
+            costs.append(sess.stats - before)
+    return {"out": outs, "bytes": [c.bytes for c in costs], "stats": sess.stats}

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given
+from hypothesis import strategies as st
 
 import smpc
 from smpc import ring
@@ -101,3 +103,43 @@ def test_pooled_small_triples_are_valid_and_fresh() -> None:
             assert torch.equal(a * b, c)
             seen.append(a)
         assert len({tuple(v.tolist()) for v in seen}) == len(seen)
+
+
+@given(party_counts, st.integers(1, 40), st.integers(1, 300), st.integers(1, 40), seeds)
+def test_kept_operand_products_match_plaintext_and_send_only_the_left_operand(
+    n: int, m: int, k: int, p: int, seed: int
+) -> None:
+    """A right operand opened once under a kept mask: fixed-point products stay within 1 ulp."""
+    from smpc import encoding
+    from smpc.protocols import truncation
+
+    g = torch.Generator().manual_seed(seed)
+    fx = encoding.FixedPoint(16)
+    yp = torch.randn(k, p, generator=g, dtype=torch.float64)
+    with smpc.Session(parties=n, seed=seed) as sess:
+        y = _share(sess, fx.encode(yp))
+        before = sess.stats.snapshot()
+        kept = beaver.mask_operand(sess.comm, sess.dealer, y, key=7)
+        assert (sess.stats - before).bytes_per_party[0] == k * p * 8 * (n - 1)
+        for _ in range(2):
+            xp = torch.randn(m, k, generator=g, dtype=torch.float64)
+            x = _share(sess, fx.encode(xp))
+            before = sess.stats.snapshot()
+            z = beaver.bilinear_trunc_kept(sess.comm, sess.dealer, ring.MatmulOp(), x, kept, 16)
+            cost = sess.stats - before
+            exact = ring.matmul(fx.encode(xp), fx.encode(yp))  # ring product, then floor
+            assert cost.rounds == 2
+            assert cost.bytes_per_party[0] == (m * k + m * p) * 8 * (n - 1)
+            diff = z.sum(0) - (exact >> 16)
+            assert int(diff.min()) >= 0 and int(diff.max()) <= 1
+        assert truncation.TRUNC_BOUND_BITS == 62
+
+
+def test_kept_mask_unknown_key_is_a_clear_error() -> None:
+    from smpc.dealer.base import KeptBilinearTruncTriple
+    from smpc.errors import DealerError
+
+    with smpc.Session(parties=2) as sess:
+        req = KeptBilinearTruncTriple(ring.MatmulOp(), (2, 3), (3, 4), 16, key=99)
+        with pytest.raises(DealerError, match="no kept mask with key 99"):
+            sess.dealer.request(req)
