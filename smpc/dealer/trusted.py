@@ -349,15 +349,17 @@ class TrustedDealer:
                 last, seq, MessageKind.REQUEST, f"waiting for request #{seq}",
                 timeout=LONG_WAIT, accept=(MessageKind.CLOSE,),
             )  # fmt: skip
-            still = []
+            # Sends complete in order (one peer, FIFO): retire the finished prefix only.
+            done = 0
             for works, buf in inflight:
-                if all(w.is_completed() for w in works if not isinstance(w, torch.Tensor)):
-                    ch.wait_all(works, last, "sending a correction")  # raises if it failed
-                    if buf is not None and len(self._free) < 4:
-                        self._free.append(buf)
-                else:
-                    still.append((works, buf))
-            inflight = still
+                if not all(w.is_completed() for w in works if not isinstance(w, torch.Tensor)):
+                    break
+                ch.wait_all(works, last, "sending a correction")  # raises if it failed
+                if buf is not None and len(self._free) < 4:
+                    self._free.append(buf)
+                done += 1
+            if done:
+                del inflight[:done]
             if kind is MessageKind.CLOSE:
                 for works, _ in inflight:
                     ch.wait_all(works, last, "sending a correction")
