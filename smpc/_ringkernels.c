@@ -597,6 +597,71 @@ static PyObject *py_ltz_final(PyObject *self, PyObject *const *args, Py_ssize_t 
     Py_RETURN_NONE;
 }
 
+/* ltz_correct: the provider's correction shares of comparison material (LtzMaterial).
+ * Random components come as rows to reduce (additive: r, a; XOR: m2, m4, mb, s_xor),
+ * R rows n apart; derived ones as P partial rows (the shares parties expand) and one
+ * output row each: XOR-derived rx, rr, t2, t4, tb; additive s, as (as only when a != NULL).
+ * Mirrors LtzMaterial.derive: rx = r, rr = ((r' >> 1) & r' & EVEN) * 3 for r' = r mod 2^63,
+ * t_k = ((m & pos) | (m & pos) << 1) & ((m >> 1) & (pos | pos << 1)), s = s_xor & 1,
+ * as = a s. */
+static PyObject *py_ltz_correct(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    void *p[20];
+    Py_ssize_t R, P, N;
+    if (check_nargs(nargs, 23, "ltz_correct")) return NULL;
+    for (int i = 0; i < 20; i++)
+        if (get_ptr(args[i], &p[i])) return NULL;
+    if (get_size(args[20], &R) || get_size(args[21], &P) || get_size(args[22], &N)) return NULL;
+    const u64 *r = p[0], *a = p[1], *m2 = p[2], *m4 = p[3], *mb = p[4], *sx = p[5];
+    const u64 *prx = p[6], *prr = p[7], *pt2 = p[8], *pt4 = p[9], *ptb = p[10], *ps = p[11],
+              *pas = p[12];
+    u64 *orx = p[13], *orr = p[14], *ot2 = p[15], *ot4 = p[16], *otb = p[17], *os_ = p[18],
+        *oas = p[19];
+    const u64 pos2 = positions(4), pos4 = positions(8), posb = positions(8);
+    Py_BEGIN_ALLOW_THREADS for (Py_ssize_t i = 0; i < N; i++) {
+        u64 rv = r[i], av = a != NULL ? a[i] : 0, m2v = m2[i], m4v = m4[i], mbv = mb[i],
+            sxv = sx[i];
+        for (Py_ssize_t k = 1; k < R; k++) {
+            Py_ssize_t j = k * N + i;
+            rv += r[j];
+            if (a != NULL) av += a[j];
+            m2v ^= m2[j];
+            m4v ^= m4[j];
+            mbv ^= mb[j];
+            sxv ^= sx[j];
+        }
+        u64 low = rv & LOW63;
+        u64 rr = (low >> 1) & low & EVEN;
+        u64 ma = m2v & pos2, mbb = sar(m2v, 1) & (pos2 | (pos2 << 1));
+        u64 t2 = (ma | (ma << 1)) & mbb;
+        ma = m4v & pos4;
+        mbb = sar(m4v, 1) & (pos4 | (pos4 << 1));
+        u64 t4 = (ma | (ma << 1)) & mbb;
+        ma = mbv & posb;
+        mbb = sar(mbv, 1) & (posb | (posb << 1));
+        u64 tb = (ma | (ma << 1)) & mbb;
+        u64 sv = sxv & 1, asv = av * sv;
+        u64 vrx = rv, vrr = rr | (rr << 1);
+        for (Py_ssize_t k = 0; k < P; k++) {
+            Py_ssize_t j = k * N + i;
+            vrx ^= prx[j];
+            vrr ^= prr[j];
+            t2 ^= pt2[j];
+            t4 ^= pt4[j];
+            tb ^= ptb[j];
+            sv -= ps[j];
+            if (a != NULL) asv -= pas[j];
+        }
+        orx[i] = vrx;
+        orr[i] = vrr;
+        ot2[i] = t2;
+        ot4[i] = t4;
+        otb[i] = tb;
+        os_[i] = sv;
+        if (a != NULL) oas[i] = asv;
+    }
+    Py_END_ALLOW_THREADS Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"split3", (PyCFunction)(void (*)(void))py_split3, METH_FASTCALL,
      "split3(src, add, dst, R, K, N, sum_rows, threads): float64 limb planes of int64 rows."},
@@ -616,6 +681,7 @@ static PyMethodDef methods[] = {
     {"ltz_byte_finish", (PyCFunction)(void (*)(void))py_ltz_byte_finish, METH_FASTCALL,
      "comparison"},
     {"ltz_final", (PyCFunction)(void (*)(void))py_ltz_final, METH_FASTCALL, "comparison"},
+    {"ltz_correct", (PyCFunction)(void (*)(void))py_ltz_correct, METH_FASTCALL, "comparison"},
     {NULL, NULL, 0, NULL},
 };
 

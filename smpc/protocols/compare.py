@@ -141,6 +141,42 @@ class LtzMaterial:
             out["as"] = values["a"] * bit
         return out
 
+    def fused_correction(
+        self,
+        shared: Mapping[str, torch.Tensor],
+        private: Mapping[str, torch.Tensor],
+        partial: Mapping[str, torch.Tensor],
+        out: Mapping[str, torch.Tensor],
+    ) -> bool:
+        """The provider's corrections in one C pass (see ``Request``'s fused form)."""
+        kern = ring.native()
+        if kern is None or WORD_LEVELS != (2, 4) or _BYTE_OFFSETS != (0, 4, 6):
+            return False
+        rand = ["r", "a", "m2", "m4", "mb", "s_xor"]
+        derived = ["rx", "rr", "t2", "t4", "tb", "s", "as"]
+        if not self.mul:
+            rand.remove("a")
+            derived.remove("as")
+        tensors = (
+            [shared[k] for k in rand] + [partial[k] for k in derived] + [out[k] for k in derived]
+        )
+        if not all(
+            t.dtype == torch.int64 and t.device.type == "cpu" and t.is_contiguous() for t in tensors
+        ):
+            return False
+        n = out["rx"].numel()
+        if n == 0:
+            return False
+        rows, prows = shared["r"].numel() // n, partial["rx"].numel() // n
+        r_ptrs = [shared[k].data_ptr() if k in rand else 0 for k in
+                  ("r", "a", "m2", "m4", "mb", "s_xor")]  # fmt: skip
+        p_ptrs = [partial[k].data_ptr() if k in derived else 0 for k in
+                  ("rx", "rr", "t2", "t4", "tb", "s", "as")]  # fmt: skip
+        o_ptrs = [out[k].data_ptr() if k in derived else 0 for k in
+                  ("rx", "rr", "t2", "t4", "tb", "s", "as")]  # fmt: skip
+        kern.ltz_correct(*r_ptrs, *p_ptrs, *o_ptrs, rows, prows, n)
+        return True
+
 
 def _xor_public_(comm: Communicator, share: torch.Tensor, public: torch.Tensor) -> torch.Tensor:
     """In place: party 0's XOR share of a fresh tensor absorbs a public word."""

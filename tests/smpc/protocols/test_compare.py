@@ -191,3 +191,25 @@ def test_fused_comparison_steps_match_the_torch_path(
     for i in range(1, n):
         msb ^= fused[i].to(torch.int64)
     assert torch.equal(msb ^ s, (x < 0).to(torch.int64))
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+@pytest.mark.parametrize("mul", [False, True])
+@pytest.mark.parametrize("size", [3, 200])
+def test_fused_comparison_material_equals_derive(
+    n: int, mul: bool, size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The provider's C corrections for comparison material equal ``derive``'s, bit for bit."""
+    from smpc import ring
+
+    if ring.native() is None:
+        pytest.skip("C kernels not built")
+    req = compare.LtzMaterial((size,), mul=mul)
+    with smpc.Session(parties=n, seed=11) as sess:
+        fused = sess.dealer.request(req)
+    monkeypatch.setattr(ring, "_kernels", None)
+    with smpc.Session(parties=n, seed=11) as sess:
+        plain = sess.dealer.request(req)
+    assert set(fused) == set(plain)
+    for name in plain:
+        assert torch.equal(fused[name], plain[name]), name
