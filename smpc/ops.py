@@ -9,6 +9,7 @@ wraps them for autograd. Public operands are encoded and range-checked here.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -225,32 +226,61 @@ def can_keep(sess: Session) -> bool:
     return _fused(sess)
 
 
-def keep_operand(y: SharedTensor) -> beaver.MaskedOperand:
+@dataclass(frozen=True)
+class KeptOperand:
+    """A right operand opened once under a mask the provider keeps (see :func:`keep_operand`)."""
+
+    session: Session
+    masked: beaver.MaskedOperand
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """The operand's shape ``(k, n)``."""
+        k, n = self.masked.f.shape
+        return (int(k), int(n))
+
+
+def keep_operand(y: SharedTensor) -> KeptOperand:
     """Open a 2-D right operand once under a mask that later :func:`matmul_kept` calls reuse.
 
     For a value that does not change across many products (a trained model's
     weights in inference). Cost: 1 round, ``numel(y)`` ring elements.
+
+    Raises:
+        ShapeError: ``y`` is not 2-D.
     """
     sess = _session(y)
     if y.dim() != 2:
         raise ShapeError(f"keep_operand: `y` must be 2-D; got shape {tuple(y.shape)}")
-    return beaver.mask_operand(sess.comm, sess.dealer, y.share, sess.new_mask_key())
+    masked = beaver.mask_operand(sess.comm, sess.dealer, y.share, sess.new_mask_key())
+    return KeptOperand(sess, masked)
 
 
-def matmul_kept(x: SharedTensor, y: beaver.MaskedOperand) -> SharedTensor:
+def matmul_kept(x: SharedTensor, y: KeptOperand) -> SharedTensor:
     """``x @ y`` for a shared 2-D ``x`` and an operand kept by :func:`keep_operand`.
 
     Cost: 2 rounds; ``numel(x)`` then ``numel(out)`` ring elements (``y`` is not
     sent again). Needs the default (probabilistic) truncation.
+
+    Raises:
+        SessionMismatchError: ``x`` and ``y`` belong to different sessions.
+        ShapeError: ``x`` is not ``(m, k)`` for ``y`` of shape ``(k, n)``.
+        ValueError: the session truncates with the opt-in local truncation.
     """
     sess = _session(x)
+    if not isinstance(y, KeptOperand):
+        raise TypeError(f"matmul_kept: `y` must come from keep_operand; got {type(y).__name__}")
+    if y.session is not sess:
+        raise SessionMismatchError(
+            "matmul_kept: `x` and the kept operand belong to different sessions"
+        )
     if not _fused(sess):
         raise ValueError("matmul_kept needs the default probabilistic truncation")
-    k, n = y.f.shape
+    k, _ = y.shape
     if x.dim() != 2 or x.shape[1] != k:
         raise ShapeError(f"matmul_kept: expected `x` of shape (m, {k}); got {tuple(x.shape)}")
     f = sess.encoding.frac_bits
-    z = beaver.bilinear_trunc_kept(sess.comm, sess.dealer, ring.MatmulOp(), x.share, y, f)
+    z = beaver.bilinear_trunc_kept(sess.comm, sess.dealer, ring.MatmulOp(), x.share, y.masked, f)
     return _wrap(sess, z)
 
 

@@ -19,7 +19,6 @@ from .. import functional as F
 from .. import ops
 from ..autograd import is_grad_enabled
 from ..errors import ShapeError
-from ..protocols.beaver import MaskedOperand
 from ..session import Session
 from ..tensor import SharedTensor
 
@@ -213,7 +212,7 @@ class Linear(Module):
             return out if self.bias is None else ops.add(out, self.bias)
         return F.linear(x, self.weight, self.bias)
 
-    def _kept_weight(self) -> MaskedOperand:
+    def _kept_weight(self) -> ops.KeptOperand:
         """``weight.T`` opened once under a kept mask, redone when the weight's shares change."""
         kept = self.__dict__.get("_kept")
         if kept is None or kept[0] is not self.weight.share:

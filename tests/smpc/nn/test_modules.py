@@ -38,3 +38,26 @@ def test_linear_inference_keeps_the_weight_mask_until_the_weights_change() -> No
             out = enc(xs).reveal()
             assert (sess.stats - before).bytes_per_party[0] == costs[0]
         torch.testing.assert_close(out, new(x).detach(), atol=1e-3, rtol=0)
+
+
+def test_kept_operand_bad_input_is_a_clear_error() -> None:
+    import pytest
+
+    from smpc import ops
+    from smpc.errors import SessionMismatchError, ShapeError
+
+    with smpc.Session(2) as a, smpc.Session(2) as b:
+        w = a.share(torch.randn(4, 3))
+        with pytest.raises(ShapeError, match="must be 2-D"):
+            ops.keep_operand(a.share(torch.randn(2, 4, 3)))
+        kept = ops.keep_operand(w)
+        with pytest.raises(ShapeError, match=r"expected `x` of shape \(m, 4\)"):
+            ops.matmul_kept(a.share(torch.randn(2, 5)), kept)
+        with pytest.raises(SessionMismatchError, match="different sessions"):
+            ops.matmul_kept(b.share(torch.randn(2, 4)), kept)
+        with pytest.raises(TypeError, match="keep_operand"):
+            ops.matmul_kept(a.share(torch.randn(2, 4)), w)  # type: ignore[arg-type]
+    with smpc.Session(2, truncation="local") as c:
+        kept_c = ops.keep_operand(c.share(torch.randn(4, 3)))
+        with pytest.raises(ValueError, match="probabilistic truncation"):
+            ops.matmul_kept(c.share(torch.randn(2, 4)), kept_c)
