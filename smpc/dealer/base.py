@@ -257,6 +257,37 @@ def _trunc_material(r: torch.Tensor, frac_bits: int, bound_bits: int) -> dict[st
     }
 
 
+def _bilinear_trunc_values(
+    op: ring.BilinearOp, frac_bits: int, values: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """``c = op(a, b) + r + 2^62`` and the truncation material of ``r``."""
+    r = values["r"]
+    c = op(values["a"], values["b"]).add_(r)
+    c += 1 << 62
+    return {"c": c, **_trunc_material(r, frac_bits, 62)}
+
+
+def _bilinear_trunc_fused(
+    op: ring.BilinearOp,
+    frac_bits: int,
+    shared: Mapping[str, torch.Tensor],
+    private: Mapping[str, torch.Tensor],
+    partial: Mapping[str, torch.Tensor],
+    out: Mapping[str, torch.Tensor],
+) -> bool:
+    """The fused corrections of a 2-D matmul truncation triple (False for other ops)."""
+    a, b = shared["a"], shared["b"]
+    if not isinstance(op, ring.MatmulOp) or a.dim() != 3 or b.dim() != 3:
+        return False
+    return ring.fused_trunc_correct(
+        private["r"],
+        (partial["neg_r_hi"], partial["s"]),
+        (out["neg_r_hi"], out["s"]),
+        frac_bits,
+        product=(ring.matmul_of_row_sums(a, b), None, partial["c"], out["c"]),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class MulTruncTriple:
     """A Beaver triple whose product carries a truncation mask: ``c = a*b + r + 2^62``.
@@ -327,10 +358,7 @@ class BilinearTruncTriple:
         )
 
     def derive(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        r = values["r"]
-        c = self.op(values["a"], values["b"]).add_(r)
-        c += 1 << 62
-        return {"c": c, **_trunc_material(r, self.frac_bits, 62)}
+        return _bilinear_trunc_values(self.op, self.frac_bits, values)
 
     def fused_correction(
         self,
@@ -340,17 +368,7 @@ class BilinearTruncTriple:
         out: Mapping[str, torch.Tensor],
     ) -> bool:
         """See :func:`fused_correction`: 2-D matmuls (the mask sums folded into the limb split)."""
-        a, b = shared["a"], shared["b"]
-        if not isinstance(self.op, ring.MatmulOp) or a.dim() != 3 or b.dim() != 3:
-            return False
-        product = ring.matmul_of_row_sums(a, b)
-        return ring.fused_trunc_correct(
-            private["r"],
-            (partial["neg_r_hi"], partial["s"]),
-            (out["neg_r_hi"], out["s"]),
-            self.frac_bits,
-            product=(product, None, partial["c"], out["c"]),
-        )
+        return _bilinear_trunc_fused(self.op, self.frac_bits, shared, private, partial, out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,10 +418,7 @@ class KeptBilinearTruncTriple:
         )
 
     def derive(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        r = values["r"]
-        c = self.op(values["a"], values["b"]).add_(r)
-        c += 1 << 62
-        return {"c": c, **_trunc_material(r, self.frac_bits, 62)}
+        return _bilinear_trunc_values(self.op, self.frac_bits, values)
 
     def fused_correction(
         self,
@@ -413,13 +428,4 @@ class KeptBilinearTruncTriple:
         out: Mapping[str, torch.Tensor],
     ) -> bool:
         """See :func:`fused_correction` (2-D matmuls; ``b`` comes as one row)."""
-        a, b = shared["a"], shared["b"]
-        if not isinstance(self.op, ring.MatmulOp) or a.dim() != 3 or b.dim() != 3:
-            return False
-        return ring.fused_trunc_correct(
-            private["r"],
-            (partial["neg_r_hi"], partial["s"]),
-            (out["neg_r_hi"], out["s"]),
-            self.frac_bits,
-            product=(ring.matmul_of_row_sums(a, b), None, partial["c"], out["c"]),
-        )
+        return _bilinear_trunc_fused(self.op, self.frac_bits, shared, private, partial, out)
