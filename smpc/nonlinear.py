@@ -495,21 +495,38 @@ def reciprocal(
     the sign handling (one comparison) when ``x > 0`` is known. When the caller
     knows ``lo <= x <= hi`` (``bounds``, ``0 < lo < hi``), the start is instead the
     minimax line ``a - b x`` on that interval (no exponential) and, unless
-    ``iterations`` is given, the Newton steps are just enough for the encoding's
-    precision (5 for a softmax denominator in [1, 10]).
+    ``iterations`` is given, the Newton steps are enough for the encoding's
+    precision plus one (6 for a softmax denominator in [1, 10]); valid for
+    ``hi <= 2^(f/2 + 2)`` (1024 at ``f = 16``), where ``1/hi`` keeps about 8
+    significant bits.
     Cost: exp (18 rounds) + 4 rounds per iteration (10 by default; + 7 for the
-    sign); with ``bounds``: 1 + 4 rounds per iteration.
+    sign); with ``bounds``: 2 + 4 rounds per iteration.
     """
     x = _check_shared(x, "x")
     sess = _sess(x)
     if bounds is not None:
         lo, hi = float(bounds[0]), float(bounds[1])
-        if not 0 < lo < hi < math.inf:
-            raise ValueError(f"`bounds` must satisfy 0 < lo < hi < inf; got {bounds}")
+        limit = 2.0 ** (sess.encoding.frac_bits / 2 + 2)
+        if not 0 < lo < hi <= limit:
+            raise ValueError(
+                f"`bounds` must satisfy 0 < lo < hi <= {limit:g} (2^(f/2+2), where 1/hi keeps "
+                f"8 significant bits); got {bounds}"
+            )
         a_coef, b_coef, err = _linear_guess(lo, hi)
-        steps = _newton_steps(err, sess.encoding.frac_bits) if iterations is None else iterations
+        # The slope can be far below one ulp's relative precision (b ~ 1 / (lo hi)):
+        # multiply by it in two public steps, b 2^s (in [1, 2)) then the exact 2^-s.
+        shift = builtins.min(
+            sess.encoding.frac_bits, builtins.max(0, -math.floor(math.log2(b_coef)))
+        )
+        steps = (
+            _newton_steps(err, sess.encoding.frac_bits) + 1 if iterations is None else iterations
+        )
         _check_iters(steps, "iterations")
-        y0 = ops.add(ops.mul(x, -b_coef), a_coef) if initial is None else initial
+        if initial is None:
+            slope = ops.mul(ops.mul(x, -b_coef * 2.0**shift), 2.0**-shift)
+            y0 = ops.add(slope, a_coef)
+        else:
+            y0 = initial
         return _newton_reciprocal(x, y0, steps)
     steps = 10 if iterations is None else iterations
     _check_iters(steps, "iterations")
@@ -653,7 +670,10 @@ def softmax(
     _, e, s, k = _softmax_parts(x, dim, exp_iterations)
     if k == 1:
         return ops.add(ops.mul(e, 0.0), 1.0)
-    inv = reciprocal(s, iterations=reciprocal_iterations, bounds=(1.0, float(k)))
+    if k <= 2.0 ** (_sess(x).encoding.frac_bits / 2 + 2):
+        inv = reciprocal(s, iterations=reciprocal_iterations, bounds=(1.0, float(k)))
+    else:  # too many classes for the bounded start: the exponential one, 10 steps
+        inv = reciprocal(s, iterations=reciprocal_iterations or 10, positive=True)
     return ops.mul(e, inv)
 
 

@@ -421,3 +421,38 @@ def test_distributed_matches_torch_and_simulation(n: int, seed: int) -> None:
         assert (
             res["relu_cost"] == sim["relu_cost"] == (7, compare.cost(n, mul=True)[1] * (n - 1) * 24)
         )
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    party_counts,
+    st.floats(0.05, 50.0),
+    st.floats(1.5, 400.0),
+    st.integers(0, 2**31 - 1),
+)
+def test_reciprocal_with_bounds_property(n: int, lo: float, ratio: float, seed: int) -> None:
+    """``reciprocal(bounds=(lo, hi))`` on random intervals and inputs, 2-5 parties."""
+    hi = min(lo * ratio, 1000.0)
+    g = torch.Generator().manual_seed(seed)
+    x = lo + (hi - lo) * torch.rand(64, generator=g, dtype=torch.float64)
+    with smpc.Session(n) as sess:
+        out = nl.reciprocal(sess.share(x), bounds=(lo, hi)).reveal().double()
+    # Newton converges to the fixed-point resolution: a few ulps absolute, plus a
+    # small relative error where 1/x is large.
+    err = (out - 1 / x).abs()
+    assert float((err - 1e-3 / x).max()) <= 8 * 2.0**-16
+
+
+def test_reciprocal_bounds_bad_input() -> None:
+    with smpc.Session(2) as sess:
+        x = sess.share(torch.tensor([2.0]))
+        for bad in [(0.0, 1.0), (2.0, 1.0), (-1.0, 3.0), (1.0, float("inf")), (1.0, 2000.0)]:
+            with pytest.raises(ValueError, match="bounds"):
+                nl.reciprocal(x, bounds=bad)
+
+
+def test_softmax_over_more_classes_than_the_bounded_reciprocal_takes() -> None:
+    x = torch.randn(2, 1100, generator=torch.Generator().manual_seed(0)) * 2
+    with smpc.Session(2) as sess:
+        p = nl.softmax(sess.share(x), 1).reveal().double()
+    assert float((p - x.double().softmax(1)).abs().max()) <= 5e-4
