@@ -39,6 +39,7 @@ from tests.smpc.comm.dist_programs import (
     desync_shape_program,
     dies_program,
     kept_inference_program,
+    many_rows_program,
     object_program,
     protocol_program,
     raises_program,
@@ -311,7 +312,7 @@ def test_inference_reuses_kept_weight_masks(n: int) -> None:
     g = torch.Generator().manual_seed(n)
     torch.manual_seed(n)
     plain = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
-    batches = [torch.randn(4, 6, generator=g) for _ in range(3)]
+    batches = [torch.randn(rows, 6, generator=g) for rows in (20, 20, 20, 4)]
     program = functools.partial(kept_inference_program, state=plain.state_dict(), batches=batches)
     results = run(program, parties=n, timeout=20)
     sim = _simulate(program, n)
@@ -321,7 +322,19 @@ def test_inference_reuses_kept_weight_masks(n: int) -> None:
         for got, ref in zip(res["out"], want, strict=True):
             torch.testing.assert_close(got, ref, atol=1e-3, rtol=0)
     # The first batch also opens the weights' masked values (6*5 + 5*3 elements).
+    # The first batch also opens the weights' masked values (6*5 + 5*3 elements);
+    # the others (20 rows: the fused limb-GEMM local step; 4 rows: broadcast) only their data.
     weights_bytes = (6 * 5 + 5 * 3) * 8 * (n - 1) * n
     assert sim["bytes"][0] - sim["bytes"][1] == weights_bytes
-    assert sim["bytes"][1] == sim["bytes"][2]
+    assert sim["bytes"][1] == sim["bytes"][2] > sim["bytes"][3]
     _assert_same_costs([res["stats"] for res in results], sim["stats"])
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("n", [2, 3])
+def test_matmul_with_many_rows(n: int) -> None:
+    g = torch.Generator().manual_seed(n)
+    xp, wp = torch.randn(40, 300, generator=g), torch.randn(300, 24, generator=g)
+    results = run(functools.partial(many_rows_program, xp=xp, wp=wp), parties=n, timeout=30)
+    for out in results:
+        torch.testing.assert_close(out, xp @ wp, atol=2e-3, rtol=0)

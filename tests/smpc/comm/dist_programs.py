@@ -199,3 +199,13 @@ def kept_inference_program(
             outs.append(enc(x).reveal())
             costs.append(sess.stats - before)
     return {"out": outs, "bytes": [c.bytes for c in costs], "stats": sess.stats}
+
+
+def many_rows_program(sess: smpc.Session, xp: torch.Tensor, wp: torch.Tensor) -> torch.Tensor:
+    """A shared-by-shared matmul with more than 16 rows (the fused local step)."""
+    last = sess.world_size - 1
+    x = sess.share(xp if sess.rank in (None, 0) else None, src=0)
+    w = sess.share(wp if sess.rank in (None, last) else None, src=last)
+    out = (x @ w).reveal()
+    assert out is not None
+    return out

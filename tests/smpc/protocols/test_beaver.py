@@ -143,3 +143,36 @@ def test_kept_mask_unknown_key_is_a_clear_error() -> None:
         req = KeptBilinearTruncTriple(ring.MatmulOp(), (2, 3), (3, 4), 16, key=99)
         with pytest.raises(DealerError, match="no kept mask with key 99"):
             sess.dealer.request(req)
+
+
+@given(
+    party_counts,
+    st.integers(17, 70),
+    st.integers(1, 1100),
+    st.integers(1, 20),
+    st.sampled_from(["2d", "left_batch", "right_batch"]),
+    seeds,
+)
+def test_matmul_many_rows_exact_and_truncated(
+    n: int, m: int, k: int, p: int, layout: str, seed: int
+) -> None:
+    """Products with more than 16 rows take the fused limb-GEMM local step (2-5 parties)."""
+    from smpc import encoding
+
+    # Protocol operands have equal ranks (the tensor layer aligns them below the party axis).
+    xs = (2, m, k) if layout == "left_batch" else (1, m, k) if layout == "right_batch" else (m, k)
+    ys = (2, k, p) if layout == "right_batch" else (1, k, p) if layout == "left_batch" else (k, p)
+    x, y = _ring(xs, seed), _ring(ys, seed + 1)
+    with smpc.Session(parties=n) as sess:
+        z = beaver.matmul(sess.comm, sess.dealer, _share(sess, x), _share(sess, y))
+        assert torch.equal(z.sum(0), torch.matmul(x, y))
+        fx = encoding.FixedPoint(16)
+        g = torch.Generator().manual_seed(seed)
+        xp = torch.randn(xs, generator=g, dtype=torch.float64)
+        yp = torch.randn(ys, generator=g, dtype=torch.float64)
+        xe, ye = fx.encode(xp), fx.encode(yp)
+        zt = beaver.bilinear_trunc(
+            sess.comm, sess.dealer, ring.MatmulOp(), _share(sess, xe), _share(sess, ye), 16
+        )
+        diff = zt.sum(0) - (torch.matmul(xe, ye) >> 16)
+        assert int(diff.min()) >= 0 and int(diff.max()) <= 1
