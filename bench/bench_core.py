@@ -48,9 +48,10 @@ def _row(name: str, med: float, best: float, plain: float, extra: str, steal: fl
     )
 
 
-def run_simulation(repeat: int) -> None:
-    """Time each workload with both parties simulated in this process."""
+def run_simulation(repeat: int) -> dict[str, float]:
+    """Time each workload with both parties simulated in this process; return the medians."""
     print("== simulation (2 parties + provider, one process) ==")
+    medians: dict[str, float] = {}
     for name, (sx, sy, kind) in WORKLOADS.items():
         op = _op(kind)
         xp, yp = torch.randn(sx), torch.randn(sy)
@@ -66,6 +67,8 @@ def run_simulation(repeat: int) -> None:
             f"provider {d.dealer_bytes:,} B"
         )
         print(_row(name, med, best, plain, extra, steal.fraction))
+        medians[name] = med
+    return medians
 
 
 def _dist_program(sess: smpc.Session, repeat: int) -> dict[str, tuple[float, float, int, int]]:
@@ -85,7 +88,7 @@ def _dist_program(sess: smpc.Session, repeat: int) -> dict[str, tuple[float, flo
     return out
 
 
-def run_distributed(repeat: int) -> None:
+def run_distributed(repeat: int, sim: dict[str, float] | None = None) -> None:
     """Time each workload with 2 party processes + the provider over gloo on loopback."""
     print("== distributed (2 party processes + provider process, gloo on loopback) ==")
     with StealMeter() as steal:
@@ -103,6 +106,8 @@ def run_distributed(repeat: int) -> None:
         best = max(r[name][1] for r in results)
         _, _, rounds, nbytes = results[0][name]
         extra = f"rounds {rounds}  bytes/party {nbytes:,}"
+        if sim and name in sim:
+            extra += f"  dist/sim {med / sim[name]:.2f}"
         print(_row(name, med, best, plain, extra, steal.fraction))
 
 
@@ -114,9 +119,9 @@ def main() -> None:
     parser.add_argument("--no-distributed", action="store_true")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
-    run_simulation(args.repeat)
+    sim = run_simulation(args.repeat)
     if not args.no_distributed:
-        run_distributed(args.repeat)
+        run_distributed(args.repeat, sim)
 
 
 if __name__ == "__main__":
