@@ -362,8 +362,9 @@ def plot(path: str, enc: History, plain: History, cfg: Config) -> None:
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     ep = range(1, cfg.epochs + 1)
-    a.plot(ep, plain.loss, "o-", label="plaintext")
-    a.plot(ep, enc.loss, "s--", label="encrypted")
+    a.plot(ep, plain.loss, "o-", label="plaintext (every step)")
+    every = f"every {cfg.log_every}th step" if cfg.log_every > 1 else "every step"
+    a.plot(ep, enc.loss, "s--", label=f"encrypted ({every}, revealed)")
     a.set_xlabel("epoch")
     a.set_ylabel(f"training loss ({cfg.loss})")
     a.legend()
@@ -373,6 +374,10 @@ def plot(path: str, enc: History, plain: History, cfg: Config) -> None:
     b.set_xlabel("epoch")
     b.set_ylabel("test accuracy (%)")
     b.legend()
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (a, b):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(
         f"MNIST {cfg.model.upper()}, {cfg.parties} parties + provider, "
         f"{cfg.train_size} train / {cfg.test_size} test images"
