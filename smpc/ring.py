@@ -174,9 +174,9 @@ def _combine(
     r, m, n = shape
     if out is None:
         out = torch.empty(shape, dtype=torch.int64)
-    if _kernels is not None and all(g.is_contiguous() for g in groups):
+    if _kernels is not None and out.is_contiguous() and all(g.is_contiguous() for g in groups):
         if base is not None and not _fusable(base):
-            base = base.contiguous()
+            base = base.contiguous()  # (never ``out`` itself: that one is contiguous)
         ptrs = [g.data_ptr() for g in groups]
         bptr = 0 if base is None else base.data_ptr()
         _kernels.combine3(*ptrs, bptr, out.data_ptr(), r, m, n, _threads(r * m * n))
