@@ -387,11 +387,18 @@ class Channel:
             self.wait(work, src, what)
         return kind, data, aux
 
-    def wait_all(self, works: Pending, peer: int, what: str) -> None:
+    def wait_all(
+        self,
+        works: Pending,
+        peer: int,
+        what: str,
+        *,
+        timeout: datetime.timedelta | None = None,
+    ) -> None:
         """Wait for sends posted by :meth:`send` (skipping the kept-alive tensors)."""
         for w in works:
             if not isinstance(w, torch.Tensor):
-                self.wait(w, peer, what)
+                self.wait(w, peer, what, timeout=timeout)
 
 
 def _align8(n: int) -> int:

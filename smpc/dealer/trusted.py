@@ -54,6 +54,10 @@ from .base import Component, Request, fused_correction, kept_values
 __all__ = ["TrustedDealer", "TrustedDealerClient", "Shares", "DealerStats", "dealer_key"]
 
 
+# Correction sends kept in flight while the provider serves the next requests.
+_INFLIGHT = 2
+
+
 def dealer_key(seed: int | bytes | str | None, party: int) -> bytes | None:
     """The stream key of ``party`` under the testing ``seed`` (``None``: draw from os.urandom)."""
     return None if seed is None else key_from_seed(seed, label=f"trusted-dealer/{party}")
@@ -259,11 +263,16 @@ class TrustedDealerClient:
 
 @dataclass(slots=True)
 class DealerStats:
-    """What the provider process did: requests served and payload bytes sent."""
+    """What the provider process did: requests served and payload bytes sent.
+
+    ``peak_in_flight`` is the most correction sends (with their buffers) held at
+    once: bounded, so the provider's memory stays flat however long the session.
+    """
 
     requests: int = 0
     correction_bytes: int = 0
     seed_bytes: int = 0
+    peak_in_flight: int = 0
 
 
 class TrustedDealer:
@@ -341,25 +350,23 @@ class TrustedDealer:
         last = self.world_size - 1
         seq = 0
         # Sends complete only when the party posts its receive, which it does lazily:
-        # keep them in flight (with their buffers) and recycle the buffers once done.
-        inflight: list[tuple[Pending, torch.Tensor | None]] = []
+        # keep the newest in flight (with their buffers), recycle the buffers after.
+        inflight: deque[tuple[Pending, torch.Tensor | None]] = deque()
         while True:
             seq += 1
             kind, data, _ = ch.recv(
                 last, seq, MessageKind.REQUEST, f"waiting for request #{seq}",
                 timeout=LONG_WAIT, accept=(MessageKind.CLOSE,),
             )  # fmt: skip
-            # Sends complete in order (one peer, FIFO): retire the finished prefix only.
-            done = 0
-            for works, buf in inflight:
-                if not all(w.is_completed() for w in works if not isinstance(w, torch.Tensor)):
-                    break
-                ch.wait_all(works, last, "sending a correction")  # raises if it failed
-                if buf is not None and len(self._free) < 4:
+            # Retire all but the newest sends (one peer, FIFO). gloo's
+            # ``is_completed()`` stays False until ``wait()`` is called, so wait: the
+            # last party reads corrections in order, and it has read the older ones
+            # before it needs a newer one, so this never waits on the party for long.
+            while len(inflight) > _INFLIGHT:
+                works, buf = inflight.popleft()
+                ch.wait_all(works, last, "sending a correction", timeout=LONG_WAIT)
+                if buf is not None and len(self._free) < _INFLIGHT + 2:
                     self._free.append(buf)
-                done += 1
-            if done:
-                del inflight[:done]
             if kind is MessageKind.CLOSE:
                 for works, _ in inflight:
                     ch.wait_all(works, last, "sending a correction")
@@ -374,6 +381,7 @@ class TrustedDealer:
                 continue
             works = ch.send(last, seq, MessageKind.CORRECTION, corr if corr.numel() else None)
             inflight.append((works, buf))
+            self.stats.peak_in_flight = max(self.stats.peak_in_flight, len(inflight))
             self.stats.requests += 1
             self.stats.correction_bytes += corr.numel() * 8
 
