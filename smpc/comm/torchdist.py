@@ -6,15 +6,20 @@ process group on TCP whose ranks are ``0 .. world_size - 1`` for the computing
 parties and ``world_size`` for the crypto provider (see
 :mod:`smpc.dealer.trusted`).
 
-Wire format. Every message is a fixed 4-element int64 *header*
-``[seq, kind, nbytes, aux]`` on one gloo tag, followed (when ``nbytes > 0``) by
-one *payload* message on another tag. ``seq`` is the deterministic operation
-counter (every communicator call increments it identically on every party),
-so a party that calls a different operation, or the same one with other
-shapes, gets :class:`~smpc.errors.ProtocolDesyncError` instead of corrupted
-data. The header is what makes this safe: gloo aborts the whole process when a
-message is larger than the posted receive buffer, so a receiver posts the
-payload buffer only after checking the announced size.
+Wire format. Every message is a *frame* on one gloo tag: a 128-byte head
+``[seq, kind, nbytes, aux, inline, nparts, part sizes...]`` followed, when it
+fits in ``FRAME_BYTES`` (1 MiB), by the payload itself. Each party keeps a
+``FRAME_BYTES`` receive posted for every peer in advance, and gloo delivers a
+shorter message into a larger posted buffer, so a frame travels at once, in
+one message, with no send/receive handshake (gloo holds back a send until the
+receiver has posted its receive). Larger payloads follow the head on another
+tag, in parts. ``seq`` is the deterministic operation counter (every
+communicator call increments it identically on every party), so a party that
+calls a different operation, or the same one with other shapes, gets
+:class:`~smpc.errors.ProtocolDesyncError` instead of corrupted data. The head
+is what makes this safe: gloo aborts the whole process when a message is
+larger than the posted receive buffer, so a receiver posts a separate payload
+buffer only after checking the announced size.
 
 Costs. An opening batches all shares of the call into one flat buffer per peer;
 sends and receives to every peer are posted together (no deadlock, one round).
@@ -34,6 +39,7 @@ import datetime
 import ipaddress
 import os
 import pickle
+import zlib
 from collections.abc import Sequence
 from enum import IntEnum
 from typing import Protocol, cast
@@ -59,13 +65,16 @@ __all__ = [
 ]
 
 DEFAULT_PORT = 29533
-# A header is [seq, kind, nbytes, aux] followed by room for a small inline payload:
-# small messages (most rounds of comparison protocols) then cost one message, not two.
-HEADER_NUMEL = 512
-INLINE_BYTES = (HEADER_NUMEL - 4) * 8
+# A frame is a head of HEAD_NUMEL int64 [seq, kind, nbytes, aux, inline, nparts,
+# part sizes...] and, when the whole fits in FRAME_BYTES, the payload (8-aligned).
+# Receives of FRAME_BYTES are posted in advance; only the bytes sent travel.
+HEAD_NUMEL = 16
+HEAD_BYTES = HEAD_NUMEL * 8
+FRAME_BYTES = 1 << 20
+INLINE_BYTES = FRAME_BYTES - HEAD_BYTES
 # Above INLINE_BYTES, an opening of up to MAX_PARTS shares sends each share without
 # concatenating them (saves a copy of the payload); more shares are concatenated.
-MAX_PARTS = 8
+MAX_PARTS = HEAD_NUMEL - 6
 # gloo tags: headers and payloads travel on separate tags so that a header can never
 # land in a payload buffer (gloo matches messages by (peer, tag), FIFO).
 TAG_HEADER = 11
@@ -227,24 +236,50 @@ class Channel:
         if self.failed is not None:
             raise type(self.failed)(f"the runtime failed earlier: {self.failed}")
 
+    @staticmethod
+    def _frame(
+        seq: int, kind: MessageKind, nbytes: int, aux: int, inline: bool, sizes: Sequence[int] = ()
+    ) -> torch.Tensor:
+        """A frame with its head filled, with room for ``nbytes`` of payload if ``inline``."""
+        words = HEAD_NUMEL + ((nbytes + 7) // 8 if inline else 0)
+        frame = torch.empty(words, dtype=torch.int64)
+        head = [seq, int(kind), nbytes, aux, int(inline), len(sizes), *sizes[:MAX_PARTS]]
+        frame[: len(head)] = torch.tensor(head, dtype=torch.int64)
+        return frame
+
+    @staticmethod
+    def frame_payload(frame: torch.Tensor, nbytes: int) -> torch.Tensor:
+        """The inline payload of a frame, as ``nbytes`` uint8 (a view)."""
+        return frame[HEAD_NUMEL:].view(torch.uint8)[:nbytes]
+
     def send(
-        self, dst: int, seq: int, kind: MessageKind, payload: torch.Tensor | None, aux: int = 0
+        self,
+        dst: int,
+        seq: int,
+        kind: MessageKind,
+        payload: torch.Tensor | None,
+        aux: int = 0,
+        sizes: Sequence[int] = (),
     ) -> Pending:
         """Post one message to ``dst``; return the works to wait for (with the kept-alive buffers).
 
-        A payload of at most ``INLINE_BYTES`` travels inside the header (one message);
-        a larger one follows on the payload tag. The caller must keep ``payload``
-        unchanged until the works complete.
+        ``sizes``: byte sizes of parts concatenated in ``payload``, recorded in the
+        head (with their digest as ``aux``) for :meth:`check_parts`.
+
+        A payload of at most ``INLINE_BYTES`` travels inside the frame (one message,
+        a copy); a larger one follows on the payload tag, as is. The caller must keep
+        ``payload`` unchanged until the works complete.
         """
         nbytes = 0 if payload is None else payload.numel() * payload.element_size()
-        header = torch.empty(HEADER_NUMEL, dtype=torch.int64)
-        header[:4] = torch.tensor([seq, int(kind), nbytes, aux], dtype=torch.int64)
         inline = nbytes <= INLINE_BYTES
+        if sizes:
+            aux = _digest(sizes)
+        frame = self._frame(seq, kind, nbytes, aux, inline, sizes)
         if nbytes and inline:
             assert payload is not None
-            header[4:].view(torch.uint8)[:nbytes].copy_(payload.reshape(-1).view(torch.uint8))
+            self.frame_payload(frame, nbytes).copy_(payload.reshape(-1).view(torch.uint8))
         try:
-            works: Pending = [self.pg.send([header], dst, TAG_HEADER), header]
+            works: Pending = [self.pg.send([frame], dst, TAG_HEADER), frame]
             if not inline:
                 assert payload is not None and payload.is_contiguous()
                 works += [self.pg.send([payload], dst, TAG_PAYLOAD), payload]
@@ -252,19 +287,38 @@ class Channel:
             raise self.fail(dst, f"sending message #{seq} ({kind.name})", e) from e
         return works
 
+    def send_frame(self, dst: int, frame: torch.Tensor) -> Pending:
+        """Post a frame built by :meth:`inline_frame` (payload already in place)."""
+        try:
+            return [self.pg.send([frame], dst, TAG_HEADER), frame]
+        except RuntimeError as e:
+            raise self.fail(dst, f"sending message #{int(frame[0])}", e) from e
+
+    def inline_frame(
+        self, seq: int, kind: MessageKind, nbytes: int, sizes: Sequence[int] = ()
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A frame for ``nbytes <= INLINE_BYTES`` of payload and its uint8 payload view.
+
+        ``sizes``: the byte sizes of the parts packed in the payload, recorded in
+        the head for :meth:`check_parts`. The caller writes the payload into the
+        view (no extra copy), then sends the frame to every peer with :meth:`send_frame`.
+        """
+        assert nbytes <= INLINE_BYTES
+        frame = self._frame(seq, kind, nbytes, _digest(sizes), True, sizes)
+        return frame, self.frame_payload(frame, nbytes)
+
     def send_parts(
         self, dst: int, seq: int, kind: MessageKind, parts: Sequence[torch.Tensor]
     ) -> Pending:
-        """Post a header listing the parts' byte sizes, then each part as is (zero-copy).
+        """Post a head listing the parts' byte sizes, then each part as is (zero-copy).
 
-        For large multi-tensor messages: no concatenation copy. ``aux`` is the part count.
+        For large multi-tensor messages: no concatenation copy.
         """
         sizes = [p.numel() * p.element_size() for p in parts]
-        header = torch.empty(HEADER_NUMEL, dtype=torch.int64)
-        header[:4] = torch.tensor([seq, int(kind), sum(sizes), len(parts)], dtype=torch.int64)
-        header[4 : 4 + len(parts)] = torch.tensor(sizes, dtype=torch.int64)
+        assert len(sizes) <= MAX_PARTS
+        frame = self._frame(seq, kind, sum(sizes), _digest(sizes), False, sizes)
         try:
-            works: Pending = [self.pg.send([header], dst, TAG_HEADER), header]
+            works: Pending = [self.pg.send([frame], dst, TAG_HEADER), frame]
             for part, size in zip(parts, sizes, strict=True):
                 if size:
                     works += [self.pg.send([part], dst, TAG_PAYLOAD), part]
@@ -275,10 +329,11 @@ class Channel:
     def check_parts(
         self, header: torch.Tensor, src: int, seq: int, sizes: Sequence[int], what: str
     ) -> None:
-        """Check that a :meth:`send_parts` header lists exactly ``sizes``."""
+        """Check that a head announces parts of exactly ``sizes`` bytes (count, sizes, digest)."""
         k = len(sizes)
-        got = header[4 : 4 + min(int(header[3]), HEADER_NUMEL - 4)].tolist()
-        if int(header[3]) != k or got != list(sizes):
+        n = int(header[5])
+        got = header[6 : 6 + min(max(n, 0), MAX_PARTS)].tolist()
+        if n != k or got != list(sizes[:MAX_PARTS]) or int(header[3]) != _digest(sizes):
             self.failed = err = ProtocolDesyncError(
                 f"{self.who(self.rank)} expected parts of {list(sizes)} bytes in message "
                 f"#{seq} ({what}) from {self.who(src)}, got {got}: the parties' shapes differ"
@@ -293,18 +348,18 @@ class Channel:
             raise self.fail(src, "posting a receive", e) from e
 
     def _post_header(self, src: int) -> tuple[Work, torch.Tensor]:
-        header = torch.empty(HEADER_NUMEL, dtype=torch.int64)
+        frame = torch.empty(FRAME_BYTES // 8, dtype=torch.int64)
         try:
-            return self.pg.recv([header], src, TAG_HEADER), header
+            return self.pg.recv([frame], src, TAG_HEADER), frame
         except RuntimeError as e:
             raise self.fail(src, "posting a receive", e) from e
 
     def take_header(
         self, src: int, what: str, *, timeout: datetime.timedelta | None = None
     ) -> torch.Tensor:
-        """Wait for ``src``'s next header.
+        """Wait for ``src``'s next frame.
 
-        The receive of the following header is posted at once, so that a peer's next
+        The receive of the following frame is posted at once, so that a peer's next
         message lands in a waiting buffer instead of a send/receive handshake.
         """
         posted = self._posted.pop(src, None)
@@ -346,16 +401,31 @@ class Channel:
         return got_nbytes, aux
 
     def payload(
-        self, header: torch.Tensor, src: int, nbytes: int, buf: torch.Tensor | None = None
+        self,
+        header: torch.Tensor,
+        src: int,
+        nbytes: int,
+        buf: torch.Tensor | None = None,
+        *,
+        keep: bool = False,
     ) -> tuple[Work | None, torch.Tensor]:
         """The payload announced by ``header``, as ``nbytes`` uint8.
 
-        Inline payloads are a view of the header (no wait: ``work`` is ``None``);
-        otherwise its receive is posted into ``buf`` (default: a fresh buffer) and
-        ``work`` must be waited for.
+        Inline payloads are a view of the frame (no wait: ``work`` is ``None``),
+        copied out if ``keep`` (the caller holds on to it: a view would keep the
+        whole 1 MiB frame alive) when small; otherwise its receive is posted into ``buf``
+        (default: a fresh buffer) and ``work`` must be waited for.
         """
-        if nbytes <= INLINE_BYTES:
-            return None, header[4:].view(torch.uint8)[:nbytes]
+        if int(header[4]):
+            if nbytes > INLINE_BYTES:
+                self.failed = err = ProtocolDesyncError(
+                    f"{self.who(self.rank)}: {self.who(src)} sent an inline payload of "
+                    f"{nbytes} bytes, more than a frame holds ({INLINE_BYTES})"
+                )
+                raise err
+            view = self.frame_payload(header, nbytes)
+            # A small kept payload is copied out: its view would pin the whole frame.
+            return None, view.clone() if keep and nbytes < FRAME_BYTES // 4 else view
         if buf is None:
             buf = torch.empty(nbytes, dtype=torch.uint8)
         try:
@@ -382,7 +452,7 @@ class Channel:
         if got_kind in {int(k) for k in accept}:
             kind = MessageKind(got_kind)
         nbytes, aux = self.check_header(header, src, seq, kind, None, what)
-        work, data = self.payload(header, src, nbytes)
+        work, data = self.payload(header, src, nbytes, keep=True)
         if work is not None:
             self.wait(work, src, what)
         return kind, data, aux
@@ -399,6 +469,11 @@ class Channel:
         for w in works:
             if not isinstance(w, torch.Tensor):
                 self.wait(w, peer, what, timeout=timeout)
+
+
+def _digest(sizes: Sequence[int]) -> int:
+    """A checksum of a message's part sizes (the head lists only the first MAX_PARTS)."""
+    return zlib.crc32(b",".join(str(v).encode() for v in sizes))
 
 
 def _align8(n: int) -> int:
@@ -513,18 +588,28 @@ class TorchDistCommunicator:
         srcs: Sequence[int],
         nbytes: int,
         what: str,
+        *,
+        frame: torch.Tensor | None = None,
+        sizes: Sequence[int] | None = None,
     ) -> dict[int, torch.Tensor]:
         """Send ``payload`` to ``dsts`` and receive ``nbytes`` from each of ``srcs``, concurrently.
 
+        ``frame``: a ready inline frame (from :meth:`Channel.inline_frame`) to send
+        instead of ``payload``; ``sizes``: the part sizes to check in received heads.
         Returns uint8 views that stay valid until the next call.
         """
         ch = self.channel
-        sends = {p: ch.send(p, seq, kind, payload) for p in dsts}
+        if frame is not None:  # an inline frame with the payload already in place
+            sends = {p: ch.send_frame(p, frame) for p in dsts}
+        else:
+            sends = {p: ch.send(p, seq, kind, payload, sizes=sizes or ()) for p in dsts}
         got: dict[int, torch.Tensor] = {}
         works = []
         for p in srcs:
             header = ch.take_header(p, what)
             ch.check_header(header, p, seq, kind, nbytes, what)
+            if sizes is not None:
+                ch.check_parts(header, p, seq, sizes, what)
             buf = self._recv_buffer(p, nbytes) if nbytes > INLINE_BYTES else None
             work, got[p] = ch.payload(header, p, nbytes, buf)
             if work is not None:
@@ -540,9 +625,9 @@ class TorchDistCommunicator:
         """Reconstruct several shared values to every party in one round.
 
         Cost: 1 round; each share is sent to each of the other ``world_size - 1``
-        parties. All of the call's shares go in one message per peer when they are
-        small (inside the header); large ones follow one header without being
-        concatenated (no copy).
+        parties. All of the call's shares go in one message per peer when they fit
+        in a frame (1 MiB); larger ones follow a head without being concatenated
+        (no copy).
         """
         seq = self._next()
         sizes = [s.numel() * s.element_size() for s in shares]
@@ -554,16 +639,23 @@ class TorchDistCommunicator:
         what = f"open #{seq} ({label!r})"
         if total > INLINE_BYTES and len(shares) <= MAX_PARTS:
             got = self._exchange_parts(seq, shares, sizes, offsets, total, what)
-        else:
-            payload = None
-            if total:
-                self._send_buf = self._buffer(self._send_buf, total)
-                payload = self._send_buf[:total]
-                for s, off in zip(shares, offsets, strict=True):
-                    _as_bytes_view(payload, off, s).copy_(s)
+        elif total <= INLINE_BYTES:  # one frame per peer, the shares copied into it once
+            frame, payload = self.channel.inline_frame(seq, MessageKind.OPEN, total, sizes)
+            for s, off in zip(shares, offsets, strict=True):
+                _as_bytes_view(payload, off, s).copy_(s)
             got = self._exchange(
-                seq, MessageKind.OPEN, payload, self._peers, self._peers, total, what
-            )
+                seq, MessageKind.OPEN, None, self._peers, self._peers, total, what,
+                frame=frame, sizes=sizes,
+            )  # fmt: skip
+        else:
+            self._send_buf = self._buffer(self._send_buf, total)
+            payload = self._send_buf[:total]
+            for s, off in zip(shares, offsets, strict=True):
+                _as_bytes_view(payload, off, s).copy_(s)
+            got = self._exchange(
+                seq, MessageKind.OPEN, payload, self._peers, self._peers, total, what,
+                sizes=sizes,
+            )  # fmt: skip
         out = []
         for s, off in zip(shares, offsets, strict=True):
             acc: torch.Tensor | None = None

@@ -34,6 +34,8 @@ from tests.smpc.comm.dist_programs import (
     FRAC,
     Case,
     big_open_program,
+    desync_big_parts_program,
+    desync_many_parts_program,
     desync_op_program,
     desync_parts_program,
     desync_shape_program,
@@ -161,9 +163,10 @@ def test_shared_tensor_api(n: int) -> None:
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("n", [2, 3])
 def test_openings_of_every_size(n: int) -> None:
-    # Prepare: shares inline (< 4 KiB), large (few: sent in parts; many: concatenated), empty
+    # Prepare: shares inline in a frame (< 1 MiB in all), beyond a frame (few: sent in
+    # parts; many: concatenated), empty
     g = torch.Generator().manual_seed(n)
-    shapes = [(3,), (2, 2), (0,), (700,), (40, 30), (1,), (5, 1), (9,), (2,), (1000,)]
+    shapes = [(3,), (2, 2), (0,), (70_000,), (400, 250), (1,), (5, 1), (9,), (2,), (1000,), (7,)]
     values = [torch.randint(-(2**62), 2**62, sh, generator=g) for sh in shapes]
     program = functools.partial(big_open_program, values=values)
     # Execute
@@ -174,6 +177,8 @@ def test_openings_of_every_size(n: int) -> None:
     for res in results:
         assert all(torch.equal(a, b) for a, b in zip(res["all"], values, strict=True))
         assert all(torch.equal(a, b) for a, b in zip(res["big"], big, strict=True))
+        medium = [big[-1], values[0]]
+        assert all(torch.equal(a, b) for a, b in zip(res["medium"], medium, strict=True))
         assert all(torch.equal(a, b) for a, b in zip(res["small"], values[:2], strict=True))
         assert res["empty"] == []
         assert torch.equal(res["mul"], big[0] * big[0])
@@ -229,7 +234,16 @@ def test_stalled_peer_raises_after_timeout() -> None:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("program", [desync_shape_program, desync_op_program, desync_parts_program])
+@pytest.mark.parametrize(
+    "program",
+    [
+        desync_shape_program,
+        desync_op_program,
+        desync_parts_program,
+        desync_big_parts_program,
+        desync_many_parts_program,
+    ],
+)
 def test_desync_raises_protocol_desync(program: Any) -> None:
     with pytest.raises(ProtocolDesyncError) as info:
         run(program, parties=3, timeout=10)

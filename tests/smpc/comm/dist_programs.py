@@ -164,9 +164,10 @@ def big_open_program(sess: smpc.Session, values: list[torch.Tensor]) -> dict[str
     before = sess.stats.snapshot()
     big = [s for s, v in zip(shares, values, strict=True) if v.numel() > 600]
     out = {
-        "all": comm.open(shares, "many"),  # > MAX_PARTS shares: concatenated
-        "big": comm.open(big, "big"),  # few large shares: zero-copy parts
-        "small": comm.open(shares[:2], "small"),  # inline in the header
+        "all": comm.open(shares, "many"),  # > MAX_PARTS shares beyond a frame: concatenated
+        "big": comm.open(big, "big"),  # few shares beyond a frame: zero-copy parts
+        "medium": comm.open([big[-1], shares[0]], "medium"),  # several shares in one frame
+        "small": comm.open(shares[:2], "small"),  # inline in the frame
         "empty": comm.open([], "empty"),
         "mul": _open(sess, beaver.mul(comm, sess.dealer, big[0], big[0])),
     }
@@ -176,8 +177,20 @@ def big_open_program(sess: smpc.Session, values: list[torch.Tensor]) -> dict[str
 
 
 def desync_parts_program(sess: smpc.Session) -> None:
-    """Large openings with the same total size but the parts' sizes swapped."""
-    sizes = (600, 700) if sess.rank == 0 else (700, 600)
+    """Openings with the same total size but the parts' sizes swapped."""
+    sizes = (600, 700) if sess.rank == 0 else (700, 600)  # inside one frame
+    sess.comm.open([torch.zeros(k, dtype=torch.int64) for k in sizes], "swapped")
+
+
+def desync_big_parts_program(sess: smpc.Session) -> None:
+    """Openings beyond a frame with the same total size but the parts' sizes swapped."""
+    sizes = (60_000, 90_000) if sess.rank == 0 else (90_000, 60_000)
+    sess.comm.open([torch.zeros(k, dtype=torch.int64) for k in sizes], "swapped")
+
+
+def desync_many_parts_program(sess: smpc.Session) -> None:
+    """Concatenated openings (many parts, beyond a frame) with two parts' sizes swapped."""
+    sizes = [20_000] * 10 + ([1, 2] if sess.rank == 0 else [2, 1])
     sess.comm.open([torch.zeros(k, dtype=torch.int64) for k in sizes], "swapped")
 
 
