@@ -40,6 +40,7 @@ import ipaddress
 import os
 import pickle
 import zlib
+from collections import deque
 from collections.abc import Sequence
 from enum import IntEnum
 from typing import Protocol, cast
@@ -75,6 +76,8 @@ INLINE_BYTES = FRAME_BYTES - HEAD_BYTES
 # Above INLINE_BYTES, an opening of up to MAX_PARTS shares sends each share without
 # concatenating them (saves a copy of the payload); more shares are concatenated.
 MAX_PARTS = HEAD_NUMEL - 6
+# Frame receives kept posted per peer (re-posted in batches of at least half).
+POSTED_FRAMES = 8
 # gloo tags: headers and payloads travel on separate tags so that a header can never
 # land in a payload buffer (gloo matches messages by (peer, tag), FIFO).
 TAG_HEADER = 11
@@ -198,7 +201,8 @@ class Channel:
         self.wait_timeout = datetime.timedelta(seconds=timeout)
         self.names = tuple(names)
         self.failed: SmpcError | None = None
-        self._posted: dict[int, tuple[Work, torch.Tensor]] = {}
+        # Frame receives posted in advance, per peer (FIFO: gloo fills them in order).
+        self._posted: dict[int, deque[tuple[Work, torch.Tensor]]] = {}
 
     def who(self, rank: int) -> str:
         """A display name for ``rank``."""
@@ -359,15 +363,23 @@ class Channel:
     ) -> torch.Tensor:
         """Wait for ``src``'s next frame.
 
-        The receive of the following frame is posted at once, so that a peer's next
-        message lands in a waiting buffer instead of a send/receive handshake.
+        ``POSTED_FRAMES`` frame receives stay posted per peer, so that a peer's next
+        messages land in waiting buffers instead of a send/receive handshake. They
+        are re-posted in batches: each posted receive sends the peer a notification
+        that wakes its gloo thread, and a batch is handled in one wake-up.
         """
-        posted = self._posted.pop(src, None)
-        work, header = posted if posted is not None else self._post_header(src)
+        queue = self._posted.setdefault(src, deque())
+        if not queue:
+            self._post_frames(src, queue, POSTED_FRAMES)
+        work, header = queue.popleft()
         self.wait(work, src, what, timeout=timeout)
-        if int(header[1]) != MessageKind.CLOSE:
-            self._posted[src] = self._post_header(src)
+        if int(header[1]) != MessageKind.CLOSE and len(queue) < POSTED_FRAMES // 2:
+            self._post_frames(src, queue, POSTED_FRAMES - len(queue))
         return header
+
+    def _post_frames(self, src: int, queue: deque[tuple[Work, torch.Tensor]], count: int) -> None:
+        for _ in range(count):
+            queue.append(self._post_header(src))
 
     def check_header(
         self,
