@@ -252,7 +252,7 @@ def _matmul_limbs(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def beaver_matmul_local(
-    c: torch.Tensor,
+    c: torch.Tensor | Callable[[], torch.Tensor],
     e: torch.Tensor,
     b: torch.Tensor,
     f: torch.Tensor,
@@ -264,23 +264,29 @@ def beaver_matmul_local(
 
     ``e (m, k)`` and ``f (k, n)`` are public; ``c (R, m, n)``, ``b (R, k, n)``,
     ``a (R, m, k)`` hold ``R`` stacked shares (or one share without the
-    leading axis); ``first`` adds ``e @ f`` to row 0 (party 0). Exact modulo
-    2^64: 2 ring GEMMs (12 float64 GEMMs on ``R``-wide operands) and fused
-    limb passes. None for shapes this path does not take (batched operands,
-    reductions longer than 1024): the caller then uses :func:`matmul`.
+    leading axis); ``first`` adds ``e @ f`` to row 0 (party 0). ``c`` may be a
+    function that returns it: it is called only after the products, so that a
+    share still in transit (the provider's correction) arrives meanwhile. Exact
+    modulo 2^64: 2 ring GEMMs (12 float64 GEMMs on ``R``-wide operands) and
+    fused limb passes. None for shapes this path does not take (batched
+    operands, reductions longer than 1024): the caller then uses :func:`matmul`.
+
+    Raises:
+        ValueError: ``c`` (when given as a function) has the wrong shape.
     """
     if e.dim() != 2 or f.dim() != 2 or b.dim() not in (2, 3) or a.dim() != b.dim():
         return None
     m, k = e.shape
     n = f.shape[1]
     r = b.shape[0] if b.dim() == 3 else 1
+    c_shape = (r, m, n) if b.dim() == 3 else (m, n)
     if (
         k > _LIMB_MAX_K
         or m <= _BROADCAST_ROWS  # few rows: matmul's broadcast path avoids splitting b
         or f.shape[0] != k
         or tuple(b.shape[-2:]) != (k, n)
         or tuple(a.shape[-2:]) != (m, k)
-        or tuple(c.shape) != ((r, m, n) if b.dim() == 3 else (m, n))
+        or (isinstance(c, torch.Tensor) and tuple(c.shape) != c_shape)
         or (b.dim() == 3 and a.shape[0] != r)
         or e.device.type != "cpu"
     ):
@@ -288,10 +294,16 @@ def beaver_matmul_local(
     b_rows = b.reshape(r, k, n)
     fc = f.contiguous()
     bs = _split_rows(b_rows.contiguous(), fc if first else None)
-    z = _combine(_gemm_groups(split_limbs(e), bs), (r, m, n), base=c)
-    groups = _gemm_groups(split_limbs(a.reshape(r * m, k)), split_limbs(fc))
-    _combine(groups, (1, r * m, n), base=z, out=z)
-    return z.view(c.shape)
+    left = _gemm_groups(split_limbs(e), bs)
+    right = _gemm_groups(split_limbs(a.reshape(r * m, k)), split_limbs(fc))
+    base = c if isinstance(c, torch.Tensor) else c()
+    if tuple(base.shape) != c_shape:
+        raise ValueError(
+            f"beaver_matmul_local: `c` must have shape {c_shape}; got {tuple(base.shape)}"
+        )
+    z = _combine(left, (r, m, n), base=base)
+    _combine(right, (1, r * m, n), base=z, out=z)
+    return z.view(c_shape)
 
 
 def matmul_of_row_sums(a_rows: torch.Tensor, b_rows: torch.Tensor) -> torch.Tensor:

@@ -124,14 +124,18 @@ def _local_step(
     f: torch.Tensor,
 ) -> torch.Tensor:
     """``[c] + op(e, [b] + f·δ0) + op([a], f)``: each party's share of ``op(x, y)``."""
+    # ``c`` is read last: on the last party it may still be on its way from the provider.
     if isinstance(op, ring.MatmulOp):
-        z = ring.beaver_matmul_local(t["c"], e, t["b"], f, t["a"], first=_first(comm))
+        z = ring.beaver_matmul_local(lambda: t["c"], e, t["b"], f, t["a"], first=_first(comm))
         if z is not None:
             return z
     b_plus = add_public(comm, t["b"], f)
-    z = t["c"] + _apply(comm, op, e, b_plus, share_left=False)
-    z += _apply(comm, op, t["a"], f, share_left=True)
-    return z
+    left = _apply(comm, op, e, b_plus, share_left=False)
+    right = _apply(comm, op, t["a"], f, share_left=True)
+    c = t["c"]
+    if left.shape == right.shape == c.shape:
+        return left.add_(right).add_(c)
+    return c + left + right
 
 
 def _apply(

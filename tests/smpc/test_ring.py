@@ -147,3 +147,21 @@ def test_beaver_matmul_local_and_row_sums(
     assert got is not None
     assert torch.equal(got, c + _ref_mm(e, b_plus) + _ref_mm(a, f))
     assert torch.equal(sums, _ref_mm(a.reshape(-1, m, k).sum(0), b.reshape(-1, k, n).sum(0)))
+
+
+def test_beaver_matmul_local_reads_c_after_the_products() -> None:
+    """``c`` given as a function is read once, after the products; a wrong shape raises."""
+    m, k, n = 20, 30, 5
+    c, b, a = _rand((m, n), 1), _rand((k, n), 2), _rand((m, k), 3)
+    e, f = _rand((m, k), 4), _rand((k, n), 5)
+    calls = []
+
+    def late_c() -> torch.Tensor:
+        calls.append(1)
+        return c
+
+    got = ring.beaver_matmul_local(late_c, e, b, f, a, first=False)
+    assert calls == [1]
+    assert got is not None and torch.equal(got, c + _ref_mm(e, b) + _ref_mm(a, f))
+    with pytest.raises(ValueError, match="`c` must have shape"):
+        ring.beaver_matmul_local(lambda: c[:-1], e, b, f, a, first=False)
