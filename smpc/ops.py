@@ -181,13 +181,12 @@ def _mm_operand(sess: Session, t: SharedTensor | torch.Tensor, nd: int) -> torch
     return t.reshape(*([1] * extra), *t.shape) if extra > 0 else t
 
 
-def matmul(x: SharedTensor | Public, y: SharedTensor | Public) -> SharedTensor:
-    """``x @ y`` with torch's semantics (1-D operands, batch broadcasting).
-
-    Shared @ shared: Beaver matrix triple (1 round) then truncation (1 round).
-    With one public operand: local ring matmul then truncation.
-    """
-    sess = _session(x, y)
+def _matmul_operands(
+    sess: Session, x: SharedTensor | Public, y: SharedTensor | Public
+) -> tuple[
+    SharedTensor | torch.Tensor, SharedTensor | torch.Tensor, torch.Tensor, torch.Tensor, torch.Size
+]:
+    """Check and align ``x @ y``'s operands: ``(x2, y2, x share, y share, out_shape)``."""
     xt = x if isinstance(x, SharedTensor) else _encode_public(sess, x, "input")
     yt = y if isinstance(y, SharedTensor) else _encode_public(sess, y, "other")
     xshape, yshape = tuple(xt.shape), tuple(yt.shape)
@@ -209,8 +208,17 @@ def matmul(x: SharedTensor | Public, y: SharedTensor | Public) -> SharedTensor:
     x2 = xt.unsqueeze(0) if len(xshape) == 1 else xt
     y2 = yt.unsqueeze(-1) if len(yshape) == 1 else yt
     nd = max(x2.dim(), y2.dim())
-    xs = _mm_operand(sess, x2, nd)
-    ys = _mm_operand(sess, y2, nd)
+    return x2, y2, _mm_operand(sess, x2, nd), _mm_operand(sess, y2, nd), out_shape
+
+
+def matmul(x: SharedTensor | Public, y: SharedTensor | Public) -> SharedTensor:
+    """``x @ y`` with torch's semantics (1-D operands, batch broadcasting).
+
+    Shared @ shared: Beaver matrix triple (1 round) then truncation (1 round).
+    With one public operand: local ring matmul then truncation.
+    """
+    sess = _session(x, y)
+    x2, y2, xs, ys, out_shape = _matmul_operands(sess, x, y)
     if isinstance(x2, SharedTensor) and isinstance(y2, SharedTensor) and _fused(sess):
         f = sess.encoding.frac_bits
         z = beaver.bilinear_trunc(sess.comm, sess.dealer, ring.MatmulOp(), xs, ys, f)
@@ -219,6 +227,45 @@ def matmul(x: SharedTensor | Public, y: SharedTensor | Public) -> SharedTensor:
     else:
         z = rescale(sess, ring.matmul(xs, ys))
     return _wrap(sess, z.reshape(*z.shape[: lead(sess.comm)], *out_shape))
+
+
+def matmuls(
+    pairs: Sequence[tuple[SharedTensor | Public, SharedTensor | Public]],
+) -> list[SharedTensor]:
+    """``[x @ y for x, y in pairs]``, the shared @ shared products in the rounds of one.
+
+    Independent products (e.g. a backward pass's ``g @ W`` and ``g^T @ x``)
+    share their two rounds: :func:`smpc.protocols.beaver.bilinear_trunc_many`.
+    Products with a public operand, and every product under the opt-in local
+    truncation, run one by one as :func:`matmul`.
+
+    Raises:
+        ShapeError: as :func:`matmul`, for any pair.
+        SessionMismatchError: the operands belong to different sessions.
+    """
+    if not pairs:
+        return []
+    if not any(isinstance(v, SharedTensor) for pair in pairs for v in pair):
+        raise TypeError("matmuls: at least one operand must be a SharedTensor")
+    sess = _session(*(v for pair in pairs for v in pair))
+    prepared = [_matmul_operands(sess, x, y) for x, y in pairs]
+    batched = [
+        i
+        for i, (x2, y2, _, _, _) in enumerate(prepared)
+        if isinstance(x2, SharedTensor) and isinstance(y2, SharedTensor)
+    ]
+    out: list[SharedTensor | None] = [None] * len(pairs)
+    if len(batched) > 1 and _fused(sess):
+        f = sess.encoding.frac_bits
+        items = [(ring.MatmulOp(), prepared[i][2], prepared[i][3]) for i in batched]
+        zs = beaver.bilinear_trunc_many(sess.comm, sess.dealer, items, f)
+        for i, z in zip(batched, zs, strict=True):
+            shape = prepared[i][4]
+            out[i] = _wrap(sess, z.reshape(*z.shape[: lead(sess.comm)], *shape))
+    for i, (x, y) in enumerate(pairs):
+        if out[i] is None:
+            out[i] = matmul(x, y)
+    return [z for z in out if z is not None]
 
 
 def can_keep(sess: Session) -> bool:

@@ -239,10 +239,15 @@ class MatMul(Function):
         if len(ys) == 1:
             g2 = g2.unsqueeze(-1)
         gx = gy = None
-        if nx:
-            gx = sum_to(_gmatmul(g2, _t(y2)), _shape_of(x2)).reshape(xs)
-        if ny:
-            gy = sum_to(_gmatmul(_t(x2), g2), _shape_of(y2)).reshape(ys)
+        if nx and ny and isinstance(g2, SharedTensor):  # both products in one pair of rounds
+            px, py = ops.matmuls([(g2, _t(y2)), (_t(x2), g2)])
+            gx = sum_to(px, _shape_of(x2)).reshape(xs)
+            gy = sum_to(py, _shape_of(y2)).reshape(ys)
+        else:
+            if nx:
+                gx = sum_to(_gmatmul(g2, _t(y2)), _shape_of(x2)).reshape(xs)
+            if ny:
+                gy = sum_to(_gmatmul(_t(x2), g2), _shape_of(y2)).reshape(ys)
         return gx, gy
 
 
@@ -251,7 +256,8 @@ class Linear(Function):
 
     Backward: ``grad_weight = g^T @ input``, ``grad_input = g @ weight``,
     ``grad_bias = g.sum(0)``; each product only when needed (the first layer
-    never computes ``grad_input``).
+    never computes ``grad_input``), the two products in the rounds of one
+    (:func:`smpc.ops.matmuls`).
     """
 
     @staticmethod
@@ -267,13 +273,19 @@ class Linear(Function):
         """Gradients w.r.t. the inputs."""
         x, w = ctx.saved_tensors
         nx, nw, nb = ctx.needs_input_grad
-        gx = gw = gb = None
-        if nx:
-            gx = _gmatmul(g, w)
-        if nw:
-            g2 = g.reshape(-1, g.shape[-1])
-            x2 = x.reshape(-1, x.shape[-1])
-            gw = _gmatmul(g2.t() if isinstance(g2, SharedTensor) else g2.t(), x2)
+        gx: Grad | None = None
+        gw: Grad | None = None
+        gb: Grad | None = None
+        if nx and nw and isinstance(g, SharedTensor):  # both products in one pair of rounds
+            gt = g.reshape(-1, g.shape[-1]).t()
+            gx, gw = ops.matmuls([(g, w), (gt, x.reshape(-1, x.shape[-1]))])
+        else:
+            if nx:
+                gx = _gmatmul(g, w)
+            if nw:
+                g2 = g.reshape(-1, g.shape[-1])
+                x2 = x.reshape(-1, x.shape[-1])
+                gw = _gmatmul(g2.t(), x2)
         if nb:
             g2 = g.reshape(-1, g.shape[-1])
             gb = _gsum(g2, (0,), False)

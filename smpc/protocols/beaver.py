@@ -6,7 +6,7 @@ layer truncates afterwards.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +32,7 @@ __all__ = [
     "square",
     "bilinear",
     "bilinear_trunc",
+    "bilinear_trunc_many",
     "matmul",
     "conv2d",
     "MaskedOperand",
@@ -239,6 +240,45 @@ def bilinear_trunc(
     z = _local_step(comm, op, t, e, f)
     (w,) = comm.open([z], "trunc")
     return truncation.finish(comm, w, t["neg_r_hi"], t["s"], frac_bits)
+
+
+def bilinear_trunc_many(
+    comm: Communicator,
+    dealer: Dealer,
+    items: Sequence[tuple[ring.BilinearOp, torch.Tensor, torch.Tensor]],
+    frac_bits: int,
+) -> list[torch.Tensor]:
+    """Several independent :func:`bilinear_trunc` products in the rounds of one.
+
+    Protocol: one triple per product; every ``e = x - a``, ``f = y - b`` opened
+    in one batched opening, the local steps, every masked result opened in
+    one batched opening, and the local ends of the truncations. Used where a
+    backward pass needs two products of the same gradient (``g @ W`` and
+    ``g^T @ x``).
+
+    Cost: 2 rounds in all (instead of 2 per product); the same bytes as the
+    products one by one. Security: as :func:`bilinear_trunc`.
+    """
+    if not items:
+        return []
+    triples = [
+        dealer.request(BilinearTruncTriple(op, _shape(comm, x), _shape(comm, y), frac_bits))
+        for op, x, y in items
+    ]
+    masked = []
+    for (_, x, y), t in zip(items, triples, strict=True):
+        masked += [x - t["a"], y - t["b"]]
+    label = type(items[0][0]).__name__.removesuffix("Op").lower()
+    opened = comm.open(masked, label)
+    zs = [
+        _local_step(comm, op, t, opened[2 * i], opened[2 * i + 1])
+        for i, ((op, _, _), t) in enumerate(zip(items, triples, strict=True))
+    ]
+    ws = comm.open(zs, "trunc")
+    return [
+        truncation.finish(comm, w, t["neg_r_hi"], t["s"], frac_bits)
+        for w, t in zip(ws, triples, strict=True)
+    ]
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,52 @@ def test_matmul(
         assert_close((x @ ys).reveal(), want, tol)
 
 
+@given(party_counts, matmul_shapes(), matmul_shapes(), st.sampled_from(["probabilistic", "local"]))
+def test_matmuls_batch_the_shared_products(
+    n: int,
+    sh1: tuple[tuple[int, ...], tuple[int, ...]],
+    sh2: tuple[tuple[int, ...], tuple[int, ...]],
+    truncation: str,
+) -> None:
+    """``ops.matmuls`` equals ``matmul`` pair by pair; the shared @ shared products
+    share two rounds (the default truncation); a public operand is allowed."""
+    from smpc import ops
+
+    if truncation == "local" and n != 2:
+        n = 2
+    x1, y1 = tensors(sh1[0], 2.0, 1), tensors(sh1[1], 2.0, 2)
+    x2, y2 = tensors(sh2[0], 2.0, 3), tensors(sh2[1], 2.0, 4)
+    with smpc.Session(parties=n, truncation=truncation) as sess:
+        a1, b1, a2, b2 = (sess.share(v) for v in (x1, y1, x2, y2))
+        before = sess.stats.snapshot()
+        z1, z2, z3 = ops.matmuls([(a1, b1), (a2, b2), (a1, y1)])
+        rounds = (sess.stats - before).rounds
+        for z, want, (x, y) in ((z1, x1 @ y1, (x1, y1)), (z2, x2 @ y2, (x2, y2))):
+            tol = matmul_tolerance(
+                x.reshape(-1, x.shape[-1]), y.reshape(y.shape[0], -1) if y.dim() <= 2 else y[0]
+            ).max()
+            assert tuple(z.shape) == tuple(want.shape)
+            assert_close(z.reveal(), want, tol)
+        assert tuple(z3.shape) == tuple((x1 @ y1).shape)
+    if truncation == "probabilistic":
+        assert rounds == 3  # two products in two rounds, the public one truncated in one
+
+
+def test_matmuls_errors() -> None:
+    from smpc import ops
+    from smpc.errors import SessionMismatchError, ShapeError
+
+    with smpc.Session(parties=2) as a, smpc.Session(parties=2) as b:
+        x = a.share(torch.ones(2, 3))
+        assert ops.matmuls([]) == []
+        with pytest.raises(TypeError, match="at least one operand must be a SharedTensor"):
+            ops.matmuls([(torch.ones(2, 3), torch.ones(3, 2))])
+        with pytest.raises(SessionMismatchError):
+            ops.matmuls([(x, x.t()), (b.share(torch.ones(2, 3)), x.t())])
+        with pytest.raises(ShapeError, match="inner dimensions must match"):
+            ops.matmuls([(x, x.t()), (x, x)])
+
+
 def test_matmul_large_shape_exact_within_tolerance() -> None:
     x, y = torch.randn(64, 784), torch.randn(784, 128)
     with smpc.Session(parties=2) as sess:

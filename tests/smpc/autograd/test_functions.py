@@ -70,6 +70,23 @@ def test_linear(m: int, k: int, n: int, seed: int) -> None:
     check_grads(F.linear, torch.nn.functional.linear, [x, w, b])
 
 
+@pytest.mark.parametrize("op", ["linear", "matmul"])
+def test_backward_products_share_their_rounds(op: str) -> None:
+    """Both gradient products of a layer (``g @ W``, ``g^T @ x``) cost two rounds in all."""
+    x, w = _rand((6, 5), 1), _rand((4, 5), 2)
+    with smpc.Session(2) as sess:
+        xs, ws = sess.share(x, requires_grad=True), sess.share(w, requires_grad=True)
+        out = F.linear(xs, ws) if op == "linear" else xs @ ws.t()
+        g = _rand(tuple(out.shape), 3)
+        gs = sess.share(g)
+        before = sess.stats.snapshot()
+        out.backward(gs)
+        assert (sess.stats - before).rounds == 2
+        assert xs.grad is not None and ws.grad is not None
+        torch.testing.assert_close(xs.grad.reveal(), g @ w, atol=TOL, rtol=TOL)
+        torch.testing.assert_close(ws.grad.reveal(), g.t() @ x, atol=TOL, rtol=TOL)
+
+
 @given(
     stride=st.integers(1, 3),
     padding=st.integers(0, 2),

@@ -176,3 +176,42 @@ def test_matmul_many_rows_exact_and_truncated(
         )
         diff = zt.sum(0) - (torch.matmul(xe, ye) >> 16)
         assert int(diff.min()) >= 0 and int(diff.max()) <= 1
+
+
+@given(
+    party_counts,
+    st.lists(
+        st.tuples(st.integers(1, 40), st.integers(1, 60), st.integers(1, 30)),
+        min_size=1,
+        max_size=3,
+    ),
+    seeds,
+)
+def test_bilinear_trunc_many_matches_plaintext_in_two_rounds(
+    n: int, dims: list[tuple[int, int, int]], seed: int
+) -> None:
+    """Several fixed-point products share two rounds, send what they would one by one,
+    and each stays within 1 ulp of the floored plaintext product."""
+    from smpc import encoding
+
+    fx = encoding.FixedPoint(16)
+    g = torch.Generator().manual_seed(seed)
+    plain = [
+        (
+            fx.encode(torch.randn(m, k, generator=g, dtype=torch.float64)),
+            fx.encode(torch.randn(k, p, generator=g, dtype=torch.float64)),
+        )
+        for m, k, p in dims
+    ]
+    with smpc.Session(parties=n, seed=seed) as sess:
+        items = [(ring.MatmulOp(), _share(sess, x), _share(sess, y)) for x, y in plain]
+        before = sess.stats.snapshot()
+        zs = beaver.bilinear_trunc_many(sess.comm, sess.dealer, items, 16)
+        cost = sess.stats - before
+        assert cost.rounds == 2
+        sent = sum(m * k + k * p + m * p for m, k, p in dims) * 8 * (n - 1)
+        assert cost.bytes_per_party == [sent] * n
+        for z, (x, y) in zip(zs, plain, strict=True):
+            diff = z.sum(0) - (torch.matmul(x, y) >> 16)
+            assert int(diff.min()) >= 0 and int(diff.max()) <= 1
+        assert beaver.bilinear_trunc_many(sess.comm, sess.dealer, [], 16) == []
