@@ -392,6 +392,55 @@ def conv2d(
     return _conv_finish(sess, _wrap(sess, rescale(sess, z)), bias, squeeze)
 
 
+def conv_transpose2d(
+    input: SharedTensor | torch.Tensor,
+    weight: SharedTensor | torch.Tensor,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    output_padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+) -> SharedTensor:
+    """Transposed 2-D convolution, argument names as ``torch.nn.functional.conv_transpose2d``.
+
+    A convolution's input gradient: the same work as the forward convolution,
+    where a stride-1 convolution of the padded gradient would also multiply
+    the padding's zeros. Shared input and weight: Beaver triple for the
+    transposed convolution (1 round) then truncation; one public operand:
+    local ring op then truncation.
+    """
+    sess = _session(input, weight)
+    st, pd = _pair(stride, "stride"), _pair(padding, "padding")
+    op_, dl = _pair(output_padding, "output_padding"), _pair(dilation, "dilation")
+    op = ring.ConvTranspose2dOp(
+        stride=st, padding=pd, output_padding=op_, dilation=dl, groups=groups
+    )
+    xin = input if isinstance(input, SharedTensor) else _encode_public(sess, input, "input")
+    w = weight if isinstance(weight, SharedTensor) else _encode_public(sess, weight, "weight")
+    if xin.dim() != 4 or w.dim() != 4 or xin.shape[1] != w.shape[0]:
+        raise ShapeError(
+            f"conv_transpose2d: expected input (N,C,H,W) and weight (C,O/groups,kh,kw); "
+            f"got {tuple(xin.shape)} and {tuple(w.shape)}"
+        )
+    try:
+        op.out_shape(torch.Size(xin.shape), torch.Size(w.shape))
+    except RuntimeError as err:
+        raise ShapeError(f"conv_transpose2d: {err}") from err
+    if isinstance(xin, SharedTensor) and isinstance(w, SharedTensor) and _fused(sess):
+        f = sess.encoding.frac_bits
+        z = beaver.bilinear_trunc(sess.comm, sess.dealer, op, xin.share, w.share, f)
+        return _wrap(sess, z)
+    if isinstance(xin, SharedTensor) and isinstance(w, SharedTensor):
+        z = beaver.bilinear(sess.comm, sess.dealer, op, xin.share, w.share)
+    elif isinstance(xin, SharedTensor):
+        assert isinstance(w, torch.Tensor)
+        z = beaver._apply(sess.comm, op, xin.share, w, share_left=True)
+    else:
+        assert isinstance(w, SharedTensor)
+        z = beaver._apply(sess.comm, op, xin, w.share, share_left=False)
+    return _wrap(sess, rescale(sess, z))
+
+
 def _conv_finish(
     sess: Session,
     out: SharedTensor,

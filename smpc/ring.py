@@ -28,6 +28,7 @@ __all__ = [
     "wrap",
     "matmul",
     "conv2d",
+    "ConvTranspose2dOp",
     "conv_transpose2d",
     "bilinear",
     "MatmulOp",
@@ -508,7 +509,43 @@ class Conv2dOp:
         ).shape
 
 
-BilinearOp = MatmulOp | Conv2dOp
+@dataclass(frozen=True, slots=True)
+class ConvTranspose2dOp:
+    """The bilinear map ``(x, w) -> conv_transpose2d(x, w, ...)`` (a convolution's input gradient).
+
+    ``w`` is ``(C_in, C_out / groups, kh, kw)`` as in torch.
+    """
+
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    output_padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+
+    def __call__(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return conv_transpose2d(
+            x,
+            w,
+            stride=self.stride,
+            padding=self.padding,
+            output_padding=self.output_padding,
+            dilation=self.dilation,
+            groups=self.groups,
+        )
+
+    def out_shape(self, x_shape: torch.Size, w_shape: torch.Size) -> torch.Size:
+        return F.conv_transpose2d(
+            torch.empty(x_shape, dtype=torch.float32, device="meta"),
+            torch.empty(w_shape, dtype=torch.float32, device="meta"),
+            stride=self.stride,
+            padding=self.padding,
+            output_padding=self.output_padding,
+            dilation=self.dilation,
+            groups=self.groups,
+        ).shape
+
+
+BilinearOp = MatmulOp | Conv2dOp | ConvTranspose2dOp
 
 
 def bilinear(op: BilinearOp, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -293,34 +293,6 @@ class Linear(Function):
 
 
 # ----------------------------------------------------------------- convolution
-def _dilate(g: SharedTensor | torch.Tensor, stride: tuple[int, int]) -> Any:
-    """Insert ``stride - 1`` zeros between the spatial elements of ``g`` (local)."""
-    sh, sw = stride
-    if sh == 1 and sw == 1:
-        return g
-    if isinstance(g, SharedTensor):
-        s = g.share
-        ld = lead(g.session.comm)
-        n, c, h, w = s.shape[ld:]
-        out = torch.zeros((*s.shape[:ld], n, c, (h - 1) * sh + 1, (w - 1) * sw + 1), dtype=s.dtype)
-        out[..., ::sh, ::sw] = s
-        return SharedTensor(out, g.session)
-    n, c, h, w = g.shape
-    out_t = torch.zeros((n, c, (h - 1) * sh + 1, (w - 1) * sw + 1), dtype=g.dtype)
-    out_t[..., ::sh, ::sw] = g
-    return out_t
-
-
-def _pad(g: Any, pads: tuple[int, int, int, int]) -> Any:
-    """Zero-pad the last two dims (left, right, top, bottom); negative values crop."""
-    if not any(pads):
-        return g
-    if isinstance(g, SharedTensor):
-        s = torch.nn.functional.pad(g.share, pads)
-        return SharedTensor(s, g.session)
-    return torch.nn.functional.pad(g, pads)
-
-
 def conv2d_input_grad(
     g: Grad,
     w: Any,
@@ -329,31 +301,30 @@ def conv2d_input_grad(
     padding: tuple[int, int],
     dilation: tuple[int, int],
 ) -> Grad:
-    """``conv_transpose2d(g, w)`` written as a convolution (groups=1).
+    """``conv_transpose2d(g, w)`` back to ``input_shape`` (groups=1).
 
-    The gradient of a strided convolution is a stride-1 convolution of the
-    zero-dilated ``g`` with the flipped, channel-swapped kernel: the same
-    Beaver convolution triple kind as the forward pass, no new protocol.
+    A transposed convolution of the gradient (its own Beaver triple kind): the
+    work of the forward convolution, where the equivalent stride-1 convolution
+    of the dilated, padded gradient would also multiply the padding's zeros
+    (about 4x the work for a 5x5 kernel on 8x8 maps).
     """
     kh, kw = int(w.shape[2]), int(w.shape[3])
-    dh, dw = dilation
-    ph, pw = padding
-    h_in, w_in = int(input_shape[-2]), int(input_shape[-1])
-    gd = _dilate(g, stride)
-    eh, ew = dh * (kh - 1), dw * (kw - 1)
-    top, left = eh - ph, ew - pw
-    hd, wd = int(gd.shape[-2]), int(gd.shape[-1])
-    bottom = h_in - (hd + top - eh)
-    right = w_in - (wd + left - ew)
-    gp = _pad(gd, (left, right, top, bottom))
-    wf: Grad
-    if isinstance(w, SharedTensor):
-        wf = SharedTensor(w.share.flip(-1, -2).transpose(-4, -3).contiguous(), w.session)
-    else:
-        wf = torch.as_tensor(w).flip(-1, -2).transpose(0, 1).contiguous()
-    if not isinstance(gp, SharedTensor) and not isinstance(wf, SharedTensor):
-        return torch.nn.functional.conv2d(gp, wf, dilation=dilation)
-    return ops.conv2d(gp, wf, dilation=dilation)
+    h_out, w_out = int(g.shape[-2]), int(g.shape[-1])
+    extra = []
+    for size, out, k, s, p, d in (
+        (int(input_shape[-2]), h_out, kh, stride[0], padding[0], dilation[0]),
+        (int(input_shape[-1]), w_out, kw, stride[1], padding[1], dilation[1]),
+    ):
+        extra.append(size - ((out - 1) * s - 2 * p + d * (k - 1) + 1))
+    output_padding = (extra[0], extra[1])
+    if not isinstance(g, SharedTensor) and not isinstance(w, SharedTensor):
+        return torch.nn.functional.conv_transpose2d(
+            g, torch.as_tensor(w), stride=stride, padding=padding,
+            output_padding=output_padding, dilation=dilation,
+        )  # fmt: skip
+    return ops.conv_transpose2d(
+        g, w, stride=stride, padding=padding, output_padding=output_padding, dilation=dilation
+    )
 
 
 def conv2d_weight_grad(

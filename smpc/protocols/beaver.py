@@ -145,17 +145,22 @@ def _apply(
     """``op`` between a share (with a possible party axis) and a public tensor."""
     if isinstance(op, ring.MatmulOp) or not comm.party_axis:
         return op(x, y)
-    # conv2d: fold the party axis into the batch (share on the left) or output channels.
+    # convolutions: fold the party axis into the batch (share on the left) or the
+    # output channels (share on the right).
     n = comm.world_size
     if share_left:
         out = op(x.reshape(-1, *x.shape[2:]), y)
         return out.reshape(n, -1, *out.shape[1:])
-    w = y  # (n, O, C/g, kh, kw)
-    o = w.shape[1]
-    if op.groups == 1:
-        out = op(x, w.reshape(n * o, *w.shape[2:]))  # (N, n*O, H, W)
-        return out.reshape(out.shape[0], n, o, *out.shape[2:]).transpose(0, 1).contiguous()
-    return torch.stack([op(x, w[i]) for i in range(n)])
+    if op.groups != 1:
+        return torch.stack([op(x, y[i]) for i in range(n)])
+    if isinstance(op, ring.ConvTranspose2dOp):  # w (n, C, O, kh, kw): outputs on axis 2
+        c, o = y.shape[1], y.shape[2]
+        w = y.transpose(0, 1).reshape(c, n * o, *y.shape[3:])
+    else:  # w (n, O, C, kh, kw)
+        o = y.shape[1]
+        w = y.reshape(n * o, *y.shape[2:])
+    out = op(x, w)  # (N, n*O, H, W)
+    return out.reshape(out.shape[0], n, o, *out.shape[2:]).transpose(0, 1).contiguous()
 
 
 def matmul(comm: Communicator, dealer: Dealer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -187,6 +187,24 @@ def test_shape_ops(n: int, seed: int) -> None:
             assert_close(got.reveal(), want, E)
 
 
+@given(party_counts, st.integers(1, 2), st.integers(0, 1), seeds)
+def test_conv_transpose2d(n: int, stride: int, padding: int, seed: int) -> None:
+    """``ops.conv_transpose2d`` against torch: shared/shared, shared/public, public/shared."""
+    from smpc import ops
+    from smpc.errors import ShapeError
+
+    x, w = tensors((2, 3, 4, 5), 2.0, seed), tensors((3, 2, 3, 3), 2.0, seed + 1)
+    kw = {"stride": stride, "padding": padding, "output_padding": stride - 1}
+    want = torch.nn.functional.conv_transpose2d(x, w, **kw)
+    tol = 27 * 2.0 * 2.0 * E * 4 + 4 * E
+    with smpc.Session(parties=n) as sess:
+        xs, ws = sess.share(x), sess.share(w)
+        for a, b in ((xs, ws), (xs, w), (x, ws)):
+            assert_close(ops.conv_transpose2d(a, b, **kw).reveal(), want, tol)
+        with pytest.raises(ShapeError, match="conv_transpose2d: expected input"):
+            ops.conv_transpose2d(xs, ws.reshape(2, 3, 3, 3))
+
+
 @given(party_counts, st.integers(0, 4), seeds)
 def test_pow_and_square(n: int, k: int, seed: int) -> None:
     x = tensors((5,), 3.0, seed)

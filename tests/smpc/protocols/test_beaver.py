@@ -64,6 +64,36 @@ def test_conv2d_exact(n: int, seed: int) -> None:
         assert torch.equal(z.sum(0), ring.conv2d(x, w, padding=1))
 
 
+@given(
+    party_counts,
+    st.integers(1, 3),
+    st.integers(0, 1),
+    st.integers(1, 2),
+    st.sampled_from([1, 2]),
+    seeds,
+)
+def test_conv_transpose2d_exact(
+    n: int, stride: int, padding: int, dilation: int, groups: int, seed: int
+) -> None:
+    """The transposed convolution (a convolution's input gradient) as a Beaver product."""
+    x, w = _ring((2, 4, 5, 4), seed), _ring((4, 6 // groups, 3, 2), seed + 1)
+    op = ring.ConvTranspose2dOp(
+        stride=(stride, stride),
+        padding=(padding, padding),
+        output_padding=(stride - 1, 0),
+        dilation=(dilation, dilation),
+        groups=groups,
+    )
+    want = ring.conv_transpose2d(
+        x, w, stride=stride, padding=padding, output_padding=(stride - 1, 0),
+        dilation=dilation, groups=groups,
+    )  # fmt: skip
+    with smpc.Session(parties=n) as sess:
+        z = beaver.bilinear(sess.comm, sess.dealer, op, _share(sess, x), _share(sess, w))
+        assert torch.equal(z.sum(0), want)
+        assert tuple(op.out_shape(x.shape, w.shape)) == tuple(want.shape)
+
+
 def test_mul_cost_one_round_two_elements() -> None:
     """Online cost of a Beaver product: 1 round, 2 ring elements per element per party (n=2);
     (n-1) x 2 in general; one correction share from the dealer."""
