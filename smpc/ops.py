@@ -377,19 +377,33 @@ def conv2d(
         op.out_shape(torch.Size(xin.shape), torch.Size(w.shape))
     except RuntimeError as err:
         raise ShapeError(f"conv2d: {err}") from err
-    if isinstance(xin, SharedTensor) and isinstance(w, SharedTensor) and _fused(sess):
+    return _conv_finish(sess, _bilinear(sess, op, xin, w), bias, squeeze)
+
+
+def _bilinear(
+    sess: Session,
+    op: ring.BilinearOp,
+    x: SharedTensor | torch.Tensor,
+    y: SharedTensor | torch.Tensor,
+) -> SharedTensor:
+    """``op(x, y)`` truncated, for checked operands (at least one shared; public ones encoded).
+
+    Shared with shared: a Beaver triple with the truncation mask folded in (2
+    rounds), or a Beaver triple then a truncation. One public operand: the
+    local ring op then a truncation (1 round).
+    """
+    if isinstance(x, SharedTensor) and isinstance(y, SharedTensor) and _fused(sess):
         f = sess.encoding.frac_bits
-        z = beaver.bilinear_trunc(sess.comm, sess.dealer, op, xin.share, w.share, f)
-        return _conv_finish(sess, _wrap(sess, z), bias, squeeze)
-    if isinstance(xin, SharedTensor) and isinstance(w, SharedTensor):
-        z = beaver.bilinear(sess.comm, sess.dealer, op, xin.share, w.share)
-    elif isinstance(xin, SharedTensor):
-        assert isinstance(w, torch.Tensor)
-        z = beaver._apply(sess.comm, op, xin.share, w, share_left=True)
+        return _wrap(sess, beaver.bilinear_trunc(sess.comm, sess.dealer, op, x.share, y.share, f))
+    if isinstance(x, SharedTensor) and isinstance(y, SharedTensor):
+        z = beaver.bilinear(sess.comm, sess.dealer, op, x.share, y.share)
+    elif isinstance(x, SharedTensor):
+        assert isinstance(y, torch.Tensor)
+        z = beaver._apply(sess.comm, op, x.share, y, share_left=True)
     else:
-        assert isinstance(w, SharedTensor)
-        z = beaver._apply(sess.comm, op, xin, w.share, share_left=False)
-    return _conv_finish(sess, _wrap(sess, rescale(sess, z)), bias, squeeze)
+        assert isinstance(y, SharedTensor)
+        z = beaver._apply(sess.comm, op, x, y.share, share_left=False)
+    return _wrap(sess, rescale(sess, z))
 
 
 def conv_transpose2d(
@@ -426,19 +440,7 @@ def conv_transpose2d(
         op.out_shape(torch.Size(xin.shape), torch.Size(w.shape))
     except RuntimeError as err:
         raise ShapeError(f"conv_transpose2d: {err}") from err
-    if isinstance(xin, SharedTensor) and isinstance(w, SharedTensor) and _fused(sess):
-        f = sess.encoding.frac_bits
-        z = beaver.bilinear_trunc(sess.comm, sess.dealer, op, xin.share, w.share, f)
-        return _wrap(sess, z)
-    if isinstance(xin, SharedTensor) and isinstance(w, SharedTensor):
-        z = beaver.bilinear(sess.comm, sess.dealer, op, xin.share, w.share)
-    elif isinstance(xin, SharedTensor):
-        assert isinstance(w, torch.Tensor)
-        z = beaver._apply(sess.comm, op, xin.share, w, share_left=True)
-    else:
-        assert isinstance(w, SharedTensor)
-        z = beaver._apply(sess.comm, op, xin, w.share, share_left=False)
-    return _wrap(sess, rescale(sess, z))
+    return _bilinear(sess, op, xin, w)
 
 
 def _conv_finish(
