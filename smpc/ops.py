@@ -268,6 +268,27 @@ def matmuls(
     return [z for z in out if z is not None]
 
 
+def bilinears(
+    items: Sequence[tuple[ring.BilinearOp, SharedTensor, SharedTensor]],
+) -> list[SharedTensor]:
+    """Several truncated shared-by-shared bilinear products (``op(x, y)``) in the rounds of one.
+
+    For operands already checked against their op (e.g. a convolution's two
+    gradients): :func:`smpc.protocols.beaver.bilinear_trunc_many` under the
+    default truncation, else one product after the other.
+    """
+    if not items:
+        return []
+    sess = _session(*(v for _, x, y in items for v in (x, y)))
+    if len(items) > 1 and _fused(sess):
+        f = sess.encoding.frac_bits
+        shares = [(op, x.share, y.share) for op, x, y in items]
+        return [
+            _wrap(sess, z) for z in beaver.bilinear_trunc_many(sess.comm, sess.dealer, shares, f)
+        ]
+    return [_bilinear(sess, op, x, y) for op, x, y in items]
+
+
 def can_keep(sess: Session) -> bool:
     """Whether :func:`matmul_kept` is available (the default probabilistic truncation)."""
     return _fused(sess)

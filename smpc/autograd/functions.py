@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from .. import nonlinear as nl
-from .. import ops
+from .. import ops, ring
 from ..errors import ShapeError
 from ..protocols import beaver, compare
 from ..sharing import lead
@@ -293,6 +293,24 @@ class Linear(Function):
 
 
 # ----------------------------------------------------------------- convolution
+def _output_padding(
+    g_shape: Sequence[int],
+    w_shape: Sequence[int],
+    input_shape: Sequence[int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> tuple[int, int]:
+    """The ``output_padding`` that takes ``conv_transpose2d`` back to ``input_shape``."""
+    extra = [
+        int(input_shape[d - 2])  # spatial dims are the last two of every shape
+        - ((int(g_shape[d - 2]) - 1) * stride[d] - 2 * padding[d]
+           + dilation[d] * (int(w_shape[d - 2]) - 1) + 1)
+        for d in (0, 1)
+    ]  # fmt: skip
+    return extra[0], extra[1]
+
+
 def conv2d_input_grad(
     g: Grad,
     w: Any,
@@ -308,22 +326,14 @@ def conv2d_input_grad(
     of the dilated, padded gradient would also multiply the padding's zeros
     (about 4x the work for a 5x5 kernel on 8x8 maps).
     """
-    kh, kw = int(w.shape[2]), int(w.shape[3])
-    h_out, w_out = int(g.shape[-2]), int(g.shape[-1])
-    extra = []
-    for size, out, k, s, p, d in (
-        (int(input_shape[-2]), h_out, kh, stride[0], padding[0], dilation[0]),
-        (int(input_shape[-1]), w_out, kw, stride[1], padding[1], dilation[1]),
-    ):
-        extra.append(size - ((out - 1) * s - 2 * p + d * (k - 1) + 1))
-    output_padding = (extra[0], extra[1])
+    out_pad = _output_padding(g.shape, w.shape, input_shape, stride, padding, dilation)
     if not isinstance(g, SharedTensor) and not isinstance(w, SharedTensor):
         return torch.nn.functional.conv_transpose2d(
             g, torch.as_tensor(w), stride=stride, padding=padding,
-            output_padding=output_padding, dilation=dilation,
+            output_padding=out_pad, dilation=dilation,
         )  # fmt: skip
     return ops.conv_transpose2d(
-        g, w, stride=stride, padding=padding, output_padding=output_padding, dilation=dilation
+        g, w, stride=stride, padding=padding, output_padding=out_pad, dilation=dilation
     )
 
 
@@ -346,6 +356,28 @@ def conv2d_weight_grad(
         out = ops.conv2d(xt, gt, padding=padding, stride=dilation, dilation=stride)
     out = out[:, :, :kh, :kw]
     return out.transpose(0, 1)
+
+
+def conv2d_grads(
+    x: SharedTensor,
+    g: SharedTensor,
+    w: SharedTensor,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> tuple[SharedTensor, SharedTensor]:
+    """Both gradients of a shared convolution, the two products in the rounds of one.
+
+    The same products as :func:`conv2d_input_grad` and :func:`conv2d_weight_grad`.
+    """
+    kh, kw = int(w.shape[2]), int(w.shape[3])
+    out_pad = _output_padding(g.shape, w.shape, x.shape, stride, padding, dilation)
+    to_input = ring.ConvTranspose2dOp(
+        stride=stride, padding=padding, output_padding=out_pad, dilation=dilation
+    )
+    to_weight = ring.Conv2dOp(stride=dilation, padding=padding, dilation=stride)
+    gx, gw = ops.bilinears([(to_input, g, w), (to_weight, x.transpose(0, 1), g.transpose(0, 1))])
+    return gx, gw[:, :, :kh, :kw].transpose(0, 1)
 
 
 class Conv2d(Function):
@@ -381,13 +413,25 @@ class Conv2d(Function):
         if squeeze:
             x = x.unsqueeze(0)
             g = g.unsqueeze(0)
-        gx = gw = gb = None
-        if nx:
-            gx = conv2d_input_grad(g, w, _shape_of(x), stride, padding, dilation)
-            if squeeze:
-                gx = gx.squeeze(0)
-        if nw:
-            gw = conv2d_weight_grad(x, g, _shape_of(w), stride, padding, dilation)
+        gx: Grad | None = None
+        gw: Grad | None = None
+        gb: Grad | None = None
+        if (
+            nx
+            and nw
+            and isinstance(x, SharedTensor)
+            and isinstance(g, SharedTensor)
+            and isinstance(w, SharedTensor)
+        ):
+            gx, gw = conv2d_grads(x, g, w, stride, padding, dilation)
+        else:
+            if nx:
+                gx = conv2d_input_grad(g, w, _shape_of(x), stride, padding, dilation)
+            if nw:
+                gw = conv2d_weight_grad(x, g, _shape_of(w), stride, padding, dilation)
+        if nx and squeeze:
+            assert gx is not None
+            gx = gx.squeeze(0)
         if nb:
             gb = _gsum(g, (0, 2, 3), False)
         return (gx, gw, gb, None, None, None, None)

@@ -70,6 +70,25 @@ def test_linear(m: int, k: int, n: int, seed: int) -> None:
     check_grads(F.linear, torch.nn.functional.linear, [x, w, b])
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv2d_backward_products_share_their_rounds(stride: int) -> None:
+    """A shared convolution's input and weight gradients cost two rounds in all."""
+    x, w = _rand((2, 3, 7, 6), 1), _rand((4, 3, 3, 2), 2)
+    with smpc.Session(2) as sess:
+        xs, ws = sess.share(x, requires_grad=True), sess.share(w, requires_grad=True)
+        out = F.conv2d(xs, ws, stride=stride, padding=1)
+        g = _rand(tuple(out.shape), 3)
+        gs = sess.share(g)
+        before = sess.stats.snapshot()
+        out.backward(gs)
+        assert (sess.stats - before).rounds == 2
+        xt, wt = x.clone().requires_grad_(), w.clone().requires_grad_()
+        torch.nn.functional.conv2d(xt, wt, stride=stride, padding=1).backward(g)
+        assert xs.grad is not None and ws.grad is not None
+        torch.testing.assert_close(xs.grad.reveal(), xt.grad, atol=TOL, rtol=TOL)
+        torch.testing.assert_close(ws.grad.reveal(), wt.grad, atol=TOL, rtol=TOL)
+
+
 @pytest.mark.parametrize("op", ["linear", "matmul"])
 def test_backward_products_share_their_rounds(op: str) -> None:
     """Both gradient products of a layer (``g @ W``, ``g^T @ x``) cost two rounds in all."""
