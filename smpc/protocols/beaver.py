@@ -240,11 +240,7 @@ def bilinear_trunc(
     Cost: 2 rounds; ``numel(x) + numel(y)``, then ``numel(out)`` ring elements to
     each other party. Security: semi-honest, non-colluding dealer.
     """
-    t = dealer.request(BilinearTruncTriple(op, _shape(comm, x), _shape(comm, y), frac_bits))
-    e, f = comm.open([x - t["a"], y - t["b"]], type(op).__name__.removesuffix("Op").lower())
-    z = _local_step(comm, op, t, e, f)
-    (w,) = comm.open([z], "trunc")
-    return truncation.finish(comm, w, t["neg_r_hi"], t["s"], frac_bits)
+    return bilinear_trunc_many(comm, dealer, [(op, x, y)], frac_bits)[0]
 
 
 def bilinear_trunc_many(
