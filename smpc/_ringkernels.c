@@ -200,6 +200,140 @@ static PyObject *py_combine3(PyObject *self, PyObject *const *args, Py_ssize_t n
     Py_END_ALLOW_THREADS Py_RETURN_NONE;
 }
 
+/* ---- split8: balanced 8-bit limbs as int8 planes (for int8 GEMMs) ----
+ * x = sum_i l_i 2^(8 i) (mod 2^64), -128 <= l_i <= 127, i < 8. Same layouts and
+ * options as split3: dst is (8, K, R N), or (8, K, N) with sum_rows.
+ */
+
+typedef struct {
+    const i64 *src, *add;
+    int8_t *dst;
+    Py_ssize_t R, K, N;
+    int sum_rows;
+} split8_ctx;
+
+/* Limbs of w values (w <= 256) into 8 planes. With C = 0x80...80, the bytes b_i
+ * of y = x + C give x = sum (b_i - 128) 2^(8 i): the balanced digits are the bytes
+ * of (x + C) ^ C read as int8 (no carry chain); then one narrowing pass per plane. */
+static inline void limbs8_run(u64 *t, Py_ssize_t w, int8_t *d, Py_ssize_t plane) {
+    const u64 C = 0x8080808080808080ULL;
+    for (Py_ssize_t q = 0; q < w; q++) t[q] = (t[q] + C) ^ C;
+    for (int i = 0; i < 8; i++) {
+        int8_t *di = d + i * plane;
+        const int sh = 8 * i;
+        for (Py_ssize_t q = 0; q < w; q++) di[q] = (int8_t)(uint8_t)(t[q] >> sh);
+    }
+}
+
+KERNEL static void split8_range(void *vctx, Py_ssize_t lo, Py_ssize_t hi) {
+    split8_ctx *c = (split8_ctx *)vctx;
+    const Py_ssize_t R = c->R, K = c->K, N = c->N;
+    const u64 *src = (const u64 *)c->src, *add = (const u64 *)c->add;
+    u64 t[256];
+    if (c->sum_rows) {
+        const Py_ssize_t plane = K * N;
+        for (Py_ssize_t i = lo; i < hi; i++) {
+            for (Py_ssize_t j0 = 0; j0 < N; j0 += 256) {
+                const Py_ssize_t w = N - j0 < 256 ? N - j0 : 256;
+                for (Py_ssize_t q = 0; q < w; q++) t[q] = src[i * N + j0 + q];
+                for (Py_ssize_t r = 1; r < R; r++) {
+                    const u64 *s = src + (r * K + i) * N + j0;
+                    for (Py_ssize_t q = 0; q < w; q++) t[q] += s[q];
+                }
+                limbs8_run(t, w, c->dst + i * N + j0, plane);
+            }
+        }
+        return;
+    }
+    const Py_ssize_t plane = K * R * N;
+    for (Py_ssize_t i = lo; i < hi; i++) {
+        for (Py_ssize_t r = 0; r < R; r++) {
+            const u64 *s = src + (r * K + i) * N;
+            const u64 *ad = (r == 0 && add != NULL) ? add + i * N : NULL;
+            for (Py_ssize_t j0 = 0; j0 < N; j0 += 256) {
+                const Py_ssize_t w = N - j0 < 256 ? N - j0 : 256;
+                if (ad != NULL)
+                    for (Py_ssize_t q = 0; q < w; q++) t[q] = s[j0 + q] + ad[j0 + q];
+                else
+                    for (Py_ssize_t q = 0; q < w; q++) t[q] = s[j0 + q];
+                limbs8_run(t, w, c->dst + (i * R + r) * N + j0, plane);
+            }
+        }
+    }
+}
+
+static PyObject *py_split8(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    split8_ctx c;
+    void *src, *add, *dst;
+    Py_ssize_t sum_rows, threads;
+    if (check_nargs(nargs, 8, "split8") || get_ptr(args[0], &src) || get_ptr(args[1], &add) ||
+        get_ptr(args[2], &dst) || get_size(args[3], &c.R) || get_size(args[4], &c.K) ||
+        get_size(args[5], &c.N) || get_size(args[6], &sum_rows) || get_size(args[7], &threads))
+        return NULL;
+    c.src = (const i64 *)src;
+    c.add = (const i64 *)add;
+    c.dst = (int8_t *)dst;
+    c.sum_rows = sum_rows != 0;
+    Py_BEGIN_ALLOW_THREADS run_range(split8_range, &c, c.K, (int)threads);
+    Py_END_ALLOW_THREADS Py_RETURN_NONE;
+}
+
+/* ---- combine8: ring result from the int32 products of int8 limb planes ----
+ * p[j] is the ((8 - j) M) x (R N) product of the left limbs 0 .. 7-j stacked
+ * (rows i' M .. i' M + M - 1 hold limb i') with the right limb j:
+ *   out[r, i, c] = base[r, i, c] + sum_{j, i' <= 7 - j} p[j][i' M + i, r N + c] 2^(8 (i' + j)).
+ */
+
+typedef struct {
+    const int32_t *p[8];
+    const i64 *base;
+    i64 *out;
+    Py_ssize_t R, M, N;
+} comb8_ctx;
+
+KERNEL static void combine8_range(void *vctx, Py_ssize_t lo, Py_ssize_t hi) {
+    comb8_ctx *c = (comb8_ctx *)vctx;
+    const Py_ssize_t R = c->R, M = c->M, N = c->N, W = R * N;
+    u64 acc[256];
+    for (Py_ssize_t i = lo; i < hi; i++) {
+        for (Py_ssize_t r = 0; r < R; r++) {
+            const Py_ssize_t o = (r * M + i) * N;
+            const u64 *base = c->base != NULL ? (const u64 *)c->base + o : NULL;
+            u64 *out = (u64 *)c->out + o;
+            for (Py_ssize_t c0 = 0; c0 < N; c0 += 256) {
+                const Py_ssize_t w = N - c0 < 256 ? N - c0 : 256;
+                for (Py_ssize_t q = 0; q < w; q++) acc[q] = 0;
+                for (int s = 7; s >= 0; s--) { /* Horner over the shift s = i' + j */
+                    for (Py_ssize_t q = 0; q < w; q++) acc[q] <<= 8;
+                    for (int j = 0; j <= s; j++) {
+                        const int32_t *pj = c->p[j] + ((Py_ssize_t)(s - j) * M + i) * W + r * N + c0;
+                        for (Py_ssize_t q = 0; q < w; q++) acc[q] += (u64)(i64)pj[q];
+                    }
+                }
+                for (Py_ssize_t q = 0; q < w; q++)
+                    out[c0 + q] = base != NULL ? base[c0 + q] + acc[q] : acc[q];
+            }
+        }
+    }
+}
+
+static PyObject *py_combine8(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    comb8_ctx c;
+    void *p[10];
+    Py_ssize_t threads;
+    if (check_nargs(nargs, 14, "combine8")) return NULL;
+    for (int i = 0; i < 10; i++)
+        if (get_ptr(args[i], &p[i])) return NULL;
+    if (get_size(args[10], &c.R) || get_size(args[11], &c.M) || get_size(args[12], &c.N) ||
+        get_size(args[13], &threads))
+        return NULL;
+    for (int i = 0; i < 8; i++) c.p[i] = (const int32_t *)p[i];
+    c.base = (const i64 *)p[8];
+    c.out = (i64 *)p[9];
+    Py_BEGIN_ALLOW_THREADS run_range(combine8_range, &c, c.M, (int)threads);
+    Py_END_ALLOW_THREADS Py_RETURN_NONE;
+}
+
 /* ---- beaver_mul: out[k] = c[k] + e b[k] + f a[k] (+ e f on row 0 if first), k < rows ----
  * The local step of a Beaver product for `rows` stacked shares (the simulation's
  * party axis, or one row for a real party). out may alias c.
@@ -667,6 +801,10 @@ static PyMethodDef methods[] = {
      "split3(src, add, dst, R, K, N, sum_rows, threads): float64 limb planes of int64 rows."},
     {"combine3", (PyCFunction)(void (*)(void))py_combine3, METH_FASTCALL,
      "combine3(g0, g1, g2, base, out, R, M, N, threads): ring result from limb groups."},
+    {"split8", (PyCFunction)(void (*)(void))py_split8, METH_FASTCALL,
+     "split8(src, add, dst, R, K, N, sum_rows, threads): int8 limb planes of int64 rows."},
+    {"combine8", (PyCFunction)(void (*)(void))py_combine8, METH_FASTCALL,
+     "combine8(p0, ..., p7, base, out, R, M, N, threads): ring result from int8 products."},
     {"beaver_mul", (PyCFunction)(void (*)(void))py_beaver_mul, METH_FASTCALL,
      "beaver_mul(c, e, b, f, a, out, rows, n, first, threads): local Beaver product step."},
     {"trunc_finish", (PyCFunction)(void (*)(void))py_trunc_finish, METH_FASTCALL,

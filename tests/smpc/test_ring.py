@@ -165,3 +165,60 @@ def test_beaver_matmul_local_reads_c_after_the_products() -> None:
     assert got is not None and torch.equal(got, c + _ref_mm(e, b) + _ref_mm(a, f))
     with pytest.raises(ValueError, match="`c` must have shape"):
         ring.beaver_matmul_local(lambda: c[:-1], e, b, f, a, first=False)
+
+
+@pytest.mark.skipif(not ring.kernels_available(), reason="the int8 route needs the C kernels")
+@given(st.integers(1, 5000), seeds)
+def test_split8_reconstructs_and_is_balanced(n: int, seed: int) -> None:
+    """int8 limb planes: ``x = sum l_i 2^(8 i)`` (mod 2^64), every limb in [-128, 127]."""
+    x = torch.cat([_EXTREMES, _rand((n,), seed)])
+    planes = ring._split8(x.contiguous(), 1, 1, x.numel())
+    assert planes.dtype == torch.int8 and planes.shape == (8, 1, x.numel())
+    back = planes.reshape(8, -1).to(torch.int64)
+    total = torch.zeros_like(x)
+    for i in range(8):
+        total += back[i] << (8 * i)
+    assert torch.equal(total, x)
+
+
+@pytest.mark.skipif(not ring.kernels_available(), reason="the int8 route needs the C kernels")
+@given(
+    st.integers(17, 70),
+    st.integers(ring._INT8_MIN_K, ring._LIMB_MAX_K),
+    st.integers(1, 40),
+    st.sampled_from([None, 1, 2, 3]),
+    st.booleans(),
+    seeds,
+)
+def test_int8_route_is_exact(
+    m: int, k: int, n: int, rows: int | None, first: bool, seed: int
+) -> None:
+    """Reductions of at least _INT8_MIN_K terms take the int8 GEMMs: matmul, the local
+    Beaver step and the provider's product of row sums equal the float64 route."""
+    x, y = _rand((m, k), seed), _rand((k, n), seed + 1)
+    lead = () if rows is None else (rows,)
+    c, b, a = (
+        _rand((*lead, m, n), seed + 2),
+        _rand((*lead, k, n), seed + 3),
+        _rand((*lead, m, k), seed + 4),
+    )
+    got = (
+        ring.matmul(x, y),
+        ring.beaver_matmul_local(c, x, b, y, a, first=first),
+        ring.matmul_of_row_sums(a.reshape(-1, m, k), b.reshape(-1, k, n)),
+    )
+    mp = pytest.MonkeyPatch()
+    mp.setattr(ring, "_INT8_MIN_K", 1 << 30)  # the float64 route
+    try:
+        want = (
+            ring.matmul(x, y),
+            ring.beaver_matmul_local(c, x, b, y, a, first=first),
+            ring.matmul_of_row_sums(a.reshape(-1, m, k), b.reshape(-1, k, n)),
+        )
+    finally:
+        mp.undo()
+    assert torch.equal(got[0], torch.matmul(x, y))
+    for g, w in zip(got, want, strict=True):
+        assert g is not None and w is not None and torch.equal(g, w)
+    extremes = torch.full((m, k), -(2**63)), torch.full((k, n), 2**63 - 1)
+    assert torch.equal(ring.matmul(*extremes), torch.matmul(*extremes))
