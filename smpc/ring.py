@@ -14,6 +14,7 @@ and recombination are single fused passes in the optional C module
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -104,7 +105,27 @@ _INT8_MIN_K = 256
 
 
 def _int8_ok(k: int) -> bool:
-    return _kernels is not None and k >= _INT8_MIN_K
+    return _kernels is not None and k >= _INT8_MIN_K and _int8_gemms_fast()
+
+
+@functools.cache
+def _int8_gemms_fast() -> bool:
+    """Whether this CPU has VNNI int8 dot products (else int8 GEMMs lose to float64).
+
+    Read once, at the first long product, from ``/proc/cpuinfo`` (Linux, x86);
+    ``False`` where it cannot be told.
+    """
+    if not hasattr(torch, "_int_mm"):
+        return False
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    except OSError:
+        pass
+    return False
 
 
 def _split8(
