@@ -33,6 +33,7 @@ from smpc.launch import PartyExitError, run
 from tests.smpc.comm.dist_programs import (
     FRAC,
     Case,
+    backward_program,
     big_open_program,
     desync_big_parts_program,
     desync_many_parts_program,
@@ -133,6 +134,39 @@ def test_protocols_match_plaintext_and_simulation(n: int, case: Case) -> None:
     for r, res in enumerate(results):
         expected = 16 + (sim["stats"].dealer_bytes if r == n - 1 else 0)
         assert res["dealer_received"] == expected
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("n", [2, 3])
+def test_backward_products_share_rounds_in_both_runtimes(n: int) -> None:
+    # Prepare: a linear layer and a strided convolution with their output gradients
+    g = torch.Generator().manual_seed(n)
+    inputs = {
+        "x": torch.rand(5, 4, generator=g) - 0.5,
+        "w": torch.rand(3, 4, generator=g) - 0.5,
+        "g": torch.rand(5, 3, generator=g) - 0.5,
+        "cx": torch.rand(2, 3, 7, 6, generator=g) - 0.5,
+        "cw": torch.rand(4, 3, 3, 3, generator=g) - 0.5,
+        "cg": torch.rand(2, 4, 4, 3, generator=g) - 0.5,
+    }
+    program = functools.partial(backward_program, inputs=inputs)
+    # Execute
+    results = run(program, parties=n, timeout=30)
+    sim = _simulate(program, n)
+    # Assert: torch autograd's gradients (within fixed-point error), on the last party
+    ref = {k: v.clone().requires_grad_(k in ("x", "w", "cx", "cw")) for k, v in inputs.items()}
+    torch.nn.functional.linear(ref["x"], ref["w"]).backward(ref["g"])
+    torch.nn.functional.conv2d(ref["cx"], ref["cw"], stride=2, padding=1).backward(ref["cg"])
+    got = results[-1]["grads"]
+    for name in ("x", "w", "cx", "cw"):
+        want = ref[name].grad
+        assert want is not None
+        torch.testing.assert_close(got[name], want, atol=1e-3, rtol=1e-3)
+    assert all(res["grads"]["x"] is None for res in results[:-1])
+    # Assert: 2 rounds per layer forward and 2 backward (both products together),
+    # and the same costs as the simulation
+    assert sim["stats"].rounds == 8
+    _assert_same_costs([res["stats"] for res in results], sim["stats"])
 
 
 @pytest.mark.timeout(60)

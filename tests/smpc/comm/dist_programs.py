@@ -222,3 +222,29 @@ def many_rows_program(sess: smpc.Session, xp: torch.Tensor, wp: torch.Tensor) ->
     out = (x @ w).reveal()
     assert out is not None
     return out
+
+
+def backward_program(sess: smpc.Session, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Gradients of a linear layer and a strided convolution (products sharing rounds,
+    the transposed-convolution triple); runtime-agnostic."""
+    from smpc import functional as F
+
+    last = sess.world_size - 1
+    shared = {
+        name: sess.share(
+            v if sess.rank in (None, i % sess.world_size) else None,
+            src=i % sess.world_size,
+            requires_grad=name in ("x", "w", "cx", "cw"),
+        )
+        for i, (name, v) in enumerate(inputs.items())
+    }
+    before = sess.stats.snapshot()
+    F.linear(shared["x"], shared["w"]).backward(shared["g"])
+    F.conv2d(shared["cx"], shared["cw"], stride=2, padding=1).backward(shared["cg"])
+    cost = sess.stats - before
+    grads = {}
+    for name in ("x", "w", "cx", "cw"):
+        grad = shared[name].grad
+        assert grad is not None
+        grads[name] = grad.reveal(to=last)
+    return {"grads": grads, "stats": cost}
