@@ -87,68 +87,92 @@ static int check_nargs(Py_ssize_t nargs, Py_ssize_t want, const char *name) {
  * one GEMM per limb. R = 1 is the plain layout.
  */
 
+typedef void (*limbs_fn)(u64 *t, Py_ssize_t w, void *dst, Py_ssize_t at, Py_ssize_t plane);
+
 typedef struct {
     const i64 *src, *add;
-    double *dst;
+    void *dst;
     Py_ssize_t R, K, N;
     int sum_rows;
+    limbs_fn limbs;
 } split_ctx;
 
-static inline void limbs3(u64 x, double *d0, double *d1, double *d2) {
-    const u64 half = (u64)1 << 21, mask = ((u64)1 << 22) - 1;
-    i64 l0 = (i64)((x + half) & mask) - (i64)half;
-    i64 r = (i64)(x - (u64)l0) >> 22;
-    i64 l1 = (i64)(((u64)r + half) & mask) - (i64)half;
-    *d0 = (double)l0;
-    *d1 = (double)l1;
-    *d2 = (double)((r - l1) >> 22);
-}
-
-KERNEL static void split3_range(void *vctx, Py_ssize_t lo, Py_ssize_t hi) {
-    split_ctx *c = (split_ctx *)vctx;
+/* Walks the rows of a split (summed, or side by side with `add` on row 0) in
+ * chunks of up to 256 values, handing each chunk to the limb writer with the
+ * chunk's offset in a destination plane. */
+static inline void split_rows(split_ctx *c, Py_ssize_t lo, Py_ssize_t hi) {
     const Py_ssize_t R = c->R, K = c->K, N = c->N;
     const u64 *src = (const u64 *)c->src, *add = (const u64 *)c->add;
+    u64 t[256];
     if (c->sum_rows) {
-        const Py_ssize_t plane = K * N;
         for (Py_ssize_t i = lo; i < hi; i++) {
-            double *d0 = c->dst + i * N, *d1 = d0 + plane, *d2 = d1 + plane;
-            for (Py_ssize_t j = 0; j < N; j++) {
-                u64 x = src[i * N + j];
-                for (Py_ssize_t r = 1; r < R; r++) x += src[(r * K + i) * N + j];
-                limbs3(x, d0 + j, d1 + j, d2 + j);
+            for (Py_ssize_t j0 = 0; j0 < N; j0 += 256) {
+                const Py_ssize_t w = N - j0 < 256 ? N - j0 : 256;
+                for (Py_ssize_t q = 0; q < w; q++) t[q] = src[i * N + j0 + q];
+                for (Py_ssize_t r = 1; r < R; r++) {
+                    const u64 *s = src + (r * K + i) * N + j0;
+                    for (Py_ssize_t q = 0; q < w; q++) t[q] += s[q];
+                }
+                c->limbs(t, w, c->dst, i * N + j0, K * N);
             }
         }
         return;
     }
-    const Py_ssize_t plane = K * R * N;
     for (Py_ssize_t i = lo; i < hi; i++) {
         for (Py_ssize_t r = 0; r < R; r++) {
             const u64 *s = src + (r * K + i) * N;
-            double *d0 = c->dst + (i * R + r) * N, *d1 = d0 + plane, *d2 = d1 + plane;
-            if (r == 0 && add != NULL) {
-                const u64 *ad = add + i * N;
-                for (Py_ssize_t j = 0; j < N; j++) limbs3(s[j] + ad[j], d0 + j, d1 + j, d2 + j);
-            } else {
-                for (Py_ssize_t j = 0; j < N; j++) limbs3(s[j], d0 + j, d1 + j, d2 + j);
+            const u64 *ad = (r == 0 && add != NULL) ? add + i * N : NULL;
+            for (Py_ssize_t j0 = 0; j0 < N; j0 += 256) {
+                const Py_ssize_t w = N - j0 < 256 ? N - j0 : 256;
+                if (ad != NULL)
+                    for (Py_ssize_t q = 0; q < w; q++) t[q] = s[j0 + q] + ad[j0 + q];
+                else
+                    for (Py_ssize_t q = 0; q < w; q++) t[q] = s[j0 + q];
+                c->limbs(t, w, c->dst, (i * R + r) * N + j0, K * R * N);
             }
         }
     }
 }
 
-static PyObject *py_split3(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+KERNEL static void limbs3_run(u64 *t, Py_ssize_t w, void *dst, Py_ssize_t at, Py_ssize_t plane) {
+    const u64 half = (u64)1 << 21, mask = ((u64)1 << 22) - 1;
+    double *d0 = (double *)dst + at, *d1 = d0 + plane, *d2 = d1 + plane;
+    for (Py_ssize_t q = 0; q < w; q++) {
+        u64 x = t[q];
+        i64 l0 = (i64)((x + half) & mask) - (i64)half;
+        i64 r = (i64)(x - (u64)l0) >> 22;
+        i64 l1 = (i64)(((u64)r + half) & mask) - (i64)half;
+        d0[q] = (double)l0;
+        d1[q] = (double)l1;
+        d2[q] = (double)((r - l1) >> 22);
+    }
+}
+
+static void split_range(void *vctx, Py_ssize_t lo, Py_ssize_t hi) {
+    split_rows((split_ctx *)vctx, lo, hi);
+}
+
+/* split3 and split8 share their arguments: (src, add, dst, R, K, N, sum_rows, threads). */
+static PyObject *split_call(PyObject *const *args, Py_ssize_t nargs, const char *name,
+                            limbs_fn limbs) {
     split_ctx c;
     void *src, *add, *dst;
     Py_ssize_t sum_rows, threads;
-    if (check_nargs(nargs, 8, "split3") || get_ptr(args[0], &src) || get_ptr(args[1], &add) ||
+    if (check_nargs(nargs, 8, name) || get_ptr(args[0], &src) || get_ptr(args[1], &add) ||
         get_ptr(args[2], &dst) || get_size(args[3], &c.R) || get_size(args[4], &c.K) ||
         get_size(args[5], &c.N) || get_size(args[6], &sum_rows) || get_size(args[7], &threads))
         return NULL;
     c.src = (const i64 *)src;
     c.add = (const i64 *)add;
-    c.dst = (double *)dst;
+    c.dst = dst;
     c.sum_rows = sum_rows != 0;
-    Py_BEGIN_ALLOW_THREADS run_range(split3_range, &c, c.K, (int)threads);
+    c.limbs = limbs;
+    Py_BEGIN_ALLOW_THREADS run_range(split_range, &c, c.K, (int)threads);
     Py_END_ALLOW_THREADS Py_RETURN_NONE;
+}
+
+static PyObject *py_split3(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    return split_call(args, nargs, "split3", limbs3_run);
 }
 
 /* ---- combine3: ring result from the three float64 limb-product groups ----
@@ -205,77 +229,21 @@ static PyObject *py_combine3(PyObject *self, PyObject *const *args, Py_ssize_t n
  * options as split3: dst is (8, K, R N), or (8, K, N) with sum_rows.
  */
 
-typedef struct {
-    const i64 *src, *add;
-    int8_t *dst;
-    Py_ssize_t R, K, N;
-    int sum_rows;
-} split8_ctx;
-
 /* Limbs of w values (w <= 256) into 8 planes. With C = 0x80...80, the bytes b_i
  * of y = x + C give x = sum (b_i - 128) 2^(8 i): the balanced digits are the bytes
  * of (x + C) ^ C read as int8 (no carry chain); then one narrowing pass per plane. */
-static inline void limbs8_run(u64 *t, Py_ssize_t w, int8_t *d, Py_ssize_t plane) {
+KERNEL static void limbs8_run(u64 *t, Py_ssize_t w, void *dst, Py_ssize_t at, Py_ssize_t plane) {
     const u64 C = 0x8080808080808080ULL;
     for (Py_ssize_t q = 0; q < w; q++) t[q] = (t[q] + C) ^ C;
     for (int i = 0; i < 8; i++) {
-        int8_t *di = d + i * plane;
+        int8_t *di = (int8_t *)dst + at + i * plane;
         const int sh = 8 * i;
         for (Py_ssize_t q = 0; q < w; q++) di[q] = (int8_t)(uint8_t)(t[q] >> sh);
     }
 }
 
-KERNEL static void split8_range(void *vctx, Py_ssize_t lo, Py_ssize_t hi) {
-    split8_ctx *c = (split8_ctx *)vctx;
-    const Py_ssize_t R = c->R, K = c->K, N = c->N;
-    const u64 *src = (const u64 *)c->src, *add = (const u64 *)c->add;
-    u64 t[256];
-    if (c->sum_rows) {
-        const Py_ssize_t plane = K * N;
-        for (Py_ssize_t i = lo; i < hi; i++) {
-            for (Py_ssize_t j0 = 0; j0 < N; j0 += 256) {
-                const Py_ssize_t w = N - j0 < 256 ? N - j0 : 256;
-                for (Py_ssize_t q = 0; q < w; q++) t[q] = src[i * N + j0 + q];
-                for (Py_ssize_t r = 1; r < R; r++) {
-                    const u64 *s = src + (r * K + i) * N + j0;
-                    for (Py_ssize_t q = 0; q < w; q++) t[q] += s[q];
-                }
-                limbs8_run(t, w, c->dst + i * N + j0, plane);
-            }
-        }
-        return;
-    }
-    const Py_ssize_t plane = K * R * N;
-    for (Py_ssize_t i = lo; i < hi; i++) {
-        for (Py_ssize_t r = 0; r < R; r++) {
-            const u64 *s = src + (r * K + i) * N;
-            const u64 *ad = (r == 0 && add != NULL) ? add + i * N : NULL;
-            for (Py_ssize_t j0 = 0; j0 < N; j0 += 256) {
-                const Py_ssize_t w = N - j0 < 256 ? N - j0 : 256;
-                if (ad != NULL)
-                    for (Py_ssize_t q = 0; q < w; q++) t[q] = s[j0 + q] + ad[j0 + q];
-                else
-                    for (Py_ssize_t q = 0; q < w; q++) t[q] = s[j0 + q];
-                limbs8_run(t, w, c->dst + (i * R + r) * N + j0, plane);
-            }
-        }
-    }
-}
-
 static PyObject *py_split8(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    split8_ctx c;
-    void *src, *add, *dst;
-    Py_ssize_t sum_rows, threads;
-    if (check_nargs(nargs, 8, "split8") || get_ptr(args[0], &src) || get_ptr(args[1], &add) ||
-        get_ptr(args[2], &dst) || get_size(args[3], &c.R) || get_size(args[4], &c.K) ||
-        get_size(args[5], &c.N) || get_size(args[6], &sum_rows) || get_size(args[7], &threads))
-        return NULL;
-    c.src = (const i64 *)src;
-    c.add = (const i64 *)add;
-    c.dst = (int8_t *)dst;
-    c.sum_rows = sum_rows != 0;
-    Py_BEGIN_ALLOW_THREADS run_range(split8_range, &c, c.K, (int)threads);
-    Py_END_ALLOW_THREADS Py_RETURN_NONE;
+    return split_call(args, nargs, "split8", limbs8_run);
 }
 
 /* ---- combine8: ring result from the int32 products of int8 limb planes ----
