@@ -273,12 +273,29 @@ def bilinears(
 ) -> list[SharedTensor]:
     """Several truncated shared-by-shared bilinear products (``op(x, y)``) in the rounds of one.
 
-    For operands already checked against their op (e.g. a convolution's two
-    gradients): :func:`smpc.protocols.beaver.bilinear_trunc_many` under the
-    default truncation, else one product after the other.
+    E.g. a convolution's two gradients: :func:`smpc.protocols.beaver.bilinear_trunc_many`
+    under the default truncation, else one product after the other.
+
+    Raises:
+        TypeError: an operand is not a SharedTensor.
+        ShapeError: an op cannot take its operands' shapes.
+        SessionMismatchError: the operands belong to different sessions.
     """
     if not items:
         return []
+    for i, (op, x, y) in enumerate(items):
+        if not isinstance(x, SharedTensor) or not isinstance(y, SharedTensor):
+            raise TypeError(
+                f"bilinears: item {i} needs two SharedTensors; got "
+                f"{type(x).__name__} and {type(y).__name__}"
+            )
+        try:
+            op.out_shape(torch.Size(x.shape), torch.Size(y.shape))
+        except RuntimeError as err:
+            raise ShapeError(
+                f"bilinears: item {i} ({type(op).__name__}) cannot take shapes "
+                f"{tuple(x.shape)} and {tuple(y.shape)}: {err}"
+            ) from err
     sess = _session(*(v for _, x, y in items for v in (x, y)))
     if len(items) > 1 and _fused(sess):
         f = sess.encoding.frac_bits

@@ -119,6 +119,15 @@ def test_matmuls_errors() -> None:
             ops.matmuls([(x, x.t()), (b.share(torch.ones(2, 3)), x.t())])
         with pytest.raises(ShapeError, match="inner dimensions must match"):
             ops.matmuls([(x, x.t()), (x, x)])
+        from smpc import ring
+
+        assert ops.bilinears([]) == []
+        with pytest.raises(TypeError, match="item 0 needs two SharedTensors"):
+            ops.bilinears([(ring.MatmulOp(), x, torch.ones(3, 2))])  # type: ignore[list-item]
+        with pytest.raises(ShapeError, match="item 1 .MatmulOp. cannot take shapes"):
+            ops.bilinears([(ring.MatmulOp(), x, x.t()), (ring.MatmulOp(), x, x)])
+        with pytest.raises(SessionMismatchError):
+            ops.bilinears([(ring.MatmulOp(), x, b.share(torch.ones(3, 2)))])
 
 
 def test_matmul_large_shape_exact_within_tolerance() -> None:
