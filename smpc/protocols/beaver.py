@@ -258,7 +258,9 @@ def bilinear_trunc_many(
     ``g^T @ x``).
 
     Cost: 2 rounds in all (instead of 2 per product); the same bytes as the
-    products one by one. Security: as :func:`bilinear_trunc`.
+    products one by one. Security: as :func:`bilinear_trunc` (Beaver matrix
+    triples as in SecureML, S&P'17; [EGKRS20] truncation), every opening
+    one-time padded by its own triple's masks.
     """
     if not items:
         return []
