@@ -67,18 +67,25 @@ def mul(comm: Communicator, dealer: Dealer, x: torch.Tensor, y: torch.Tensor) ->
     """
     t = dealer.request(MulTriple(_shape(comm, x), _shape(comm, y)))
     e, f = comm.open([x - t["a"], y - t["b"]], "mul")
-    fused = ring.fused_beaver(t["c"], e, t["b"], f, t["a"], first=_first(comm))
+    return _mul_local(comm, t, e, f)
+
+
+def _mul_local(
+    comm: Communicator, t: Mapping[str, torch.Tensor], e: torch.Tensor, f: torch.Tensor
+) -> torch.Tensor:
+    """``[c] + e [b] + f [a] + e f`` (public term on party 0): one C pass, or torch's."""
+    c = t["c"]
+    fused = ring.fused_beaver(c, e, t["b"], f, t["a"], first=_first(comm))
     if fused is not None:
         return fused
     # One fused pass each: z = c + e*b, then z += a*f.
-    c = t["c"]
     z = torch.addcmul(c, e, t["b"]) if c.shape == t["b"].shape else c + e * t["b"]
     if z.shape == t["a"].shape:
         z.addcmul_(t["a"], f)
     else:
         z = z + t["a"] * f
     if tuple(data_shape(comm, z)) == tuple(ring.broadcast_shapes(e.shape, f.shape)):
-        return add_public_(comm, z, e * f)
+        return addcmul_public_(comm, z, e, f)
     return add_public(comm, z, e * f)
 
 
@@ -205,20 +212,7 @@ def mul_trunc(
     """
     t = dealer.request(MulTruncTriple(_shape(comm, x), _shape(comm, y), frac_bits))
     e, f = comm.open([x - t["a"], y - t["b"]], "mul")
-    c = t["c"]
-    fused = ring.fused_beaver(c, e, t["b"], f, t["a"], first=_first(comm))
-    if fused is not None:
-        z = fused
-    else:
-        z = torch.addcmul(c, e, t["b"]) if c.shape == t["b"].shape else c + e * t["b"]
-        if z.shape == t["a"].shape:
-            z.addcmul_(t["a"], f)
-        else:
-            z = z + t["a"] * f
-        if tuple(data_shape(comm, z)) == tuple(ring.broadcast_shapes(e.shape, f.shape)):
-            z = addcmul_public_(comm, z, e, f)
-        else:
-            z = add_public(comm, z, e * f)
+    z = _mul_local(comm, t, e, f)
     (w,) = comm.open([z], "trunc")
     return truncation.finish(comm, w, t["neg_r_hi"], t["s"], frac_bits)
 
