@@ -87,7 +87,10 @@ static int check_nargs(Py_ssize_t nargs, Py_ssize_t want, const char *name) {
  * one GEMM per limb. R = 1 is the plain layout.
  */
 
-typedef void (*limbs_fn)(u64 *t, Py_ssize_t w, void *dst, Py_ssize_t at, Py_ssize_t plane);
+/* A limb writer: the limbs of s[q] + add[q] (add may be NULL), q < w <= 256, into
+ * planes `plane` values apart, from offset `at`. */
+typedef void (*limbs_fn)(const u64 *s, const u64 *add, Py_ssize_t w, void *dst, Py_ssize_t at,
+                         Py_ssize_t plane);
 
 typedef struct {
     const i64 *src, *add;
@@ -103,8 +106,8 @@ typedef struct {
 static inline void split_rows(split_ctx *c, Py_ssize_t lo, Py_ssize_t hi) {
     const Py_ssize_t R = c->R, K = c->K, N = c->N;
     const u64 *src = (const u64 *)c->src, *add = (const u64 *)c->add;
-    u64 t[256];
     if (c->sum_rows) {
+        u64 t[256];
         for (Py_ssize_t i = lo; i < hi; i++) {
             for (Py_ssize_t j0 = 0; j0 < N; j0 += 256) {
                 const Py_ssize_t w = N - j0 < 256 ? N - j0 : 256;
@@ -113,8 +116,15 @@ static inline void split_rows(split_ctx *c, Py_ssize_t lo, Py_ssize_t hi) {
                     const u64 *s = src + (r * K + i) * N + j0;
                     for (Py_ssize_t q = 0; q < w; q++) t[q] += s[q];
                 }
-                c->limbs(t, w, c->dst, i * N + j0, K * N);
+                c->limbs(t, NULL, w, c->dst, i * N + j0, K * N);
             }
+        }
+        return;
+    }
+    if (R == 1) { /* one matrix: rows lo .. hi - 1 are one contiguous run, in and out */
+        for (Py_ssize_t j0 = lo * N; j0 < hi * N; j0 += 256) {
+            const Py_ssize_t w = hi * N - j0 < 256 ? hi * N - j0 : 256;
+            c->limbs(src + j0, add != NULL ? add + j0 : NULL, w, c->dst, j0, K * N);
         }
         return;
     }
@@ -124,21 +134,19 @@ static inline void split_rows(split_ctx *c, Py_ssize_t lo, Py_ssize_t hi) {
             const u64 *ad = (r == 0 && add != NULL) ? add + i * N : NULL;
             for (Py_ssize_t j0 = 0; j0 < N; j0 += 256) {
                 const Py_ssize_t w = N - j0 < 256 ? N - j0 : 256;
-                if (ad != NULL)
-                    for (Py_ssize_t q = 0; q < w; q++) t[q] = s[j0 + q] + ad[j0 + q];
-                else
-                    for (Py_ssize_t q = 0; q < w; q++) t[q] = s[j0 + q];
-                c->limbs(t, w, c->dst, (i * R + r) * N + j0, K * R * N);
+                c->limbs(s + j0, ad != NULL ? ad + j0 : NULL, w, c->dst, (i * R + r) * N + j0,
+                         K * R * N);
             }
         }
     }
 }
 
-KERNEL static void limbs3_run(u64 *t, Py_ssize_t w, void *dst, Py_ssize_t at, Py_ssize_t plane) {
+KERNEL static void limbs3_run(const u64 *s, const u64 *add, Py_ssize_t w, void *dst,
+                              Py_ssize_t at, Py_ssize_t plane) {
     const u64 half = (u64)1 << 21, mask = ((u64)1 << 22) - 1;
     double *d0 = (double *)dst + at, *d1 = d0 + plane, *d2 = d1 + plane;
     for (Py_ssize_t q = 0; q < w; q++) {
-        u64 x = t[q];
+        u64 x = add != NULL ? s[q] + add[q] : s[q];
         i64 l0 = (i64)((x + half) & mask) - (i64)half;
         i64 r = (i64)(x - (u64)l0) >> 22;
         i64 l1 = (i64)(((u64)r + half) & mask) - (i64)half;
@@ -232,9 +240,14 @@ static PyObject *py_combine3(PyObject *self, PyObject *const *args, Py_ssize_t n
 /* Limbs of w values (w <= 256) into 8 planes. With C = 0x80...80, the bytes b_i
  * of y = x + C give x = sum (b_i - 128) 2^(8 i): the balanced digits are the bytes
  * of (x + C) ^ C read as int8 (no carry chain); then one narrowing pass per plane. */
-KERNEL static void limbs8_run(u64 *t, Py_ssize_t w, void *dst, Py_ssize_t at, Py_ssize_t plane) {
+KERNEL static void limbs8_run(const u64 *s, const u64 *add, Py_ssize_t w, void *dst,
+                              Py_ssize_t at, Py_ssize_t plane) {
     const u64 C = 0x8080808080808080ULL;
-    for (Py_ssize_t q = 0; q < w; q++) t[q] = (t[q] + C) ^ C;
+    u64 t[256];
+    if (add != NULL)
+        for (Py_ssize_t q = 0; q < w; q++) t[q] = ((s[q] + add[q]) + C) ^ C;
+    else
+        for (Py_ssize_t q = 0; q < w; q++) t[q] = (s[q] + C) ^ C;
     for (int i = 0; i < 8; i++) {
         int8_t *di = (int8_t *)dst + at + i * plane;
         const int sh = 8 * i;
@@ -242,8 +255,69 @@ KERNEL static void limbs8_run(u64 *t, Py_ssize_t w, void *dst, Py_ssize_t at, Py
     }
 }
 
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#define HAVE_LIMBS8_VBMI 1
+/* The same limbs as limbs8_run, 64 values at a time as an 8 x 8 byte transpose:
+ * one byte permutation (AVX-512 VBMI) groups each element's byte i into qword i,
+ * then an 8 x 8 qword transpose leaves plane i's 64 bytes in one register. About
+ * 6x faster than narrowing each plane separately (shuffle-port bound there). */
+__attribute__((target("avx512f,avx512bw,avx512vbmi"))) static void limbs8_vbmi(
+    const u64 *s, const u64 *add, Py_ssize_t w, void *dst, Py_ssize_t at, Py_ssize_t plane) {
+    const __m512i C = _mm512_set1_epi64((long long)0x8080808080808080ULL);
+    /* byte 8 i + e of the result <- byte 8 e + i of the source */
+    const __m512i perm = _mm512_set_epi8(
+        63, 55, 47, 39, 31, 23, 15, 7, 62, 54, 46, 38, 30, 22, 14, 6,
+        61, 53, 45, 37, 29, 21, 13, 5, 60, 52, 44, 36, 28, 20, 12, 4,
+        59, 51, 43, 35, 27, 19, 11, 3, 58, 50, 42, 34, 26, 18, 10, 2,
+        57, 49, 41, 33, 25, 17, 9, 1, 56, 48, 40, 32, 24, 16, 8, 0);
+    int8_t *d = (int8_t *)dst + at;
+    for (Py_ssize_t q = 0; q < w; q += 64) {
+        const Py_ssize_t r = w - q; /* a last block of r < 64 values: masked loads and stores */
+        const __mmask64 keep = r >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << r) - 1);
+        __m512i u[8], v[8];
+        for (int k = 0; k < 8; k++) {
+            const Py_ssize_t n = r - 8 * k;
+            const __mmask8 mk = n >= 8 ? 0xFF : n <= 0 ? 0 : (__mmask8)((1u << n) - 1);
+            __m512i x = _mm512_maskz_loadu_epi64(mk, (const void *)(s + q + 8 * k));
+            if (add != NULL)
+                x = _mm512_add_epi64(x, _mm512_maskz_loadu_epi64(mk, (const void *)(add + q + 8 * k)));
+            x = _mm512_xor_si512(_mm512_add_epi64(x, C), C);
+            u[k] = _mm512_permutexvar_epi8(perm, x); /* qword i: byte i of 8 elements */
+        }
+        /* 8 x 8 qword transpose: v[i] qword k = u[k] qword i */
+        for (int k = 0; k < 8; k += 2) {
+            v[k] = _mm512_unpacklo_epi64(u[k], u[k + 1]);
+            v[k + 1] = _mm512_unpackhi_epi64(u[k], u[k + 1]);
+        }
+        for (int k = 0; k < 8; k += 4)
+            for (int h = 0; h < 2; h++) {
+                __m512i a = v[k + h], b = v[k + 2 + h];
+                u[k + h] = _mm512_shuffle_i64x2(a, b, 0x88);     /* lanes 0, 2 of a, b */
+                u[k + 2 + h] = _mm512_shuffle_i64x2(a, b, 0xDD); /* lanes 1, 3 */
+            }
+        for (int h = 0; h < 4; h++) {
+            /* u[h], u[h + 4] hold planes h and h + 4 */
+            __m512i lo = _mm512_shuffle_i64x2(u[h], u[h + 4], 0x88);
+            __m512i hi = _mm512_shuffle_i64x2(u[h], u[h + 4], 0xDD);
+            _mm512_mask_storeu_epi8((void *)(d + (Py_ssize_t)h * plane + q), keep, lo);
+            _mm512_mask_storeu_epi8((void *)(d + (Py_ssize_t)(h + 4) * plane + q), keep, hi);
+        }
+    }
+}
+#endif
+
 static PyObject *py_split8(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+#ifdef HAVE_LIMBS8_VBMI
+    if (__builtin_cpu_supports("avx512vbmi"))
+        return split_call(args, nargs, "split8", limbs8_vbmi);
+#endif
     return split_call(args, nargs, "split8", limbs8_run);
+}
+
+/* The portable limb writer on any CPU, for tests that compare the two. */
+static PyObject *py_split8_portable(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    return split_call(args, nargs, "split8_portable", limbs8_run);
 }
 
 /* ---- combine8: ring result from the int32 products of int8 limb planes ----
@@ -771,6 +845,8 @@ static PyMethodDef methods[] = {
      "combine3(g0, g1, g2, base, out, R, M, N, threads): ring result from limb groups."},
     {"split8", (PyCFunction)(void (*)(void))py_split8, METH_FASTCALL,
      "split8(src, add, dst, R, K, N, sum_rows, threads): int8 limb planes of int64 rows."},
+    {"split8_portable", (PyCFunction)(void (*)(void))py_split8_portable, METH_FASTCALL,
+     "split8 without the AVX-512 VBMI path (same arguments, same result)."},
     {"combine8", (PyCFunction)(void (*)(void))py_combine8, METH_FASTCALL,
      "combine8(p0, ..., p7, base, out, R, M, N, threads): ring result from int8 products."},
     {"beaver_mul", (PyCFunction)(void (*)(void))py_beaver_mul, METH_FASTCALL,

@@ -181,6 +181,47 @@ def test_split8_reconstructs_and_is_balanced(n: int, seed: int) -> None:
     assert torch.equal(total, x)
 
 
+def _planes_ref(x: torch.Tensor) -> torch.Tensor:
+    """Balanced int8 limbs of int64 ``x``, plane axis first (torch reference)."""
+    y = (x + _C8) ^ _C8
+    return torch.stack([((y >> (8 * i)) & 0xFF).to(torch.uint8).view(torch.int8) for i in range(8)])
+
+
+_C8 = torch.tensor(0x8080808080808080 - 2**64)
+
+
+@pytest.mark.skipif(not ring.kernels_available(), reason="the int8 route needs the C kernels")
+@given(
+    st.integers(1, 4),
+    st.integers(1, 9),
+    st.integers(1, 300),
+    st.booleans(),
+    st.booleans(),
+    st.sampled_from(["split8", "split8_portable"]),
+    seeds,
+)
+def test_split8_layouts_match_torch(
+    rows: int, k: int, n: int, add: bool, sum_rows: bool, kernel: str, seed: int
+) -> None:
+    """Both limb writers (AVX-512 VBMI where the CPU has it, portable) give torch's limbs
+    in every layout: rows side by side with ``add`` on row 0, or summed; any width,
+    so whole 64-value blocks, masked last blocks and single values all occur."""
+    src = torch.cat([_EXTREMES, _rand((rows * k * n,), seed)])[: rows * k * n].view(rows, k, n)
+    extra = _rand((k, n), seed + 1) if add and not sum_rows else None
+    out = torch.empty((8, k, n if sum_rows else rows * n), dtype=torch.int8)
+    fn = getattr(ring.native(), kernel)
+    aptr = 0 if extra is None else extra.data_ptr()
+    fn(src.data_ptr(), aptr, out.data_ptr(), rows, k, n, int(sum_rows), 1)
+    if sum_rows:
+        want = _planes_ref(src.sum(0))
+    else:
+        full = src.clone()
+        if extra is not None:
+            full[0] += extra
+        want = _planes_ref(full.permute(1, 0, 2).reshape(k, rows * n))
+    assert torch.equal(out, want)
+
+
 @pytest.mark.skipif(not ring.kernels_available(), reason="the int8 route needs the C kernels")
 @given(
     st.integers(17, 70),
