@@ -717,6 +717,22 @@ def fused_beaver(
     return res
 
 
+def open_diff(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor | None:
+    """``sum_k (x[k] - m[k])`` over the leading (party) axis in one pass, or None.
+
+    The simulation's opening of masked shares. None when the kernels cannot
+    take the inputs (then the caller subtracts and sums with torch).
+    """
+    if x.shape != m.shape or x.dim() < 1 or x.numel() == 0 or not _fusable(x, m):
+        return None
+    rows = x.shape[0]
+    out = torch.empty(x.shape[1:], dtype=torch.int64)
+    assert _kernels is not None
+    n = out.numel()
+    _kernels.open_diff(x.data_ptr(), m.data_ptr(), out.data_ptr(), rows, n, _threads(n))
+    return out
+
+
 def fused_trunc_finish(
     w: torch.Tensor, neg_r_hi: torch.Tensor, s: torch.Tensor, frac_bits: int, *, first: bool
 ) -> torch.Tensor | None:

@@ -45,6 +45,17 @@ class Communicator(Protocol):
         """
         ...
 
+    def open_masked(
+        self, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], label: str
+    ) -> list[torch.Tensor]:
+        """Reconstruct ``x - m`` for each pair ``(x, m)`` of shares in one round.
+
+        The opening of a Beaver product (``x`` masked by the triple's ``m``); the
+        same messages and cost as :meth:`open` of the differences. A runtime may
+        fuse the subtraction into its reconstruction.
+        """
+        ...
+
     def reveal_to(self, share: torch.Tensor, dst: int, label: str) -> torch.Tensor | None:
         """Reconstruct to party ``dst`` only (others get ``None``). 1 round."""
         ...

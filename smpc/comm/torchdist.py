@@ -633,6 +633,11 @@ class TorchDistCommunicator:
         return got
 
     # ----------------------------------------------------------------- Communicator
+    def open_masked(
+        self, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], label: str
+    ) -> list[torch.Tensor]:
+        return self.open([x - m for x, m in pairs], label)
+
     def open(self, shares: Sequence[torch.Tensor], label: str) -> list[torch.Tensor]:
         """Reconstruct several shared values to every party in one round.
 

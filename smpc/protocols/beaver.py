@@ -66,7 +66,7 @@ def mul(comm: Communicator, dealer: Dealer, x: torch.Tensor, y: torch.Tensor) ->
     the dealer must not collude with any party.
     """
     t = dealer.request(MulTriple(_shape(comm, x), _shape(comm, y)))
-    e, f = comm.open([x - t["a"], y - t["b"]], "mul")
+    e, f = comm.open_masked([(x, t["a"]), (y, t["b"])], "mul")
     return _mul_local(comm, t, e, f)
 
 
@@ -99,7 +99,7 @@ def square(comm: Communicator, dealer: Dealer, x: torch.Tensor) -> torch.Tensor:
     Security: as :func:`mul`.
     """
     t = dealer.request(SquarePair(_shape(comm, x)))
-    (e,) = comm.open([x - t["a"]], "square")
+    (e,) = comm.open_masked([(x, t["a"])], "square")
     z = torch.addcmul(t["c"], 2 * e, t["a"])
     return add_public_(comm, z, e * e)
 
@@ -120,7 +120,9 @@ def bilinear(
     Security: semi-honest, non-colluding dealer.
     """
     t = dealer.request(BilinearTriple(op, _shape(comm, x), _shape(comm, y)))
-    e, f = comm.open([x - t["a"], y - t["b"]], type(op).__name__.removesuffix("Op").lower())
+    e, f = comm.open_masked(
+        [(x, t["a"]), (y, t["b"])], type(op).__name__.removesuffix("Op").lower()
+    )
     return _local_step(comm, op, t, e, f)
 
 
@@ -211,7 +213,7 @@ def mul_trunc(
     Security: semi-honest, non-colluding dealer; ``w`` is uniform given ``x y``.
     """
     t = dealer.request(MulTruncTriple(_shape(comm, x), _shape(comm, y), frac_bits))
-    e, f = comm.open([x - t["a"], y - t["b"]], "mul")
+    e, f = comm.open_masked([(x, t["a"]), (y, t["b"])], "mul")
     z = _mul_local(comm, t, e, f)
     (w,) = comm.open([z], "trunc")
     return truncation.finish(comm, w, t["neg_r_hi"], t["s"], frac_bits)
@@ -262,11 +264,11 @@ def bilinear_trunc_many(
         dealer.request(BilinearTruncTriple(op, _shape(comm, x), _shape(comm, y), frac_bits))
         for op, x, y in items
     ]
-    masked = []
+    masked: list[tuple[torch.Tensor, torch.Tensor]] = []
     for (_, x, y), t in zip(items, triples, strict=True):
-        masked += [x - t["a"], y - t["b"]]
+        masked += [(x, t["a"]), (y, t["b"])]
     label = type(items[0][0]).__name__.removesuffix("Op").lower()
-    opened = comm.open(masked, label)
+    opened = comm.open_masked(masked, label)
     zs = [
         _local_step(comm, op, t, opened[2 * i], opened[2 * i + 1])
         for i, ((op, _, _), t) in enumerate(zip(items, triples, strict=True))
@@ -303,7 +305,7 @@ def mask_operand(comm: Communicator, dealer: Dealer, y: torch.Tensor, key: int) 
     """
     shape = _shape(comm, y)
     t = dealer.request(OperandMask(shape, key))
-    (f,) = comm.open([y - t["b"]], "mask")
+    (f,) = comm.open_masked([(y, t["b"])], "mask")
     return MaskedOperand(key, t["b"], f)
 
 
@@ -327,7 +329,7 @@ def bilinear_trunc_kept(
     """
     shape_b = tuple(y.f.shape)
     t = dealer.request(KeptBilinearTruncTriple(op, _shape(comm, x), shape_b, frac_bits, y.key))
-    (e,) = comm.open([x - t["a"]], type(op).__name__.removesuffix("Op").lower())
+    (e,) = comm.open_masked([(x, t["a"])], type(op).__name__.removesuffix("Op").lower())
     z = _local_step(comm, op, {"a": t["a"], "b": y.b, "c": t["c"]}, e, y.f)
     (w,) = comm.open([z], "trunc")
     return truncation.finish(comm, w, t["neg_r_hi"], t["s"], frac_bits)

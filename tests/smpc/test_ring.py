@@ -267,3 +267,26 @@ def test_int8_route_is_exact(
     assert torch.equal(got[0], torch.matmul(x, y))
     for g, w in zip(got, want, strict=True):
         assert g is not None and w is not None and torch.equal(g, w)
+
+
+@given(st.integers(1, 5), st.integers(1, 3000), seeds)
+def test_open_diff_matches_torch(rows: int, n: int, seed: int) -> None:
+    """The simulation's fused opening ``sum_k (x[k] - m[k])`` equals torch's, or is None
+    where the kernels cannot take the inputs."""
+    x, m = _rand((rows, n), seed), _rand((rows, n), seed + 1)
+    got = ring.open_diff(x, m)
+    if not ring.kernels_available():
+        assert got is None
+        return
+    assert got is not None and torch.equal(got, (x - m).sum(0))
+    assert ring.open_diff(x, m[:, :-1] if n > 1 else m[:0]) is None  # shapes differ
+    if rows > 1 and n > 1:
+        assert ring.open_diff(x.t(), m.t()) is None  # not contiguous
+
+
+@pytest.mark.skipif(not ring.kernels_available(), reason="needs the C kernels")
+def test_open_diff_two_threads() -> None:
+    """Above the kernels' threading size both halves are summed."""
+    x, m = _rand((2, 1 << 20), 7), _rand((2, 1 << 20), 8)
+    got = ring.open_diff(x, m)
+    assert got is not None and torch.equal(got, x[0] - m[0] + x[1] - m[1])
