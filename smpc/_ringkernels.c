@@ -337,6 +337,7 @@ KERNEL static void combine8_range(void *vctx, Py_ssize_t lo, Py_ssize_t hi) {
     comb8_ctx *c = (comb8_ctx *)vctx;
     const Py_ssize_t R = c->R, M = c->M, N = c->N, W = R * N;
     u64 acc[256];
+    uint32_t sum[256];
     for (Py_ssize_t i = lo; i < hi; i++) {
         for (Py_ssize_t r = 0; r < R; r++) {
             const Py_ssize_t o = (r * M + i) * N;
@@ -346,11 +347,17 @@ KERNEL static void combine8_range(void *vctx, Py_ssize_t lo, Py_ssize_t hi) {
                 const Py_ssize_t w = N - c0 < 256 ? N - c0 : 256;
                 for (Py_ssize_t q = 0; q < w; q++) acc[q] = 0;
                 for (int s = 7; s >= 0; s--) { /* Horner over the shift s = i' + j */
-                    for (Py_ssize_t q = 0; q < w; q++) acc[q] <<= 8;
-                    for (int j = 0; j <= s; j++) {
+                    /* The s + 1 products of one shift summed in 32 bits: exact for s < 4
+                     * (each is below 2^24 in size for K <= 1024), and for s >= 4 only
+                     * the low 64 - 8 s <= 32 bits of the sum reach the result. */
+                    const int32_t *p0 = c->p[0] + ((Py_ssize_t)s * M + i) * W + r * N + c0;
+                    for (Py_ssize_t q = 0; q < w; q++) sum[q] = (uint32_t)p0[q];
+                    for (int j = 1; j <= s; j++) {
                         const int32_t *pj = c->p[j] + ((Py_ssize_t)(s - j) * M + i) * W + r * N + c0;
-                        for (Py_ssize_t q = 0; q < w; q++) acc[q] += (u64)(i64)pj[q];
+                        for (Py_ssize_t q = 0; q < w; q++) sum[q] += (uint32_t)pj[q];
                     }
+                    for (Py_ssize_t q = 0; q < w; q++)
+                        acc[q] = (acc[q] << 8) + (u64)(i64)(int32_t)sum[q];
                 }
                 for (Py_ssize_t q = 0; q < w; q++)
                     out[c0 + q] = base != NULL ? base[c0 + q] + acc[q] : acc[q];

@@ -253,6 +253,11 @@ def test_int8_route_is_exact(
         )
         extremes = torch.full((m, k), -(2**63)), torch.full((k, n), 2**63 - 1)
         assert torch.equal(ring.matmul(*extremes), torch.matmul(*extremes))
+        # Every limb -128: the largest sums of one shift's limb products (combine8 adds
+        # them in 32 bits).
+        low = sum(-128 << (8 * i) for i in range(8)) % 2**64  # 0x7F7F...7F80
+        worst = torch.full((m, k), low), torch.full((k, n), low)
+        assert torch.equal(ring.matmul(*worst), torch.matmul(*worst))
     finally:
         mp.undo()
     mp.setattr(ring, "_INT8_MIN_K", 1 << 30)  # the float64 route
