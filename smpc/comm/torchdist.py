@@ -248,7 +248,7 @@ class Channel:
         words = HEAD_NUMEL + ((nbytes + 7) // 8 if inline else 0)
         frame = torch.empty(words, dtype=torch.int64)
         head = [seq, int(kind), nbytes, aux, int(inline), len(sizes), *sizes[:MAX_PARTS]]
-        frame[: len(head)] = torch.tensor(head, dtype=torch.int64)
+        frame.numpy()[: len(head)] = head  # a few µs less than a torch.tensor per message
         return frame
 
     @staticmethod
