@@ -118,6 +118,7 @@ def w5(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, torch.Ten
         progress=False,
         plot=None,
         train_size=args.train_size,
+        seed=args.seed,
     )
     t0 = time.perf_counter()
     out = run_demo(cfg)
@@ -126,7 +127,7 @@ def w5(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, torch.Ten
         "bench_wall_s": wall
     }
     print(
-        f"W5: {args.epochs} epochs on {args.train_size} images: "
+        f"W5: {args.epochs} epochs on {args.train_size} images, seed {args.seed}: "
         f"encrypted {100 * out['test_accuracy_encrypted']:.2f} % "
         f"vs plaintext {100 * out['test_accuracy_plaintext']:.2f} %; "
         f"training {out['training_seconds']:.1f} s "
@@ -210,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=10, help="W4 timed steps")
     p.add_argument("--epochs", type=int, default=12, help="W5 epochs (and W6 model training)")
     p.add_argument("--train-size", type=int, default=4000)
+    p.add_argument(
+        "--seed", type=int, default=0, help="W5: initial weights and batch order (both runs)"
+    )
     p.add_argument("--batch1-images", type=int, default=200, help="W6 images at batch 1")
     p.add_argument("--distributed", action="store_true", help="also run 2-party distributed")
     p.add_argument("--json", default=None, help="write the figures to this file")
