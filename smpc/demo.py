@@ -25,6 +25,7 @@ import argparse
 import functools
 import math
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -253,7 +254,7 @@ def train_encrypted(
             xe = _prepare(cfg, augment(x, cfg.augment, epoch, cfg.seed)) if mine else None
             xs = sess.share(xe, src=data_owner)
         batches = _batches(len(x), cfg.batch_size, epoch, cfg.seed)
-        bar = _bar(batches, epoch, cfg, show)
+        bar = _bar(batches, epoch, cfg, show, party_process=sess.rank is not None)
         losses = []
         for step, idx in enumerate(bar):
             before = sess.stats.snapshot()
@@ -288,10 +289,17 @@ def train_encrypted(
     return hist
 
 
-def _bar(batches: list[torch.Tensor], epoch: int, cfg: Config, show: bool) -> Any:
+def _bar(
+    batches: list[torch.Tensor], epoch: int, cfg: Config, show: bool, *, party_process: bool
+) -> Any:
     if not show:
         return batches
     from tqdm.auto import tqdm  # type: ignore[import-untyped]  # no stubs installed
+
+    if party_process:
+        # tqdm's default lock is a multiprocessing semaphore that a party process
+        # never unlinks (a "leaked semaphore" warning at exit); one thread lock will do.
+        tqdm.set_lock(threading.RLock())
 
     return tqdm(
         batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False, file=sys.stderr
