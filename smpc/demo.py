@@ -63,7 +63,7 @@ class Config:
     batch_size: int = 64
     lr: float = 0.1
     schedule: str = "linear"  # "linear" decay to 0 over the run, or "constant"
-    augment: int = 2  # random shifts of up to this many pixels per epoch (0: none)
+    augment: int = 1  # random shifts of up to this many pixels per epoch (0: none)
     momentum: float = 0.9
     weight_decay: float = 0.0
     parties: int = 2

@@ -40,4 +40,4 @@ def test_cli_flags_for_the_recipe() -> None:
     cfg = parse_args(["--schedule", "constant", "--augment", "0", "--lr", "0.2"])
     assert (cfg.schedule, cfg.augment, cfg.lr) == ("constant", 0, 0.2)
     default = parse_args([])
-    assert (default.schedule, default.augment, default.lr) == ("linear", 2, 0.1)
+    assert (default.schedule, default.augment, default.lr) == ("linear", 1, 0.1)
