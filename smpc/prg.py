@@ -82,10 +82,29 @@ class AesPrg:
 
     def _encryptor_at(self, pos: int) -> Any:
         nonce = (pos // SEGMENT_BYTES).to_bytes(12, "big")
-        enc = Cipher(algorithms.AES(self._key), modes.GCM(nonce)).encryptor()
-        if pos % SEGMENT_BYTES:
-            enc.update(bytes(pos % SEGMENT_BYTES))  # only when a stream starts mid-segment
+        within = pos % SEGMENT_BYTES
+        if not within:
+            return Cipher(algorithms.AES(self._key), modes.GCM(nonce)).encryptor()
+        # Mid-segment (a seek): GCM's keystream block j is AES(nonce || j + 2), which
+        # plain CTR mode reproduces from that counter block; the segment's end switches
+        # back to GCM (``_write`` makes a fresh encryptor at every boundary).
+        block = nonce + (within // 16 + 2).to_bytes(4, "big")
+        enc = Cipher(algorithms.AES(self._key), modes.CTR(block)).encryptor()
+        if within % 16:
+            enc.update(bytes(within % 16))
         return enc
+
+    def tell(self) -> int:
+        """The stream position, in bytes (what :meth:`seek` takes)."""
+        return self._pos
+
+    def seek(self, pos: int) -> None:
+        """Move to byte ``pos`` of the keystream (e.g. back, to draw the same values again)."""
+        if pos < 0:
+            raise ValueError(f"`pos` must be >= 0; got {pos}")
+        if pos != self._pos:
+            self._pos = pos
+            self._enc = self._encryptor_at(pos)
 
     def _zeros_of(self, nbytes: int) -> memoryview:
         if len(self._zeros) < nbytes:

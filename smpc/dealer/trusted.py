@@ -14,6 +14,12 @@ seeds (the CrypTen TTP idea):
    provider and receives only the *correction* shares ``value - sum(others)``
    of the derived components. The provider expands every party's stream to
    compute them.
+4. Latency: the provider computes the correction of the request it expects
+   next (the one that followed the same two requests last time: a training or
+   inference loop repeats its requests) while the party computes; a wrong
+   guess is undone (AES-CTR streams rewound, kept masks restored), so the
+   parties get the same values either way. The last party posts the receive of
+   a large correction with its request, so the bytes stream in while it computes.
 
 Every party therefore draws exactly what :func:`~smpc.dealer.local.generate_stacked`
 would give it up to the choice of stream (only the sums matter), and the
@@ -35,10 +41,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch._C._distributed_c10d import ProcessGroupGloo, Store
+from torch._C._distributed_c10d import ProcessGroupGloo, Store, Work
 
 from ..comm.stats import Stats
 from ..comm.torchdist import (
+    INLINE_BYTES,
     LONG_WAIT,
     Channel,
     MessageKind,
@@ -56,6 +63,9 @@ __all__ = ["TrustedDealer", "TrustedDealerClient", "Shares", "DealerStats", "dea
 
 # Correction sends kept in flight while the provider serves the next requests.
 _INFLIGHT = 2
+# Corrections the provider computes ahead of their requests (see TrustedDealer's speculate).
+# One: a deeper guess would be computed while the request it precedes waits.
+_AHEAD = 1
 
 
 def dealer_key(seed: int | bytes | str | None, party: int) -> bytes | None:
@@ -104,16 +114,23 @@ def _load_request(data: bytes) -> Request:
 class _Pending:
     """A correction the provider is computing: received when first needed."""
 
-    __slots__ = ("seq", "what", "comps", "nbytes", "sends", "shares")
+    __slots__ = ("seq", "what", "comps", "nbytes", "sends", "early", "shares")
 
     def __init__(
-        self, seq: int, what: str, comps: list[Component], nbytes: int, sends: Pending
+        self,
+        seq: int,
+        what: str,
+        comps: list[Component],
+        nbytes: int,
+        sends: Pending,
+        early: tuple[Work, torch.Tensor] | None,
     ) -> None:
         self.seq = seq
         self.what = what
         self.comps = comps
         self.nbytes = nbytes
         self.sends = sends
+        self.early = early  # a payload receive posted with the request, and its buffer
         self.shares: dict[str, torch.Tensor] | None = None
 
 
@@ -188,6 +205,7 @@ class TrustedDealerClient:
         self._seq = 0
         self._closed = False
         self._pending: deque[_Pending] = deque()
+        self._failed: DealerError | None = None
         _, raw, _ = self._channel.recv(self._dealer, 0, MessageKind.SEED, "receiving the seed")
         if raw.numel() != KEY_BYTES:
             raise DealerError(f"the provider sent a {raw.numel()}-byte seed; expected {KEY_BYTES}")
@@ -202,6 +220,8 @@ class TrustedDealerClient:
         """
         if self._closed:
             raise DealerError("the dealer client is closed")
+        if self._failed is not None:
+            raise DealerError(f"the provider failed earlier: {self._failed}")
         self._channel.check()
         self._seq += 1
         seq = self._seq
@@ -215,7 +235,13 @@ class TrustedDealerClient:
             payload = torch.frombuffer(bytearray(data), dtype=torch.uint8)
             what = f"dealer request #{seq} ({type(req).__name__})"
             sends = self._channel.send(self._dealer, seq, MessageKind.REQUEST, payload)
-            pending = _Pending(seq, what, derived, corr_bytes, sends)
+            early = None
+            if corr_bytes > INLINE_BYTES:
+                # Post the receive now: the provider's send then streams in while this
+                # party computes, instead of waiting for this party to read the head.
+                buf = torch.empty(corr_bytes // 8, dtype=torch.int64)
+                early = (self._channel.recv_part(self._dealer, buf.view(torch.uint8)), buf)
+            pending = _Pending(seq, what, derived, corr_bytes, sends, early)
             self._pending.append(pending)
         drawn = _drawn(comps, self._rank, self._n)
         ready = _split(self._prg.random_int64(sum(_numel(c) for c in drawn)), drawn)
@@ -229,20 +255,43 @@ class TrustedDealerClient:
 
     def _resolve(self, target: _Pending) -> None:
         """Receive corrections up to ``target``'s (in order)."""
+        ch = self._channel
         while target.shares is None:
             p = self._pending.popleft()
-            kind, raw, _ = self._channel.recv(
-                self._dealer, p.seq, MessageKind.CORRECTION, p.what, accept=(MessageKind.ERROR,)
-            )
+            if p.early is None:
+                kind, raw, _ = ch.recv(
+                    self._dealer, p.seq, MessageKind.CORRECTION, p.what,
+                    accept=(MessageKind.ERROR,),
+                )  # fmt: skip
+            else:  # a large correction: the head, then the payload received in place
+                header = ch.take_header(self._dealer, p.what)
+                kind = MessageKind.CORRECTION
+                if int(header[1]) == MessageKind.ERROR:
+                    kind = MessageKind.ERROR
+                nbytes, _ = ch.check_header(header, self._dealer, p.seq, kind, None, p.what)
+                if kind is MessageKind.ERROR:
+                    raw = ch.payload(header, self._dealer, nbytes, keep=True)[1]
+                elif int(header[4]) or nbytes != p.nbytes:
+                    raise ProtocolDesyncError(
+                        f"{p.what}: expected {p.nbytes} correction bytes after the head, "
+                        f"got {nbytes} {'inline' if int(header[4]) else ''}"
+                    )
+                else:
+                    work, buf = p.early
+                    ch.wait(work, self._dealer, p.what)
+                    raw = buf.view(torch.uint8)
             if kind is MessageKind.ERROR:
-                raise DealerError(
+                # Fatal for the session: payload receives posted for later corrections
+                # no longer line up with the provider's sends.
+                self._failed = DealerError(
                     f"the provider failed on {p.what}: {raw.numpy().tobytes().decode()}"
                 )
+                raise self._failed
             if raw.numel() != p.nbytes:
                 raise ProtocolDesyncError(
                     f"{p.what}: expected {p.nbytes} correction bytes, got {raw.numel()}"
                 )
-            self._channel.wait_all(p.sends, self._dealer, p.what)
+            ch.wait_all(p.sends, self._dealer, p.what)
             p.shares = _split(raw.view(torch.int64), p.comps)
             self.received_bytes += p.nbytes
 
@@ -267,12 +316,68 @@ class DealerStats:
 
     ``peak_in_flight`` is the most correction sends (with their buffers) held at
     once: bounded, so the provider's memory stays flat however long the session.
+    ``speculated``: corrections computed ahead of their request; ``speculation_hits``:
+    those the next request matched (the others were undone).
     """
 
     requests: int = 0
     correction_bytes: int = 0
     seed_bytes: int = 0
     peak_in_flight: int = 0
+    speculated: int = 0
+    speculation_hits: int = 0
+
+
+class _Predictor:
+    """Guesses the next request from the two before it (a training step repeats its requests).
+
+    Remembers, for each pair of consecutive requests (their pickled bytes), the
+    request that followed the pair last time; bounded (cleared when full).
+    """
+
+    _MAX = 4096
+
+    def __init__(self) -> None:
+        self._seen: list[bytes] = [b"", b""]  # the requests served, newest last (2 kept)
+        self._tail: list[bytes] = [b"", b""]  # the same, then the ones guessed ahead
+        self._follows: dict[tuple[bytes, bytes], bytes] = {}
+        self._loaded: dict[bytes, Request] = {}
+
+    def observe(self, raw: bytes, *, speculated: int) -> None:
+        """Record the request just served; ``speculated`` guesses ahead of it still stand."""
+        if len(self._follows) >= self._MAX:
+            self._follows.clear()
+            self._loaded.clear()
+        self._follows[(self._seen[-2], self._seen[-1])] = raw
+        self._seen = [self._seen[-1], raw]
+        if not speculated:
+            self._tail = list(self._seen)
+
+    def extend(self, raw: bytes) -> None:
+        """Record a guess that was acted on (the next guess follows it)."""
+        self._tail = [self._tail[-1], raw]
+
+    def guess(self) -> tuple[bytes, Request] | None:
+        """The expected request after the served ones and the guesses so far."""
+        nxt = self._follows.get((self._tail[-2], self._tail[-1]))
+        if nxt is None:
+            return None
+        req = self._loaded.get(nxt)
+        if req is None:
+            req = self._loaded[nxt] = _load_request(nxt)
+        return nxt, req
+
+
+@dataclass(slots=True)
+class _Speculation:
+    """A correction computed ahead, with what it changed in the provider."""
+
+    raw: bytes
+    positions: list[int]
+    private_position: int
+    kept: tuple[int, torch.Tensor | None] | None
+    corr: torch.Tensor | None
+    buf: torch.Tensor | None
 
 
 class TrustedDealer:
@@ -287,6 +392,11 @@ class TrustedDealer:
         pg: an already joined process group; otherwise one is joined with ``store`` /
             ``master_addr`` / ``master_port`` (defaults from the environment);
             ``host_store`` as in :func:`~smpc.comm.torchdist.connect`.
+        speculate: after each correction, compute the one the next request is
+            expected to need (the request that followed the same two requests last
+            time: a training or inference loop repeats its requests), so that it is
+            ready when the request comes; a wrong guess is undone (streams rewound).
+            The parties see the same messages and values either way.
     """
 
     def __init__(
@@ -302,6 +412,7 @@ class TrustedDealer:
         prefix: str = "smpc",
         host_store: bool | None = None,
         pg: ProcessGroupGloo | PointToPoint | None = None,
+        speculate: bool = True,
     ) -> None:
         if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 2:
             raise ValueError(f"`world_size` must be an int >= 2; got {world_size!r}")
@@ -328,6 +439,7 @@ class TrustedDealer:
         self._free: list[torch.Tensor] = []
         self._scratch = [torch.empty(0, dtype=torch.int64) for _ in range(world_size)]
         self._kept: dict[int, torch.Tensor] = {}  # plain masks that later requests reuse
+        self.speculate = speculate
 
     def serve(self) -> DealerStats:
         """Send the seeds, then answer requests until the last party closes.
@@ -352,8 +464,21 @@ class TrustedDealer:
         # Sends complete only when the party posts its receive, which it does lazily:
         # keep the newest in flight (with their buffers), recycle the buffers after.
         inflight: deque[tuple[Pending, torch.Tensor | None]] = deque()
+        predictor = _Predictor()
+        ahead: deque[_Speculation] = deque()  # corrections of the expected next requests
         while True:
             seq += 1
+            # While the last party computes, prepare the corrections it will ask for
+            # next; stop as soon as its request is there.
+            while self.speculate and len(ahead) < _AHEAD and not ch.arrived(last):
+                guess = predictor.guess()
+                if guess is None:
+                    break
+                spec = self._speculate(*guess, prgs)
+                if spec is None:
+                    break
+                predictor.extend(spec.raw)
+                ahead.append(spec)
             kind, data, _ = ch.recv(
                 last, seq, MessageKind.REQUEST, f"waiting for request #{seq}",
                 timeout=LONG_WAIT, accept=(MessageKind.CLOSE,),
@@ -371,19 +496,68 @@ class TrustedDealer:
                 for works, _ in inflight:
                     ch.wait_all(works, last, "sending a correction")
                 return self.stats
+            raw = data.numpy().tobytes()
             try:
-                req = _load_request(data.numpy().tobytes())
-                corr, buf = self._corrections(req, prgs)
+                if ahead and ahead[0].raw == raw:
+                    hit = ahead.popleft()
+                    assert hit.corr is not None and hit.buf is not None
+                    corr, buf = hit.corr, hit.buf
+                    self.stats.speculation_hits += 1
+                else:
+                    self._undo(ahead, prgs)
+                    corr, buf = self._corrections(_load_request(raw), prgs)
             except Exception as e:  # reported to the party, which raises DealerError
                 msg = f"{type(e).__name__}: {e}".encode()
                 err = torch.frombuffer(bytearray(msg), dtype=torch.uint8)
                 inflight.append((ch.send(last, seq, MessageKind.ERROR, err), None))
                 continue
+            finally:
+                predictor.observe(raw, speculated=len(ahead))
             works = ch.send(last, seq, MessageKind.CORRECTION, corr if corr.numel() else None)
             inflight.append((works, buf))
             self.stats.peak_in_flight = max(self.stats.peak_in_flight, len(inflight))
             self.stats.requests += 1
             self.stats.correction_bytes += corr.numel() * 8
+
+    def _speculate(self, raw: bytes, req: Request, prgs: Sequence[AesPrg]) -> _Speculation | None:
+        """Compute the correction of ``req`` ahead of its arrival.
+
+        Everything it changes (stream positions, kept masks) is recorded so that
+        :meth:`_undo` can put it back if another request comes instead.
+        """
+        spec = _Speculation(
+            raw, [p.tell() for p in prgs], self._private_prg.tell(), None, None, None
+        )
+        keeps = getattr(req, "keeps", None)
+        if keeps is not None:
+            key = req.key  # type: ignore[attr-defined]  # requests that keep a mask have a key
+            spec.kept = (key, self._kept.get(key))
+        try:
+            spec.corr, spec.buf = self._corrections(req, prgs)
+        except Exception:  # the real request will raise (and report) it if it comes
+            self._undo(deque([spec]), prgs)
+            return None
+        self.stats.speculated += 1
+        return spec
+
+    def _undo(self, ahead: deque[_Speculation], prgs: Sequence[AesPrg]) -> None:
+        """Forget corrections computed ahead (newest first).
+
+        Rewinds the streams to where the oldest started and restores the kept masks.
+        """
+        while ahead:
+            spec = ahead.pop()
+            for p, pos in zip(prgs, spec.positions, strict=True):
+                p.seek(pos)
+            self._private_prg.seek(spec.private_position)
+            if spec.kept is not None:
+                key, old = spec.kept
+                if old is None:
+                    self._kept.pop(key, None)
+                else:
+                    self._kept[key] = old
+            if spec.buf is not None and len(self._free) < _INFLIGHT + 2:
+                self._free.append(spec.buf)
 
     def _buffer(self, numel: int) -> torch.Tensor:
         for i, buf in enumerate(self._free):

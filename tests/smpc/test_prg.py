@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from smpc.prg import AesPrg, key_from_seed
@@ -37,7 +38,6 @@ def test_stream_depends_only_on_position() -> None:
 
 
 def test_fill_rejects_bad_buffers() -> None:
-    import pytest
 
     with pytest.raises(ValueError, match="contiguous CPU int64"):
         AesPrg().fill_(torch.empty(4, dtype=torch.int32))
@@ -68,3 +68,26 @@ def test_keystream_is_aes_ctr_across_segments() -> None:
     step = SEGMENT_BYTES // 8 // 3 + 1  # draws that straddle each boundary
     parts = [small.random_int64(min(step, numel - i)) for i in range(0, numel, step)]
     assert torch.cat(parts).numpy().tobytes() == stream
+
+
+def test_seek_replays_the_stream_from_any_position() -> None:
+    """``seek`` back (mid-block, mid-segment, before a segment boundary) or forward
+    gives the keystream at that position; ``tell`` reports it."""
+    from smpc.prg import SEGMENT_BYTES
+
+    k = key_from_seed(5)
+    total = SEGMENT_BYTES + 5000
+    stream = bytes(AesPrg(k).random_bytes(total))
+    a = AesPrg(k)
+    for pos, n in [(0, 7), (3, 100), (17, 64), (SEGMENT_BYTES - 21, 50), (SEGMENT_BYTES, 9),
+                   (SEGMENT_BYTES + 1, 4000), (1000, 3), (SEGMENT_BYTES - 8, 8)]:  # fmt: skip
+        a.seek(pos)
+        assert a.tell() == pos
+        assert bytes(a.random_bytes(n)) == stream[pos : pos + n], (pos, n)
+        assert a.tell() == pos + n
+    a.seek(40)
+    assert torch.equal(
+        a.random_int64(3), torch.frombuffer(bytearray(stream[40:64]), dtype=torch.int64)
+    )
+    with pytest.raises(ValueError, match="`pos` must be >= 0"):
+        a.seek(-1)

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch.distributed import HashStore
 
+from smpc import ring
 from smpc.comm.torchdist import TorchDistCommunicator
-from smpc.dealer.base import MulTriple
+from smpc.dealer.base import KeptBilinearTruncTriple, MulTriple, OperandMask, TruncPair
 from smpc.dealer.trusted import DealerStats, TrustedDealer, TrustedDealerClient
+from smpc.errors import DealerError
 
 
-def _serve(party: Callable[[TrustedDealerClient, int], Any]) -> tuple[DealerStats, list[Any]]:
+def _serve(
+    party: Callable[[TrustedDealerClient, int], Any], *, speculate: bool = True
+) -> tuple[DealerStats, list[Any]]:
     """Run a provider and two parties (threads); return its stats and the parties' results."""
     store = HashStore()
     stats: list[DealerStats] = []
@@ -31,13 +36,15 @@ def _serve(party: Callable[[TrustedDealerClient, int], Any]) -> tuple[DealerStat
         return run
 
     def dealer() -> None:
-        stats.append(TrustedDealer(2, store=store, seed=1, timeout=30).serve())
+        stats.append(TrustedDealer(2, store=store, seed=1, timeout=30, speculate=speculate).serve())
 
     def run_party(rank: int) -> None:
         comm = TorchDistCommunicator(rank, 2, store=store, timeout=30)
         client = TrustedDealerClient(comm)
-        results[rank] = party(client, rank)
-        client.close()
+        try:
+            results[rank] = party(client, rank)
+        finally:
+            client.close()
 
     threads = [threading.Thread(target=guard(dealer))]
     threads += [threading.Thread(target=guard(lambda r=r: run_party(r))) for r in range(2)]
@@ -81,3 +88,74 @@ def test_unread_corrections_do_not_deadlock() -> None:
     assert stats.requests == 12
     assert stats.peak_in_flight <= 3
     assert results[0].shape == results[1].shape == (12, 500)
+
+
+def _mixed_requests(client: TrustedDealerClient, rank: int) -> list[torch.Tensor]:
+    """A loop of requests that repeats, then changes (the provider's guesses miss), with
+    a mask kept for later products and a correction larger than a frame (1 MiB)."""
+    big = (150_000,)  # 1.2 MB of correction: received into a buffer posted with the request
+    step = [("mask", 7), ("kept", 7), ("mul", big), ("trunc", (30,))]
+    # a guessed mask 7 replaced the kept one, then mask 8 came: the old mask 7 is back
+    plan = step * 3 + [("mask", 8), ("kept", 7), ("kept", 8), ("trunc", (30,)), ("mul", big)]
+    plan += step * 2
+    plan += [("mul", (5,)), ("mask", 9)] + step
+    out = []
+    for kind, arg in plan:
+        time.sleep(0.01)  # the provider guesses while the party "computes"
+        if kind == "mask":
+            t = client.request(OperandMask((3, 4), arg))
+            out.append(t["b"].reshape(-1))
+        elif kind == "kept":
+            t = client.request(KeptBilinearTruncTriple(ring.MatmulOp(), (2, 3), (3, 4), 16, arg))
+            out += [t["a"].reshape(-1), t["c"].reshape(-1), t["s"].reshape(-1)]
+        elif kind == "mul":
+            t = client.request(MulTriple(arg, arg))
+            out += [t["a"], t["b"], t["c"]]
+        else:
+            t = client.request(TruncPair(arg, 16))
+            out += [t["r"], t["neg_r_hi"], t["s"]]
+    return [v.clone() for v in out]
+
+
+def test_speculation_changes_no_share() -> None:
+    """Computing each correction ahead of its request (and undoing wrong guesses:
+    streams rewound, kept masks restored) gives every party exactly the shares a
+    provider that waits for each request gives."""
+    spec_stats, spec = _serve(_mixed_requests, speculate=True)
+    plain_stats, plain = _serve(_mixed_requests, speculate=False)
+    assert plain_stats.speculated == 0
+    assert spec_stats.requests == plain_stats.requests == 31
+    assert 0 < spec_stats.speculation_hits < spec_stats.speculated  # hits and misses
+    for rank in (0, 1):
+        assert len(spec[rank]) == len(plain[rank])
+        for a, b in zip(spec[rank], plain[rank], strict=True):
+            assert torch.equal(a, b)
+    # and the triples are right: c = a * b for the large ones
+    a, b, c = (spec[0][i] + spec[1][i] for i in (4, 5, 6))
+    assert a.numel() == 150_000 and torch.equal(a * b, c)
+
+
+def test_a_provider_failure_is_fatal_for_the_session() -> None:
+    """A request the provider cannot serve raises DealerError on the party; later
+    requests raise too (receives posted for large corrections no longer line up)."""
+
+    def party(client: TrustedDealerClient, rank: int) -> list[str]:
+        errors = []
+        t = client.request(MulTriple((200_000,), (200_000,)))
+        # unknown kept-mask key: the provider reports the failure
+        bad = client.request(
+            KeptBilinearTruncTriple(ring.MatmulOp(), (400, 300), (300, 400), 16, 99)
+        )
+        for fn in (lambda: bad["c"], lambda: client.request(MulTriple((3,), (3,)))):
+            try:
+                fn()
+            except DealerError as e:
+                errors.append(str(e))
+        assert t["a"].shape == (200_000,)
+        return errors
+
+    _, (p0, p1) = _serve(party)
+    assert p0 == []  # party 0 never talks to the provider after the seed
+    assert len(p1) == 2
+    assert "no kept mask with key 99" in p1[0]
+    assert "failed earlier" in p1[1]
