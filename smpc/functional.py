@@ -537,6 +537,11 @@ def log_softmax(x: SharedTensor, dim: int) -> SharedTensor:
     return _nl.log_softmax(x, dim)
 
 
+def _rescale_share(sess: Any, share: torch.Tensor) -> torch.Tensor:
+    """Truncate a raw share from scale 2^2f to 2^f (for SharedTensor.grad; 1 round)."""
+    return _ops.rescale(sess, share)
+
+
 def backward(x: SharedTensor, grad: SharedTensor | torch.Tensor | None = None) -> None:
     """Back-propagate from ``x`` into the ``.grad`` of every leaf that requires grad.
 

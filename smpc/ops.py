@@ -102,6 +102,18 @@ def rescale(sess: Session, share: torch.Tensor) -> torch.Tensor:
     return truncation.trunc(sess.comm, sess.dealer, share, f)
 
 
+def rescale_many(sess: Session, items: Sequence[tuple[torch.Tensor, int]]) -> list[torch.Tensor]:
+    """Truncate several shares, each by its own number of bits, in one round.
+
+    The session's protocol: :func:`smpc.protocols.truncation.trunc_many` (or
+    local truncations under the opt-in local protocol).
+    """
+    if sess.truncation is Truncation.LOCAL:
+        return [truncation.trunc_local(sess.comm, x, f) if f else x for x, f in items]
+    out = iter(truncation.trunc_many(sess.comm, sess.dealer, [(x, f) for x, f in items if f]))
+    return [next(out) if f else x for x, f in items]
+
+
 def _fused(sess: Session) -> bool:
     """Whether products fold the truncation mask into their triple (the default protocol)."""
     return sess.truncation is Truncation.PROBABILISTIC and sess.encoding.frac_bits > 0
@@ -243,6 +255,26 @@ def matmuls(
         ShapeError: as :func:`matmul`, for any pair.
         SessionMismatchError: the operands belong to different sessions.
     """
+    out = matmuls_keep_scale(pairs, [False] * len(pairs))
+    return [z for z in out if isinstance(z, SharedTensor)]
+
+
+def matmuls_keep_scale(
+    pairs: Sequence[tuple[SharedTensor | Public, SharedTensor | Public]],
+    keep: Sequence[bool],
+) -> list[SharedTensor | torch.Tensor]:
+    """:func:`matmuls`, where ``keep[i]`` asks for product ``i`` before its truncation.
+
+    Where the default protocol runs (shared @ shared, fused truncation), a kept
+    product comes back as its raw share tensor at scale ``2^(2f)`` (one round
+    less when nothing else is truncated), for a caller that folds the
+    truncation into a later one (autograd's weight gradients, see
+    :class:`smpc.autograd.tape.WideGrad`); elsewhere it is a truncated
+    SharedTensor as usual. Cost: as :func:`matmuls`, minus the kept products'
+    truncation bytes.
+    """
+    if len(keep) != len(pairs):
+        raise ValueError(f"`keep` must have {len(pairs)} flags; got {len(keep)}")
     if not pairs:
         return []
     if not any(isinstance(v, SharedTensor) for pair in pairs for v in pair):
@@ -254,14 +286,15 @@ def matmuls(
         for i, (x2, y2, _, _, _) in enumerate(prepared)
         if isinstance(x2, SharedTensor) and isinstance(y2, SharedTensor)
     ]
-    out: list[SharedTensor | None] = [None] * len(pairs)
-    if len(batched) > 1 and _fused(sess):
+    out: list[SharedTensor | torch.Tensor | None] = [None] * len(pairs)
+    if (len(batched) > 1 or any(keep[i] for i in batched)) and _fused(sess):
         f = sess.encoding.frac_bits
         items = [(ring.MatmulOp(), prepared[i][2], prepared[i][3]) for i in batched]
-        zs = beaver.bilinear_trunc_many(sess.comm, sess.dealer, items, f)
+        cut = [not keep[i] for i in batched]
+        zs = beaver.bilinear_trunc_many(sess.comm, sess.dealer, items, f, truncate=cut)
         for i, z in zip(batched, zs, strict=True):
-            shape = prepared[i][4]
-            out[i] = _wrap(sess, z.reshape(*z.shape[: lead(sess.comm)], *shape))
+            z = z.reshape(*z.shape[: lead(sess.comm)], *prepared[i][4])
+            out[i] = z if keep[i] else _wrap(sess, z)
     for i, (x, y) in enumerate(pairs):
         if out[i] is None:
             out[i] = matmul(x, y)

@@ -19,7 +19,8 @@ from collections.abc import Iterable
 
 import torch
 
-from .ops import rescale
+from .autograd.tape import WIDE_MAX_FRAC_BITS
+from .ops import rescale_many
 from .tensor import SharedTensor
 
 __all__ = ["SGD", "Optimizer"]
@@ -98,36 +99,72 @@ class SGD(Optimizer):
         #   b' = beta' (mom v + g + wd p) = (beta' mom / beta) b + beta' g + beta' wd p
         # is one linear form with public coefficients at scale 2^2f, truncated once;
         # the step p -= lr v' is then b' itself (nothing when lr == 0).
+        # A gradient kept before its truncation (scale 2^2f, autograd's WideGrad) makes
+        # the form's scale 2^3f, truncated by 2f in the same round: one truncation
+        # of the parameter instead of two. That needs |lr v'| < 2^(62 - 3f): 2^14 for
+        # f = 16, the most fractional bits for which autograd keeps gradients wide.
         beta = lr if lr > 0 else 1.0
+        f = sess.encoding.frac_bits
         c_g, c_p = self._enc(beta), self._enc(beta * wd)
         c_b = self._enc(beta * mom / self._beta)
-        active = [i for i, p in enumerate(self.params) if p.grad is not None]
+        active = [i for i, p in enumerate(self.params) if p.has_grad]
         if not active:
             return
-        wide: list[torch.Tensor] = []
+        if f > WIDE_MAX_FRAC_BITS:  # wide gradients set by hand: truncate them first
+            pending = [
+                (q, wg) for i in active if (wg := (q := self.params[i])._wide_grad) is not None
+            ]
+            if pending:  # all in one round
+                done = rescale_many(sess, [(wg, f) for _, wg in pending])
+                for (q, _), share in zip(pending, done, strict=True):
+                    q.grad = SharedTensor(share, sess)
+        narrow: list[torch.Tensor] = []  # scale 2^2f, truncated by f
+        wide: list[torch.Tensor] = []  # scale 2^3f, truncated by 2f
+        is_wide: list[bool] = []
         for i in active:
             p = self.params[i]
-            g = p.grad
-            assert g is not None
-            if tuple(g.shape) != tuple(p.shape):
+            g_wide = p._wide_grad
+            if g_wide is None:
+                g = p.grad
+                assert g is not None
+                g_share = g.share
+            else:
+                g_share = g_wide
+            if tuple(g_share.shape) != tuple(p.share.shape):
+                shape = g_share.shape[g_share.dim() - p.dim() :]
                 raise ValueError(
-                    f"parameter {i}: gradient shape {tuple(g.shape)} != "
+                    f"parameter {i}: gradient shape {tuple(shape)} != "
                     f"parameter shape {tuple(p.shape)}"
                 )
-            u = g.share * c_g
-            if wd:
-                u += p.share * c_p
+            rest: torch.Tensor | None = p.share * c_p if wd else None
             b = self._velocity[i] if mom else None
             if b is not None:
-                u += b * c_b
-            wide.append(u.reshape(*u.shape[: u.dim() - p.dim()], -1))
-        upd = rescale(sess, torch.cat(wide, dim=-1))  # one round for every parameter
-        offset = 0
-        for i in active:
+                rest = b * c_b if rest is None else rest.add_(b * c_b)
+            if g_wide is None:
+                u = g_share * c_g
+                if rest is not None:
+                    u += rest
+            else:
+                u = g_share * c_g
+                if rest is not None:
+                    u += rest * (1 << f)
+            (wide if g_wide is not None else narrow).append(
+                u.reshape(*u.shape[: u.dim() - p.dim()], -1)
+            )
+            is_wide.append(g_wide is not None)
+        groups = [(torch.cat(narrow, dim=-1), f)] if narrow else []
+        if wide:
+            groups.append((torch.cat(wide, dim=-1), 2 * f))
+        done = rescale_many(sess, groups)  # one round for every parameter
+        flat = {False: done[0] if narrow else None, True: done[-1] if wide else None}
+        offsets = {False: 0, True: 0}
+        for i, w in zip(active, is_wide, strict=True):
             p = self.params[i]
             n = p.numel()
-            u = upd[..., offset : offset + n].reshape(p.share.shape)
-            offset += n
+            src = flat[w]
+            assert src is not None
+            u = src[..., offsets[w] : offsets[w] + n].reshape(p.share.shape)
+            offsets[w] += n
             if mom:
                 self._velocity[i] = u
             if lr > 0:

@@ -53,7 +53,9 @@ class SharedTensor:
         grad: gradient (a SharedTensor) after ``backward()``.
     """
 
-    __slots__ = ("_share", "session", "requires_grad", "grad", "grad_fn", "__weakref__")
+    __slots__ = (
+        "_share", "session", "requires_grad", "_grad", "_wide_grad", "grad_fn", "__weakref__"
+    )  # fmt: skip
 
     __array_priority__ = 1000  # make torch/numpy defer to our reflected operators
 
@@ -63,8 +65,42 @@ class SharedTensor:
         self._share = share
         self.session = session
         self.requires_grad = requires_grad
-        self.grad: SharedTensor | None = None
+        self._grad: SharedTensor | None = None
+        # A gradient share not yet truncated (scale 2^2f): see autograd.tape.WideGrad.
+        self._wide_grad: torch.Tensor | None = None
         self.grad_fn: Any = None
+
+    @property
+    def grad(self) -> SharedTensor | None:
+        """The gradient after ``backward()`` (a SharedTensor), or ``None``.
+
+        A weight's gradient from a shared product (``Linear``) is kept before
+        its fixed-point truncation until it is needed: the optimizer folds that
+        truncation into its update's, and reading ``.grad`` truncates it here
+        (one round, every party at the same point of the program, as for any op).
+        """
+        wide = self._wide_grad
+        if wide is not None:
+            self._wide_grad = None
+            self._grad = SharedTensor(F._rescale_share(self.session, wide), self.session)
+        return self._grad
+
+    @grad.setter
+    def grad(self, value: SharedTensor | None) -> None:
+        self._grad = value
+        self._wide_grad = None
+
+    def _add_wide_grad(self, share: torch.Tensor) -> None:
+        """Add a gradient share at scale ``2^2f`` (see :class:`~smpc.autograd.tape.WideGrad`)."""
+        if self._grad is not None:  # widen the truncated part: exact, x 2^f
+            share = share + self._grad.share * (1 << self.frac_bits)
+            self._grad = None
+        self._wide_grad = share if self._wide_grad is None else self._wide_grad + share
+
+    @property
+    def has_grad(self) -> bool:
+        """Whether a gradient is stored (without truncating a pending one)."""
+        return self._grad is not None or self._wide_grad is not None
 
     # ------------------------------------------------------------ raw access
     @property

@@ -34,6 +34,7 @@ from ..protocols import beaver, compare
 from ..sharing import lead
 from ..tensor import SharedTensor
 from .function import Context, Function
+from .tape import WIDE_MAX_FRAC_BITS, WideGrad
 
 __all__ = [
     "Add",
@@ -269,23 +270,36 @@ class Linear(Function):
         return out if b is None else ops.add(out, b)
 
     @staticmethod
-    def backward(ctx: Context, g: Grad) -> tuple[Grad | None, Grad | None, Grad | None]:
+    def backward(ctx: Context, g: Grad) -> tuple[Grad | None, Grad | WideGrad | None, Grad | None]:
         """Gradients w.r.t. the inputs."""
         x, w = ctx.saved_tensors
         nx, nw, nb = ctx.needs_input_grad
         gx: Grad | None = None
-        gw: Grad | None = None
+        gw: Grad | WideGrad | None = None
         gb: Grad | None = None
+        # A leaf weight takes its gradient before truncation (the optimizer truncates it
+        # with the update): see WideGrad.
+        wide = (
+            isinstance(w, SharedTensor) and w.grad_fn is None and w.frac_bits <= WIDE_MAX_FRAC_BITS
+        )
         if nx and nw and isinstance(g, SharedTensor):  # both products in one pair of rounds
             gt = g.reshape(-1, g.shape[-1]).t()
-            gx, gw = ops.matmuls([(g, w), (gt, x.reshape(-1, x.shape[-1]))])
+            pair = [(g, w), (gt, x.reshape(-1, x.shape[-1]))]
+            gx_, gw_ = ops.matmuls_keep_scale(pair, [False, wide])
+            assert isinstance(gx_, SharedTensor)
+            gx = gx_
+            gw = gw_ if isinstance(gw_, SharedTensor) else WideGrad(gw_)
         else:
             if nx:
                 gx = _gmatmul(g, w)
             if nw:
                 g2 = g.reshape(-1, g.shape[-1])
                 x2 = x.reshape(-1, x.shape[-1])
-                gw = _gmatmul(g2.t(), x2)
+                if wide and isinstance(g2, SharedTensor) and isinstance(x2, SharedTensor):
+                    (gw_,) = ops.matmuls_keep_scale([(g2.t(), x2)], [True])
+                    gw = gw_ if isinstance(gw_, SharedTensor) else WideGrad(gw_)
+                else:
+                    gw = _gmatmul(g2.t(), x2)
         if nb:
             g2 = g.reshape(-1, g.shape[-1])
             gb = _gsum(g2, (0,), False)

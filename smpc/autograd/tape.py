@@ -113,6 +113,29 @@ class Node:
         return f"<{self.name}>"
 
 
+# Gradients are kept wide only while the optimizer's update at scale 2^3f keeps
+# 14 bits of range under the truncation bound 2^62: f <= 16 (the default).
+WIDE_MAX_FRAC_BITS = 16
+
+
+class WideGrad:
+    """A leaf's gradient share before its fixed-point truncation (scale ``2^2f``).
+
+    :class:`~smpc.autograd.functions.Linear` returns one for a weight that is a
+    leaf: its gradient ``g^T @ x`` is a shared product, whose truncation the
+    optimizer can fold into the truncation of its own update (one truncation of
+    the weight instead of two: the gradient's bytes, dealer material and, for a
+    first layer, a round are saved). The tape adds it to the leaf untruncated;
+    reading ``.grad`` truncates it (:attr:`smpc.tensor.SharedTensor.grad`).
+    Only with ``frac_bits <= WIDE_MAX_FRAC_BITS``.
+    """
+
+    __slots__ = ("share",)
+
+    def __init__(self, share: torch.Tensor) -> None:
+        self.share = share
+
+
 def as_shared(g: Grad, like: SharedTensor) -> SharedTensor:
     """A public gradient as a (trivially) shared tensor in ``like``'s session."""
     if isinstance(g, SharedTensor):
@@ -211,6 +234,13 @@ def backward(root: SharedTensor, grad: Grad | None = None) -> None:
             for t, gi in zip(inputs, in_grads, strict=False):
                 if t is None or gi is None:
                     continue
+                if isinstance(gi, WideGrad):
+                    if t.grad_fn is None:
+                        t._add_wide_grad(gi.share)
+                        continue
+                    from ..ops import rescale  # only leaves take a wide gradient
+
+                    gi = SharedTensor(rescale(t.session, gi.share), t.session)
                 if t.grad_fn is None:
                     t.grad = as_shared(_accumulate(t.grad, gi), t)
                 else:

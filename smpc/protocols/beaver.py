@@ -244,6 +244,8 @@ def bilinear_trunc_many(
     dealer: Dealer,
     items: Sequence[tuple[ring.BilinearOp, torch.Tensor, torch.Tensor]],
     frac_bits: int,
+    *,
+    truncate: Sequence[bool] | None = None,
 ) -> list[torch.Tensor]:
     """Several independent :func:`bilinear_trunc` products in the rounds of one.
 
@@ -251,18 +253,26 @@ def bilinear_trunc_many(
     in one batched opening, the local steps, every masked result opened in
     one batched opening, and the local ends of the truncations. Used where a
     backward pass needs two products of the same gradient (``g @ W`` and
-    ``g^T @ x``).
+    ``g^T @ x``). ``truncate[i] = False`` leaves product ``i`` untruncated (a
+    plain :func:`bilinear` triple, nothing in the second round): shares of
+    ``op(x, y)`` at the doubled scale, for a caller that folds the truncation
+    into a later one (the optimizer, for a weight's gradient).
 
-    Cost: 2 rounds in all (instead of 2 per product); the same bytes as the
-    products one by one. Security: as :func:`bilinear_trunc` (Beaver matrix
-    triples as in SecureML, S&P'17; [EGKRS20] truncation), every opening
-    one-time padded by its own triple's masks.
+    Cost: 2 rounds in all (instead of 2 per product; 1 if nothing is
+    truncated); the same bytes as the products one by one. Security: as
+    :func:`bilinear_trunc` (Beaver matrix triples as in SecureML, S&P'17;
+    [EGKRS20] truncation), every opening one-time padded by its own triple's masks.
     """
     if not items:
         return []
+    cut = [True] * len(items) if truncate is None else list(truncate)
+    if len(cut) != len(items):
+        raise ValueError(f"`truncate` must have {len(items)} flags; got {len(cut)}")
     triples = [
         dealer.request(BilinearTruncTriple(op, _shape(comm, x), _shape(comm, y), frac_bits))
-        for op, x, y in items
+        if c
+        else dealer.request(BilinearTriple(op, _shape(comm, x), _shape(comm, y)))
+        for (op, x, y), c in zip(items, cut, strict=True)
     ]
     masked: list[tuple[torch.Tensor, torch.Tensor]] = []
     for (_, x, y), t in zip(items, triples, strict=True):
@@ -273,10 +283,12 @@ def bilinear_trunc_many(
         _local_step(comm, op, t, opened[2 * i], opened[2 * i + 1])
         for i, ((op, _, _), t) in enumerate(zip(items, triples, strict=True))
     ]
-    ws = comm.open(zs, "trunc")
+    if not any(cut):
+        return zs
+    ws = iter(comm.open([z for z, c in zip(zs, cut, strict=True) if c], "trunc"))
     return [
-        truncation.finish(comm, w, t["neg_r_hi"], t["s"], frac_bits)
-        for w, t in zip(ws, triples, strict=True)
+        truncation.finish(comm, next(ws), t["neg_r_hi"], t["s"], frac_bits) if c else z
+        for z, t, c in zip(zs, triples, cut, strict=True)
     ]
 
 

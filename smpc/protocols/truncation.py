@@ -7,6 +7,8 @@ never a large error for inputs inside the documented range.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from .. import ring
@@ -14,7 +16,7 @@ from ..comm.base import Communicator
 from ..dealer.base import Dealer, TruncPair
 from ..sharing import add_public_, data_shape
 
-__all__ = ["trunc", "finish", "trunc_local", "TRUNC_BOUND_BITS"]
+__all__ = ["trunc", "trunc_many", "finish", "trunc_local", "TRUNC_BOUND_BITS"]
 
 # |x| < 2^62 is required: x + 2^62 must have a zero most significant bit.
 TRUNC_BOUND_BITS = 62
@@ -48,6 +50,27 @@ def trunc(comm: Communicator, dealer: Dealer, x: torch.Tensor, frac_bits: int) -
     t = dealer.request(TruncPair(tuple(data_shape(comm, x)), f))
     (c,) = comm.open([add_public_(comm, x + t["r"], 1 << TRUNC_BOUND_BITS)], "trunc")
     return finish(comm, c, t["neg_r_hi"], t["s"], f)
+
+
+def trunc_many(
+    comm: Communicator, dealer: Dealer, items: Sequence[tuple[torch.Tensor, int]]
+) -> list[torch.Tensor]:
+    """:func:`trunc` of several values, each by its own number of bits, in one round.
+
+    Protocol: one :class:`~smpc.dealer.base.TruncPair` per value, every masked
+    ``x + 2^62 + r`` opened in one batched opening, then each finish.
+    Cost: 1 round; one ring element per element to each other party.
+    """
+    pairs = [dealer.request(TruncPair(tuple(data_shape(comm, x)), f)) for x, f in items]
+    masked = [
+        add_public_(comm, x + t["r"], 1 << TRUNC_BOUND_BITS)
+        for (x, _), t in zip(items, pairs, strict=True)
+    ]
+    opened = comm.open(masked, "trunc") if masked else []
+    return [
+        finish(comm, c, t["neg_r_hi"], t["s"], f)
+        for c, t, (_, f) in zip(opened, pairs, items, strict=True)
+    ]
 
 
 def finish(

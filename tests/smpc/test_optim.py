@@ -80,3 +80,52 @@ def test_bad_arguments() -> None:
             smpc.optim.SGD([sess.share(torch.ones(2))], lr=0.1)
         with pytest.raises(TypeError, match="SharedTensor"):
             smpc.optim.SGD([torch.ones(2)], lr=0.1)  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize("frac_bits", [16, 20])
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_sgd_on_linear_layers_matches_torch_with_gradients_kept_wide(
+    frac_bits: int, world_size: int
+) -> None:
+    """Training two linear layers: the weights' gradients reach the optimizer before
+    truncation (f = 16: truncated with the update; f = 20: too little range left at
+    scale 2^3f, so autograd truncates them) and the weights follow torch's SGD."""
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3))
+    data = [(torch.randn(8, 5), torch.randn(8, 3)) for _ in range(4)]
+    ref = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3))
+    ref.load_state_dict(model.state_dict())
+    topt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01)
+    with smpc.Session(world_size, frac_bits=frac_bits) as sess:
+        enc = smpc.nn.encrypt(model, sess)
+        opt = smpc.optim.SGD(enc.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01)
+        for x, y in data:
+            topt.zero_grad()
+            torch.nn.functional.mse_loss(ref(x), y).backward()
+            topt.step()
+            opt.zero_grad()
+            smpc.nn.MSELoss()(enc(sess.share(x)), sess.share(y)).backward()
+            weights = [p for p in enc.parameters() if p.dim() == 2]
+            assert all((p._wide_grad is not None) == (frac_bits == 16) for p in weights)
+            before = sess.stats.rounds
+            opt.step()
+            assert sess.stats.rounds - before == 1
+        got = enc.decrypt().state_dict()
+        for k, v in ref.state_dict().items():
+            torch.testing.assert_close(got[k], v, atol=2e-3, rtol=0)
+
+
+def test_sgd_truncates_wide_gradients_first_when_the_range_is_short() -> None:
+    """A wide gradient under f = 20 (only set by hand: autograd does not make them
+    there) is truncated before the update: one extra round for all of them."""
+    with smpc.Session(2, frac_bits=20) as sess:
+        ps = [sess.share(torch.zeros(3), requires_grad=True) for _ in range(2)]
+        g = torch.tensor([0.5, -1.0, 2.0])
+        for p in ps:
+            p._add_wide_grad(sess.share(g).share * (1 << 20))
+        opt = smpc.optim.SGD(ps, lr=0.5)
+        before = sess.stats.rounds
+        opt.step()
+        assert sess.stats.rounds - before == 2
+        for p in ps:
+            torch.testing.assert_close(p.reveal(), -0.5 * g, atol=1e-4, rtol=0)

@@ -145,3 +145,55 @@ def test_memory_flat_over_200_steps() -> None:
             if step in (10, 199):
                 counts.append(live())
         assert counts[1] <= counts[0]
+
+
+def _linear_case(
+    seed: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(6, 5, generator=g)
+    w = torch.randn(4, 5, generator=g)
+    b = torch.randn(4, generator=g)
+    t = torch.randn(6, 4, generator=g)
+    return x, w, b, t, torch.randn(4, 5, generator=g)
+
+
+@pytest.mark.parametrize("parties", [2, 3])
+def test_linear_weight_grad_is_kept_before_truncation_until_read(parties: int) -> None:
+    """A leaf weight's gradient from ``linear`` stays at scale 2^2f (no truncation
+    round); reading ``.grad`` truncates it once; the value is torch's."""
+    x, w0, b0, t, _ = _linear_case(0)
+    tw, tb = w0.clone().requires_grad_(), b0.clone().requires_grad_()
+    torch.nn.functional.mse_loss(torch.nn.functional.linear(x, tw, tb), t).backward()
+    with smpc.Session(parties) as sess:
+        w = sess.share(w0, requires_grad=True)
+        b = sess.share(b0, requires_grad=True)
+        F.mse_loss(F.linear(sess.share(x), w, b), sess.share(t)).backward()
+        assert w.has_grad and w._wide_grad is not None and w._grad is None
+        assert b._wide_grad is None and b.has_grad
+        before = sess.stats.rounds
+        gw = w.grad
+        assert sess.stats.rounds - before == 1  # the truncation, once
+        assert gw is not None and w.grad is gw and w._wide_grad is None
+        torch.testing.assert_close(gw.reveal(), tw.grad, atol=1e-3, rtol=0)
+        torch.testing.assert_close(b.grad.reveal(), tb.grad, atol=1e-3, rtol=0)
+
+
+def test_wide_gradients_accumulate_with_each_other_and_with_truncated_ones() -> None:
+    """Two backward passes add (wide + wide); a weight also used outside ``linear``
+    gets a truncated part too (widened exactly); ``.grad = None`` clears both."""
+    x, w0, b0, t, v = _linear_case(1)
+    tw = w0.clone().requires_grad_()
+    for _ in range(2):
+        out = torch.nn.functional.linear(x, tw, b0)
+        (torch.nn.functional.mse_loss(out, t) + (tw * v).sum()).backward()
+    with smpc.Session(2) as sess:
+        w = sess.share(w0, requires_grad=True)
+        xs, ts, vs = sess.share(x), sess.share(t), sess.share(v)
+        for _ in range(2):
+            out = F.linear(xs, w, b0)
+            (F.mse_loss(out, ts) + (w * vs).sum()).backward()
+        assert w._wide_grad is not None  # the last contribution was wide
+        torch.testing.assert_close(w.grad.reveal(), tw.grad, atol=2e-3, rtol=0)
+        w.grad = None
+        assert not w.has_grad and w.grad is None

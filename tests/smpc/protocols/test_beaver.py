@@ -245,3 +245,50 @@ def test_bilinear_trunc_many_matches_plaintext_in_two_rounds(
             diff = z.sum(0) - (torch.matmul(x, y) >> 16)
             assert int(diff.min()) >= 0 and int(diff.max()) <= 1
         assert beaver.bilinear_trunc_many(sess.comm, sess.dealer, [], 16) == []
+
+
+@given(
+    party_counts,
+    st.lists(
+        st.tuples(st.integers(1, 6), st.integers(1, 40), st.integers(1, 6), st.booleans()),
+        min_size=1,
+        max_size=3,
+    ),
+    seeds,
+)
+def test_bilinear_trunc_many_keeps_untruncated_products_exact(
+    n: int, dims: list[tuple[int, int, int, bool]], seed: int
+) -> None:
+    """``truncate=False`` products come back exact at the doubled scale (a plain triple,
+    nothing sent in the second round); the others as before; 1 round if none truncates."""
+    from smpc import encoding
+
+    fx = encoding.FixedPoint(16)
+    g = torch.Generator().manual_seed(seed)
+    plain = [
+        (
+            fx.encode(torch.randn(m, k, generator=g, dtype=torch.float64)),
+            fx.encode(torch.randn(k, p, generator=g, dtype=torch.float64)),
+        )
+        for m, k, p, _ in dims
+    ]
+    cut = [c for *_, c in dims]
+    with smpc.Session(parties=n, seed=seed) as sess:
+        items = [(ring.MatmulOp(), _share(sess, x), _share(sess, y)) for x, y in plain]
+        before = sess.stats.snapshot()
+        zs = beaver.bilinear_trunc_many(sess.comm, sess.dealer, items, 16, truncate=cut)
+        cost = sess.stats - before
+        assert cost.rounds == (2 if any(cut) else 1)
+        sent = sum(m * k + k * p + (m * p if c else 0) for m, k, p, c in dims) * 8 * (n - 1)
+        assert cost.bytes_per_party == [sent] * n
+        for z, (x, y), c in zip(zs, plain, cut, strict=True):
+            exact = torch.matmul(x, y)
+            if c:
+                diff = z.sum(0) - (exact >> 16)
+                assert int(diff.min()) >= 0 and int(diff.max()) <= 1
+            else:
+                assert torch.equal(z.sum(0), exact)
+        with pytest.raises(ValueError, match="`truncate` must have 1 flags; got 2"):
+            beaver.bilinear_trunc_many(
+                sess.comm, sess.dealer, items[:1], 16, truncate=[True, False]
+            )

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import smpc
-from smpc.protocols.truncation import trunc, trunc_local
+from smpc.protocols.truncation import trunc, trunc_local, trunc_many
 from smpc.sharing import additive_shares
 from tests.strategies import party_counts, seeds
 
@@ -16,6 +16,24 @@ from tests.strategies import party_counts, seeds
 def _values(count: int, bits: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(-(2**bits), 2**bits, (count,), generator=g)
+
+
+@given(party_counts, st.lists(st.tuples(st.integers(1, 61), st.integers(0, 40)), max_size=4), seeds)
+def test_trunc_many_each_by_its_bits_in_one_round(
+    n: int, items: list[tuple[int, int]], seed: int
+) -> None:
+    """Values truncated by different numbers of bits share one round, each within one ulp."""
+    xs = [_values(50 + i, bits, seed + i) for i, (bits, _) in enumerate(items)]
+    with smpc.Session(parties=n) as sess:
+        shared = [(additive_shares(x, n, sess.prg), f) for x, (_, f) in zip(xs, items, strict=True)]
+        before = sess.stats.snapshot()
+        zs = trunc_many(sess.comm, sess.dealer, shared)
+        cost = sess.stats - before
+    assert cost.rounds == (1 if items else 0)
+    assert cost.bytes_per_party[0] == sum(x.numel() for x in xs) * 8 * (n - 1)
+    for z, x, (_, f) in zip(zs, xs, items, strict=True):
+        diff = (x >> f) - z.sum(0)
+        assert bool(((diff == 0) | (diff == -1)).all())
 
 
 @given(party_counts, st.integers(1, 61), st.integers(0, 30), seeds)
