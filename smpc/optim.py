@@ -118,9 +118,8 @@ class SGD(Optimizer):
                 done = rescale_many(sess, [(wg, f) for _, wg in pending])
                 for (q, _), share in zip(pending, done, strict=True):
                     q.grad = SharedTensor(share, sess)
-        narrow: list[torch.Tensor] = []  # scale 2^2f, truncated by f
-        wide: list[torch.Tensor] = []  # scale 2^3f, truncated by 2f
-        is_wide: list[bool] = []
+        # Updates by scale: 2^2f (truncated by f) and 2^3f (wide gradients, by 2f).
+        groups: dict[bool, list[tuple[int, torch.Tensor]]] = {False: [], True: []}
         for i in active:
             p = self.params[i]
             g_wide = p._wide_grad
@@ -136,37 +135,24 @@ class SGD(Optimizer):
                     f"parameter {i}: gradient shape {tuple(shape)} != "
                     f"parameter shape {tuple(p.shape)}"
                 )
-            rest: torch.Tensor | None = p.share * c_p if wd else None
+            u = g_share * c_g
+            if wd:
+                u += p.share * (c_p if g_wide is None else c_p << f)
             b = self._velocity[i] if mom else None
             if b is not None:
-                rest = b * c_b if rest is None else rest.add_(b * c_b)
-            if g_wide is None:
-                u = g_share * c_g
-                if rest is not None:
-                    u += rest
-            else:
-                u = g_share * c_g
-                if rest is not None:
-                    u += rest * (1 << f)
-            (wide if g_wide is not None else narrow).append(
-                u.reshape(*u.shape[: u.dim() - p.dim()], -1)
-            )
-            is_wide.append(g_wide is not None)
-        groups = [(torch.cat(narrow, dim=-1), f)] if narrow else []
-        if wide:
-            groups.append((torch.cat(wide, dim=-1), 2 * f))
-        done = rescale_many(sess, groups)  # one round for every parameter
-        flat = {False: done[0] if narrow else None, True: done[-1] if wide else None}
-        offsets = {False: 0, True: 0}
-        for i, w in zip(active, is_wide, strict=True):
-            p = self.params[i]
-            n = p.numel()
-            src = flat[w]
-            assert src is not None
-            u = src[..., offsets[w] : offsets[w] + n].reshape(p.share.shape)
-            offsets[w] += n
-            if mom:
-                self._velocity[i] = u
-            if lr > 0:
-                p._share = p.share - u
+                u += b * (c_b if g_wide is None else c_b << f)
+            groups[g_wide is not None].append((i, u.reshape(*u.shape[: u.dim() - p.dim()], -1)))
+        kinds = [k for k in (False, True) if groups[k]]
+        cat = [(torch.cat([u for _, u in groups[k]], dim=-1), 2 * f if k else f) for k in kinds]
+        for k, upd in zip(kinds, rescale_many(sess, cat), strict=True):  # one round for all
+            offset = 0
+            for i, _ in groups[k]:
+                p = self.params[i]
+                n = p.numel()
+                u = upd[..., offset : offset + n].reshape(p.share.shape)
+                offset += n
+                if mom:
+                    self._velocity[i] = u
+                if lr > 0:
+                    p._share = p.share - u
         self._beta = beta

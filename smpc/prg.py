@@ -100,8 +100,8 @@ class AesPrg:
 
     def seek(self, pos: int) -> None:
         """Move to byte ``pos`` of the keystream (e.g. back, to draw the same values again)."""
-        if pos < 0:
-            raise ValueError(f"`pos` must be >= 0; got {pos}")
+        if isinstance(pos, bool) or not isinstance(pos, int) or pos < 0:
+            raise ValueError(f"`pos` must be an int >= 0; got {pos!r}")
         if pos != self._pos:
             self._pos = pos
             self._enc = self._encryptor_at(pos)

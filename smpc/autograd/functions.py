@@ -89,6 +89,11 @@ def _gmatmul(a: Any, b: Any) -> Grad:
     return torch.as_tensor(a) @ torch.as_tensor(b)
 
 
+def _weight_grad(z: SharedTensor | torch.Tensor) -> SharedTensor | WideGrad:
+    """A product from :func:`smpc.ops.matmuls_keep_scale`: truncated, or kept wide."""
+    return z if isinstance(z, SharedTensor) else WideGrad(z)
+
+
 def _gneg(g: Grad) -> Grad:
     return ops.neg(g) if isinstance(g, SharedTensor) else -g
 
@@ -287,8 +292,7 @@ class Linear(Function):
             pair = [(g, w), (gt, x.reshape(-1, x.shape[-1]))]
             gx_, gw_ = ops.matmuls_keep_scale(pair, [False, wide])
             assert isinstance(gx_, SharedTensor)
-            gx = gx_
-            gw = gw_ if isinstance(gw_, SharedTensor) else WideGrad(gw_)
+            gx, gw = gx_, _weight_grad(gw_)
         else:
             if nx:
                 gx = _gmatmul(g, w)
@@ -296,8 +300,7 @@ class Linear(Function):
                 g2 = g.reshape(-1, g.shape[-1])
                 x2 = x.reshape(-1, x.shape[-1])
                 if wide and isinstance(g2, SharedTensor) and isinstance(x2, SharedTensor):
-                    (gw_,) = ops.matmuls_keep_scale([(g2.t(), x2)], [True])
-                    gw = gw_ if isinstance(gw_, SharedTensor) else WideGrad(gw_)
+                    gw = _weight_grad(ops.matmuls_keep_scale([(g2.t(), x2)], [True])[0])
                 else:
                     gw = _gmatmul(g2.t(), x2)
         if nb:

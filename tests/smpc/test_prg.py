@@ -89,5 +89,6 @@ def test_seek_replays_the_stream_from_any_position() -> None:
     assert torch.equal(
         a.random_int64(3), torch.frombuffer(bytearray(stream[40:64]), dtype=torch.int64)
     )
-    with pytest.raises(ValueError, match="`pos` must be >= 0"):
-        a.seek(-1)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="`pos` must be an int >= 0"):
+            a.seek(bad)  # type: ignore[arg-type]
