@@ -181,6 +181,8 @@ class TrustedDealerClient:
         lazy: on the last party, receive correction shares when the protocol first
             reads them (default), so that the provider computes them while the
             protocol opens its masked values; ``False`` waits in :meth:`request`.
+            A correction larger than a frame has its receive posted with the
+            request, so its bytes arrive meanwhile.
 
     Attributes:
         received_bytes: payload bytes this party received from the provider (its
@@ -188,6 +190,8 @@ class TrustedDealerClient:
 
     Raises:
         PartyTimeoutError: the provider did not send the seed within ``comm.timeout``.
+        DealerError: (from reading a correction) the provider could not serve a
+            request; every later request raises it too.
     """
 
     def __init__(
