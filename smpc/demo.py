@@ -42,6 +42,7 @@ __all__ = [
     "Config",
     "build_model",
     "encrypted_predict",
+    "input_stats",
     "lenet",
     "main",
     "parse_args",
@@ -61,9 +62,10 @@ class Config:
     train_size: int = 4000
     test_size: int = 1000
     batch_size: int = 64
-    lr: float = 0.1
+    lr: float = 0.05
     schedule: str = "linear"  # "linear" decay to 0 over the run, or "constant"
     augment: int = 1  # random shifts of up to this many pixels per epoch (0: none)
+    normalize: bool = True  # the data owner standardises pixels with its training set's stats
     momentum: float = 0.9
     weight_decay: float = 0.0
     parties: int = 2
@@ -126,7 +128,22 @@ def load_data(cfg: Config) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, to
     return x, y, xt, yt
 
 
-def _prepare(cfg: Config, x: torch.Tensor) -> torch.Tensor:
+def input_stats(cfg: Config, x: torch.Tensor) -> tuple[float, float]:
+    """The data owner's pixel normalisation: mean and std of its training images.
+
+    ``(0, 1)`` (none) unless ``cfg.normalize``. Computed in the clear by the data
+    owner on its own images (like torchvision's usual MNIST ``Normalize``, with
+    the statistics of whatever data set is loaded); the test images get the same.
+    """
+    if not cfg.normalize:
+        return 0.0, 1.0
+    return float(x.mean()), float(x.std())
+
+
+def _prepare(cfg: Config, x: torch.Tensor, stats: tuple[float, float]) -> torch.Tensor:
+    mean, std = stats
+    if (mean, std) != (0.0, 1.0):
+        x = (x - mean) / std
     return x.reshape(len(x), -1) if cfg.model == "mlp" else x
 
 
@@ -195,14 +212,15 @@ def train_plain(cfg: Config, data: Sequence[torch.Tensor]) -> History:
     opt = torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
-    xtp = _prepare(cfg, xt)
+    stats = input_stats(cfg, x)
+    xtp = _prepare(cfg, xt, stats)
     onehot = torch.nn.functional.one_hot(y, 10).float()
     hist = History()
     total = cfg.epochs * -(-len(x) // cfg.batch_size)
     t0 = time.perf_counter()
     for epoch in range(cfg.epochs):
         losses = []
-        xp = _prepare(cfg, augment(x, cfg.augment, epoch, cfg.seed))
+        xp = _prepare(cfg, augment(x, cfg.augment, epoch, cfg.seed), stats)
         for idx in _batches(len(x), cfg.batch_size, epoch, cfg.seed):
             for group in opt.param_groups:
                 group["lr"] = lr_at(cfg, hist.steps, total)
@@ -241,7 +259,8 @@ def train_encrypted(
         enc.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
     loss_fn: snn.Module = snn.CrossEntropyLoss() if cfg.loss == "ce" else snn.MSELoss()
-    xtp = _prepare(cfg, xt)
+    stats = input_stats(cfg, x)
+    xtp = _prepare(cfg, xt, stats)
     show = cfg.progress and sess.rank in (None, 0)
     hist = History()
     compute = 0.0
@@ -251,7 +270,7 @@ def train_encrypted(
         if xs is None or cfg.augment:
             # The data owner shares this epoch's (augmented) images: one message.
             mine = sess.rank in (None, data_owner)
-            xe = _prepare(cfg, augment(x, cfg.augment, epoch, cfg.seed)) if mine else None
+            xe = _prepare(cfg, augment(x, cfg.augment, epoch, cfg.seed), stats) if mine else None
             xs = sess.share(xe, src=data_owner)
         batches = _batches(len(x), cfg.batch_size, epoch, cfg.seed)
         bar = _bar(batches, epoch, cfg, show, party_process=sess.rank is not None)
@@ -404,6 +423,9 @@ def run_demo(cfg: Config) -> dict[str, Any]:
         f"{cfg.epochs} epochs, batch {cfg.batch_size}, parties {names} + crypto provider"
         f"{' (distributed: one process each)' if cfg.distributed else ' (simulated in process)'}"
     )
+    if cfg.normalize:
+        mean, std = input_stats(cfg, data[0])
+        print(f"the data owner standardises its pixels: (x - {mean:.4f}) / {std:.4f}")
     plain = train_plain(cfg, data)
     t0 = time.perf_counter()
     if cfg.distributed:
@@ -416,7 +438,7 @@ def run_demo(cfg: Config) -> dict[str, Any]:
     steps = max(enc.steps, 1)
     model = _reference_model(cfg)
     model.load_state_dict(enc.state_dict)
-    acc_enc = accuracy(model, _prepare(cfg, data[2]), data[3])
+    acc_enc = accuracy(model, _prepare(cfg, data[2], input_stats(cfg, data[0])), data[3])
     acc_plain = plain.accuracy[-1]
     out = {
         "test_accuracy_encrypted": acc_enc,
@@ -467,7 +489,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     p.add_argument("--train-size", type=int, default=d.train_size)
     p.add_argument("--test-size", type=int, default=d.test_size)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=None, help="default 0.1 (ce) / 0.5 (mse)")
+    p.add_argument("--lr", type=float, default=None, help="default 0.05 (ce) / 0.5 (mse)")
     p.add_argument(
         "--schedule",
         choices=("linear", "constant"),
@@ -478,7 +500,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         "--augment",
         type=int,
         default=d.augment,
-        help="random shifts of up to this many pixels each epoch (0: none; default 2)",
+        help="random shifts of up to this many pixels each epoch (0: none; default 1)",
+    )
+    p.add_argument(
+        "--no-normalize",
+        action="store_true",
+        help="feed pixels in [0, 1] (default: standardised with the training set's mean/std)",
     )
     p.add_argument("--momentum", type=float, default=d.momentum)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
@@ -509,6 +536,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         lr=lr,
         schedule=a.schedule,
         augment=a.augment,
+        normalize=not a.no_normalize,
         momentum=a.momentum,
         weight_decay=a.weight_decay,
         parties=a.parties,

@@ -40,4 +40,14 @@ def test_cli_flags_for_the_recipe() -> None:
     cfg = parse_args(["--schedule", "constant", "--augment", "0", "--lr", "0.2"])
     assert (cfg.schedule, cfg.augment, cfg.lr) == ("constant", 0, 0.2)
     default = parse_args([])
-    assert (default.schedule, default.augment, default.lr) == ("linear", 1, 0.1)
+    assert (default.schedule, default.augment, default.lr) == ("linear", 1, 0.05)
+    assert default.normalize and not parse_args(["--no-normalize"]).normalize
+
+
+def test_input_stats_standardise_with_the_training_set() -> None:
+    from smpc.demo import input_stats
+
+    x = torch.rand(50, 1, 28, 28) * 0.8
+    mean, std = input_stats(Config(), x)
+    assert abs(mean - float(x.mean())) < 1e-6 and abs(std - float(x.std())) < 1e-6
+    assert input_stats(Config(normalize=False), x) == (0.0, 1.0)
