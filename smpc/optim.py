@@ -100,9 +100,9 @@ class SGD(Optimizer):
         # is one linear form with public coefficients at scale 2^2f, truncated once;
         # the step p -= lr v' is then b' itself (nothing when lr == 0).
         # A gradient kept before its truncation (scale 2^2f, autograd's WideGrad) makes
-        # the form's scale 2^3f, truncated by 2f in the same round: one truncation
-        # of the parameter instead of two. That needs |lr v'| < 2^(62 - 3f): 2^14 for
-        # f = 16, the most fractional bits for which autograd keeps gradients wide.
+        # the form's scale 2^3f, truncated by 2f: one truncation of the parameter
+        # instead of two. That needs |lr v'| < 2^(62 - 3f): 2^14 for f = 16, the
+        # most fractional bits for which autograd keeps gradients wide.
         beta = lr if lr > 0 else 1.0
         f = sess.encoding.frac_bits
         c_g, c_p = self._enc(beta), self._enc(beta * wd)
@@ -118,8 +118,10 @@ class SGD(Optimizer):
                 done = rescale_many(sess, [(wg, f) for _, wg in pending])
                 for (q, _), share in zip(pending, done, strict=True):
                     q.grad = SharedTensor(share, sess)
-        # Updates by scale: 2^2f (truncated by f) and 2^3f (wide gradients, by 2f).
-        groups: dict[bool, list[tuple[int, torch.Tensor]]] = {False: [], True: []}
+        # With any wide gradient, every update is formed at scale 2^3f (the others'
+        # terms times 2^f, exact) and all are truncated by 2f: one truncation request.
+        wide = any(self.params[i]._wide_grad is not None for i in active)
+        updates: list[torch.Tensor] = []
         for i in active:
             p = self.params[i]
             g_wide = p._wide_grad
@@ -135,24 +137,24 @@ class SGD(Optimizer):
                     f"parameter {i}: gradient shape {tuple(shape)} != "
                     f"parameter shape {tuple(p.shape)}"
                 )
-            u = g_share * c_g
+            lift = f if wide else 0
+            u = g_share * (c_g if g_wide is not None else c_g << lift)
             if wd:
-                u += p.share * (c_p if g_wide is None else c_p << f)
+                u += p.share * (c_p << lift)
             b = self._velocity[i] if mom else None
             if b is not None:
-                u += b * (c_b if g_wide is None else c_b << f)
-            groups[g_wide is not None].append((i, u.reshape(*u.shape[: u.dim() - p.dim()], -1)))
-        kinds = [k for k in (False, True) if groups[k]]
-        cat = [(torch.cat([u for _, u in groups[k]], dim=-1), 2 * f if k else f) for k in kinds]
-        for k, upd in zip(kinds, rescale_many(sess, cat), strict=True):  # one round for all
-            offset = 0
-            for i, _ in groups[k]:
-                p = self.params[i]
-                n = p.numel()
-                u = upd[..., offset : offset + n].reshape(p.share.shape)
-                offset += n
-                if mom:
-                    self._velocity[i] = u
-                if lr > 0:
-                    p._share = p.share - u
+                u += b * (c_b << lift)
+            updates.append(u.reshape(*u.shape[: u.dim() - p.dim()], -1))
+        bits = 2 * f if wide else f
+        (upd,) = rescale_many(sess, [(torch.cat(updates, dim=-1), bits)])  # one round for all
+        offset = 0
+        for i in active:
+            p = self.params[i]
+            n = p.numel()
+            u = upd[..., offset : offset + n].reshape(p.share.shape)
+            offset += n
+            if mom:
+                self._velocity[i] = u
+            if lr > 0:
+                p._share = p.share - u
         self._beta = beta
