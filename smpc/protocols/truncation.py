@@ -46,10 +46,7 @@ def trunc(comm: Communicator, dealer: Dealer, x: torch.Tensor, frac_bits: int) -
 
     Security: semi-honest; ``c`` is uniform given ``x``; non-colluding dealer.
     """
-    f = frac_bits
-    t = dealer.request(TruncPair(tuple(data_shape(comm, x)), f))
-    (c,) = comm.open([add_public_(comm, x + t["r"], 1 << TRUNC_BOUND_BITS)], "trunc")
-    return finish(comm, c, t["neg_r_hi"], t["s"], f)
+    return trunc_many(comm, dealer, [(x, frac_bits)])[0]
 
 
 def trunc_many(
