@@ -41,6 +41,7 @@ from tests.smpc.comm.dist_programs import (
     desync_parts_program,
     desync_shape_program,
     dies_program,
+    inline_open_program,
     kept_inference_program,
     many_rows_program,
     object_program,
@@ -217,6 +218,30 @@ def test_openings_of_every_size(n: int) -> None:
         assert res["empty"] == []
         assert torch.equal(res["mul"], big[0] * big[0])
     _assert_same_costs([res["stats"] for res in results], sim["stats"])
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("n", [2, 3])
+def test_inline_openings_of_every_integer_dtype_and_layout(n: int) -> None:
+    """The one-frame path (numpy views): int64 with wrap-around, a transposed view, 0-d,
+    uint8 and int32, empty; plain and masked; equal to the sums computed in torch."""
+    results = run(inline_open_program, parties=n, timeout=20)
+    total = n * (n + 1) // 2  # sum of the parties' factors
+    base = torch.arange(-6, 6, dtype=torch.int64).reshape(3, 4) * (2**61 + 12345)
+    expected = [
+        total * base,
+        (total * base).t(),
+        torch.tensor(7 * total),
+        torch.arange(10, dtype=torch.uint8) * 51 * total,
+        torch.arange(5, dtype=torch.int32) * total,
+        torch.empty(0, dtype=torch.int64),
+    ]
+    for res in results:
+        for got, want in zip(res["open"], expected, strict=True):
+            assert got.dtype == want.dtype and torch.equal(got, want)
+        for got, want in zip(res["masked"], expected, strict=True):
+            assert got.dtype == want.dtype and torch.equal(got, want - total)
+        assert torch.equal(res["mixed"][0], expected[0] - total)
 
 
 @pytest.mark.timeout(60)

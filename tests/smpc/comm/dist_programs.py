@@ -176,6 +176,28 @@ def big_open_program(sess: smpc.Session, values: list[torch.Tensor]) -> dict[str
     return out
 
 
+def inline_open_program(sess: smpc.Session) -> dict[str, Any]:
+    """Frame-sized openings of every integer dtype and layout, plain and masked:
+    party ``i`` holds ``(i + 1) * base`` (so the sums are known)."""
+    comm = sess.comm
+    k = (comm.rank or 0) + 1
+    base = torch.arange(-6, 6, dtype=torch.int64).reshape(3, 4) * (2**61 + 12345)
+    shares = [
+        k * base,  # wraps around 2^64
+        (k * base).t(),  # a non-contiguous view
+        torch.tensor(7 * k),  # 0-d
+        (torch.arange(10, dtype=torch.uint8) * 51 * k),  # bytes: sums wrap mod 256
+        torch.arange(5, dtype=torch.int32) * k,
+        torch.empty(0, dtype=torch.int64),
+    ]
+    masks = [k * torch.ones_like(x) for x in shares]
+    return {
+        "open": comm.open(shares, "inline"),
+        "masked": comm.open_masked(list(zip(shares, masks, strict=True)), "inline"),
+        "mixed": comm.open_masked([(shares[0], masks[0].t().contiguous().t())], "mixed"),
+    }
+
+
 def desync_parts_program(sess: smpc.Session) -> None:
     """Openings with the same total size but the parts' sizes swapped."""
     sizes = (600, 700) if sess.rank == 0 else (700, 600)  # inside one frame
