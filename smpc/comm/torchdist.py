@@ -732,7 +732,7 @@ class TorchDistCommunicator:
         """
         seq = self._next()
         what = f"open #{seq} ({label!r})"
-        frame, _ = self.channel.inline_frame(seq, MessageKind.OPEN, total, sizes)
+        frame = self.channel._frame(seq, MessageKind.OPEN, total, _digest(sizes), True, sizes)
         body = frame.numpy().view(np.uint8)[HEAD_BYTES:]
         mine = []
         for (x, m), off, nb in zip(items, offsets, sizes, strict=True):
