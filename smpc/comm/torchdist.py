@@ -380,11 +380,6 @@ class Channel:
             self._post_frames(src, queue, POSTED_FRAMES - len(queue))
         return header
 
-    def arrived(self, src: int) -> bool:
-        """Whether ``src``'s next frame is already here (:meth:`take_header` would not wait)."""
-        queue = self._posted.get(src)
-        return queue is not None and bool(queue) and queue[0][0].is_completed()
-
     def _post_frames(self, src: int, queue: deque[tuple[Work, torch.Tensor]], count: int) -> None:
         for _ in range(count):
             queue.append(self._post_header(src))

@@ -63,9 +63,6 @@ __all__ = ["TrustedDealer", "TrustedDealerClient", "Shares", "DealerStats", "dea
 
 # Correction sends kept in flight while the provider serves the next requests.
 _INFLIGHT = 2
-# Corrections the provider computes ahead of their requests (see TrustedDealer's speculate).
-# One: a deeper guess would be computed while the request it precedes waits.
-_AHEAD = 1
 
 
 def dealer_key(seed: int | bytes | str | None, party: int) -> bytes | None:
@@ -342,28 +339,21 @@ class _Predictor:
     _MAX = 4096
 
     def __init__(self) -> None:
-        self._seen: list[bytes] = [b"", b""]  # the requests served, newest last (2 kept)
-        self._tail: list[bytes] = [b"", b""]  # the same, then the ones guessed ahead
+        self._seen = (b"", b"")  # the last two requests served, newest last
         self._follows: dict[tuple[bytes, bytes], bytes] = {}
         self._loaded: dict[bytes, Request] = {}
 
-    def observe(self, raw: bytes, *, speculated: int) -> None:
-        """Record the request just served; ``speculated`` guesses ahead of it still stand."""
+    def observe(self, raw: bytes) -> None:
+        """Record the request just served."""
         if len(self._follows) >= self._MAX:
             self._follows.clear()
             self._loaded.clear()
-        self._follows[(self._seen[-2], self._seen[-1])] = raw
-        self._seen = [self._seen[-1], raw]
-        if not speculated:
-            self._tail = list(self._seen)
-
-    def extend(self, raw: bytes) -> None:
-        """Record a guess that was acted on (the next guess follows it)."""
-        self._tail = [self._tail[-1], raw]
+        self._follows[self._seen] = raw
+        self._seen = (self._seen[1], raw)
 
     def guess(self) -> tuple[bytes, Request] | None:
-        """The expected request after the served ones and the guesses so far."""
-        nxt = self._follows.get((self._tail[-2], self._tail[-1]))
+        """The expected next request (its bytes and the request), if the pair was seen."""
+        nxt = self._follows.get(self._seen)
         if nxt is None:
             return None
         req = self._loaded.get(nxt)
@@ -469,20 +459,16 @@ class TrustedDealer:
         # keep the newest in flight (with their buffers), recycle the buffers after.
         inflight: deque[tuple[Pending, torch.Tensor | None]] = deque()
         predictor = _Predictor()
-        ahead: deque[_Speculation] = deque()  # corrections of the expected next requests
+        spec: _Speculation | None = None  # the correction of the expected next request
         while True:
             seq += 1
-            # While the last party computes, prepare the corrections it will ask for
-            # next; stop as soon as its request is there.
-            while self.speculate and len(ahead) < _AHEAD and not ch.arrived(last):
+            # While the last party computes, prepare the correction it is expected to
+            # ask for next (one: a request that came meanwhile would wait behind a
+            # deeper guess, and gloo cannot tell whether one has come without waiting).
+            if self.speculate and spec is None:
                 guess = predictor.guess()
-                if guess is None:
-                    break
-                spec = self._speculate(*guess, prgs)
-                if spec is None:
-                    break
-                predictor.extend(spec.raw)
-                ahead.append(spec)
+                if guess is not None:
+                    spec = self._speculate(*guess, prgs)
             kind, data, _ = ch.recv(
                 last, seq, MessageKind.REQUEST, f"waiting for request #{seq}",
                 timeout=LONG_WAIT, accept=(MessageKind.CLOSE,),
@@ -502,13 +488,14 @@ class TrustedDealer:
                 return self.stats
             raw = data.numpy().tobytes()
             try:
-                if ahead and ahead[0].raw == raw:
-                    hit = ahead.popleft()
-                    assert hit.corr is not None and hit.buf is not None
-                    corr, buf = hit.corr, hit.buf
+                guessed, spec = spec, None
+                if guessed is not None and guessed.raw == raw:
+                    assert guessed.corr is not None and guessed.buf is not None
+                    corr, buf = guessed.corr, guessed.buf
                     self.stats.speculation_hits += 1
                 else:
-                    self._undo(ahead, prgs)
+                    if guessed is not None:
+                        self._undo(guessed, prgs)
                     corr, buf = self._corrections(_load_request(raw), prgs)
             except Exception as e:  # reported to the party, which raises DealerError
                 msg = f"{type(e).__name__}: {e}".encode()
@@ -516,7 +503,7 @@ class TrustedDealer:
                 inflight.append((ch.send(last, seq, MessageKind.ERROR, err), None))
                 continue
             finally:
-                predictor.observe(raw, speculated=len(ahead))
+                predictor.observe(raw)
             works = ch.send(last, seq, MessageKind.CORRECTION, corr if corr.numel() else None)
             inflight.append((works, buf))
             self.stats.peak_in_flight = max(self.stats.peak_in_flight, len(inflight))
@@ -539,29 +526,24 @@ class TrustedDealer:
         try:
             spec.corr, spec.buf = self._corrections(req, prgs)
         except Exception:  # the real request will raise (and report) it if it comes
-            self._undo(deque([spec]), prgs)
+            self._undo(spec, prgs)
             return None
         self.stats.speculated += 1
         return spec
 
-    def _undo(self, ahead: deque[_Speculation], prgs: Sequence[AesPrg]) -> None:
-        """Forget corrections computed ahead (newest first).
-
-        Rewinds the streams to where the oldest started and restores the kept masks.
-        """
-        while ahead:
-            spec = ahead.pop()
-            for p, pos in zip(prgs, spec.positions, strict=True):
-                p.seek(pos)
-            self._private_prg.seek(spec.private_position)
-            if spec.kept is not None:
-                key, old = spec.kept
-                if old is None:
-                    self._kept.pop(key, None)
-                else:
-                    self._kept[key] = old
-            if spec.buf is not None and len(self._free) < _INFLIGHT + 2:
-                self._free.append(spec.buf)
+    def _undo(self, spec: _Speculation, prgs: Sequence[AesPrg]) -> None:
+        """Forget a correction computed ahead: rewind the streams, restore a kept mask."""
+        for p, pos in zip(prgs, spec.positions, strict=True):
+            p.seek(pos)
+        self._private_prg.seek(spec.private_position)
+        if spec.kept is not None:
+            key, old = spec.kept
+            if old is None:
+                self._kept.pop(key, None)
+            else:
+                self._kept[key] = old
+        if spec.buf is not None and len(self._free) < _INFLIGHT + 2:
+            self._free.append(spec.buf)
 
     def _buffer(self, numel: int) -> torch.Tensor:
         for i, buf in enumerate(self._free):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -101,7 +100,6 @@ def _mixed_requests(client: TrustedDealerClient, rank: int) -> list[torch.Tensor
     plan += [("mul", (5,)), ("mask", 9)] + step
     out = []
     for kind, arg in plan:
-        time.sleep(0.01)  # the provider guesses while the party "computes"
         if kind == "mask":
             t = client.request(OperandMask((3, 4), arg))
             out.append(t["b"].reshape(-1))
