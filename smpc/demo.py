@@ -489,7 +489,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     p.add_argument("--train-size", type=int, default=d.train_size)
     p.add_argument("--test-size", type=int, default=d.test_size)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=None, help="default 0.05 (ce) / 0.5 (mse)")
+    p.add_argument(
+        "--lr", type=float, default=None, help="default 0.05 (ce; 0.1 for the cnn) / 0.5 (mse)"
+    )
     p.add_argument(
         "--schedule",
         choices=("linear", "constant"),
@@ -525,7 +527,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     for name in ("epochs", "train_size", "test_size", "batch_size"):
         if getattr(a, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be > 0")
-    lr = a.lr if a.lr is not None else (d.lr if a.loss == "ce" else 0.5)
+    if a.lr is not None:
+        lr = a.lr
+    elif a.loss == "mse":
+        lr = 0.5
+    else:
+        lr = 0.1 if a.model == "cnn" else d.lr
     return Config(
         model=a.model,
         loss=a.loss,

@@ -42,6 +42,7 @@ def test_cli_flags_for_the_recipe() -> None:
     default = parse_args([])
     assert (default.schedule, default.augment, default.lr) == ("linear", 1, 0.05)
     assert default.normalize and not parse_args(["--no-normalize"]).normalize
+    assert parse_args(["--model", "cnn"]).lr == 0.1 and parse_args(["--loss", "mse"]).lr == 0.5
 
 
 def test_input_stats_standardise_with_the_training_set() -> None:
