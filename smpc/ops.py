@@ -211,9 +211,7 @@ def _matmul_operands(
             f"matmul: inner dimensions must match; got {xshape} @ {yshape} ({k_x} != {k_y})"
         )
     try:
-        out_shape = torch.matmul(
-            torch.empty(xshape, device="meta"), torch.empty(yshape, device="meta")
-        ).shape
+        out_shape = ring.MatmulOp().out_shape(torch.Size(xshape), torch.Size(yshape))
     except RuntimeError as err:
         raise ShapeError(f"matmul: shapes {xshape} and {yshape} do not broadcast") from err
     # Promote 1-D operands to matrices as torch does, and align batch dims.

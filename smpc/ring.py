@@ -594,6 +594,10 @@ class MatmulOp:
         return matmul(x, y)
 
     def out_shape(self, x_shape: torch.Size, y_shape: torch.Size) -> torch.Size:
+        return _out_shape(self, tuple(x_shape), tuple(y_shape))
+
+    def meta_shape(self, x_shape: torch.Size, y_shape: torch.Size) -> torch.Size:
+        """:meth:`out_shape`, computed on meta tensors (uncached; raises for bad shapes)."""
         return torch.matmul(
             torch.empty(x_shape, dtype=torch.float32, device="meta"),
             torch.empty(y_shape, dtype=torch.float32, device="meta"),
@@ -620,6 +624,10 @@ class Conv2dOp:
         )
 
     def out_shape(self, x_shape: torch.Size, w_shape: torch.Size) -> torch.Size:
+        return _out_shape(self, tuple(x_shape), tuple(w_shape))
+
+    def meta_shape(self, x_shape: torch.Size, w_shape: torch.Size) -> torch.Size:
+        """:meth:`out_shape`, computed on meta tensors (uncached; raises for bad shapes)."""
         return F.conv2d(
             torch.empty(x_shape, dtype=torch.float32, device="meta"),
             torch.empty(w_shape, dtype=torch.float32, device="meta"),
@@ -655,6 +663,10 @@ class ConvTranspose2dOp:
         )
 
     def out_shape(self, x_shape: torch.Size, w_shape: torch.Size) -> torch.Size:
+        return _out_shape(self, tuple(x_shape), tuple(w_shape))
+
+    def meta_shape(self, x_shape: torch.Size, w_shape: torch.Size) -> torch.Size:
+        """:meth:`out_shape`, computed on meta tensors (uncached; raises for bad shapes)."""
         return F.conv_transpose2d(
             torch.empty(x_shape, dtype=torch.float32, device="meta"),
             torch.empty(w_shape, dtype=torch.float32, device="meta"),
@@ -667,6 +679,12 @@ class ConvTranspose2dOp:
 
 
 BilinearOp = MatmulOp | Conv2dOp | ConvTranspose2dOp
+
+
+@functools.lru_cache(maxsize=1024)  # shape inference on meta tensors costs ~50 µs a call
+def _out_shape(op: BilinearOp, x_shape: tuple[int, ...], y_shape: tuple[int, ...]) -> torch.Size:
+    """The output shape of ``op`` on operands of these shapes (memoised; raises for bad ones)."""
+    return op.meta_shape(torch.Size(x_shape), torch.Size(y_shape))
 
 
 def bilinear(op: BilinearOp, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
