@@ -169,6 +169,21 @@ def _portable_exception(exc: BaseException) -> BaseException:
         return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
+def role_scheduling(*, provider: bool) -> bool:
+    """The scheduling policy of a process of :func:`run` (all on one machine).
+
+    Parties: ``SCHED_BATCH`` (:func:`smpc.perf.batch_scheduling`); the provider:
+    ``SCHED_IDLE`` (:func:`smpc.perf.idle_scheduling`), so that it computes in
+    the moments when a party waits for the other, and every party that wakes up
+    takes its core back. Returns whether a policy was applied.
+    """
+    from .perf import batch_scheduling, idle_scheduling
+
+    if provider and idle_scheduling():
+        return True
+    return batch_scheduling()
+
+
 def _worker(
     conn: multiprocessing.connection.Connection,
     rank: int,
@@ -176,9 +191,9 @@ def _worker(
     cfg: _Config,
 ) -> None:
     """Process entry point: run one role, send back ("ok", value) or ("err", exc, tb)."""
-    from .perf import batch_scheduling, keep_freed_memory
+    from .perf import keep_freed_memory
 
-    batch_scheduling()  # before any thread starts: gloo's and torch's threads inherit it
+    role_scheduling(provider=program is None)  # before any thread starts: they inherit it
     import torch
 
     torch.set_num_threads(cfg.threads)
