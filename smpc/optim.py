@@ -121,32 +121,41 @@ class SGD(Optimizer):
         # With any wide gradient, every update is formed at scale 2^3f (the others'
         # terms times 2^f, exact) and all are truncated by 2f: one truncation request.
         wide = any(self.params[i]._wide_grad is not None for i in active)
-        updates: list[torch.Tensor] = []
+        lift = f if wide else 0
+        grads: list[torch.Tensor] = []
         for i in active:
             p = self.params[i]
-            g_wide = p._wide_grad
-            if g_wide is None:
+            g_share = p._wide_grad
+            if g_share is None:
                 g = p.grad
                 assert g is not None
                 g_share = g.share
-            else:
-                g_share = g_wide
             if tuple(g_share.shape) != tuple(p.share.shape):
                 shape = g_share.shape[g_share.dim() - p.dim() :]
                 raise ValueError(
                     f"parameter {i}: gradient shape {tuple(shape)} != "
                     f"parameter shape {tuple(p.shape)}"
                 )
-            lift = f if wide else 0
-            u = g_share * (c_g if g_wide is not None else c_g << lift)
+            grads.append(g_share)
+        # Every update written into one buffer (no concatenation copy), each term in
+        # one pass: u = c_g g (+ c_p p) (+ c_b b), coefficients lifted to the scale.
+        lead = grads[0].shape[: grads[0].dim() - self.params[active[0]].dim()]
+        total = sum(self.params[i].numel() for i in active)
+        flat = torch.empty((*lead, total), dtype=torch.int64)
+        offset = 0
+        for i, g_share in zip(active, grads, strict=True):
+            p = self.params[i]
+            n = p.numel()
+            u = flat[..., offset : offset + n].view(p.share.shape)
+            offset += n
+            torch.mul(g_share, c_g if p._wide_grad is not None else c_g << lift, out=u)
             if wd:
-                u += p.share * (c_p << lift)
+                u.add_(p.share, alpha=c_p << lift)
             b = self._velocity[i] if mom else None
             if b is not None:
-                u += b * (c_b << lift)
-            updates.append(u.reshape(*u.shape[: u.dim() - p.dim()], -1))
+                u.add_(b, alpha=c_b << lift)
         bits = 2 * f if wide else f
-        (upd,) = rescale_many(sess, [(torch.cat(updates, dim=-1), bits)])  # one round for all
+        (upd,) = rescale_many(sess, [(flat, bits)])  # one round for all
         offset = 0
         for i in active:
             p = self.params[i]
