@@ -70,15 +70,7 @@ def batch_scheduling() -> bool:
     Returns:
         True if the policy was applied, False where the platform lacks it.
     """
-    policy = getattr(os, "SCHED_BATCH", None)
-    setter = getattr(os, "sched_setscheduler", None)
-    if policy is None or setter is None:
-        return False
-    try:
-        setter(0, policy, os.sched_param(0))
-    except OSError:
-        return False
-    return True
+    return _set_policy("SCHED_BATCH")
 
 
 def idle_scheduling() -> bool:
@@ -100,7 +92,12 @@ def idle_scheduling() -> bool:
     Returns:
         True if the policy was applied, False where the platform lacks it.
     """
-    policy = getattr(os, "SCHED_IDLE", None)
+    return _set_policy("SCHED_IDLE")
+
+
+def _set_policy(name: str) -> bool:
+    """Set the scheduling policy ``os.<name>`` on the calling thread, if the platform has it."""
+    policy = getattr(os, name, None)
     setter = getattr(os, "sched_setscheduler", None)
     if policy is None or setter is None:
         return False
