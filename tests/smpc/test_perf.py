@@ -16,12 +16,17 @@ linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux s
 
 
 @linux
-def test_batch_scheduling_applies_to_the_calling_thread_only() -> None:
-    """The policy is set on the thread that asks (and on threads it starts later)."""
+@pytest.mark.parametrize(
+    "setter, policy", [("batch_scheduling", "SCHED_BATCH"), ("idle_scheduling", "SCHED_IDLE")]
+)
+def test_scheduling_applies_to_the_calling_thread_and_its_children(
+    setter: str, policy: str
+) -> None:
+    """The policy is set on the thread that asks (and on threads it starts later), not on others."""
     seen: dict[str, int] = {}
 
     def worker() -> None:
-        seen["ok"] = int(perf.batch_scheduling())
+        seen["ok"] = int(getattr(perf, setter)())
         seen["self"] = os.sched_getscheduler(0)
         child = threading.Thread(target=lambda: seen.update(child=os.sched_getscheduler(0)))
         child.start()
@@ -31,7 +36,8 @@ def test_batch_scheduling_applies_to_the_calling_thread_only() -> None:
     t = threading.Thread(target=worker)
     t.start()
     t.join()
-    assert seen == {"ok": 1, "self": os.SCHED_BATCH, "child": os.SCHED_BATCH}
+    want = getattr(os, policy)
+    assert seen == {"ok": 1, "self": want, "child": want}
     assert os.sched_getscheduler(0) == before  # this (main) thread is untouched
 
 
@@ -40,26 +46,6 @@ def test_run_processes_use_batch_scheduling() -> None:
     """smpc.run's party processes run under SCHED_BATCH; the caller's process does not change."""
     before = os.sched_getscheduler(0)
     assert smpc.run(scheduling_policy, parties=2) == [os.SCHED_BATCH] * 2
-    assert os.sched_getscheduler(0) == before
-
-
-@linux
-def test_idle_scheduling_applies_to_the_calling_thread_and_its_children() -> None:
-    """The provider's policy: set on the asking thread and inherited by threads it starts."""
-    seen: dict[str, int] = {}
-
-    def worker() -> None:
-        seen["ok"] = int(perf.idle_scheduling())
-        seen["self"] = os.sched_getscheduler(0)
-        child = threading.Thread(target=lambda: seen.update(child=os.sched_getscheduler(0)))
-        child.start()
-        child.join()
-
-    before = os.sched_getscheduler(0)
-    t = threading.Thread(target=worker)
-    t.start()
-    t.join()
-    assert seen == {"ok": 1, "self": os.SCHED_IDLE, "child": os.SCHED_IDLE}
     assert os.sched_getscheduler(0) == before
 
 
