@@ -20,14 +20,19 @@ import multiprocessing.connection
 import os
 import pickle
 import runpy
+import shutil
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import PartyExitError, PartyTimeoutError, ProtocolDesyncError
+
+if TYPE_CHECKING:
+    from torch._C._distributed_c10d import Store
 
 __all__ = ["run", "main", "run_party", "run_dealer", "PartyExitError"]
 
@@ -67,6 +72,8 @@ class _Config:
     threads: int
     master_addr: str
     master_port: int
+    transport: str
+    store_path: str | None  # a FileStore shared by the processes, else the TCP store
 
 
 def _names(parties: int | Sequence[str]) -> tuple[str, ...]:
@@ -97,11 +104,17 @@ def run_party(
     master_addr: str | None = None,
     master_port: int | None = None,
     host_store: bool | None = None,
+    transport: str = "auto",
+    store: Store | None = None,
 ) -> Any:
     """Join a distributed run as party ``rank`` and return ``program(sess)``.
 
     The session is closed afterwards; on an exception it is torn down without
     waiting for the peers (they then fail fast with :class:`PartyTimeoutError`).
+    ``transport``: as in :func:`smpc.comm.torchdist.connect` (default: Unix
+    sockets when every rank runs on this host, gloo over TCP otherwise);
+    ``store``: a rendezvous store to use instead of the TCP store at
+    ``master_addr:master_port``.
     """
     from .comm.torchdist import TorchDistCommunicator
     from .dealer.trusted import TrustedDealerClient
@@ -110,11 +123,13 @@ def run_party(
     comm = TorchDistCommunicator(
         rank,
         len(parties),
+        store=store,
         master_addr=master_addr,
         master_port=master_port,
         timeout=timeout,
         names=parties,
         host_store=host_store,
+        transport=transport,
     )
     try:
         dealer = TrustedDealerClient(comm)
@@ -144,6 +159,8 @@ def run_dealer(
     master_addr: str | None = None,
     master_port: int | None = None,
     host_store: bool | None = None,
+    transport: str = "auto",
+    store: Store | None = None,
 ) -> object:
     """Join a distributed run as the crypto provider; serve until the parties close."""
     from .dealer.trusted import TrustedDealer
@@ -153,9 +170,11 @@ def run_dealer(
         seed=seed,
         timeout=timeout,
         names=parties,
+        store=store,
         master_addr=master_addr,
         master_port=master_port,
         host_store=host_store,
+        transport=transport,
     )
     return dealer.serve()
 
@@ -199,6 +218,11 @@ def _worker(
     torch.set_num_threads(cfg.threads)
     keep_freed_memory()  # our own process: keep big share buffers in the heap
     try:
+        store = None
+        if cfg.store_path is not None:
+            from torch._C._distributed_c10d import FileStore
+
+            store = FileStore(cfg.store_path, -1)
         if program is None:
             value = run_dealer(
                 cfg.names,
@@ -207,6 +231,8 @@ def _worker(
                 master_addr=cfg.master_addr,
                 master_port=cfg.master_port,
                 host_store=False,
+                transport=cfg.transport,
+                store=store,
             )
         else:
             value = run_party(
@@ -220,6 +246,8 @@ def _worker(
                 master_addr=cfg.master_addr,
                 master_port=cfg.master_port,
                 host_store=False,
+                transport=cfg.transport,
+                store=store,
             )
         try:
             msg = pickle.dumps(("ok", value), protocol=pickle.HIGHEST_PROTOCOL)
@@ -283,6 +311,7 @@ def run(
     truncation: str = "probabilistic",
     threads: int | None = None,
     return_exceptions: bool = False,
+    transport: str = "auto",
 ) -> list[Any]:
     """Run ``program(sess)`` in one process per party, with the provider in its own process.
 
@@ -294,10 +323,14 @@ def run(
         seed: TESTING SWITCH (see :class:`~smpc.session.Session`): reproducible shares
             and dealer material. Never with real data.
         timeout: seconds a party waits for a peer before :class:`PartyTimeoutError`.
-        port: TCP port of the rendezvous store on 127.0.0.1 (default: a free one).
+        port: host the rendezvous store on this TCP port of 127.0.0.1 (default: a
+            file store in a temporary directory, removed afterwards).
         truncation: the session's truncation mode.
         threads: torch intra-op threads per party (default: cores / parties, at least 1).
         return_exceptions: return a failed party's exception in its slot instead of raising.
+        transport: ``"auto"`` (default) or ``"unix"``: the processes talk over Unix
+            sockets; ``"tcp"``: over gloo on loopback TCP, as across machines (see
+            :func:`smpc.comm.torchdist.connect`).
 
     Returns:
         ``[program's result on party 0, on party 1, ...]``.
@@ -331,17 +364,38 @@ def run(
         raise ValueError(f"`timeout` must be > 0 seconds; got {timeout}")
     if threads is None:
         threads = max(1, (os.cpu_count() or 1) // n)
-    # The caller hosts the rendezvous store: port 0 lets the OS pick a free port, no race.
-    store = TCPStore(
-        "127.0.0.1",
-        0 if port is None else port,
-        None,
-        True,
-        timeout=datetime.timedelta(seconds=timeout),
-        wait_for_workers=False,
-    )
+    from .comm.torchdist import TRANSPORTS
+
+    if transport not in TRANSPORTS:
+        raise ValueError(f"`transport` must be one of {TRANSPORTS}; got {transport!r}")
+    # Rendezvous: by default a file store in a fresh directory (every process is on
+    # this host; torch's TCP store clients here sometimes stall 5 s on their first
+    # ping when processes start in quick succession); on request, a TCP store that
+    # the caller hosts on ``port``.
+    store: TCPStore | None = None
+    tmpdir = None
+    if port is None:
+        tmpdir = tempfile.mkdtemp(prefix="smpc-run-")
+    else:
+        store = TCPStore(
+            "127.0.0.1",
+            port,
+            None,
+            True,
+            timeout=datetime.timedelta(seconds=timeout),
+            wait_for_workers=False,
+        )
     cfg = _Config(
-        names, frac_bits, seed, float(timeout), str(truncation), threads, "127.0.0.1", store.port
+        names,
+        frac_bits,
+        seed,
+        float(timeout),
+        str(truncation),
+        threads,
+        "127.0.0.1",
+        0 if store is None else store.port,
+        transport,
+        None if tmpdir is None else os.path.join(tmpdir, "store"),
     )
     ctx = _context()
     procs: list[multiprocessing.process.BaseProcess] = []
@@ -374,6 +428,8 @@ def run(
         for c in conns:
             c.close()
         del store
+        if tmpdir is not None:
+            shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 def _collect(
@@ -488,6 +544,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--master-addr", help="default: $MASTER_ADDR or 127.0.0.1")
     ap.add_argument("--master-port", type=int, help="default: $MASTER_PORT or 29533")
     ap.add_argument(
+        "--transport",
+        choices=("auto", "unix", "tcp"),
+        default="auto",
+        help="auto (default): Unix sockets when every role runs on this host, else TCP",
+    )
+    ap.add_argument(
         "--local",
         action="store_true",
         help="run every role on this machine (smpc.run) instead of one role",
@@ -536,6 +598,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             timeout=args.timeout,
             truncation=args.truncation,
             port=args.master_port,
+            transport=args.transport,
         )
         for name, value in zip(names, results, strict=True):
             print(f"{name}: {value!r}")
@@ -572,7 +635,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if rank == n:
         stats = run_dealer(
-            names, seed=seed, timeout=args.timeout, master_addr=addr, master_port=port
+            names,
+            seed=seed,
+            timeout=args.timeout,
+            master_addr=addr,
+            master_port=port,
+            transport=args.transport,
         )
         print(f"dealer: {stats}", file=sys.stderr)
         return 0
@@ -589,6 +657,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         truncation=args.truncation,
         master_addr=addr,
         master_port=port,
+        transport=args.transport,
     )
     if result is not None:
         print(f"{names[rank]}: {result!r}")

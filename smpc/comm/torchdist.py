@@ -53,11 +53,11 @@ from torch._C._distributed_c10d import (  # the classes torch.distributed re-exp
     ProcessGroupGloo,
     Store,
     TCPStore,
-    Work,
 )
 
 from ..errors import PartyTimeoutError, ProtocolDesyncError, SessionClosedError, SmpcError
 from .stats import Stats
+from .unixsock import UnixSocketGroup, agree
 
 __all__ = [
     "TorchDistCommunicator",
@@ -103,20 +103,31 @@ class MessageKind(IntEnum):
     ERROR = 10
 
 
-class PointToPoint(Protocol):
-    """The part of a gloo process group this runtime uses (tagged send and receive)."""
+class Waitable(Protocol):
+    """A posted send or receive (a gloo ``Work``, or a :class:`~smpc.comm.unixsock.UnixWork`)."""
 
-    def send(self, tensors: list[torch.Tensor], dstRank: int, tag: int) -> Work:  # noqa: N803
+    def wait(self, timeout: datetime.timedelta = ...) -> bool:
+        """Block until it completes; ``RuntimeError`` on failure or timeout."""
+        ...
+
+
+class PointToPoint(Protocol):
+    """The part of a process group this runtime uses (tagged send and receive).
+
+    A gloo ``ProcessGroupGloo`` (TCP) or a :class:`~smpc.comm.unixsock.UnixSocketGroup`.
+    """
+
+    def send(self, tensors: list[torch.Tensor], dstRank: int, tag: int) -> Waitable:  # noqa: N803
         """Post a send."""
         ...
 
-    def recv(self, tensors: list[torch.Tensor], srcRank: int, tag: int) -> Work:  # noqa: N803
+    def recv(self, tensors: list[torch.Tensor], srcRank: int, tag: int) -> Waitable:  # noqa: N803
         """Post a receive."""
         ...
 
 
 # A send's works, and the tensors that must stay alive until they complete.
-Pending = list[Work | torch.Tensor]
+Pending = list[Waitable | torch.Tensor]
 
 
 def _is_loopback(host: str) -> bool:
@@ -126,6 +137,9 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+TRANSPORTS = ("auto", "unix", "tcp")
 
 
 def connect(
@@ -138,8 +152,9 @@ def connect(
     timeout: float = 60.0,
     prefix: str = "smpc",
     host_store: bool | None = None,
-) -> ProcessGroupGloo:
-    """Join a gloo process group of ``size`` ranks (parties plus the provider).
+    transport: str = "auto",
+) -> ProcessGroupGloo | UnixSocketGroup:
+    """Join a group of ``size`` ranks (parties plus the provider) for point-to-point messages.
 
     Args:
         rank: this process's rank in ``[0, size)``.
@@ -151,12 +166,19 @@ def connect(
         timeout: seconds to wait for the other ranks to join.
         prefix: key prefix in the store (lets several groups share one store).
         host_store: whether this process hosts the TCP store (default: rank 0 does).
+        transport: ``"auto"`` (default): Unix sockets when every rank runs on this
+            host (:class:`~smpc.comm.unixsock.UnixSocketGroup`), else gloo over TCP;
+            ``"unix"``: Unix sockets (``ValueError`` if the ranks are on several
+            hosts); ``"tcp"``: gloo over TCP. The ranks agree through the store (if
+            any rank asks for ``"tcp"``, all use it).
 
     Raises:
         PartyTimeoutError: the other ranks did not join within ``timeout``.
     """
     if not 0 <= rank < size:
         raise ValueError(f"`rank` must be in [0, {size}); got {rank}")
+    if transport not in TRANSPORTS:
+        raise ValueError(f"`transport` must be one of {TRANSPORTS}; got {transport!r}")
     td = datetime.timedelta(seconds=timeout)
     addr = master_addr or os.environ.get("MASTER_ADDR", "127.0.0.1")
     try:
@@ -168,6 +190,9 @@ def connect(
             )
             is_master = rank == 0 if host_store is None else host_store
             store = TCPStore(addr, port, size, is_master, timeout=td, wait_for_workers=False)
+        pstore = PrefixStore(prefix, store)
+        if agree(pstore, rank, size, transport) == "unix":
+            return UnixSocketGroup(pstore, rank, size, timeout)
         options = ProcessGroupGloo._Options()  # type: ignore[attr-defined]  # not in the stubs
         options._timeout = td
         options._threads = 2
@@ -176,7 +201,7 @@ def connect(
         else:
             # Default device: resolves this host's name, or GLOO_SOCKET_IFNAME if set.
             options._devices = [ProcessGroupGloo.create_device()]
-        return ProcessGroupGloo(PrefixStore(prefix, store), rank, size, options)
+        return ProcessGroupGloo(pstore, rank, size, options)
     except RuntimeError as e:  # torch raises DistStoreError (a RuntimeError) on timeouts
         raise PartyTimeoutError(
             f"rank {rank}: the other {size - 1} ranks did not all join the process group "
@@ -204,7 +229,7 @@ class Channel:
         self.names = tuple(names)
         self.failed: SmpcError | None = None
         # Frame receives posted in advance, per peer (FIFO: gloo fills them in order).
-        self._posted: dict[int, deque[tuple[Work, torch.Tensor]]] = {}
+        self._posted: dict[int, deque[tuple[Waitable, torch.Tensor]]] = {}
 
     def who(self, rank: int) -> str:
         """A display name for ``rank``."""
@@ -229,7 +254,7 @@ class Channel:
         return err
 
     def wait(
-        self, work: Work, peer: int, what: str, *, timeout: datetime.timedelta | None = None
+        self, work: Waitable, peer: int, what: str, *, timeout: datetime.timedelta | None = None
     ) -> None:
         """Wait for one gloo work item; translate failures into :class:`PartyTimeoutError`."""
         try:
@@ -347,14 +372,14 @@ class Channel:
             )
             raise err
 
-    def recv_part(self, src: int, buf: torch.Tensor) -> Work:
+    def recv_part(self, src: int, buf: torch.Tensor) -> Waitable:
         """Post the receive of ``src``'s next payload part into ``buf`` (its exact size)."""
         try:
             return self.pg.recv([buf], src, TAG_PAYLOAD)
         except RuntimeError as e:
             raise self.fail(src, "posting a receive", e) from e
 
-    def _post_header(self, src: int) -> tuple[Work, torch.Tensor]:
+    def _post_header(self, src: int) -> tuple[Waitable, torch.Tensor]:
         frame = torch.empty(FRAME_BYTES // 8, dtype=torch.int64)
         try:
             return self.pg.recv([frame], src, TAG_HEADER), frame
@@ -380,7 +405,9 @@ class Channel:
             self._post_frames(src, queue, POSTED_FRAMES - len(queue))
         return header
 
-    def _post_frames(self, src: int, queue: deque[tuple[Work, torch.Tensor]], count: int) -> None:
+    def _post_frames(
+        self, src: int, queue: deque[tuple[Waitable, torch.Tensor]], count: int
+    ) -> None:
         for _ in range(count):
             queue.append(self._post_header(src))
 
@@ -423,7 +450,7 @@ class Channel:
         buf: torch.Tensor | None = None,
         *,
         keep: bool = False,
-    ) -> tuple[Work | None, torch.Tensor]:
+    ) -> tuple[Waitable | None, torch.Tensor]:
         """The payload announced by ``header``, as ``nbytes`` uint8.
 
         Inline payloads are a view of the frame (no wait: ``work`` is ``None``),
@@ -543,6 +570,9 @@ class TorchDistCommunicator:
         join_timeout: seconds to wait for every rank to join (default ``max(timeout, 60)``:
             processes may start seconds apart).
         pg: an already joined process group (``store`` etc. are then ignored).
+        transport: ``"auto"``, ``"unix"`` or ``"tcp"`` (see :func:`connect`): by
+            default Unix sockets when every rank runs on this host, gloo over TCP
+            otherwise.
 
     Example:
         >>> comm = TorchDistCommunicator(0, 2, master_addr="10.0.0.1", master_port=29533)
@@ -564,7 +594,8 @@ class TorchDistCommunicator:
         prefix: str = "smpc",
         host_store: bool | None = None,
         join_timeout: float | None = None,
-        pg: ProcessGroupGloo | None = None,
+        pg: ProcessGroupGloo | PointToPoint | None = None,
+        transport: str = "auto",
     ) -> None:
         if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 2:
             raise ValueError(f"`world_size` must be an int >= 2; got {world_size!r}")
@@ -592,6 +623,7 @@ class TorchDistCommunicator:
                 timeout=max(timeout, 60.0) if join_timeout is None else join_timeout,
                 prefix=prefix,
                 host_store=host_store,
+                transport=transport,
             )
         self.channel = Channel(pg, rank, self.timeout, [*names, "dealer"])
         self._peers = [p for p in range(world_size) if p != rank]
@@ -899,3 +931,5 @@ class TorchDistCommunicator:
         self._closed = True
         self._send_buf = torch.empty(0, dtype=torch.uint8)
         self._recv_bufs.clear()
+        if isinstance(self.channel.pg, UnixSocketGroup):  # gloo's group closes at exit
+            self.channel.pg.close()

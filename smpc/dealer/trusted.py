@@ -41,7 +41,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch._C._distributed_c10d import ProcessGroupGloo, Store, Work
+from torch._C._distributed_c10d import ProcessGroupGloo, Store
 
 from ..comm.stats import Stats
 from ..comm.torchdist import (
@@ -52,8 +52,10 @@ from ..comm.torchdist import (
     Pending,
     PointToPoint,
     TorchDistCommunicator,
+    Waitable,
     connect,
 )
+from ..comm.unixsock import UnixSocketGroup
 from ..errors import DealerError, PartyTimeoutError, ProtocolDesyncError
 from ..prg import KEY_BYTES, AesPrg, key_from_seed
 from .base import Component, Request, fused_correction, kept_values
@@ -120,7 +122,7 @@ class _Pending:
         comps: list[Component],
         nbytes: int,
         sends: Pending,
-        early: tuple[Work, torch.Tensor] | None,
+        early: tuple[Waitable, torch.Tensor] | None,
     ) -> None:
         self.seq = seq
         self.what = what
@@ -385,7 +387,7 @@ class TrustedDealer:
         names: party names for error messages.
         pg: an already joined process group; otherwise one is joined with ``store`` /
             ``master_addr`` / ``master_port`` (defaults from the environment);
-            ``host_store`` as in :func:`~smpc.comm.torchdist.connect`.
+            ``host_store`` and ``transport`` as in :func:`~smpc.comm.torchdist.connect`.
         speculate: after each correction, compute the one the next request is
             expected to need (the request that followed the same two requests last
             time: a training or inference loop repeats its requests), so that it is
@@ -407,6 +409,7 @@ class TrustedDealer:
         host_store: bool | None = None,
         pg: ProcessGroupGloo | PointToPoint | None = None,
         speculate: bool = True,
+        transport: str = "auto",
     ) -> None:
         if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 2:
             raise ValueError(f"`world_size` must be an int >= 2; got {world_size!r}")
@@ -424,6 +427,7 @@ class TrustedDealer:
                 timeout=max(timeout, 60.0),
                 prefix=prefix,
                 host_store=host_store,
+                transport=transport,
             )
         self._channel = Channel(pg, world_size, timeout, [*names, "dealer"])
         self._keys = [dealer_key(seed, i) for i in range(world_size)]
@@ -485,6 +489,8 @@ class TrustedDealer:
             if kind is MessageKind.CLOSE:
                 for works, _ in inflight:
                     ch.wait_all(works, last, "sending a correction")
+                if isinstance(ch.pg, UnixSocketGroup):  # gloo's group closes at exit
+                    ch.pg.close()
                 return self.stats
             raw = data.numpy().tobytes()
             try:

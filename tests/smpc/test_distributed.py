@@ -1,4 +1,7 @@
-"""The distributed runtime: one OS process per party plus the provider, gloo on loopback.
+"""The distributed runtime: one OS process per party plus the provider, on one host.
+
+The transport-sensitive tests run over both transports (``TRANSPORTS``): Unix
+sockets (the default on one host) and gloo over loopback TCP (as across machines).
 
 Each test runs a program with :func:`smpc.launch.run` and checks it against
 plaintext torch, exactly at ring level, and against the same program in the
@@ -53,6 +56,7 @@ from tests.smpc.comm.dist_programs import (
 )
 
 pytestmark = pytest.mark.distributed
+TRANSPORTS = ["unix", "tcp"]
 
 
 # ----------------------------------------------------------------- helpers
@@ -104,14 +108,15 @@ def _trunc_ok(got: torch.Tensor, product: torch.Tensor) -> bool:
 
 # ----------------------------------------------------------------- correctness
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("n", [2, 3])
 @settings(max_examples=3, deadline=None)
 @given(case=cases())
-def test_protocols_match_plaintext_and_simulation(n: int, case: Case) -> None:
+def test_protocols_match_plaintext_and_simulation(n: int, transport: str, case: Case) -> None:
     # Prepare
     program = functools.partial(protocol_program, case=case)
     # Execute
-    results = run(program, parties=n, timeout=20)
+    results = run(program, parties=n, timeout=20, transport=transport)
     sim = _simulate(program, n)
     # Assert: plaintext, ring-exact
     product = case.x * case.y
@@ -196,8 +201,9 @@ def test_shared_tensor_api(n: int) -> None:
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("n", [2, 3])
-def test_openings_of_every_size(n: int) -> None:
+def test_openings_of_every_size(n: int, transport: str) -> None:
     # Prepare: shares inline in a frame (< 1 MiB in all), beyond a frame (few: sent in
     # parts; many: concatenated), empty
     g = torch.Generator().manual_seed(n)
@@ -205,7 +211,7 @@ def test_openings_of_every_size(n: int) -> None:
     values = [torch.randint(-(2**62), 2**62, sh, generator=g) for sh in shapes]
     program = functools.partial(big_open_program, values=values)
     # Execute
-    results = run(program, parties=n, timeout=20)
+    results = run(program, parties=n, timeout=20, transport=transport)
     sim = _simulate(program, n)
     # Assert: exact values, and the same bytes as the simulation
     big = [v for v in values if v.numel() > 600]
@@ -221,11 +227,12 @@ def test_openings_of_every_size(n: int) -> None:
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("n", [2, 3])
-def test_inline_openings_of_every_integer_dtype_and_layout(n: int) -> None:
+def test_inline_openings_of_every_integer_dtype_and_layout(n: int, transport: str) -> None:
     """The one-frame path (numpy views): int64 with wrap-around, a transposed view, 0-d,
     uint8 and int32, empty; plain and masked; equal to the sums computed in torch."""
-    results = run(inline_open_program, parties=n, timeout=20)
+    results = run(inline_open_program, parties=n, timeout=20, transport=transport)
     total = n * (n + 1) // 2  # sum of the parties' factors
     base = torch.arange(-6, 6, dtype=torch.int64).reshape(3, 4) * (2**61 + 12345)
     expected = [
@@ -263,11 +270,14 @@ def test_seed_is_a_testing_switch() -> None:
 
 # ----------------------------------------------------------------- failures
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("n", [2, 3])
-def test_killed_peer_raises_party_timeout(n: int) -> None:
+def test_killed_peer_raises_party_timeout(n: int, transport: str) -> None:
     # Execute
     timeout = 5.0
-    results = run(dies_program, parties=n, timeout=timeout, return_exceptions=True)
+    results = run(
+        dies_program, parties=n, timeout=timeout, return_exceptions=True, transport=transport
+    )
     # Assert: the dead party is reported; every survivor raised well within the timeout
     assert isinstance(results[1], PartyExitError)
     assert "party1" in str(results[1])
@@ -280,11 +290,12 @@ def test_killed_peer_raises_party_timeout(n: int) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_stalled_peer_raises_after_timeout() -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_stalled_peer_raises_after_timeout(transport: str) -> None:
     # Execute
     timeout = 1.5
     program = functools.partial(stalls_program, stall=timeout + 1.5)
-    results = run(program, parties=2, timeout=timeout, return_exceptions=True)
+    results = run(program, parties=2, timeout=timeout, return_exceptions=True, transport=transport)
     # Assert: the waiting party gave up after about `timeout` seconds, not later
     kind, elapsed = results[0]
     assert kind == "timeout"
@@ -303,9 +314,10 @@ def test_stalled_peer_raises_after_timeout() -> None:
         desync_many_parts_program,
     ],
 )
-def test_desync_raises_protocol_desync(program: Any) -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_desync_raises_protocol_desync(program: Any, transport: str) -> None:
     with pytest.raises(ProtocolDesyncError) as info:
-        run(program, parties=3, timeout=10)
+        run(program, parties=3, timeout=10, transport=transport)
     assert any("smpc.run" in note for note in info.value.__notes__)
 
 
