@@ -2,12 +2,13 @@
 
 Prints median (and best) seconds, rounds, bytes per party, the provider's bytes
 and the ratio to plain float32 torch measured in the same run, in simulation and
-(unless --no-distributed) with 2 party processes + the provider over
-torch.distributed on loopback. It also prints the share of CPU time the
-hypervisor stole during each measurement: on a shared VM that share inflates
-every figure, the plain-torch baseline included.
+(unless --no-distributed) with 2 party processes + the provider (over Unix
+sockets, or with --transport tcp over gloo on loopback TCP as across
+machines). It also prints the share of CPU time the hypervisor stole during
+each measurement: on a shared VM that share inflates every figure, the
+plain-torch baseline included.
 
-    python bench/bench_core.py [--repeat 15] [--no-distributed]
+    python bench/bench_core.py [--repeat 15] [--no-distributed] [--transport tcp]
 """
 
 from __future__ import annotations
@@ -88,12 +89,17 @@ def _dist_program(sess: smpc.Session, repeat: int) -> dict[str, tuple[float, flo
     return out
 
 
-def run_distributed(repeat: int, sim: dict[str, float] | None = None) -> None:
-    """Time each workload with 2 party processes + the provider over gloo on loopback."""
-    print("== distributed (2 party processes + provider process, gloo on loopback) ==")
+def run_distributed(
+    repeat: int, sim: dict[str, float] | None = None, transport: str = "auto"
+) -> None:
+    """Time each workload with 2 party processes + the provider (Unix sockets or gloo TCP)."""
+    how = "gloo over loopback TCP" if transport == "tcp" else "Unix sockets"
+    print(f"== distributed (2 party processes + provider process, {how}) ==")
     with StealMeter() as steal:
         try:
-            results = smpc.run(functools.partial(_dist_program, repeat=repeat), parties=2)
+            results = smpc.run(
+                functools.partial(_dist_program, repeat=repeat), parties=2, transport=transport
+            )
         except Exception as err:  # report, do not hide: the figures are simply missing
             print(f"distributed run failed: {type(err).__name__}: {err}")
             return
@@ -117,11 +123,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--no-distributed", action="store_true")
+    parser.add_argument(
+        "--transport",
+        choices=("auto", "unix", "tcp"),
+        default="auto",
+        help="distributed runs: Unix sockets (auto, on one host) or gloo over loopback TCP",
+    )
     args = parser.parse_args()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
     sim = run_simulation(args.repeat)
     if not args.no_distributed:
-        run_distributed(args.repeat, sim)
+        run_distributed(args.repeat, sim, args.transport)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@
   batch 100 and batch 1: ms per image, accuracy beside plaintext.
 
 Each in simulation (all parties in this process) and, with ``--distributed``,
-with 2 parties + provider as real processes (``smpc.run``). Ratios are to
+with 2 parties + provider as real processes (``smpc.run``; over Unix sockets,
+or with ``--transport tcp`` over gloo on loopback TCP). Ratios are to
 plain torch measured in the same run. Run::
 
     python bench/bench_training.py                    # W4, W5, W6 in simulation
@@ -102,7 +103,11 @@ def w4(args: argparse.Namespace, results: dict[str, Any]) -> None:
             f"{plain:.2f} ms), {sim['rounds']} rounds, {sim['MB']:.2f} MB/party"
         )
         if args.distributed:
-            res = smpc.run(functools.partial(w4_program, loss, args.steps), parties=PARTIES)
+            res = smpc.run(
+                functools.partial(w4_program, loss, args.steps),
+                parties=PARTIES,
+                transport=args.transport,
+            )
             dist = max(r["ms"] for r in res)
             row["dist_ms"] = dist
             line += f"; distributed {dist:7.1f} ms/step (x{dist / sim['ms']:.2f} sim)"
@@ -196,7 +201,11 @@ def w6(args: argparse.Namespace, results: dict[str, Any]) -> None:
             f"plain {plain_ms * 1e3:.1f} us/image)"
         )
         if args.distributed:
-            res = smpc.run(functools.partial(w6_program, model, xt[sel], batch), parties=PARTIES)
+            res = smpc.run(
+                functools.partial(w6_program, model, xt[sel], batch),
+                parties=PARTIES,
+                transport=args.transport,
+            )
             dms = 1e3 * max(x["seconds"] for x in res) / n
             row["dist_ms_per_image"] = dms
             line += f"; distributed {dms:6.2f} ms/image"
@@ -216,6 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--batch1-images", type=int, default=200, help="W6 images at batch 1")
     p.add_argument("--distributed", action="store_true", help="also run 2-party distributed")
+    p.add_argument(
+        "--transport",
+        choices=("auto", "unix", "tcp"),
+        default="auto",
+        help="distributed runs: Unix sockets (auto, on one host) or gloo over loopback TCP",
+    )
     p.add_argument("--json", default=None, help="write the figures to this file")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     args = p.parse_args(argv)
