@@ -337,6 +337,58 @@ def bilinears(
     return [_bilinear(sess, op, x, y) for op, x, y in items]
 
 
+def linear_forward(
+    x: SharedTensor, wt: SharedTensor
+) -> tuple[SharedTensor, beaver.LinearMasks] | None:
+    """``x @ wt`` for 2-D shared operands, keeping the masks for :func:`linear_backward`.
+
+    A linear layer's forward under autograd: the backward's two products then
+    open only the output gradient (:func:`smpc.protocols.beaver.linear_backward`).
+    Returns ``None`` where this path does not apply (other ranks, the opt-in
+    local truncation): the caller then uses :func:`matmul`. Cost: as :func:`matmul`.
+    """
+    sess = _session(x, wt)
+    if not _fused(sess) or x.dim() != 2 or wt.dim() != 2 or x.shape[1] != wt.shape[0]:
+        return None
+    key = sess.transient_mask_key()  # x's mask kept under key, wt's under key + 1
+    f = sess.encoding.frac_bits
+    z, masks = beaver.linear_forward(sess.comm, sess.dealer, x.share, wt.share, f, key)
+    return _wrap(sess, z), masks
+
+
+def linear_backward(
+    g: SharedTensor,
+    masks: beaver.LinearMasks,
+    *,
+    grad_input: bool,
+    grad_weight: bool,
+    keep_weight_scale: bool,
+) -> tuple[SharedTensor | None, SharedTensor | torch.Tensor | None]:
+    """A linear layer's ``g @ W`` and ``g^T @ x`` on the masks its :func:`linear_forward` kept.
+
+    ``keep_weight_scale``: return ``g^T @ x`` as its raw share tensor at scale
+    ``2^(2f)`` (as :func:`matmuls_keep_scale`). Cost: 2 rounds (1 if nothing is
+    truncated); ``numel(g)`` ring elements in the first.
+    """
+    sess = _session(g)
+    f = sess.encoding.frac_bits
+    gx, gw = beaver.linear_backward(
+        sess.comm,
+        sess.dealer,
+        g.share,
+        masks,
+        f,
+        grad_input=grad_input,
+        grad_weight=grad_weight,
+        truncate_weight=not keep_weight_scale,
+    )
+    sess.release_mask_key(masks.key)  # the provider released them with this request
+    wrapped_w: SharedTensor | torch.Tensor | None = gw
+    if gw is not None and not keep_weight_scale:
+        wrapped_w = _wrap(sess, gw)
+    return (None if gx is None else _wrap(sess, gx)), wrapped_w
+
+
 def can_keep(sess: Session) -> bool:
     """Whether :func:`matmul_kept` is available (the default probabilistic truncation)."""
     return _fused(sess)

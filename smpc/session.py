@@ -120,11 +120,31 @@ class Session:
         self.dealer: Dealer = dealer
         self._closed = False
         self._mask_keys = 0  # names of provider-kept masks, allocated in program order
+        # Names of transient mask pairs (a forward's, until its backward): negative, reused
+        # once released, so that a training loop's requests repeat step after step.
+        self._transient_keys = 0
+        self._free_transient: list[int] = []
 
     def new_mask_key(self) -> int:
         """A fresh name for a mask the provider keeps (same sequence on every party)."""
         self._mask_keys += 1
         return self._mask_keys
+
+    def transient_mask_key(self) -> int:
+        """A name ``k`` for a pair of masks (``k``, ``k + 1``) kept until a backward uses them.
+
+        Names released by :meth:`release_mask_key` are reused, last released
+        first: a loop of forward and backward passes then asks the provider for
+        the same requests at every step (which its speculation relies on).
+        """
+        if self._free_transient:
+            return self._free_transient.pop()
+        self._transient_keys -= 2
+        return self._transient_keys
+
+    def release_mask_key(self, key: int) -> None:
+        """Return a :meth:`transient_mask_key` name after the provider released its masks."""
+        self._free_transient.append(key)
 
     # ----------------------------------------------------------------- identity
     @property

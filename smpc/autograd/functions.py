@@ -271,7 +271,17 @@ class Linear(Function):
         """Compute the output."""
         ctx.save_for_backward(x, w)
         wt = w.t() if isinstance(w, SharedTensor) else torch.as_tensor(w).t()
-        out = ops.matmul(x, wt)
+        kept = None
+        if (
+            (ctx.needs_input_grad[0] or ctx.needs_input_grad[1])
+            and isinstance(x, SharedTensor)
+            and isinstance(wt, SharedTensor)
+        ):  # the backward will reuse the forward's masks (see ops.linear_forward)
+            kept = ops.linear_forward(x, wt)
+        if kept is None:
+            out = ops.matmul(x, wt)
+        else:
+            out, ctx.masks = kept
         return out if b is None else ops.add(out, b)
 
     @staticmethod
@@ -287,7 +297,14 @@ class Linear(Function):
         wide = (
             isinstance(w, SharedTensor) and w.grad_fn is None and w.frac_bits <= WIDE_MAX_FRAC_BITS
         )
-        if nx and nw and isinstance(g, SharedTensor):  # both products in one pair of rounds
+        masks = ctx.__dict__.get("masks")
+        if masks is not None and isinstance(g, SharedTensor) and (nx or nw):
+            lx, lw = ops.linear_backward(
+                g, masks, grad_input=nx, grad_weight=nw, keep_weight_scale=wide
+            )
+            gx = lx
+            gw = None if lw is None else _weight_grad(lw)
+        elif nx and nw and isinstance(g, SharedTensor):  # both products in one pair of rounds
             gt = g.reshape(-1, g.shape[-1]).t()
             pair = [(g, w), (gt, x.reshape(-1, x.shape[-1]))]
             gx_, gw_ = ops.matmuls_keep_scale(pair, [False, wide])

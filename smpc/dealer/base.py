@@ -28,8 +28,14 @@ from ..errors import DealerError
 __all__ = [
     "fused_correction",
     "kept_values",
+    "kept_keys",
+    "used_keys",
+    "KeptMasks",
+    "TRANSIENT_LIMIT",
     "OperandMask",
     "KeptBilinearTruncTriple",
+    "KeepingMatmulTruncTriple",
+    "LinearBackwardTriple",
     "MulTruncTriple",
     "BilinearTruncTriple",
     "Kind",
@@ -115,20 +121,116 @@ def fused_correction(
     return bool(method(shared, private, partial, out)) if method is not None else False
 
 
-def kept_values(req: Request, kept: Mapping[int, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The plain values ``req`` reuses from earlier requests (its ``uses`` component).
+def kept_keys(req: Request) -> tuple[tuple[str, int], ...]:
+    """``(component, key)`` pairs whose plain values the dealer keeps after serving ``req``.
 
-    A request that sets ``uses = "name"`` and a ``key`` gets the value an earlier
-    request with ``keeps = "name"`` and the same ``key`` drew (the dealer stores
-    it). Raises :class:`~smpc.errors.DealerError` for an unknown key.
+    A request keeps one component with ``keeps = "name"`` and a ``key`` field,
+    or several with a ``keeps_keys`` attribute of such pairs.
     """
+    name = getattr(req, "keeps", None)
+    if name is not None:
+        return ((name, req.key),)  # type: ignore[attr-defined]  # requests that keep have a key
+    return tuple(getattr(req, "keeps_keys", ()))
+
+
+def used_keys(req: Request) -> tuple[tuple[str, int], ...]:
+    """``(component, key)`` pairs of kept values that ``req`` reuses (``uses`` / ``uses_keys``)."""
     name = getattr(req, "uses", None)
-    if name is None:
-        return {}
-    key = req.key  # type: ignore[attr-defined]  # requests with ``uses`` carry a key
-    if key not in kept:
-        raise DealerError(f"{type(req).__name__}: no kept mask with key {key}")
-    return {name: kept[key]}
+    if name is not None:
+        return ((name, req.key),)  # type: ignore[attr-defined]  # requests that use have a key
+    return tuple(getattr(req, "uses_keys", ()))
+
+
+# Transient kept masks (a forward pass's, for its backward) held at most: a forward
+# whose backward never comes (a graph dropped unused) must not grow the dealer.
+TRANSIENT_LIMIT = 256
+
+
+class KeptMasks:
+    """The plain masks a dealer keeps for later requests, by key.
+
+    Long-lived ones (:class:`OperandMask`: a fixed model's weights) stay for the
+    session; *transient* ones (requests with ``transient = True``: a linear
+    layer's forward masks) are dropped when a request with ``releases = True``
+    has used them, and beyond :data:`TRANSIENT_LIMIT` the oldest are dropped.
+    Changes can be journaled and rolled back (the provider's speculation).
+    """
+
+    def __init__(self) -> None:
+        self._values: dict[int, torch.Tensor] = {}
+        self._transient: dict[int, None] = {}  # insertion order = age
+        self._journal: list[tuple[int, torch.Tensor | None, bool]] | None = None
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def keep(self, req: Request, plain: Mapping[str, torch.Tensor]) -> None:
+        """Keep the components of ``req`` that later requests reuse (``plain[name]``)."""
+        transient = bool(getattr(req, "transient", False))
+        for name, key in kept_keys(req):
+            self._set(key, plain[name].clone(), transient)
+        while len(self._transient) > TRANSIENT_LIMIT:
+            self._set(next(iter(self._transient)), None, False)
+
+    def values(self, req: Request) -> dict[str, torch.Tensor]:
+        """The kept values ``req`` reuses, by component name.
+
+        Raises:
+            DealerError: a key is unknown (never kept, released, or dropped as too old).
+        """
+        out = {}
+        for name, key in used_keys(req):
+            value = self._values.get(key)
+            if value is None:
+                raise DealerError(
+                    f"{type(req).__name__}: no kept mask with key {key} (masks of a "
+                    f"forward pass are dropped after its backward, or after "
+                    f"{TRANSIENT_LIMIT} newer ones)"
+                )
+            out[name] = value
+        return out
+
+    def release(self, req: Request) -> None:
+        """Drop the masks ``req`` used, if it releases them (``releases = True``)."""
+        if getattr(req, "releases", False):
+            for _, key in used_keys(req):
+                self._set(key, None, False)
+
+    def _set(self, key: int, value: torch.Tensor | None, transient: bool) -> None:
+        if self._journal is not None:
+            self._journal.append((key, self._values.get(key), key in self._transient))
+        self._transient.pop(key, None)
+        if value is None:
+            self._values.pop(key, None)
+        else:
+            self._values[key] = value
+            if transient:
+                self._transient[key] = None
+
+    def begin(self) -> None:
+        """Start recording changes (for :meth:`rollback`)."""
+        self._journal = []
+
+    def commit(self) -> None:
+        """Keep the changes made since :meth:`begin`."""
+        self._journal = None
+
+    def rollback(self) -> None:
+        """Undo every change since :meth:`begin`."""
+        journal, self._journal = self._journal or [], None
+        for key, old, was_transient in reversed(journal):
+            self._transient.pop(key, None)
+            if old is None:
+                self._values.pop(key, None)
+            else:
+                self._values[key] = old
+                if was_transient:
+                    self._transient[key] = None
+
+
+def kept_values(req: Request, kept: KeptMasks) -> dict[str, torch.Tensor]:
+    """The plain values ``req`` reuses from earlier requests (see :meth:`KeptMasks.values`)."""
+    return kept.values(req)
 
 
 class Dealer(Protocol):
@@ -429,3 +531,152 @@ class KeptBilinearTruncTriple:
     ) -> bool:
         """See :func:`fused_correction` (2-D matmuls; ``b`` comes as one row)."""
         return _bilinear_trunc_fused(self.op, self.frac_bits, shared, private, partial, out)
+
+
+@dataclass(frozen=True, slots=True)
+class KeepingMatmulTruncTriple:
+    """:class:`BilinearTruncTriple` of a 2-D matmul whose masks the dealer keeps.
+
+    A linear layer's forward ``x @ W^T``: ``a`` (the mask of ``x``) is kept
+    under ``key`` and ``b`` (the mask of ``W^T``) under ``key + 1``, until the
+    layer's :class:`LinearBackwardTriple` uses and releases them (transient).
+    """
+
+    transient: ClassVar[bool] = True
+
+    shape_a: tuple[int, int]
+    shape_b: tuple[int, int]
+    frac_bits: int
+    key: int
+
+    @property
+    def keeps_keys(self) -> tuple[tuple[str, int], ...]:
+        """``a`` under ``key``, ``b`` under ``key + 1``."""
+        return (("a", self.key), ("b", self.key + 1))
+
+    def components(self) -> tuple[Component, ...]:
+        out = (self.shape_a[0], self.shape_b[1])
+        return (
+            Component("a", Kind.RANDOM, self.shape_a),
+            Component("b", Kind.RANDOM, self.shape_b),
+            Component("r", Kind.PRIVATE, out),
+            Component("c", Kind.DERIVED, out),
+            Component("neg_r_hi", Kind.DERIVED, out),
+            Component("s", Kind.DERIVED, out),
+        )
+
+    def derive(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return _bilinear_trunc_values(ring.MatmulOp(), self.frac_bits, values)
+
+    def fused_correction(
+        self,
+        shared: Mapping[str, torch.Tensor],
+        private: Mapping[str, torch.Tensor],
+        partial: Mapping[str, torch.Tensor],
+        out: Mapping[str, torch.Tensor],
+    ) -> bool:
+        """See :func:`fused_correction`."""
+        return _bilinear_trunc_fused(ring.MatmulOp(), self.frac_bits, shared, private, partial, out)
+
+
+@dataclass(frozen=True, slots=True)
+class LinearBackwardTriple:
+    """Triples for a linear layer's two gradient products on its forward's kept masks.
+
+    The forward ``x @ W^T`` opened ``e = x - xa`` and ``f = W^T - wb``
+    (:class:`KeepingMatmulTruncTriple` of the same ``key``). With one fresh
+    mask ``a`` for the output gradient ``g`` (shape ``shape_g = (m, n)``):
+
+    * ``grad_input``: ``g @ W`` on masks ``(a, wb^T)``: ``cx = a @ wb^T + rx + 2^62``
+      and the truncation material of ``rx``;
+    * ``grad_weight``: ``g^T @ x`` on masks ``(a^T, xa)``: ``cw = a^T @ xa``
+      (``+ rw + 2^62`` and its truncation material if ``truncate_weight``).
+
+    Uses and releases the forward's masks.
+    """
+
+    releases: ClassVar[bool] = True
+
+    shape_g: tuple[int, int]
+    shape_x: tuple[int, int]
+    frac_bits: int
+    key: int
+    grad_input: bool
+    grad_weight: bool
+    truncate_weight: bool
+
+    @property
+    def uses_keys(self) -> tuple[tuple[str, int], ...]:
+        """The forward's ``a`` (as ``xa``) and ``b`` (as ``wb``)."""
+        return (("xa", self.key), ("wb", self.key + 1))
+
+    def components(self) -> tuple[Component, ...]:
+        m, n = self.shape_g
+        k = self.shape_x[1]
+        comps = [Component("a", Kind.RANDOM, (m, n))]
+        if self.grad_input:
+            comps += [
+                Component("rx", Kind.PRIVATE, (m, k)),
+                Component("cx", Kind.DERIVED, (m, k)),
+                Component("neg_rx_hi", Kind.DERIVED, (m, k)),
+                Component("sx", Kind.DERIVED, (m, k)),
+            ]
+        if self.grad_weight and self.truncate_weight:
+            comps += [
+                Component("rw", Kind.PRIVATE, (n, k)),
+                Component("cw", Kind.DERIVED, (n, k)),
+                Component("neg_rw_hi", Kind.DERIVED, (n, k)),
+                Component("sw", Kind.DERIVED, (n, k)),
+            ]
+        elif self.grad_weight:
+            comps.append(Component("cw", Kind.DERIVED, (n, k)))
+        return tuple(comps)
+
+    def derive(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        a, mm, f = values["a"], ring.MatmulOp(), self.frac_bits
+        out: dict[str, torch.Tensor] = {}
+        if self.grad_input:
+            t = _bilinear_trunc_values(mm, f, {"a": a, "b": values["wb"].t(), "r": values["rx"]})
+            out |= {"cx": t["c"], "neg_rx_hi": t["neg_r_hi"], "sx": t["s"]}
+        if self.grad_weight and self.truncate_weight:
+            t = _bilinear_trunc_values(mm, f, {"a": a.t(), "b": values["xa"], "r": values["rw"]})
+            out |= {"cw": t["c"], "neg_rw_hi": t["neg_r_hi"], "sw": t["s"]}
+        elif self.grad_weight:
+            out["cw"] = ring.matmul(a.t(), values["xa"])
+        return out
+
+    def fused_correction(
+        self,
+        shared: Mapping[str, torch.Tensor],
+        private: Mapping[str, torch.Tensor],
+        partial: Mapping[str, torch.Tensor],
+        out: Mapping[str, torch.Tensor],
+    ) -> bool:
+        """See :func:`fused_correction`: the mask sums folded into the products' limb splits."""
+        a = shared["a"]  # (rows, m, n); the kept xa, wb come as one row each
+        if a.dim() != 3:
+            return False
+        f = self.frac_bits
+        if self.grad_input:
+            prod = ring.matmul_of_row_sums(a, shared["wb"].transpose(-1, -2))
+            if not ring.fused_trunc_correct(
+                private["rx"],
+                (partial["neg_rx_hi"], partial["sx"]),
+                (out["neg_rx_hi"], out["sx"]),
+                f,
+                product=(prod, None, partial["cx"], out["cx"]),
+            ):
+                return False
+        if self.grad_weight:
+            prod = ring.matmul_of_row_sums(a.transpose(-1, -2), shared["xa"])
+            if not self.truncate_weight:
+                torch.sub(prod, partial["cw"].sum(0), out=out["cw"])
+            elif not ring.fused_trunc_correct(
+                private["rw"],
+                (partial["neg_rw_hi"], partial["sw"]),
+                (out["neg_rw_hi"], out["sw"]),
+                f,
+                product=(prod, None, partial["cw"], out["cw"]),
+            ):
+                return False  # derive() then writes every output again
+        return True

@@ -15,7 +15,7 @@ import torch
 
 from ..comm.stats import Stats
 from ..prg import AesPrg
-from .base import Component, Request, fused_correction, kept_values
+from .base import Component, KeptMasks, Request, fused_correction, kept_keys, kept_values
 
 __all__ = ["LocalDealer", "generate_stacked"]
 
@@ -120,7 +120,7 @@ class LocalDealer:
         self._prg = AesPrg(key)
         self._pools: dict[Request, tuple[dict[str, torch.Tensor], list[int]]] = {}
         self._plans: dict[Request, tuple[bool, int]] = {}
-        self._kept: dict[int, torch.Tensor] = {}  # plain masks that later requests reuse
+        self._kept = KeptMasks()  # plain masks that later requests reuse
 
     def _pooled(self, req: Request) -> dict[str, torch.Tensor]:
         entry = self._pools.get(req)
@@ -155,11 +155,17 @@ class LocalDealer:
         else:
             known = kept_values(req, self._kept)
             out = generate_stacked(req, self.world_size, self._prg, known=known)
-        keeps = getattr(req, "keeps", None)
-        if keeps is not None:
-            self._kept[req.key] = out[keeps].sum(0)  # type: ignore[attr-defined]
+        keeps = kept_keys(req)
+        if keeps:
+            self._kept.keep(req, {name: out[name].sum(0) for name, _ in keeps})
+        self._kept.release(req)
         self._stats.record_dealer(corr)
         return out
+
+    @property
+    def kept_masks(self) -> int:
+        """How many masks are kept for later requests (released ones are gone)."""
+        return len(self._kept)
 
     def close(self) -> None:
         self._prg.close()

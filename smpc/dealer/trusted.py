@@ -58,7 +58,7 @@ from ..comm.torchdist import (
 from ..comm.unixsock import UnixSocketGroup
 from ..errors import DealerError, PartyTimeoutError, ProtocolDesyncError
 from ..prg import KEY_BYTES, AesPrg, key_from_seed
-from .base import Component, Request, fused_correction, kept_values
+from .base import Component, KeptMasks, Request, fused_correction, kept_values
 
 __all__ = ["TrustedDealer", "TrustedDealerClient", "Shares", "DealerStats", "dealer_key"]
 
@@ -329,6 +329,7 @@ class DealerStats:
     peak_in_flight: int = 0
     speculated: int = 0
     speculation_hits: int = 0
+    kept_masks: int = 0  # masks still kept for later requests when the session closed
 
 
 class _Predictor:
@@ -371,7 +372,6 @@ class _Speculation:
     raw: bytes
     positions: list[int]
     private_position: int
-    kept: tuple[int, torch.Tensor | None] | None
     corr: torch.Tensor | None
     buf: torch.Tensor | None
 
@@ -436,7 +436,7 @@ class TrustedDealer:
         self.stats = DealerStats()
         self._free: list[torch.Tensor] = []
         self._scratch = [torch.empty(0, dtype=torch.int64) for _ in range(world_size)]
-        self._kept: dict[int, torch.Tensor] = {}  # plain masks that later requests reuse
+        self._kept = KeptMasks()  # plain masks that later requests reuse
         self.speculate = speculate
 
     def serve(self) -> DealerStats:
@@ -491,6 +491,7 @@ class TrustedDealer:
                     ch.wait_all(works, last, "sending a correction")
                 if isinstance(ch.pg, UnixSocketGroup):  # gloo's group closes at exit
                     ch.pg.close()
+                self.stats.kept_masks = len(self._kept)
                 return self.stats
             raw = data.numpy().tobytes()
             try:
@@ -498,6 +499,7 @@ class TrustedDealer:
                 if guessed is not None and guessed.raw == raw:
                     assert guessed.corr is not None and guessed.buf is not None
                     corr, buf = guessed.corr, guessed.buf
+                    self._kept.commit()
                     self.stats.speculation_hits += 1
                 else:
                     if guessed is not None:
@@ -522,13 +524,8 @@ class TrustedDealer:
         Everything it changes (stream positions, kept masks) is recorded so that
         :meth:`_undo` can put it back if another request comes instead.
         """
-        spec = _Speculation(
-            raw, [p.tell() for p in prgs], self._private_prg.tell(), None, None, None
-        )
-        keeps = getattr(req, "keeps", None)
-        if keeps is not None:
-            key = req.key  # type: ignore[attr-defined]  # requests that keep a mask have a key
-            spec.kept = (key, self._kept.get(key))
+        spec = _Speculation(raw, [p.tell() for p in prgs], self._private_prg.tell(), None, None)
+        self._kept.begin()  # kept masks kept or released: journaled until the request comes
         try:
             spec.corr, spec.buf = self._corrections(req, prgs)
         except Exception:  # the real request will raise (and report) it if it comes
@@ -538,16 +535,11 @@ class TrustedDealer:
         return spec
 
     def _undo(self, spec: _Speculation, prgs: Sequence[AesPrg]) -> None:
-        """Forget a correction computed ahead: rewind the streams, restore a kept mask."""
+        """Forget a correction computed ahead: rewind the streams, restore the kept masks."""
         for p, pos in zip(prgs, spec.positions, strict=True):
             p.seek(pos)
         self._private_prg.seek(spec.private_position)
-        if spec.kept is not None:
-            key, old = spec.kept
-            if old is None:
-                self._kept.pop(key, None)
-            else:
-                self._kept[key] = old
+        self._kept.rollback()
         if spec.buf is not None and len(self._free) < _INFLIGHT + 2:
             self._free.append(spec.buf)
 
@@ -588,9 +580,7 @@ class TrustedDealer:
         for c in comps:
             if not c.kind.shared:  # provider-private randomness, never sent
                 private[c.name] = self._private_prg.random_int64(_numel(c)).view(c.shape)
-        keeps = getattr(req, "keeps", None)
-        if keeps is not None:  # later requests reuse this mask: keep its plain value
-            self._kept[req.key] = plain[keeps].clone()  # type: ignore[attr-defined]
+        self._kept.keep(req, plain)  # the masks later requests reuse (if any)
         plain.update(kept_values(req, self._kept))
         derived = [c for c in comps if c.kind.derived]
         total = sum(_numel(c) for c in derived)
@@ -609,6 +599,7 @@ class TrustedDealer:
             {k: v.unsqueeze(0) for k, v in partial.items()},
             dsts,
         ):
+            self._kept.release(req)
             return out, buf
         values = req.derive(plain | private)
         for c in derived:
@@ -623,4 +614,5 @@ class TrustedDealer:
                 torch.bitwise_xor(value, partial[c.name], out=dst)
             else:
                 torch.sub(value, partial[c.name], out=dst)
+        self._kept.release(req)
         return out, buf

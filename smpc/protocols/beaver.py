@@ -17,7 +17,9 @@ from ..dealer.base import (
     BilinearTriple,
     BilinearTruncTriple,
     Dealer,
+    KeepingMatmulTruncTriple,
     KeptBilinearTruncTriple,
+    LinearBackwardTriple,
     MulTriple,
     MulTruncTriple,
     OperandMask,
@@ -38,6 +40,9 @@ __all__ = [
     "MaskedOperand",
     "mask_operand",
     "bilinear_trunc_kept",
+    "LinearMasks",
+    "linear_forward",
+    "linear_backward",
 ]
 
 
@@ -345,3 +350,143 @@ def bilinear_trunc_kept(
     z = _local_step(comm, op, {"a": t["a"], "b": y.b, "c": t["c"]}, e, y.f)
     (w,) = comm.open([z], "trunc")
     return truncation.finish(comm, w, t["neg_r_hi"], t["s"], frac_bits)
+
+
+# ----------------------------------------------------------------- linear layers
+@dataclass(frozen=True)
+class LinearMasks:
+    """What a linear layer's forward ``x @ W^T`` keeps for its backward.
+
+    Attributes:
+        key: the provider's name for the kept masks (``key`` and ``key + 1``).
+        xa: this runtime's shares of the mask of ``x`` (``m x k``).
+        wb: this runtime's shares of the mask of ``W^T`` (``k x n``).
+        e: the public ``x - xa``.
+        f: the public ``W^T - wb``.
+    """
+
+    key: int
+    xa: torch.Tensor
+    wb: torch.Tensor
+    e: torch.Tensor
+    f: torch.Tensor
+
+
+def linear_forward(
+    comm: Communicator,
+    dealer: Dealer,
+    x: torch.Tensor,
+    wt: torch.Tensor,
+    frac_bits: int,
+    key: int,
+) -> tuple[torch.Tensor, LinearMasks]:
+    """Shares of ``(x @ wt) >> f`` for 2-D shares, keeping the masks for :func:`linear_backward`.
+
+    Protocol: :func:`bilinear_trunc` of a matmul whose triple's masks the
+    provider keeps (:class:`~smpc.dealer.base.KeepingMatmulTruncTriple`); the
+    parties keep their mask shares and the opened ``e = x - xa``, ``f = wt - wb``.
+
+    Cost: as :func:`bilinear_trunc` (2 rounds; ``numel(x) + numel(wt)`` then
+    ``numel(out)`` ring elements to each other party). Security: as
+    :func:`bilinear_trunc`; the backward reuses ``e`` and ``f``, which are
+    already public, with fresh masks for everything it opens.
+    """
+    t = dealer.request(
+        KeepingMatmulTruncTriple(_shape2(comm, x), _shape2(comm, wt), frac_bits, key)
+    )
+    e, f = comm.open_masked([(x, t["a"]), (wt, t["b"])], "matmul")
+    z = _local_step(comm, ring.MatmulOp(), t, e, f)
+    (w,) = comm.open([z], "trunc")
+    out = truncation.finish(comm, w, t["neg_r_hi"], t["s"], frac_bits)
+    return out, LinearMasks(key, t["a"], t["b"], e, f)
+
+
+class _Renamed(Mapping[str, torch.Tensor]):
+    """A triple view for :func:`_local_step`: ``a``/``b`` given, ``c`` read lazily from ``t``."""
+
+    def __init__(self, a: torch.Tensor, b: torch.Tensor, t: Mapping[str, torch.Tensor], c: str):
+        self._items = {"a": a, "b": b}
+        self._t, self._c = t, c
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._t[self._c] if name == "c" else self._items[name]
+
+    def __iter__(self):  # type: ignore[no-untyped-def]  # Mapping protocol
+        return iter(("a", "b", "c"))
+
+    def __len__(self) -> int:
+        return 3
+
+
+def linear_backward(
+    comm: Communicator,
+    dealer: Dealer,
+    g: torch.Tensor,
+    masks: LinearMasks,
+    frac_bits: int,
+    *,
+    grad_input: bool,
+    grad_weight: bool,
+    truncate_weight: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """A linear layer's gradients ``g @ W`` and ``g^T @ x`` on its forward's kept masks.
+
+    Protocol (Beaver matrix triples sharing masks, as SecureML reuses the
+    masked data across products, S&P'17; [EGKRS20] truncation):
+        1. The dealer draws one mask ``[a]`` for ``g`` and gives
+           ``[cx] = [a @ wb^T + rx + 2^62]``, ``[cw] = [a^T @ xa]`` on the
+           forward's kept masks (:class:`~smpc.dealer.base.LinearBackwardTriple`).
+        2. Open ``eg = g - a`` (round 1): the only new opening, since
+           ``x - xa`` and ``W^T - wb`` were opened by the forward.
+        3. ``g @ W = eg @ W + a @ W`` with ``W = wb^T + f^T``: the local step
+           ``[cx] + eg @ ([wb^T] + f^T) + [a] @ f^T``; likewise
+           ``g^T @ x``: ``[cw] + eg^T @ ([xa] + e) + [a^T] @ e``.
+        4. Open the masked ``g @ W`` (and ``g^T @ x`` if ``truncate_weight``) and
+           finish the truncations (round 2).
+
+    Cost: 2 rounds (1 if nothing is truncated); ``numel(g)`` then the
+    truncated outputs' ring elements to each other party, against
+    ``2 numel(g) + numel(W) + numel(x)`` in the first round of two
+    independent products. Security: semi-honest, non-colluding dealer; ``eg``
+    is one-time padded by the fresh ``a``; every other opened value was
+    public already.
+
+    Returns:
+        ``(grad_input, grad_weight)`` shares (``None`` where not asked);
+        ``grad_weight`` at scale ``2^(2f)`` unless ``truncate_weight``.
+    """
+    m, n = _shape2(comm, g)
+    k = int(masks.e.shape[-1])
+    t = dealer.request(
+        LinearBackwardTriple(
+            (m, n), (m, k), frac_bits, masks.key, grad_input, grad_weight, truncate_weight
+        )
+    )
+    a = t["a"]
+    (eg,) = comm.open_masked([(g, a)], "matmul")
+    mm = ring.MatmulOp()
+    zx = zw = None
+    if grad_input:
+        zx = _local_step(
+            comm, mm, _Renamed(a, masks.wb.transpose(-1, -2), t, "cx"), eg, masks.f.t()
+        )
+    if grad_weight:
+        zw = _local_step(
+            comm, mm, _Renamed(a.transpose(-1, -2), masks.xa, t, "cw"), eg.t(), masks.e
+        )
+    cut = [z for z, c in ((zx, grad_input), (zw, grad_weight and truncate_weight)) if c]
+    if not cut:
+        return zx, zw
+    ws = iter(comm.open(cut, "trunc"))  # type: ignore[arg-type]  # the flags say which are set
+    if zx is not None:
+        zx = truncation.finish(comm, next(ws), t["neg_rx_hi"], t["sx"], frac_bits)
+    if zw is not None and truncate_weight:
+        zw = truncation.finish(comm, next(ws), t["neg_rw_hi"], t["sw"], frac_bits)
+    return zx, zw
+
+
+def _shape2(comm: Communicator, share: torch.Tensor) -> tuple[int, int]:
+    shape = _shape(comm, share)
+    if len(shape) != 2:
+        raise ValueError(f"linear layers' products need 2-D operands; got shape {shape}")
+    return (shape[0], shape[1])

@@ -145,6 +145,7 @@ def test_memory_flat_over_200_steps() -> None:
             if step in (10, 199):
                 counts.append(live())
         assert counts[1] <= counts[0]
+        assert sess.dealer.kept_masks == 0  # every forward's masks released by its backward
 
 
 def _linear_case(

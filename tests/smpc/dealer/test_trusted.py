@@ -11,7 +11,14 @@ from torch.distributed import HashStore
 
 from smpc import ring
 from smpc.comm.torchdist import TorchDistCommunicator
-from smpc.dealer.base import KeptBilinearTruncTriple, MulTriple, OperandMask, TruncPair
+from smpc.dealer.base import (
+    KeepingMatmulTruncTriple,
+    KeptBilinearTruncTriple,
+    LinearBackwardTriple,
+    MulTriple,
+    OperandMask,
+    TruncPair,
+)
 from smpc.dealer.trusted import DealerStats, TrustedDealer, TrustedDealerClient
 from smpc.errors import DealerError
 
@@ -91,11 +98,14 @@ def test_unread_corrections_do_not_deadlock() -> None:
 
 def _mixed_requests(client: TrustedDealerClient, rank: int) -> list[torch.Tensor]:
     """A loop of requests that repeats, then changes (the provider's guesses miss), with
-    a mask kept for later products and a correction larger than a frame (1 MiB)."""
+    a mask kept for later products, a linear layer's forward masks kept until its
+    backward releases them, and a correction larger than a frame (1 MiB)."""
     big = (150_000,)  # 1.2 MB of correction: received into a buffer posted with the request
-    step = [("mask", 7), ("kept", 7), ("mul", big), ("trunc", (30,))]
-    # a guessed mask 7 replaced the kept one, then mask 8 came: the old mask 7 is back
-    plan = step * 3 + [("mask", 8), ("kept", 7), ("kept", 8), ("trunc", (30,)), ("mul", big)]
+    step = [("mask", 7), ("kept", 7), ("fwd", -2), ("mul", big), ("bwd", -2), ("trunc", (30,))]
+    # a guessed mask 7 replaced the kept one, then mask 8 came: the old mask 7 is back;
+    # a guessed backward released forward -2's masks, then forward -4 came: they are back
+    plan = step * 3 + [("mask", 8), ("kept", 7), ("kept", 8), ("fwd", -2), ("fwd", -4)]
+    plan += [("bwd", -4), ("trunc", (30,)), ("bwd", -2), ("mul", big)]
     plan += step * 2
     plan += [("mul", (5,)), ("mask", 9)] + step
     out = []
@@ -106,6 +116,12 @@ def _mixed_requests(client: TrustedDealerClient, rank: int) -> list[torch.Tensor
         elif kind == "kept":
             t = client.request(KeptBilinearTruncTriple(ring.MatmulOp(), (2, 3), (3, 4), 16, arg))
             out += [t["a"].reshape(-1), t["c"].reshape(-1), t["s"].reshape(-1)]
+        elif kind == "fwd":
+            t = client.request(KeepingMatmulTruncTriple((20, 30), (30, 4), 16, arg))
+            out += [t["a"].reshape(-1), t["b"].reshape(-1), t["c"].reshape(-1)]
+        elif kind == "bwd":
+            t = client.request(LinearBackwardTriple((20, 4), (20, 30), 16, arg, True, True, False))
+            out += [t["a"].reshape(-1), t["cx"].reshape(-1), t["cw"].reshape(-1)]
         elif kind == "mul":
             t = client.request(MulTriple(arg, arg))
             out += [t["a"], t["b"], t["c"]]
@@ -122,15 +138,20 @@ def test_speculation_changes_no_share() -> None:
     spec_stats, spec = _serve(_mixed_requests, speculate=True)
     plain_stats, plain = _serve(_mixed_requests, speculate=False)
     assert plain_stats.speculated == 0
-    assert spec_stats.requests == plain_stats.requests == 31
+    assert spec_stats.requests == plain_stats.requests == 47
+    assert spec_stats.kept_masks == plain_stats.kept_masks == 3  # operand masks 7, 8, 9
     assert 0 < spec_stats.speculation_hits < spec_stats.speculated  # hits and misses
     for rank in (0, 1):
         assert len(spec[rank]) == len(plain[rank])
         for a, b in zip(spec[rank], plain[rank], strict=True):
             assert torch.equal(a, b)
     # and the triples are right: c = a * b for the large ones
-    a, b, c = (spec[0][i] + spec[1][i] for i in (4, 5, 6))
+    a, b, c = (spec[0][i] + spec[1][i] for i in (7, 8, 9))
     assert a.numel() == 150_000 and torch.equal(a * b, c)
+    # and the backward's triples use the forward's masks: cw = a^T @ xa
+    xa, _, _ = (spec[0][i] + spec[1][i] for i in (4, 5, 6))
+    ga, _, cw = (spec[0][i] + spec[1][i] for i in (10, 11, 12))
+    assert torch.equal(ring.matmul(ga.view(20, 4).t(), xa.view(20, 30)), cw.view(4, 30))
 
 
 def test_a_provider_failure_is_fatal_for_the_session() -> None:

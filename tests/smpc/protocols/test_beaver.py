@@ -292,3 +292,55 @@ def test_bilinear_trunc_many_keeps_untruncated_products_exact(
             beaver.bilinear_trunc_many(
                 sess.comm, sess.dealer, items[:1], 16, truncate=[True, False]
             )
+
+
+@given(
+    party_counts,
+    st.tuples(st.integers(1, 40), st.integers(1, 30), st.integers(1, 20)),
+    st.tuples(st.booleans(), st.booleans(), st.booleans()).filter(lambda t: t[0] or t[1]),
+    seeds,
+)
+def test_linear_backward_reuses_the_forward_masks(
+    n: int, dims: tuple[int, int, int], flags: tuple[bool, bool, bool], seed: int
+) -> None:
+    """A linear layer's forward keeps its masks; the backward opens only the output
+    gradient, and gives ``g @ W`` and ``g^T @ x`` (exact, or within one ulp when
+    truncated); the provider then holds no mask."""
+    from smpc import encoding
+
+    m, k, p = dims
+    grad_input, grad_weight, truncate_weight = flags
+    fx = encoding.FixedPoint(16)
+    gen = torch.Generator().manual_seed(seed)
+    x, wt, g = (
+        fx.encode(torch.randn(*shape, generator=gen, dtype=torch.float64))
+        for shape in ((m, k), (k, p), (m, p))
+    )
+    with smpc.Session(parties=n, seed=seed) as sess:
+        comm, dealer = sess.comm, sess.dealer
+        z, masks = beaver.linear_forward(comm, dealer, _share(sess, x), _share(sess, wt), 16, -2)
+        diff = z.sum(0) - (torch.matmul(x, wt) >> 16)
+        assert int(diff.min()) >= 0 and int(diff.max()) <= 1
+        assert dealer.kept_masks == 2
+        before = sess.stats.snapshot()
+        gx, gw = beaver.linear_backward(
+            comm, dealer, _share(sess, g), masks, 16,
+            grad_input=grad_input, grad_weight=grad_weight, truncate_weight=truncate_weight,
+        )  # fmt: skip
+        cost = sess.stats - before
+        assert dealer.kept_masks == 0  # released with the backward's request
+    # Assert: one new opening (g), then the truncated outputs
+    truncated = (m * k if grad_input else 0) + (p * k if grad_weight and truncate_weight else 0)
+    assert cost.rounds == (2 if truncated else 1)
+    assert cost.bytes_per_party == [(m * p + truncated) * 8 * (n - 1)] * n
+    assert (gx is None) != grad_input and (gw is None) != grad_weight
+    if gx is not None:
+        diff = gx.sum(0) - (torch.matmul(g, wt.t()) >> 16)
+        assert int(diff.min()) >= 0 and int(diff.max()) <= 1
+    if gw is not None:
+        exact = torch.matmul(g.t(), x)
+        if truncate_weight:
+            diff = gw.sum(0) - (exact >> 16)
+            assert int(diff.min()) >= 0 and int(diff.max()) <= 1
+        else:
+            assert torch.equal(gw.sum(0), exact)
