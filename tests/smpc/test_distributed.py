@@ -353,7 +353,8 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_cli_with_torch_distributed_env(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_cli_with_torch_distributed_env(tmp_path: Path, transport: str) -> None:
     # Prepare: the documented multi-machine commands, on loopback
     script = tmp_path / "prog.py"
     script.write_text(textwrap.dedent(_SCRIPT))
@@ -366,6 +367,7 @@ def test_cli_with_torch_distributed_env(tmp_path: Path) -> None:
         "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""),
     }
     cmd = [sys.executable, "-m", "smpc.launch", "--parties", "alice,bob", "--timeout", "30"]
+    cmd += ["--transport", transport]
     # Execute
     procs = [
         subprocess.Popen(
