@@ -356,12 +356,15 @@ class UnixSocketGroup:
         sock = peer.sock
         while peer.closed is None:
             try:
-                if peer.body is None:
-                    n = sock.recv_into(peer.head_view[peer.head_got :])
-                    if n == 0:
-                        self._lost(peer, f"Connection closed by rank {peer.rank}")
-                        break
-                    moved = True
+                body = peer.body
+                n = sock.recv_into(
+                    peer.head_view[peer.head_got :] if body is None else body[peer.body_off :]
+                )
+                if n == 0:
+                    self._lost(peer, f"Connection closed by rank {peer.rank}")
+                    break
+                moved = True
+                if body is None:  # reading a head
                     peer.head_got += n
                     if peer.head_got < _HEAD.size:
                         continue
@@ -370,13 +373,8 @@ class UnixSocketGroup:
                     if peer.body is not None:
                         continue
                 else:
-                    n = sock.recv_into(peer.body[peer.body_off :])
-                    if n == 0:
-                        self._lost(peer, f"Connection closed by rank {peer.rank}")
-                        break
-                    moved = True
                     peer.body_off += n
-                    if peer.body_off < len(peer.body):
+                    if peer.body_off < len(body):
                         continue
                     peer.body = None
                     self._end_body(peer)

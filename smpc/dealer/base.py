@@ -199,6 +199,9 @@ class KeptMasks:
     def _set(self, key: int, value: torch.Tensor | None, transient: bool) -> None:
         if self._journal is not None:
             self._journal.append((key, self._values.get(key), key in self._transient))
+        self._put(key, value, transient)
+
+    def _put(self, key: int, value: torch.Tensor | None, transient: bool) -> None:
         self._transient.pop(key, None)
         if value is None:
             self._values.pop(key, None)
@@ -219,13 +222,7 @@ class KeptMasks:
         """Undo every change since :meth:`begin`."""
         journal, self._journal = self._journal or [], None
         for key, old, was_transient in reversed(journal):
-            self._transient.pop(key, None)
-            if old is None:
-                self._values.pop(key, None)
-            else:
-                self._values[key] = old
-                if was_transient:
-                    self._transient[key] = None
+            self._put(key, old, was_transient)
 
 
 def kept_values(req: Request, kept: KeptMasks) -> dict[str, torch.Tensor]:
@@ -554,19 +551,15 @@ class KeepingMatmulTruncTriple:
         """``a`` under ``key``, ``b`` under ``key + 1``."""
         return (("a", self.key), ("b", self.key + 1))
 
+    def triple(self) -> BilinearTruncTriple:
+        """The same triple without the keeping (components, values, corrections)."""
+        return BilinearTruncTriple(ring.MatmulOp(), self.shape_a, self.shape_b, self.frac_bits)
+
     def components(self) -> tuple[Component, ...]:
-        out = (self.shape_a[0], self.shape_b[1])
-        return (
-            Component("a", Kind.RANDOM, self.shape_a),
-            Component("b", Kind.RANDOM, self.shape_b),
-            Component("r", Kind.PRIVATE, out),
-            Component("c", Kind.DERIVED, out),
-            Component("neg_r_hi", Kind.DERIVED, out),
-            Component("s", Kind.DERIVED, out),
-        )
+        return self.triple().components()
 
     def derive(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return _bilinear_trunc_values(ring.MatmulOp(), self.frac_bits, values)
+        return self.triple().derive(values)
 
     def fused_correction(
         self,
@@ -576,7 +569,7 @@ class KeepingMatmulTruncTriple:
         out: Mapping[str, torch.Tensor],
     ) -> bool:
         """See :func:`fused_correction`."""
-        return _bilinear_trunc_fused(ring.MatmulOp(), self.frac_bits, shared, private, partial, out)
+        return self.triple().fused_correction(shared, private, partial, out)
 
 
 @dataclass(frozen=True, slots=True)

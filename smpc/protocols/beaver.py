@@ -25,6 +25,7 @@ from ..dealer.base import (
     OperandMask,
     SquarePair,
 )
+from ..errors import ShapeError
 from ..sharing import add_public, add_public_, addcmul_public_, data_shape
 from . import truncation
 
@@ -457,6 +458,11 @@ def linear_backward(
     """
     m, n = _shape2(comm, g)
     k = int(masks.e.shape[-1])
+    want = (int(masks.e.shape[0]), int(masks.f.shape[-1]))
+    if (m, n) != want:
+        raise ShapeError(
+            f"linear_backward: `g` must have the forward output's shape {want}; got {(m, n)}"
+        )
     t = dealer.request(
         LinearBackwardTriple(
             (m, n), (m, k), frac_bits, masks.key, grad_input, grad_weight, truncate_weight

@@ -344,3 +344,20 @@ def test_linear_backward_reuses_the_forward_masks(
             assert int(diff.min()) >= 0 and int(diff.max()) <= 1
         else:
             assert torch.equal(gw.sum(0), exact)
+
+
+def test_linear_backward_checks_the_gradient_shape() -> None:
+    from smpc.errors import ShapeError
+
+    with smpc.Session(parties=2, seed=0) as sess:
+        x, wt = (
+            _share(sess, torch.ones(4, 3, dtype=torch.int64)),
+            _share(sess, torch.ones(3, 2, dtype=torch.int64)),
+        )
+        _, masks = beaver.linear_forward(sess.comm, sess.dealer, x, wt, 16, -2)
+        g = _share(sess, torch.ones(4, 5, dtype=torch.int64))
+        with pytest.raises(ShapeError, match=r"forward output's shape \(4, 2\); got \(4, 5\)"):
+            beaver.linear_backward(
+                sess.comm, sess.dealer, g, masks, 16,
+                grad_input=True, grad_weight=True, truncate_weight=True,
+            )  # fmt: skip
