@@ -66,6 +66,7 @@ _HEAD = struct.Struct("<qq")  # tag, nbytes
 _HELLO = struct.Struct("<q32s")  # rank, the acceptor's key
 # Socket buffers: a payload up to this size is taken by the kernel at once.
 _SOCKET_BYTES = 4 << 20
+_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
 
 
 def supported() -> bool:
@@ -328,7 +329,7 @@ class UnixSocketGroup:
 
     def _write(self, peer: _Peer, chunks: list[memoryview]) -> int:
         try:
-            return peer.sock.sendmsg(chunks)
+            return peer.sock.sendmsg(chunks, (), _NOSIGNAL)  # a closed peer: EPIPE, no signal
         except BlockingIOError:
             return 0
         except OSError as e:
