@@ -37,8 +37,8 @@ Failures: a peer that exits or dies closes its sockets, which the kernel
 reports at once (``RuntimeError`` naming the closed connection, for the works
 that involve that peer); a wait that outlasts its timeout raises
 ``RuntimeError`` ("timed out"). Setup authenticates every connection with a
-random key published through the rendezvous store, so that no other local
-process can pose as a rank.
+random key published through the rendezvous store: a connection without it
+(another local process) is closed and the rank keeps waiting for the real one.
 """
 
 from __future__ import annotations
@@ -195,6 +195,7 @@ class UnixSocketGroup:
         else:
             path = address = os.path.join(tempfile.gettempdir(), f"smpc-{secrets.token_hex(8)}")
         deadline = time.monotonic() + timeout
+        refused = 0
         try:
             listener.bind(address)
             listener.listen(self.size)
@@ -206,32 +207,44 @@ class UnixSocketGroup:
             for r, (addr, peer_key) in published.items():
                 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 s.settimeout(max(0.1, deadline - time.monotonic()))
-                s.connect(addr)
-                s.sendall(_HELLO.pack(self.rank, peer_key))
+                try:
+                    s.connect(addr)
+                    s.sendall(_HELLO.pack(self.rank, peer_key))
+                except OSError as e:
+                    s.close()
+                    if isinstance(e, TimeoutError):
+                        raise
+                    raise RuntimeError(
+                        f"Unix socket transport: rank {self.rank} could not reach rank {r}'s "
+                        f"socket ({e}); ranks on one host but in different network "
+                        "namespaces (containers) need transport='tcp'"
+                    ) from e
                 self._add_peer(r, s)
-            for _ in range(self.size - 1 - self.rank):
+            expected = set(range(self.rank + 1, self.size))
+            refused = 0
+            while expected:
                 listener.settimeout(max(0.1, deadline - time.monotonic()))
                 s, _ = listener.accept()
-                s.settimeout(max(0.1, deadline - time.monotonic()))
-                hello = _recv_exact(s, _HELLO.size)
-                r, got_key = _HELLO.unpack(hello)
-                if not hmac.compare_digest(got_key, key) or not self.rank < r < self.size:
+                # a connection that does not present this rank's key is not one of
+                # the group's ranks: refuse it and keep waiting for the real ones
+                s.settimeout(min(5.0, max(0.1, deadline - time.monotonic())))
+                try:
+                    r, got_key = _HELLO.unpack(_recv_exact(s, _HELLO.size))
+                except (OSError, RuntimeError):
+                    r, got_key = -1, b""
+                if r not in expected or not hmac.compare_digest(got_key, key):
                     s.close()
-                    raise RuntimeError(
-                        f"Unix socket transport: rank {self.rank} refused a connection "
-                        f"that did not present its key (claimed rank {r})"
-                    )
-                if r in self._peers:
-                    s.close()
-                    raise RuntimeError(
-                        f"Unix socket transport: rank {r} connected twice to rank {self.rank}"
-                    )
+                    refused += 1
+                    continue
+                expected.discard(r)
                 self._add_peer(r, s)
         except TimeoutError as e:
+            missing = sorted(set(range(self.size)) - set(self._peers) - {self.rank})
             self.close()
+            extra = f"; refused {refused} connection(s) without its key" if refused else ""
             raise RuntimeError(
                 f"Unix socket transport: rank {self.rank} timed out after {timeout} s "
-                f"connecting to the other {self.size - 1} ranks: {e}"
+                f"waiting for ranks {missing}{extra}: {e}"
             ) from e
         except BaseException:
             self.close()

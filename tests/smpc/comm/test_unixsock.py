@@ -193,7 +193,7 @@ def test_a_wait_gives_up_after_its_timeout() -> None:
 
 # ----------------------------------------------------------------- setup
 def test_a_connection_without_the_key_is_refused() -> None:
-    # Prepare: rank 0 of 2 waits for rank 1; an impostor connects with a wrong key
+    # Prepare: rank 0 of 2 waits for rank 1; an impostor connects first, with a wrong key
     store = HashStore()
     result: list[BaseException | UnixSocketGroup] = []
 
@@ -207,16 +207,34 @@ def test_a_connection_without_the_key_is_refused() -> None:
     t.start()
     addr_hex, _ = store.get("unix/0").decode().split(":")
     impostor = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    # Execute
+    impostor.settimeout(5.0)
+    # Execute: the impostor is cut off; the real rank 1 then joins
     try:
         impostor.connect(bytes.fromhex(addr_hex).decode("latin-1"))
         impostor.sendall(_HELLO.pack(1, b"\0" * 32))
+        assert impostor.recv(1) == b""  # closed by rank 0
+        rank1 = UnixSocketGroup(store, 1, 2, timeout=10.0)
         t.join(10)
     finally:
         impostor.close()
-    # Assert
-    assert len(result) == 1 and isinstance(result[0], RuntimeError)
-    assert "did not present its key" in str(result[0])
+    # Assert: the group formed with the real rank only
+    assert len(result) == 1 and isinstance(result[0], UnixSocketGroup)
+    rank0_group = result[0]
+    try:
+        rank1.send([torch.arange(4, dtype=torch.int64)], 0, 11)
+        buf = torch.empty(4, dtype=torch.int64)
+        rank0_group.recv([buf], 1, 11).wait(datetime.timedelta(seconds=5))
+        assert torch.equal(buf, torch.arange(4))
+    finally:
+        rank0_group.close()
+        rank1.close()
+
+
+def test_setup_times_out_naming_the_missing_ranks() -> None:
+    store = HashStore()
+    missing = r"rank 0 timed out after 0.3 s waiting for ranks \[1, 2\]"
+    with pytest.raises(RuntimeError, match=missing):
+        UnixSocketGroup(store, 0, 3, timeout=0.3)
 
 
 def test_ranks_agree_on_the_transport() -> None:
