@@ -305,24 +305,10 @@ class UnixSocketGroup:
         peer.posted.setdefault(tag, deque()).append(work)
         return work
 
-    def close(self, flush: float = 0.0) -> None:
-        """Close every connection (peers then see it closed).
-
-        ``flush``: seconds to wait for queued sends to go out first (0: drop them).
-        """
-        deadline = time.monotonic() + flush
+    def close(self) -> None:
+        """Close every connection: peers see it closed; works still pending here fail."""
         for peer in self._peers.values():
-            while peer.sendq and peer.closed is None and time.monotonic() < deadline:
-                work = peer.sendq[-1][1]
-                try:
-                    self._wait_for(work, datetime.timedelta(seconds=deadline - time.monotonic()))
-                except RuntimeError:
-                    break
-        for peer in self._peers.values():
-            if peer.closed is None:
-                peer.closed = "the connection was closed by this rank"
-            with contextlib.suppress(KeyError, ValueError):
-                self._poll.unregister(peer.fd)
+            self._lost(peer, "the connection was closed by this rank")
             peer.sock.close()
         self._peers.clear()
 

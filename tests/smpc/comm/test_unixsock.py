@@ -178,6 +178,17 @@ def test_a_closed_peer_fails_only_the_works_that_need_it() -> None:
         b.close()
 
 
+def test_closing_fails_the_works_still_pending() -> None:
+    a, b = _groups(2)
+    w = a.recv([torch.empty(8, dtype=torch.uint8)], 1, 11)
+    a.close()
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="closed by this rank"):
+        w.wait(datetime.timedelta(seconds=10))
+    assert time.monotonic() - start < 1.0
+    b.close()
+
+
 def test_a_wait_gives_up_after_its_timeout() -> None:
     a, b = _groups(2)
     try:
