@@ -1,10 +1,12 @@
-"""Distributed runtime: one OS process per party over torch.distributed / gloo (runtime layer).
+"""Distributed runtime: one OS process per party, over torch.distributed (runtime layer).
 
 Each party runs the same protocol code as in the simulation, holding only its
-own share (``party_axis = False``). Parties talk point to point over a gloo
-process group on TCP whose ranks are ``0 .. world_size - 1`` for the computing
-parties and ``world_size`` for the crypto provider (see
-:mod:`smpc.dealer.trusted`).
+own share (``party_axis = False``). Parties talk point to point in a process
+group whose ranks are ``0 .. world_size - 1`` for the computing parties and
+``world_size`` for the crypto provider (see :mod:`smpc.dealer.trusted`): gloo
+over TCP, or, when every rank runs on one host, Unix sockets
+(:mod:`smpc.comm.unixsock`, the same send/receive semantics); :func:`connect`
+picks one (``transport``). The rendezvous is a torch.distributed store.
 
 Wire format. Every message is a *frame* on one gloo tag: a 128-byte head
 ``[seq, kind, nbytes, aux, inline, nparts, part sizes...]`` followed, when it
@@ -210,7 +212,7 @@ def connect(
 
 
 class Channel:
-    """Framed, tagged point-to-point messages over a gloo group (shared by comm and dealer).
+    """Framed, tagged point-to-point messages over a process group (shared by comm and dealer).
 
     Args:
         pg: the process group.
@@ -256,7 +258,7 @@ class Channel:
     def wait(
         self, work: Waitable, peer: int, what: str, *, timeout: datetime.timedelta | None = None
     ) -> None:
-        """Wait for one gloo work item; translate failures into :class:`PartyTimeoutError`."""
+        """Wait for one posted send or receive; failures become :class:`PartyTimeoutError`."""
         try:
             work.wait(timeout or self.wait_timeout)
         except RuntimeError as e:
