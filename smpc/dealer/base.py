@@ -15,6 +15,7 @@ seed once and afterwards only the correction shares (the CrypTen TTP idea).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -36,6 +37,9 @@ __all__ = [
     "KeptBilinearTruncTriple",
     "KeepingMatmulTruncTriple",
     "LinearBackwardTriple",
+    "Batch",
+    "poolable",
+    "POOL",
     "MulTruncTriple",
     "BilinearTruncTriple",
     "Kind",
@@ -673,3 +677,53 @@ class LinearBackwardTriple:
             ):
                 return False  # derive() then writes every output again
         return True
+
+
+# Small elementwise requests are served from pools of POOL instances, drawn in one
+# request (see ``poolable``): the same rule in both dealers.
+POOLED_NUMEL = 64
+POOL = 256
+
+
+def poolable(req: Request) -> bool:
+    """Whether ``req`` is served from a pool of :data:`POOL` instances.
+
+    Elementwise requests whose components have one rank and at most
+    :data:`POOLED_NUMEL` elements each, keeping and reusing nothing.
+    """
+    if not getattr(req, "elementwise", False) or kept_keys(req) or used_keys(req):
+        return False
+    comps = req.components()
+    return len({len(c.shape) for c in comps}) == 1 and all(
+        math.prod(c.shape) <= POOLED_NUMEL for c in comps
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """``count`` independent instances of an elementwise request, on a leading axis.
+
+    What a dealer draws to fill a pool (:func:`poolable`): instance ``i`` of
+    every component is its row ``i``.
+    """
+
+    req: Request
+    count: int
+
+    def components(self) -> tuple[Component, ...]:
+        return tuple(
+            Component(c.name, c.kind, (self.count, *c.shape)) for c in self.req.components()
+        )
+
+    def derive(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.req.derive(values)  # elementwise: any leading batch axis
+
+    def fused_correction(
+        self,
+        shared: Mapping[str, torch.Tensor],
+        private: Mapping[str, torch.Tensor],
+        partial: Mapping[str, torch.Tensor],
+        out: Mapping[str, torch.Tensor],
+    ) -> bool:
+        """The request's own fused form (elementwise: any leading batch axis)."""
+        return fused_correction(self.req, shared, private, partial, out)

@@ -15,7 +15,16 @@ import torch
 
 from ..comm.stats import Stats
 from ..prg import AesPrg
-from .base import Component, KeptMasks, Request, fused_correction, kept_keys, kept_values
+from .base import (
+    POOL,
+    Component,
+    KeptMasks,
+    Request,
+    fused_correction,
+    kept_keys,
+    kept_values,
+    poolable,
+)
 
 __all__ = ["LocalDealer", "generate_stacked"]
 
@@ -99,14 +108,14 @@ def generate_stacked(
     return out
 
 
-# Elementwise requests of at most this many elements are served from a pool of
-# _POOL pre-generated instances (one vectorised generation instead of one per request).
-_POOLED_NUMEL = 64
-_POOL = 256
-
-
 class LocalDealer:
     """Trusted dealer simulated in process.
+
+    Small elementwise requests (:func:`~smpc.dealer.base.poolable`) are served
+    from pools of :data:`~smpc.dealer.base.POOL` instances, as the distributed
+    provider's clients do. The session's stats count each request's own
+    correction bytes; :attr:`sent_bytes` is what a distributed provider sends for
+    the same requests (a pool's corrections all at once, with its first use).
 
     Args:
         world_size: number of computing parties.
@@ -121,11 +130,13 @@ class LocalDealer:
         self._pools: dict[Request, tuple[dict[str, torch.Tensor], list[int]]] = {}
         self._plans: dict[Request, tuple[bool, int]] = {}
         self._kept = KeptMasks()  # plain masks that later requests reuse
+        self.sent_bytes = 0  # what a distributed provider sends for the same requests
 
     def _pooled(self, req: Request) -> dict[str, torch.Tensor]:
         entry = self._pools.get(req)
-        if entry is None or entry[1][0] >= _POOL:
-            entry = (generate_stacked(req, self.world_size, self._prg, batch=_POOL), [0])
+        if entry is None or entry[1][0] >= POOL:
+            entry = (generate_stacked(req, self.world_size, self._prg, batch=POOL), [0])
+            self.sent_bytes += POOL * self._plan(req)[1]  # a pool is drawn whole
             self._pools[req] = entry
         material, cursor = entry
         i = cursor[0]
@@ -136,13 +147,8 @@ class LocalDealer:
         """(served from a pool?, correction bytes), memoised per small request."""
         plan = self._plans.get(req)
         if plan is None:
-            comps = req.components()
-            pooled = (
-                getattr(req, "elementwise", False)
-                and len({len(c.shape) for c in comps}) == 1
-                and all(math.prod(c.shape) <= _POOLED_NUMEL for c in comps)
-            )
-            corr = sum(math.prod(c.shape) * 8 for c in comps if c.kind.derived)
+            pooled = poolable(req)
+            corr = sum(math.prod(c.shape) * 8 for c in req.components() if c.kind.derived)
             plan = (pooled, corr)
             if pooled:
                 self._plans[req] = plan
@@ -155,6 +161,7 @@ class LocalDealer:
         else:
             known = kept_values(req, self._kept)
             out = generate_stacked(req, self.world_size, self._prg, known=known)
+            self.sent_bytes += corr
         keeps = kept_keys(req)
         if keeps:
             self._kept.keep(req, {name: out[name].sum(0) for name, _ in keeps})

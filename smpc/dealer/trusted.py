@@ -58,7 +58,16 @@ from ..comm.torchdist import (
 from ..comm.unixsock import UnixSocketGroup
 from ..errors import DealerError, PartyTimeoutError, ProtocolDesyncError
 from ..prg import KEY_BYTES, AesPrg, key_from_seed
-from .base import Component, KeptMasks, Request, fused_correction, kept_values
+from .base import (
+    POOL,
+    Batch,
+    Component,
+    KeptMasks,
+    Request,
+    fused_correction,
+    kept_values,
+    poolable,
+)
 
 __all__ = ["TrustedDealer", "TrustedDealerClient", "Shares", "DealerStats", "dealer_key"]
 
@@ -171,6 +180,25 @@ class Shares(Mapping[str, torch.Tensor]):
         return len(self._ready) + (0 if self._pending is None else len(self._pending.comps))
 
 
+class _Instance(Mapping[str, torch.Tensor]):
+    """Row ``i`` of a pooled :class:`~smpc.dealer.base.Batch`'s shares (read lazily)."""
+
+    __slots__ = ("_batch", "_i")
+
+    def __init__(self, batch: Mapping[str, torch.Tensor], i: int) -> None:
+        self._batch = batch
+        self._i = i
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._batch[name][self._i]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._batch)
+
+    def __len__(self) -> int:
+        return len(self._batch)
+
+
 class TrustedDealerClient:
     """A party's handle on the provider process (implements :class:`~smpc.dealer.base.Dealer`).
 
@@ -209,6 +237,10 @@ class TrustedDealerClient:
         self._closed = False
         self._pending: deque[_Pending] = deque()
         self._failed: DealerError | None = None
+        # Small elementwise requests: pools of POOL instances, one provider request each
+        # (every party draws the same pools at the same points of the program).
+        self._pools: dict[Request, tuple[Mapping[str, torch.Tensor], list[int]]] = {}
+        self._corr_bytes: dict[Request, int] = {}
         _, raw, _ = self._channel.recv(self._dealer, 0, MessageKind.SEED, "receiving the seed")
         if raw.numel() != KEY_BYTES:
             raise DealerError(f"the provider sent a {raw.numel()}-byte seed; expected {KEY_BYTES}")
@@ -219,8 +251,32 @@ class TrustedDealerClient:
         """This party's shares of ``req``'s components, by name.
 
         On the last party the derived shares arrive when first read (the provider
-        computes them meanwhile).
+        computes them meanwhile). A small elementwise request
+        (:func:`~smpc.dealer.base.poolable`) is served from a pool of
+        :data:`~smpc.dealer.base.POOL` instances drawn in one provider request, as
+        :class:`~smpc.dealer.local.LocalDealer` does; its stats count each
+        instance as a request of its own (as the simulation does).
         """
+        corr = self._corr_bytes.get(req)
+        if corr is None and poolable(req):
+            corr = self._corr_bytes[req] = 8 * sum(
+                _numel(c) for c in req.components() if c.kind.derived
+            )
+        if corr is not None:
+            entry = self._pools.get(req)
+            if entry is None or entry[1][0] >= POOL:
+                entry = self._pools[req] = (self._request(Batch(req, POOL)), [0])
+            batch, cursor = entry
+            i = cursor[0]
+            cursor[0] = i + 1
+            self._stats.record_dealer(corr)
+            return _Instance(batch, i)
+        shares = self._request(req)
+        self._stats.record_dealer(8 * sum(_numel(c) for c in req.components() if c.kind.derived))
+        return shares
+
+    def _request(self, req: Request) -> Mapping[str, torch.Tensor]:
+        """One request to the provider (see :meth:`request`); not counted in the stats."""
         if self._closed:
             raise DealerError("the dealer client is closed")
         if self._failed is not None:
@@ -248,7 +304,6 @@ class TrustedDealerClient:
             self._pending.append(pending)
         drawn = _drawn(comps, self._rank, self._n)
         ready = _split(self._prg.random_int64(sum(_numel(c) for c in drawn)), drawn)
-        self._stats.record_dealer(corr_bytes)
         if pending is not None and (not derived or not self.lazy):
             self._resolve(pending)
             assert pending.shares is not None

@@ -67,8 +67,9 @@ def protocol_program(sess: smpc.Session, case: Case) -> dict[str, Any]:
     out["matmul"] = _open(sess, beaver.matmul(comm, dealer, a, b))
     out["square"] = _open(sess, beaver.square(comm, dealer, x))
     out["stats"] = sess.stats.snapshot()
-    dealer_bytes = getattr(dealer, "received_bytes", None)
-    out["dealer_received"] = dealer_bytes
+    # the correction bytes the provider sent (distributed: received by this party;
+    # simulation: what a provider sends for the same requests, pools drawn whole)
+    out["dealer_received"] = getattr(dealer, "received_bytes", getattr(dealer, "sent_bytes", None))
     return out
 
 

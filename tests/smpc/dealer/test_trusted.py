@@ -138,7 +138,7 @@ def test_speculation_changes_no_share() -> None:
     spec_stats, spec = _serve(_mixed_requests, speculate=True)
     plain_stats, plain = _serve(_mixed_requests, speculate=False)
     assert plain_stats.speculated == 0
-    assert spec_stats.requests == plain_stats.requests == 47
+    assert spec_stats.requests == plain_stats.requests == 41  # + 6 small ones from pools
     assert spec_stats.kept_masks == plain_stats.kept_masks == 3  # operand masks 7, 8, 9
     assert 0 < spec_stats.speculation_hits < spec_stats.speculated  # hits and misses
     for rank in (0, 1):
@@ -178,3 +178,25 @@ def test_a_provider_failure_is_fatal_for_the_session() -> None:
     assert len(p1) == 2
     assert "no kept mask with key 99" in p1[0]
     assert "failed earlier" in p1[1]
+
+
+def test_small_requests_come_from_pools() -> None:
+    """A small elementwise request is served from a pool of POOL instances, drawn
+    in one provider request: 600 one-element products cost 3 requests; the stats
+    count every instance, as the simulation's dealer does."""
+    from smpc.dealer.base import POOL
+    from smpc.dealer.trusted import TrustedDealerClient as Client
+
+    def party(client: Client, rank: int) -> tuple[list[torch.Tensor], int, int]:
+        before = client._stats.dealer_requests
+        shares = [client.request(MulTriple((1,), (1,))) for _ in range(600)]
+        out = [torch.stack([t["a"], t["b"], t["c"]]) for t in shares]
+        return out, client._stats.dealer_requests - before, client._stats.dealer_bytes
+
+    stats, (p0, p1) = _serve(party)
+    assert POOL == 256 and stats.requests == 3  # ceil(600 / 256)
+    assert p0[1] == p1[1] == 600 and p0[2] == p1[2] == 600 * 8
+    for s0, s1 in zip(p0[0], p1[0], strict=True):
+        a, b, c = s0 + s1
+        assert torch.equal(a * b, c)
+    assert len({(int(s0[0]), int(s1[0])) for s0, s1 in zip(p0[0], p1[0], strict=True)}) == 600
