@@ -6,7 +6,7 @@ layer truncates afterwards.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -405,14 +405,16 @@ def linear_forward(
 class _Renamed(Mapping[str, torch.Tensor]):
     """A triple view for :func:`_local_step`: ``a``/``b`` given, ``c`` read lazily from ``t``."""
 
-    def __init__(self, a: torch.Tensor, b: torch.Tensor, t: Mapping[str, torch.Tensor], c: str):
+    def __init__(
+        self, a: torch.Tensor, b: torch.Tensor, t: Mapping[str, torch.Tensor], c: str
+    ) -> None:
         self._items = {"a": a, "b": b}
         self._t, self._c = t, c
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self._t[self._c] if name == "c" else self._items[name]
 
-    def __iter__(self):  # type: ignore[no-untyped-def]  # Mapping protocol
+    def __iter__(self) -> Iterator[str]:
         return iter(("a", "b", "c"))
 
     def __len__(self) -> int:
@@ -480,10 +482,10 @@ def linear_backward(
         zw = _local_step(
             comm, mm, _Renamed(a.transpose(-1, -2), masks.xa, t, "cw"), eg.t(), masks.e
         )
-    cut = [z for z, c in ((zx, grad_input), (zw, grad_weight and truncate_weight)) if c]
+    cut = [z for z in (zx, zw if truncate_weight else None) if z is not None]
     if not cut:
         return zx, zw
-    ws = iter(comm.open(cut, "trunc"))  # type: ignore[arg-type]  # the flags say which are set
+    ws = iter(comm.open(cut, "trunc"))
     if zx is not None:
         zx = truncation.finish(comm, next(ws), t["neg_rx_hi"], t["sx"], frac_bits)
     if zw is not None and truncate_weight:
