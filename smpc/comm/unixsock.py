@@ -177,6 +177,12 @@ class UnixSocketGroup:
     def __init__(self, store: Store, rank: int, size: int, timeout: float) -> None:
         if not supported():
             raise RuntimeError("Unix socket transport: this platform has no AF_UNIX sockets")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 2:
+            raise ValueError(f"`size` must be an int >= 2; got {size!r}")
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < size:
+            raise ValueError(f"`rank` must be in [0, {size}); got {rank!r}")
+        if timeout <= 0:
+            raise ValueError(f"`timeout` must be > 0 seconds; got {timeout}")
         self.rank = rank
         self.size = size
         self._store = store  # kept: the rank that hosts it must outlive the others' setup

@@ -262,3 +262,20 @@ def test_ranks_agree_on_the_transport() -> None:
     assert decide(["auto", "auto"], [here, "elsewhere/1"]) == "tcp"
     with pytest.raises(ValueError, match="'unix' needs every rank on one host"):
         decide(["unix", "auto"], [here, "elsewhere/1"])
+
+
+def test_bad_arguments_are_named() -> None:
+    store = HashStore()
+    with pytest.raises(ValueError, match=r"`rank` must be in \[0, 2\); got 2"):
+        UnixSocketGroup(store, 2, 2, 1.0)
+    with pytest.raises(ValueError, match="`size` must be an int >= 2; got 1"):
+        UnixSocketGroup(store, 0, 1, 1.0)
+    with pytest.raises(ValueError, match="`timeout` must be > 0 seconds; got 0"):
+        UnixSocketGroup(store, 0, 2, 0)
+    a, b = _groups(2)
+    try:
+        with pytest.raises(ValueError, match="rank 5 is not a peer of rank 0"):
+            a.send([torch.zeros(1)], 5, 11)
+    finally:
+        a.close()
+        b.close()
