@@ -97,8 +97,8 @@ def _dist_program(sess: smpc.Session, repeat: int) -> dict[str, tuple[float, int
 
 
 def run_distributed(repeat: int) -> None:
-    """Time each workload with 2 party processes + the provider over gloo on loopback."""
-    print("== distributed (2 party processes + provider process, gloo on loopback) ==")
+    """Time each workload with 2 party processes + the provider (Unix sockets, one host)."""
+    print("== distributed (2 party processes + provider process, Unix sockets) ==")
     if not hasattr(smpc, "run"):
         print("smpc.run is not available in this tree: distributed figures missing")
         return

@@ -1,9 +1,10 @@
 """Run a program with one OS process per party plus the crypto provider (launcher layer).
 
-:func:`run` spawns every party and the provider on this machine (loopback TCP)
-and returns each party's result; :func:`main` (console script ``smpc-launch``,
-or ``python -m smpc.launch``) starts one role of a run spread over several
-machines, configured by the usual torch.distributed environment variables.
+:func:`run` spawns every party and the provider on this machine (Unix sockets
+by default, gloo over loopback TCP on request) and returns each party's
+result; :func:`main` (console script ``smpc-launch``, or ``python -m
+smpc.launch``) starts one role of a run spread over several machines,
+configured by the usual torch.distributed environment variables.
 See ``docs/runtimes.md``.
 
 Each party process builds ``Session(parties, frac_bits, seed=..., comm=TorchDistCommunicator(...),
