@@ -12,10 +12,52 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 from .errors import EncodingOverflowError
 
-__all__ = ["FixedPoint"]
+__all__ = ["FixedPoint", "as_plain_tensor"]
+
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+_ACCEPTED = "a torch.Tensor, a number, a (nested) sequence of numbers or a numpy array"
+
+
+def as_plain_tensor(value: object, *, name: str = "value") -> torch.Tensor:
+    """Convert a plaintext input to a tensor, with typed errors that name ``name``.
+
+    Accepts what ``torch.as_tensor`` accepts for numbers: tensors, Python
+    numbers, (nested) sequences of numbers and numpy arrays. A torch
+    ``Dataset``/``DataLoader`` is refused (share its tensors or its batches).
+
+    Raises:
+        TypeError: ``value`` is not numeric data (a dataset, a string, a dict...).
+        EncodingOverflowError: an integer does not fit in 64 bits.
+    """
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (Dataset, DataLoader)):
+        raise TypeError(
+            f"`{name}` must be {_ACCEPTED}; got a {type(value).__name__} (a torch data "
+            "container): share its tensors, e.g. `sess.share(dataset.tensors[0])`, or each "
+            "batch a DataLoader yields"
+        )
+    if isinstance(value, int) and not _INT64_MIN <= value <= _INT64_MAX:
+        raise EncodingOverflowError(
+            f"`{name}` must be within the fixed-point range (an int of at most 64 bits); "
+            f"got {value}"
+        )
+    if isinstance(value, (str, bytes, dict)):
+        raise TypeError(f"`{name}` must be {_ACCEPTED}; got {type(value).__name__}")
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as err:
+        if "overflow" in str(err).lower():
+            raise EncodingOverflowError(
+                f"`{name}` holds an integer beyond 64 bits (and beyond the fixed-point range)"
+            ) from err
+        raise TypeError(
+            f"`{name}` must be {_ACCEPTED}; got {type(value).__name__} ({err})"
+        ) from err
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,8 +71,13 @@ class FixedPoint:
     frac_bits: int = 16
 
     def __post_init__(self) -> None:
-        if not isinstance(self.frac_bits, int) or not 0 <= self.frac_bits <= 30:
-            raise ValueError(f"`frac_bits` must be an int in [0, 30]; got {self.frac_bits!r}")
+        f = self.frac_bits
+        if isinstance(f, bool) or not isinstance(f, int):
+            raise TypeError(
+                f"`frac_bits` must be an int in [0, 30]; got {f!r} ({type(f).__name__})"
+            )
+        if not 0 <= f <= 30:
+            raise ValueError(f"`frac_bits` must be an int in [0, 30]; got {f!r}")
 
     @property
     def scale(self) -> int:
@@ -58,7 +105,7 @@ class FixedPoint:
         Raises:
             EncodingOverflowError: if any element is NaN/inf or ``|v| > max_value``.
         """
-        t = torch.as_tensor(value)
+        t = as_plain_tensor(value, name=name)
         if t.is_complex():
             raise TypeError(f"`{name}` must be real; got dtype {t.dtype}")
         if t.dtype == torch.bool:
@@ -79,11 +126,15 @@ class FixedPoint:
                 )
             return torch.round(t64 * self.scale).to(torch.int64)
         t = t.to(torch.int64)
-        if t.numel() and int(t.abs().max()) > self.max_value:
-            raise EncodingOverflowError(
-                f"`{name}` must satisfy |v| <= {self.max_value:g} for frac_bits="
-                f"{self.frac_bits}; got {int(t.abs().max())}"
-            )
+        if t.numel():
+            # Python ints: abs() of int64's minimum -2^63 would wrap to itself in torch.
+            lo, hi = int(t.min()), int(t.max())
+            worst = hi if hi >= -lo else lo
+            if abs(worst) > self.max_value:
+                raise EncodingOverflowError(
+                    f"`{name}` must satisfy |v| <= {self.max_value:g} for frac_bits="
+                    f"{self.frac_bits}; got {worst}"
+                )
         return t * self.scale
 
     def decode(self, ring_value: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:

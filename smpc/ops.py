@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import torch
 
 from . import ring
-from .errors import SessionMismatchError, ShapeError
+from .encoding import as_plain_tensor
+from .errors import EncodingOverflowError, SessionMismatchError, ShapeError
 from .protocols import beaver, truncation
 from .session import Session, Truncation
 from .sharing import add_public, lead
@@ -64,15 +65,33 @@ def is_public_int(y: object) -> bool:
     return isinstance(y, torch.Tensor) and not y.is_floating_point() and not y.is_complex()
 
 
-def _public_tensor(y: Public) -> torch.Tensor:
+def _public_tensor(y: Public, name: str = "other") -> torch.Tensor:
     if isinstance(y, SharedTensor):
         raise TypeError("expected a public value")
-    t = y if isinstance(y, torch.Tensor) else torch.as_tensor(y)
-    return t.detach().cpu()
+    return as_plain_tensor(y, name=name).detach().cpu()
+
+
+# A public integer factor k multiplies the ring element locally: |k| <= 2^31 keeps the
+# product of an in-range input (at most 2^31 ulps) below 2^62, like a shared product.
+MAX_PUBLIC_INT = 1 << 31
+
+
+def _public_int(sess: Session, y: Public, name: str = "other") -> torch.Tensor:
+    """A public integer factor as int64, range-checked (no wrap-around, no -2^63)."""
+    pub = _public_tensor(y, name).to(torch.int64)
+    if pub.numel():
+        lo, hi = int(pub.min()), int(pub.max())
+        worst = hi if hi >= -lo else lo
+        if abs(worst) > MAX_PUBLIC_INT:
+            raise EncodingOverflowError(
+                f"`{name}` (a public integer factor) must satisfy |k| <= 2^31 so that "
+                f"products stay in the 64-bit ring; got {worst}"
+            )
+    return pub
 
 
 def _encode_public(sess: Session, y: Public, name: str = "other") -> torch.Tensor:
-    return sess.encoding.encode(_public_tensor(y), name=name)
+    return sess.encoding.encode(_public_tensor(y, name), name=name)
 
 
 def _aligned(sess: Session, x: SharedTensor, ndim: int) -> torch.Tensor:
@@ -148,7 +167,8 @@ def sub(x: SharedTensor | Public, y: SharedTensor | Public) -> SharedTensor:
     if isinstance(y, SharedTensor):
         return add(x, neg(y))
     if isinstance(x, SharedTensor):
-        return add(x, -_public_tensor(y))
+        pub = _public_tensor(y)
+        return add(x, -(pub.to(torch.int64) if pub.dtype == torch.bool else pub))
     raise TypeError("sub: at least one operand must be a SharedTensor")
 
 
@@ -172,7 +192,7 @@ def mul(x: SharedTensor | Public, y: SharedTensor | Public) -> SharedTensor:
             return _wrap(sess, beaver.mul_trunc(sess.comm, sess.dealer, xs, ys, f))
         return _wrap(sess, rescale(sess, beaver.mul(sess.comm, sess.dealer, xs, ys)))
     if is_public_int(y):
-        pub = _public_tensor(y).to(torch.int64)
+        pub = _public_int(sess, y)
         shape = _check_broadcast(x.shape, pub.shape, "mul")
         return _wrap(sess, _aligned(sess, x, len(shape)) * pub)
     pub = _encode_public(sess, y)

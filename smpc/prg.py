@@ -45,8 +45,20 @@ class Prg(Protocol):
 
 
 def key_from_seed(seed: int | bytes | str, *, label: str = "") -> bytes:
-    """Derive a 128-bit AES key from a seed (testing switch) and a domain label."""
+    """Derive a 128-bit AES key from a seed (testing switch) and a domain label.
+
+    Raises:
+        TypeError: ``seed`` is not an int, bytes or str (a bool or float included).
+        ValueError: an int ``seed`` does not fit in 256 bits (signed).
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, bytes, str)):
+        raise TypeError(
+            f"`seed` must be an int, bytes or str (a testing switch); got {seed!r} "
+            f"({type(seed).__name__})"
+        )
     if isinstance(seed, int):
+        if not -(1 << 255) <= seed < (1 << 255):
+            raise ValueError(f"`seed` must fit in 256 bits (signed); got {seed}")
         seed = seed.to_bytes(32, "little", signed=True)
     elif isinstance(seed, str):
         seed = seed.encode()

@@ -8,6 +8,7 @@ input shares and the fixed-point format. Several sessions can coexist; each
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from enum import StrEnum
 from types import TracebackType
@@ -20,7 +21,7 @@ from .comm.local import LocalCommunicator
 from .comm.stats import Stats
 from .dealer.base import Dealer
 from .dealer.local import LocalDealer
-from .encoding import FixedPoint
+from .encoding import FixedPoint, as_plain_tensor
 from .errors import SessionClosedError
 from .prg import AesPrg, key_from_seed
 from .sharing import additive_shares
@@ -52,7 +53,8 @@ class Session:
         seed: TESTING SWITCH. ``None`` (default) keys every generator from
             ``os.urandom``. An int/bytes/str makes shares, masks and dealer
             material reproducible: never use it with real data.
-        timeout: seconds to wait for a peer before raising (distributed runtime).
+        timeout: seconds to wait for a peer before raising (distributed runtime);
+            a finite positive number.
         truncation: :class:`Truncation` mode (default probabilistic).
         comm: a runtime to use instead of the in-process simulation (injected
             by :func:`smpc.run` and the launcher).
@@ -92,8 +94,17 @@ class Session:
                 raise ValueError(f"`parties` names must be distinct; got {names}")
         if len(names) < 2:
             raise ValueError(f"`parties` must name at least 2 parties; got {len(names)}")
-        if timeout <= 0:
-            raise ValueError(f"`timeout` must be > 0 seconds; got {timeout}")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise TypeError(
+                f"`timeout` must be a finite positive number of seconds; got {timeout!r} "
+                f"({type(timeout).__name__})"
+            )
+        if not math.isfinite(timeout) or timeout <= 0:
+            raise ValueError(
+                f"`timeout` must be a finite positive number of seconds; got {timeout}"
+            )
+        if seed is not None:
+            key_from_seed(seed)  # validates the testing switch before anything is built
         self.parties: tuple[str, ...] = names
         self.encoding = FixedPoint(frac_bits)
         self.truncation = Truncation(truncation)
@@ -202,9 +213,11 @@ class Session:
         """Secret-share a tensor owned by party ``src`` among all parties.
 
         Args:
-            tensor: float, int or bool values; encoded in fixed point. In a
-                distributed run only party ``src`` needs to pass it (others may
-                pass ``None``).
+            tensor: float, int or bool values (a tensor, a number, a nested
+                sequence of numbers or a numpy array); encoded in fixed point. In
+                a distributed run only party ``src`` needs to pass it (others may
+                pass ``None``). A torch ``Dataset`` or ``DataLoader`` is refused:
+                share its tensors (``dataset.tensors[0]``) or each batch.
             src: owner of the input (name or index; default: the first party).
             requires_grad: record operations on the result for :meth:`backward`.
 
@@ -212,7 +225,9 @@ class Session:
             A :class:`~smpc.tensor.SharedTensor`.
 
         Raises:
-            EncodingOverflowError: NaN/inf or values beyond the fixed-point range.
+            EncodingOverflowError: NaN/inf or values beyond the fixed-point range
+                (integers beyond 64 bits included).
+            TypeError: ``tensor`` is not numeric data (e.g. a ``Dataset``).
 
         Cost: 1 round; ``src`` sends one share to each other party.
         """
@@ -226,7 +241,7 @@ class Session:
                 raise ValueError("`tensor` must be given by the party that owns it; got None")
             if isinstance(tensor, SharedTensor):
                 raise TypeError("`tensor` is already shared; use it directly")
-            plain = tensor if isinstance(tensor, torch.Tensor) else torch.as_tensor(tensor)
+            plain = as_plain_tensor(tensor, name="tensor")
             enc = self.encoding.encode(plain.detach().cpu(), name="tensor")
             stacked = additive_shares(enc, self.world_size, self.prg)
             share = self.comm.share_from(stacked, src_i, tuple(enc.shape), "share")

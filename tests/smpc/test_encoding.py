@@ -43,3 +43,37 @@ def test_integers_and_bools() -> None:
 def test_bad_frac_bits() -> None:
     with pytest.raises(ValueError, match="frac_bits"):
         FixedPoint(40)
+
+
+_INT64 = st.integers(-(2**63), 2**63 - 1)
+
+
+@given(
+    st.integers(0, 30),
+    st.lists(st.one_of(_INT64, st.sampled_from([-(2**63), 2**63 - 1, 0])), min_size=1),
+)
+def test_int64_inputs_encode_exactly_or_raise(frac_bits: int, values: list[int]) -> None:
+    # Prepare: int64 values, the minimum -2^63 (whose torch abs() wraps) included
+    fp = FixedPoint(frac_bits)
+    t = torch.tensor(values, dtype=torch.int64)
+    worst = max(abs(v) for v in values)
+    # Execute / Assert: exactly v * 2^f (oracle: Python ints), or a range error
+    if worst > fp.max_value:
+        with pytest.raises(EncodingOverflowError, match=rf"name.*got -?{worst}|got -?{worst}"):
+            fp.encode(t, name="name")
+    else:
+        assert fp.encode(t).tolist() == [v * fp.scale for v in values]
+
+
+@given(st.integers(2**63, 2**80) | st.integers(-(2**80), -(2**63) - 1))
+def test_python_ints_beyond_64_bits_raise_a_range_error(value: int) -> None:
+    with pytest.raises(EncodingOverflowError, match="`x`"):
+        FixedPoint().encode(value, name="x")
+    with pytest.raises(EncodingOverflowError, match="`x`"):
+        FixedPoint().encode([1, value], name="x")
+
+
+@pytest.mark.parametrize("bad", [True, False, 16.0, "16"])
+def test_frac_bits_must_be_an_int_not_a_bool(bad: object) -> None:
+    with pytest.raises(TypeError, match=r"`frac_bits` must be an int.*got"):
+        FixedPoint(bad)  # type: ignore[arg-type]

@@ -309,3 +309,42 @@ def test_use_after_close() -> None:
         x.reveal()
     with pytest.raises(smpc.SessionClosedError):
         sess.share(torch.ones(1))
+
+
+@given(
+    party_counts,
+    st.integers(-(2**63), 2**63 - 1) | st.sampled_from([-(2**63), 2**31, -(2**31) - 1, 7]),
+    seeds,
+)
+def test_public_int_operands_are_exact_or_a_range_error(n: int, k: int, seed: int) -> None:
+    # Prepare: small shared values; a public int anywhere in int64 (its minimum included)
+    x = torch.randint(-8, 9, (3,), generator=torch.Generator().manual_seed(seed)).double()
+    with smpc.Session(parties=n) as sess:
+        xs = sess.share(x)
+        # Execute / Assert: + and * against Python ints, or EncodingOverflowError naming `other`
+        for op, limit in (
+            (lambda a, b: a + b, sess.encoding.max_value),
+            (lambda a, b: a * b, 2**31),
+        ):
+            if abs(k) > limit:
+                with pytest.raises(smpc.EncodingOverflowError, match="`other`"):
+                    op(xs, k)
+                with pytest.raises(smpc.EncodingOverflowError, match="`other`"):
+                    op(xs, torch.tensor(k))
+            else:
+                got = op(xs, k).reveal()
+                assert got is not None
+                want = [float(op(int(v), k)) for v in x.tolist()]
+                torch.testing.assert_close(
+                    got.double(), torch.tensor(want, dtype=torch.float64), rtol=2.0**-23, atol=0
+                )
+
+
+def test_public_operand_beyond_64_bits_is_a_range_error() -> None:
+    with smpc.Session(parties=2) as sess:
+        xs = sess.share(torch.ones(2))
+        for k in (2**63, -(2**63) - 1, 2**70):
+            with pytest.raises(smpc.EncodingOverflowError, match="`other`"):
+                xs * k
+            with pytest.raises(smpc.EncodingOverflowError, match="`other`"):
+                xs + k
