@@ -173,7 +173,13 @@ def conv2d(
     """2-D convolution like ``torch.nn.functional.conv2d`` (see :func:`smpc.ops.conv2d`)."""
     if _rec(input, weight, bias):
         return _fn.Conv2d.apply(
-            input, weight, bias, _pair(stride), _pair(padding), _pair(dilation), groups
+            input,
+            weight,
+            bias,
+            _ops.pair_arg(stride, "stride", 1),
+            _ops.pair_arg(padding, "padding"),
+            _ops.pair_arg(dilation, "dilation", 1),
+            _ops.check_groups(groups),
         )
     return _ops.conv2d(input, weight, bias, stride, padding, dilation, groups)
 
@@ -297,8 +303,8 @@ def linear(
     return out if bias is None else _ops.add(out, bias)
 
 
-def _pair(v: int | Sequence[int]) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+def _pair(v: int | Sequence[int], name: str, minimum: int = 0) -> tuple[int, int]:
+    return _ops.pair_arg(v, name, minimum)
 
 
 def avg_pool2d(
@@ -308,12 +314,12 @@ def avg_pool2d(
     padding: int | Sequence[int] = 0,
 ) -> SharedTensor:
     """Average pooling (``count_include_pad=True``): a public depthwise convolution, 1 round."""
-    kh, kw = _pair(kernel_size)
-    st = _pair(stride) if stride is not None else (kh, kw)
+    kh, kw = _pair(kernel_size, "kernel_size", 1)
+    st = _pair(stride, "stride", 1) if stride is not None else (kh, kw)
     if input.dim() not in (3, 4):
         raise ShapeError(f"avg_pool2d: expected (N,C,H,W) or (C,H,W); got {tuple(input.shape)}")
     if _rec(input):
-        return _fn.AvgPool2d.apply(input, (kh, kw), st, _pair(padding))
+        return _fn.AvgPool2d.apply(input, (kh, kw), st, _pair(padding, "padding"))
     c = input.shape[-3]
     weight = torch.full((c, 1, kh, kw), 1.0 / (kh * kw))
     return _ops.conv2d(input, weight, stride=st, padding=padding, groups=c)
@@ -455,9 +461,12 @@ def max_pool2d(
     With autograd, the one-hot argmax of every window is kept for backward.
     """
     if _rec(input):
-        k = _pair(kernel_size)
+        k = _pair(kernel_size, "kernel_size", 1)
         return _fn.MaxPool2d.apply(
-            input, k, _pair(stride) if stride is not None else k, _pair(padding)
+            input,
+            k,
+            _pair(stride, "stride", 1) if stride is not None else k,
+            _pair(padding, "padding"),
         )
     return _nl.max_pool2d(input, kernel_size, stride, padding)
 

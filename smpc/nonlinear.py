@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from . import ops
-from .errors import ShapeError
+from .errors import EncodingOverflowError, ShapeError
 from .protocols import beaver, compare
 from .protocols import nonlinear as ring_nl
 from .session import Session
@@ -213,8 +213,22 @@ def _reduce_last(
 ) -> tuple[SharedTensor | None, SharedTensor | None]:
     sess = _sess(x)
     ld = lead(sess.comm)
-    if x.numel() == 0:
-        raise ShapeError("max/min/argmax of an empty SharedTensor")
+    if x.numel() == 0 and (dim is None or x.dim() == 0 or x.shape[x._dim(dim) - ld] == 0):
+        raise ShapeError(
+            f"max/min/argmax over no elements (shape {tuple(x.shape)}, dim={dim!r}) has no "
+            "value (torch raises too)"
+        )
+    if x.dim() == 0 and dim is not None:  # torch: a 0-d tensor reduces over dim 0 to itself
+        x._dim(dim)
+        flat1 = SharedTensor(x.share.reshape(*x.share.shape[:ld], 1), sess)
+        v1, oh1 = _reduce_last(flat1, 0, False, onehot, need_values)
+        return v1, (None if oh1 is None else SharedTensor(oh1.share.reshape(x.share.shape), sess))
+    if x.numel() == 0:  # the reduced dim is not empty: an empty result, no communication
+        d0 = x._dim(dim if dim is not None else 0)
+        vals0 = x.share.narrow(d0, 0, 1)
+        vals0 = vals0 if keepdim else vals0.squeeze(d0)
+        ohs0 = SharedTensor(x.share.clone(), sess) if onehot else None
+        return (SharedTensor(vals0.clone(), sess) if need_values else None), ohs0
     scale = sess.encoding.scale if onehot else None
     if dim is None:
         flat = x.share.reshape(*x.share.shape[:ld], -1)
@@ -280,17 +294,6 @@ def argmin(x: SharedTensor, dim: int | None = None, keepdim: bool = False) -> Sh
     return argmax(ops.neg(x), dim, keepdim)
 
 
-def _pair(v: int | Sequence[int], name: str) -> tuple[int, int]:
-    if isinstance(v, bool):
-        raise TypeError(f"`{name}` must be an int or a pair; got {v!r}")
-    if isinstance(v, int):
-        return (v, v)
-    t = tuple(int(i) for i in v)
-    if len(t) != 2:
-        raise ValueError(f"`{name}` must be an int or a pair; got {v!r}")
-    return (t[0], t[1])
-
-
 def _pool_windows(
     x: SharedTensor,
     kernel_size: int | Sequence[int],
@@ -300,9 +303,9 @@ def _pool_windows(
     if x.dim() not in (3, 4):
         raise ShapeError(f"max_pool2d: expected input (N,C,H,W) or (C,H,W); got {tuple(x.shape)}")
     sess = x.session
-    kh, kw = _pair(kernel_size, "kernel_size")
-    sh, sw = _pair(stride, "stride") if stride is not None else (kh, kw)
-    ph, pw = _pair(padding, "padding")
+    kh, kw = ops.pair_arg(kernel_size, "kernel_size", 1)
+    sh, sw = ops.pair_arg(stride, "stride", 1) if stride is not None else (kh, kw)
+    ph, pw = ops.pair_arg(padding, "padding")
     if kh < 1 or kw < 1 or sh < 1 or sw < 1 or ph < 0 or pw < 0:
         raise ValueError(
             f"max_pool2d: kernel_size and stride must be >= 1 and padding >= 0; got "
@@ -409,6 +412,27 @@ def _poly_public(terms: Sequence[tuple[SharedTensor, float]], constant: float) -
 
 
 EXP_LOW = -16.0
+LOG_GUESS = 20.0  # the largest constant of log's initial guess
+
+
+def _check_constants(x: SharedTensor, op: str, need: float, why: str) -> None:
+    """Raise if the session's fixed point cannot hold ``op``'s constants (up to ``need``).
+
+    The approximations add and multiply public constants (exp clamps its input
+    at -16, log's initial guess uses 20); a large ``frac_bits`` leaves a range
+    ``|v| <= 2^(31 - f)`` too small for them.
+    """
+    enc = x.session.encoding
+    if enc.max_value < need:
+        top = 31 - math.ceil(math.log2(need))
+        raise EncodingOverflowError(
+            f"{op} needs the constant {need:g} ({why}), beyond the fixed-point range "
+            f"|v| <= {enc.max_value:g} of frac_bits={enc.frac_bits}; use frac_bits <= {top}"
+        )
+
+
+def _check_exp_constants(x: SharedTensor, op: str) -> None:
+    _check_constants(x, op, -EXP_LOW, f"the exponential clamps its input at {EXP_LOW:g}")
 
 
 def exp(
@@ -424,6 +448,8 @@ def exp(
     Cost: 1 (+7 clamp) + 2 ceil(log2(terms+1)) + 1 + 2n rounds (18 + 7 by default).
     """
     x = _check_shared(x, "x")
+    if clamp:
+        _check_exp_constants(x, "exp")
     _check_iters(iterations, "iterations")
     _check_iters(terms, "terms")
     if clamp:
@@ -503,6 +529,8 @@ def reciprocal(
     sign); with ``bounds``: 2 + 4 rounds per iteration.
     """
     x = _check_shared(x, "x")
+    if bounds is None:
+        _check_exp_constants(x, "reciprocal")
     sess = _sess(x)
     if bounds is not None:
         lo, hi = float(bounds[0]), float(bounds[1])
@@ -549,6 +577,7 @@ def reciprocal(
 def div(x: SharedTensor, y: Any, *, iterations: int = 10) -> SharedTensor:
     """``x / y``: by a public divisor, one public product; by a shared one, ``x * (1/y)``."""
     if isinstance(y, SharedTensor):
+        _check_exp_constants(y, "div (by a shared divisor)")
         return ops.mul(x, reciprocal(y, iterations=iterations))
     t = torch.as_tensor(y, dtype=torch.float64)
     if bool((t == 0).any()):
@@ -565,6 +594,7 @@ def log(x: SharedTensor, *, iterations: int = 3, order: int = 8) -> SharedTensor
     Cost: per iteration one exp (18 rounds) + one product + ``order`` powers.
     """
     x = _check_shared(x, "x")
+    _check_constants(x, "log", LOG_GUESS, "its initial guess x/120 - 20 e^(-2x-1) + 3")
     _check_iters(iterations, "iterations")
     _check_iters(order, "order")
     y = ops.add(
@@ -588,6 +618,7 @@ def rsqrt(x: SharedTensor, *, iterations: int = 5) -> SharedTensor:
     Cost: exp (18 rounds) + 6 rounds per iteration.
     """
     x = _check_shared(x, "x")
+    _check_exp_constants(x, "rsqrt")
     _check_iters(iterations, "iterations")
     y = ops.add(
         ops.sub(ops.mul(exp(ops.neg(ops.add(ops.mul(x, 0.5), 0.2))), 2.2), ops.mul(x, 1.0 / 1024)),
@@ -601,6 +632,7 @@ def rsqrt(x: SharedTensor, *, iterations: int = 5) -> SharedTensor:
 def sqrt(x: SharedTensor, *, iterations: int = 5) -> SharedTensor:
     """``sqrt(x) = x * rsqrt(x)`` for ``x`` in [0.1, 100]."""
     x = _check_shared(x, "x")
+    _check_exp_constants(x, "sqrt")
     return ops.mul(x, rsqrt(x, iterations=iterations))
 
 
@@ -615,6 +647,7 @@ def sigmoid(
     Cost: one comparison with fused ``|x|`` (7) + exp (2 + 2n) + 4 per Newton step + 1.
     """
     x = _check_shared(x, "x")
+    _check_exp_constants(x, "sigmoid")
     sess = _sess(x)
     z, xz = compare.ltz_mul(sess.comm, sess.dealer, x.share)
     assert xz is not None
@@ -631,8 +664,17 @@ def sigmoid(
 def tanh(x: SharedTensor, *, iterations: int = 5, reciprocal_iterations: int = 4) -> SharedTensor:
     """``tanh(x) = 2 sigmoid(2x) - 1`` for ``|x| < 2^(iterations - 1)``."""
     x = _check_shared(x, "x")
+    _check_exp_constants(x, "tanh")
     s = sigmoid(ops.mul(x, 2), iterations=iterations, reciprocal_iterations=reciprocal_iterations)
     return ops.sub(ops.mul(s, 2), 1.0)
+
+
+def _empty_like(x: SharedTensor, dim: int) -> SharedTensor:
+    """An empty result of ``x``'s shape (``dim`` validated as a softmax's)."""
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise TypeError(f"`dim` must be an int; got {type(dim).__name__}")
+    x._dim(dim)
+    return SharedTensor(x.share.clone(), x.session)
 
 
 def _softmax_parts(
@@ -647,7 +689,7 @@ def _softmax_parts(
     z = ops.sub(x, m)  # <= 0: numerically stable
     e = exp(z, iterations=exp_iterations)
     s = ops.sum(e, dim, keepdim=True)
-    return z, e, s, x.shape[dim]
+    return z, e, s, (x.shape[dim] if x.dim() else 1)
 
 
 def softmax(
@@ -667,6 +709,9 @@ def softmax(
     Cost: max (15 rounds for 5 <= k <= 32, else 7 ceil(log2 k)) + exp (25) +
     reciprocal (1 + 4 per step) + 2.
     """
+    _check_exp_constants(_check_shared(x, "x"), "softmax")
+    if x.numel() == 0:  # like torch: an empty result, no communication
+        return _empty_like(x, dim)
     _, e, s, k = _softmax_parts(x, dim, exp_iterations)
     if k == 1:
         return ops.add(ops.mul(e, 0.0), 1.0)
@@ -686,6 +731,10 @@ def log_softmax(
     log_order: int = 8,
 ) -> SharedTensor:
     """Log-softmax over ``dim``: ``(x - max) - log(sum e^(x - max))`` (log on [1, k])."""
+    x = _check_shared(x, "x")
+    _check_constants(x, "log_softmax", LOG_GUESS, "log's initial guess x/120 - 20 e^(-2x-1) + 3")
+    if x.numel() == 0:  # like torch: an empty result, no communication
+        return _empty_like(x, dim)
     z, _, s, _ = _softmax_parts(x, dim, exp_iterations)
     return ops.sub(z, log(s, iterations=log_iterations, order=log_order))
 

@@ -8,6 +8,7 @@ wraps them for autograd. Public operands are encoded and range-checked here.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -472,13 +473,40 @@ def matmul_kept(x: SharedTensor, y: KeptOperand) -> SharedTensor:
     return _wrap(sess, z)
 
 
-def _pair(v: int | Sequence[int], name: str) -> tuple[int, int]:
-    if isinstance(v, int):
-        return (v, v)
-    t = tuple(int(i) for i in v)
-    if len(t) != 2:
-        raise ValueError(f"`{name}` must be an int or a pair; got {v!r}")
-    return (t[0], t[1])
+def pair_arg(v: int | Sequence[int], name: str, minimum: int = 0) -> tuple[int, int]:
+    """A convolution/pooling size given as an int or a pair, as torch takes it, checked.
+
+    Raises:
+        TypeError: ``v`` is not an int or a pair of ints (a bool or float included).
+        ValueError: not a pair, or an entry is below ``minimum`` (``stride=0``...).
+    """
+    bad = f"`{name}` must be an int >= {minimum} or a pair of them; got {v!r}"
+    if isinstance(v, bool):
+        raise TypeError(bad)
+    if isinstance(v, Sequence) and not isinstance(v, str):
+        t: tuple[object, ...] = tuple(v)
+        if len(t) != 2:
+            raise ValueError(bad)
+    else:
+        t = (v, v)
+    out = []
+    for i in t:
+        if isinstance(i, bool) or not hasattr(i, "__index__"):
+            raise TypeError(bad)
+        k = operator.index(i)  # ints, numpy ints
+        if k < minimum:
+            raise ValueError(bad)
+        out.append(k)
+    return (out[0], out[1])
+
+
+def check_groups(groups: int) -> int:
+    """``groups`` of a convolution: an int >= 1 (else TypeError/ValueError naming it)."""
+    if isinstance(groups, bool) or not hasattr(groups, "__index__"):
+        raise TypeError(f"`groups` must be an int >= 1; got {groups!r}")
+    if operator.index(groups) < 1:
+        raise ValueError(f"`groups` must be an int >= 1; got {groups!r}")
+    return operator.index(groups)
 
 
 def conv2d(
@@ -496,7 +524,8 @@ def conv2d(
     One public operand: local ring convolution then truncation.
     """
     sess = _session(input, weight, bias)
-    st, pd, dl = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
+    st, pd = pair_arg(stride, "stride", 1), pair_arg(padding, "padding")
+    dl, groups = pair_arg(dilation, "dilation", 1), check_groups(groups)
     op = ring.Conv2dOp(stride=st, padding=pd, dilation=dl, groups=groups)
     xin = input if isinstance(input, SharedTensor) else _encode_public(sess, input, "input")
     w = weight if isinstance(weight, SharedTensor) else _encode_public(sess, weight, "weight")
@@ -565,8 +594,9 @@ def conv_transpose2d(
     local ring op then truncation.
     """
     sess = _session(input, weight)
-    st, pd = _pair(stride, "stride"), _pair(padding, "padding")
-    op_, dl = _pair(output_padding, "output_padding"), _pair(dilation, "dilation")
+    st, pd = pair_arg(stride, "stride", 1), pair_arg(padding, "padding")
+    op_, dl = pair_arg(output_padding, "output_padding"), pair_arg(dilation, "dilation", 1)
+    groups = check_groups(groups)
     op = ring.ConvTranspose2dOp(
         stride=st, padding=pd, output_padding=op_, dilation=dl, groups=groups
     )
@@ -597,29 +627,80 @@ def _conv_finish(
     return out
 
 
+def reduce_dims(x: SharedTensor, dim: int | Sequence[int] | None) -> tuple[int, ...]:
+    """The data dims a reduction over ``dim`` removes, normalised, as torch reads ``dim``.
+
+    ``None`` or an empty sequence: every dim. A 0-d tensor accepts ``0`` and ``-1``
+    and has nothing to reduce (``()``).
+
+    Raises:
+        TypeError: ``dim`` is not an int, a sequence of ints or ``None``.
+        IndexError: a dim is out of range (the message names ``dim`` and the range).
+        ValueError: a dim appears twice.
+    """
+    nd = x.dim()
+    if dim is None:
+        return tuple(range(nd))
+    if isinstance(dim, bool) or not isinstance(dim, (int, Sequence)) or isinstance(dim, str):
+        raise TypeError(f"`dim` must be an int, a sequence of ints or None; got {dim!r}")
+    ds = (dim,) if isinstance(dim, int) else tuple(dim)
+    if not ds:
+        return tuple(range(nd))
+    span = max(nd, 1)  # torch lets a 0-d tensor take dim 0 or -1
+    out = []
+    for d in ds:
+        if isinstance(d, bool) or not isinstance(d, int):
+            raise TypeError(f"`dim` must be an int, a sequence of ints or None; got {dim!r}")
+        if not -span <= d < span:
+            raise IndexError(f"`dim` must be in [{-span}, {span - 1}] for a {nd}-d tensor; got {d}")
+        out.append(d % span)
+    if len(set(out)) != len(out):
+        raise ValueError(f"`dim` must not repeat a dimension; got {dim!r}")
+    return tuple(out) if nd else ()
+
+
 def sum(
     x: SharedTensor, dim: int | Sequence[int] | None = None, keepdim: bool = False
 ) -> SharedTensor:
-    """Sum over ``dim`` (all elements when ``None``). Cost: local."""
+    """Sum over ``dim`` (all elements when ``None``), as ``torch.sum``. Cost: local.
+
+    Raises:
+        TypeError, IndexError, ValueError: a bad ``dim`` (see :func:`reduce_dims`).
+    """
     sess = _session(x)
     ld = lead(sess.comm)
-    if dim is None:
+    dims = reduce_dims(x, dim)
+    if dim is None or (len(dims) == x.dim() and not keepdim and x.dim()):
         s = x.share.reshape(*x.share.shape[:ld], -1).sum(-1)
         if keepdim:
             s = s.reshape(*s.shape, *([1] * x.dim()))
         return _wrap(sess, s)
-    dims = (dim,) if isinstance(dim, int) else tuple(dim)
-    mapped = tuple(x._dim(d) for d in dims)
-    return _wrap(sess, x.share.sum(dim=mapped, keepdim=keepdim))
+    if not dims:  # a 0-d tensor summed over dim 0: itself
+        return _wrap(sess, x.share)
+    return _wrap(sess, x.share.sum(dim=tuple(d + ld for d in dims), keepdim=keepdim))
 
 
 def mean(
     x: SharedTensor, dim: int | Sequence[int] | None = None, keepdim: bool = False
 ) -> SharedTensor:
-    """Mean over ``dim``: a local sum then one public-float product (1 truncation round)."""
+    """Mean over ``dim``: a local sum then one public-float product (1 truncation round).
+
+    Raises:
+        ShapeError: the mean of an empty set of elements (torch gives NaN, which
+            fixed point cannot represent); an empty result is returned as torch does.
+        TypeError, IndexError, ValueError: a bad ``dim`` (see :func:`reduce_dims`).
+    """
+    dims = reduce_dims(x, dim)
+    count = 1
+    for d in dims:
+        count *= x.shape[d]
     s = sum(x, dim, keepdim)
-    count = x.numel() // max(s.numel(), 1)
-    if count == 1:
+    if count == 0 and s.numel():
+        raise ShapeError(
+            f"mean over an empty dimension (shape {tuple(x.shape)}, dim={dim!r}) is undefined: "
+            "torch gives NaN, which fixed point cannot represent"
+        )
+    if count <= 1:
         return s
     return mul(s, 1.0 / count)
 

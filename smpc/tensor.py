@@ -165,9 +165,12 @@ class SharedTensor:
 
     def _dim(self, d: int) -> int:
         nd = self.dim()
-        if not -max(nd, 1) <= d < max(nd, 1):
-            raise IndexError(f"`dim` must be in [{-nd}, {nd}); got {d}")
-        return d % max(nd, 1) + self._lead
+        span = max(nd, 1)  # torch lets a 0-d tensor take dim 0 or -1
+        if isinstance(d, bool) or not isinstance(d, int):
+            raise TypeError(f"`dim` must be an int; got {d!r}")
+        if not -span <= d < span:
+            raise IndexError(f"`dim` must be in [{-span}, {span - 1}] for a {nd}-d tensor; got {d}")
+        return d % span + self._lead
 
     def _new(self, share: torch.Tensor) -> SharedTensor:
         return SharedTensor(share, self.session)

@@ -511,11 +511,7 @@ class AvgPool2d(Function):
 
 # ----------------------------------------------------------------- reductions
 def _dims(x: SharedTensor, dim: int | Sequence[int] | None) -> tuple[int, ...]:
-    nd = x.dim()
-    if dim is None:
-        return tuple(range(nd))
-    ds = (dim,) if isinstance(dim, int) else tuple(dim)
-    return tuple(d % max(nd, 1) for d in ds)
+    return ops.reduce_dims(x, dim)
 
 
 def _expand_back(g: Grad, shape: tuple[int, ...], dims: tuple[int, ...], keepdim: bool) -> Grad:
@@ -555,7 +551,7 @@ class Mean(Function):
     def backward(ctx: Context, g: Grad) -> tuple[Grad, None, None]:
         """Gradients w.r.t. the inputs."""
         shape, dims, keepdim, count = ctx.conf
-        if count != 1:
+        if count > 1:
             g = _gmul(g, 1.0 / count)
         return _expand_back(g, shape, dims, keepdim), None, None
 

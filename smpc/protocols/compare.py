@@ -203,7 +203,12 @@ def _open_bytes(comm: Communicator, packed: torch.Tensor, label: str) -> torch.T
     raw = flat.view(torch.uint8)
     if pad:
         raw = torch.cat([raw, raw.new_zeros(*lead_shape, pad)], dim=-1)
-    (summed,) = comm.open([raw.view(torch.int64)], label)
+    # An empty tensor's bytes cannot be viewed as words (torch checks the party axis's
+    # stride); its words are an empty tensor too, opened like any other.
+    words = raw.view(torch.int64) if nbytes else raw.new_zeros(*lead_shape, 0, dtype=torch.int64)
+    (summed,) = comm.open([words], label)
+    if not nbytes:
+        return packed.new_zeros(data)
     out = summed.view(torch.uint8)[:nbytes].view(packed.dtype)
     return out.reshape(data)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import pytest
 import torch
@@ -456,3 +457,135 @@ def test_softmax_over_more_classes_than_the_bounded_reciprocal_takes() -> None:
     with smpc.Session(2) as sess:
         p = nl.softmax(sess.share(x), 1).reveal().double()
     assert float((p - x.double().softmax(1)).abs().max()) <= 5e-4
+
+
+# ----------------------------------------------------------------- empty tensors
+@st.composite
+def _empty_shapes(draw: st.DrawFn) -> tuple[int, ...]:
+    """A shape with at least one zero-length dim."""
+    shape = list(draw(shapes(min_dims=1, max_dims=3, max_side=3)))
+    shape[draw(st.integers(0, len(shape) - 1))] = 0
+    return tuple(shape)
+
+
+def _empty_ops(x: smpc.SharedTensor, y: smpc.SharedTensor) -> dict[str, smpc.SharedTensor]:
+    """Every elementwise op the protocols run on a comparison or an approximation."""
+    return {
+        "relu": x.relu(),
+        "gt_public": x > 0.5,
+        "gt_shared": x > y,
+        "eq": x == y,
+        "exp": x.exp(),
+        "reciprocal": x.reciprocal(),
+        "sigmoid": x.sigmoid(),
+        "abs": x.abs(),
+        "sign": x.sign(),
+        "tanh": x.tanh(),
+        "log": x.log(),
+        "sqrt": x.sqrt(),
+        "div": x / y,
+    }
+
+
+@given(n=party_counts, shape=_empty_shapes())
+def test_nonlinear_ops_on_empty_tensors_return_empty_like_torch(
+    n: int, shape: tuple[int, ...]
+) -> None:
+    # Prepare
+    x = torch.zeros(shape)
+    with smpc.Session(parties=n) as sess:
+        xs, ys = sess.share(x), sess.share(x)
+        # Execute
+        got = {k: v.reveal() for k, v in _empty_ops(xs, ys).items()}
+        dim = len(shape) - 1
+        soft = xs.softmax(dim).reveal(), xs.log_softmax(dim).reveal()
+    # Assert: torch's empty result of the same shape
+    for name, value in got.items():
+        assert value is not None and value.shape == torch.Size(shape), name
+    assert all(v is not None and v.shape == x.softmax(dim).shape for v in soft)
+
+
+@pytest.mark.parametrize(("shape", "dim"), [((0, 3), 1), ((2, 0, 3), 2), ((0, 4), -1)])
+def test_max_over_a_nonempty_dim_of_an_empty_tensor_is_empty(
+    shape: tuple[int, ...], dim: int
+) -> None:
+    x = torch.zeros(shape)
+    with smpc.Session(parties=3) as sess:
+        xs = sess.share(x)
+        values = xs.max(dim).values.reveal()
+        onehot = xs.argmax(dim).reveal()
+    assert values is not None and values.shape == x.max(dim).values.shape
+    assert onehot is not None and onehot.shape == x.shape
+
+
+@pytest.mark.parametrize(("shape", "dim"), [((0,), None), ((0, 3), 0), ((3, 0), 1)])
+def test_max_over_no_elements_is_a_shape_error_like_torch(
+    shape: tuple[int, ...], dim: int | None
+) -> None:
+    with smpc.Session(parties=2) as sess, pytest.raises(ShapeError, match="no elements"):
+        sess.share(torch.zeros(shape)).max(dim)
+
+
+def _empty_program(sess: smpc.Session, shape: tuple[int, ...]) -> dict[str, Any]:
+    """The empty-tensor ops in one party process (or all, simulated)."""
+    x = sess.share(torch.zeros(shape) if sess.rank in (None, 0) else None, src=0)
+    y = sess.share(torch.zeros(shape) if sess.rank in (None, 1) else None, src=1)
+    out: dict[str, Any] = {k: v.reveal() for k, v in _empty_ops(x, y).items()}
+    out["stats"] = (sess.stats.rounds, sess.stats.bytes)
+    return out
+
+
+@pytest.mark.distributed
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("n", [2, 3])
+def test_empty_tensors_in_the_distributed_runtime_match_the_simulation(n: int) -> None:
+    from smpc.launch import run
+
+    shape = (0, 3)
+    program = functools.partial(_empty_program, shape=shape)
+    results = run(program, parties=n, timeout=30)
+    with smpc.Session(parties=n) as sess:
+        sim = program(sess)
+    for res in results:
+        for name, value in res.items():
+            if name != "stats":
+                assert value.shape == torch.Size(shape), name
+        # the same messages (empty ones) in both runtimes: nothing else is sent
+        assert res["stats"][0] == sim["stats"][0]
+        assert res["stats"][1] == sim["stats"][1] == 0
+
+
+# ----------------------------------------------------------------- large frac_bits
+APPROXIMATIONS = {
+    "exp": lambda x: x.exp(),
+    "reciprocal": lambda x: x.reciprocal(),
+    "sigmoid": lambda x: x.sigmoid(),
+    "tanh": lambda x: x.tanh(),
+    "log": lambda x: x.log(),
+    "sqrt": lambda x: x.sqrt(),
+    "rsqrt": lambda x: x.rsqrt(),
+    "softmax": lambda x: x.softmax(0),
+    "log_softmax": lambda x: x.log_softmax(0),
+    "div": lambda x: x / x,
+}
+
+
+@pytest.mark.parametrize("frac_bits", [26, 27, 28, 30])
+@pytest.mark.parametrize("name", sorted(APPROXIMATIONS))
+def test_approximations_name_the_frac_bits_they_need(name: str, frac_bits: int) -> None:
+    # Prepare: values every approximation takes; a precision that may leave no room
+    x = torch.tensor([0.5, 1.0])
+    with smpc.Session(parties=2, frac_bits=frac_bits) as sess:
+        xs = sess.share(x)
+        try:
+            got = APPROXIMATIONS[name](xs).reveal()
+        except EncodingOverflowError as err:
+            # Assert: the error names the function and the precision, never `other`
+            msg = str(err)
+            assert "`other`" not in msg
+            assert name.split("_")[0] in msg and f"frac_bits={frac_bits}" in msg
+            assert "use frac_bits <=" in msg
+            assert frac_bits >= 27
+            return
+    assert got is not None and frac_bits <= 27
+    assert got.shape == x.shape

@@ -348,3 +348,80 @@ def test_public_operand_beyond_64_bits_is_a_range_error() -> None:
                 xs * k
             with pytest.raises(smpc.EncodingOverflowError, match="`other`"):
                 xs + k
+
+
+@st.composite
+def _reductions(draw: st.DrawFn) -> tuple[tuple[int, ...], object, bool]:
+    """A shape (0-d and zero-length dims included), a dim as torch takes it (or out of range)."""
+    shape = tuple(draw(st.lists(st.integers(0, 3), max_size=3)))
+    nd = len(shape)
+    one = st.integers(-max(nd, 1) - 1, max(nd, 1))
+    dim = draw(st.none() | one | st.lists(one, max_size=2, unique=True).map(tuple))
+    return shape, dim, draw(st.booleans())
+
+
+@given(party_counts, _reductions(), seeds)
+def test_sum_and_mean_follow_torch_on_any_shape_and_dim(
+    n: int, case: tuple[tuple[int, ...], object, bool], seed: int
+) -> None:
+    # Prepare: torch's answer is the oracle: a value, an IndexError, or NaN (empty mean)
+    shape, dim, keepdim = case
+    x = tensors(shape, 10.0, seed)
+    for name in ("sum", "mean"):
+        try:
+            want = getattr(x, name)() if dim is None else getattr(x, name)(dim, keepdim)
+        except (IndexError, RuntimeError) as err:
+            want = err
+        with smpc.Session(parties=n) as sess:
+            xs = sess.share(x)
+            # Execute / Assert
+            if isinstance(want, Exception):
+                with pytest.raises((IndexError, ValueError), match="`dim`"):
+                    getattr(xs, name)(dim, keepdim)
+            elif bool(want.isnan().any()):
+                with pytest.raises(smpc.ShapeError, match="NaN"):
+                    getattr(xs, name)(dim, keepdim)
+            else:
+                got = getattr(xs, name)() if dim is None else getattr(xs, name)(dim, keepdim)
+                assert got.shape == want.shape
+                assert_close(got.reveal(), want, E * max(x.numel(), 1))
+
+
+def test_sum_of_a_0d_tensor_over_dim_0_is_itself_with_grad() -> None:
+    with smpc.Session(parties=2) as sess:
+        x = sess.share(torch.tensor(2.5), requires_grad=True)
+        y = x.mean(0) + x.sum(-1)
+        y.backward()
+        assert_close(y.reveal(), torch.tensor(5.0), E)
+        assert x.grad is not None
+        assert_close(x.grad.reveal(), torch.tensor(2.0), E)
+        with pytest.raises(IndexError, match=r"`dim` must be in \[-1, 0\] for a 0-d tensor; got 1"):
+            x.sum(1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"stride": 0}, ValueError, "`stride` must be an int >= 1"),
+        ({"stride": (1, 0)}, ValueError, "`stride`"),
+        ({"stride": 1.5}, TypeError, "`stride`"),
+        ({"padding": -1}, ValueError, "`padding` must be an int >= 0"),
+        ({"dilation": 0}, ValueError, "`dilation` must be an int >= 1"),
+        ({"groups": 0}, ValueError, "`groups` must be an int >= 1"),
+        ({"groups": True}, TypeError, "`groups`"),
+        ({"stride": (1, 1, 1)}, ValueError, "`stride`"),
+    ],
+)
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_conv2d_bad_arguments_are_named(
+    kwargs: dict[str, object], error: type[Exception], match: str, requires_grad: bool
+) -> None:
+    with smpc.Session(parties=2) as sess:
+        img = sess.share(torch.zeros(1, 1, 4, 4), requires_grad=requires_grad)
+        w = sess.share(torch.ones(1, 1, 2, 2))
+        with pytest.raises(error, match=match):
+            F.conv2d(img, w, **kwargs)  # type: ignore[arg-type]
+        if "stride" in kwargs:  # the pools check their stride the same way
+            for pool in (F.avg_pool2d, F.max_pool2d):
+                with pytest.raises(error, match="`stride`"):
+                    pool(img, 2, stride=kwargs["stride"])  # type: ignore[arg-type]
