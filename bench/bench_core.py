@@ -1,4 +1,4 @@
-"""Core benchmark (issue 2): W1 elementwise product, W2 matmul, one-element product.
+"""Core benchmark: W1 elementwise product, W2 matmul, one-element product (docs/performance.md).
 
 Prints median (and best) seconds, rounds, bytes per party, the provider's bytes
 and the ratio to plain float32 torch measured in the same run, in simulation and

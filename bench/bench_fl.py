@@ -1,4 +1,4 @@
-"""Benchmarks of the federated layer (issue 5).
+"""Benchmarks of the federated layer: F1, F3 (docs/performance.md).
 
 F1: 10 clients, IID split of the 4,000 MNIST training images, MLP 784-128-64-10,
     1 local epoch, batch 32, SGD lr 0.05, 20 rounds: accuracy per round and wall

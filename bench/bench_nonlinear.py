@@ -1,4 +1,4 @@
-"""Comparison benchmark (issue 3): W3 ReLU 1e6, ``>`` on 1e5, softmax over [64 x 10].
+"""Comparison benchmark: W3 ReLU 1e6, ``>`` on 1e5, softmax over [64 x 10] (docs/performance.md).
 
 Prints median seconds (dealer material included: the in-process provider runs
 inside the timed call), rounds, bytes sent per element per party, provider

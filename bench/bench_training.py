@@ -1,4 +1,4 @@
-"""Benchmarks W4-W6: encrypted training and inference of the MNIST MLP (issue 4).
+"""Benchmarks W4-W6: encrypted training and inference of the MNIST MLP (docs/performance.md).
 
 * W4 -- one SGD step of MLP 784-128-64-10, batch 64, model and data secret,
   MSE and cross-entropy: median step time, rounds and bytes per step.

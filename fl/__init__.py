@@ -1,6 +1,6 @@
 """Federated learning on top of ``smpc``: the top layer of the stack.
 
-Public API (see ``shared/API.md``): partitions, clients and a server loop,
+Public API (see ``docs/fl.md``): partitions, clients and a server loop,
 strategies (FedAvg, FedProx, FedAvgM), pluggable aggregators (plain, secret
 sharing over ``smpc``, pairwise masking with dropout recovery), differential
 privacy, and a networked runtime over ``torch.distributed``. Importing ``fl``
