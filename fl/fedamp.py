@@ -41,6 +41,7 @@ __all__ = [
     "SecureRoundCost",
     "attention_weights",
     "cloud_models",
+    "cloud_models_on_shares",
     "secure_cloud_models",
     "secure_tolerance",
 ]
@@ -185,14 +186,47 @@ def secure_tolerance(
     return 2 * (att_l1 * max_abs + max_norm * e / 2 + 2 * e)
 
 
-def _embed_off_diagonal(sess: Any, p: Any, n: int) -> Any:
-    """``[n, n-1]`` off-diagonal entries -> ``[n, n]`` with a zero diagonal (shares)."""
+def _embed_off_diagonal(p: Any, n: int) -> Any:
+    """``[n, n-1]`` off-diagonal entries -> ``[n, n]`` with a zero diagonal (no communication)."""
     import smpc
 
-    zeros_col = sess.share(torch.zeros(n - 1, 1, dtype=torch.float64))
-    zero = sess.share(torch.zeros(1, dtype=torch.float64))
-    grid = smpc.cat([p.reshape(n - 1, n), zeros_col], dim=1)  # [n-1, n+1]
-    return smpc.cat([zero, grid.reshape(-1)], dim=0).reshape(n, n)
+    grid = p.reshape(n - 1, n)
+    zero_col = grid[:, :1] * 0  # exact zero shares
+    padded = smpc.cat([grid, zero_col], dim=1)  # [n-1, n+1]
+    return smpc.cat([zero_col[:1, 0], padded.reshape(-1)], dim=0).reshape(n, n)
+
+
+def cloud_models_on_shares(directions: Any, norms: Any, *, sigma: float, self_weight: float) -> Any:
+    """Steps 2-4 of :func:`secure_cloud_models` on shares, in any smpc runtime.
+
+    Uses only the public :class:`smpc.SharedTensor` API, so the same code runs
+    with the parties simulated in one process or as separate processes
+    (:func:`smpc.run`).
+
+    Args:
+        directions: Shared ``[n, d]`` unit directions ``w_i / ||w_i||`` (0 for a zero model).
+        norms: Shared ``[n]`` norms ``||w_i||``.
+        sigma: Attention scale.
+        self_weight: ``xi_ii``.
+
+    Returns:
+        The shared ``[n, d]`` cloud models (row ``i`` is client ``i``'s ``u_i``).
+    """
+    _check_hyper(sigma, self_weight)
+    n = directions.shape[0]
+    if directions.dim() != 2 or tuple(norms.shape) != (n,):
+        raise ConfigError(
+            f"`directions` must be [n, d] and `norms` [n]; got {tuple(directions.shape)} "
+            f"and {tuple(norms.shape)}"
+        )
+    if n == 1:
+        return directions * norms.reshape(1, 1).expand(1, directions.shape[1])
+    cos = directions @ directions.t()  # [n, n] cosine Gram matrix
+    off = (cos * float(sigma)).reshape(-1)[1:].reshape(n - 1, n + 1)[:, :n]
+    att = off.reshape(n, n - 1).softmax(dim=1)
+    eye = torch.eye(n, dtype=torch.float64)
+    xi = _embed_off_diagonal(att, n) * (1.0 - self_weight) + self_weight * eye
+    return (xi * norms.reshape(1, n).expand(n, n)) @ directions
 
 
 def secure_cloud_models(
@@ -279,21 +313,9 @@ def secure_cloud_models(
         dirs = [sess.share(v[k : k + 1]) for k in range(n)]
         norms = [sess.share(rho[k : k + 1]) for k in range(n)]
         share_stats = (sess.stats.rounds, sess.stats.bytes, sess.stats.dealer_bytes)
-        vs = smpc.cat(dirs, dim=0)  # [n, d]
-        if n == 1:
-            u_shared = vs * smpc.cat(norms, dim=0).reshape(1, 1).expand(1, d)
-        else:
-            rho_s = smpc.cat(norms, dim=0).reshape(1, n)
-            # 2. cosine Gram matrix
-            cos = vs @ vs.t()  # [n, n]
-            # 3. attention on the off-diagonal entries
-            off = (cos * float(sigma)).reshape(-1)[1:].reshape(n - 1, n + 1)[:, :n]
-            att = off.reshape(n, n - 1).softmax(dim=1)
-            xi = _embed_off_diagonal(sess, att, n) * (1.0 - self_weight) + self_weight * torch.eye(
-                n, dtype=torch.float64
-            )
-            # 4. cloud models
-            u_shared = (xi * rho_s.expand(n, n)) @ vs
+        u_shared = cloud_models_on_shares(
+            smpc.cat(dirs, dim=0), smpc.cat(norms, dim=0), sigma=sigma, self_weight=self_weight
+        )
         st = sess.stats
         rounds = st.rounds - share_stats[0]
         party_bytes = st.bytes - share_stats[1]

@@ -3,8 +3,10 @@ version against the plaintext one, the client's proximal step, personalised roun
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,7 +16,14 @@ from hypothesis import strategies as st
 from torch import nn
 
 import fl
-from fl.fedamp import attention_weights, cloud_models, secure_cloud_models, secure_tolerance
+import smpc
+from fl.fedamp import (
+    attention_weights,
+    cloud_models,
+    cloud_models_on_shares,
+    secure_cloud_models,
+    secure_tolerance,
+)
 from fl.network import NetworkConfig, NetworkServer
 from fl.types import FitConfig
 
@@ -171,6 +180,10 @@ def test_bad_models_are_named() -> None:
         attention_weights(torch.tensor([[math.nan, 1.0]]), sigma=1.0, self_weight=0.5)
     with pytest.raises(fl.ConfigError, match="models"):
         fl.FedAMP().personalize({})
+    with smpc.Session(parties=2, frac_bits=20) as sess:
+        dirs = sess.share(torch.ones(3, 2))
+        with pytest.raises(fl.ConfigError, match="norms"):
+            cloud_models_on_shares(dirs, sess.share(torch.ones(2)), sigma=1.0, self_weight=0.5)
 
 
 def test_fedamp_config_is_the_proximal_step_of_the_paper() -> None:
@@ -348,3 +361,49 @@ def test_networked_mode_refuses_personalised_strategies() -> None:
     cfg = NetworkConfig(master_addr="127.0.0.1", master_port=1, world_size=2)
     with pytest.raises(fl.ConfigError, match="simulation only"):
         NetworkServer(_small(), cfg, strategy=fl.FedAMP())
+
+
+# ------------------------------------------------------- distributed runtime
+def _fedamp_program(
+    sess: smpc.Session, v: torch.Tensor, rho: torch.Tensor, sigma: float, self_weight: float
+) -> dict[str, Any]:
+    """Party 0 stands in for the clients; every party computes on its shares."""
+    owner = sess.rank in (None, 0)
+    dirs = sess.share(v if owner else None, src=0)
+    norms = sess.share(rho if owner else None, src=0)
+    rounds = sess.stats.rounds
+    u = cloud_models_on_shares(dirs, norms, sigma=sigma, self_weight=self_weight)
+    return {
+        "rounds": sess.stats.rounds - rounds,
+        "row0_to_last": u[0].reveal(to=len(sess.parties) - 1),
+        "all": u.reveal(),
+    }
+
+
+@pytest.mark.distributed
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("n_parties", [2, 3])
+def test_secure_core_runs_in_separate_processes(n_parties: int) -> None:
+    w = _models(4, 6, 7, spread=0.3)
+    rho = w.norm(dim=1)
+    v = w / rho[:, None]
+    program = functools.partial(_fedamp_program, v=v, rho=rho, sigma=8.0, self_weight=0.4)
+    results = smpc.run(program, parties=n_parties, frac_bits=20, timeout=60)
+    with smpc.Session(parties=n_parties, frac_bits=20) as sess:
+        sim = program(sess)
+    ref = cloud_models(w, sigma=8.0, self_weight=0.4)
+    tol = secure_tolerance(
+        20,
+        sigma=8.0,
+        self_weight=0.4,
+        n_clients=4,
+        max_abs=float(w.abs().max()),
+        max_norm=float(rho.max()),
+    )
+    for r, res in enumerate(results):
+        assert float((res["all"] - ref).abs().max()) <= tol
+        assert res["rounds"] == sim["rounds"]
+        if r == n_parties - 1:
+            assert float((res["row0_to_last"] - ref[0]).abs().max()) <= tol
+        else:
+            assert res["row0_to_last"] is None
