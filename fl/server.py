@@ -127,6 +127,14 @@ class Server:
         ids = [c.client_id for c in clients]
         if len(set(ids)) != len(ids):
             raise ConfigError("client ids must be unique")
+        if isinstance(strategy, PersonalizedStrategy) and not (
+            aggregator is None or (type(aggregator) is PlainAggregator and aggregator.dp is None)
+        ):
+            raise ConfigError(
+                f"{type(strategy).__name__} combines the client models itself; `aggregator` must "
+                f"be None (got {type(aggregator).__name__}); for secret sharing use "
+                "FedAMP(secure=True)"
+            )
         self.model = model
         self.clients = {c.client_id: c for c in clients}
         self.strategy: Strategy = strategy if strategy is not None else FedAvg()

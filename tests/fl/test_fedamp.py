@@ -357,6 +357,13 @@ def test_make_clients_holds_out_a_local_test_split() -> None:
         clients[0].__class__(9, x[:4], y[:4]).evaluate_test(_small())
 
 
+def test_personalised_server_refuses_an_aggregator() -> None:
+    clients = _group_clients(1)
+    with pytest.raises(fl.ConfigError, match="secure=True"):
+        fl.Server(_small(), clients, strategy=fl.FedAMP(), aggregator=fl.SecretSharingAggregator())
+    fl.Server(_small(), clients, strategy=fl.FedAMP(), aggregator=fl.PlainAggregator())
+
+
 def test_networked_mode_refuses_personalised_strategies() -> None:
     cfg = NetworkConfig(master_addr="127.0.0.1", master_port=1, world_size=2)
     with pytest.raises(fl.ConfigError, match="simulation only"):
