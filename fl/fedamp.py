@@ -263,12 +263,15 @@ def secure_cloud_models(
     ``u_i`` (from which, with ``self_weight`` public, it learns the
     attention-weighted sum of the others' models, as in plaintext FedAMP).
 
-    Cost: ``d + 1`` shared values up per client, ``d`` down; between the
-    parties two ``n x d`` openings per matmul (``2 * 2 * 8 * n * d * (p - 1)``
-    bytes per party pair ...) and ``O(n^2)`` for the softmax; constant rounds
-    (about 60). Measured: ``SecureRoundCost`` and ``bench/bench_fedamp.py``.
+    Cost: ``d + 1`` shared values (8 bytes each, per party) up per client,
+    ``d`` down. Between the parties, ``O(n d)``: the Gram's Beaver matmul
+    opens its two masked ``[n, d]`` operands, the cloud models' matmul one
+    more ``[n, d]`` operand and the truncation of its ``[n, d]`` result, i.e.
+    4 openings of ``n d`` ring elements (64 bytes per client-parameter with 2
+    parties); the softmax costs ``O(n^2)``. Rounds are constant in ``n`` and
+    ``d`` (about 80). Measured: :class:`SecureRoundCost`, ``bench/bench_fedamp.py``.
     Accuracy: :func:`secure_tolerance` bounds the error per coordinate
-    (about ``2^-f (8 sigma + 2^7) max|w|``).
+    (about ``2^-f (16 sigma + 2^8 + 2n) max|w|``).
 
     Args:
         models: Client id -> flat model (the simulation stands in for the
