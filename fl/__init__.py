@@ -1,7 +1,7 @@
 """Federated learning on top of ``smpc``: the top layer of the stack.
 
 Public API (see ``docs/fl.md``): partitions, clients and a server loop,
-strategies (FedAvg, FedProx, FedAvgM), pluggable aggregators (plain, secret
+strategies (FedAvg, FedProx, FedAvgM; FedAMP, personalised), pluggable aggregators (plain, secret
 sharing over ``smpc``, pairwise masking with dropout recovery), differential
 privacy, and a networked runtime over ``torch.distributed``. Importing ``fl``
 has no side effects; ``smpc`` is imported only when a
@@ -25,6 +25,7 @@ from fl.errors import (
     ProtocolError,
     QuantizationRangeError,
 )
+from fl.fedamp import FedAMP
 from fl.partition import Partition, Scheme, partition
 from fl.secure_aggregation import MaskingAggregator
 from fl.server import DropoutModel, FailurePolicy, Server
@@ -46,6 +47,7 @@ __all__ = [
     "DifferentialPrivacy",
     "DropoutModel",
     "FailurePolicy",
+    "FedAMP",
     "FedAvg",
     "FedAvgM",
     "FedProx",

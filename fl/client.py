@@ -86,6 +86,9 @@ class Client:
         loss_fn: ``loss_fn(output, target)``; cross-entropy by default.
         optimizer: ``optimizer(params, lr)`` building this client's own torch
             optimizer each round (default: plain SGD).
+        test_data: Optional local ``(features, labels)`` held out from training,
+            on which personalised strategies (:class:`fl.FedAMP`) evaluate the
+            client's own model.
     """
 
     def __init__(
@@ -96,6 +99,7 @@ class Client:
         *,
         loss_fn: LossFn = nn.functional.cross_entropy,
         optimizer: OptimizerFactory = _sgd,
+        test_data: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
         if client_id < 0:
             raise ConfigError(f"`client_id` must be >= 0; got {client_id}")
@@ -105,19 +109,38 @@ class Client:
             )
         if features.shape[0] == 0:
             raise ConfigError(f"client {client_id} holds no examples")
+        if test_data is not None:
+            if len(test_data) != 2 or test_data[0].shape[0] != test_data[1].shape[0]:
+                raise ConfigError(
+                    f"client {client_id}: `test_data` must be a (features, labels) pair "
+                    "with as many rows as labels"
+                )
+            if test_data[0].shape[1:] != features.shape[1:]:
+                raise ConfigError(
+                    f"client {client_id}: `test_data` features have shape "
+                    f"{tuple(test_data[0].shape[1:])} per row; training features have "
+                    f"{tuple(features.shape[1:])}"
+                )
         self.client_id = client_id
+        self.test_data = test_data
         self.features = features
         self.labels = labels
         self.loss_fn = loss_fn
         self.optimizer = optimizer
 
     def __repr__(self) -> str:
-        return f"Client(id={self.client_id}, examples={self.num_examples})"
+        test = "" if self.test_data is None else f", test examples={self.num_test_examples}"
+        return f"Client(id={self.client_id}, examples={self.num_examples}{test})"
 
     @property
     def num_examples(self) -> int:
         """Number of local training examples."""
         return int(self.labels.shape[0])
+
+    @property
+    def num_test_examples(self) -> int:
+        """Number of held-out local test examples (0 without ``test_data``)."""
+        return 0 if self.test_data is None else int(self.test_data[1].shape[0])
 
     def fit(
         self,
@@ -126,21 +149,36 @@ class Client:
         config: FitConfig,
         *,
         generator: torch.Generator,
+        anchor: torch.Tensor | None = None,
     ) -> ClientUpdate:
         """Train ``model`` (loaded with ``global_vector``) on the local data.
 
+        With ``config.proximal_mu > 0`` every step adds the gradient of
+        ``mu/2 ||w - a||^2``, where the anchor ``a`` is ``global_vector``
+        (FedProx) or ``anchor`` when given (FedAMP: the client starts from its
+        own model and is pulled toward its cloud model).
+
         Args:
             model: A worker module with the global architecture (overwritten).
-            global_vector: Flat global parameters.
-            config: Epochs, batch size, learning rate, FedProx ``mu``.
+            global_vector: Flat parameters training starts from.
+            config: Epochs, batch size, learning rate, proximal ``mu``.
             generator: Source of the shuffling order (deterministic runs).
+            anchor: Flat parameters of the proximal term (default ``global_vector``).
 
         Returns:
-            The update ``local - global`` and the example count.
+            The update ``local - global_vector`` and the example count.
         """
         params = [p for p in model.parameters() if p.requires_grad]
+        if anchor is not None and anchor.shape != global_vector.shape:
+            raise ConfigError(
+                f"`anchor` must have the shape of `global_vector` {tuple(global_vector.shape)}; "
+                f"got {tuple(anchor.shape)}"
+            )
+        anchors: list[torch.Tensor] | None = None
+        if config.proximal_mu > 0:
+            load_vector(params, global_vector if anchor is None else anchor)
+            anchors = [p.detach().clone() for p in params]
         load_vector(params, global_vector)
-        anchors = [p.detach().clone() for p in params] if config.proximal_mu > 0 else None
         opt = self.optimizer(params, config.lr)
         n, bs = self.num_examples, config.batch_size
         model.train()
@@ -169,3 +207,13 @@ class Client:
     def evaluate(self, model: nn.Module) -> tuple[float, float]:
         """Loss and accuracy of ``model`` on the local data."""
         return evaluate_model(model, self.features, self.labels, self.loss_fn)
+
+    def evaluate_test(self, model: nn.Module) -> tuple[float, float]:
+        """Loss and accuracy of ``model`` on the local test split (``test_data``).
+
+        Raises:
+            ConfigError: The client holds no test split.
+        """
+        if self.test_data is None:
+            raise ConfigError(f"client {self.client_id} holds no `test_data`")
+        return evaluate_model(model, *self.test_data, self.loss_fn)

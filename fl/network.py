@@ -50,7 +50,7 @@ from fl.aggregators import Aggregator, Stage
 from fl.client import Client, LossFn
 from fl.errors import ConfigError, FlError, InsufficientClientsError, NetworkError
 from fl.server import FailurePolicy, Server, round_generator
-from fl.strategy import Strategy
+from fl.strategy import PersonalizedStrategy, Strategy
 from fl.types import AggregateResult, ClientUpdate, History
 
 __all__ = ["NetworkConfig", "NetworkServer", "run_client", "run_server"]
@@ -252,6 +252,11 @@ class NetworkServer(Server):
             raise ConfigError(
                 "networked mode supports PlainAggregator and MaskingAggregator; "
                 "SecretSharingAggregator runs in simulation only"
+            )
+        if isinstance(strategy, PersonalizedStrategy):
+            raise ConfigError(
+                f"networked mode runs global-model strategies; {type(strategy).__name__} "
+                "(personalised) runs in simulation only"
             )
         super().__init__(
             model,

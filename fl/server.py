@@ -32,7 +32,7 @@ from torch.nn.utils import parameters_to_vector
 from fl.aggregators import Aggregator, PlainAggregator, Stage
 from fl.client import Client, LossFn, evaluate_model, load_vector
 from fl.errors import AggregationError, CheckpointError, ConfigError
-from fl.strategy import FedAvg, Strategy
+from fl.strategy import FedAvg, PersonalizedStrategy, Strategy
 from fl.types import AggregateResult, ClientUpdate, History, RoundResult
 
 __all__ = ["DropoutModel", "FailurePolicy", "Server", "round_generator"]
@@ -98,6 +98,15 @@ class Server:
         seed: Seed of every random choice of the run.
         on_failure: Raise (default) or record a failed round.
         dropout: Simulated dropouts.
+
+    Personalised strategies (:class:`fl.FedAMP`, any
+    :class:`~fl.strategy.PersonalizedStrategy`): the server keeps each client's
+    own model (:attr:`personal_models`, held on the clients' behalf in the
+    simulation) and its anchor (:attr:`cloud_models`); both start as ``model``'s
+    weights, which stay unchanged. Each round's record holds the personalised
+    test loss and accuracy (every client with ``test_data``, its own model on
+    its own split, pooled over examples); :meth:`evaluate_personalized` gives
+    them per client.
     """
 
     def __init__(
@@ -118,6 +127,14 @@ class Server:
         ids = [c.client_id for c in clients]
         if len(set(ids)) != len(ids):
             raise ConfigError("client ids must be unique")
+        if isinstance(strategy, PersonalizedStrategy) and not (
+            aggregator is None or (type(aggregator) is PlainAggregator and aggregator.dp is None)
+        ):
+            raise ConfigError(
+                f"{type(strategy).__name__} combines the client models itself; `aggregator` must "
+                f"be None (got {type(aggregator).__name__}); for secret sharing use "
+                "FedAMP(secure=True)"
+            )
         self.model = model
         self.clients = {c.client_id: c for c in clients}
         self.strategy: Strategy = strategy if strategy is not None else FedAvg()
@@ -133,6 +150,8 @@ class Server:
         self.round = 0
         self.history = History()
         self._prepared_for: int | None = None
+        self.personal_models: dict[int, torch.Tensor] = {}
+        self.cloud_models: dict[int, torch.Tensor] = {}
 
     # ------------------------------------------------------------ rounds
     def _prepare(self, num_rounds: int) -> None:
@@ -145,6 +164,77 @@ class Server:
         if self.test_data is None:
             return math.nan, math.nan
         return evaluate_model(self.model, *self.test_data, self.loss_fn)
+
+    def evaluate_personalized(self) -> tuple[float, float, dict[int, tuple[float, float]]]:
+        """Each client's own model on its own test split.
+
+        Returns:
+            ``(loss, accuracy, {client id: (loss, accuracy)})``, the first two
+            pooled over all test examples (NaN when no client has ``test_data``).
+        """
+        per: dict[int, tuple[float, float]] = {}
+        params = [p for p in self.worker.parameters() if p.requires_grad]
+        total_loss, total_correct, total_n = 0.0, 0.0, 0
+        for cid in sorted(self.clients):
+            client = self.clients[cid]
+            if client.test_data is None:
+                continue
+            load_vector(params, self.personal_models.get(cid, self.global_vector))
+            loss, acc = client.evaluate_test(self.worker)
+            per[cid] = (loss, acc)
+            n = client.num_test_examples
+            total_loss += loss * n
+            total_correct += acc * n
+            total_n += n
+        if not total_n:
+            return math.nan, math.nan, per
+        return total_loss / total_n, total_correct / total_n, per
+
+    def _personalized_round(
+        self,
+        strategy: PersonalizedStrategy,
+        r: int,
+        selected: Sequence[int],
+        dropouts: Mapping[Stage, Sequence[int]],
+        start: float,
+    ) -> RoundResult:
+        dropped = {cid for ids in dropouts.values() for cid in ids}
+        config = strategy.fit_config(r)
+        models: dict[int, torch.Tensor] = {}
+        updates: list[ClientUpdate] = []
+        for cid in selected:
+            if cid in dropped:
+                continue
+            own = self.personal_models.get(cid, self.global_vector)
+            anchor = self.cloud_models.get(cid, own)
+            g = round_generator(self.seed, r, cid + 1)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(torch.randint(1 << 62, (1,), generator=g)))
+                upd = self.clients[cid].fit(self.worker, own, config, generator=g, anchor=anchor)
+            updates.append(upd)
+            models[cid] = (own + upd.delta).detach()
+        if not models:
+            raise AggregationError(f"round {r}: every selected client dropped out")
+        cloud = strategy.personalize(models)
+        self.personal_models.update(models)
+        self.cloud_models.update({cid: u.detach().clone() for cid, u in cloud.items()})
+        n = sum(u.num_examples for u in updates)
+        train_loss = sum(u.train_loss * u.num_examples for u in updates) / n
+        test_loss, test_acc, _ = self.evaluate_personalized()
+        result = RoundResult(
+            round=r,
+            selected=tuple(selected),
+            survivors=tuple(sorted(models)),
+            train_loss=train_loss,
+            test_loss=test_loss,
+            test_accuracy=test_acc,
+            seconds=time.perf_counter() - start,
+            upload_bytes=float(strategy.upload_bytes(self.global_vector.numel())),
+            epsilon=self.aggregator.epsilon,
+        )
+        self.round = r
+        self.history.append(result)
+        return result
 
     def train_clients(self, selected: Sequence[int], round_index: int) -> list[ClientUpdate]:
         """Local training of the selected clients, each from the current global model."""
@@ -181,6 +271,8 @@ class Server:
         selected = self.strategy.sample(r, self.available_clients(), g)
         dropouts = self.dropout.draw(selected, g) if self.dropout is not None else {}
         try:
+            if isinstance(self.strategy, PersonalizedStrategy):
+                return self._personalized_round(self.strategy, r, selected, dropouts, start)
             updates, agg = self.train_and_aggregate(selected, r, dropouts)
         except AggregationError as exc:
             if self.on_failure is FailurePolicy.RAISE:
@@ -287,6 +379,8 @@ class Server:
             "aggregator": self.aggregator.state_dict(),
             "history": self.history.to_dicts(),
             "rng": torch.random.get_rng_state(),
+            "personal_models": {k: v.clone() for k, v in self.personal_models.items()},
+            "cloud_models": {k: v.clone() for k, v in self.cloud_models.items()},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -308,6 +402,10 @@ class Server:
         load_vector(self.params, self.global_vector)
         self.strategy.load_state_dict(state["strategy"])
         self.aggregator.load_state_dict(state["aggregator"])
+        self.personal_models = {
+            int(k): v.clone() for k, v in state.get("personal_models", {}).items()
+        }
+        self.cloud_models = {int(k): v.clone() for k, v in state.get("cloud_models", {}).items()}
         self.history = History(
             [
                 RoundResult(

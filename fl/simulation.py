@@ -15,6 +15,7 @@ from torch import nn
 
 from fl.aggregators import Aggregator
 from fl.client import Client, LossFn, OptimizerFactory, _sgd
+from fl.errors import ConfigError
 from fl.partition import Partition
 from fl.server import DropoutModel, FailurePolicy, Server
 from fl.strategy import Strategy
@@ -30,12 +31,44 @@ def make_clients(
     *,
     loss_fn: LossFn = nn.functional.cross_entropy,
     optimizer: OptimizerFactory = _sgd,
+    test_fraction: float = 0.0,
+    seed: int = 0,
 ) -> list[Client]:
-    """One :class:`Client` per part of ``partition`` (ids 0..n-1)."""
-    return [
-        Client(i, x, y, loss_fn=loss_fn, optimizer=optimizer)
-        for i, (x, y) in enumerate(partition.subsets(features, labels))
-    ]
+    """One :class:`Client` per part of ``partition`` (ids 0..n-1).
+
+    Args:
+        partition: Which rows each client holds.
+        features: All features (rows indexed by the partition).
+        labels: All labels (default: the partition's).
+        loss_fn: Every client's loss.
+        optimizer: Every client's optimizer factory.
+        test_fraction: Fraction of each client's rows held out as its local
+            test split (``Client.test_data``, for personalised evaluation, as
+            PFLlib's 75/25 split); 0 keeps every row for training.
+        seed: Seed of the train/test split of each client.
+
+    Raises:
+        ConfigError: ``test_fraction`` outside [0, 1), or a client left with no
+            training row.
+    """
+    if not 0 <= test_fraction < 1:
+        raise ConfigError(f"`test_fraction` must be in [0, 1); got {test_fraction}")
+    clients = []
+    for i, (x, y) in enumerate(partition.subsets(features, labels)):
+        test: tuple[torch.Tensor, torch.Tensor] | None = None
+        n_test = int(round(test_fraction * y.shape[0]))
+        if n_test > 0:
+            if n_test >= y.shape[0]:
+                raise ConfigError(
+                    f"`test_fraction` {test_fraction} leaves client {i} no training rows"
+                )
+            g = torch.Generator().manual_seed(seed * 1_000_003 + i)
+            order = torch.randperm(y.shape[0], generator=g)
+            te, tr = order[:n_test].sort().values, order[n_test:].sort().values
+            test = (x[te], y[te])
+            x, y = x[tr], y[tr]
+        clients.append(Client(i, x, y, loss_fn=loss_fn, optimizer=optimizer, test_data=test))
+    return clients
 
 
 def run_simulation(

@@ -18,7 +18,7 @@ import torch
 from fl.errors import ConfigError
 from fl.types import FitConfig
 
-__all__ = ["FedAvg", "FedAvgM", "FedProx", "Strategy"]
+__all__ = ["FedAvg", "FedAvgM", "FedProx", "PersonalizedStrategy", "Strategy"]
 
 
 @runtime_checkable
@@ -50,6 +50,24 @@ class Strategy(Protocol):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` output."""
+        ...
+
+
+@runtime_checkable
+class PersonalizedStrategy(Strategy, Protocol):
+    """A strategy with one model per client (e.g. :class:`fl.FedAMP`).
+
+    The server keeps each client's own model and the model the strategy
+    computes for it (its anchor); the clients train from their own model with
+    the proximal term toward the anchor, and evaluation is per client.
+    """
+
+    def personalize(self, models: Mapping[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """Each client's new anchor from this round's uploaded models."""
+        ...
+
+    def upload_bytes(self, n_params: int) -> int:
+        """Bytes one client uploads per round."""
         ...
 
 
