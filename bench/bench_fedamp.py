@@ -1,4 +1,4 @@
-"""Benchmark of personalised federated learning: FedAMP against its baselines (issue 17).
+"""Benchmark of personalised federated learning: FedAMP against its baselines.
 
 Pathological non-IID split (``fl.partition(..., "shards", classes_per_client=2)``)
 of the 5,000 shipped MNIST digits (and of 5,000 Fashion-MNIST images, 500 per
