@@ -18,7 +18,7 @@ import torch
 from .. import functional as F
 from .. import ops
 from ..autograd import is_grad_enabled
-from ..errors import ShapeError
+from ..errors import ShapeError, UnsupportedModuleError
 from ..session import Session
 from ..tensor import SharedTensor
 
@@ -419,6 +419,12 @@ class BatchNorm(Module):
     computed in plaintext by the model owner and shared. When the batch norm
     follows a Linear/Conv2d in a Sequential, :func:`smpc.nn.encrypt` folds it
     into that layer's weights instead (no extra product at all).
+
+    The map is frozen, like a torch batch norm in eval mode: batch statistics
+    are not computed under MPC, so :meth:`forward` in training mode raises
+    :class:`~smpc.errors.UnsupportedModuleError` (call ``.eval()`` on this layer
+    to train the rest of a model around it), and :func:`smpc.nn.encrypt`
+    refuses a torch batch norm in training mode.
     """
 
     def __init__(
@@ -441,6 +447,12 @@ class BatchNorm(Module):
         if x.dim() < 2 or x.shape[1] != self.num_features:
             raise ShapeError(
                 f"BatchNorm: expected input (N, {self.num_features}, ...); got {tuple(x.shape)}"
+            )
+        if self.training:
+            raise UnsupportedModuleError(
+                "BatchNorm: train mode (batch statistics) is not supported under MPC; "
+                "call .eval() on this layer to use it as a frozen affine map (as torch's "
+                "eval mode), or fold it into the preceding layer before encrypting"
             )
         shape = [1, self.num_features] + [1] * (x.dim() - 2)
         return F.add(F.mul(x, self.scale.reshape(shape)), self.shift.reshape(shape))

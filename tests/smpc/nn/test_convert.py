@@ -161,3 +161,40 @@ def test_module_api() -> None:
         assert not enc.eval().training and enc.train().training
         lin = snn.Linear(3, 2, session=sess)
         assert tuple(lin.weight.shape) == (2, 3)
+
+
+@pytest.mark.parametrize("kind", ["1d", "2d"])
+def test_train_mode_batchnorm_is_refused_with_how_to_fold(kind: str) -> None:
+    """A train-mode BatchNorm would need batch statistics: refused, naming the fix."""
+    bn = torch.nn.BatchNorm1d(4) if kind == "1d" else torch.nn.BatchNorm2d(4)
+    layer = torch.nn.Linear(3, 4) if kind == "1d" else torch.nn.Conv2d(2, 4, 3)
+    model = torch.nn.Sequential(layer, bn, torch.nn.ReLU())  # train mode: torch's default
+    with smpc.Session(2) as sess:
+        with pytest.raises(smpc.UnsupportedModuleError) as err:
+            snn.encrypt(model, sess)
+        msg = str(err.value)
+        assert f"1 (BatchNorm{kind}: train mode" in msg and ".eval()" in msg and "fold" in msg
+        with pytest.raises(smpc.UnsupportedModuleError, match="train mode"):
+            snn.encrypt(torch.nn.Sequential(torch.nn.ReLU(), bn), sess)
+
+
+def test_eval_batchnorm_stays_frozen_when_the_model_trains() -> None:
+    """A standalone eval-mode BatchNorm in a model put back in train mode stays frozen
+    (as in torch, where an eval-mode batch norm is a fixed affine map); switched to
+    train mode by hand, its forward raises instead of silently ignoring batch statistics."""
+    torch.manual_seed(5)
+    bn = torch.nn.BatchNorm1d(4)
+    bn.running_mean.uniform_(-1, 1)
+    bn.running_var.uniform_(0.5, 2)
+    model = torch.nn.Sequential(torch.nn.ReLU(), bn.eval(), torch.nn.Linear(4, 2))
+    x = torch.randn(6, 4)
+    with smpc.Session(2) as sess:
+        enc = snn.encrypt(model, sess)
+        assert enc.training and not enc[1].training
+        got = enc(sess.share(x)).reveal()
+        torch.testing.assert_close(got, model(x).detach(), atol=2e-3, rtol=1e-3)
+        enc.train()
+        with pytest.raises(smpc.UnsupportedModuleError, match=r"\.eval\(\)"):
+            enc(sess.share(x))
+        enc[1].eval()
+        torch.testing.assert_close(enc(sess.share(x)).reveal(), got, atol=2e-3, rtol=0)
