@@ -477,6 +477,8 @@ def conv2d(
     """
     sess = _session(input, weight, bias)
     st, pd, dl = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"conv2d: `groups` must be a positive int; got {groups!r}")
     op = ring.Conv2dOp(stride=st, padding=pd, dilation=dl, groups=groups)
     xin = input if isinstance(input, SharedTensor) else _encode_public(sess, input, "input")
     w = weight if isinstance(weight, SharedTensor) else _encode_public(sess, weight, "weight")
@@ -488,6 +490,11 @@ def conv2d(
         raise ShapeError(
             f"conv2d: expected input (N,C,H,W) and weight (O,C/groups,kh,kw); "
             f"got {tuple(xin.shape)} and {tuple(w.shape)}"
+        )
+    if w.shape[0] % groups:
+        raise ShapeError(
+            f"conv2d: weight's {w.shape[0]} output channels are not divisible by "
+            f"groups={groups} (weight {tuple(w.shape)})"
         )
     if xin.shape[1] != w.shape[1] * groups:
         raise ShapeError(

@@ -25,8 +25,15 @@ from ..tensor import SharedTensor
 __all__ = [
     "Module",
     "Linear",
+    "Conv1d",
     "Conv2d",
     "ReLU",
+    "LeakyReLU",
+    "Sigmoid",
+    "Tanh",
+    "Softmax",
+    "LogSoftmax",
+    "AdaptiveAvgPool2d",
     "Flatten",
     "AvgPool2d",
     "MaxPool2d",
@@ -237,25 +244,37 @@ class Linear(Module):
         )
 
 
+def _conv_padding(init: torch.nn.Conv1d | torch.nn.Conv2d) -> tuple[int, ...]:
+    """The layer's integer zero padding (string padding and other modes are refused)."""
+    pad = init.padding
+    if init.padding_mode != "zeros" or isinstance(pad, str):
+        raise ValueError(
+            f"{type(init).__name__}: only zero, integer padding is supported; "
+            f"got padding_mode={init.padding_mode!r}, padding={pad!r}"
+        )
+    return tuple(int(p) for p in pad)
+
+
 class Conv2d(Module):
-    """2-D convolution with shared ``weight`` (O, C, kh, kw) and ``bias`` (O,); ``groups=1``."""
+    """2-D convolution with shared ``weight`` (O, C/groups, kh, kw) and ``bias`` (O,).
+
+    Grouped and depthwise convolutions (``groups > 1``) are supported, with
+    gradients; the Beaver convolution triple carries ``groups`` in its
+    :class:`smpc.ring.Conv2dOp`.
+    """
 
     def __init__(
         self, init: torch.nn.Conv2d, *, session: Session, src: int | str | None = None
     ) -> None:
         super().__init__()
-        if init.groups != 1 or init.padding_mode != "zeros" or isinstance(init.padding, str):
-            raise ValueError(
-                "Conv2d: only groups=1, zero padding and integer padding are supported; "
-                f"got groups={init.groups}, padding_mode={init.padding_mode!r}, "
-                f"padding={init.padding!r}"
-            )
+        pad = _conv_padding(init)
         self.in_channels = init.in_channels
         self.out_channels = init.out_channels
         self.kernel_size = _pair(init.kernel_size)
         self.stride = _pair(init.stride)
-        self.padding = _pair(init.padding)
+        self.padding = _pair(pad)
         self.dilation = _pair(init.dilation)
+        self.groups = init.groups
         self.weight = _share_param(session, init.weight, src)
         self.bias: SharedTensor | None = (
             _share_param(session, init.bias, src) if init.bias is not None else None
@@ -274,7 +293,9 @@ class Conv2d(Module):
             raise ShapeError(
                 f"Conv2d: expected input (N, {self.in_channels}, H, W); got {tuple(x.shape)}"
             )
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+        return F.conv2d(
+            x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
+        )
 
     def to_torch(self) -> torch.nn.Conv2d:
         """The plaintext torch layer (reveals the weights)."""
@@ -285,6 +306,7 @@ class Conv2d(Module):
             self.stride,
             self.padding,
             self.dilation,
+            groups=self.groups,
             bias=self.bias is not None,
         )
         with torch.no_grad():
@@ -300,6 +322,77 @@ class Conv2d(Module):
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"stride={self.stride}, padding={self.padding}"
+            + (f", groups={self.groups}" if self.groups != 1 else "")
+        )
+
+
+class Conv1d(Module):
+    """1-D convolution with shared ``weight`` (O, C/groups, k) and ``bias`` (O,).
+
+    Computed as a :class:`Conv2d` of height 1 (:func:`smpc.functional.conv1d`),
+    grouped or not, with gradients.
+    """
+
+    def __init__(
+        self, init: torch.nn.Conv1d, *, session: Session, src: int | str | None = None
+    ) -> None:
+        super().__init__()
+        pad = _conv_padding(init)
+        self.in_channels = init.in_channels
+        self.out_channels = init.out_channels
+        self.kernel_size = int(init.kernel_size[0])
+        self.stride = int(init.stride[0])
+        self.padding = pad[0]
+        self.dilation = int(init.dilation[0])
+        self.groups = init.groups
+        self.weight = _share_param(session, init.weight, src)
+        self.bias: SharedTensor | None = (
+            _share_param(session, init.bias, src) if init.bias is not None else None
+        )
+
+    @classmethod
+    def from_torch(
+        cls, m: torch.nn.Conv1d, session: Session, src: int | str | None = None
+    ) -> Conv1d:
+        """Share a torch ``Conv1d``'s weights."""
+        return cls(m, session=session, src=src)
+
+    def forward(self, x: SharedTensor) -> SharedTensor:
+        """Compute the output."""
+        if x.dim() not in (2, 3) or x.shape[-2] != self.in_channels:
+            raise ShapeError(
+                f"Conv1d: expected input (N, {self.in_channels}, L); got {tuple(x.shape)}"
+            )
+        return F.conv1d(
+            x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
+        )
+
+    def to_torch(self) -> torch.nn.Conv1d:
+        """The plaintext torch layer (reveals the weights)."""
+        m = torch.nn.Conv1d(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            groups=self.groups,
+            bias=self.bias is not None,
+        )
+        with torch.no_grad():
+            m.weight.copy_(_reveal(self.weight))
+            if self.bias is not None:
+                if m.bias is None:
+                    raise RuntimeError("Conv1d.to_torch: torch.nn.Conv1d(bias=True) has no bias")
+                m.bias.copy_(_reveal(self.bias))
+        return m
+
+    def extra_repr(self) -> str:
+        """Extra text for repr."""
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}"
+            + (f", groups={self.groups}" if self.groups != 1 else "")
         )
 
 
@@ -313,6 +406,122 @@ class ReLU(Module):
     def to_torch(self) -> torch.nn.Module:
         """The plaintext torch layer (reveals the weights)."""
         return torch.nn.ReLU()
+
+
+class LeakyReLU(Module):
+    """``max(x, 0) + negative_slope * min(x, 0)`` (:func:`smpc.functional.leaky_relu`)."""
+
+    def __init__(self, negative_slope: float = 0.01) -> None:
+        super().__init__()
+        self.negative_slope = float(negative_slope)
+
+    def forward(self, x: SharedTensor) -> SharedTensor:
+        """Compute the output."""
+        return F.leaky_relu(x, self.negative_slope)
+
+    def to_torch(self) -> torch.nn.Module:
+        """The plaintext torch layer."""
+        return torch.nn.LeakyReLU(self.negative_slope)
+
+    def extra_repr(self) -> str:
+        """Extra text for repr."""
+        return f"negative_slope={self.negative_slope}"
+
+
+class Sigmoid(Module):
+    """Logistic sigmoid (:func:`smpc.functional.sigmoid`, an approximation; see its range)."""
+
+    def forward(self, x: SharedTensor) -> SharedTensor:
+        """Compute the output."""
+        return F.sigmoid(x)
+
+    def to_torch(self) -> torch.nn.Module:
+        """The plaintext torch layer."""
+        return torch.nn.Sigmoid()
+
+
+class Tanh(Module):
+    """Hyperbolic tangent (:func:`smpc.functional.tanh`, an approximation; see its range)."""
+
+    def forward(self, x: SharedTensor) -> SharedTensor:
+        """Compute the output."""
+        return F.tanh(x)
+
+    def to_torch(self) -> torch.nn.Module:
+        """The plaintext torch layer."""
+        return torch.nn.Tanh()
+
+
+def _softmax_dim(dim: int | None, ndim: int) -> int:
+    """Torch's implicit dim for ``dim=None``: 0 for 0-, 1- and 3-d inputs, else 1."""
+    if dim is not None:
+        return dim
+    return 0 if ndim in (0, 1, 3) else 1
+
+
+class Softmax(Module):
+    """Softmax over ``dim`` (:func:`smpc.functional.softmax`)."""
+
+    def __init__(self, dim: int | None = None) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: SharedTensor) -> SharedTensor:
+        """Compute the output."""
+        return F.softmax(x, _softmax_dim(self.dim, x.dim()))
+
+    def to_torch(self) -> torch.nn.Module:
+        """The plaintext torch layer."""
+        return torch.nn.Softmax(self.dim)
+
+    def extra_repr(self) -> str:
+        """Extra text for repr."""
+        return f"dim={self.dim}"
+
+
+class LogSoftmax(Module):
+    """Log-softmax over ``dim`` (:func:`smpc.functional.log_softmax`)."""
+
+    def __init__(self, dim: int | None = None) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: SharedTensor) -> SharedTensor:
+        """Compute the output."""
+        return F.log_softmax(x, _softmax_dim(self.dim, x.dim()))
+
+    def to_torch(self) -> torch.nn.Module:
+        """The plaintext torch layer."""
+        return torch.nn.LogSoftmax(self.dim)
+
+    def extra_repr(self) -> str:
+        """Extra text for repr."""
+        return f"dim={self.dim}"
+
+
+class AdaptiveAvgPool2d(Module):
+    """Adaptive average pooling for output sizes that divide the input.
+
+    Equal disjoint windows: :func:`smpc.functional.adaptive_avg_pool2d` (an
+    average pooling, one truncation); other sizes raise
+    :class:`~smpc.errors.ShapeError`.
+    """
+
+    def __init__(self, output_size: int | Sequence[int | None]) -> None:
+        super().__init__()
+        self.output_size = output_size if isinstance(output_size, int) else tuple(output_size)
+
+    def forward(self, x: SharedTensor) -> SharedTensor:
+        """Compute the output."""
+        return F.adaptive_avg_pool2d(x, self.output_size)
+
+    def to_torch(self) -> torch.nn.Module:
+        """The plaintext torch layer."""
+        return torch.nn.AdaptiveAvgPool2d(self.output_size)
+
+    def extra_repr(self) -> str:
+        """Extra text for repr."""
+        return f"output_size={self.output_size}"
 
 
 class Identity(Module):

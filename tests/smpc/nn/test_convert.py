@@ -129,8 +129,8 @@ def test_unsupported_function_in_forward_is_named() -> None:
 
 
 def test_unsupported_configuration() -> None:
-    with smpc.Session(2) as sess, pytest.raises(smpc.UnsupportedModuleError, match="groups"):
-        snn.encrypt(torch.nn.Sequential(torch.nn.Conv2d(2, 2, 3, groups=2)), sess)
+    with smpc.Session(2) as sess, pytest.raises(smpc.UnsupportedModuleError, match="padding"):
+        snn.encrypt(torch.nn.Sequential(torch.nn.Conv2d(2, 2, 3, padding_mode="circular")), sess)
 
 
 def test_wrong_input_shape() -> None:

@@ -61,3 +61,163 @@ def test_kept_operand_bad_input_is_a_clear_error() -> None:
         kept_c = ops.keep_operand(c.share(torch.randn(4, 3)))
         with pytest.raises(ValueError, match="probabilistic truncation"):
             ops.matmul_kept(c.share(torch.randn(2, 4)), kept_c)
+
+
+# ----------------------------------------------------------------- layers from torch
+import pytest  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+ULP = 2.0**-16
+
+
+def _rand(shape: tuple[int, ...], seed: int, scale: float = 1.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(shape, generator=g) * 2 - 1) * scale
+
+
+def _check_layer(
+    layer: torch.nn.Module, x: torch.Tensor, kind: type, tol: float, world_size: int = 2
+) -> None:
+    """``smpc.nn.encrypt(layer)``: its type, its output, the input's and every parameter's
+    gradient against torch.autograd, and the decrypted layer."""
+    with smpc.Session(world_size) as sess:
+        enc = snn.encrypt(layer, sess)
+        assert type(enc) is kind
+        xs = sess.share(x, requires_grad=True)
+        out = enc(xs)
+        g = _rand(tuple(out.shape), 7)
+        out.backward(sess.share(g))
+        xt = x.clone().requires_grad_()
+        ref = layer(xt)
+        ref.backward(g)
+        torch.testing.assert_close(out.reveal(), ref.detach(), atol=tol, rtol=0)
+        assert xs.grad is not None and xt.grad is not None
+        torch.testing.assert_close(xs.grad.reveal(), xt.grad, atol=tol, rtol=0)
+        want = dict(layer.named_parameters())
+        got = dict(enc.named_parameters())
+        assert got.keys() == want.keys()
+        for name, p in got.items():
+            assert p.grad is not None, name
+            wg = want[name].grad
+            assert wg is not None
+            torch.testing.assert_close(p.grad.reveal(), wg, atol=tol, rtol=0, msg=name)
+        back = enc.decrypt()
+        assert type(back) is type(layer)
+        torch.testing.assert_close(back(x), layer(x), atol=ULP * 64, rtol=0)
+
+
+@settings(max_examples=6)
+@given(
+    groups=st.sampled_from([1, 2, 6]),
+    k=st.integers(1, 3),
+    stride=st.integers(1, 2),
+    padding=st.integers(0, 1),
+    seed=st.integers(0, 2**16),
+    n=st.sampled_from([2, 3]),
+)
+def test_grouped_conv2d_layer(
+    groups: int, k: int, stride: int, padding: int, seed: int, n: int
+) -> None:
+    torch.manual_seed(seed)
+    layer = torch.nn.Conv2d(6, 6, k, stride=stride, padding=padding, groups=groups)
+    x = _rand((2, 6, 5, 5), seed)
+    # longest reduction: the weight gradient's N * Ho * Wo terms of two encoded operands
+    _check_layer(layer, x, snn.Conv2d, tol=(2 * 25 + 2) * ULP, world_size=n)
+
+
+@settings(max_examples=6)
+@given(
+    groups=st.sampled_from([1, 2]),
+    k=st.integers(1, 3),
+    dilation=st.integers(1, 2),
+    seed=st.integers(0, 2**16),
+)
+def test_conv1d_layer(groups: int, k: int, dilation: int, seed: int) -> None:
+    torch.manual_seed(seed)
+    layer = torch.nn.Conv1d(4, 6, k, padding=1, dilation=dilation, groups=groups)
+    _check_layer(layer, _rand((3, 4, 8), seed), snn.Conv1d, tol=(3 * 8 + 2) * ULP)
+
+
+@settings(max_examples=6)
+@given(slope=st.sampled_from([0.01, 0.1, 0.3]), seed=st.integers(0, 2**16))
+def test_leaky_relu_layer(slope: float, seed: int) -> None:
+    layer = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.LeakyReLU(slope))
+    torch.manual_seed(seed)
+    layer[0].reset_parameters()
+    x = _rand((3, 4), seed, 2.0)
+    with smpc.Session(2) as sess:
+        enc = snn.encrypt(layer, sess)
+        assert isinstance(enc[1], snn.LeakyReLU) and enc[1].negative_slope == slope
+    _check_layer(layer, x, snn.Sequential, tol=64 * ULP)
+
+
+@settings(max_examples=6)
+@given(
+    kind=st.sampled_from(["sigmoid", "tanh", "softmax", "log_softmax"]),
+    dim=st.sampled_from([0, 1, -1]),
+    seed=st.integers(0, 2**16),
+)
+def test_activation_layers(kind: str, dim: int, seed: int) -> None:
+    """Module forms of the approximations: values and input gradients within their
+    documented accuracy (docs/approximations.md) on inputs in [-4, 4]."""
+    layer = {
+        "sigmoid": torch.nn.Sigmoid(),
+        "tanh": torch.nn.Tanh(),
+        "softmax": torch.nn.Softmax(dim=dim),
+        "log_softmax": torch.nn.LogSoftmax(dim=dim),
+    }[kind]
+    kinds = {
+        "sigmoid": snn.Sigmoid,
+        "tanh": snn.Tanh,
+        "softmax": snn.Softmax,
+        "log_softmax": snn.LogSoftmax,
+    }
+    _check_layer(layer, _rand((3, 4), seed, 4.0), kinds[kind], tol=1e-2)
+
+
+def test_softmax_layer_default_dim_follows_torch() -> None:
+    x = _rand((3, 4), 1)
+    with smpc.Session(2) as sess:
+        for layer in (torch.nn.Softmax(), torch.nn.LogSoftmax()):
+            with pytest.warns(UserWarning, match="dim"):
+                want = layer(x)
+            got = snn.encrypt(layer, sess)(sess.share(x)).reveal()
+            torch.testing.assert_close(got, want, atol=1e-2, rtol=0)
+
+
+@settings(max_examples=6)
+@given(size=st.sampled_from([1, 2, 4, (2, 1), (None, 2)]), seed=st.integers(0, 2**16))
+def test_adaptive_avg_pool2d_layer(size: object, seed: int) -> None:
+    layer = torch.nn.AdaptiveAvgPool2d(size)  # type: ignore[arg-type]
+    _check_layer(layer, _rand((2, 3, 4, 8), seed), snn.AdaptiveAvgPool2d, tol=4 * ULP)
+
+
+def test_adaptive_avg_pool2d_layer_refuses_sizes_that_do_not_divide() -> None:
+    with smpc.Session(2) as sess:
+        enc = snn.encrypt(torch.nn.AdaptiveAvgPool2d(3), sess)
+        with pytest.raises(smpc.ShapeError, match=r"must divide the input size \(4, 8\)"):
+            enc(sess.share(torch.ones(1, 2, 4, 8)))
+
+
+def test_new_layers_in_a_traced_model_and_an_unsupported_padding() -> None:
+    """The functional forms in a custom forward (torch.fx), and a clear refusal."""
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(2, 4, 3, groups=2, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.nn.functional.leaky_relu(self.conv(x), 0.2)
+            return torch.nn.functional.adaptive_avg_pool2d(h, 2)
+
+    torch.manual_seed(0)
+    net, x = Net(), _rand((2, 2, 4, 4), 3)
+    with smpc.Session(2) as sess:
+        got = snn.encrypt(net, sess)(sess.share(x)).reveal()
+        torch.testing.assert_close(got, net(x).detach(), atol=32 * ULP, rtol=0)
+        with pytest.raises(smpc.UnsupportedModuleError, match="padding"):
+            snn.encrypt(torch.nn.Sequential(torch.nn.Conv1d(2, 2, 3, padding="same")), sess)
+        with pytest.raises(smpc.UnsupportedModuleError, match="padding"):
+            snn.encrypt(torch.nn.Sequential(torch.nn.Conv2d(2, 2, 3, padding_mode="reflect")), sess)
