@@ -190,7 +190,8 @@ class SGD(Optimizer):
 _ADAM_SEGMENTS = (-8, 0, 8, 16, 24, 32)
 _ADAM_R_SHIFT = 4  # 1/sqrt(v_hat) is kept at scale 2^(f + 4): every 2^k is a left shift
 _ADAM_R_MAX = 2.0**17  # bound on 1/sqrt(v_hat) (0 is taken below the covered range)
-_ADAM_V_EXTRA = 8  # v_hat is kept at scale 2^(2f + 8)
+_ADAM_G_EXTRA = 4  # g is squared at scale 2^(f + 4) (when it is truncated from 2^(2f))
+_ADAM_V_EXTRA = 2 * _ADAM_G_EXTRA  # v_hat is kept at scale 2^(2f + 8), that square's scale
 _ADAM_COEF_BITS = 12  # significant bits of the moments' public coefficients
 _ADAM_MAX_FRAC_BITS = 16
 
@@ -233,8 +234,10 @@ class Adam(Optimizer):
       public ``a1``, ``a2`` are rounded to 12 significant bits (a relative error
       of ``2^-12`` in each step's weight, not accumulated in the bias).
     * A gradient that autograd kept before its truncation (``WideGrad``,
-      scale ``2^(2f)``) enters ``m_hat`` untruncated; ``g^2`` uses the gradient
-      truncated once (all parameters in one round, as reading ``p.grad`` would).
+      scale ``2^(2f)``) enters ``m_hat`` untruncated; ``g^2`` uses it truncated
+      to scale ``2^(f + 4)`` (all parameters in one round; reading ``p.grad``
+      would truncate it to ``2^f``), so that small gradients (weight decay
+      alone, say) keep 4 more bits in ``v_hat``.
     * ``1 / sqrt(v_hat)`` by :func:`smpc.nonlinear.rsqrt` on six copies of
       ``v_hat`` scaled by ``2^-8, 1, 2^8, 2^16, 2^24, 2^32`` (one batch: the
       rounds of one rsqrt), the right copy chosen by comparing ``v_hat`` with
@@ -322,7 +325,7 @@ class Adam(Optimizer):
             return
         params = [self.params[i] for i in active]
         # 1. Gradients at scale 2^(2f) (wide ones as they are) plus weight decay,
-        #    and at scale 2^f for the square (one truncation round, only if needed).
+        #    and at scale 2^(f + 4) for the square (one truncation round, only if needed).
         wd = _enc(self.weight_decay, f)
         wide_g: list[torch.Tensor] = []
         narrow_g: list[torch.Tensor] = []
@@ -335,7 +338,7 @@ class Adam(Optimizer):
             else:
                 g = p.grad
                 assert g is not None
-                narrow_g.append(_flat(g.share, p.dim()))
+                narrow_g.append(_flat(g.share << _ADAM_G_EXTRA, p.dim()))
                 share = g.share << f
             got = tuple(share.shape[share.dim() - p.dim() :])
             if got != tuple(p.shape):
@@ -344,11 +347,11 @@ class Adam(Optimizer):
                 )
             wide_g.append(_flat(share + wd * p.share if wd else share, p.dim()))
         if need_trunc:
-            (g_flat,) = rescale_many(sess, [(torch.cat(wide_g, dim=-1), f)])
+            (g_flat,) = rescale_many(sess, [(torch.cat(wide_g, dim=-1), f - _ADAM_G_EXTRA)])
         else:
             g_flat = torch.cat(narrow_g, dim=-1)
         # 2. g^2 at scale 2^(2f + 8): a square pair, no truncation.
-        g2 = beaver.square(comm, dealer, g_flat) << _ADAM_V_EXTRA
+        g2 = beaver.square(comm, dealer, g_flat)
         # 3. Bias-corrected moments: m_hat += a1 (g - m_hat), v_hat += a2 (g^2 - v_hat),
         #    a = (1 - beta) / (1 - beta^t) per parameter; one truncation round.
         b1, b2 = self.betas
