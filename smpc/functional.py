@@ -76,6 +76,7 @@ __all__ = [
     "log",
     "sqrt",
     "rsqrt",
+    "rsqrt_wide",
     "sigmoid",
     "tanh",
     "softmax",
@@ -610,6 +611,16 @@ def rsqrt(x: SharedTensor) -> SharedTensor:
     if _rec(x):
         return reciprocal(sqrt(x))
     return _nl.rsqrt(x)
+
+
+def rsqrt_wide(x: SharedTensor) -> SharedTensor:
+    """``1 / sqrt(x)`` for ``x`` in ``[2^-18, 2^14]``, 0 below (:func:`smpc.nonlinear.rsqrt_wide`).
+
+    Gradient ``-g / (2 x^1.5)`` from the saved output (two products).
+    """
+    if _rec(x):
+        return _fn.RsqrtWide.apply(x)
+    return _nl.rsqrt_wide(x)
 
 
 def sigmoid(x: SharedTensor) -> SharedTensor:

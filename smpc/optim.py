@@ -24,8 +24,7 @@ from . import nonlinear as nl
 from . import ops
 from .autograd.tape import WIDE_MAX_FRAC_BITS
 from .ops import rescale_many
-from .protocols import beaver, compare
-from .sharing import add_public
+from .protocols import beaver
 from .tensor import SharedTensor
 
 __all__ = ["SGD", "Adam", "Optimizer"]
@@ -396,25 +395,8 @@ class Adam(Optimizer):
     def _rsqrt(self, v: torch.Tensor) -> torch.Tensor:
         """Shares of ``1 / sqrt(v)`` (scale ``2^(f+R)``) from shares of ``v`` (``2^(2f+8)``)."""
         sess = self.session
-        comm, dealer = sess.comm, sess.dealer
-        f = sess.encoding.frac_bits
-        # v 2^(2k) at scale 2^f: v's ring value shifted right by f + 8 - 2k bits.
-        shifts = [f + _ADAM_V_EXTRA - k2 for k2 in _ADAM_SEGMENTS]
-        done = iter(rescale_many(sess, [(v, b) for b in shifts if b > 0]))
-        copies = [next(done) if b > 0 else v << -b for b in shifts]
-        y = nl.rsqrt(SharedTensor(torch.stack(copies, dim=-2), sess)).share
-        # 1/sqrt(v) = 2^k rsqrt(v 2^(2k)): at scale 2^(f + R) a left shift by k + R;
-        # below the covered range, 0 (a negative v from rounding included).
-        cands = [y[..., j, :] << (k2 // 2 + _ADAM_R_SHIFT) for j, k2 in enumerate(_ADAM_SEGMENTS)]
-        cands.append(torch.zeros_like(cands[0]))
-        # l_j = [v < 2^(-2 - 2k_j)], the lower end of copy j's range, compared on v
-        # itself (exact): r = c_0 - sum_j l_j (c_j - c_(j+1)) selects the copy whose
-        # range holds v.
-        thresholds = [1 << (2 * f + _ADAM_V_EXTRA - 2 - k2) for k2 in _ADAM_SEGMENTS]
-        below = torch.stack([add_public(comm, v, -t) for t in thresholds], dim=-2)
-        bits = compare.ltz(comm, dealer, below)
-        diffs = torch.stack([cands[j] - cands[j + 1] for j in range(len(thresholds))], dim=-2)
-        return cands[0] - beaver.mul(comm, dealer, bits, diffs).sum(dim=-2)
+        scale = 2 * sess.encoding.frac_bits + _ADAM_V_EXTRA
+        return nl.rsqrt_scaled_share(sess, v, scale, _ADAM_SEGMENTS, _ADAM_R_SHIFT)
 
     def _with_eps(self, r: torch.Tensor) -> torch.Tensor:
         """``r / (1 + eps r)`` (scale ``2^(f + R)``)."""

@@ -68,6 +68,7 @@ __all__ = [
     "Tanh",
     "Log",
     "Sqrt",
+    "RsqrtWide",
     "LazyValue",
     "sum_to",
 ]
@@ -936,6 +937,26 @@ class Sqrt(Function):
     def backward(ctx: Context, g: Grad) -> Grad:
         """Gradients w.r.t. the inputs."""
         return _gmul(_gmul(g, nl.reciprocal(ctx.saved_tensors[0])), 0.5)
+
+
+class RsqrtWide(Function):
+    """``1 / sqrt(x)`` over ``[2^-18, 2^14]`` (:func:`smpc.nonlinear.rsqrt_wide`).
+
+    Backward ``-g r^3 / 2`` from the saved output ``r`` (two products).
+    """
+
+    @staticmethod
+    def forward(ctx: Context, x: SharedTensor) -> SharedTensor:
+        """Compute the output."""
+        out = nl.rsqrt_wide(x)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Context, g: Grad) -> Grad:
+        """Gradients w.r.t. the inputs."""
+        (r,) = ctx.saved_tensors
+        return _gmul(g, ops.mul(ops.square(r), ops.mul(r, -0.5)))
 
 
 class Sigmoid(Function):

@@ -6,7 +6,8 @@ back. Layers: :class:`Linear`, :class:`Conv1d`, :class:`Conv2d` (grouped and
 depthwise too), :class:`ReLU`, :class:`LeakyReLU`, :class:`Sigmoid`,
 :class:`Tanh`, :class:`Softmax`, :class:`LogSoftmax`, :class:`Flatten`,
 :class:`AvgPool2d`, :class:`AdaptiveAvgPool2d`, :class:`MaxPool2d`,
-:class:`Dropout`, :class:`BatchNorm` (inference), :class:`Sequential`; losses
+:class:`Dropout`, :class:`BatchNorm` (batch statistics when training),
+:class:`Sequential`; losses
 :class:`MSELoss`, :class:`CrossEntropyLoss`.
 """
 

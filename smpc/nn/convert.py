@@ -28,13 +28,6 @@ from . import modules as M
 __all__ = ["encrypt", "register_layer", "supported_layers", "Traced"]
 
 Converter = Callable[[Any, Session, "int | str | None"], M.Module]
-BATCHNORM_TRAIN_MODE = (
-    "train mode: batch statistics are not computed under MPC. Call .eval() on the "
-    "model (or on this layer) before encrypt: an eval-mode BatchNorm right after a "
-    "Linear/Conv2d in an nn.Sequential is folded into that layer's weights, a "
-    "standalone one becomes a frozen per-channel affine map (its running statistics, "
-    "gamma and beta are not trained); or fold it into the preceding layer yourself"
-)
 _REGISTRY: dict[type[nn.Module], Converter] = {}
 
 
@@ -66,8 +59,6 @@ def _unsupported_reason(m: nn.Module) -> str | None:
         return "dilation != 1"
     if isinstance(m, nn.AvgPool2d) and (not m.count_include_pad or m.divisor_override):
         return "count_include_pad=False or divisor_override"
-    if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training:
-        return BATCHNORM_TRAIN_MODE
     return None
 
 
@@ -404,6 +395,6 @@ def encrypt(module: nn.Module, session: Session, *, src: int | str | None = None
         )
     out = _convert(module, session, src).train(module.training)
     for _, sub in out.named_modules():
-        if isinstance(sub, M.BatchNorm):  # frozen, as encrypted (train mode was refused)
-            sub.eval()
+        if isinstance(sub, M.BatchNorm):  # its own mode, as in torch (e.g. a frozen one)
+            sub.train(sub.init_training)
     return out

@@ -163,25 +163,29 @@ def test_module_api() -> None:
         assert tuple(lin.weight.shape) == (2, 3)
 
 
-@pytest.mark.parametrize("kind", ["1d", "2d"])
-def test_train_mode_batchnorm_is_refused_with_how_to_fold(kind: str) -> None:
-    """A train-mode BatchNorm would need batch statistics: refused, naming the fix."""
-    bn = torch.nn.BatchNorm1d(4) if kind == "1d" else torch.nn.BatchNorm2d(4)
-    layer = torch.nn.Linear(3, 4) if kind == "1d" else torch.nn.Conv2d(2, 4, 3)
-    model = torch.nn.Sequential(layer, bn, torch.nn.ReLU())  # train mode: torch's default
+def test_train_mode_batchnorm_is_converted_not_folded() -> None:
+    """A train-mode BatchNorm (torch's default) trains with batch statistics: it is
+    converted to smpc.nn.BatchNorm (never folded, which would freeze it) and, like
+    torch's, uses batch statistics and updates its running ones."""
+    torch.manual_seed(6)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.ReLU())
+    x = torch.randn(8, 3)
     with smpc.Session(2) as sess:
-        with pytest.raises(smpc.UnsupportedModuleError) as err:
-            snn.encrypt(model, sess)
-        msg = str(err.value)
-        assert f"1 (BatchNorm{kind}: train mode" in msg and ".eval()" in msg and "fold" in msg
-        with pytest.raises(smpc.UnsupportedModuleError, match="train mode"):
-            snn.encrypt(torch.nn.Sequential(torch.nn.ReLU(), bn), sess)
+        enc = snn.encrypt(model, sess)
+        assert isinstance(enc[1], snn.BatchNorm) and enc[1].training
+        got = enc(sess.share(x)).reveal()
+        want = model(x).detach()  # also updates torch's running statistics
+        torch.testing.assert_close(got, want, atol=5e-3, rtol=0)
+        back = enc.decrypt()
+    assert back.training
+    torch.testing.assert_close(back[1].running_mean, model[1].running_mean, atol=1e-3, rtol=0)
+    torch.testing.assert_close(back[1].running_var, model[1].running_var, atol=1e-3, rtol=0)
 
 
-def test_eval_batchnorm_stays_frozen_when_the_model_trains() -> None:
-    """A standalone eval-mode BatchNorm in a model put back in train mode stays frozen
-    (as in torch, where an eval-mode batch norm is a fixed affine map); switched to
-    train mode by hand, its forward raises instead of silently ignoring batch statistics."""
+def test_frozen_batchnorm_keeps_its_eval_mode_when_the_model_trains() -> None:
+    """A standalone eval-mode BatchNorm inside a train-mode model (a frozen batch
+    norm, as when fine-tuning) stays in eval mode, as in torch; switched to train
+    mode, it uses batch statistics as torch does."""
     torch.manual_seed(5)
     bn = torch.nn.BatchNorm1d(4)
     bn.running_mean.uniform_(-1, 1)
@@ -193,8 +197,7 @@ def test_eval_batchnorm_stays_frozen_when_the_model_trains() -> None:
         assert enc.training and not enc[1].training
         got = enc(sess.share(x)).reveal()
         torch.testing.assert_close(got, model(x).detach(), atol=2e-3, rtol=1e-3)
-        enc.train()
-        with pytest.raises(smpc.UnsupportedModuleError, match=r"\.eval\(\)"):
-            enc(sess.share(x))
-        enc[1].eval()
-        torch.testing.assert_close(enc(sess.share(x)).reveal(), got, atol=2e-3, rtol=0)
+        enc[1].train()
+        bn.train()
+        got = enc(sess.share(x)).reveal()
+        torch.testing.assert_close(got, model(x).detach(), atol=5e-3, rtol=1e-3)

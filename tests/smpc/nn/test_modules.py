@@ -221,3 +221,104 @@ def test_new_layers_in_a_traced_model_and_an_unsupported_padding() -> None:
             snn.encrypt(torch.nn.Sequential(torch.nn.Conv1d(2, 2, 3, padding="same")), sess)
         with pytest.raises(smpc.UnsupportedModuleError, match="padding"):
             snn.encrypt(torch.nn.Sequential(torch.nn.Conv2d(2, 2, 3, padding_mode="reflect")), sess)
+
+
+# ----------------------------------------------------------------- batch norm
+def _bn_tol(x: torch.Tensor, dims: list[int], ref: torch.Tensor) -> float:
+    """Derived bound: 1/sqrt(var + eps) errs by rsqrt's 2.5e-4 plus the variance's
+    own two truncations (2 ulp / var, for the smallest channel variance); each
+    output or gradient is a sum of up to three terms carrying that relative error
+    (times 4 for margin). Plus the truncations: a few ulps times the largest
+    ``inv = 1/std``, and in backward the variance path, where the sum of ``g xc``
+    (one ulp per element) meets ``d inv / d var = -inv^3 / 2`` and ``d var / d x =
+    2 xc / n``: about ``inv^2 max|xhat|`` ulps (times 4)."""
+    var = x.var(dim=dims, unbiased=False)
+    rel = 2.5e-4 + 2 * ULP / float(var.min())
+    inv = float((var + 1e-5).rsqrt().max())
+    xhat = float(((x - x.mean(dim=dims, keepdim=True)) * inv).abs().max())
+    return 4 * rel * float(ref.detach().abs().max()) + 8 * ULP * inv + 4 * ULP * inv**2 * xhat
+
+
+@settings(max_examples=6)
+@given(
+    kind=st.sampled_from(["1d", "1d-seq", "2d"]),
+    affine=st.booleans(),
+    momentum=st.sampled_from([0.1, None]),
+    seed=st.integers(0, 2**16),
+    n=st.sampled_from([2, 3]),
+)
+def test_batchnorm_trains_like_torch(
+    kind: str, affine: bool, momentum: float | None, seed: int, n: int
+) -> None:
+    """Train mode: batch statistics on shares, against torch: the output, the input's
+    and gamma/beta's gradients, the running statistics after two batches, and eval
+    mode afterwards (with and without autograd)."""
+    torch.manual_seed(seed)
+    shape = {"1d": (6, 3), "1d-seq": (4, 3, 5), "2d": (3, 3, 4, 4)}[kind]
+    bn = (torch.nn.BatchNorm2d if kind == "2d" else torch.nn.BatchNorm1d)(
+        3, affine=affine, momentum=momentum
+    )
+    if affine:
+        with torch.no_grad():
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.5, 0.5)
+    dims = [0, *range(2, len(shape))]
+    spread = torch.tensor([0.2, 1.0, 4.0]).reshape(1, 3, *([1] * (len(shape) - 2)))
+    xs = [_rand(shape, seed + i) * spread + 0.5 for i in range(2)]
+    with smpc.Session(n) as sess:
+        enc = snn.encrypt(bn, sess)
+        assert type(enc) is snn.BatchNorm and enc.training
+        assert [k for k, _ in enc.named_parameters()] == (["weight", "bias"] if affine else [])
+        for step, x in enumerate(xs):
+            xsh = sess.share(x, requires_grad=True)
+            out = enc(xsh)
+            g = _rand(tuple(out.shape), seed + 10 + step)
+            out.backward(sess.share(g))
+            xt = x.clone().requires_grad_()
+            for p in bn.parameters():
+                p.grad = None
+            ref = bn(xt)
+            ref.backward(g)
+            tol = _bn_tol(x, dims, ref)
+            torch.testing.assert_close(out.reveal(), ref.detach(), atol=tol, rtol=0)
+            assert xsh.grad is not None and xt.grad is not None
+            torch.testing.assert_close(
+                xsh.grad.reveal(), xt.grad, atol=_bn_tol(x, dims, xt.grad), rtol=0
+            )
+            for name, p in enc.named_parameters():
+                want = dict(bn.named_parameters())[name].grad
+                assert p.grad is not None and want is not None
+                torch.testing.assert_close(
+                    p.grad.reveal(), want, atol=_bn_tol(x, dims, want), rtol=0, msg=name
+                )
+                p.grad = None
+        back = enc.decrypt()
+        for name in ("running_mean", "running_var"):
+            torch.testing.assert_close(
+                getattr(back, name), getattr(bn, name), atol=1e-3, rtol=1e-3, msg=name
+            )
+        assert int(back.num_batches_tracked) == 2
+        enc.eval()
+        bn.eval()
+        x = xs[0]
+        want = bn(x).detach()
+        # y = x scale + shift, scale = gamma / sqrt(rv + eps), shift = beta - rm scale:
+        # scale's relative error (as in training, for the running variance) acts on
+        # both terms, which may nearly cancel.
+        view = (1, 3, *([1] * (len(shape) - 2)))
+        scale = (bn.running_var + bn.eps).rsqrt() * (bn.weight.detach() if affine else 1.0)
+        terms = (x.abs() + bn.running_mean.abs().reshape(view)) * scale.abs().reshape(view)
+        rel = 2.5e-4 + 2 * ULP / float(bn.running_var.min())
+        tol = 4 * rel * float(terms.max()) + 8 * ULP * float(scale.abs().max())
+        with smpc.no_grad():
+            torch.testing.assert_close(enc(sess.share(x)).reveal(), want, atol=tol, rtol=0)
+        torch.testing.assert_close(enc(sess.share(x)).reveal(), want, atol=tol, rtol=0)
+
+
+def test_batchnorm_bad_input() -> None:
+    with smpc.Session(2) as sess:
+        enc = snn.encrypt(torch.nn.BatchNorm1d(3), sess)
+        with pytest.raises(smpc.ShapeError, match="more than 1 value per channel"):
+            enc(sess.share(torch.ones(1, 3)))
+        with pytest.raises(smpc.ShapeError, match=r"expected input \(N, 3"):
+            enc(sess.share(torch.ones(2, 4)))
