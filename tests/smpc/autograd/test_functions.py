@@ -292,7 +292,7 @@ def _conv_tol(n: int, c_per_group: int, k: int, out_hw: int) -> float:
     return (max(c_per_group * k * k, n * out_hw) + 2) * ULP
 
 
-@settings(max_examples=8)
+@settings(max_examples=6)
 @given(
     groups=st.sampled_from([1, 2, 4]),
     depthwise=st.booleans(),
@@ -329,6 +329,7 @@ def test_grouped_conv2d(
     )
 
 
+@settings(max_examples=6)
 @given(
     groups=st.sampled_from([1, 3]),
     stride=st.integers(1, 2),

@@ -126,7 +126,7 @@ def test_grouped_conv2d_layer(
     _check_layer(layer, x, snn.Conv2d, tol=(2 * 25 + 2) * ULP, world_size=n)
 
 
-@settings(max_examples=6)
+@settings(max_examples=4)
 @given(
     groups=st.sampled_from([1, 2]),
     k=st.integers(1, 3),
