@@ -1,4 +1,8 @@
-"""Optimizers on shared parameters (nn layer): :class:`SGD` with momentum and weight decay.
+"""Optimizers on shared parameters (nn layer): :class:`SGD` and :class:`Adam`.
+
+:class:`Adam` keeps secret-shared moments and takes ``1 / sqrt(v_hat)`` from the
+existing approximations (see its docstring for the range and the cost); what
+follows is about SGD (with momentum and weight decay).
 
 Updates are computed on the shares without revealing anything. The whole step
 costs **one truncation round for all parameters together**: every parameter's
