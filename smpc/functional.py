@@ -13,6 +13,7 @@ check: no tape, no overhead).
 from __future__ import annotations
 
 import builtins
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,8 +49,10 @@ __all__ = [
     "cat",
     "stack",
     "linear",
+    "conv1d",
     "conv2d",
     "avg_pool2d",
+    "adaptive_avg_pool2d",
     "max_pool2d",
     "mse_loss",
     "cross_entropy",
@@ -60,6 +63,7 @@ __all__ = [
     "eq",
     "ne",
     "relu",
+    "leaky_relu",
     "sign",
     "abs",
     "where",
@@ -72,6 +76,7 @@ __all__ = [
     "log",
     "sqrt",
     "rsqrt",
+    "rsqrt_wide",
     "sigmoid",
     "tanh",
     "softmax",
@@ -182,6 +187,44 @@ def conv2d(
             _ops.check_groups(groups),
         )
     return _ops.conv2d(input, weight, bias, stride, padding, dilation, groups)
+
+
+def _single(v: int | Sequence[int], name: str) -> int:
+    """An int, or a one-element sequence of one (torch's 1-d argument forms)."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v
+    if isinstance(v, Sequence) and len(v) == 1 and isinstance(v[0], int):
+        return int(v[0])
+    raise ValueError(f"conv1d: `{name}` must be an int or a 1-tuple; got {v!r}")
+
+
+def conv1d(
+    input: SharedTensor | torch.Tensor,
+    weight: SharedTensor | torch.Tensor,
+    bias: SharedTensor | torch.Tensor | None = None,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+) -> SharedTensor:
+    """1-D convolution like ``torch.nn.functional.conv1d``: :func:`conv2d` of height 1.
+
+    ``input`` (N, C, L) or (C, L), ``weight`` (O, C/groups, k). The reshapes
+    are local; the cost is that of the equivalent :func:`conv2d` (its Beaver
+    convolution triple and truncation; gradients likewise).
+    """
+    if input.dim() not in (2, 3) or weight.dim() != 3:
+        raise ShapeError(
+            f"conv1d: expected input (N, C, L) or (C, L) and weight (O, C/groups, k); "
+            f"got {tuple(input.shape)} and {tuple(weight.shape)}"
+        )
+    st, pd, dl = (
+        _single(stride, "stride"),
+        _single(padding, "padding"),
+        _single(dilation, "dilation"),
+    )
+    out = conv2d(input.unsqueeze(-2), weight.unsqueeze(-2), bias, (1, st), (0, pd), (1, dl), groups)
+    return out.squeeze(-2)
 
 
 def pow(x: SharedTensor, exponent: int) -> SharedTensor:
@@ -325,6 +368,51 @@ def avg_pool2d(
     return _ops.conv2d(input, weight, stride=st, padding=padding, groups=c)
 
 
+def _adaptive_size(size: Any, h: int, w: int) -> tuple[int, int]:
+    pair = (size, size) if isinstance(size, int) or size is None else tuple(size)
+    if len(pair) != 2:
+        raise ValueError(
+            f"adaptive_avg_pool2d: `output_size` must be an int or a pair; got {size!r}"
+        )
+    out = (h if pair[0] is None else pair[0], w if pair[1] is None else pair[1])
+    for o in out:
+        if isinstance(o, bool) or not isinstance(o, int) or o < 1:
+            raise ValueError(
+                f"adaptive_avg_pool2d: `output_size` must hold positive ints or None; got {size!r}"
+            )
+    return int(out[0]), int(out[1])
+
+
+def adaptive_avg_pool2d(
+    input: SharedTensor, output_size: int | Sequence[int | None]
+) -> SharedTensor:
+    """Adaptive average pooling like ``torch.nn.functional.adaptive_avg_pool2d``.
+
+    Supported when each output size divides the input size (then the windows
+    are disjoint and equal: :func:`avg_pool2d` with kernel = stride = input //
+    output; one truncation); ``None`` keeps that input size.
+
+    Raises:
+        ShapeError: an output size does not divide the input size (the
+            windows would overlap unevenly).
+    """
+    if input.dim() not in (3, 4):
+        raise ShapeError(
+            f"adaptive_avg_pool2d: expected (N,C,H,W) or (C,H,W); got {tuple(input.shape)}"
+        )
+    h, w = int(input.shape[-2]), int(input.shape[-1])
+    oh, ow = _adaptive_size(output_size, h, w)
+    if h % oh or w % ow:
+        raise ShapeError(
+            f"adaptive_avg_pool2d: output size {(oh, ow)} must divide the input size {(h, w)} "
+            "(only equal, disjoint windows are supported)"
+        )
+    if (oh, ow) == (h, w):
+        return input
+    k = (h // oh, w // ow)
+    return avg_pool2d(input, k, k)
+
+
 def mse_loss(
     input: SharedTensor, target: SharedTensor | torch.Tensor, reduction: str = "mean"
 ) -> SharedTensor:
@@ -409,6 +497,22 @@ def relu(x: SharedTensor) -> SharedTensor:
     if _rec(x):
         return _fn.ReLU.apply(x)
     return _nl.relu(x)
+
+
+def leaky_relu(x: SharedTensor, negative_slope: float = 0.01) -> SharedTensor:
+    """``max(x, 0) + negative_slope * min(x, 0)`` like ``torch.nn.functional.leaky_relu``.
+
+    Computed as ``negative_slope * x + (1 - negative_slope) * relu(x)``: one
+    comparison and the ReLU's product, plus two public products (truncations).
+    With autograd, ReLU's comparison bit is kept: the gradient
+    ``g * (negative_slope + (1 - negative_slope) * [x > 0])`` costs one product.
+    """
+    slope = float(negative_slope)
+    if not math.isfinite(slope):
+        raise ValueError(f"leaky_relu: `negative_slope` must be finite; got {negative_slope!r}")
+    if slope == 0.0:
+        return relu(x)
+    return add(mul(x, slope), mul(relu(x), 1.0 - slope))
 
 
 def sign(x: SharedTensor) -> SharedTensor:
@@ -516,6 +620,16 @@ def rsqrt(x: SharedTensor) -> SharedTensor:
     if _rec(x):
         return reciprocal(sqrt(x))
     return _nl.rsqrt(x)
+
+
+def rsqrt_wide(x: SharedTensor) -> SharedTensor:
+    """``1 / sqrt(x)`` for ``x`` in ``[2^-18, 2^14]``, 0 below (:func:`smpc.nonlinear.rsqrt_wide`).
+
+    Gradient ``-g / (2 x^1.5)`` from the saved output (two products).
+    """
+    if _rec(x):
+        return _fn.RsqrtWide.apply(x)
+    return _nl.rsqrt_wide(x)
 
 
 def sigmoid(x: SharedTensor) -> SharedTensor:

@@ -64,6 +64,8 @@ __all__ = [
     "log",
     "sqrt",
     "rsqrt",
+    "rsqrt_wide",
+    "rsqrt_scaled_share",
     "sigmoid",
     "tanh",
     "softmax",
@@ -627,6 +629,73 @@ def rsqrt(x: SharedTensor, *, iterations: int = 5) -> SharedTensor:
     for _ in range(iterations):
         y = ops.mul(y, ops.sub(1.5, ops.mul(ops.mul(x, 0.5), ops.square(y))))
     return y
+
+
+# rsqrt is accurate on [2^-2, 2^6] (inside its documented [0.1, 100]); a copy of x
+# scaled by 2^(2k) brings [2^(-2-2k), 2^(6-2k)] there, and 1/sqrt(x) = 2^k rsqrt(x 2^(2k)).
+_RSQRT_WIDE_SEGMENTS = (-8, 0, 8, 16)  # 2k: x in [2^-18, 2^14]
+_RSQRT_LO, _RSQRT_HI = -2, 6  # log2 of the range each copy serves
+
+
+def rsqrt_scaled_share(
+    sess: Session, x: torch.Tensor, scale_bits: int, segments: Sequence[int], out_shift: int
+) -> torch.Tensor:
+    """Shares of ``2^out_shift / sqrt(x)`` (scale ``2^f``) from shares of ``x`` (``2^scale_bits``).
+
+    Protocol (range selection over :func:`rsqrt`):
+        1. For each even ``2k`` in ``segments`` (increasing), a copy ``x 2^(2k)``
+           at scale ``2^f``: a truncation by ``scale_bits - f - 2k`` bits (all
+           copies in one round) or an exact left shift.
+        2. :func:`rsqrt` of all copies at once (one batch: the rounds of one).
+        3. ``l_j = [x < 2^(-2-2k_j)]`` for every copy, one batch of comparisons on
+           ``x`` itself (exact), and ``r = c_0 - sum_j l_j (c_j - c_(j+1))`` with
+           ``c_j = 2^(k_j + out_shift) rsqrt(x 2^(2k_j))`` (a left shift; needs
+           ``k_j + out_shift >= 0``) and ``c_J = 0``: one product of the ring bits,
+           exact for any values of the copies out of their range.
+
+    Valid for ``2^(-2 - max 2k) <= x < 2^(6 - min 2k)``, each copy then inside
+    ``[2^-2, 2^6]`` where rsqrt's relative error is below ``2.5e-4``; 0 below
+    that range (a negative ``x`` included), so the result is never larger than
+    the largest in range. Cost: one truncation round (if a copy needs one),
+    rsqrt (48 rounds) on ``len(segments)`` times the elements, one comparison (7
+    rounds) on as many, and one product round.
+    """
+    comm, dealer = sess.comm, sess.dealer
+    f = sess.encoding.frac_bits
+    shifts = [scale_bits - f - k2 for k2 in segments]
+    done = iter(ops.rescale_many(sess, [(x, b) for b in shifts if b > 0]))
+    copies = [next(done) if b > 0 else x << -b for b in shifts]
+    y = rsqrt(SharedTensor(torch.stack(copies, dim=-2), sess)).share
+    cands = [y[..., j, :] << (k2 // 2 + out_shift) for j, k2 in enumerate(segments)]
+    cands.append(torch.zeros_like(cands[0]))
+    # Compare x shifted left so that the smallest threshold is a whole unit.
+    lift = builtins.max(0, -_RSQRT_LO + builtins.max(segments) - scale_bits)
+    base = x << lift
+    thresholds = [1 << (scale_bits + lift + _RSQRT_LO - k2) for k2 in segments]
+    below = torch.stack([add_public(comm, base, -t) for t in thresholds], dim=-2)
+    bits = compare.ltz(comm, dealer, below)
+    diffs = torch.stack([cands[j] - cands[j + 1] for j in range(len(segments))], dim=-2)
+    return cands[0] - beaver.mul(comm, dealer, bits, diffs).sum(dim=-2)
+
+
+def rsqrt_wide(x: SharedTensor) -> SharedTensor:
+    """``1 / sqrt(x)`` for ``x`` in ``[2^-18, 2^14]``; 0 below (negative ``x`` included).
+
+    :func:`rsqrt` on four copies of ``x`` scaled by ``2^-8, 1, 2^8, 2^16``, the
+    copy in range chosen by comparisons (:func:`rsqrt_scaled_share`). Error at
+    most ``5e-4 / sqrt(x) + 2^-(f-1)`` for ``x`` in ``[2^-6, 2^14]`` (at
+    ``f = 16``; below ``2^-6`` the encoding of ``x`` itself dominates: 4e-3
+    relative at ``2^-10``). Cost (2 parties): 75 rounds (a truncation, rsqrt,
+    a comparison, a product and a truncation), 2752 bytes per element to each
+    other party.
+    """
+    x = _check_shared(x, "x")
+    sess = _sess(x)
+    flat = x.share.reshape(*x.share.shape[: lead(sess.comm)], -1)
+    shift = 4  # out at scale 2^(f + 4): every 2^k is then a left shift; one truncation back
+    r = rsqrt_scaled_share(sess, flat, sess.encoding.frac_bits, _RSQRT_WIDE_SEGMENTS, shift)
+    (out,) = ops.rescale_many(sess, [(r, shift)])
+    return SharedTensor(out.reshape(x.share.shape), sess)
 
 
 def sqrt(x: SharedTensor, *, iterations: int = 5) -> SharedTensor:

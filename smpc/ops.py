@@ -538,6 +538,11 @@ def conv2d(
             f"conv2d: expected input (N,C,H,W) and weight (O,C/groups,kh,kw); "
             f"got {tuple(xin.shape)} and {tuple(w.shape)}"
         )
+    if w.shape[0] % groups:
+        raise ShapeError(
+            f"conv2d: weight's {w.shape[0]} output channels are not divisible by "
+            f"groups={groups} (weight {tuple(w.shape)})"
+        )
     if xin.shape[1] != w.shape[1] * groups:
         raise ShapeError(
             f"conv2d: input has {xin.shape[1]} channels but weight expects "

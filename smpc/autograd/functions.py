@@ -68,6 +68,7 @@ __all__ = [
     "Tanh",
     "Log",
     "Sqrt",
+    "RsqrtWide",
     "LazyValue",
     "sum_to",
 ]
@@ -352,8 +353,9 @@ def conv2d_input_grad(
     stride: tuple[int, int],
     padding: tuple[int, int],
     dilation: tuple[int, int],
+    groups: int = 1,
 ) -> Grad:
-    """``conv_transpose2d(g, w)`` back to ``input_shape`` (groups=1).
+    """``conv_transpose2d(g, w)`` back to ``input_shape`` (grouped like the forward).
 
     A transposed convolution of the gradient (its own Beaver triple kind): the
     work of the forward convolution, where the equivalent stride-1 convolution
@@ -364,11 +366,33 @@ def conv2d_input_grad(
     if not isinstance(g, SharedTensor) and not isinstance(w, SharedTensor):
         return torch.nn.functional.conv_transpose2d(
             g, torch.as_tensor(w), stride=stride, padding=padding,
-            output_padding=out_pad, dilation=dilation,
+            output_padding=out_pad, dilation=dilation, groups=groups,
         )  # fmt: skip
     return ops.conv_transpose2d(
-        g, w, stride=stride, padding=padding, output_padding=out_pad, dilation=dilation
+        g,
+        w,
+        stride=stride,
+        padding=padding,
+        output_padding=out_pad,
+        dilation=dilation,
+        groups=groups,
     )
+
+
+def _weight_grad_operands(x: Any, g: Any, groups: int) -> tuple[Any, Any]:
+    """The operands of the weight gradient as one convolution over the batch (local).
+
+    ``x`` (N, C, H, W) becomes (C/G, G*N, H, W) with group-major channels and
+    ``g`` (N, O, Ho, Wo) becomes (O, N, Ho, Wo): a convolution with ``groups=G``
+    then pairs group ``k``'s input channels with its output channels only, and
+    gives (C/G, O, kh', kw'), the weight gradient transposed (groups=1: the
+    plain ``x^T``, ``g^T``).
+    """
+    if groups == 1:
+        return x.transpose(0, 1), g.transpose(0, 1)
+    n, c, h, w = (int(v) for v in _shape_of(x))
+    xt = x.reshape(n, groups, c // groups, h, w).permute(2, 1, 0, 3, 4)
+    return xt.reshape(c // groups, groups * n, h, w), g.transpose(0, 1)
 
 
 def conv2d_weight_grad(
@@ -378,16 +402,18 @@ def conv2d_weight_grad(
     stride: tuple[int, int],
     padding: tuple[int, int],
     dilation: tuple[int, int],
+    groups: int = 1,
 ) -> Grad:
-    """``d out / d weight``: a convolution of the input with ``g`` over the batch (groups=1)."""
+    """``d out / d weight``: a convolution of the input with ``g`` over the batch."""
     kh, kw = int(weight_shape[2]), int(weight_shape[3])
-    xt = x.transpose(0, 1)  # (C, N, H, W)
-    gt = g.transpose(0, 1)  # (O, N, Ho, Wo)
+    xt, gt = _weight_grad_operands(x, g, groups)  # (C/G, G*N, H, W), (O, N, Ho, Wo)
     out: Grad
     if not isinstance(xt, SharedTensor) and not isinstance(gt, SharedTensor):
-        out = torch.nn.functional.conv2d(xt, gt, padding=padding, stride=dilation, dilation=stride)
+        out = torch.nn.functional.conv2d(
+            xt, gt, padding=padding, stride=dilation, dilation=stride, groups=groups
+        )
     else:
-        out = ops.conv2d(xt, gt, padding=padding, stride=dilation, dilation=stride)
+        out = ops.conv2d(xt, gt, padding=padding, stride=dilation, dilation=stride, groups=groups)
     out = out[:, :, :kh, :kw]
     return out.transpose(0, 1)
 
@@ -399,6 +425,7 @@ def conv2d_grads(
     stride: tuple[int, int],
     padding: tuple[int, int],
     dilation: tuple[int, int],
+    groups: int = 1,
 ) -> tuple[SharedTensor, SharedTensor]:
     """Both gradients of a shared convolution, the two products in the rounds of one.
 
@@ -407,15 +434,16 @@ def conv2d_grads(
     kh, kw = int(w.shape[2]), int(w.shape[3])
     out_pad = _output_padding(g.shape, w.shape, x.shape, stride, padding, dilation)
     to_input = ring.ConvTranspose2dOp(
-        stride=stride, padding=padding, output_padding=out_pad, dilation=dilation
+        stride=stride, padding=padding, output_padding=out_pad, dilation=dilation, groups=groups
     )
-    to_weight = ring.Conv2dOp(stride=dilation, padding=padding, dilation=stride)
-    gx, gw = ops.bilinears([(to_input, g, w), (to_weight, x.transpose(0, 1), g.transpose(0, 1))])
+    to_weight = ring.Conv2dOp(stride=dilation, padding=padding, dilation=stride, groups=groups)
+    xt, gt = _weight_grad_operands(x, g, groups)
+    gx, gw = ops.bilinears([(to_input, g, w), (to_weight, xt, gt)])
     return gx, gw[:, :, :kh, :kw].transpose(0, 1)
 
 
 class Conv2d(Function):
-    """2-D convolution (``groups=1`` for gradients)."""
+    """2-D convolution, grouped or not (depthwise: ``groups`` = channels)."""
 
     @staticmethod
     def forward(
@@ -429,19 +457,15 @@ class Conv2d(Function):
         groups: int,
     ) -> SharedTensor:
         """Compute the output."""
-        if groups != 1:
-            raise NotImplementedError(
-                f"conv2d: gradients need groups=1; got groups={groups} (run under smpc.no_grad())"
-            )
         ctx.save_for_backward(x, w)
-        ctx.conf = (stride, padding, dilation)
-        return ops.conv2d(x, w, b, stride=stride, padding=padding, dilation=dilation)
+        ctx.conf = (stride, padding, dilation, groups)
+        return ops.conv2d(x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups)
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> tuple[Any, ...]:
         """Gradients w.r.t. the inputs."""
         x, w = ctx.saved_tensors
-        stride, padding, dilation = ctx.conf
+        stride, padding, dilation, groups = ctx.conf
         nx, nw, nb = ctx.needs_input_grad[:3]
         squeeze = len(_shape_of(x)) == 3
         if squeeze:
@@ -457,12 +481,12 @@ class Conv2d(Function):
             and isinstance(g, SharedTensor)
             and isinstance(w, SharedTensor)
         ):
-            gx, gw = conv2d_grads(x, g, w, stride, padding, dilation)
+            gx, gw = conv2d_grads(x, g, w, stride, padding, dilation, groups)
         else:
             if nx:
-                gx = conv2d_input_grad(g, w, _shape_of(x), stride, padding, dilation)
+                gx = conv2d_input_grad(g, w, _shape_of(x), stride, padding, dilation, groups)
             if nw:
-                gw = conv2d_weight_grad(x, g, _shape_of(w), stride, padding, dilation)
+                gw = conv2d_weight_grad(x, g, _shape_of(w), stride, padding, dilation, groups)
         if nx and squeeze:
             assert gx is not None
             gx = gx.squeeze(0)
@@ -909,6 +933,26 @@ class Sqrt(Function):
     def backward(ctx: Context, g: Grad) -> Grad:
         """Gradients w.r.t. the inputs."""
         return _gmul(_gmul(g, nl.reciprocal(ctx.saved_tensors[0])), 0.5)
+
+
+class RsqrtWide(Function):
+    """``1 / sqrt(x)`` over ``[2^-18, 2^14]`` (:func:`smpc.nonlinear.rsqrt_wide`).
+
+    Backward ``-g r^3 / 2`` from the saved output ``r`` (two products).
+    """
+
+    @staticmethod
+    def forward(ctx: Context, x: SharedTensor) -> SharedTensor:
+        """Compute the output."""
+        out = nl.rsqrt_wide(x)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Context, g: Grad) -> Grad:
+        """Gradients w.r.t. the inputs."""
+        (r,) = ctx.saved_tensors
+        return _gmul(g, ops.mul(ops.square(r), ops.mul(r, -0.5)))
 
 
 class Sigmoid(Function):

@@ -49,18 +49,16 @@ def supported_layers() -> tuple[type[nn.Module], ...]:
 
 def _unsupported_reason(m: nn.Module) -> str | None:
     """Why a registered layer's configuration cannot be converted (None if it can)."""
-    if isinstance(m, nn.Conv2d) and (
-        m.groups != 1 or m.padding_mode != "zeros" or isinstance(m.padding, str)
+    if isinstance(m, (nn.Conv1d, nn.Conv2d)) and (
+        m.padding_mode != "zeros" or isinstance(m.padding, str)
     ):
-        return "only groups=1, zero, integer padding"
+        return "only zero, integer padding"
     if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) and m.ceil_mode:
         return "ceil_mode=True"
     if isinstance(m, nn.MaxPool2d) and m.dilation not in (1, (1, 1)):
         return "dilation != 1"
     if isinstance(m, nn.AvgPool2d) and (not m.count_include_pad or m.divisor_override):
         return "count_include_pad=False or divisor_override"
-    if isinstance(m, nn.ReLU) and m.inplace:
-        return None
     return None
 
 
@@ -72,6 +70,43 @@ def _linear(m: nn.Linear, sess: Session, src: int | str | None) -> M.Module:
 @register_layer(nn.Conv2d)
 def _conv(m: nn.Conv2d, sess: Session, src: int | str | None) -> M.Module:
     return M.Conv2d.from_torch(m, sess, src)
+
+
+@register_layer(nn.Conv1d)
+def _conv1d(m: nn.Conv1d, sess: Session, src: int | str | None) -> M.Module:
+    return M.Conv1d.from_torch(m, sess, src)
+
+
+@register_layer(nn.LeakyReLU)
+def _leaky_relu(m: nn.LeakyReLU, sess: Session, src: int | str | None) -> M.Module:
+    return M.LeakyReLU(m.negative_slope)
+
+
+@register_layer(nn.Sigmoid)
+def _sigmoid(m: nn.Sigmoid, sess: Session, src: int | str | None) -> M.Module:
+    return M.Sigmoid()
+
+
+@register_layer(nn.Tanh)
+def _tanh(m: nn.Tanh, sess: Session, src: int | str | None) -> M.Module:
+    return M.Tanh()
+
+
+@register_layer(nn.Softmax)
+def _softmax(m: nn.Softmax, sess: Session, src: int | str | None) -> M.Module:
+    return M.Softmax(m.dim)
+
+
+@register_layer(nn.LogSoftmax)
+def _log_softmax(m: nn.LogSoftmax, sess: Session, src: int | str | None) -> M.Module:
+    return M.LogSoftmax(m.dim)
+
+
+@register_layer(nn.AdaptiveAvgPool2d)
+def _adaptive_avgpool(m: nn.AdaptiveAvgPool2d, sess: Session, src: int | str | None) -> M.Module:
+    if m.output_size is None:
+        raise UnsupportedModuleError("encrypt: AdaptiveAvgPool2d needs an `output_size`; got None")
+    return M.AdaptiveAvgPool2d(m.output_size)
 
 
 @register_layer(nn.ReLU)
@@ -175,6 +210,11 @@ _FUNCTIONS: dict[Any, Callable[..., Any]] = {
     torch.nn.functional.relu: lambda x, inplace=False: F.relu(x),
     torch.nn.functional.linear: F.linear,
     torch.nn.functional.conv2d: F.conv2d,
+    torch.nn.functional.conv1d: F.conv1d,
+    torch.nn.functional.leaky_relu: lambda x, negative_slope=0.01, inplace=False: F.leaky_relu(
+        x, negative_slope
+    ),
+    torch.nn.functional.adaptive_avg_pool2d: F.adaptive_avg_pool2d,
     torch.nn.functional.avg_pool2d: lambda x, kernel_size, stride=None, padding=0, *a, **k: (
         F.avg_pool2d(x, kernel_size, stride, padding)
     ),
@@ -353,5 +393,8 @@ def encrypt(module: nn.Module, session: Session, *, src: int | str | None = None
         raise UnsupportedModuleError(
             f"encrypt: unsupported layer(s): {'; '.join(bad)}. Supported layers: {names}"
         )
-    out = _convert(module, session, src)
-    return out.train(module.training)
+    out = _convert(module, session, src).train(module.training)
+    for _, sub in out.named_modules():
+        if isinstance(sub, M.BatchNorm):  # its own mode, as in torch (e.g. a frozen one)
+            sub.train(sub.init_training)
+    return out

@@ -16,8 +16,9 @@ from typing import Any
 import torch
 
 from .. import functional as F
+from .. import nonlinear as nl
 from .. import ops
-from ..autograd import is_grad_enabled
+from ..autograd import is_grad_enabled, no_grad
 from ..errors import ShapeError
 from ..session import Session
 from ..tensor import SharedTensor
@@ -25,8 +26,15 @@ from ..tensor import SharedTensor
 __all__ = [
     "Module",
     "Linear",
+    "Conv1d",
     "Conv2d",
     "ReLU",
+    "LeakyReLU",
+    "Sigmoid",
+    "Tanh",
+    "Softmax",
+    "LogSoftmax",
+    "AdaptiveAvgPool2d",
     "Flatten",
     "AvgPool2d",
     "MaxPool2d",
@@ -237,25 +245,37 @@ class Linear(Module):
         )
 
 
+def _conv_padding(init: torch.nn.Conv1d | torch.nn.Conv2d) -> tuple[int, ...]:
+    """The layer's integer zero padding (string padding and other modes are refused)."""
+    pad = init.padding
+    if init.padding_mode != "zeros" or isinstance(pad, str):
+        raise ValueError(
+            f"{type(init).__name__}: only zero, integer padding is supported; "
+            f"got padding_mode={init.padding_mode!r}, padding={pad!r}"
+        )
+    return tuple(int(p) for p in pad)
+
+
 class Conv2d(Module):
-    """2-D convolution with shared ``weight`` (O, C, kh, kw) and ``bias`` (O,); ``groups=1``."""
+    """2-D convolution with shared ``weight`` (O, C/groups, kh, kw) and ``bias`` (O,).
+
+    Grouped and depthwise convolutions (``groups > 1``) are supported, with
+    gradients; the Beaver convolution triple carries ``groups`` in its
+    :class:`smpc.ring.Conv2dOp`.
+    """
 
     def __init__(
         self, init: torch.nn.Conv2d, *, session: Session, src: int | str | None = None
     ) -> None:
         super().__init__()
-        if init.groups != 1 or init.padding_mode != "zeros" or isinstance(init.padding, str):
-            raise ValueError(
-                "Conv2d: only groups=1, zero padding and integer padding are supported; "
-                f"got groups={init.groups}, padding_mode={init.padding_mode!r}, "
-                f"padding={init.padding!r}"
-            )
+        pad = _conv_padding(init)
         self.in_channels = init.in_channels
         self.out_channels = init.out_channels
         self.kernel_size = _pair(init.kernel_size)
         self.stride = _pair(init.stride)
-        self.padding = _pair(init.padding)
+        self.padding = _pair(pad)
         self.dilation = _pair(init.dilation)
+        self.groups = init.groups
         self.weight = _share_param(session, init.weight, src)
         self.bias: SharedTensor | None = (
             _share_param(session, init.bias, src) if init.bias is not None else None
@@ -274,7 +294,9 @@ class Conv2d(Module):
             raise ShapeError(
                 f"Conv2d: expected input (N, {self.in_channels}, H, W); got {tuple(x.shape)}"
             )
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+        return F.conv2d(
+            x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
+        )
 
     def to_torch(self) -> torch.nn.Conv2d:
         """The plaintext torch layer (reveals the weights)."""
@@ -285,6 +307,7 @@ class Conv2d(Module):
             self.stride,
             self.padding,
             self.dilation,
+            groups=self.groups,
             bias=self.bias is not None,
         )
         with torch.no_grad():
@@ -300,6 +323,77 @@ class Conv2d(Module):
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"stride={self.stride}, padding={self.padding}"
+            + (f", groups={self.groups}" if self.groups != 1 else "")
+        )
+
+
+class Conv1d(Module):
+    """1-D convolution with shared ``weight`` (O, C/groups, k) and ``bias`` (O,).
+
+    Computed as a :class:`Conv2d` of height 1 (:func:`smpc.functional.conv1d`),
+    grouped or not, with gradients.
+    """
+
+    def __init__(
+        self, init: torch.nn.Conv1d, *, session: Session, src: int | str | None = None
+    ) -> None:
+        super().__init__()
+        pad = _conv_padding(init)
+        self.in_channels = init.in_channels
+        self.out_channels = init.out_channels
+        self.kernel_size = int(init.kernel_size[0])
+        self.stride = int(init.stride[0])
+        self.padding = pad[0]
+        self.dilation = int(init.dilation[0])
+        self.groups = init.groups
+        self.weight = _share_param(session, init.weight, src)
+        self.bias: SharedTensor | None = (
+            _share_param(session, init.bias, src) if init.bias is not None else None
+        )
+
+    @classmethod
+    def from_torch(
+        cls, m: torch.nn.Conv1d, session: Session, src: int | str | None = None
+    ) -> Conv1d:
+        """Share a torch ``Conv1d``'s weights."""
+        return cls(m, session=session, src=src)
+
+    def forward(self, x: SharedTensor) -> SharedTensor:
+        """Compute the output."""
+        if x.dim() not in (2, 3) or x.shape[-2] != self.in_channels:
+            raise ShapeError(
+                f"Conv1d: expected input (N, {self.in_channels}, L); got {tuple(x.shape)}"
+            )
+        return F.conv1d(
+            x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
+        )
+
+    def to_torch(self) -> torch.nn.Conv1d:
+        """The plaintext torch layer (reveals the weights)."""
+        m = torch.nn.Conv1d(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            groups=self.groups,
+            bias=self.bias is not None,
+        )
+        with torch.no_grad():
+            m.weight.copy_(_reveal(self.weight))
+            if self.bias is not None:
+                if m.bias is None:
+                    raise RuntimeError("Conv1d.to_torch: torch.nn.Conv1d(bias=True) has no bias")
+                m.bias.copy_(_reveal(self.bias))
+        return m
+
+    def extra_repr(self) -> str:
+        """Extra text for repr."""
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}"
+            + (f", groups={self.groups}" if self.groups != 1 else "")
         )
 
 
@@ -313,6 +407,122 @@ class ReLU(Module):
     def to_torch(self) -> torch.nn.Module:
         """The plaintext torch layer (reveals the weights)."""
         return torch.nn.ReLU()
+
+
+class LeakyReLU(Module):
+    """``max(x, 0) + negative_slope * min(x, 0)`` (:func:`smpc.functional.leaky_relu`)."""
+
+    def __init__(self, negative_slope: float = 0.01) -> None:
+        super().__init__()
+        self.negative_slope = float(negative_slope)
+
+    def forward(self, x: SharedTensor) -> SharedTensor:
+        """Compute the output."""
+        return F.leaky_relu(x, self.negative_slope)
+
+    def to_torch(self) -> torch.nn.Module:
+        """The plaintext torch layer."""
+        return torch.nn.LeakyReLU(self.negative_slope)
+
+    def extra_repr(self) -> str:
+        """Extra text for repr."""
+        return f"negative_slope={self.negative_slope}"
+
+
+class Sigmoid(Module):
+    """Logistic sigmoid (:func:`smpc.functional.sigmoid`, an approximation; see its range)."""
+
+    def forward(self, x: SharedTensor) -> SharedTensor:
+        """Compute the output."""
+        return F.sigmoid(x)
+
+    def to_torch(self) -> torch.nn.Module:
+        """The plaintext torch layer."""
+        return torch.nn.Sigmoid()
+
+
+class Tanh(Module):
+    """Hyperbolic tangent (:func:`smpc.functional.tanh`, an approximation; see its range)."""
+
+    def forward(self, x: SharedTensor) -> SharedTensor:
+        """Compute the output."""
+        return F.tanh(x)
+
+    def to_torch(self) -> torch.nn.Module:
+        """The plaintext torch layer."""
+        return torch.nn.Tanh()
+
+
+def _softmax_dim(dim: int | None, ndim: int) -> int:
+    """Torch's implicit dim for ``dim=None``: 0 for 0-, 1- and 3-d inputs, else 1."""
+    if dim is not None:
+        return dim
+    return 0 if ndim in (0, 1, 3) else 1
+
+
+class Softmax(Module):
+    """Softmax over ``dim`` (:func:`smpc.functional.softmax`)."""
+
+    def __init__(self, dim: int | None = None) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: SharedTensor) -> SharedTensor:
+        """Compute the output."""
+        return F.softmax(x, _softmax_dim(self.dim, x.dim()))
+
+    def to_torch(self) -> torch.nn.Module:
+        """The plaintext torch layer."""
+        return torch.nn.Softmax(self.dim)
+
+    def extra_repr(self) -> str:
+        """Extra text for repr."""
+        return f"dim={self.dim}"
+
+
+class LogSoftmax(Module):
+    """Log-softmax over ``dim`` (:func:`smpc.functional.log_softmax`)."""
+
+    def __init__(self, dim: int | None = None) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: SharedTensor) -> SharedTensor:
+        """Compute the output."""
+        return F.log_softmax(x, _softmax_dim(self.dim, x.dim()))
+
+    def to_torch(self) -> torch.nn.Module:
+        """The plaintext torch layer."""
+        return torch.nn.LogSoftmax(self.dim)
+
+    def extra_repr(self) -> str:
+        """Extra text for repr."""
+        return f"dim={self.dim}"
+
+
+class AdaptiveAvgPool2d(Module):
+    """Adaptive average pooling for output sizes that divide the input.
+
+    Equal disjoint windows: :func:`smpc.functional.adaptive_avg_pool2d` (an
+    average pooling, one truncation); other sizes raise
+    :class:`~smpc.errors.ShapeError`.
+    """
+
+    def __init__(self, output_size: int | Sequence[int | None]) -> None:
+        super().__init__()
+        self.output_size = output_size if isinstance(output_size, int) else tuple(output_size)
+
+    def forward(self, x: SharedTensor) -> SharedTensor:
+        """Compute the output."""
+        return F.adaptive_avg_pool2d(x, self.output_size)
+
+    def to_torch(self) -> torch.nn.Module:
+        """The plaintext torch layer."""
+        return torch.nn.AdaptiveAvgPool2d(self.output_size)
+
+    def extra_repr(self) -> str:
+        """Extra text for repr."""
+        return f"output_size={self.output_size}"
 
 
 class Identity(Module):
@@ -413,12 +623,34 @@ class Dropout(Module):
 
 
 class BatchNorm(Module):
-    """Inference-time batch norm as a shared per-channel affine map ``x * scale + shift``.
+    """Batch norm like ``torch.nn.BatchNorm1d/2d``, on shares.
 
-    ``scale = gamma / sqrt(var + eps)`` and ``shift = beta - mean * scale`` are
-    computed in plaintext by the model owner and shared. When the batch norm
-    follows a Linear/Conv2d in a Sequential, :func:`smpc.nn.encrypt` folds it
-    into that layer's weights instead (no extra product at all).
+    Training mode normalises with the batch's statistics, computed on shares:
+    ``mean`` and ``var`` over every dim but the channel (local sums, a square
+    and public products), ``1 / sqrt(var + eps)`` by
+    :func:`smpc.functional.rsqrt_wide` (per channel), then ``gamma`` and ``beta``
+    (shared parameters, trained by the optimizer); every step goes through
+    autograd, so the input's and the parameters' gradients are torch's. The
+    running statistics (shared, not parameters) are updated as torch does
+    (``momentum``, or a cumulative average for ``momentum=None``; the variance
+    unbiased). Eval mode uses the running statistics: without autograd the
+    per-channel ``scale = gamma / sqrt(running_var + eps)`` and ``shift`` are
+    computed once and kept until the statistics or parameters change, so
+    inference costs one product.
+
+    When an eval-mode batch norm follows a Linear/Conv2d in a Sequential,
+    :func:`smpc.nn.encrypt` folds it into that layer's weights instead (no
+    extra product at all; it is then no longer a batch norm).
+
+    Accuracy: ``1 / sqrt(var + eps)`` errs by at most ``5e-4`` relative plus two
+    units ``2^-f`` for ``var + eps`` in ``[2^-6, 2^14]`` (at ``f = 16``; below,
+    the encoding's ``2^-f`` dominates: a channel of near-constant activations
+    is normalised less precisely); values must keep ``x^2`` inside the
+    encoding's range.
+
+    Cost of a training forward: a square and two products on the input's
+    elements, rsqrt_wide on the channels (75 rounds), and the running
+    statistics' public products.
     """
 
     def __init__(
@@ -429,12 +661,32 @@ class BatchNorm(Module):
         src: int | str | None = None,
     ) -> None:
         super().__init__()
-        scale, shift = bn_affine(init)
         self.num_features = init.num_features
         self.kind = type(init)
-        self.eps = init.eps
-        self.scale = session.share(scale, src=src)
-        self.shift = session.share(shift, src=src)
+        self.eps = float(init.eps)
+        self.momentum = None if init.momentum is None else float(init.momentum)
+        self.affine = init.affine
+        self.weight: SharedTensor | None = (
+            _share_param(session, init.weight, src) if init.weight is not None else None
+        )
+        self.bias: SharedTensor | None = (
+            _share_param(session, init.bias, src) if init.bias is not None else None
+        )
+        rm, rv = init.running_mean, init.running_var
+        self.running_mean: SharedTensor | None = (
+            None if rm is None else session.share(rm.detach().float(), src=src)
+        )
+        self.running_var: SharedTensor | None = (
+            None if rv is None else session.share(rv.detach().float(), src=src)
+        )
+        nbt = init.num_batches_tracked
+        self.num_batches_tracked = 0 if nbt is None else int(nbt)
+        self.init_training = init.training  # the torch layer's own mode (kept by encrypt)
+
+    @property
+    def track_running_stats(self) -> bool:
+        """Whether running statistics are kept (and used in eval mode)."""
+        return self.running_mean is not None and self.running_var is not None
 
     def forward(self, x: SharedTensor) -> SharedTensor:
         """Compute the output."""
@@ -443,21 +695,106 @@ class BatchNorm(Module):
                 f"BatchNorm: expected input (N, {self.num_features}, ...); got {tuple(x.shape)}"
             )
         shape = [1, self.num_features] + [1] * (x.dim() - 2)
-        return F.add(F.mul(x, self.scale.reshape(shape)), self.shift.reshape(shape))
+        if self.training or not self.track_running_stats:
+            return self._batch_forward(x, shape)
+        if not is_grad_enabled():
+            scale, shift = self._frozen_affine()
+            return ops.add(ops.mul(x, scale.reshape(shape)), shift.reshape(shape))
+        assert self.running_mean is not None and self.running_var is not None
+        inv = self._inv_std().reshape(shape)
+        y = F.mul(F.sub(x, self.running_mean.reshape(shape)), inv)
+        return self._affine(y, shape)
+
+    def _affine(self, y: SharedTensor, shape: list[int]) -> SharedTensor:
+        if self.weight is not None:
+            y = F.mul(y, self.weight.reshape(shape))
+        if self.bias is not None:
+            y = F.add(y, self.bias.reshape(shape))
+        return y
+
+    def _batch_forward(self, x: SharedTensor, shape: list[int]) -> SharedTensor:
+        dims = [0, *range(2, x.dim())]
+        n = x.numel() // self.num_features
+        if n <= 1:
+            raise ShapeError(
+                f"BatchNorm: expected more than 1 value per channel when training; "
+                f"got input {tuple(x.shape)}"
+            )
+        mean = F.mean(x, dims, keepdim=True)
+        xc = F.sub(x, mean)
+        var = F.mean(F.square(xc), dims, keepdim=True)
+        inv = F.rsqrt_wide(F.add(var, self.eps))
+        out = self._affine(F.mul(xc, inv), shape)
+        if self.training and self.track_running_stats:
+            assert self.running_mean is not None and self.running_var is not None
+            self.num_batches_tracked += 1
+            m = 1.0 / self.num_batches_tracked if self.momentum is None else self.momentum
+            c = self.num_features
+            with no_grad():
+                rm = ops.add(ops.mul(self.running_mean, 1.0 - m), ops.mul(mean.reshape(c), m))
+                rv = ops.add(
+                    ops.mul(self.running_var, 1.0 - m), ops.mul(var.reshape(c), m * n / (n - 1))
+                )
+            object.__setattr__(self, "running_mean", rm)
+            object.__setattr__(self, "running_var", rv)
+        return out
+
+    def _inv_std(self) -> SharedTensor:
+        """``1 / sqrt(running_var + eps)``, kept until the running variance changes."""
+        assert self.running_var is not None
+        kept = self.__dict__.get("_kept_inv")
+        if kept is None or kept[0] is not self.running_var.share:
+            with no_grad():
+                inv = nl.rsqrt_wide(ops.add(self.running_var, self.eps))
+            kept = (self.running_var.share, inv)
+            object.__setattr__(self, "_kept_inv", kept)
+        return kept[1]
+
+    def _frozen_affine(self) -> tuple[SharedTensor, SharedTensor]:
+        """Eval mode's per-channel ``(scale, shift)``, kept until any of its inputs change."""
+        assert self.running_mean is not None and self.running_var is not None
+        key = tuple(
+            t.share if t is not None else None
+            for t in (self.running_mean, self.running_var, self.weight, self.bias)
+        )
+        kept = self.__dict__.get("_kept_affine")
+        if kept is None or any(a is not b for a, b in zip(kept[0], key, strict=True)):
+            with no_grad():
+                scale = self._inv_std()
+                if self.weight is not None:
+                    scale = ops.mul(scale, self.weight)
+                shift = ops.neg(ops.mul(self.running_mean, scale))
+                if self.bias is not None:
+                    shift = ops.add(shift, self.bias)
+            kept = (key, (scale, shift))
+            object.__setattr__(self, "_kept_affine", kept)
+        return kept[1]
 
     def to_torch(self) -> torch.nn.Module:
-        """The plaintext torch layer (reveals the weights)."""
-        m = self.kind(self.num_features, eps=0.0)
-        if m.running_mean is None or m.running_var is None:
-            raise RuntimeError(
-                f"BatchNorm.to_torch: {self.kind.__name__} was built without running statistics"
-            )
+        """The plaintext torch layer (reveals the weights and running statistics)."""
+        m = self.kind(
+            self.num_features,
+            eps=self.eps,
+            momentum=self.momentum,
+            affine=self.affine,
+            track_running_stats=self.track_running_stats,
+        )
         with torch.no_grad():
-            m.weight.copy_(_reveal(self.scale))
-            m.bias.copy_(_reveal(self.shift))
-            m.running_mean.zero_()
-            m.running_var.fill_(1.0)
-        return m.eval()
+            if self.weight is not None and m.weight is not None:
+                m.weight.copy_(_reveal(self.weight))
+            if self.bias is not None and m.bias is not None:
+                m.bias.copy_(_reveal(self.bias))
+            if self.running_mean is not None and m.running_mean is not None:
+                m.running_mean.copy_(_reveal(self.running_mean))
+            if self.running_var is not None and m.running_var is not None:
+                m.running_var.copy_(_reveal(self.running_var))
+            if m.num_batches_tracked is not None:
+                m.num_batches_tracked.fill_(self.num_batches_tracked)
+        return m.train(self.training)
+
+    def extra_repr(self) -> str:
+        """Extra text for repr."""
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
 
 
 def bn_affine(bn: torch.nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:

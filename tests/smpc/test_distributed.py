@@ -36,6 +36,7 @@ from smpc.launch import PartyExitError, run
 from tests.smpc.comm.dist_programs import (
     FRAC,
     Case,
+    adam_program,
     backward_program,
     big_open_program,
     desync_big_parts_program,
@@ -44,6 +45,7 @@ from tests.smpc.comm.dist_programs import (
     desync_parts_program,
     desync_shape_program,
     dies_program,
+    grouped_conv_program,
     inline_open_program,
     kept_inference_program,
     many_rows_program,
@@ -427,3 +429,55 @@ def test_matmul_with_many_rows(n: int) -> None:
     results = run(functools.partial(many_rows_program, xp=xp, wp=wp), parties=n, timeout=30)
     for out in results:
         torch.testing.assert_close(out, xp @ wp, atol=2e-3, rtol=0)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("n", [2, 3])
+def test_grouped_convolutions_and_gradients(n: int) -> None:
+    """Depthwise and grouped convolution triples (``groups`` travels in the request's
+    Conv2dOp / ConvTranspose2dOp) in both runtimes, against torch autograd."""
+    g = torch.Generator().manual_seed(n)
+    inputs = {
+        "x": torch.rand(2, 4, 6, 5, generator=g) - 0.5,
+        "w": torch.rand(4, 1, 3, 3, generator=g) - 0.5,
+        "w2": torch.rand(6, 2, 2, 2, generator=g) - 0.5,
+        "g": torch.rand(2, 6, 3, 2, generator=g) - 0.5,
+    }
+    program = functools.partial(grouped_conv_program, inputs=inputs)
+    results = run(program, parties=n, timeout=30)
+    sim = _simulate(program, n)
+    ref = {k: v.clone().requires_grad_(k != "g") for k, v in inputs.items()}
+    h = torch.nn.functional.conv2d(ref["x"], ref["w"], padding=1, groups=4)
+    out = torch.nn.functional.conv2d(h, ref["w2"], stride=2, groups=2)
+    out.backward(ref["g"])
+    for res in (results[-1], sim):
+        torch.testing.assert_close(res["out"], out.detach(), atol=1e-3, rtol=0)
+        for name in ("x", "w", "w2"):
+            want = ref[name].grad
+            assert want is not None
+            torch.testing.assert_close(res["grads"][name], want, atol=1e-3, rtol=0)
+    assert all(res["out"] is None for res in results[:-1])
+    _assert_same_costs([res["stats"] for res in results], sim["stats"])
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("n", [2, 3])
+def test_adam_training_in_both_runtimes(n: int) -> None:
+    """Three Adam steps on an encrypted model: the same weights as torch.optim.Adam
+    (within fixed-point error) and as the simulation, at the same costs."""
+    torch.manual_seed(n)
+    plain = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3))
+    g = torch.Generator().manual_seed(10 + n)
+    data = [(torch.randn(6, 5, generator=g), torch.randn(6, 3, generator=g)) for _ in range(3)]
+    program = functools.partial(adam_program, state=plain.state_dict(), data=data)
+    results = run(program, parties=n, timeout=60)
+    sim = _simulate(program, n)
+    opt = torch.optim.Adam(plain.parameters(), lr=0.01, weight_decay=0.001)
+    for x, y in data:
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(plain(x), y).backward()
+        opt.step()
+    for res in [*results, sim]:
+        for k, v in plain.state_dict().items():
+            torch.testing.assert_close(res["state"][k], v, atol=2e-3, rtol=0, msg=k)
+    _assert_same_costs([res["stats"] for res in results], sim["stats"])

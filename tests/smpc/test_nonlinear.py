@@ -589,3 +589,24 @@ def test_approximations_name_the_frac_bits_they_need(name: str, frac_bits: int) 
             return
     assert got is not None and frac_bits <= 27
     assert got.shape == x.shape
+@pytest.mark.parametrize("n", [2, 3])
+def test_rsqrt_wide_accuracy_table(n: int) -> None:
+    """docs/approximations.md's row: a log-spaced grid over [2^-6, 2^14], error at most
+    5e-4 relative plus two units; below, 0 (negatives and values under 2^-18)."""
+    x = 2.0 ** torch.linspace(-6, 14, 2001, dtype=torch.float64)
+    with smpc.Session(parties=n, seed=13) as sess:
+        out = nl.rsqrt_wide(sess.share(x)).reveal().double()
+        low = nl.rsqrt_wide(sess.share(torch.tensor([-3.0, -(2.0**-16), 0.0]))).reveal()
+    expect = x.rsqrt()
+    assert bool(((out - expect).abs() <= 5e-4 * expect + 2.0**-15).all())
+    assert bool((low == 0).all())
+
+
+@given(n=party_counts, seed=st.integers(0, 2**31), lo=st.integers(-6, 12))
+def test_rsqrt_wide_random(n: int, seed: int, lo: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    x = 2.0 ** (lo + 2 * torch.rand(10, 3, generator=g, dtype=torch.float64))
+    with smpc.Session(parties=n, seed=seed) as sess:
+        out = nl.rsqrt_wide(sess.share(x)).reveal().double()
+    assert out.shape == x.shape
+    assert bool(((out - x.rsqrt()).abs() <= 5e-4 * x.rsqrt() + 2.0**-15).all())

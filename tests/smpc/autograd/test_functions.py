@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import smpc
@@ -279,3 +279,165 @@ def test_unary_approximations() -> None:
         (F.tanh, torch.tanh),
     ):
         check_grads(f, g, [x], tol=3e-2)
+
+
+ULP = 2.0**-16
+
+
+def _conv_tol(n: int, c_per_group: int, k: int, out_hw: int) -> float:
+    """Fixed-point error bound for values in [-1, 1]: every product of two encoded
+    operands errs by at most ``2 * 2^-17`` (half an ulp each), summed over the
+    longest reduction (``C/groups * k * k`` for the output and the input gradient,
+    ``N * Ho * Wo`` for the weight gradient), plus two truncations."""
+    return (max(c_per_group * k * k, n * out_hw) + 2) * ULP
+
+
+@settings(max_examples=6)
+@given(
+    groups=st.sampled_from([1, 2, 4]),
+    depthwise=st.booleans(),
+    stride=st.integers(1, 2),
+    padding=st.integers(0, 1),
+    dilation=st.integers(1, 2),
+    k=st.integers(1, 3),
+    seed=st.integers(0, 2**16),
+    n=st.sampled_from([2, 3]),
+)
+def test_grouped_conv2d(
+    groups: int,
+    depthwise: bool,
+    stride: int,
+    padding: int,
+    dilation: int,
+    k: int,
+    seed: int,
+    n: int,
+) -> None:
+    """Grouped (and depthwise: groups = channels) convolutions: value and every gradient."""
+    c = 4
+    g = c if depthwise else groups
+    o = 2 * g if depthwise else 4
+    x, w, b = _rand((2, c, 6, 5), seed), _rand((o, c // g, k, k), seed + 1), _rand((o,), seed + 2)
+    out_hw = torch.nn.functional.conv2d(x, w, None, stride, padding, dilation, g).shape[-2:].numel()
+    check_grads(
+        lambda x, w, b: F.conv2d(x, w, b, stride, padding, dilation, g),
+        lambda x, w, b: torch.nn.functional.conv2d(x, w, b, stride, padding, dilation, g),
+        [x, w, b],
+        world_size=n,
+        tol=_conv_tol(2, c // g, k, out_hw),
+        seed=seed,
+    )
+
+
+@settings(max_examples=6)
+@given(
+    groups=st.sampled_from([1, 3]),
+    stride=st.integers(1, 2),
+    padding=st.integers(0, 2),
+    dilation=st.integers(1, 2),
+    k=st.integers(1, 3),
+    length=st.integers(5, 9),
+    seed=st.integers(0, 2**16),
+)
+def test_conv1d(
+    groups: int, stride: int, padding: int, dilation: int, k: int, length: int, seed: int
+) -> None:
+    """conv1d as a height-1 conv2d: value and every gradient against torch."""
+    x, w, b = (
+        _rand((2, 3, length), seed),
+        _rand((6, 3 // groups, k), seed + 1),
+        _rand((6,), seed + 2),
+    )
+    out_len = torch.nn.functional.conv1d(x, w, None, stride, padding, dilation, groups).shape[-1]
+    check_grads(
+        lambda x, w, b: F.conv1d(x, w, b, stride, padding, dilation, groups),
+        lambda x, w, b: torch.nn.functional.conv1d(x, w, b, stride, padding, dilation, groups),
+        [x, w, b],
+        tol=_conv_tol(2, 3 // groups, k, out_len),
+        seed=seed,
+    )
+
+
+def test_conv1d_unbatched_and_bad_arguments() -> None:
+    x, w = _rand((3, 8), 1), _rand((2, 3, 3), 2)
+    with smpc.Session(2) as sess:
+        got = F.conv1d(sess.share(x), sess.share(w), padding=(1,)).reveal()
+        torch.testing.assert_close(
+            got, torch.nn.functional.conv1d(x, w, padding=1), atol=TOL, rtol=0
+        )
+        with pytest.raises(smpc.ShapeError, match="conv1d"):
+            F.conv1d(sess.share(x), sess.share(w.unsqueeze(-1)))
+        with pytest.raises(ValueError, match="`stride`"):
+            F.conv1d(sess.share(x), sess.share(w), stride=(1, 2))
+        with pytest.raises(smpc.ShapeError, match="divisible by groups=2"):
+            F.conv2d(
+                sess.share(_rand((1, 4, 5, 5), 3)), sess.share(_rand((3, 2, 3, 3), 4)), groups=2
+            )
+        with pytest.raises(ValueError, match="`groups` must be an int >= 1"):
+            F.conv2d(
+                sess.share(_rand((1, 4, 5, 5), 3)), sess.share(_rand((4, 4, 3, 3), 4)), groups=0
+            )
+
+
+@given(
+    slope=st.sampled_from([0.01, 0.2, -0.5, 1.5]),
+    seed=st.integers(0, 2**16),
+    n=st.sampled_from([2, 3]),
+)
+def test_leaky_relu(slope: float, seed: int, n: int) -> None:
+    """Values and input gradients; the tolerance is a few ulps (two truncations each)."""
+    x = _rand((3, 5), seed, scale=4.0)
+    x[x.abs() < 1e-3] = 0.5  # away from the kink, where the gradient jumps
+    check_grads(
+        lambda x: F.leaky_relu(x, slope),
+        lambda x: torch.nn.functional.leaky_relu(x, slope),
+        [x],
+        world_size=n,
+        tol=8 * ULP * 4,
+        seed=seed,
+    )
+
+
+@given(
+    size=st.sampled_from([1, 2, (2, 3), (None, 1), (3, None), (6, 6)]),
+    seed=st.integers(0, 2**16),
+    batched=st.booleans(),
+)
+def test_adaptive_avg_pool2d(size: Any, seed: int, batched: bool) -> None:
+    """Output sizes that divide the input: an average pooling, against torch."""
+    x = _rand((2, 3, 6, 6) if batched else (3, 6, 6), seed)
+    check_grads(
+        lambda x: F.adaptive_avg_pool2d(x, size),
+        lambda x: torch.nn.functional.adaptive_avg_pool2d(x, size),
+        [x],
+        tol=4 * ULP,
+        seed=seed,
+    )
+
+
+def test_adaptive_avg_pool2d_sizes_that_do_not_divide_are_refused() -> None:
+    with smpc.Session(2) as sess:
+        x = sess.share(_rand((1, 2, 6, 5), 1))
+        with pytest.raises(smpc.ShapeError, match=r"output size \(4, 5\) must divide .* \(6, 5\)"):
+            F.adaptive_avg_pool2d(x, (4, None))
+        with pytest.raises(ValueError, match="positive ints or None"):
+            F.adaptive_avg_pool2d(x, 0)
+        with pytest.raises(smpc.ShapeError, match="expected"):
+            F.adaptive_avg_pool2d(sess.share(torch.ones(6, 5)), 1)
+
+
+@settings(max_examples=8)
+@given(seed=st.integers(0, 2**16), lo=st.sampled_from([-4, 0, 4]))
+def test_rsqrt_wide(seed: int, lo: int) -> None:
+    """Value and gradient ``-g / (2 x^1.5)``: errors of 5e-4 relative (r, and r^3 in
+    backward three times that) plus a few ulps, relative to the largest value."""
+    g = torch.Generator().manual_seed(seed)
+    x = 2.0 ** (lo + 2 * torch.rand(3, 4, generator=g))
+    scale = float(x.min()) ** -1.5
+    check_grads(
+        F.rsqrt_wide,
+        torch.rsqrt,
+        [x],
+        tol=2e-3 * scale + 8 * ULP,
+        seed=seed,
+    )

@@ -276,3 +276,55 @@ def backward_program(sess: smpc.Session, inputs: dict[str, torch.Tensor]) -> dic
 def scheduling_policy(sess: smpc.Session) -> int:
     """This party process's scheduling policy (tests/smpc/test_perf.py)."""
     return os.sched_getscheduler(0)
+
+
+def grouped_conv_program(sess: smpc.Session, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """A depthwise and a grouped convolution with their gradients (the provider
+    builds convolution triples with ``groups`` from the request); runtime-agnostic."""
+    from smpc import functional as F
+
+    last = sess.world_size - 1
+    shared = {
+        name: sess.share(
+            v if sess.rank in (None, i % sess.world_size) else None,
+            src=i % sess.world_size,
+            requires_grad=name in ("x", "w", "w2"),
+        )
+        for i, (name, v) in enumerate(inputs.items())
+    }
+    before = sess.stats.snapshot()
+    h = F.conv2d(shared["x"], shared["w"], padding=1, groups=4)  # depthwise
+    out = F.conv2d(h, shared["w2"], stride=2, groups=2)  # grouped
+    out.backward(shared["g"])
+    cost = sess.stats - before
+    grads = {}
+    for name in ("x", "w", "w2"):
+        grad = shared[name].grad
+        assert grad is not None
+        grads[name] = grad.reveal(to=last)
+    return {"out": out.reveal(to=last), "grads": grads, "stats": cost}
+
+
+def adam_program(
+    sess: smpc.Session,
+    state: dict[str, torch.Tensor],
+    data: list[tuple[torch.Tensor, torch.Tensor]],
+) -> dict[str, Any]:
+    """Train an encrypted Linear-ReLU-Linear with Adam (weights from party 0, data
+    from the last party); every party gets the decrypted weights."""
+    import smpc.nn as snn
+    import smpc.optim
+
+    plain = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3))
+    plain.load_state_dict(state)
+    enc = snn.encrypt(plain, sess, src=0)
+    opt = smpc.optim.Adam(enc.parameters(), lr=0.01, weight_decay=0.001)
+    last = sess.world_size - 1
+    mine = sess.rank in (None, last)
+    for x, y in data:
+        opt.zero_grad()
+        xs = sess.share(x if mine else None, src=last)
+        ys = sess.share(y if mine else None, src=last)
+        snn.MSELoss()(enc(xs), ys).backward()
+        opt.step()
+    return {"state": enc.decrypt().state_dict(), "stats": sess.stats}

@@ -129,8 +129,8 @@ def test_unsupported_function_in_forward_is_named() -> None:
 
 
 def test_unsupported_configuration() -> None:
-    with smpc.Session(2) as sess, pytest.raises(smpc.UnsupportedModuleError, match="groups"):
-        snn.encrypt(torch.nn.Sequential(torch.nn.Conv2d(2, 2, 3, groups=2)), sess)
+    with smpc.Session(2) as sess, pytest.raises(smpc.UnsupportedModuleError, match="padding"):
+        snn.encrypt(torch.nn.Sequential(torch.nn.Conv2d(2, 2, 3, padding_mode="circular")), sess)
 
 
 def test_wrong_input_shape() -> None:
@@ -161,3 +161,43 @@ def test_module_api() -> None:
         assert not enc.eval().training and enc.train().training
         lin = snn.Linear(3, 2, session=sess)
         assert tuple(lin.weight.shape) == (2, 3)
+
+
+def test_train_mode_batchnorm_is_converted_not_folded() -> None:
+    """A train-mode BatchNorm (torch's default) trains with batch statistics: it is
+    converted to smpc.nn.BatchNorm (never folded, which would freeze it) and, like
+    torch's, uses batch statistics and updates its running ones."""
+    torch.manual_seed(6)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.ReLU())
+    x = torch.randn(8, 3)
+    with smpc.Session(2) as sess:
+        enc = snn.encrypt(model, sess)
+        assert isinstance(enc[1], snn.BatchNorm) and enc[1].training
+        got = enc(sess.share(x)).reveal()
+        want = model(x).detach()  # also updates torch's running statistics
+        torch.testing.assert_close(got, want, atol=5e-3, rtol=0)
+        back = enc.decrypt()
+    assert back.training
+    torch.testing.assert_close(back[1].running_mean, model[1].running_mean, atol=1e-3, rtol=0)
+    torch.testing.assert_close(back[1].running_var, model[1].running_var, atol=1e-3, rtol=0)
+
+
+def test_frozen_batchnorm_keeps_its_eval_mode_when_the_model_trains() -> None:
+    """A standalone eval-mode BatchNorm inside a train-mode model (a frozen batch
+    norm, as when fine-tuning) stays in eval mode, as in torch; switched to train
+    mode, it uses batch statistics as torch does."""
+    torch.manual_seed(5)
+    bn = torch.nn.BatchNorm1d(4)
+    bn.running_mean.uniform_(-1, 1)
+    bn.running_var.uniform_(0.5, 2)
+    model = torch.nn.Sequential(torch.nn.ReLU(), bn.eval(), torch.nn.Linear(4, 2))
+    x = torch.randn(6, 4)
+    with smpc.Session(2) as sess:
+        enc = snn.encrypt(model, sess)
+        assert enc.training and not enc[1].training
+        got = enc(sess.share(x)).reveal()
+        torch.testing.assert_close(got, model(x).detach(), atol=2e-3, rtol=1e-3)
+        enc[1].train()
+        bn.train()
+        got = enc(sess.share(x)).reveal()
+        torch.testing.assert_close(got, model(x).detach(), atol=5e-3, rtol=1e-3)
