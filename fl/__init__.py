@@ -3,9 +3,9 @@
 Public API (see ``shared/API.md``): partitions, clients and a server loop,
 strategies (FedAvg, FedProx, FedAvgM), pluggable aggregators (plain, secret
 sharing over ``smpc``, pairwise masking with dropout recovery), differential
-privacy, and a networked runtime over ``torch.distributed``. Importing ``fl``
-has no side effects; ``smpc`` is imported only when a
-:class:`SecretSharingAggregator` round starts.
+privacy, Paillier aggregation (the server holds no key), and a networked
+runtime over ``torch.distributed``. Importing ``fl`` has no side effects;
+``smpc`` is imported only when a :class:`SecretSharingAggregator` round starts.
 """
 
 from fl.aggregate import fedavg_weights, weighted_mean, weighted_sum
@@ -25,6 +25,7 @@ from fl.errors import (
     ProtocolError,
     QuantizationRangeError,
 )
+from fl.paillier import PaillierAggregator, PaillierKeyHolder
 from fl.partition import Partition, Scheme, partition
 from fl.secure_aggregation import MaskingAggregator
 from fl.server import DropoutModel, FailurePolicy, Server
@@ -55,6 +56,8 @@ __all__ = [
     "InsufficientClientsError",
     "MaskingAggregator",
     "NetworkError",
+    "PaillierAggregator",
+    "PaillierKeyHolder",
     "Partition",
     "PlainAggregator",
     "PrivacyError",
