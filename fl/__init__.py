@@ -3,7 +3,8 @@
 Public API (see ``shared/API.md``): partitions, clients and a server loop,
 strategies (FedAvg, FedProx, FedAvgM), pluggable aggregators (plain, secret
 sharing over ``smpc``, pairwise masking with dropout recovery), differential
-privacy, Paillier aggregation (the server holds no key), and a networked
+privacy, Paillier aggregation (the server holds no key), vertical partitions
+(features split among parties, trained on their secret-shared join), and a networked
 runtime over ``torch.distributed``. Importing ``fl`` has no side effects;
 ``smpc`` is imported only when a :class:`SecretSharingAggregator` round starts.
 """
@@ -32,6 +33,7 @@ from fl.server import DropoutModel, FailurePolicy, Server
 from fl.simulation import make_clients, run_simulation
 from fl.strategy import FedAvg, FedAvgM, FedProx, Strategy
 from fl.types import AggregateResult, ClientUpdate, FitConfig, History, RoundResult, plot_histories
+from fl.vertical import FeaturePartition, partition_features, share_features, vertical_training
 
 __all__ = [
     "encrypted_inference",
@@ -47,6 +49,7 @@ __all__ = [
     "DifferentialPrivacy",
     "DropoutModel",
     "FailurePolicy",
+    "FeaturePartition",
     "FedAvg",
     "FedAvgM",
     "FedProx",
@@ -78,8 +81,11 @@ __all__ = [
     "fedavg_weights",
     "make_clients",
     "partition",
+    "partition_features",
     "plot_histories",
     "run_simulation",
+    "share_features",
+    "vertical_training",
     "weighted_mean",
     "weighted_sum",
 ]
