@@ -3,9 +3,10 @@
 Public API (see ``docs/fl.md``): partitions, clients and a server loop,
 strategies (FedAvg, FedProx, FedAvgM; FedAMP, personalised), pluggable aggregators (plain, secret
 sharing over ``smpc``, pairwise masking with dropout recovery), differential
-privacy, and a networked runtime over ``torch.distributed``. Importing ``fl``
-has no side effects; ``smpc`` is imported only when a
-:class:`SecretSharingAggregator` round starts.
+privacy, Paillier aggregation (the server holds no key), vertical partitions
+(features split among parties, trained on their secret-shared join), and a networked
+runtime over ``torch.distributed``. Importing ``fl`` has no side effects;
+``smpc`` is imported only when a :class:`SecretSharingAggregator` round starts.
 """
 
 from fl.aggregate import fedavg_weights, weighted_mean, weighted_sum
@@ -26,12 +27,14 @@ from fl.errors import (
     QuantizationRangeError,
 )
 from fl.fedamp import FedAMP
+from fl.paillier import PaillierAggregator, PaillierKeyHolder
 from fl.partition import Partition, Scheme, partition
 from fl.secure_aggregation import MaskingAggregator
 from fl.server import DropoutModel, FailurePolicy, Server
 from fl.simulation import make_clients, run_simulation
 from fl.strategy import FedAvg, FedAvgM, FedProx, Strategy
 from fl.types import AggregateResult, ClientUpdate, FitConfig, History, RoundResult, plot_histories
+from fl.vertical import FeaturePartition, partition_features, share_features, vertical_training
 
 __all__ = [
     "encrypted_inference",
@@ -48,6 +51,7 @@ __all__ = [
     "DropoutModel",
     "FailurePolicy",
     "FedAMP",
+    "FeaturePartition",
     "FedAvg",
     "FedAvgM",
     "FedProx",
@@ -57,6 +61,8 @@ __all__ = [
     "InsufficientClientsError",
     "MaskingAggregator",
     "NetworkError",
+    "PaillierAggregator",
+    "PaillierKeyHolder",
     "Partition",
     "PlainAggregator",
     "PrivacyError",
@@ -77,8 +83,11 @@ __all__ = [
     "fedavg_weights",
     "make_clients",
     "partition",
+    "partition_features",
     "plot_histories",
     "run_simulation",
+    "share_features",
+    "vertical_training",
     "weighted_mean",
     "weighted_sum",
 ]

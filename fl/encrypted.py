@@ -22,7 +22,7 @@ import smpc.nn as snn
 
 from .errors import ConfigError
 
-__all__ = ["encrypted_inference", "encrypted_training", "TrainingReport"]
+__all__ = ["encrypted_inference", "encrypted_training", "train_on_shares", "TrainingReport"]
 
 
 def _check_data(data: torch.Tensor | None, name: str, rank: int | None, owner: int) -> None:
@@ -162,19 +162,86 @@ def encrypted_training(
         y = torch.nn.functional.one_hot(targets.long(), k).float()
     else:
         y = targets.float()
-    enc = snn.encrypt(model, sess, src=model_owner)
     xs = sess.share(data, src=owner)
     ys = sess.share(y, src=owner)
+    return train_on_shares(
+        model,
+        xs,
+        ys,
+        sess,
+        model_owner=model_owner,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        loss=loss,
+        log_every=log_every,
+        seed=seed,
+    )
+
+
+def train_on_shares(
+    model: torch.nn.Module,
+    xs: smpc.SharedTensor,
+    ys: smpc.SharedTensor,
+    sess: smpc.Session,
+    *,
+    model_owner: int | str = 0,
+    epochs: int = 1,
+    batch_size: int = 64,
+    lr: float = 0.05,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+    lr_decay: bool = False,
+    loss: str = "cross_entropy",
+    log_every: int = 0,
+    seed: int = 0,
+) -> tuple[torch.nn.Module, TrainingReport]:
+    """SGD on already shared inputs and targets (the loop of :func:`encrypted_training`).
+
+    Each epoch visits the rows in a public permutation drawn from a generator
+    seeded with ``seed``; with ``lr_decay`` the learning rate of step ``s`` of
+    ``S`` is ``lr * (1 - s / S)``.
+
+    Args:
+        model: Initial torch network, shared by ``model_owner``.
+        xs: Inputs ``[N, ...]``, secret-shared.
+        ys: Targets ``[N, ...]`` (one-hot for cross-entropy), secret-shared.
+        sess: The session of ``xs`` and ``ys``.
+        model_owner: Party that shares the initial weights.
+        epochs: Passes over the data.
+        batch_size: Examples per step.
+        lr: SGD learning rate.
+        momentum: SGD momentum.
+        weight_decay: SGD weight decay.
+        lr_decay: Decay the learning rate linearly to 0 over the run.
+        loss: ``"cross_entropy"`` or ``"mse"``.
+        log_every: Reveal the loss every this many steps (0: never).
+        seed: Seed of the public batch order.
+
+    Returns:
+        The trained network decrypted into a torch module, and a report.
+    """
+    if loss not in ("cross_entropy", "mse"):
+        raise ConfigError(f"`loss` must be 'cross_entropy' or 'mse'; got {loss!r}")
+    if epochs < 1 or batch_size < 1:
+        raise ConfigError(f"`epochs` and `batch_size` must be >= 1; got {epochs}, {batch_size}")
+    n = xs.shape[0]
+    enc = snn.encrypt(model, sess, src=model_owner)
     opt = smpc.optim.SGD(enc.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     loss_fn: snn.Module = snn.CrossEntropyLoss() if loss == "cross_entropy" else snn.MSELoss()
     report = TrainingReport()
     before = sess.stats.snapshot()
     g = torch.Generator().manual_seed(seed)
+    total = epochs * -(-n // batch_size)
     enc.train()
     for _ in range(epochs):
-        order = torch.randperm(len(data), generator=g)
-        for i in range(0, len(data), batch_size):
+        order = torch.randperm(n, generator=g)
+        for i in range(0, n, batch_size):
             idx = order[i : i + batch_size]
+            if lr_decay:
+                opt.lr = lr * (1 - report.steps / total)
             opt.zero_grad()
             value = loss_fn(enc(xs[idx]), ys[idx])
             value.backward()
@@ -185,5 +252,6 @@ def encrypted_training(
                 assert shown is not None
                 report.losses.append(float(shown))
     used = sess.stats - before
-    report.rounds, report.bytes = used.rounds, max(used.bytes_per_party)
+    report.rounds = used.rounds
+    report.bytes = max(used.bytes_per_party) if sess.simulated else used.bytes
     return enc.decrypt(), report

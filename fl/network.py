@@ -247,11 +247,12 @@ class NetworkServer(Server):
         on_failure: FailurePolicy = FailurePolicy.RAISE,
     ) -> None:
         from fl.aggregators import SecretSharingAggregator
+        from fl.paillier import PaillierAggregator
 
-        if isinstance(aggregator, SecretSharingAggregator):
+        if isinstance(aggregator, SecretSharingAggregator | PaillierAggregator):
             raise ConfigError(
                 "networked mode supports PlainAggregator and MaskingAggregator; "
-                "SecretSharingAggregator runs in simulation only"
+                f"{type(aggregator).__name__} runs in simulation only"
             )
         if isinstance(strategy, PersonalizedStrategy):
             raise ConfigError(

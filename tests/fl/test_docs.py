@@ -14,7 +14,7 @@ CASES = [(doc, i, code) for doc in DOCS for i, code in enumerate(BLOCK.findall(d
 
 def test_docs_exist() -> None:
     names = {d.name for d in DOCS}
-    assert {"fl.md", "fl_secure_aggregation.md"} <= names
+    assert {"fl.md", "fl_secure_aggregation.md", "fl_vertical.md"} <= names
     assert len(CASES) >= 5
 
 
