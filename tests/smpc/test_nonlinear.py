@@ -589,6 +589,8 @@ def test_approximations_name_the_frac_bits_they_need(name: str, frac_bits: int) 
             return
     assert got is not None and frac_bits <= 27
     assert got.shape == x.shape
+
+
 @pytest.mark.parametrize("n", [2, 3])
 def test_rsqrt_wide_accuracy_table(n: int) -> None:
     """docs/approximations.md's row: a log-spaced grid over [2^-6, 2^14], error at most
