@@ -5,28 +5,75 @@ process at no start-up cost: the server lends one worker ``nn.Module`` that
 each client loads the global weights into, trains, and hands back. Batches
 are sliced from index tensors (no ``DataLoader``), which keeps per-step
 overhead at the level of the model's own forward/backward.
+
+What is federated (:func:`federated_tensors`): the trainable parameters, then
+the model's floating-point buffers (BatchNorm ``running_mean`` /
+``running_var``), in that order, flattened into one vector. Every aggregator
+averages that vector, so normalisation statistics are federated exactly like
+weights (sample-weighted; uniformly weighted, clipped and noised with DP). The
+integer counter ``num_batches_tracked`` is not a statistic of the data: the
+server advances it itself (see :class:`~fl.server.Server`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
-from torch.nn.utils import parameters_to_vector
 
 from fl.errors import ConfigError
 from fl.types import ClientUpdate, FitConfig
 
-__all__ = ["Client", "LossFn", "OptimizerFactory", "evaluate_model", "load_vector"]
+__all__ = [
+    "Client",
+    "LossFn",
+    "OptimizerFactory",
+    "batch_counters",
+    "evaluate_model",
+    "federated_tensors",
+    "flatten",
+    "load_vector",
+]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 OptimizerFactory = Callable[[Iterable[nn.Parameter], float], torch.optim.Optimizer]
 
 
+def federated_tensors(model: nn.Module) -> tuple[list[nn.Parameter], list[torch.Tensor]]:
+    """The tensors of ``model`` that federated rounds train and average.
+
+    Returns:
+        ``(params, stats)``: the parameters with ``requires_grad`` (frozen ones
+        stay as they are), and the persistent floating-point buffers (BatchNorm
+        running statistics and the like), each in module registration order.
+        The federated vector is ``params`` then ``stats``, flattened.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    persistent = set(model.state_dict(keep_vars=True))
+    stats = [b for name, b in model.named_buffers() if name in persistent and b.is_floating_point()]
+    return params, stats
+
+
+def batch_counters(model: nn.Module) -> list[torch.Tensor]:
+    """The ``num_batches_tracked`` counters of the model's normalisation layers."""
+    return [
+        b
+        for name, b in model.named_buffers()
+        if name.rsplit(".", 1)[-1] == "num_batches_tracked" and not b.is_floating_point()
+    ]
+
+
+def flatten(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The tensors flattened and concatenated, detached (the inverse of :func:`load_vector`)."""
+    if not tensors:
+        return torch.zeros(0)
+    return torch.cat([t.detach().reshape(-1) for t in tensors])
+
+
 @torch.no_grad()
-def load_vector(params: list[nn.Parameter], vector: torch.Tensor) -> None:
-    """Copy a flat vector into ``params``.
+def load_vector(params: Sequence[torch.Tensor], vector: torch.Tensor) -> None:
+    """Copy a flat vector into ``params`` (parameters or buffers).
 
     Unlike ``torch.nn.utils.vector_to_parameters``, which makes the parameters
     views of the vector (so training would write into the caller's vector).
@@ -131,15 +178,16 @@ class Client:
 
         Args:
             model: A worker module with the global architecture (overwritten).
-            global_vector: Flat global parameters.
+            global_vector: The flat global vector (parameters, then floating buffers).
             config: Epochs, batch size, learning rate, FedProx ``mu``.
             generator: Source of the shuffling order (deterministic runs).
 
         Returns:
-            The update ``local - global`` and the example count.
+            The update ``local - global`` (trainable parameters then floating
+            buffers, see :func:`federated_tensors`) and the example count.
         """
-        params = [p for p in model.parameters() if p.requires_grad]
-        load_vector(params, global_vector)
+        params, stats = federated_tensors(model)
+        load_vector([*params, *stats], global_vector)
         anchors = [p.detach().clone() for p in params] if config.proximal_mu > 0 else None
         opt = self.optimizer(params, config.lr)
         n, bs = self.num_examples, config.batch_size
@@ -163,7 +211,7 @@ class Client:
                 epoch_loss += loss.detach() * idx.numel()
             last_epoch_loss = float(epoch_loss) / n
         with torch.no_grad():
-            delta = parameters_to_vector(params) - global_vector
+            delta = flatten([*params, *stats]) - global_vector
         return ClientUpdate(self.client_id, delta, n, last_epoch_loss)
 
     def evaluate(self, model: nn.Module) -> tuple[float, float]:

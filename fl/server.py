@@ -6,6 +6,22 @@ sharing or masking, with optional DP), applies the mean update (strategy) and
 evaluates. The same loop drives the in-process simulation; the networked
 runtime (:mod:`fl.network`) reuses the strategy and aggregator code.
 
+What is federated: the trainable parameters and the floating-point buffers
+(:func:`fl.client.federated_tensors`). The strategy's server update (server
+learning rate, momentum) applies to the parameters only; the buffers, which
+are statistics rather than weights (BatchNorm ``running_mean`` and
+``running_var``), become the aggregated mean of the clients' local values:
+sample-weighted without DP; with DP they are part of the clipped, noised
+update like every weight (they are computed from the clients' data, so DP must
+cover them), and ``running_var`` is clamped at 0 after the noise
+(post-processing, no privacy cost). ``num_batches_tracked`` is a counter, not
+a statistic: the server advances it by the survivors' mean number of local
+batches, ``epochs * ceil(n_i / batch_size)``, weighted like the updates and
+rounded; the example counts ``n_i`` are public metadata (as in FedAvg) and not
+covered by DP. It only matters to BatchNorm layers built with
+``momentum=None`` (cumulative averages); in simulation each client starts from
+the global counter, a networked client keeps its own.
+
 Determinism: every random choice of round ``r`` (sampling, shuffling,
 simulated dropouts) comes from a generator seeded by ``(seed, r)``, and a
 checkpoint stores the global model, the round number, the strategy state,
@@ -27,10 +43,17 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils import parameters_to_vector
 
 from fl.aggregators import Aggregator, PlainAggregator, Stage
-from fl.client import Client, LossFn, evaluate_model, load_vector
+from fl.client import (
+    Client,
+    LossFn,
+    batch_counters,
+    evaluate_model,
+    federated_tensors,
+    flatten,
+    load_vector,
+)
 from fl.errors import AggregationError, CheckpointError, ConfigError
 from fl.strategy import FedAvg, Strategy
 from fl.types import AggregateResult, ClientUpdate, History, RoundResult
@@ -46,6 +69,18 @@ def round_generator(seed: int, round_index: int, salt: int = 0) -> torch.Generat
     g = torch.Generator()
     g.manual_seed(((seed * _MIX + round_index) * _MIX + salt) % (1 << 62))
     return g
+
+
+def _running_var_slices(model: nn.Module, offset: int) -> list[slice]:
+    """Where the ``running_var`` buffers lie in the federated vector (after the parameters)."""
+    _, stats = federated_tensors(model)
+    names = {id(b): n for n, b in model.named_buffers()}
+    out = []
+    for b in stats:
+        if names[id(b)].rsplit(".", 1)[-1] == "running_var":
+            out.append(slice(offset, offset + b.numel()))
+        offset += b.numel()
+    return out
 
 
 class FailurePolicy(StrEnum):
@@ -128,8 +163,14 @@ class Server:
         self.on_failure = FailurePolicy(on_failure)
         self.dropout = dropout
         self.worker = copy.deepcopy(model)
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.global_vector = parameters_to_vector(self.params).detach().clone()
+        params, stats = federated_tensors(model)
+        self.params: list[torch.Tensor] = [
+            *params,
+            *stats,
+        ]  # the tensors of the federated vector, in order
+        self.num_parameters = sum(p.numel() for p in params)
+        self._var_slices = _running_var_slices(model, self.num_parameters)
+        self.global_vector = flatten(self.params).clone()
         self.round = 0
         self.history = History()
         self._prepared_for: int | None = None
@@ -151,6 +192,11 @@ class Server:
         config = self.strategy.fit_config(round_index)
         updates = []
         for cid in selected:
+            with torch.no_grad():  # each client starts from the global batch counters
+                for mine, theirs in zip(
+                    batch_counters(self.worker), batch_counters(self.model), strict=True
+                ):
+                    mine.copy_(theirs)
             g = round_generator(self.seed, round_index, cid + 1)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(int(torch.randint(1 << 62, (1,), generator=g)))
@@ -210,10 +256,11 @@ class Server:
         agg: AggregateResult,
         start: float,
     ) -> RoundResult:
-        self.global_vector = self.strategy.apply(self.global_vector, agg.mean).detach()
-        load_vector(self.params, self.global_vector)
         survivors = set(agg.survivors)
         kept = [u for u in updates if u.client_id in survivors]
+        self.global_vector = self._next_vector(agg.mean)
+        load_vector(self.params, self.global_vector)
+        self._advance_counters(r, kept)
         n = sum(u.num_examples for u in kept)
         train_loss = sum(u.train_loss * u.num_examples for u in kept) / n if n else math.nan
         test_loss, test_acc = self.evaluate()
@@ -232,6 +279,30 @@ class Server:
         self.round = r
         self.history.append(result)
         return result
+
+    def _next_vector(self, mean: torch.Tensor) -> torch.Tensor:
+        """Strategy step on the parameters; the buffers become the aggregated mean."""
+        k = self.num_parameters
+        weights = self.strategy.apply(self.global_vector[:k], mean[:k])
+        stats = self.global_vector[k:] + mean[k:]
+        for sl in self._var_slices:  # DP noise may push a variance below 0
+            stats[sl].clamp_(min=0.0)
+        return torch.cat([weights, stats]).detach()
+
+    def _advance_counters(self, round_index: int, kept: Sequence[ClientUpdate]) -> None:
+        """Advance ``num_batches_tracked`` by the survivors' weighted mean local batches."""
+        counters = batch_counters(self.model)
+        if not counters or not kept:
+            return
+        cfg = self.strategy.fit_config(round_index)
+        weights = self.aggregator.weights({u.client_id: u.num_examples for u in kept})
+        steps = sum(
+            weights[u.client_id] * cfg.epochs * math.ceil(u.num_examples / cfg.batch_size)
+            for u in kept
+        ) / sum(weights.values())
+        with torch.no_grad():
+            for c in counters:
+                c.add_(round(steps))
 
     def run(
         self,
@@ -283,6 +354,7 @@ class Server:
             "round": self.round,
             "seed": self.seed,
             "global_vector": self.global_vector.clone(),
+            "counters": [int(c) for c in batch_counters(self.model)],
             "strategy": self.strategy.state_dict(),
             "aggregator": self.aggregator.state_dict(),
             "history": self.history.to_dicts(),
@@ -306,6 +378,11 @@ class Server:
         self.round = int(state["round"])
         self.global_vector = vec.clone()
         load_vector(self.params, self.global_vector)
+        with torch.no_grad():
+            for c, value in zip(
+                batch_counters(self.model), state.get("counters", []), strict=False
+            ):
+                c.fill_(int(value))
         self.strategy.load_state_dict(state["strategy"])
         self.aggregator.load_state_dict(state["aggregator"])
         self.history = History(
