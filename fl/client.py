@@ -92,8 +92,20 @@ def _sgd(params: Iterable[nn.Parameter], lr: float) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=lr)
 
 
-def _is_classification(loss_fn: LossFn) -> bool:
-    return loss_fn is nn.functional.cross_entropy
+def _is_classification(output: torch.Tensor, labels: torch.Tensor) -> bool:
+    """Class scores ``[n, classes]`` against integer labels ``[n]``: accuracy is defined.
+
+    Decided from the data, not from the loss, so ``nn.CrossEntropyLoss()``,
+    ``F.nll_loss``, a wrapped or custom loss all report accuracy.
+    """
+    return (
+        output.ndim == 2
+        and output.shape[1] > 1
+        and labels.ndim == 1
+        and not labels.dtype.is_floating_point
+        and not labels.dtype.is_complex
+        and labels.dtype != torch.bool
+    )
 
 
 @torch.no_grad()
@@ -105,21 +117,32 @@ def evaluate_model(
     *,
     batch_size: int = 4096,
 ) -> tuple[float, float]:
-    """Mean loss and accuracy of ``model`` on a dataset (accuracy NaN for regression).
+    """Mean loss and accuracy of ``model`` on a dataset.
+
+    ``loss_fn`` is any mean-reduced loss, a function (``F.cross_entropy``) or a
+    module (``nn.CrossEntropyLoss()``) alike. Accuracy is reported whenever the
+    model outputs class scores ``[n, classes]`` for integer labels ``[n]``
+    (whatever the loss); it is NaN only for other targets (regression) or an
+    empty dataset.
 
     Returns:
         ``(loss, accuracy)``.
     """
+    was_training = model.training
     model.eval()
     total_loss, correct, n = 0.0, 0, int(labels.shape[0])
-    for i in range(0, n, batch_size):
-        out = model(features[i : i + batch_size])
-        y = labels[i : i + batch_size]
-        total_loss += float(loss_fn(out, y)) * y.shape[0]
-        if _is_classification(loss_fn):
-            correct += int((out.argmax(dim=1) == y).sum())
-    model.train()
-    acc = correct / n if _is_classification(loss_fn) and n else float("nan")
+    classification = n > 0
+    try:
+        for i in range(0, n, batch_size):
+            out = model(features[i : i + batch_size])
+            y = labels[i : i + batch_size]
+            total_loss += float(loss_fn(out, y)) * y.shape[0]
+            classification = classification and _is_classification(out, y)
+            if classification:
+                correct += int((out.argmax(dim=1) == y).sum())
+    finally:
+        model.train(was_training)
+    acc = correct / n if classification else float("nan")
     return total_loss / max(n, 1), acc
 
 
