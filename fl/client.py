@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from fl.errors import ConfigError
+from fl.partition import DataLike, as_tensors
 from fl.types import ClientUpdate, FitConfig
 
 __all__ = [
@@ -150,9 +151,13 @@ class Client:
     """One data owner of a federation.
 
     Args:
-        client_id: Unique id (>= 0).
-        features: Local inputs, first dimension = examples.
-        labels: Local targets.
+        client_id: Unique id (an int >= 0).
+        features: Local inputs, first dimension = examples; or, with
+            ``labels=None``, a labelled dataset: a ``TensorDataset``, a
+            map-style ``Dataset`` of ``(features, label)`` items, a ``Subset``
+            or a ``DataLoader`` (read once into tensors, see
+            :func:`fl.partition.as_tensors`).
+        labels: Local targets (None when ``features`` is a dataset).
         loss_fn: ``loss_fn(output, target)``; cross-entropy by default.
         optimizer: ``optimizer(params, lr)`` building this client's own torch
             optimizer each round (default: plain SGD).
@@ -161,14 +166,31 @@ class Client:
     def __init__(
         self,
         client_id: int,
-        features: torch.Tensor,
-        labels: torch.Tensor,
+        features: torch.Tensor | DataLike,
+        labels: torch.Tensor | None = None,
         *,
         loss_fn: LossFn = nn.functional.cross_entropy,
         optimizer: OptimizerFactory = _sgd,
     ) -> None:
-        if client_id < 0:
-            raise ConfigError(f"`client_id` must be >= 0; got {client_id}")
+        if isinstance(client_id, bool) or not isinstance(client_id, int) or client_id < 0:
+            raise ConfigError(f"`client_id` must be an int >= 0; got {client_id!r}")
+        if not isinstance(features, torch.Tensor):
+            if labels is not None:
+                raise ConfigError(
+                    f"client {client_id}: give `labels` only with a features tensor; "
+                    f"`features` is a {type(features).__name__}"
+                )
+            features, labels = as_tensors(features, name=f"client {client_id}'s data")
+        elif labels is None:
+            raise ConfigError(f"client {client_id}: `labels` is required with a features tensor")
+        elif not isinstance(labels, torch.Tensor):
+            raise ConfigError(
+                f"client {client_id}: `labels` must be a torch.Tensor; got {type(labels).__name__}"
+            )
+        if features.ndim == 0 or labels.ndim == 0:
+            raise ConfigError(
+                f"client {client_id}: features and labels need a first (examples) dimension"
+            )
         if features.shape[0] != labels.shape[0]:
             raise ConfigError(
                 f"client {client_id}: {features.shape[0]} feature rows but {labels.shape[0]} labels"

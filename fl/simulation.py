@@ -15,7 +15,7 @@ from torch import nn
 
 from fl.aggregators import Aggregator
 from fl.client import Client, LossFn, OptimizerFactory, _sgd
-from fl.partition import Partition
+from fl.partition import DataLike, Partition
 from fl.server import DropoutModel, FailurePolicy, Server
 from fl.strategy import Strategy
 from fl.types import History
@@ -25,13 +25,24 @@ __all__ = ["make_clients", "run_simulation"]
 
 def make_clients(
     partition: Partition,
-    features: torch.Tensor,
+    features: torch.Tensor | DataLike,
     labels: torch.Tensor | None = None,
     *,
     loss_fn: LossFn = nn.functional.cross_entropy,
     optimizer: OptimizerFactory = _sgd,
 ) -> list[Client]:
-    """One :class:`Client` per part of ``partition`` (ids 0..n-1)."""
+    """One :class:`Client` per part of ``partition`` (ids 0..n-1).
+
+    Args:
+        partition: Which rows each client holds.
+        features: The whole dataset's inputs, or (with ``labels=None``) a
+            labelled dataset: ``TensorDataset``, map-style ``Dataset`` of
+            ``(features, label)`` items, ``Subset`` or ``DataLoader``
+            (see :func:`fl.partition.as_tensors`).
+        labels: The whole dataset's labels (default: the partition's labels).
+        loss_fn: Each client's training loss.
+        optimizer: Each client's optimizer factory.
+    """
     return [
         Client(i, x, y, loss_fn=loss_fn, optimizer=optimizer)
         for i, (x, y) in enumerate(partition.subsets(features, labels))
