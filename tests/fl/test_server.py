@@ -334,3 +334,34 @@ def test_cnn_with_batchnorm_uses_the_federated_statistics() -> None:
     stale[1].reset_running_stats()
     _, stale_acc = fl.evaluate_model(stale, *test)
     assert stale_acc < h.accuracy[-1] - 0.2
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: fl.PlainAggregator(),
+        lambda: fl.PlainAggregator(dp=fl.DifferentialPrivacy(clip_norm=1.0, noise_multiplier=0.1)),
+        lambda: fl.MaskingAggregator(),
+        lambda: fl.SecretSharingAggregator(2, seed=0),
+    ],
+    ids=["plain", "plain+dp", "masking", "secret-sharing"],
+)
+def test_a_diverged_client_stops_the_run_naming_round_and_client(make: object) -> None:
+    clients, test = _mnist_like()
+    x = clients[2].features.clone()
+    x[0, 0] = float("inf")  # client 2's training turns NaN in round 1
+    clients[2] = fl.Client(2, x, clients[2].labels)
+    server = fl.Server(_net(), clients, aggregator=make(), test_data=test)  # type: ignore[operator]
+    with pytest.raises(fl.AggregationError, match=r"round 1: client 2's update holds \d+ NaN/inf"):
+        server.run(2, progress=False)
+    assert bool(torch.isfinite(server.global_vector).all())
+    recorded = fl.Server(
+        _net(),
+        clients,
+        aggregator=make(),  # type: ignore[operator]
+        test_data=test,
+        on_failure=fl.FailurePolicy.RECORD,
+    )
+    h = recorded.run(2, progress=False)
+    assert [r.failed for r in h] == [True, True] and "client 2" in (h[0].error or "")
+    assert bool(torch.isfinite(recorded.global_vector).all())
