@@ -34,6 +34,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -58,7 +59,7 @@ from fl.errors import AggregationError, CheckpointError, ConfigError
 from fl.strategy import FedAvg, Strategy
 from fl.types import AggregateResult, ClientUpdate, History, RoundResult
 
-__all__ = ["DropoutModel", "FailurePolicy", "Server", "round_generator"]
+__all__ = ["DropoutModel", "FailurePolicy", "Server", "round_generator", "show_progress"]
 
 _CHECKPOINT_VERSION = 1
 _MIX = 1_000_003
@@ -69,6 +70,14 @@ def round_generator(seed: int, round_index: int, salt: int = 0) -> torch.Generat
     g = torch.Generator()
     g.manual_seed(((seed * _MIX + round_index) * _MIX + salt) % (1 << 62))
     return g
+
+
+def show_progress(progress: bool | None) -> bool:
+    """Whether to draw a progress bar: as asked, or (``None``) only on a terminal."""
+    if progress is not None:
+        return bool(progress)
+    stream = sys.stderr
+    return stream is not None and hasattr(stream, "isatty") and bool(stream.isatty())
 
 
 def _running_var_slices(model: nn.Module, offset: int) -> list[slice]:
@@ -308,7 +317,7 @@ class Server:
         self,
         num_rounds: int,
         *,
-        progress: bool = True,
+        progress: bool | None = None,
         checkpoint: str | Path | None = None,
         checkpoint_every: int = 1,
     ) -> History:
@@ -317,6 +326,13 @@ class Server:
         With ``checkpoint``, an existing checkpoint at that path is loaded first
         (so re-running an interrupted command resumes it), and a new one is
         written every ``checkpoint_every`` rounds and at the end.
+
+        Args:
+            num_rounds: Total rounds (resumed ones included).
+            progress: Show a tqdm bar on stderr: ``None`` (default) shows it
+                only when stderr is a terminal, so logs and pipes stay clean.
+            checkpoint: Checkpoint file (optional).
+            checkpoint_every: Rounds between checkpoints.
 
         Returns:
             The history of all rounds (including resumed ones).
@@ -331,7 +347,11 @@ class Server:
             self.load_checkpoint(checkpoint)
         self._prepare(num_rounds)
         bar = tqdm(
-            total=num_rounds, initial=self.round, disable=not progress, unit="round", desc="fl"
+            total=num_rounds,
+            initial=self.round,
+            disable=not show_progress(progress),
+            unit="round",
+            desc="fl",
         )
         try:
             while self.round < num_rounds:

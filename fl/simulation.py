@@ -61,10 +61,14 @@ def run_simulation(
     seed: int = 0,
     on_failure: FailurePolicy = FailurePolicy.RAISE,
     dropout: DropoutModel | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
     checkpoint: str | None = None,
 ) -> History:
-    """Build a :class:`Server` and run ``num_rounds`` rounds; ``model`` ends trained."""
+    """Build a :class:`Server` and run ``num_rounds`` rounds; ``model`` ends trained.
+
+    The arguments are :class:`Server`'s and :meth:`Server.run`'s; ``progress``
+    defaults, as there, to a bar only when stderr is a terminal.
+    """
     server = Server(
         model,
         clients,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import sys
 from pathlib import Path
 
 import pytest
@@ -365,3 +366,26 @@ def test_a_diverged_client_stops_the_run_naming_round_and_client(make: object) -
     h = recorded.run(2, progress=False)
     assert [r.failed for r in h] == [True, True] and "client 2" in (h[0].error or "")
     assert bool(torch.isfinite(recorded.global_vector).all())
+
+
+@pytest.mark.parametrize("entry", ["server", "simulation"])
+def test_progress_bar_only_on_a_terminal_by_default(
+    entry: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clients, test = _mnist_like()
+
+    def run(**kw: object) -> None:
+        if entry == "server":
+            fl.Server(_net(), clients, test_data=test).run(1, **kw)  # type: ignore[arg-type]
+        else:
+            fl.run_simulation(_net(), clients, num_rounds=1, test_data=test, **kw)  # type: ignore[arg-type]
+
+    run()  # captured stderr is not a terminal: no bar
+    assert "round" not in capsys.readouterr().err
+    run(progress=True)
+    assert "round" in capsys.readouterr().err
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    run()
+    assert "round" in capsys.readouterr().err
+    run(progress=False)
+    assert "round" not in capsys.readouterr().err
