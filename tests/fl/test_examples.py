@@ -7,6 +7,7 @@ import runpy
 from pathlib import Path
 
 import pytest
+import torch
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -17,7 +18,14 @@ def test_fedavg_mnist_example_default_recipe(
     """The default configuration, shortened only by rounds (the whole recipe otherwise)."""
     monkeypatch.chdir(tmp_path)
     main = runpy.run_path(str(EXAMPLES / "fedavg_mnist.py"))["main"]
-    histories = main(["--rounds", "5"])
+    # one intra-op thread: batches of 32 gain nothing from more, and on a busy 2-core
+    # machine spinning threads multiplied this test's wall time by ten (not the recipe)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        histories = main(["--rounds", "5"])
+    finally:
+        torch.set_num_threads(threads)
     assert len(histories) == 8 and (tmp_path / "fedavg_mnist.png").exists()
     for label, h in histories.items():
         assert len(h) == 5 and not h.failed_rounds, label
