@@ -81,7 +81,10 @@ def show_progress(progress: bool | None) -> bool:
 
 
 def _running_var_slices(model: nn.Module, offset: int) -> list[slice]:
-    """Where the ``running_var`` buffers lie in the federated vector (after the parameters)."""
+    """Where the ``running_var`` buffers lie in the federated vector.
+
+    ``offset`` is where the buffers start (the number of parameter values).
+    """
     _, stats = federated_tensors(model)
     names = {id(b): n for n, b in model.named_buffers()}
     out = []
@@ -173,10 +176,8 @@ class Server:
         self.dropout = dropout
         self.worker = copy.deepcopy(model)
         params, stats = federated_tensors(model)
-        self.params: list[torch.Tensor] = [
-            *params,
-            *stats,
-        ]  # the tensors of the federated vector, in order
+        # the tensors of the federated vector, in order
+        self.params: list[torch.Tensor] = [*params, *stats]
         self.num_parameters = sum(p.numel() for p in params)
         self._var_slices = _running_var_slices(model, self.num_parameters)
         self.global_vector = flatten(self.params).clone()
@@ -293,10 +294,10 @@ class Server:
         """Strategy step on the parameters; the buffers become the aggregated mean."""
         k = self.num_parameters
         weights = self.strategy.apply(self.global_vector[:k], mean[:k])
-        stats = self.global_vector[k:] + mean[k:]
+        out = torch.cat([weights, self.global_vector[k:] + mean[k:]]).detach()
         for sl in self._var_slices:  # DP noise may push a variance below 0
-            stats[sl].clamp_(min=0.0)
-        return torch.cat([weights, stats]).detach()
+            out[sl].clamp_(min=0.0)
+        return out
 
     def _advance_counters(self, round_index: int, kept: Sequence[ClientUpdate]) -> None:
         """Advance ``num_batches_tracked`` by the survivors' weighted mean local batches."""

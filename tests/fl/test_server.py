@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -297,6 +298,26 @@ def test_dp_clips_and_noises_the_statistics_with_the_weights() -> None:
     bn = noisy.model[0]
     assert not torch.allclose(bn.running_mean, server.model[0].running_mean, atol=1e-3)
     assert bool((bn.running_var >= 0).all())
+
+
+class _ShiftedNoise(fl.PlainAggregator):
+    """Plain aggregation whose "noise" is a shift of -100 on every coordinate."""
+
+    def finalize(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, float]:
+        mean, std = super().finalize(*args, **kwargs)
+        return mean - 100.0, std
+
+
+def test_a_variance_pushed_below_zero_is_clamped() -> None:
+    clients = _bn_clients((6, 10), seed=3)
+    strategy = fl.FedAvg(lr=0.05, batch_size=4)
+    ref = fl.Server(_bn_model(), clients, strategy=strategy)
+    ref.run_round()
+    shifted = fl.Server(_bn_model(), clients, aggregator=_ShiftedNoise(), strategy=strategy)
+    shifted.run_round()
+    a, b = ref.model[0], shifted.model[0]
+    assert torch.allclose(b.running_mean, a.running_mean - 100.0, atol=1e-4)
+    assert torch.equal(b.running_var, torch.zeros(3))  # clamped, not -100 + something
 
 
 def test_cnn_with_batchnorm_uses_the_federated_statistics() -> None:
