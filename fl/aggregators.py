@@ -248,7 +248,7 @@ class Aggregator(ABC):
         if not num_examples:
             raise ConfigError("cannot weight an empty set of clients")
         for cid, n in num_examples.items():
-            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            if isinstance(n, bool) or not hasattr(n, "__index__") or n < 0:
                 raise ConfigError(f"client {cid}'s `num_examples` must be an int >= 0; got {n!r}")
         if self.dp is not None:
             return {cid: 1.0 / len(num_examples) for cid in num_examples}

@@ -172,8 +172,9 @@ class Client:
         loss_fn: LossFn = nn.functional.cross_entropy,
         optimizer: OptimizerFactory = _sgd,
     ) -> None:
-        if isinstance(client_id, bool) or not isinstance(client_id, int) or client_id < 0:
+        if isinstance(client_id, bool) or not hasattr(client_id, "__index__") or client_id < 0:
             raise ConfigError(f"`client_id` must be an int >= 0; got {client_id!r}")
+        client_id = int(client_id)
         if not isinstance(features, torch.Tensor):
             if labels is not None:
                 raise ConfigError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -82,3 +83,11 @@ def test_evaluate_restores_the_training_mode() -> None:
     model.train()
     fl.evaluate_model(model, torch.randn(4, 2), torch.randint(2, (4,)))
     assert model.training
+
+
+def test_client_id_must_be_an_int() -> None:
+    x, y = torch.zeros(2, 1), torch.zeros(2, dtype=torch.long)
+    for bad in (2.5, True, -1, "0"):
+        with pytest.raises(fl.ConfigError, match="`client_id` must be an int >= 0"):
+            fl.Client(bad, x, y)  # type: ignore[arg-type]
+    assert fl.Client(np.int64(3), x, y).client_id == 3
