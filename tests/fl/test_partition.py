@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 import fl
+from fl.partition import as_tensors
 
 
 @st.composite
@@ -144,7 +145,7 @@ def test_torch_data_containers_work_everywhere(
     p = fl.partition(dataset, n_clients, seed=seed)
     ref = fl.partition(y, n_clients, seed=seed)
     assert all(torch.equal(a, b) for a, b in zip(p.indices, ref.indices, strict=True))
-    fx, fy = fl.partition.__globals__["as_tensors"](dataset)
+    fx, fy = as_tensors(dataset)
     assert torch.equal(fx, x) and torch.equal(fy, y)
     clients = fl.make_clients(p, dataset)
     for c, ix in zip(clients, p.indices, strict=True):
