@@ -5,6 +5,14 @@ or non-IID (2 classes per client); an MLP 784-128-64-10 is trained for 20
 rounds with each aggregator, and the test accuracy per round is printed side
 by side and plotted.
 
+The DP runs clip each update to L2 norm 0.5 and add Gaussian noise of
+multiplier 0.3 (std 0.3 * 0.5 / 10 on each coordinate of the average). With
+only 10 clients that is the most noise this model tolerates, and the epsilon
+it spends is large (about 228 at delta 1e-3 after 20 rounds): the run shows
+the mechanism, not a meaningful guarantee, which needs thousands of clients
+per round. A round whose update holds NaN/inf stops the run with an
+``fl.AggregationError`` naming the round and the client.
+
     python examples/fedavg_mnist.py [--rounds 20] [--out fedavg_mnist.png]
 """
 
@@ -35,10 +43,12 @@ def mlp() -> nn.Module:
 def main(argv: list[str] | None = None) -> dict[str, fl.History]:
     """Run every split x aggregator; return the histories by label."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=20)
-    ap.add_argument("--clients", type=int, default=10)
-    ap.add_argument("--out", default="fedavg_mnist.png")
-    ap.add_argument("--subsample", type=int, default=1, help="keep every k-th image (smoke tests)")
+    ap.add_argument("--rounds", type=int, default=20, help="rounds per run (default 20)")
+    ap.add_argument("--clients", type=int, default=10, help="clients (default 10)")
+    ap.add_argument("--out", default="fedavg_mnist.png", help="plot file (default %(default)s)")
+    ap.add_argument(
+        "--subsample", type=int, default=1, help="keep every k-th image (default 1: all)"
+    )
     args = ap.parse_args(argv)
 
     x, y = load_mnist("train")
@@ -52,12 +62,13 @@ def main(argv: list[str] | None = None) -> dict[str, fl.History]:
         "non-iid": fl.partition(y, args.clients, "shards", classes_per_client=2, seed=0),
     }
     print(splits["non-iid"].summary())
-    dp = fl.DifferentialPrivacy(clip_norm=2.0, target_epsilon=8.0, target_delta=1e-3, seed=0)
+    # a fixed noise multiplier, so a shorter run (--rounds) has the same per-round recipe
+    dp = fl.DifferentialPrivacy(clip_norm=0.5, noise_multiplier=0.3, target_delta=1e-3)
     aggregators = {
         "plain": lambda: fl.PlainAggregator(),
         "masking": lambda: fl.MaskingAggregator(clip_range=1.0),
         "secret-sharing": lambda: fl.SecretSharingAggregator(2),
-        "masking+dp": lambda: fl.MaskingAggregator(clip_range=2.0, dp=dp),
+        "masking+dp": lambda: fl.MaskingAggregator(clip_range=1.0, dp=dp),
     }
     histories: dict[str, fl.History] = {}
     for split_name, part in splits.items():

@@ -39,6 +39,7 @@ __all__ = [
     "SecretSharingAggregator",
     "ServerSession",
     "Stage",
+    "check_update",
 ]
 
 
@@ -149,10 +150,43 @@ class SharedInput:
         return self.wire_bytes
 
 
+def check_update(delta: torch.Tensor, name: str) -> None:
+    """Refuse an update that no aggregator can sum correctly.
+
+    Args:
+        delta: The update.
+        name: How the error names it (``"round 3: client 7's update"``).
+
+    Raises:
+        ConfigError: ``delta`` is not a real (float or integer) tensor.
+        AggregationError: ``delta`` holds NaN or inf (a diverged local training),
+            which would make the mean NaN/inf, or be silently clipped to NaN.
+    """
+    if not isinstance(delta, torch.Tensor):
+        raise ConfigError(f"{name} must be a torch.Tensor; got {type(delta).__name__}")
+    if delta.is_complex() or delta.dtype == torch.bool:
+        raise ConfigError(f"{name} must be a real float tensor; got dtype {delta.dtype}")
+    if delta.is_floating_point() and not bool(torch.isfinite(delta).all()):
+        bad = int((~torch.isfinite(delta)).sum())
+        raise AggregationError(
+            f"{name} holds {bad} NaN/inf value(s) of {delta.numel()}: its local training "
+            "diverged (lower the learning rate, clip the gradients or the update)"
+        )
+
+
 def prepare_contribution(
-    delta: torch.Tensor, weight: float, dp: DifferentialPrivacy | None
+    delta: torch.Tensor,
+    weight: float,
+    dp: DifferentialPrivacy | None,
+    *,
+    name: str = "the update",
 ) -> torch.Tensor:
-    """Client side: clip (with DP) and weight an update, as a flat float32 vector."""
+    """Client side: check, clip (with DP) and weight an update, as a flat float32 vector.
+
+    Raises:
+        ConfigError, AggregationError: see :func:`check_update`.
+    """
+    check_update(delta, name)
     v = delta.detach().reshape(-1).to(torch.float32)
     if dp is not None:
         v = clip_by_l2_norm(v, dp.clip_norm)
@@ -213,6 +247,9 @@ class Aggregator(ABC):
         """Per-client weights: ``n_i / sum n`` (or ``1/m`` with DP)."""
         if not num_examples:
             raise ConfigError("cannot weight an empty set of clients")
+        for cid, n in num_examples.items():
+            if isinstance(n, bool) or not hasattr(n, "__index__") or n < 0:
+                raise ConfigError(f"client {cid}'s `num_examples` must be an int >= 0; got {n!r}")
         if self.dp is not None:
             return {cid: 1.0 / len(num_examples) for cid in num_examples}
         total = sum(num_examples.values())
@@ -228,16 +265,27 @@ class Aggregator(ABC):
         *,
         noised: bool,
     ) -> tuple[torch.Tensor, float]:
-        """Server side: turn the survivors' weighted sum into the mean (+ central DP noise)."""
+        """Server side: turn the survivors' weighted sum into the mean (+ central DP noise).
+
+        Raises:
+            AggregationError: The mean is not finite (float32 overflow of the sum).
+        """
         if self.dp is not None:
             std = self.average_noise_std(len(weights))
             if not noised and std > 0:
                 total = total + torch.normal(
                     0.0, std, size=total.shape, generator=self.noise_generator()
                 ).to(total.dtype)
-            return total, std
-        denom = sum(weights[c] for c in survivors)
-        return total / denom, 0.0
+            mean = total
+        else:
+            std = 0.0
+            mean = total / sum(weights[c] for c in survivors)
+        if not bool(torch.isfinite(mean).all()):
+            raise AggregationError(
+                f"the mean of clients {sorted(survivors)} is not finite (float32 overflow); "
+                "clip the updates"
+            )
+        return mean, std
 
     def record_round(self) -> None:
         """Account one completed round (DP)."""
@@ -303,14 +351,26 @@ class Aggregator(ABC):
             raise ConfigError("client ids in `updates` must be unique")
         dim = updates[0].delta.numel()
         for u in updates:
+            check_update(u.delta, f"round {round_index}: client {u.client_id}'s update")
             if u.delta.numel() != dim:
                 raise ConfigError(
                     f"client {u.client_id}'s update has {u.delta.numel()} values; expected {dim}"
                 )
         drop_at: dict[int, Stage] = {}
         for stage, ids in (dropouts or {}).items():
+            try:
+                st = Stage(stage)
+            except ValueError as exc:
+                raise ConfigError(
+                    f"`dropouts` keys must be stages {[s.value for s in Stage]}; got {stage!r}"
+                ) from exc
             for cid in ids:
-                drop_at[cid] = Stage(stage)
+                if cid not in by_id:
+                    raise ConfigError(
+                        f"`dropouts` names client {cid!r} at stage {st.value}, which is not in "
+                        f"this round (clients {sorted(by_id)})"
+                    )
+                drop_at[cid] = st
         weights = self.weights({cid: u.num_examples for cid, u in by_id.items()})
         server = self.server_session(weights, dim, round_index=round_index)
         clients = {cid: self.client_session(cid, u.delta) for cid, u in by_id.items()}
@@ -384,7 +444,10 @@ class _PlainClient:
                 f"client {self.client_id}: unexpected message {type(message).__name__}"
             )
         return PlainInput(
-            self.client_id, prepare_contribution(self.delta, message.weight, self.agg.dp)
+            self.client_id,
+            prepare_contribution(
+                self.delta, message.weight, self.agg.dp, name=f"client {self.client_id}'s update"
+            ),
         )
 
 
@@ -443,7 +506,9 @@ class _SecretSharingClient(_PlainClient):
             raise ProtocolError(
                 f"client {self.client_id}: unexpected message {type(message).__name__}"
             )
-        x = prepare_contribution(self.delta, message.weight, self.agg.dp)
+        x = prepare_contribution(
+            self.delta, message.weight, self.agg.dp, name=f"client {self.client_id}'s update"
+        )
         assert isinstance(self.agg, SecretSharingAggregator)
         shared = message.channel.share(x.to(torch.float64))
         return SharedInput(self.client_id, shared, wire_bytes=8 * x.numel() * self.agg.n_parties)

@@ -5,28 +5,76 @@ process at no start-up cost: the server lends one worker ``nn.Module`` that
 each client loads the global weights into, trains, and hands back. Batches
 are sliced from index tensors (no ``DataLoader``), which keeps per-step
 overhead at the level of the model's own forward/backward.
+
+What is federated (:func:`federated_tensors`): the trainable parameters, then
+the model's floating-point buffers (BatchNorm ``running_mean`` /
+``running_var``), in that order, flattened into one vector. Every aggregator
+averages that vector, so normalisation statistics are federated exactly like
+weights (sample-weighted; uniformly weighted, clipped and noised with DP). The
+integer counter ``num_batches_tracked`` is not a statistic of the data: the
+server advances it itself (see :class:`~fl.server.Server`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
-from torch.nn.utils import parameters_to_vector
 
 from fl.errors import ConfigError
+from fl.partition import DataLike, as_tensors
 from fl.types import ClientUpdate, FitConfig
 
-__all__ = ["Client", "LossFn", "OptimizerFactory", "evaluate_model", "load_vector"]
+__all__ = [
+    "Client",
+    "LossFn",
+    "OptimizerFactory",
+    "batch_counters",
+    "evaluate_model",
+    "federated_tensors",
+    "flatten",
+    "load_vector",
+]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 OptimizerFactory = Callable[[Iterable[nn.Parameter], float], torch.optim.Optimizer]
 
 
+def federated_tensors(model: nn.Module) -> tuple[list[nn.Parameter], list[torch.Tensor]]:
+    """The tensors of ``model`` that federated rounds train and average.
+
+    Returns:
+        ``(params, stats)``: the parameters with ``requires_grad`` (frozen ones
+        stay as they are), and the persistent floating-point buffers (BatchNorm
+        running statistics and the like), each in module registration order.
+        The federated vector is ``params`` then ``stats``, flattened.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    persistent = set(model.state_dict(keep_vars=True))
+    stats = [b for name, b in model.named_buffers() if name in persistent and b.is_floating_point()]
+    return params, stats
+
+
+def batch_counters(model: nn.Module) -> list[torch.Tensor]:
+    """The ``num_batches_tracked`` counters of the model's normalisation layers."""
+    return [
+        b
+        for name, b in model.named_buffers()
+        if name.rsplit(".", 1)[-1] == "num_batches_tracked" and not b.is_floating_point()
+    ]
+
+
+def flatten(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The tensors flattened and concatenated, detached (the inverse of :func:`load_vector`)."""
+    if not tensors:
+        return torch.zeros(0)
+    return torch.cat([t.detach().reshape(-1) for t in tensors])
+
+
 @torch.no_grad()
-def load_vector(params: list[nn.Parameter], vector: torch.Tensor) -> None:
-    """Copy a flat vector into ``params``.
+def load_vector(params: Sequence[torch.Tensor], vector: torch.Tensor) -> None:
+    """Copy a flat vector into ``params`` (parameters or buffers).
 
     Unlike ``torch.nn.utils.vector_to_parameters``, which makes the parameters
     views of the vector (so training would write into the caller's vector).
@@ -45,8 +93,20 @@ def _sgd(params: Iterable[nn.Parameter], lr: float) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=lr)
 
 
-def _is_classification(loss_fn: LossFn) -> bool:
-    return loss_fn is nn.functional.cross_entropy
+def _is_classification(output: torch.Tensor, labels: torch.Tensor) -> bool:
+    """Class scores ``[n, classes]`` against integer labels ``[n]``: accuracy is defined.
+
+    Decided from the data, not from the loss, so ``nn.CrossEntropyLoss()``,
+    ``F.nll_loss``, a wrapped or custom loss all report accuracy.
+    """
+    return (
+        output.ndim == 2
+        and output.shape[1] > 1
+        and labels.ndim == 1
+        and not labels.dtype.is_floating_point
+        and not labels.dtype.is_complex
+        and labels.dtype != torch.bool
+    )
 
 
 @torch.no_grad()
@@ -58,21 +118,32 @@ def evaluate_model(
     *,
     batch_size: int = 4096,
 ) -> tuple[float, float]:
-    """Mean loss and accuracy of ``model`` on a dataset (accuracy NaN for regression).
+    """Mean loss and accuracy of ``model`` on a dataset.
+
+    ``loss_fn`` is any mean-reduced loss, a function (``F.cross_entropy``) or a
+    module (``nn.CrossEntropyLoss()``) alike. Accuracy is reported whenever the
+    model outputs class scores ``[n, classes]`` for integer labels ``[n]``
+    (whatever the loss); it is NaN only for other targets (regression) or an
+    empty dataset.
 
     Returns:
         ``(loss, accuracy)``.
     """
+    was_training = model.training
     model.eval()
     total_loss, correct, n = 0.0, 0, int(labels.shape[0])
-    for i in range(0, n, batch_size):
-        out = model(features[i : i + batch_size])
-        y = labels[i : i + batch_size]
-        total_loss += float(loss_fn(out, y)) * y.shape[0]
-        if _is_classification(loss_fn):
-            correct += int((out.argmax(dim=1) == y).sum())
-    model.train()
-    acc = correct / n if _is_classification(loss_fn) and n else float("nan")
+    classification = n > 0
+    try:
+        for i in range(0, n, batch_size):
+            out = model(features[i : i + batch_size])
+            y = labels[i : i + batch_size]
+            total_loss += float(loss_fn(out, y)) * y.shape[0]
+            classification = classification and _is_classification(out, y)
+            if classification:
+                correct += int((out.argmax(dim=1) == y).sum())
+    finally:
+        model.train(was_training)
+    acc = correct / n if classification else float("nan")
     return total_loss / max(n, 1), acc
 
 
@@ -80,9 +151,13 @@ class Client:
     """One data owner of a federation.
 
     Args:
-        client_id: Unique id (>= 0).
-        features: Local inputs, first dimension = examples.
-        labels: Local targets.
+        client_id: Unique id (an int >= 0).
+        features: Local inputs, first dimension = examples; or, with
+            ``labels=None``, a labelled dataset: a ``TensorDataset``, a
+            map-style ``Dataset`` of ``(features, label)`` items, a ``Subset``
+            or a ``DataLoader`` (read once into tensors, see
+            :func:`fl.partition.as_tensors`).
+        labels: Local targets (None when ``features`` is a dataset).
         loss_fn: ``loss_fn(output, target)``; cross-entropy by default.
         optimizer: ``optimizer(params, lr)`` building this client's own torch
             optimizer each round (default: plain SGD).
@@ -94,15 +169,33 @@ class Client:
     def __init__(
         self,
         client_id: int,
-        features: torch.Tensor,
-        labels: torch.Tensor,
+        features: torch.Tensor | DataLike,
+        labels: torch.Tensor | None = None,
         *,
         loss_fn: LossFn = nn.functional.cross_entropy,
         optimizer: OptimizerFactory = _sgd,
         test_data: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
-        if client_id < 0:
-            raise ConfigError(f"`client_id` must be >= 0; got {client_id}")
+        if isinstance(client_id, bool) or not hasattr(client_id, "__index__") or client_id < 0:
+            raise ConfigError(f"`client_id` must be an int >= 0; got {client_id!r}")
+        client_id = int(client_id)
+        if not isinstance(features, torch.Tensor):
+            if labels is not None:
+                raise ConfigError(
+                    f"client {client_id}: give `labels` only with a features tensor; "
+                    f"`features` is a {type(features).__name__}"
+                )
+            features, labels = as_tensors(features, name=f"client {client_id}'s data")
+        elif labels is None:
+            raise ConfigError(f"client {client_id}: `labels` is required with a features tensor")
+        elif not isinstance(labels, torch.Tensor):
+            raise ConfigError(
+                f"client {client_id}: `labels` must be a torch.Tensor; got {type(labels).__name__}"
+            )
+        if features.ndim == 0 or labels.ndim == 0:
+            raise ConfigError(
+                f"client {client_id}: features and labels need a first (examples) dimension"
+            )
         if features.shape[0] != labels.shape[0]:
             raise ConfigError(
                 f"client {client_id}: {features.shape[0]} feature rows but {labels.shape[0]} labels"
@@ -160,15 +253,16 @@ class Client:
 
         Args:
             model: A worker module with the global architecture (overwritten).
-            global_vector: Flat parameters training starts from.
+            global_vector: The flat global vector (parameters, then floating buffers).
             config: Epochs, batch size, learning rate, proximal ``mu``.
             generator: Source of the shuffling order (deterministic runs).
             anchor: Flat parameters of the proximal term (default ``global_vector``).
 
         Returns:
-            The update ``local - global_vector`` and the example count.
+            The update ``local - global`` (trainable parameters then floating
+            buffers, see :func:`federated_tensors`) and the example count.
         """
-        params = [p for p in model.parameters() if p.requires_grad]
+        params, stats = federated_tensors(model)
         if anchor is not None and anchor.shape != global_vector.shape:
             raise ConfigError(
                 f"`anchor` must have the shape of `global_vector` {tuple(global_vector.shape)}; "
@@ -176,9 +270,9 @@ class Client:
             )
         anchors: list[torch.Tensor] | None = None
         if config.proximal_mu > 0:
-            load_vector(params, global_vector if anchor is None else anchor)
+            load_vector([*params, *stats], global_vector if anchor is None else anchor)
             anchors = [p.detach().clone() for p in params]
-        load_vector(params, global_vector)
+        load_vector([*params, *stats], global_vector)
         opt = self.optimizer(params, config.lr)
         n, bs = self.num_examples, config.batch_size
         model.train()
@@ -201,7 +295,7 @@ class Client:
                 epoch_loss += loss.detach() * idx.numel()
             last_epoch_loss = float(epoch_loss) / n
         with torch.no_grad():
-            delta = parameters_to_vector(params) - global_vector
+            delta = flatten([*params, *stats]) - global_vector
         return ClientUpdate(self.client_id, delta, n, last_epoch_loss)
 
     def evaluate(self, model: nn.Module) -> tuple[float, float]:

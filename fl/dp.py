@@ -83,7 +83,7 @@ def compute_epsilon(
         raise PrivacyError(f"`delta` must be in (0, 1); got {delta}")
     if not 0 <= sampling_rate <= 1:
         raise PrivacyError(f"`sampling_rate` must be in [0, 1]; got {sampling_rate}")
-    if noise_multiplier < 0:
+    if not noise_multiplier >= 0:  # also refuses NaN
         raise PrivacyError(f"`noise_multiplier` must be >= 0; got {noise_multiplier}")
     if steps == 0 or sampling_rate == 0:
         return 0.0
@@ -103,8 +103,11 @@ def calibrate_noise_multiplier(
     Raises:
         PrivacyError: The target is not positive, or unreachable below ``z = 1e4``.
     """
-    if not target_epsilon > 0:
-        raise PrivacyError(f"`target_epsilon` must be > 0; got {target_epsilon}")
+    if not (target_epsilon > 0 and math.isfinite(target_epsilon)):
+        raise PrivacyError(
+            f"`target_epsilon` must be a positive finite number; got {target_epsilon} "
+            "(for no privacy, use no DP)"
+        )
     lo, hi = 0.0, 1.0
     while compute_epsilon(hi, sampling_rate, steps, delta) > target_epsilon:
         lo, hi = hi, hi * 2
@@ -193,10 +196,18 @@ class DifferentialPrivacy:
             )
         if (self.noise_multiplier is None) == (self.target_epsilon is None):
             raise PrivacyError("give exactly one of `noise_multiplier` and `target_epsilon`")
-        if self.noise_multiplier is not None and not self.noise_multiplier >= 0:
-            raise PrivacyError(f"`noise_multiplier` must be >= 0; got {self.noise_multiplier}")
-        if self.target_epsilon is not None and not self.target_epsilon > 0:
-            raise PrivacyError(f"`target_epsilon` must be > 0; got {self.target_epsilon}")
+        z = self.noise_multiplier
+        if z is not None and not (z >= 0 and math.isfinite(z)):
+            raise PrivacyError(
+                f"`noise_multiplier` must be a finite number >= 0; got {z} "
+                "(an infinite noise multiplier would make the average infinite)"
+            )
+        eps = self.target_epsilon
+        if eps is not None and not (eps > 0 and math.isfinite(eps)):
+            raise PrivacyError(
+                f"`target_epsilon` must be a positive finite number; got {eps} "
+                "(for no privacy, use no DP)"
+            )
         if not 0 < self.target_delta < 1:
             raise PrivacyError(f"`target_delta` must be in (0, 1); got {self.target_delta}")
 

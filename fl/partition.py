@@ -11,20 +11,110 @@ Three schemes, all deterministic under ``seed``:
   assignment to avoid a client receiving two shards of one class).
 * ``"dirichlet"``: per class, client proportions drawn from
   ``Dirichlet(alpha)`` (Hsu et al. 2019); small ``alpha`` = very skewed.
+
+Datasets: :func:`partition`, :class:`~fl.client.Client` and
+:func:`~fl.simulation.make_clients` take tensors or the usual torch data
+containers (:func:`as_tensors`): a ``(features, labels)`` pair, a
+``TensorDataset``, any map-style ``Dataset`` whose items are
+``(features, label)`` pairs, a ``Subset`` of one, or a ``DataLoader`` (its
+dataset; the client batches with the strategy's ``batch_size``).
 """
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from fl.errors import ConfigError
 
-__all__ = ["Partition", "Scheme", "partition"]
+__all__ = ["Partition", "Scheme", "as_tensors", "partition"]
+
+DataLike = Any  # a tensor pair, TensorDataset, Dataset, Subset or DataLoader (see as_tensors)
+
+
+def _count(value: Any, name: str, low: int) -> int:
+    """``value`` as an int >= ``low`` (ints and numpy ints; not bool, not 2.5)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"`{name}` must be an int >= {low}; got {value!r}")
+    try:
+        n = operator.index(value)
+    except TypeError:
+        raise ConfigError(f"`{name}` must be an int >= {low}; got {value!r}") from None
+    if n < low:
+        raise ConfigError(f"`{name}` must be an int >= {low}; got {n}")
+    return int(n)
+
+
+def _stack(values: list[Any], what: str) -> torch.Tensor:
+    try:
+        return torch.stack([torch.as_tensor(v) for v in values])
+    except (TypeError, RuntimeError, ValueError) as exc:
+        raise ConfigError(
+            f"the {what} of the dataset's items must be tensors (or numbers) of one shape: {exc}"
+        ) from exc
+
+
+def as_tensors(data: DataLike, *, name: str = "dataset") -> tuple[torch.Tensor, torch.Tensor]:
+    """Materialise a labelled dataset as ``(features, labels)`` tensors.
+
+    Accepts a ``(features, labels)`` pair of tensors (or arrays), a
+    ``TensorDataset`` of two tensors, a ``Subset`` of any of these, a
+    ``DataLoader`` (its ``dataset``: sampler and batch size are ignored), or any
+    map-style ``Dataset`` with ``len()`` whose items are ``(features, label)``
+    pairs (items are read once and stacked, so transforms run once).
+
+    Raises:
+        ConfigError: Anything else (naming what was received), mismatched
+            lengths, or an empty dataset.
+    """
+    if isinstance(data, DataLoader):
+        return as_tensors(data.dataset, name=name)
+    if isinstance(data, tuple | list) and len(data) == 2:
+        x, y = torch.as_tensor(data[0]), torch.as_tensor(data[1])
+    elif isinstance(data, TensorDataset):
+        if len(data.tensors) != 2:
+            raise ConfigError(
+                f"`{name}` as a TensorDataset must hold (features, labels); "
+                f"got {len(data.tensors)} tensors"
+            )
+        x, y = data.tensors
+    elif isinstance(data, Subset) and isinstance(data.dataset, TensorDataset | tuple | list):
+        x, y = as_tensors(data.dataset, name=name)
+        idx = torch.as_tensor(list(data.indices), dtype=torch.int64)
+        x, y = x[idx], y[idx]
+    elif isinstance(data, Dataset) and hasattr(data, "__len__"):
+        items = [data[i] for i in range(len(data))]
+        if not items:
+            raise ConfigError(f"`{name}` is empty")
+        if not all(isinstance(it, tuple | list) and len(it) == 2 for it in items):
+            raise ConfigError(
+                f"the items of `{name}` must be (features, label) pairs; "
+                f"item 0 is a {type(items[0]).__name__}"
+            )
+        x, y = (
+            _stack([it[0] for it in items], "features"),
+            _stack([it[1] for it in items], "labels"),
+        )
+    else:
+        raise ConfigError(
+            f"`{name}` must be a (features, labels) pair, a TensorDataset, a map-style Dataset "
+            f"of (features, label) items, a Subset or a DataLoader; got {type(data).__name__}"
+        )
+    if x.ndim == 0 or y.ndim == 0 or x.shape[0] != y.shape[0]:
+        raise ConfigError(
+            f"`{name}`: features {tuple(x.shape)} and labels {tuple(y.shape)} must have the same "
+            "number of rows"
+        )
+    if x.shape[0] == 0:
+        raise ConfigError(f"`{name}` is empty")
+    return x, y
 
 
 class Scheme(StrEnum):
@@ -75,9 +165,17 @@ class Partition:
         return "\n".join(lines)
 
     def subsets(
-        self, features: torch.Tensor, labels: torch.Tensor | None = None
+        self, features: torch.Tensor | DataLike, labels: torch.Tensor | None = None
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Slice ``(features, labels)`` into one ``(x_i, y_i)`` pair per client."""
+        """Slice ``(features, labels)`` into one ``(x_i, y_i)`` pair per client.
+
+        ``features`` may also be a dataset (see :func:`as_tensors`) when
+        ``labels`` is None.
+        """
+        if not isinstance(features, torch.Tensor):
+            if labels is not None:
+                raise ConfigError("give `labels` only with a features tensor, not with a dataset")
+            features, labels = as_tensors(features)
         y = self.labels if labels is None else labels
         if features.shape[0] != y.shape[0]:
             raise ConfigError(
@@ -112,26 +210,39 @@ class Partition:
 
 
 def _labels_of(dataset: object) -> torch.Tensor:
-    if isinstance(dataset, torch.Tensor):
-        labels = dataset
+    if isinstance(dataset, DataLoader):
+        return _labels_of(dataset.dataset)
+    if isinstance(dataset, torch.Tensor | np.ndarray):
+        labels = torch.as_tensor(dataset)
     elif isinstance(dataset, tuple | list) and len(dataset) == 2:
-        labels = dataset[1]
-    elif hasattr(dataset, "targets"):
-        labels = dataset.targets
-    elif hasattr(dataset, "tensors"):
+        labels = torch.as_tensor(dataset[1])
+    elif hasattr(dataset, "targets"):  # torchvision datasets: no need to read the images
+        labels = torch.as_tensor(dataset.targets)
+    elif isinstance(dataset, TensorDataset) and dataset.tensors:
         labels = dataset.tensors[-1]
+    elif isinstance(dataset, Subset):
+        labels = _labels_of(dataset.dataset)[torch.as_tensor(list(dataset.indices))]
+    elif isinstance(dataset, Dataset):
+        labels = as_tensors(dataset)[1]
     else:
         raise ConfigError(
-            "`dataset` must be a label tensor, a (features, labels) pair, a TensorDataset or "
-            f"an object with `.targets`; got {type(dataset).__name__}"
+            "`dataset` must be a label tensor, a (features, labels) pair, a TensorDataset, a "
+            "map-style Dataset of (features, label) items, a Subset, a DataLoader or an object "
+            f"with `.targets`; got {type(dataset).__name__}"
         )
-    labels = torch.as_tensor(labels)
-    if labels.ndim != 1 or labels.dtype.is_floating_point or labels.dtype == torch.bool:
+    if labels.numel() == 0:
+        raise ConfigError("`dataset` is empty: there is nothing to partition")
+    if (
+        labels.ndim != 1
+        or labels.dtype.is_floating_point
+        or labels.dtype.is_complex
+        or labels.dtype == torch.bool
+    ):
         raise ConfigError(
             "labels must be a 1-D integer tensor; "
             f"got dtype {labels.dtype}, shape {tuple(labels.shape)}"
         )
-    if labels.numel() and int(labels.min()) < 0:
+    if int(labels.min()) < 0:
         raise ConfigError("labels must be >= 0")
     return labels.to(torch.int64)
 
@@ -211,8 +322,10 @@ def partition(
 
     Args:
         dataset: The labels (1-D int tensor), a ``(features, labels)`` pair, a
-            ``TensorDataset`` (labels last) or an object with ``.targets``.
-        n_clients: Number of clients (>= 1, <= number of examples).
+            ``TensorDataset`` (labels last), an object with ``.targets``
+            (torchvision), a map-style ``Dataset`` of ``(features, label)``
+            items, a ``Subset`` of any of these, or a ``DataLoader`` (its dataset).
+        n_clients: Number of clients (an int, >= 1, <= number of examples).
         scheme: ``"iid"``, ``"shards"`` or ``"dirichlet"``.
         seed: Seed of the split (same seed, same split).
         classes_per_client: For ``"shards"``: shards (≈ classes) per client.
@@ -233,22 +346,23 @@ def partition(
             f"`scheme` must be one of {[s.value for s in Scheme]}; got {scheme!r}"
         ) from exc
     n = int(labels.numel())
-    if not 1 <= n_clients <= max(n, 1):
+    n_clients = _count(n_clients, "n_clients", 1)
+    if n_clients > n:
         raise ConfigError(f"`n_clients` must be in [1, {n}] (the dataset size); got {n_clients}")
     rng = np.random.default_rng(seed)
     y = labels.numpy()
     if kind is Scheme.IID:
         parts = _iid(n, n_clients, rng)
     elif kind is Scheme.SHARDS:
-        if classes_per_client < 1:
-            raise ConfigError(f"`classes_per_client` must be >= 1; got {classes_per_client}")
+        classes_per_client = _count(classes_per_client, "classes_per_client", 1)
         parts = _shards(y, n_clients, classes_per_client, rng)
     else:
         if not alpha > 0:
             raise ConfigError(f"`alpha` must be > 0; got {alpha}")
-        if min_size < 0 or min_size * n_clients > n:
+        min_size = _count(min_size, "min_size", 0)
+        if min_size * n_clients > n:
             raise ConfigError(f"`min_size` must be in [0, n / n_clients]; got {min_size}")
         parts = _dirichlet(y, n_clients, alpha, min_size, rng)
     indices = tuple(torch.from_numpy(np.sort(p).astype(np.int64)) for p in parts)
-    num_classes = int(labels.max()) + 1 if n else 0
+    num_classes = int(labels.max()) + 1
     return Partition(indices=indices, labels=labels, num_classes=num_classes, scheme=kind)

@@ -73,7 +73,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from fl import shamir
-from fl.aggregators import Aggregator, Stage, prepare_contribution
+from fl.aggregators import Aggregator, Stage, check_update, prepare_contribution
 from fl.clipping import Quantizer
 from fl.dp import DifferentialPrivacy
 from fl.errors import (
@@ -292,7 +292,7 @@ class _Masker:
     def apply(self, y: np.ndarray, plus: list[bytes], minus: list[bytes]) -> np.ndarray:
         """Mask ``y`` in place (mod 2^32) and return it."""
         keys = [*plus, *minus]
-        if not keys:
+        if not keys or y.shape[0] == 0:
             return y
         dim, p, k = y.shape[0], len(plus), len(keys)
         chunk = min(_CHUNK, dim)
@@ -487,10 +487,11 @@ class MaskingClient:
         st.u2 = tuple(delivery.u2)
         quantizer = Quantizer(setup.clip_range, len(setup.participants), setup.bits)
         name = f"client {self.client_id}'s weighted update"
+        check_update(self.delta, f"client {self.client_id}'s update")
         if self.dp is None:
             y = quantizer.quantize(self.delta, multiplier=setup.weight, name=name)
         else:
-            x = prepare_contribution(self.delta, setup.weight, self.dp)
+            x = prepare_contribution(self.delta, setup.weight, self.dp, name=name)
             if setup.noise_std > 0:
                 x = x + torch.normal(
                     0.0, setup.noise_std, size=x.shape, generator=self.noise_generator

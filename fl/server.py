@@ -6,6 +6,22 @@ sharing or masking, with optional DP), applies the mean update (strategy) and
 evaluates. The same loop drives the in-process simulation; the networked
 runtime (:mod:`fl.network`) reuses the strategy and aggregator code.
 
+What is federated: the trainable parameters and the floating-point buffers
+(:func:`fl.client.federated_tensors`). The strategy's server update (server
+learning rate, momentum) applies to the parameters only; the buffers, which
+are statistics rather than weights (BatchNorm ``running_mean`` and
+``running_var``), become the aggregated mean of the clients' local values:
+sample-weighted without DP; with DP they are part of the clipped, noised
+update like every weight (they are computed from the clients' data, so DP must
+cover them), and ``running_var`` is clamped at 0 after the noise
+(post-processing, no privacy cost). ``num_batches_tracked`` is a counter, not
+a statistic: the server advances it by the survivors' mean number of local
+batches, ``epochs * ceil(n_i / batch_size)``, weighted like the updates and
+rounded; the example counts ``n_i`` are public metadata (as in FedAvg) and not
+covered by DP. It only matters to BatchNorm layers built with
+``momentum=None`` (cumulative averages); in simulation each client starts from
+the global counter, a networked client keeps its own.
+
 Determinism: every random choice of round ``r`` (sampling, shuffling,
 simulated dropouts) comes from a generator seeded by ``(seed, r)``, and a
 checkpoint stores the global model, the round number, the strategy state,
@@ -18,6 +34,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,15 +44,22 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils import parameters_to_vector
 
 from fl.aggregators import Aggregator, PlainAggregator, Stage
-from fl.client import Client, LossFn, evaluate_model, load_vector
+from fl.client import (
+    Client,
+    LossFn,
+    batch_counters,
+    evaluate_model,
+    federated_tensors,
+    flatten,
+    load_vector,
+)
 from fl.errors import AggregationError, CheckpointError, ConfigError
 from fl.strategy import FedAvg, PersonalizedStrategy, Strategy
 from fl.types import AggregateResult, ClientUpdate, History, RoundResult
 
-__all__ = ["DropoutModel", "FailurePolicy", "Server", "round_generator"]
+__all__ = ["DropoutModel", "FailurePolicy", "Server", "round_generator", "show_progress"]
 
 _CHECKPOINT_VERSION = 1
 _MIX = 1_000_003
@@ -46,6 +70,29 @@ def round_generator(seed: int, round_index: int, salt: int = 0) -> torch.Generat
     g = torch.Generator()
     g.manual_seed(((seed * _MIX + round_index) * _MIX + salt) % (1 << 62))
     return g
+
+
+def show_progress(progress: bool | None) -> bool:
+    """Whether to draw a progress bar: as asked, or (``None``) only on a terminal."""
+    if progress is not None:
+        return bool(progress)
+    stream = sys.stderr
+    return stream is not None and hasattr(stream, "isatty") and bool(stream.isatty())
+
+
+def _running_var_slices(model: nn.Module, offset: int) -> list[slice]:
+    """Where the ``running_var`` buffers lie in the federated vector.
+
+    ``offset`` is where the buffers start (the number of parameter values).
+    """
+    _, stats = federated_tensors(model)
+    names = {id(b): n for n, b in model.named_buffers()}
+    out = []
+    for b in stats:
+        if names[id(b)].rsplit(".", 1)[-1] == "running_var":
+            out.append(slice(offset, offset + b.numel()))
+        offset += b.numel()
+    return out
 
 
 class FailurePolicy(StrEnum):
@@ -145,8 +192,12 @@ class Server:
         self.on_failure = FailurePolicy(on_failure)
         self.dropout = dropout
         self.worker = copy.deepcopy(model)
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.global_vector = parameters_to_vector(self.params).detach().clone()
+        params, stats = federated_tensors(model)
+        # the tensors of the federated vector, in order
+        self.params: list[torch.Tensor] = [*params, *stats]
+        self.num_parameters = sum(p.numel() for p in params)
+        self._var_slices = _running_var_slices(model, self.num_parameters)
+        self.global_vector = flatten(self.params).clone()
         self.round = 0
         self.history = History()
         self._prepared_for: int | None = None
@@ -241,6 +292,11 @@ class Server:
         config = self.strategy.fit_config(round_index)
         updates = []
         for cid in selected:
+            with torch.no_grad():  # each client starts from the global batch counters
+                for mine, theirs in zip(
+                    batch_counters(self.worker), batch_counters(self.model), strict=True
+                ):
+                    mine.copy_(theirs)
             g = round_generator(self.seed, round_index, cid + 1)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(int(torch.randint(1 << 62, (1,), generator=g)))
@@ -302,10 +358,11 @@ class Server:
         agg: AggregateResult,
         start: float,
     ) -> RoundResult:
-        self.global_vector = self.strategy.apply(self.global_vector, agg.mean).detach()
-        load_vector(self.params, self.global_vector)
         survivors = set(agg.survivors)
         kept = [u for u in updates if u.client_id in survivors]
+        self.global_vector = self._next_vector(agg.mean)
+        load_vector(self.params, self.global_vector)
+        self._advance_counters(r, kept)
         n = sum(u.num_examples for u in kept)
         train_loss = sum(u.train_loss * u.num_examples for u in kept) / n if n else math.nan
         test_loss, test_acc = self.evaluate()
@@ -325,11 +382,35 @@ class Server:
         self.history.append(result)
         return result
 
+    def _next_vector(self, mean: torch.Tensor) -> torch.Tensor:
+        """Strategy step on the parameters; the buffers become the aggregated mean."""
+        k = self.num_parameters
+        weights = self.strategy.apply(self.global_vector[:k], mean[:k])
+        out = torch.cat([weights, self.global_vector[k:] + mean[k:]]).detach()
+        for sl in self._var_slices:  # DP noise may push a variance below 0
+            out[sl].clamp_(min=0.0)
+        return out
+
+    def _advance_counters(self, round_index: int, kept: Sequence[ClientUpdate]) -> None:
+        """Advance ``num_batches_tracked`` by the survivors' weighted mean local batches."""
+        counters = batch_counters(self.model)
+        if not counters or not kept:
+            return
+        cfg = self.strategy.fit_config(round_index)
+        weights = self.aggregator.weights({u.client_id: u.num_examples for u in kept})
+        steps = sum(
+            weights[u.client_id] * cfg.epochs * math.ceil(u.num_examples / cfg.batch_size)
+            for u in kept
+        ) / sum(weights.values())
+        with torch.no_grad():
+            for c in counters:
+                c.add_(round(steps))
+
     def run(
         self,
         num_rounds: int,
         *,
-        progress: bool = True,
+        progress: bool | None = None,
         checkpoint: str | Path | None = None,
         checkpoint_every: int = 1,
     ) -> History:
@@ -338,6 +419,13 @@ class Server:
         With ``checkpoint``, an existing checkpoint at that path is loaded first
         (so re-running an interrupted command resumes it), and a new one is
         written every ``checkpoint_every`` rounds and at the end.
+
+        Args:
+            num_rounds: Total rounds (resumed ones included).
+            progress: Show a tqdm bar on stderr: ``None`` (default) shows it
+                only when stderr is a terminal, so logs and pipes stay clean.
+            checkpoint: Checkpoint file (optional).
+            checkpoint_every: Rounds between checkpoints.
 
         Returns:
             The history of all rounds (including resumed ones).
@@ -352,7 +440,11 @@ class Server:
             self.load_checkpoint(checkpoint)
         self._prepare(num_rounds)
         bar = tqdm(
-            total=num_rounds, initial=self.round, disable=not progress, unit="round", desc="fl"
+            total=num_rounds,
+            initial=self.round,
+            disable=not show_progress(progress),
+            unit="round",
+            desc="fl",
         )
         try:
             while self.round < num_rounds:
@@ -375,6 +467,7 @@ class Server:
             "round": self.round,
             "seed": self.seed,
             "global_vector": self.global_vector.clone(),
+            "counters": [int(c) for c in batch_counters(self.model)],
             "strategy": self.strategy.state_dict(),
             "aggregator": self.aggregator.state_dict(),
             "history": self.history.to_dicts(),
@@ -400,6 +493,11 @@ class Server:
         self.round = int(state["round"])
         self.global_vector = vec.clone()
         load_vector(self.params, self.global_vector)
+        with torch.no_grad():
+            for c, value in zip(
+                batch_counters(self.model), state.get("counters", []), strict=False
+            ):
+                c.fill_(int(value))
         self.strategy.load_state_dict(state["strategy"])
         self.aggregator.load_state_dict(state["aggregator"])
         self.personal_models = {

@@ -16,7 +16,7 @@ from torch import nn
 from fl.aggregators import Aggregator
 from fl.client import Client, LossFn, OptimizerFactory, _sgd
 from fl.errors import ConfigError
-from fl.partition import Partition
+from fl.partition import DataLike, Partition
 from fl.server import DropoutModel, FailurePolicy, Server
 from fl.strategy import Strategy
 from fl.types import History
@@ -26,7 +26,7 @@ __all__ = ["make_clients", "run_simulation"]
 
 def make_clients(
     partition: Partition,
-    features: torch.Tensor,
+    features: torch.Tensor | DataLike,
     labels: torch.Tensor | None = None,
     *,
     loss_fn: LossFn = nn.functional.cross_entropy,
@@ -38,10 +38,13 @@ def make_clients(
 
     Args:
         partition: Which rows each client holds.
-        features: All features (rows indexed by the partition).
-        labels: All labels (default: the partition's).
-        loss_fn: Every client's loss.
-        optimizer: Every client's optimizer factory.
+        features: The whole dataset's inputs, or (with ``labels=None``) a
+            labelled dataset: ``TensorDataset``, map-style ``Dataset`` of
+            ``(features, label)`` items, ``Subset`` or ``DataLoader``
+            (see :func:`fl.partition.as_tensors`).
+        labels: The whole dataset's labels (default: the partition's labels).
+        loss_fn: Each client's training loss.
+        optimizer: Each client's optimizer factory.
         test_fraction: Fraction of each client's rows held out as its local
             test split (``Client.test_data``, for personalised evaluation, as
             PFLlib's 75/25 split); 0 keeps every row for training.
@@ -83,10 +86,14 @@ def run_simulation(
     seed: int = 0,
     on_failure: FailurePolicy = FailurePolicy.RAISE,
     dropout: DropoutModel | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
     checkpoint: str | None = None,
 ) -> History:
-    """Build a :class:`Server` and run ``num_rounds`` rounds; ``model`` ends trained."""
+    """Build a :class:`Server` and run ``num_rounds`` rounds; ``model`` ends trained.
+
+    The arguments are :class:`Server`'s and :meth:`Server.run`'s; ``progress``
+    defaults, as there, to a bar only when stderr is a terminal.
+    """
     server = Server(
         model,
         clients,

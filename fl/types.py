@@ -1,8 +1,9 @@
 """Value objects of the federated layer: updates, round configs, results, history.
 
-Model parameters travel through ``fl`` as one flat float32 vector
-(``torch.nn.utils.parameters_to_vector`` order), which is what every aggregator
-sums. These are plain frozen dataclasses with no behaviour beyond formatting.
+A model travels through ``fl`` as one flat float32 vector, the trainable
+parameters then the floating-point buffers such as BatchNorm's running
+statistics (:func:`fl.client.federated_tensors`), which is what every
+aggregator sums. These are plain frozen dataclasses with no behaviour beyond formatting.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ class ClientUpdate:
 
     Attributes:
         client_id: The client's id (its index in the federation).
-        delta: Flat float32 vector, local model minus the global model it received.
+        delta: Flat float32 vector, local model minus the global model it received
+            (trainable parameters, then floating-point buffers).
         num_examples: Number of training examples behind this update (the FedAvg weight).
         train_loss: Mean training loss over the client's last local epoch.
     """

@@ -151,7 +151,7 @@ def test_out_of_range_update_is_an_error_not_a_wrong_sum() -> None:
     with pytest.raises(fl.QuantizationRangeError, match="clip_range"):
         fl.MaskingAggregator(clip_range=1.0).aggregate([*ups, big])
     nan = ClientUpdate(3, torch.full((5,), float("nan")), 1)
-    with pytest.raises(fl.QuantizationRangeError):
+    with pytest.raises(fl.AggregationError, match="client 3's update holds 5 NaN/inf"):
         fl.MaskingAggregator().aggregate([*ups, nan])
 
 
@@ -166,3 +166,77 @@ def test_aggregate_input_errors() -> None:
         fl.MaskingAggregator(clip_range=-1)
     with pytest.raises(fl.ConfigError):
         fl.MaskingAggregator(threshold=9).aggregate(_updates(3, 2, 0))
+
+
+_ALL = {
+    "plain": lambda dp: fl.PlainAggregator(dp=dp),
+    "secret-sharing": lambda dp: fl.SecretSharingAggregator(2, dp=dp, seed=0),
+    "masking": lambda dp: fl.MaskingAggregator(clip_range=100.0, dp=dp),
+}
+_DP = {"no-dp": None, "dp": fl.DifferentialPrivacy(clip_norm=1.0, noise_multiplier=0.0)}
+
+
+@settings(max_examples=12)
+@given(
+    st.sampled_from(sorted(_ALL)),
+    st.sampled_from(sorted(_DP)),
+    st.sampled_from([float("nan"), float("inf"), -float("inf")]),
+    st.integers(2, 5),
+    st.integers(1, 20),
+    st.data(),
+)
+def test_a_non_finite_update_is_refused_naming_the_client(
+    name: str, dp: str, bad: float, n: int, dim: int, data: st.DataObject
+) -> None:
+    ups = _updates(n, dim, seed=1, scale=0.1)
+    who = data.draw(st.integers(0, n - 1))
+    where = data.draw(st.integers(0, dim - 1))
+    delta = ups[who].delta.clone()
+    delta[where] = bad
+    ups[who] = ClientUpdate(who, delta, ups[who].num_examples)
+    agg = _ALL[name](_DP[dp])
+    with pytest.raises(fl.AggregationError, match=rf"round 4: client {who}'s update holds 1 NaN"):
+        agg.aggregate(ups, round_index=4)
+    # the client side refuses it too (networked mode runs only that side)
+    session = agg.client_session(who, delta)
+    if name != "masking":
+        from fl.aggregators import InputRequest
+
+        channel = None
+        if name == "secret-sharing":
+            import smpc
+
+            channel = smpc.Session(parties=2, seed=0)
+        with pytest.raises(fl.AggregationError, match=f"client {who}'s update holds 1 NaN"):
+            session.respond(InputRequest(weight=0.5, dim=dim, channel=channel))
+
+
+def test_overflowing_mean_is_an_error_not_inf() -> None:
+    ups = [ClientUpdate(i, torch.full((50,), 1e38), 1) for i in range(3)]
+    dp = fl.DifferentialPrivacy(clip_norm=1e38, noise_multiplier=10.0, seed=0)  # std 3.3e38
+    with pytest.raises(fl.AggregationError, match="not finite"):
+        fl.PlainAggregator(dp=dp).aggregate(ups)
+
+
+def test_hostile_update_metadata_is_refused() -> None:
+    ups = _updates(3, 4, seed=0)
+    neg = [*ups[:2], ClientUpdate(2, ups[2].delta, -5)]
+    for make in _ALL.values():
+        with pytest.raises(fl.ConfigError, match=r"client 2's `num_examples` must be an int >= 0"):
+            make(None).aggregate(neg)
+    cplx = [*ups[:2], ClientUpdate(2, ups[2].delta.to(torch.complex64) * 1j, 1)]
+    for make in _ALL.values():
+        with pytest.raises(fl.ConfigError, match="client 2's update must be a real"):
+            make(None).aggregate(cplx)
+    for make in _ALL.values():
+        with pytest.raises(fl.ConfigError, match="client 7 at stage input"):
+            make(None).aggregate(ups, dropouts={Stage.INPUT: [7]})
+    with pytest.raises(fl.ConfigError, match="stages"):
+        fl.PlainAggregator().aggregate(ups, dropouts={"later": [0]})
+
+
+@pytest.mark.parametrize("name", sorted(_ALL))
+def test_zero_length_updates_aggregate_to_an_empty_mean(name: str) -> None:
+    ups = [ClientUpdate(i, torch.zeros(0), 3) for i in range(4)]
+    res = _ALL[name](None).aggregate(ups, dropouts={Stage.INPUT: [1]})
+    assert res.mean.shape == (0,) and res.survivors == (0, 2, 3)

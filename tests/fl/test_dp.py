@@ -116,3 +116,15 @@ def test_epsilon_is_reported_per_round() -> None:
     eps = h.epsilon
     assert all(b > a for a, b in zip(eps, eps[1:], strict=False))
     assert eps[-1] <= 3.0 and eps[-1] > 2.5
+
+
+def test_infinite_settings_are_clear_errors() -> None:
+    with pytest.raises(fl.PrivacyError, match="`target_epsilon` must be a positive finite"):
+        fl.DifferentialPrivacy(clip_norm=1.0, target_epsilon=math.inf)
+    with pytest.raises(fl.PrivacyError, match="`target_epsilon` must be a positive finite"):
+        fl.calibrate_noise_multiplier(math.inf, 1e-5, 1.0, 10)
+    for z in (math.inf, math.nan, -1.0):
+        with pytest.raises(fl.PrivacyError, match="`noise_multiplier` must be a finite"):
+            fl.DifferentialPrivacy(clip_norm=1.0, noise_multiplier=z)
+    with pytest.raises(fl.PrivacyError, match="noise_multiplier"):
+        compute_epsilon(math.nan, 0.5, 10, 1e-5)

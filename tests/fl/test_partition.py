@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 import fl
+from fl.partition import as_tensors
 
 
 @st.composite
@@ -84,3 +87,81 @@ def test_partition_errors() -> None:
         fl.partition(y, 2, "dirichlet", alpha=0)
     with pytest.raises(fl.ConfigError, match="labels"):
         fl.partition(torch.rand(10), 2)
+
+
+def test_counts_must_be_ints_and_the_dataset_non_empty() -> None:
+    y = torch.arange(10) % 3
+    for bad in (2.5, True, "2", 0, -1):
+        with pytest.raises(fl.ConfigError, match="`n_clients` must be an int"):
+            fl.partition(y, bad)  # type: ignore[arg-type]
+    assert len(fl.partition(y, np.int64(3))) == 3
+    with pytest.raises(fl.ConfigError, match="classes_per_client"):
+        fl.partition(y, 2, "shards", classes_per_client=1.5)  # type: ignore[arg-type]
+    with pytest.raises(fl.ConfigError, match="min_size"):
+        fl.partition(y, 2, "dirichlet", min_size=0.5)  # type: ignore[arg-type]
+    for empty in (torch.zeros(0, dtype=torch.long), (torch.zeros(0, 3), torch.zeros(0))):
+        with pytest.raises(fl.ConfigError, match="empty"):
+            fl.partition(empty, 1)
+
+
+class _Pairs(Dataset[tuple[torch.Tensor, int]]):
+    """A plain map-style dataset (no .targets, no .tensors)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.x[i] * 2.0, int(self.y[i])  # a "transform": doubled features
+
+
+@st.composite
+def torch_datasets(draw: st.DrawFn) -> tuple[object, torch.Tensor, torch.Tensor]:
+    """A torch data container and the (features, labels) it holds."""
+    n = draw(st.integers(4, 40))
+    seed = draw(st.integers(0, 1000))
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(n, 3, generator=g), torch.randint(4, (n,), generator=g)
+    kind = draw(st.sampled_from(["tensor", "pairs", "subset", "subset-pairs", "loader"]))
+    if kind == "tensor":
+        return TensorDataset(x, y), x, y
+    if kind == "pairs":
+        return _Pairs(x, y), 2.0 * x, y
+    idx = draw(st.lists(st.integers(0, n - 1), min_size=2, max_size=n, unique=True))
+    if kind == "subset":
+        return Subset(TensorDataset(x, y), idx), x[idx], y[idx]
+    if kind == "subset-pairs":
+        return Subset(_Pairs(x, y), idx), 2.0 * x[idx], y[idx]
+    return DataLoader(_Pairs(x, y), batch_size=3, shuffle=True), 2.0 * x, y
+
+
+@given(torch_datasets(), st.integers(1, 2), st.integers(0, 5))
+def test_torch_data_containers_work_everywhere(
+    data: tuple[object, torch.Tensor, torch.Tensor], n_clients: int, seed: int
+) -> None:
+    dataset, x, y = data
+    p = fl.partition(dataset, n_clients, seed=seed)
+    ref = fl.partition(y, n_clients, seed=seed)
+    assert all(torch.equal(a, b) for a, b in zip(p.indices, ref.indices, strict=True))
+    fx, fy = as_tensors(dataset)
+    assert torch.equal(fx, x) and torch.equal(fy, y)
+    clients = fl.make_clients(p, dataset)
+    for c, ix in zip(clients, p.indices, strict=True):
+        assert torch.equal(c.features, x[ix]) and torch.equal(c.labels, y[ix])
+    single = fl.Client(0, dataset)
+    assert single.num_examples == y.numel() and torch.equal(single.features, x)
+
+
+def test_unsupported_containers_are_named() -> None:
+    with pytest.raises(fl.ConfigError, match="got dict"):
+        fl.partition({"x": 1}, 2)  # type: ignore[arg-type]
+    with pytest.raises(fl.ConfigError, match="client 3's data"):
+        fl.Client(3, {"x": 1})  # type: ignore[arg-type]
+    with pytest.raises(fl.ConfigError, match="labels"):
+        fl.Client(0, TensorDataset(torch.zeros(2, 1), torch.zeros(2)), torch.zeros(2))
+    with pytest.raises(fl.ConfigError, match="labels"):
+        fl.Client(0, torch.zeros(2, 1))
+    with pytest.raises(fl.ConfigError, match="empty"):
+        fl.Client(0, TensorDataset(torch.zeros(0, 1), torch.zeros(0)))
