@@ -1,7 +1,8 @@
 """Federated learning on top of ``smpc``: the top layer of the stack.
 
 Public API (see ``shared/API.md``): partitions, clients and a server loop,
-strategies (FedAvg, FedProx, FedAvgM), pluggable aggregators (plain, secret
+strategies (FedAvg, FedProx, FedAvgM; the adaptive server optimisers FedAdagrad,
+FedAdam, FedYogi), pluggable aggregators (plain, secret
 sharing over ``smpc``, pairwise masking with dropout recovery), differential
 privacy, and a networked runtime over ``torch.distributed``. Importing ``fl``
 has no side effects; ``smpc`` is imported only when a
@@ -29,7 +30,7 @@ from fl.partition import Partition, Scheme, partition
 from fl.secure_aggregation import MaskingAggregator
 from fl.server import DropoutModel, FailurePolicy, Server
 from fl.simulation import make_clients, run_simulation
-from fl.strategy import FedAvg, FedAvgM, FedProx, Strategy
+from fl.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedProx, FedYogi, Strategy
 from fl.types import AggregateResult, ClientUpdate, FitConfig, History, RoundResult, plot_histories
 
 __all__ = [
@@ -46,9 +47,12 @@ __all__ = [
     "DifferentialPrivacy",
     "DropoutModel",
     "FailurePolicy",
+    "FedAdagrad",
+    "FedAdam",
     "FedAvg",
     "FedAvgM",
     "FedProx",
+    "FedYogi",
     "FitConfig",
     "FlError",
     "History",
