@@ -4,7 +4,7 @@ Public API (see ``shared/API.md``): partitions, clients and a server loop,
 strategies (FedAvg, FedProx, FedAvgM; the adaptive server optimisers FedAdagrad,
 FedAdam, FedYogi), pluggable aggregators (plain, secret
 sharing over ``smpc``, pairwise masking with dropout recovery), differential
-privacy, and a networked runtime over ``torch.distributed``. Importing ``fl``
+privacy, federated evaluation, and a networked runtime over ``torch.distributed``. Importing ``fl``
 has no side effects; ``smpc`` is imported only when a
 :class:`SecretSharingAggregator` round starts.
 """
@@ -26,12 +26,21 @@ from fl.errors import (
     ProtocolError,
     QuantizationRangeError,
 )
+from fl.evaluation import FederatedEvaluation, FederatedMetrics
 from fl.partition import Partition, Scheme, partition
 from fl.secure_aggregation import MaskingAggregator
 from fl.server import DropoutModel, FailurePolicy, Server
 from fl.simulation import make_clients, run_simulation
 from fl.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedProx, FedYogi, Strategy
-from fl.types import AggregateResult, ClientUpdate, FitConfig, History, RoundResult, plot_histories
+from fl.types import (
+    AggregateResult,
+    ClientMetrics,
+    ClientUpdate,
+    FitConfig,
+    History,
+    RoundResult,
+    plot_histories,
+)
 
 __all__ = [
     "encrypted_inference",
@@ -42,11 +51,14 @@ __all__ = [
     "Aggregator",
     "CheckpointError",
     "Client",
+    "ClientMetrics",
     "ClientUpdate",
     "ConfigError",
     "DifferentialPrivacy",
     "DropoutModel",
     "FailurePolicy",
+    "FederatedEvaluation",
+    "FederatedMetrics",
     "FedAdagrad",
     "FedAdam",
     "FedAvg",

@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.utils import parameters_to_vector
 
 from fl.errors import ConfigError
-from fl.types import ClientUpdate, FitConfig
+from fl.types import ClientMetrics, ClientUpdate, FitConfig
 
 __all__ = ["Client", "LossFn", "OptimizerFactory", "evaluate_model", "load_vector"]
 
@@ -86,6 +86,9 @@ class Client:
         loss_fn: ``loss_fn(output, target)``; cross-entropy by default.
         optimizer: ``optimizer(params, lr)`` building this client's own torch
             optimizer each round (default: plain SGD).
+        test_data: The client's own held-out ``(features, labels)``, used by
+            federated evaluation (:meth:`evaluate_metrics`); without it the
+            client evaluates on its training data.
     """
 
     def __init__(
@@ -96,6 +99,7 @@ class Client:
         *,
         loss_fn: LossFn = nn.functional.cross_entropy,
         optimizer: OptimizerFactory = _sgd,
+        test_data: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
         if client_id < 0:
             raise ConfigError(f"`client_id` must be >= 0; got {client_id}")
@@ -105,11 +109,24 @@ class Client:
             )
         if features.shape[0] == 0:
             raise ConfigError(f"client {client_id} holds no examples")
+        if test_data is not None:
+            if not (isinstance(test_data, tuple) and len(test_data) == 2):
+                raise ConfigError(
+                    f"client {client_id}: `test_data` must be a (features, labels) pair; "
+                    f"got {type(test_data).__name__}"
+                )
+            tx, ty = test_data
+            if tx.shape[0] != ty.shape[0] or tx.shape[0] == 0:
+                raise ConfigError(
+                    f"client {client_id}: `test_data` must hold matching, non-empty features "
+                    f"and labels; got {tx.shape[0]} feature rows and {ty.shape[0]} labels"
+                )
         self.client_id = client_id
         self.features = features
         self.labels = labels
         self.loss_fn = loss_fn
         self.optimizer = optimizer
+        self.test_data = test_data
 
     def __repr__(self) -> str:
         return f"Client(id={self.client_id}, examples={self.num_examples})"
@@ -169,3 +186,14 @@ class Client:
     def evaluate(self, model: nn.Module) -> tuple[float, float]:
         """Loss and accuracy of ``model`` on the local data."""
         return evaluate_model(model, self.features, self.labels, self.loss_fn)
+
+    def evaluate_metrics(self, model: nn.Module) -> ClientMetrics:
+        """Federated evaluation: ``model`` on the client's test split (else its training data).
+
+        Returns:
+            The number of examples, the mean loss and the accuracy (NaN unless
+            the loss is cross-entropy).
+        """
+        x, y = self.test_data if self.test_data is not None else (self.features, self.labels)
+        loss, acc = evaluate_model(model, x, y, self.loss_fn)
+        return ClientMetrics(self.client_id, int(y.shape[0]), loss, acc)

@@ -3,8 +3,11 @@
 Each round the server samples clients (strategy), has each train from the
 current global model, aggregates the updates (aggregator: plain, secret
 sharing or masking, with optional DP), applies the mean update (strategy) and
-evaluates. The same loop drives the in-process simulation; the networked
-runtime (:mod:`fl.network`) reuses the strategy and aggregator code.
+evaluates: on its own test set, and, with a :class:`~fl.evaluation.FederatedEvaluation`,
+on sampled clients' own data (:meth:`Server.evaluate_clients`). The same
+loop drives the in-process simulation; the networked runtime
+(:mod:`fl.network`) reuses the strategy and aggregator code (without
+federated evaluation).
 
 Determinism: every random choice of round ``r`` (sampling, shuffling,
 simulated dropouts) comes from a generator seeded by ``(seed, r)``, and a
@@ -32,6 +35,7 @@ from torch.nn.utils import parameters_to_vector
 from fl.aggregators import Aggregator, PlainAggregator, Stage
 from fl.client import Client, LossFn, evaluate_model, load_vector
 from fl.errors import AggregationError, CheckpointError, ConfigError
+from fl.evaluation import FederatedEvaluation, FederatedMetrics, aggregate_metrics
 from fl.strategy import FedAvg, Strategy
 from fl.types import AggregateResult, ClientUpdate, History, RoundResult
 
@@ -39,6 +43,7 @@ __all__ = ["DropoutModel", "FailurePolicy", "Server", "round_generator"]
 
 _CHECKPOINT_VERSION = 1
 _MIX = 1_000_003
+_EVAL_SALT = -1  # round_generator salt of the evaluation sample (client salts are >= 1)
 
 
 def round_generator(seed: int, round_index: int, salt: int = 0) -> torch.Generator:
@@ -96,8 +101,11 @@ class Server:
         test_data: ``(features, labels)`` evaluated after every round.
         loss_fn: Loss used for evaluation (cross-entropy by default).
         seed: Seed of every random choice of the run.
-        on_failure: Raise (default) or record a failed round.
-        dropout: Simulated dropouts.
+        on_failure: Raise (default) or record a failed round (a failed
+            federated evaluation is recorded in ``RoundResult.eval_error``).
+        dropout: Simulated dropouts (of training; evaluating clients all answer).
+        federated_evaluation: Have sampled clients evaluate the new model on
+            their own data after the rounds it names (see :mod:`fl.evaluation`).
     """
 
     def __init__(
@@ -112,7 +120,15 @@ class Server:
         seed: int = 0,
         on_failure: FailurePolicy = FailurePolicy.RAISE,
         dropout: DropoutModel | None = None,
+        federated_evaluation: FederatedEvaluation | None = None,
     ) -> None:
+        if federated_evaluation is not None and not isinstance(
+            federated_evaluation, FederatedEvaluation
+        ):
+            raise ConfigError(
+                "`federated_evaluation` must be a FederatedEvaluation or None; "
+                f"got {type(federated_evaluation).__name__}"
+            )
         if not clients and type(self) is Server:
             raise ConfigError("a federation needs at least one client")
         ids = [c.client_id for c in clients]
@@ -127,6 +143,7 @@ class Server:
         self.seed = seed
         self.on_failure = FailurePolicy(on_failure)
         self.dropout = dropout
+        self.federated_evaluation = federated_evaluation
         self.worker = copy.deepcopy(model)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.global_vector = parameters_to_vector(self.params).detach().clone()
@@ -145,6 +162,61 @@ class Server:
         if self.test_data is None:
             return math.nan, math.nan
         return evaluate_model(self.model, *self.test_data, self.loss_fn)
+
+    def client_vector(self, client_id: int) -> torch.Tensor:
+        """The flat model client ``client_id`` evaluates: the global one.
+
+        Personalised strategies override this to send each client its own model.
+        """
+        return self.global_vector
+
+    def evaluate_clients(self, round_index: int) -> FederatedMetrics:
+        """Federated evaluation: sampled clients evaluate on their own data.
+
+        The sample comes from the round's generator (independent of the
+        training sample). With ``secure=True`` the counts are summed through
+        :attr:`aggregator` (without its DP) and the server learns only the totals.
+
+        Raises:
+            ConfigError: No :class:`~fl.evaluation.FederatedEvaluation` configured.
+            AggregationError: The secure sum could not complete.
+        """
+        fe = self.federated_evaluation
+        if fe is None:
+            raise ConfigError("this server has no `federated_evaluation` configured")
+        ids = fe.sample(
+            self.available_clients(), round_generator(self.seed, round_index, _EVAL_SALT)
+        )
+        params = [p for p in self.worker.parameters() if p.requires_grad]
+        metrics = []
+        for cid in ids:
+            load_vector(params, self.client_vector(cid))
+            metrics.append(self.clients[cid].evaluate_metrics(self.worker))
+        return aggregate_metrics(
+            metrics,
+            aggregator=self.aggregator if fe.secure else None,
+            value_bound=fe.value_bound,
+            round_index=round_index,
+        )
+
+    def _federated_fields(self, round_index: int) -> dict[str, Any]:
+        """The RoundResult fields of this round's federated evaluation (none if not due)."""
+        fe = self.federated_evaluation
+        if fe is None or not fe.due(round_index):
+            return {}
+        try:
+            fm = self.evaluate_clients(round_index)
+        except AggregationError as exc:
+            if self.on_failure is FailurePolicy.RAISE:
+                raise
+            return {"eval_error": f"{type(exc).__name__}: {exc}"}
+        return {
+            "eval_loss": fm.loss,
+            "eval_accuracy": fm.accuracy,
+            "eval_clients": fm.clients,
+            "eval_examples": fm.num_examples,
+            "client_metrics": fm.per_client,
+        }
 
     def train_clients(self, selected: Sequence[int], round_index: int) -> list[ClientUpdate]:
         """Local training of the selected clients, each from the current global model."""
@@ -217,6 +289,7 @@ class Server:
         n = sum(u.num_examples for u in kept)
         train_loss = sum(u.train_loss * u.num_examples for u in kept) / n if n else math.nan
         test_loss, test_acc = self.evaluate()
+        federated = self._federated_fields(r)
         up = agg.upload_bytes
         result = RoundResult(
             round=r,
@@ -228,6 +301,7 @@ class Server:
             seconds=time.perf_counter() - start,
             upload_bytes=sum(up.values()) / len(up) if up else 0.0,
             epsilon=self.aggregator.epsilon,
+            **federated,
         )
         self.round = r
         self.history.append(result)
@@ -308,14 +382,7 @@ class Server:
         load_vector(self.params, self.global_vector)
         self.strategy.load_state_dict(state["strategy"])
         self.aggregator.load_state_dict(state["aggregator"])
-        self.history = History(
-            [
-                RoundResult(
-                    **{**d, "selected": tuple(d["selected"]), "survivors": tuple(d["survivors"])}
-                )
-                for d in state["history"]
-            ]
-        )
+        self.history = History([RoundResult.from_dict(d) for d in state["history"]])
 
     def save_checkpoint(self, path: str | Path) -> Path:
         """Write a checkpoint atomically (temp file + rename)."""

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 from fl.aggregators import Aggregator
 from fl.client import Client, LossFn, OptimizerFactory, _sgd
+from fl.errors import ConfigError
+from fl.evaluation import FederatedEvaluation
 from fl.partition import Partition
 from fl.server import DropoutModel, FailurePolicy, Server
 from fl.strategy import Strategy
@@ -30,12 +33,45 @@ def make_clients(
     *,
     loss_fn: LossFn = nn.functional.cross_entropy,
     optimizer: OptimizerFactory = _sgd,
+    test_fraction: float = 0.0,
+    seed: int = 0,
 ) -> list[Client]:
-    """One :class:`Client` per part of ``partition`` (ids 0..n-1)."""
-    return [
-        Client(i, x, y, loss_fn=loss_fn, optimizer=optimizer)
-        for i, (x, y) in enumerate(partition.subsets(features, labels))
-    ]
+    """One :class:`Client` per part of ``partition`` (ids 0..n-1).
+
+    Args:
+        partition: Which rows each client holds.
+        features: The whole dataset's inputs.
+        labels: Its labels (default: the partition's).
+        loss_fn: Every client's loss.
+        optimizer: Every client's optimizer factory.
+        test_fraction: Hold out this fraction of each client's rows (at random
+            under ``seed``, at least one row when > 0, and at least one row
+            left for training) as the client's own test split for federated
+            evaluation, as LEAF and TensorFlow Federated split each writer's data.
+        seed: Seed of the hold-out draw.
+    """
+    if not (isinstance(test_fraction, int | float) and 0 <= test_fraction < 1):
+        raise ConfigError(f"`test_fraction` must be in [0, 1); got {test_fraction!r}")
+    clients = []
+    for i, (x, y) in enumerate(partition.subsets(features, labels)):
+        n = int(y.shape[0])
+        n_test = 0 if test_fraction == 0 else min(n - 1, max(1, round(test_fraction * n)))
+        if n_test == 0:
+            clients.append(Client(i, x, y, loss_fn=loss_fn, optimizer=optimizer))
+            continue
+        order = torch.from_numpy(np.random.default_rng([seed, i]).permutation(n))
+        test, train = order[:n_test].sort().values, order[n_test:].sort().values
+        clients.append(
+            Client(
+                i,
+                x[train],
+                y[train],
+                loss_fn=loss_fn,
+                optimizer=optimizer,
+                test_data=(x[test], y[test]),
+            )
+        )
+    return clients
 
 
 def run_simulation(
@@ -52,6 +88,7 @@ def run_simulation(
     dropout: DropoutModel | None = None,
     progress: bool = False,
     checkpoint: str | None = None,
+    federated_evaluation: FederatedEvaluation | None = None,
 ) -> History:
     """Build a :class:`Server` and run ``num_rounds`` rounds; ``model`` ends trained."""
     server = Server(
@@ -64,5 +101,6 @@ def run_simulation(
         seed=seed,
         on_failure=on_failure,
         dropout=dropout,
+        federated_evaluation=federated_evaluation,
     )
     return server.run(num_rounds, progress=progress, checkpoint=checkpoint)
