@@ -207,9 +207,8 @@ class Server:
         try:
             fm = self.evaluate_clients(round_index)
         except AggregationError as exc:
-            if self.on_failure is FailurePolicy.RAISE:
-                raise
-            return {"eval_error": f"{type(exc).__name__}: {exc}"}
+            # the round itself completed: it is recorded before a RAISE policy re-raises
+            return {"eval_error": f"{type(exc).__name__}: {exc}", "_exception": exc}
         return {
             "eval_loss": fm.loss,
             "eval_accuracy": fm.accuracy,
@@ -290,6 +289,7 @@ class Server:
         train_loss = sum(u.train_loss * u.num_examples for u in kept) / n if n else math.nan
         test_loss, test_acc = self.evaluate()
         federated = self._federated_fields(r)
+        eval_exception = federated.pop("_exception", None)
         up = agg.upload_bytes
         result = RoundResult(
             round=r,
@@ -305,6 +305,8 @@ class Server:
         )
         self.round = r
         self.history.append(result)
+        if eval_exception is not None and self.on_failure is FailurePolicy.RAISE:
+            raise eval_exception
         return result
 
     def run(

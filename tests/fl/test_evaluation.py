@@ -209,8 +209,11 @@ def test_failed_secure_evaluation_is_recorded_or_raised() -> None:
             on_failure=policy,
         )
 
+    strict = server(fl.FailurePolicy.RAISE)
     with pytest.raises(fl.QuantizationRangeError):
-        server(fl.FailurePolicy.RAISE).run(1, progress=False)
+        strict.run(1, progress=False)
+    # the training round completed and is recorded before the evaluation error is raised
+    assert strict.round == 1 and "QuantizationRangeError" in (strict.history[0].eval_error or "")
     h = server(fl.FailurePolicy.RECORD).run(1, progress=False)
     assert not h[0].failed and "QuantizationRangeError" in (h[0].eval_error or "")
     assert math.isnan(h[0].eval_accuracy) and "evaluation failed" in h.table()
