@@ -99,6 +99,23 @@ def f1(rounds: int) -> None:
             f"  {name:26s} {times[name]:6.2f} s  final acc {h.accuracy[-1]:.4f}\n"
             f"      per round: {accs}"
         )
+    dim = sum(p.numel() for p in mlp().parameters())
+    w, d = torch.zeros(dim), torch.randn(dim, generator=torch.Generator().manual_seed(0)) * 1e-3
+    step: dict[str, float] = {}
+    for strat in (fl.FedAvg(), fl.FedAdagrad(), fl.FedAdam(), fl.FedYogi()):
+        strat.apply(w, d)  # warm-up (allocates the moments)
+        best = float("inf")
+        for _ in range(100):  # best of 100: the machine may be shared
+            t = time.perf_counter()
+            strat.apply(w, d)
+            best = min(best, time.perf_counter() - t)
+        step[type(strat).__name__] = best
+    print(
+        f"  server step on {dim:,} parameters: "
+        + ", ".join(
+            f"{k} {v * 1e3:.3f} ms ({v / step['FedAvg']:.1f}x FedAvg)" for k, v in step.items()
+        )
+    )
     for name, _, _, _ in adaptive:
         base = "plain/" + name.split("/")[1]
         print(f"  {name} / FedAvg {base} time ratio: {times[name] / times[base]:.2f}")
