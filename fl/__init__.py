@@ -1,12 +1,14 @@
 """Federated learning on top of ``smpc``: the top layer of the stack.
 
 Public API (see ``docs/fl.md``): partitions, clients and a server loop,
-strategies (FedAvg, FedProx, FedAvgM; FedAMP, personalised), pluggable aggregators (plain, secret
+strategies (FedAvg, FedProx, FedAvgM; the adaptive server optimisers FedAdagrad,
+FedAdam, FedYogi; FedAMP, personalised), pluggable aggregators (plain, secret
 sharing over ``smpc``, pairwise masking with dropout recovery), differential
-privacy, Paillier aggregation (the server holds no key), vertical partitions
-(features split among parties, trained on their secret-shared join), and a networked
-runtime over ``torch.distributed``. Importing ``fl`` has no side effects;
-``smpc`` is imported only when a :class:`SecretSharingAggregator` round starts.
+privacy, federated evaluation, Paillier aggregation (the server holds no key),
+vertical partitions (features split among parties, trained on their
+secret-shared join), and a networked runtime over ``torch.distributed``.
+Importing ``fl`` has no side effects; ``smpc`` is imported only when a
+:class:`SecretSharingAggregator` round starts.
 """
 
 from fl.aggregate import fedavg_weights, weighted_mean, weighted_sum
@@ -26,14 +28,23 @@ from fl.errors import (
     ProtocolError,
     QuantizationRangeError,
 )
+from fl.evaluation import FederatedEvaluation, FederatedMetrics
 from fl.fedamp import FedAMP
 from fl.paillier import PaillierAggregator, PaillierKeyHolder
 from fl.partition import Partition, Scheme, partition
 from fl.secure_aggregation import MaskingAggregator
 from fl.server import DropoutModel, FailurePolicy, Server
 from fl.simulation import make_clients, run_simulation
-from fl.strategy import FedAvg, FedAvgM, FedProx, Strategy
-from fl.types import AggregateResult, ClientUpdate, FitConfig, History, RoundResult, plot_histories
+from fl.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedProx, FedYogi, Strategy
+from fl.types import (
+    AggregateResult,
+    ClientMetrics,
+    ClientUpdate,
+    FitConfig,
+    History,
+    RoundResult,
+    plot_histories,
+)
 from fl.vertical import FeaturePartition, partition_features, share_features, vertical_training
 
 __all__ = [
@@ -45,6 +56,7 @@ __all__ = [
     "Aggregator",
     "CheckpointError",
     "Client",
+    "ClientMetrics",
     "ClientUpdate",
     "ConfigError",
     "DifferentialPrivacy",
@@ -52,9 +64,14 @@ __all__ = [
     "FailurePolicy",
     "FedAMP",
     "FeaturePartition",
+    "FederatedEvaluation",
+    "FederatedMetrics",
+    "FedAdagrad",
+    "FedAdam",
     "FedAvg",
     "FedAvgM",
     "FedProx",
+    "FedYogi",
     "FitConfig",
     "FlError",
     "History",

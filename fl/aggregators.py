@@ -17,6 +17,7 @@ and the denominator stays ``m`` (DP-FedAvg's fixed-denominator estimator).
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping, Sequence
@@ -310,6 +311,26 @@ class Aggregator(ABC):
         self.sampling_rate = float(state["sampling_rate"])
         if state.get("noise_generator") is not None:
             self.noise_generator().set_state(state["noise_generator"])
+
+    def metrics_aggregator(self, *, value_bound: float) -> Aggregator:
+        """A copy of this aggregator for summing evaluation counts.
+
+        Same protocol, parties and settings, but without differential privacy
+        (evaluation sums are outside the training run's DP accounting) and,
+        for an aggregator with a bounded input range, a range of at least
+        ``value_bound`` per coordinate. The original is not modified.
+
+        Args:
+            value_bound: Public bound on each coordinate of a client's vector.
+        """
+        if not (value_bound > 0 and math.isfinite(value_bound)):
+            raise ConfigError(f"`value_bound` must be a positive finite number; got {value_bound}")
+        out = copy.copy(self)
+        out.dp = None
+        out.noise_multiplier = 0.0
+        out.accountant = RdpAccountant()
+        out._noise_generator = None
+        return out
 
     # ---------------------------------------------------------- protocol
     @abstractmethod

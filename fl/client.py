@@ -24,7 +24,7 @@ from torch import nn
 
 from fl.errors import ConfigError
 from fl.partition import DataLike, as_tensors
-from fl.types import ClientUpdate, FitConfig
+from fl.types import ClientMetrics, ClientUpdate, FitConfig
 
 __all__ = [
     "Client",
@@ -161,9 +161,10 @@ class Client:
         loss_fn: ``loss_fn(output, target)``; cross-entropy by default.
         optimizer: ``optimizer(params, lr)`` building this client's own torch
             optimizer each round (default: plain SGD).
-        test_data: Optional local ``(features, labels)`` held out from training,
-            on which personalised strategies (:class:`fl.FedAMP`) evaluate the
-            client's own model.
+        test_data: The client's own held-out ``(features, labels)``: personalised
+            strategies (:class:`fl.FedAMP`) evaluate the client's own model on it,
+            and federated evaluation (:meth:`evaluate_metrics`) the global model;
+            without it federated evaluation uses the training data.
     """
 
     def __init__(
@@ -203,16 +204,16 @@ class Client:
         if features.shape[0] == 0:
             raise ConfigError(f"client {client_id} holds no examples")
         if test_data is not None:
-            if len(test_data) != 2 or test_data[0].shape[0] != test_data[1].shape[0]:
+            if not (isinstance(test_data, tuple) and len(test_data) == 2):
                 raise ConfigError(
-                    f"client {client_id}: `test_data` must be a (features, labels) pair "
-                    "with as many rows as labels"
+                    f"client {client_id}: `test_data` must be a (features, labels) pair; "
+                    f"got {type(test_data).__name__}"
                 )
-            if test_data[0].shape[1:] != features.shape[1:]:
+            tx, ty = test_data
+            if tx.shape[0] != ty.shape[0] or tx.shape[0] == 0:
                 raise ConfigError(
-                    f"client {client_id}: `test_data` features have shape "
-                    f"{tuple(test_data[0].shape[1:])} per row; training features have "
-                    f"{tuple(features.shape[1:])}"
+                    f"client {client_id}: `test_data` must hold matching, non-empty features "
+                    f"and labels; got {tx.shape[0]} feature rows and {ty.shape[0]} labels"
                 )
         self.client_id = client_id
         self.test_data = test_data
@@ -220,6 +221,7 @@ class Client:
         self.labels = labels
         self.loss_fn = loss_fn
         self.optimizer = optimizer
+        self.test_data = test_data
 
     def __repr__(self) -> str:
         test = "" if self.test_data is None else f", test examples={self.num_test_examples}"
@@ -311,3 +313,14 @@ class Client:
         if self.test_data is None:
             raise ConfigError(f"client {self.client_id} holds no `test_data`")
         return evaluate_model(model, *self.test_data, self.loss_fn)
+
+    def evaluate_metrics(self, model: nn.Module) -> ClientMetrics:
+        """Federated evaluation: ``model`` on the client's test split (else its training data).
+
+        Returns:
+            The number of examples, the mean loss and the accuracy (NaN unless
+            the loss is cross-entropy).
+        """
+        x, y = self.test_data if self.test_data is not None else (self.features, self.labels)
+        loss, acc = evaluate_model(model, x, y, self.loss_fn)
+        return ClientMetrics(self.client_id, int(y.shape[0]), loss, acc)

@@ -1,6 +1,6 @@
 """Split a labelled dataset among simulated clients (top layer, ``fl``).
 
-Three schemes, all deterministic under ``seed``:
+Four schemes, all deterministic under ``seed``:
 
 * ``"iid"``: a random permutation cut into near-equal parts.
 * ``"shards"``: the classic non-IID split of McMahan et al. (2017): sort by
@@ -11,6 +11,9 @@ Three schemes, all deterministic under ``seed``:
   assignment to avoid a client receiving two shards of one class).
 * ``"dirichlet"``: per class, client proportions drawn from
   ``Dirichlet(alpha)`` (Hsu et al. 2019); small ``alpha`` = very skewed.
+* ``"natural"``: by a per-sample owner id (a writer, a hospital), as
+  TensorFlow Federated's EMNIST is split by its 3,383 writers: one client per
+  distinct id, or the distinct ids dealt at random into ``n_clients`` groups.
 
 Datasets: :func:`partition`, :class:`~fl.client.Client` and
 :func:`~fl.simulation.make_clients` take tensors or the usual torch data
@@ -23,6 +26,7 @@ dataset; the client batches with the strategy's ``batch_size``).
 from __future__ import annotations
 
 import operator
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -123,6 +127,7 @@ class Scheme(StrEnum):
     IID = "iid"
     SHARDS = "shards"
     DIRICHLET = "dirichlet"
+    NATURAL = "natural"
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,12 +139,15 @@ class Partition:
         labels: The labels of the whole dataset (int64).
         num_classes: Number of label classes (max label + 1).
         scheme: The scheme used.
+        owners: For ``"natural"``: the owner ids each client holds (sorted), one
+            tuple per client; empty for the other schemes.
     """
 
     indices: tuple[torch.Tensor, ...]
     labels: torch.Tensor
     num_classes: int
     scheme: Scheme
+    owners: tuple[tuple[Any, ...], ...] = ()
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -308,15 +316,71 @@ def _dirichlet(
     )
 
 
+def _owner_ids(groups: object, n: int) -> np.ndarray:
+    """The per-sample owner ids as a 1-D numpy array of ints or strings."""
+    if isinstance(groups, torch.Tensor):
+        if groups.dtype.is_floating_point or groups.dtype.is_complex or groups.dtype == torch.bool:
+            raise ConfigError(
+                f"`groups` must hold integer or string owner ids; got a {groups.dtype} tensor"
+            )
+        arr = groups.detach().cpu().numpy()
+    elif isinstance(groups, np.ndarray | Sequence) and not isinstance(groups, str | bytes):
+        if not isinstance(groups, np.ndarray):
+            kinds = {type(g) for g in groups}
+            if len(kinds) > 1:  # numpy would turn 1 and "1" into the same string id
+                raise ConfigError(
+                    "`groups` must hold owner ids of one type; got "
+                    f"{sorted(k.__name__ for k in kinds)}"
+                )
+        try:
+            arr = np.asarray(groups)
+        except ValueError as exc:
+            raise ConfigError(f"`groups` must be a 1-D sequence of owner ids: {exc}") from exc
+    else:
+        raise ConfigError(
+            "`groups` must be a 1-D tensor, array or sequence of per-sample owner ids; "
+            f"got {type(groups).__name__}"
+        )
+    if arr.ndim != 1:
+        raise ConfigError(f"`groups` must be 1-D (one owner id per sample); got shape {arr.shape}")
+    if arr.size != n:
+        raise ConfigError(f"`groups` must have one owner id per sample ({n}); got {arr.size} ids")
+    if arr.size and arr.dtype.kind not in "iuUS":
+        raise ConfigError(f"`groups` must hold integer or string owner ids; got dtype {arr.dtype}")
+    return arr
+
+
+def _natural(
+    owners: np.ndarray, n_clients: int | None, rng: np.random.Generator
+) -> tuple[list[np.ndarray], list[tuple[Any, ...]]]:
+    ids, inverse = np.unique(owners, return_inverse=True)
+    if n_clients is None or n_clients == ids.size:
+        groups = [np.array([k]) for k in range(ids.size)]
+    else:
+        if n_clients > ids.size:
+            raise ConfigError(
+                f"`n_clients` must be <= the number of distinct owner ids ({ids.size}) "
+                f"for scheme 'natural'; got {n_clients}"
+            )
+        groups = [np.sort(g) for g in np.array_split(rng.permutation(ids.size), n_clients)]
+    order = np.argsort(inverse, kind="stable")  # rows grouped by owner, in row order
+    bounds = np.searchsorted(inverse[order], np.arange(ids.size + 1))
+    rows = [order[bounds[k] : bounds[k + 1]] for k in range(ids.size)]
+    parts = [np.concatenate([rows[k] for k in g]) for g in groups]
+    names = [tuple(ids[k].item() for k in g) for g in groups]
+    return parts, names
+
+
 def partition(
     dataset: object,
-    n_clients: int,
+    n_clients: int | None = None,
     scheme: Scheme | str = Scheme.IID,
     *,
     seed: int = 0,
     classes_per_client: int = 2,
     alpha: float = 0.5,
     min_size: int = 1,
+    groups: object = None,
 ) -> Partition:
     """Split a labelled dataset among ``n_clients`` clients.
 
@@ -325,18 +389,27 @@ def partition(
             ``TensorDataset`` (labels last), an object with ``.targets``
             (torchvision), a map-style ``Dataset`` of ``(features, label)``
             items, a ``Subset`` of any of these, or a ``DataLoader`` (its dataset).
-        n_clients: Number of clients (an int, >= 1, <= number of examples).
-        scheme: ``"iid"``, ``"shards"`` or ``"dirichlet"``.
+        n_clients: Number of clients (>= 1, <= number of examples). For
+            ``"natural"``: ``None`` (default there) gives one client per
+            distinct owner id, in sorted id order; an int ``k`` deals the
+            distinct ids at random (under ``seed``) into ``k`` groups of
+            near-equal numbers of ids (not of examples), one client per group.
+        scheme: ``"iid"``, ``"shards"``, ``"dirichlet"`` or ``"natural"``.
         seed: Seed of the split (same seed, same split).
         classes_per_client: For ``"shards"``: shards (≈ classes) per client.
         alpha: For ``"dirichlet"``: concentration (> 0).
         min_size: For ``"dirichlet"``: redraw until every client has this many examples.
+        groups: For ``"natural"`` (required there, rejected otherwise): one
+            owner id per sample (a writer, a hospital), integers or strings, as
+            a 1-D tensor, numpy array or sequence.
 
     Returns:
-        A :class:`Partition`; ``print(p.summary())`` shows the class histogram.
+        A :class:`Partition`; ``print(p.summary())`` shows the class histogram,
+        ``p.owners`` the owner ids behind each client of a natural split.
 
     Raises:
-        ConfigError: Invalid scheme or parameters.
+        ConfigError: Invalid scheme or parameters, or ``groups`` of the wrong
+            length, shape or type.
     """
     labels = _labels_of(dataset)
     try:
@@ -346,23 +419,48 @@ def partition(
             f"`scheme` must be one of {[s.value for s in Scheme]}; got {scheme!r}"
         ) from exc
     n = int(labels.numel())
-    n_clients = _count(n_clients, "n_clients", 1)
-    if n_clients > n:
-        raise ConfigError(f"`n_clients` must be in [1, {n}] (the dataset size); got {n_clients}")
+    if kind is not Scheme.NATURAL and groups is not None:
+        raise ConfigError(f"`groups` is only used by scheme 'natural'; got scheme {kind.value!r}")
+    if n_clients is None:
+        if kind is not Scheme.NATURAL:
+            raise ConfigError(f"`n_clients` is required for scheme {kind.value!r}; got None")
+    else:
+        n_clients = _count(n_clients, "n_clients", 1)
+        if n_clients > n:
+            raise ConfigError(
+                f"`n_clients` must be an int in [1, {n}] (the dataset size); got {n_clients}"
+            )
     rng = np.random.default_rng(seed)
     y = labels.numpy()
-    if kind is Scheme.IID:
-        parts = _iid(n, n_clients, rng)
+    owners: tuple[tuple[Any, ...], ...] = ()
+    if kind is Scheme.NATURAL:
+        if groups is None:
+            raise ConfigError(
+                "scheme 'natural' needs `groups`: one owner id per sample (e.g. writer ids)"
+            )
+        if n == 0:
+            raise ConfigError("scheme 'natural' needs a non-empty dataset")
+        parts, names = _natural(
+            _owner_ids(groups, n), None if n_clients is None else int(n_clients), rng
+        )
+        owners = tuple(names)
+    elif kind is Scheme.IID:
+        assert n_clients is not None
+        parts = _iid(n, int(n_clients), rng)
     elif kind is Scheme.SHARDS:
         classes_per_client = _count(classes_per_client, "classes_per_client", 1)
-        parts = _shards(y, n_clients, classes_per_client, rng)
+        assert n_clients is not None
+        parts = _shards(y, int(n_clients), classes_per_client, rng)
     else:
+        assert n_clients is not None
         if not alpha > 0:
             raise ConfigError(f"`alpha` must be > 0; got {alpha}")
         min_size = _count(min_size, "min_size", 0)
         if min_size * n_clients > n:
             raise ConfigError(f"`min_size` must be in [0, n / n_clients]; got {min_size}")
-        parts = _dirichlet(y, n_clients, alpha, min_size, rng)
+        parts = _dirichlet(y, int(n_clients), alpha, min_size, rng)
     indices = tuple(torch.from_numpy(np.sort(p).astype(np.int64)) for p in parts)
-    num_classes = int(labels.max()) + 1
-    return Partition(indices=indices, labels=labels, num_classes=num_classes, scheme=kind)
+    num_classes = int(labels.max()) + 1 if n else 0
+    return Partition(
+        indices=indices, labels=labels, num_classes=num_classes, scheme=kind, owners=owners
+    )

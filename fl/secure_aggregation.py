@@ -766,6 +766,13 @@ class MaskingAggregator(Aggregator):
         """The quantizer used for a round of ``n_clients`` selected clients."""
         return Quantizer(self.clip_range, n_clients, self.bits)
 
+    def metrics_aggregator(self, *, value_bound: float) -> MaskingAggregator:
+        """A copy without DP whose ``clip_range`` is at least ``value_bound`` (for count sums)."""
+        out = super().metrics_aggregator(value_bound=value_bound)
+        assert isinstance(out, MaskingAggregator)
+        out.clip_range = max(self.clip_range, float(value_bound))
+        return out
+
     def server_session(
         self, weights: Mapping[int, float], dim: int, *, round_index: int = 0
     ) -> MaskingServer:

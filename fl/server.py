@@ -3,8 +3,11 @@
 Each round the server samples clients (strategy), has each train from the
 current global model, aggregates the updates (aggregator: plain, secret
 sharing or masking, with optional DP), applies the mean update (strategy) and
-evaluates. The same loop drives the in-process simulation; the networked
-runtime (:mod:`fl.network`) reuses the strategy and aggregator code.
+evaluates: on its own test set, and, with a :class:`~fl.evaluation.FederatedEvaluation`,
+on sampled clients' own data (:meth:`Server.evaluate_clients`). The same
+loop drives the in-process simulation; the networked runtime
+(:mod:`fl.network`) reuses the strategy and aggregator code (without
+federated evaluation).
 
 What is federated: the trainable parameters and the floating-point buffers
 (:func:`fl.client.federated_tensors`). The strategy's server update (server
@@ -56,6 +59,7 @@ from fl.client import (
     load_vector,
 )
 from fl.errors import AggregationError, CheckpointError, ConfigError
+from fl.evaluation import FederatedEvaluation, FederatedMetrics, aggregate_metrics
 from fl.strategy import FedAvg, PersonalizedStrategy, Strategy
 from fl.types import AggregateResult, ClientUpdate, History, RoundResult
 
@@ -63,6 +67,7 @@ __all__ = ["DropoutModel", "FailurePolicy", "Server", "round_generator", "show_p
 
 _CHECKPOINT_VERSION = 1
 _MIX = 1_000_003
+_EVAL_SALT = -1  # round_generator salt of the evaluation sample (client salts are >= 1)
 
 
 def round_generator(seed: int, round_index: int, salt: int = 0) -> torch.Generator:
@@ -143,8 +148,11 @@ class Server:
         test_data: ``(features, labels)`` evaluated after every round.
         loss_fn: Loss used for evaluation (cross-entropy by default).
         seed: Seed of every random choice of the run.
-        on_failure: Raise (default) or record a failed round.
-        dropout: Simulated dropouts.
+        on_failure: Raise (default) or record a failed round (a failed
+            federated evaluation is recorded in ``RoundResult.eval_error``).
+        dropout: Simulated dropouts (of training; evaluating clients all answer).
+        federated_evaluation: Have sampled clients evaluate the new model on
+            their own data after the rounds it names (see :mod:`fl.evaluation`).
 
     Personalised strategies (:class:`fl.FedAMP`, any
     :class:`~fl.strategy.PersonalizedStrategy`): the server keeps each client's
@@ -168,7 +176,15 @@ class Server:
         seed: int = 0,
         on_failure: FailurePolicy = FailurePolicy.RAISE,
         dropout: DropoutModel | None = None,
+        federated_evaluation: FederatedEvaluation | None = None,
     ) -> None:
+        if federated_evaluation is not None and not isinstance(
+            federated_evaluation, FederatedEvaluation
+        ):
+            raise ConfigError(
+                "`federated_evaluation` must be a FederatedEvaluation or None; "
+                f"got {type(federated_evaluation).__name__}"
+            )
         if not clients and type(self) is Server:
             raise ConfigError("a federation needs at least one client")
         ids = [c.client_id for c in clients]
@@ -191,6 +207,7 @@ class Server:
         self.seed = seed
         self.on_failure = FailurePolicy(on_failure)
         self.dropout = dropout
+        self.federated_evaluation = federated_evaluation
         self.worker = copy.deepcopy(model)
         params, stats = federated_tensors(model)
         # the tensors of the federated vector, in order
@@ -224,13 +241,13 @@ class Server:
             pooled over all test examples (NaN when no client has ``test_data``).
         """
         per: dict[int, tuple[float, float]] = {}
-        params = [p for p in self.worker.parameters() if p.requires_grad]
+        tensors = self._worker_tensors()
         total_loss, total_correct, total_n = 0.0, 0.0, 0
         for cid in sorted(self.clients):
             client = self.clients[cid]
             if client.test_data is None:
                 continue
-            load_vector(params, self.personal_models.get(cid, self.global_vector))
+            load_vector(tensors, self.personal_models.get(cid, self.global_vector))
             loss, acc = client.evaluate_test(self.worker)
             per[cid] = (loss, acc)
             n = client.num_test_examples
@@ -272,6 +289,8 @@ class Server:
         n = sum(u.num_examples for u in updates)
         train_loss = sum(u.train_loss * u.num_examples for u in updates) / n
         test_loss, test_acc, _ = self.evaluate_personalized()
+        federated = self._federated_fields(r)
+        eval_exception = federated.pop("_exception", None)
         result = RoundResult(
             round=r,
             selected=tuple(selected),
@@ -282,10 +301,75 @@ class Server:
             seconds=time.perf_counter() - start,
             upload_bytes=float(strategy.upload_bytes(self.global_vector.numel())),
             epsilon=self.aggregator.epsilon,
+            **federated,
         )
         self.round = r
         self.history.append(result)
+        if eval_exception is not None and self.on_failure is FailurePolicy.RAISE:
+            raise eval_exception
         return result
+
+    def _worker_tensors(self) -> list[torch.Tensor]:
+        """The worker module's federated tensors (parameters, then floating buffers)."""
+        params, stats = federated_tensors(self.worker)
+        return [*params, *stats]
+
+    def client_vector(self, client_id: int) -> torch.Tensor:
+        """The flat model client ``client_id`` evaluates.
+
+        The global model, or with a personalised strategy (:class:`fl.FedAMP`)
+        the client's own model.
+        """
+        if isinstance(self.strategy, PersonalizedStrategy):
+            return self.personal_models.get(client_id, self.global_vector)
+        return self.global_vector
+
+    def evaluate_clients(self, round_index: int) -> FederatedMetrics:
+        """Federated evaluation: sampled clients evaluate on their own data.
+
+        The sample comes from the round's generator (independent of the
+        training sample). With ``secure=True`` the counts are summed through
+        :attr:`aggregator` (without its DP) and the server learns only the totals.
+
+        Raises:
+            ConfigError: No :class:`~fl.evaluation.FederatedEvaluation` configured.
+            AggregationError: The secure sum could not complete.
+        """
+        fe = self.federated_evaluation
+        if fe is None:
+            raise ConfigError("this server has no `federated_evaluation` configured")
+        ids = fe.sample(
+            self.available_clients(), round_generator(self.seed, round_index, _EVAL_SALT)
+        )
+        tensors = self._worker_tensors()
+        metrics = []
+        for cid in ids:
+            load_vector(tensors, self.client_vector(cid))
+            metrics.append(self.clients[cid].evaluate_metrics(self.worker))
+        return aggregate_metrics(
+            metrics,
+            aggregator=self.aggregator if fe.secure else None,
+            value_bound=fe.value_bound,
+            round_index=round_index,
+        )
+
+    def _federated_fields(self, round_index: int) -> dict[str, Any]:
+        """The RoundResult fields of this round's federated evaluation (none if not due)."""
+        fe = self.federated_evaluation
+        if fe is None or not fe.due(round_index):
+            return {}
+        try:
+            fm = self.evaluate_clients(round_index)
+        except AggregationError as exc:
+            # the round itself completed: it is recorded before a RAISE policy re-raises
+            return {"eval_error": f"{type(exc).__name__}: {exc}", "_exception": exc}
+        return {
+            "eval_loss": fm.loss,
+            "eval_accuracy": fm.accuracy,
+            "eval_clients": fm.clients,
+            "eval_examples": fm.num_examples,
+            "client_metrics": fm.per_client,
+        }
 
     def train_clients(self, selected: Sequence[int], round_index: int) -> list[ClientUpdate]:
         """Local training of the selected clients, each from the current global model."""
@@ -366,6 +450,8 @@ class Server:
         n = sum(u.num_examples for u in kept)
         train_loss = sum(u.train_loss * u.num_examples for u in kept) / n if n else math.nan
         test_loss, test_acc = self.evaluate()
+        federated = self._federated_fields(r)
+        eval_exception = federated.pop("_exception", None)
         up = agg.upload_bytes
         result = RoundResult(
             round=r,
@@ -377,9 +463,12 @@ class Server:
             seconds=time.perf_counter() - start,
             upload_bytes=sum(up.values()) / len(up) if up else 0.0,
             epsilon=self.aggregator.epsilon,
+            **federated,
         )
         self.round = r
         self.history.append(result)
+        if eval_exception is not None and self.on_failure is FailurePolicy.RAISE:
+            raise eval_exception
         return result
 
     def _next_vector(self, mean: torch.Tensor) -> torch.Tensor:
@@ -504,14 +593,7 @@ class Server:
             int(k): v.clone() for k, v in state.get("personal_models", {}).items()
         }
         self.cloud_models = {int(k): v.clone() for k, v in state.get("cloud_models", {}).items()}
-        self.history = History(
-            [
-                RoundResult(
-                    **{**d, "selected": tuple(d["selected"]), "survivors": tuple(d["survivors"])}
-                )
-                for d in state["history"]
-            ]
-        )
+        self.history = History([RoundResult.from_dict(d) for d in state["history"]])
 
     def save_checkpoint(self, path: str | Path) -> Path:
         """Write a checkpoint atomically (temp file + rename)."""

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 from fl.aggregators import Aggregator
 from fl.client import Client, LossFn, OptimizerFactory, _sgd
 from fl.errors import ConfigError
+from fl.evaluation import FederatedEvaluation
 from fl.partition import DataLike, Partition
 from fl.server import DropoutModel, FailurePolicy, Server
 from fl.strategy import Strategy
@@ -45,32 +47,36 @@ def make_clients(
         labels: The whole dataset's labels (default: the partition's labels).
         loss_fn: Each client's training loss.
         optimizer: Each client's optimizer factory.
-        test_fraction: Fraction of each client's rows held out as its local
-            test split (``Client.test_data``, for personalised evaluation, as
-            PFLlib's 75/25 split); 0 keeps every row for training.
-        seed: Seed of the train/test split of each client.
+        test_fraction: Hold out this fraction of each client's rows (at random
+            under ``seed``, at least one row when > 0, and at least one row
+            left for training) as the client's own test split for federated
+            evaluation, as LEAF and TensorFlow Federated split each writer's data.
+        seed: Seed of the hold-out draw.
 
     Raises:
-        ConfigError: ``test_fraction`` outside [0, 1), or a client left with no
-            training row.
+        ConfigError: ``test_fraction`` outside [0, 1).
     """
-    if not 0 <= test_fraction < 1:
-        raise ConfigError(f"`test_fraction` must be in [0, 1); got {test_fraction}")
+    if not (isinstance(test_fraction, int | float) and 0 <= test_fraction < 1):
+        raise ConfigError(f"`test_fraction` must be in [0, 1); got {test_fraction!r}")
     clients = []
     for i, (x, y) in enumerate(partition.subsets(features, labels)):
-        test: tuple[torch.Tensor, torch.Tensor] | None = None
-        n_test = int(round(test_fraction * y.shape[0]))
-        if n_test > 0:
-            if n_test >= y.shape[0]:
-                raise ConfigError(
-                    f"`test_fraction` {test_fraction} leaves client {i} no training rows"
-                )
-            g = torch.Generator().manual_seed(seed * 1_000_003 + i)
-            order = torch.randperm(y.shape[0], generator=g)
-            te, tr = order[:n_test].sort().values, order[n_test:].sort().values
-            test = (x[te], y[te])
-            x, y = x[tr], y[tr]
-        clients.append(Client(i, x, y, loss_fn=loss_fn, optimizer=optimizer, test_data=test))
+        n = int(y.shape[0])
+        n_test = 0 if test_fraction == 0 else min(n - 1, max(1, round(test_fraction * n)))
+        if n_test == 0:
+            clients.append(Client(i, x, y, loss_fn=loss_fn, optimizer=optimizer))
+            continue
+        order = torch.from_numpy(np.random.default_rng([seed, i]).permutation(n))
+        test, train = order[:n_test].sort().values, order[n_test:].sort().values
+        clients.append(
+            Client(
+                i,
+                x[train],
+                y[train],
+                loss_fn=loss_fn,
+                optimizer=optimizer,
+                test_data=(x[test], y[test]),
+            )
+        )
     return clients
 
 
@@ -88,6 +94,7 @@ def run_simulation(
     dropout: DropoutModel | None = None,
     progress: bool | None = None,
     checkpoint: str | None = None,
+    federated_evaluation: FederatedEvaluation | None = None,
 ) -> History:
     """Build a :class:`Server` and run ``num_rounds`` rounds; ``model`` ends trained.
 
@@ -104,5 +111,6 @@ def run_simulation(
         seed=seed,
         on_failure=on_failure,
         dropout=dropout,
+        federated_evaluation=federated_evaluation,
     )
     return server.run(num_rounds, progress=progress, checkpoint=checkpoint)

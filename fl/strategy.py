@@ -5,6 +5,14 @@ aggregated update.
 
 A strategy never sees individual updates: it receives the aggregator's
 (weighted) mean update, so it works unchanged with every aggregator.
+
+Server optimisers (:class:`FedAdagrad`, :class:`FedAdam`, :class:`FedYogi`,
+Reddi et al., "Adaptive Federated Optimization", ICLR 2021) treat that mean
+update as a pseudo-gradient and run an adaptive step on it, in plaintext on
+the server: with a secure aggregator the server already learns the mean
+update (that is what secure aggregation reveals), and the optimiser's state
+``m``, ``v`` is a function of the mean updates only, so an adaptive server
+learns nothing that FedAvg's server does not.
 """
 
 from __future__ import annotations
@@ -18,7 +26,17 @@ import torch
 from fl.errors import ConfigError
 from fl.types import FitConfig
 
-__all__ = ["FedAvg", "FedAvgM", "FedProx", "PersonalizedStrategy", "Strategy"]
+__all__ = [
+    "FedAdagrad",
+    "FedAdam",
+    "FedAvg",
+    "FedAvgM",
+    "FedOpt",
+    "FedProx",
+    "FedYogi",
+    "PersonalizedStrategy",
+    "Strategy",
+]
 
 
 @runtime_checkable
@@ -223,3 +241,140 @@ class FedAvgM(FedAvg):
         """Restore the momentum buffer."""
         v = state.get("velocity")
         self.velocity = None if v is None else v.clone()
+
+
+class FedOpt(FedAvg):
+    """Base of the adaptive server optimisers of Reddi et al. (ICLR 2021), Algorithm 2.
+
+    Each round, with ``delta`` the aggregated (sample-weighted mean) client
+    update, the pseudo-gradient of the round::
+
+        m <- beta_1 m + (1 - beta_1) delta                 (m starts at 0)
+        v <- second-moment rule of the subclass            (v starts at tau^2)
+        x <- x + eta * m / (sqrt(v) + tau)
+
+    with no bias correction, as in the paper. Subclasses define the ``v``
+    rule (:meth:`second_moment`). The optimiser runs in plaintext on the
+    server on the mean update, so it works with every aggregator and the
+    server learns nothing beyond the mean updates that FedAvg's server sees.
+
+    Args:
+        eta: Server learning rate ``eta`` (> 0).
+        eta_l: Client learning rate ``eta_l`` (> 0): the local SGD step size.
+        beta_1: First-moment decay in [0, 1).
+        beta_2: Second-moment decay in [0, 1) (unused by FedAdagrad).
+        tau: Adaptivity ``tau`` (> 0): smaller is more adaptive.
+        fraction_fit: Fraction of clients sampled per round.
+        min_fit_clients: Lower bound on the number sampled.
+        epochs: Local epochs.
+        batch_size: Local batch size.
+    """
+
+    def __init__(
+        self,
+        *,
+        eta: float = 1e-2,
+        eta_l: float = 0.1,
+        beta_1: float = 0.9,
+        beta_2: float = 0.99,
+        tau: float = 1e-3,
+        fraction_fit: float = 1.0,
+        min_fit_clients: int = 1,
+        epochs: int = 1,
+        batch_size: int = 32,
+    ) -> None:
+        for name, value in (("eta", eta), ("eta_l", eta_l), ("tau", tau)):
+            if not (isinstance(value, int | float) and value > 0 and math.isfinite(value)):
+                raise ConfigError(f"`{name}` must be a positive finite number; got {value!r}")
+        for name, value in (("beta_1", beta_1), ("beta_2", beta_2)):
+            if not (isinstance(value, int | float) and 0 <= value < 1):
+                raise ConfigError(f"`{name}` must be in [0, 1); got {value!r}")
+        super().__init__(
+            fraction_fit=fraction_fit,
+            min_fit_clients=min_fit_clients,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=eta_l,
+            server_lr=eta,
+        )
+        self.eta = float(eta)
+        self.eta_l = float(eta_l)
+        self.beta_1 = float(beta_1)
+        self.beta_2 = float(beta_2)
+        self.tau = float(tau)
+        self.m: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(eta={self.eta}, eta_l={self.eta_l}, beta_1={self.beta_1}, "
+            f"beta_2={self.beta_2}, tau={self.tau}, fraction_fit={self.fraction_fit}, "
+            f"{self.config})"
+        )
+
+    def second_moment(self, v: torch.Tensor, delta_sq: torch.Tensor) -> torch.Tensor:
+        """The next ``v`` from the previous ``v`` and ``delta ** 2`` (subclass rule)."""
+        raise NotImplementedError
+
+    def apply(self, global_vector: torch.Tensor, mean_delta: torch.Tensor) -> torch.Tensor:
+        """One adaptive server step on the mean update (the pseudo-gradient)."""
+        if mean_delta.shape != global_vector.shape:
+            raise ConfigError(
+                f"`mean_delta` has shape {tuple(mean_delta.shape)}; "
+                f"the model vector has {tuple(global_vector.shape)}"
+            )
+        delta = mean_delta.to(global_vector.dtype)
+        if self.m is None or self.v is None or self.m.shape != delta.shape:
+            self.m = torch.zeros_like(delta)
+            self.v = torch.full_like(delta, self.tau**2)
+        self.m = self.beta_1 * self.m + (1 - self.beta_1) * delta
+        self.v = self.second_moment(self.v, delta * delta)
+        return global_vector + self.eta * self.m / (self.v.sqrt() + self.tau)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The moment estimates ``m`` and ``v``."""
+        return {
+            "m": None if self.m is None else self.m.clone(),
+            "v": None if self.v is None else self.v.clone(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the moment estimates."""
+        m, v = state.get("m"), state.get("v")
+        self.m = None if m is None else m.clone()
+        self.v = None if v is None else v.clone()
+
+
+class FedAdagrad(FedOpt):
+    """FedAdagrad (Reddi et al. 2021): ``v <- v + delta^2``.
+
+    See :class:`FedOpt` for the step and the arguments (``beta_2`` is unused).
+    """
+
+    def second_moment(self, v: torch.Tensor, delta_sq: torch.Tensor) -> torch.Tensor:
+        """Accumulate squared pseudo-gradients."""
+        return v + delta_sq
+
+
+class FedAdam(FedOpt):
+    """FedAdam (Reddi et al. 2021): ``v <- beta_2 v + (1 - beta_2) delta^2``.
+
+    See :class:`FedOpt` for the step and the arguments.
+    """
+
+    def second_moment(self, v: torch.Tensor, delta_sq: torch.Tensor) -> torch.Tensor:
+        """Exponential moving average of squared pseudo-gradients."""
+        return self.beta_2 * v + (1 - self.beta_2) * delta_sq
+
+
+class FedYogi(FedOpt):
+    """FedYogi (Reddi et al. 2021): ``v <- v - (1 - beta_2) delta^2 sign(v - delta^2)``.
+
+    Yogi (Zaheer et al. 2018) moves ``v`` additively towards ``delta^2``, so
+    ``v`` cannot collapse after one large update as Adam's can. See
+    :class:`FedOpt` for the step and the arguments.
+    """
+
+    def second_moment(self, v: torch.Tensor, delta_sq: torch.Tensor) -> torch.Tensor:
+        """Additive, sign-controlled update of ``v``."""
+        return v - (1 - self.beta_2) * delta_sq * torch.sign(v - delta_sq)

@@ -20,6 +20,7 @@ from fl.errors import ConfigError
 
 __all__ = [
     "AggregateResult",
+    "ClientMetrics",
     "ClientUpdate",
     "FitConfig",
     "History",
@@ -92,6 +93,23 @@ class AggregateResult:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientMetrics:
+    """One client's evaluation of the model it was sent, on its own data.
+
+    Attributes:
+        client_id: The client's id.
+        num_examples: Examples evaluated.
+        loss: Mean loss over those examples.
+        accuracy: Fraction classified correctly (NaN for a non-classification loss).
+    """
+
+    client_id: int
+    num_examples: int
+    loss: float
+    accuracy: float
+
+
+@dataclass(frozen=True, slots=True)
 class RoundResult:
     """Metrics of one round, as stored in a :class:`History`.
 
@@ -107,6 +125,14 @@ class RoundResult:
         epsilon: DP epsilon spent so far (cumulative, NaN without DP).
         failed: True when the round could not complete; the global model is unchanged.
         error: The error message of a failed round.
+        eval_loss: Federated evaluation: sample-weighted mean loss of the new
+            model over the evaluating clients' own data (NaN when not evaluated).
+        eval_accuracy: Federated evaluation: correct / examples over those clients.
+        eval_clients: Ids of the clients whose figures are in ``eval_loss``/``eval_accuracy``.
+        eval_examples: Total examples behind the federated figures.
+        client_metrics: Each evaluating client's own figures; empty when the
+            evaluation went through a secure aggregator (the server learns only totals).
+        eval_error: Why the federated evaluation of this round failed (None if it did not).
     """
 
     round: int
@@ -120,6 +146,28 @@ class RoundResult:
     epsilon: float = float("nan")
     failed: bool = False
     error: str | None = None
+    eval_loss: float = float("nan")
+    eval_accuracy: float = float("nan")
+    eval_clients: tuple[int, ...] = ()
+    eval_examples: int = 0
+    client_metrics: tuple[ClientMetrics, ...] = ()
+    eval_error: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RoundResult:
+        """Inverse of ``dataclasses.asdict`` (as stored by :meth:`History.to_dicts`)."""
+        return cls(
+            **{
+                **d,
+                "selected": tuple(d["selected"]),
+                "survivors": tuple(d["survivors"]),
+                "eval_clients": tuple(d.get("eval_clients", ())),
+                "client_metrics": tuple(
+                    m if isinstance(m, ClientMetrics) else ClientMetrics(**m)
+                    for m in d.get("client_metrics", ())
+                ),
+            }
+        )
 
 
 class History:
@@ -173,6 +221,33 @@ class History:
         return [r.train_loss for r in self.rounds]
 
     @property
+    def federated_loss(self) -> list[float]:
+        """Federated evaluation: weighted mean loss on the clients' data per round (NaN if none)."""
+        return [r.eval_loss for r in self.rounds]
+
+    @property
+    def federated_accuracy(self) -> list[float]:
+        """Federated evaluation: accuracy on the clients' data per round (NaN if none)."""
+        return [r.eval_accuracy for r in self.rounds]
+
+    def per_client(self, metric: str = "accuracy") -> dict[int, list[tuple[int, float]]]:
+        """Each client's own evaluation figures: ``{client_id: [(round, value), ...]}``.
+
+        Args:
+            metric: ``"accuracy"`` or ``"loss"``.
+
+        Only rounds evaluated without a secure aggregator contribute (a secure
+        evaluation reveals only the totals).
+        """
+        if metric not in ("accuracy", "loss"):
+            raise ConfigError(f"`metric` must be 'accuracy' or 'loss'; got {metric!r}")
+        out: dict[int, list[tuple[int, float]]] = {}
+        for r in self.rounds:
+            for m in r.client_metrics:
+                out.setdefault(m.client_id, []).append((r.round, getattr(m, metric)))
+        return dict(sorted(out.items()))
+
+    @property
     def epsilon(self) -> list[float]:
         """Cumulative DP epsilon per round (NaN without DP)."""
         return [r.epsilon for r in self.rounds]
@@ -187,14 +262,23 @@ class History:
         return [asdict(r) for r in self.rounds]
 
     def table(self) -> str:
-        """A fixed-width text table of the main metrics."""
-        lines = ["round  clients  train_loss  test_loss  accuracy  epsilon   seconds  status"]
+        """A fixed-width text table of the main metrics (plus federated evaluation, if any)."""
+        fed = any(r.eval_clients or r.eval_error for r in self.rounds)
+        head = "round  clients  train_loss  test_loss  accuracy  epsilon   seconds  "
+        lines = [head + ("fed_loss  fed_acc  evaluated  " if fed else "") + "status"]
         for r in self.rounds:
             status = f"FAILED: {r.error}" if r.failed else "ok"
+            if r.eval_error:
+                status += f" (evaluation failed: {r.eval_error})"
+            extra = (
+                f"{r.eval_loss:8.4f}  {r.eval_accuracy:7.4f}  {len(r.eval_clients):9d}  "
+                if fed
+                else ""
+            )
             lines.append(
                 f"{r.round:5d}  {len(r.survivors):3d}/{len(r.selected):<3d}  {r.train_loss:10.4f}  "
                 f"{r.test_loss:9.4f}  {r.test_accuracy:8.4f}  {r.epsilon:7.3f}  {r.seconds:8.3f}  "
-                f"{status}"
+                f"{extra}{status}"
             )
         return "\n".join(lines)
 
@@ -207,6 +291,10 @@ def plot_histories(
     histories: Mapping[str, History], path: str | Path, *, title: str | None = None
 ) -> Path:
     """Plot several runs side by side (test accuracy and test loss per round) into a PNG.
+
+    Runs with a federated evaluation add its global figures as dashed lines
+    ("label (federated)"); runs that recorded per-client figures get a third
+    panel with each client's accuracy per round (dots, in the run's colour).
 
     Args:
         histories: Label -> history.
@@ -222,11 +310,29 @@ def plot_histories(
     import matplotlib.pyplot as plt
 
     out = Path(path)
-    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
+    per_client = any(r.client_metrics for h in histories.values() for r in h.rounds)
+    fig, axes = plt.subplots(1, 3 if per_client else 2, figsize=(15 if per_client else 10, 4))
+    ax_acc, ax_loss = axes[0], axes[1]
     for label, history in histories.items():
         rounds = [r.round for r in history.rounds]
-        ax_acc.plot(rounds, history.accuracy, marker=".", label=label)
-        ax_loss.plot(rounds, history.loss, marker=".", label=label)
+        (line,) = ax_acc.plot(rounds, history.accuracy, marker=".", label=label)
+        ax_loss.plot(rounds, history.loss, marker=".", label=label, color=line.get_color())
+        fed = [(r.round, r.eval_accuracy, r.eval_loss) for r in history.rounds if r.eval_clients]
+        if fed:
+            xs, accs, losses = zip(*fed, strict=True)
+            style = {"marker": "x", "linestyle": "--", "color": line.get_color()}
+            ax_acc.plot(xs, accs, label=f"{label} (federated)", **style)
+            ax_loss.plot(xs, losses, label=f"{label} (federated)", **style)
+        if per_client:
+            points = [(x, a) for pts in history.per_client().values() for x, a in pts]
+            if points:
+                px, py = zip(*points, strict=True)
+                axes[2].scatter(px, py, s=8, alpha=0.5, color=line.get_color(), label=label)
+    if per_client:
+        axes[2].set_xlabel("round")
+        axes[2].set_ylabel("accuracy per client (own data)")
+        axes[2].grid(alpha=0.3)
+        axes[2].legend()
     ax_acc.set_xlabel("round")
     ax_acc.set_ylabel("test accuracy")
     ax_loss.set_xlabel("round")

@@ -414,3 +414,22 @@ def test_secure_core_runs_in_separate_processes(n_parties: int) -> None:
             assert float((res["row0_to_last"] - ref[0]).abs().max()) <= tol
         else:
             assert res["row0_to_last"] is None
+
+
+def test_personalised_models_with_batchnorm_and_federated_evaluation() -> None:
+    # Prepare: a model with BatchNorm (its statistics are part of each client's vector)
+    clients = _group_clients()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+    strategy = fl.FedAMP(self_weight=0.3, sigma=20.0, lam=0.5, lr=0.2, batch_size=16)
+    fe = fl.FederatedEvaluation(fraction_evaluate=1.0)
+    server = fl.Server(model, clients, strategy=strategy, seed=0, federated_evaluation=fe)
+    # Execute
+    server.run(3, progress=False)
+    _, _, per = server.evaluate_personalized()
+    # Assert: federated evaluation scores each client's own model on its own split
+    record = server.history[-1]
+    assert record.client_metrics is not None and len(record.client_metrics) == len(clients)
+    for m in record.client_metrics:
+        assert m.accuracy == pytest.approx(per[m.client_id][1])
+        assert server.client_vector(m.client_id) is server.personal_models[m.client_id]

@@ -165,3 +165,90 @@ def test_unsupported_containers_are_named() -> None:
         fl.Client(0, torch.zeros(2, 1))
     with pytest.raises(fl.ConfigError, match="empty"):
         fl.Client(0, TensorDataset(torch.zeros(0, 1), torch.zeros(0)))
+
+
+# ------------------------------------------------------------- natural partitions
+@st.composite
+def owned(draw: st.DrawFn) -> tuple[torch.Tensor, list[int] | list[str]]:
+    n = draw(st.integers(1, 120))
+    n_owners = draw(st.integers(1, min(n, 15)))
+    ids = draw(st.lists(st.integers(0, n_owners - 1), min_size=n, max_size=n))
+    if draw(st.booleans()):
+        return torch.arange(n) % 3, [f"writer-{i}" for i in ids]
+    return torch.arange(n) % 3, [7 * i - 20 for i in ids]  # negative ids are fine
+
+
+@given(owned(), st.sampled_from(["list", "tensor", "numpy"]))
+def test_natural_gives_one_client_per_owner(
+    data: tuple[torch.Tensor, list[int] | list[str]], form: str
+) -> None:
+    labels, ids = data
+    groups: object = ids
+    if form == "tensor" and isinstance(ids[0], int):
+        groups = torch.tensor(ids)
+    elif form == "numpy":
+        groups = np.asarray(ids)
+    p = fl.partition(labels, scheme="natural", groups=groups)
+    distinct = sorted(set(ids))
+    assert len(p) == len(distinct) and p.scheme is fl.Scheme.NATURAL
+    assert [o for (o,) in p.owners] == distinct  # sorted owner order, one owner per client
+    assert torch.equal(torch.cat(list(p.indices)).sort().values, torch.arange(labels.numel()))
+    for (owner,), ix in zip(p.owners, p.indices, strict=True):
+        assert ix.tolist() == [i for i, o in enumerate(ids) if o == owner]
+
+
+@given(owned(), st.integers(1, 15), st.integers(0, 3))
+def test_natural_into_n_clients_keeps_each_owner_whole(
+    data: tuple[torch.Tensor, list[int] | list[str]], k: int, seed: int
+) -> None:
+    labels, ids = data
+    distinct = sorted(set(ids))
+    k = min(k, len(distinct))
+    p = fl.partition(labels, k, "natural", groups=ids, seed=seed)
+    assert len(p) == k
+    assert sorted(o for group in p.owners for o in group) == distinct  # each owner once
+    sizes = [len(group) for group in p.owners]
+    assert min(sizes) >= 1 and max(sizes) - min(sizes) <= 1  # ids dealt evenly
+    for group, ix in zip(p.owners, p.indices, strict=True):
+        assert ix.tolist() == [i for i, o in enumerate(ids) if o in set(group)]
+    again = fl.partition(labels, k, "natural", groups=ids, seed=seed)
+    assert again.owners == p.owners
+
+
+def test_natural_makes_clients_per_hospital() -> None:
+    x = torch.randn(6, 2)
+    y = torch.tensor([0, 1, 1, 0, 1, 0])
+    hospitals = ["north", "south", "north", "east", "south", "north"]
+    p = fl.partition((x, y), scheme="natural", groups=hospitals)
+    assert p.owners == (("east",), ("north",), ("south",)) and p.sizes == [1, 3, 2]
+    clients = fl.make_clients(p, x, y)
+    assert torch.equal(clients[1].features, x[[0, 2, 5]])
+
+
+def test_natural_errors_are_clear() -> None:
+    y = torch.zeros(4, dtype=torch.long)
+    with pytest.raises(fl.ConfigError, match="needs `groups`"):
+        fl.partition(y, scheme="natural")
+    with pytest.raises(fl.ConfigError, match=r"one owner id per sample \(4\); got 3"):
+        fl.partition(y, scheme="natural", groups=[1, 2, 3])
+    with pytest.raises(fl.ConfigError, match="must be 1-D"):
+        fl.partition(y, scheme="natural", groups=torch.zeros(2, 2, dtype=torch.long))
+    with pytest.raises(fl.ConfigError, match="integer or string"):
+        fl.partition(y, scheme="natural", groups=torch.tensor([0.5, 1.0, 1.0, 2.0]))
+    with pytest.raises(fl.ConfigError, match="integer or string"):
+        fl.partition(y, scheme="natural", groups=[0.5, 1.0, 1.0, 2.0])
+    with pytest.raises(fl.ConfigError, match="one type"):
+        fl.partition(y, scheme="natural", groups=[1, "1", 2, 2])
+    with pytest.raises(fl.ConfigError, match="sequence of per-sample owner ids"):
+        fl.partition(y, scheme="natural", groups=5)
+    with pytest.raises(
+        fl.ConfigError,
+        match=r"<= the number of distinct owner ids \(2\) for scheme .natural.; got 3",
+    ):
+        fl.partition(y, 3, "natural", groups=[0, 0, 1, 1])
+    with pytest.raises(fl.ConfigError, match="only used by scheme 'natural'"):
+        fl.partition(y, 2, "iid", groups=[0, 0, 1, 1])
+    with pytest.raises(fl.ConfigError, match="`n_clients` is required"):
+        fl.partition(y, scheme="iid")
+    with pytest.raises(fl.ConfigError, match="`n_clients` must be an int"):
+        fl.partition(y, 2.5, "iid")  # type: ignore[arg-type]
