@@ -226,10 +226,17 @@ def _encode(msg: Any, cid: int) -> RecordDict:  # noqa: C901 - one branch per me
         arrays = ArrayRecord({"y": Array(msg.value.detach().to(torch.float32).numpy())})
     else:  # pragma: no cover - every protocol message is listed above
         raise ProtocolError(f"no wire format for {type(msg).__name__}")
-    out = RecordDict({RECORD: ConfigRecord(rec)})
+    out = RecordDict({RECORD: _config(rec)})
     if arrays is not None:
         out[RECORD + ".arrays"] = arrays
     return out
+
+
+def _config(fields: Mapping[str, Any]) -> ConfigRecord:
+    """A ``ConfigRecord`` without empty lists or bytes (absent fields decode as empty)."""
+    return ConfigRecord(
+        {k: v for k, v in fields.items() if not (isinstance(v, list | bytes | str) and not v)}
+    )
 
 
 def _array(content: RecordDict) -> np.ndarray:
@@ -327,7 +334,7 @@ def _save_state(context: Context, client: MaskingClient, extra: Mapping[str, Any
         "u2": list(st.u2),
         "sent_input": st.sent_input,
     }
-    context.state[_STATE] = ConfigRecord(rec)
+    context.state[_STATE] = _config(rec)
 
 
 def _load_state(context: Context) -> tuple[MaskingClient, ConfigRecord]:
@@ -340,7 +347,7 @@ def _load_state(context: Context) -> tuple[MaskingClient, ConfigRecord]:
     delta = torch.from_numpy(np.asarray(delta_rec["delta"].numpy(), dtype=np.float32))
     dp = None
     if float(rec.get("dp_clip", 0.0)) > 0:  # type: ignore[arg-type]
-        dp = DifferentialPrivacy(clip_norm=float(rec["dp_clip"]))  # type: ignore[arg-type]
+        dp = DifferentialPrivacy(clip_norm=float(rec["dp_clip"]), noise_multiplier=0.0)  # type: ignore[arg-type]
     gen = None
     if dp is not None:
         gen = torch.Generator()
@@ -363,7 +370,7 @@ def _load_state(context: Context) -> tuple[MaskingClient, ConfigRecord]:
             strict=True,
         )
     )
-    st.b_seed = rec["b_seed"]  # type: ignore[assignment]
+    st.b_seed = bytes(rec.get("b_seed", b""))  # type: ignore[arg-type]
     st.held_b = {
         k: int.from_bytes(v, "big")
         for k, v in zip(_ints(rec, "held_b_ids"), _blobs(rec, "held_b"), strict=True)
@@ -479,7 +486,7 @@ def secure_aggregation_mod(
             raise ProtocolError("input request without a trained update on this node")
         delta = torch.from_numpy(np.asarray(d["delta"].numpy(), dtype=np.float32))
         clip = float(st.get("dp_clip", 0.0))  # type: ignore[arg-type]
-        plain = PlainAggregator(dp=DifferentialPrivacy(clip_norm=clip) if clip > 0 else None)
+        plain = PlainAggregator(dp=DifferentialPrivacy(clip_norm=clip, noise_multiplier=0.0) if clip > 0 else None)
         reply = plain.client_session(int(st["client_id"]), delta).respond(request)  # type: ignore[arg-type]
         _clear_state(context)
         return _reply(_encode(reply, reply.client_id), msg)
@@ -596,7 +603,7 @@ class SecureAggregation:
         ttl = None if timeout is None else max(timeout * 2, 60.0)
         for cid, content in contents.items():
             messages.append(
-                grid.create_message(content, _TRAIN, node_of[cid], str(round_index), ttl=ttl)
+                Message(content, node_of[cid], _TRAIN, ttl=ttl, group_id=str(round_index))
             )
         cid_of = {n: c for c, n in node_of.items()}
         replies: dict[int, Any] = {}
@@ -783,8 +790,20 @@ class SecureAggregation:
         return arrays, self.history
 
 
+def _value_bytes(v: Any) -> int:
+    if isinstance(v, list):
+        return sum(_value_bytes(x) for x in v)
+    if isinstance(v, bytes | str):
+        return len(v)
+    return 8  # ints, floats and bools travel as 64-bit values
+
+
 def _content_bytes(content: RecordDict) -> int:
+    """Payload bytes of a message: arrays as serialized, records field by field."""
     total = 0
     for rec in content.values():
-        total += int(rec.count_bytes())
+        if isinstance(rec, ArrayRecord):
+            total += int(rec.count_bytes())
+        else:
+            total += sum(len(k) + _value_bytes(v) for k, v in rec.items())
     return total

@@ -3,15 +3,16 @@
 The client "trains" by adding a known update to the global model, so the test
 knows every node's update and can compare the aggregate with the in-process
 oracle (:meth:`fl.MaskingAggregator.aggregate`). Faults are read from the run
-config (``fault.<node index>`` = ``"<kind>:<stage>"``, kind ``raise`` or
-``hang``), which works the same in the simulation engine and in a deployment.
+given to :func:`make_client_app` (node index -> ``"<kind>:<stage>[@round]"``,
+kind ``raise`` or ``hang``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -27,15 +28,15 @@ DIM = 37
 SHAPES = {"w": (5, 7), "b": (2,)}
 
 
-def node_update(index: int, dim: int = DIM) -> np.ndarray:
-    """The update node ``index`` adds to the model (public test data)."""
-    g = torch.Generator().manual_seed(1000 + index)
+def node_update(node_id: int, dim: int = DIM) -> np.ndarray:
+    """The update node ``node_id`` adds to the model (public test data)."""
+    g = torch.Generator().manual_seed(node_id % (1 << 62))
     return ((torch.rand(dim, generator=g) - 0.5) * 0.2).numpy()
 
 
-def node_examples(index: int) -> int:
-    """Node ``index``'s sample count."""
-    return 10 + 3 * index
+def node_examples(node_id: int) -> int:
+    """Node ``node_id``'s sample count."""
+    return 10 + node_id % 7
 
 
 def global_model() -> ArrayRecord:
@@ -46,50 +47,74 @@ def global_model() -> ArrayRecord:
     )
 
 
-def _fault(context: Context, index: int) -> tuple[str, str] | None:
-    spec = context.run_config.get(f"fault.{index}")
-    if not isinstance(spec, str) or ":" not in spec:
-        return None
-    kind, stage = spec.split(":", 1)
-    return kind, stage
+def _index(context: Context) -> int:
+    return int(context.node_config.get("partition-id", -1))
 
 
-def fault_mod(msg: Message, context: Context, call_next: Any) -> Message:
-    """Injects the configured fault of this node at the configured stage."""
-    index = int(context.node_config.get("partition-id", context.node_config.get("index", -1)))
-    fault = _fault(context, index)
+def _matches(spec: str, kind: str, stage: str, round_id: str) -> bool:
+    """``spec`` is ``"<kind>:<stage>"`` or ``"<kind>:<stage>@<round>"``."""
+    want, _, rnd = spec.partition("@")
+    return want == f"{kind}:{stage}" and (not rnd or rnd == round_id)
+
+
+def _stage(msg: Message) -> str | None:
     rec = msg.content.config_records.get(RECORD)
-    if fault is not None and rec is not None:
-        stage = rec.get("stage")
-        if stage == "trained":
-            stage = "advertise_keys"
-        if stage == fault[1]:
-            if fault[0] == "raise":
-                raise RuntimeError(f"node {index} fails at {stage}")
-            time.sleep(float(context.run_config.get("hang-seconds", 30.0)))
-    return call_next(msg, context)
+    if rec is None:
+        return None
+    stage = str(rec.get("stage"))
+    return "advertise_keys" if stage == "trained" else stage
 
 
-def make_client_app() -> ClientApp:
-    """A ClientApp whose training adds :func:`node_update` to the global model."""
+def make_client_app(faults: dict[int, str] | None = None, hang_seconds: float = 0.0) -> ClientApp:
+    """A ClientApp whose training adds :func:`node_update` to the global model.
+
+    ``faults`` maps a node index to a fault spec (see :func:`_matches`): a
+    ``raise`` fault raises in the ClientApp (Flower returns an error reply), a
+    ``hang`` fault sleeps ``hang_seconds`` before answering.
+    """
+    faults = dict(faults or {})
+
+    def fault_mod(msg: Message, context: Context, call_next: Any) -> Message:
+        spec, stage = faults.get(_index(context)), _stage(msg)
+        if spec is not None and stage is not None:
+            if _matches(spec, "raise", stage, msg.metadata.group_id):
+                raise RuntimeError(f"node {_index(context)} fails at {stage}")
+            if _matches(spec, "hang", stage, msg.metadata.group_id):
+                time.sleep(hang_seconds)
+        return call_next(msg, context)
+
     app = ClientApp(mods=[fault_mod, secure_aggregation_mod])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        index = int(context.node_config.get("partition-id", context.node_config.get("index", -1)))
+        nid = context.node_id
         arrays = msg.content["arrays"]
         assert isinstance(arrays, ArrayRecord)
         flat = np.concatenate([a.numpy().reshape(-1) for a in arrays.values()])
-        new = flat + node_update(index, flat.size)
+        new = flat + node_update(nid, flat.size)
         out, start = {}, 0
         for k, a in arrays.items():
             n = a.numpy().size
             out[k] = Array(new[start : start + n].reshape(a.numpy().shape).astype(np.float32))
             start += n
-        metrics = MetricRecord({"num-examples": node_examples(index), "train_loss": 0.5})
+        metrics = MetricRecord({"num-examples": node_examples(nid), "train_loss": 0.5})
         return Message(RecordDict({"arrays": ArrayRecord(out), "metrics": metrics}), reply_to=msg)
 
     return app
+
+
+@contextlib.contextmanager
+def server_task() -> Iterator[None]:
+    """Flower's task identity as a ServerApp process has it (``Message()`` reads it)."""
+    ids = ("_run_id", "_node_id", "_task_id")
+    old = [getattr(TaskIdentity, k) for k in ids]
+    for k in ids:
+        setattr(TaskIdentity, k, 1)
+    try:
+        yield
+    finally:
+        for k, v in zip(ids, old, strict=True):
+            setattr(TaskIdentity, k, v)
 
 
 class LocalGrid(Grid):
@@ -99,18 +124,16 @@ class LocalGrid(Grid):
     a hanging node's reply is withheld (as if it never answered).
     """
 
-    def __init__(self, app: ClientApp, n: int, faults: dict[int, str] | None = None) -> None:
-        self.app = app
+    def __init__(self, n: int, faults: dict[int, str] | None = None) -> None:
+        self.app = make_client_app(faults)
         self.node_ids = [1000 + 17 * i for i in range(n)]
-        cfg = {f"fault.{i}": f for i, f in (faults or {}).items()}
-        cfg["hang-seconds"] = 0.0
         self.contexts = {
             nid: Context(
                 run_id=1,
                 node_id=nid,
                 node_config={"partition-id": i, "num-partitions": n},
                 state=RecordDict(),
-                run_config=dict(cfg),
+                run_config={},
             )
             for i, nid in enumerate(self.node_ids)
         }
@@ -123,23 +146,8 @@ class LocalGrid(Grid):
     def run(self) -> Any:  # pragma: no cover - unused
         return None
 
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        ids = ("_run_id", "_node_id", "_task_id")
-        old = [getattr(TaskIdentity, k) for k in ids]  # Message() reads the task's ids
-        for k in ids:
-            setattr(TaskIdentity, k, 1)
-        try:
-            return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
-        finally:
-            for k, v in zip(ids, old, strict=True):
-                setattr(TaskIdentity, k, v)
+    def create_message(self, *args: Any, **kwargs: Any) -> Message:  # pragma: no cover
+        raise NotImplementedError
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self.node_ids)
@@ -158,10 +166,8 @@ class LocalGrid(Grid):
             msg.metadata.__dict__["_message_id"] = str(uuid.uuid4())
             nid = msg.metadata.dst_node_id
             index = self.node_ids.index(nid)
-            fault = self.faults.get(index, "")
-            stage = msg.content.config_records[RECORD]["stage"]
-            stage = "advertise_keys" if stage == "trained" else stage
-            if fault == f"hang:{stage}":
+            stage = _stage(msg) or ""
+            if _matches(self.faults.get(index, ""), "hang", stage, msg.metadata.group_id):
                 continue  # never answers in time
             try:
                 out.append(self.app(msg, self.contexts[nid]))
