@@ -53,11 +53,11 @@ def main() -> None:
     @server.main()
     def _main(grid: Grid, context: Context) -> None:
         arrays = global_model()
-        out["nodes"] = sorted(int(n) for n in grid.get_node_ids())
         out["arrays"].append(flatten_arrays(arrays).tolist())
         for _ in range(3):
             arrays, history = wf(grid, arrays)
             out["arrays"].append(flatten_arrays(arrays).tolist())
+        out["nodes"] = sorted(history.rounds[0].selected)
         out["rounds"] = [
             {"survivors": list(r.survivors), "failed": r.failed, "error": r.error} for r in history
         ]
