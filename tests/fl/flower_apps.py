@@ -10,9 +10,11 @@ kind ``raise`` or ``hang``).
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -75,12 +77,21 @@ def make_client_app(faults: dict[int, str] | None = None, hang_seconds: float = 
     faults = dict(faults or {})
 
     def fault_mod(msg: Message, context: Context, call_next: Any) -> Message:
-        spec, stage = faults.get(_index(context)), _stage(msg)
+        index, stage = _index(context), _stage(msg)
+        specs = dict(faults)
+        for item in str(context.run_config.get("faults", "")).split(","):
+            if "=" in item:  # run config: "2=hang:share_keys@1,..." (deployment tests)
+                i, spec = item.split("=", 1)
+                specs[int(i)] = spec
+        spec = specs.get(index)
         if spec is not None and stage is not None:
             if _matches(spec, "raise", stage, msg.metadata.group_id):
-                raise RuntimeError(f"node {_index(context)} fails at {stage}")
+                raise RuntimeError(f"node {index} fails at {stage}")
             if _matches(spec, "hang", stage, msg.metadata.group_id):
-                time.sleep(hang_seconds)
+                marker = str(context.run_config.get("marker-dir", ""))
+                if marker:  # tell the test this node is now stuck in the round
+                    Path(marker, f"node{index}-{stage}").write_text(str(os.getpid()))
+                time.sleep(float(context.run_config.get("hang-seconds", hang_seconds)))
         return call_next(msg, context)
 
     app = ClientApp(mods=[fault_mod, secure_aggregation_mod])

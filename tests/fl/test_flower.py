@@ -250,3 +250,25 @@ def test_simulation_engine_ten_supernodes_survives_each_stage() -> None:
     r3 = rounds[2]
     assert r3["failed"] and "share_keys" in r3["error"]
     assert arrays[3] == arrays[2]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(560)
+def test_deployment_engine_tls_survives_a_supernode_killed_mid_round() -> None:
+    """1 SuperLink + 3 SuperNodes over TLS on 127.0.0.1; SuperNode 2 is SIGKILLed mid-round."""
+    if shutil.which("flower-superlink") is None or shutil.which("flwr") is None:
+        pytest.skip("needs Flower's command-line tools")
+    cmd = [*_netns_prefix(), sys.executable, "-m", "tests.fl.flower_deploy", "30"]
+    proc = subprocess.run(
+        cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=540, check=False
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert lines, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = json.loads(lines[-1][len("RESULT ") :])
+    assert out["killed_mid_round"] and out["finished"], out["logs"]
+    (r,) = out["rounds"]
+    assert not r["failed"], r["error"]
+    assert len(r["selected"]) == 3 and len(r["survivors"]) == 2
+    g0, g1 = (torch.tensor(a) for a in out["arrays"])
+    want = _oracle(fl.MaskingAggregator(), fl.FedAvg(), g0, sorted(r["selected"]), r["survivors"])
+    assert torch.equal(g1, want)
