@@ -5,5 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 "$PY" -m pip install --quiet --disable-pip-version-check "torch==2.13.0" 2>&1 | grep -v "Running pip as the 'root' user" || true
-"$PY" -m pip install --quiet --disable-pip-version-check -e ".[test]" 2>&1 | grep -v "Running pip as the 'root' user" || true
+# The [flower] extra (flwr[simulation]==1.41.0, with Ray) is installed so the Flower tests run:
+# about a minute to download from an empty cache. torch stays pinned while it resolves.
+echo "torch==2.13.0" > "${TMPDIR:-/tmp}/smpc-torch-constraint.txt"
+"$PY" -m pip install --quiet --disable-pip-version-check -c "${TMPDIR:-/tmp}/smpc-torch-constraint.txt" -e ".[test,flower]" 2>&1 | grep -v "Running pip as the 'root' user" || true
 "$PY" -c "import torch, smpc, fl; print('smpc ready, torch', torch.__version__)"
