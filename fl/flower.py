@@ -486,7 +486,9 @@ def secure_aggregation_mod(
             raise ProtocolError("input request without a trained update on this node")
         delta = torch.from_numpy(np.asarray(d["delta"].numpy(), dtype=np.float32))
         clip = float(st.get("dp_clip", 0.0))  # type: ignore[arg-type]
-        plain = PlainAggregator(dp=DifferentialPrivacy(clip_norm=clip, noise_multiplier=0.0) if clip > 0 else None)
+        plain = PlainAggregator(
+            dp=DifferentialPrivacy(clip_norm=clip, noise_multiplier=0.0) if clip > 0 else None
+        )
         reply = plain.client_session(int(st["client_id"]), delta).respond(request)  # type: ignore[arg-type]
         _clear_state(context)
         return _reply(_encode(reply, reply.client_id), msg)
