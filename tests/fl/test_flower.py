@@ -272,3 +272,27 @@ def test_deployment_engine_tls_survives_a_supernode_killed_mid_round() -> None:
     g0, g1 = (torch.tensor(a) for a in out["arrays"])
     want = _oracle(fl.MaskingAggregator(), fl.FedAvg(), g0, sorted(r["selected"]), r["survivors"])
     assert torch.equal(g1, want)
+
+
+class _TamperingGrid(LocalGrid):
+    """Replaces node 1's SHARE_KEYS ciphertexts by ints (a malformed reply)."""
+
+    def send_and_receive(self, messages, *, timeout=None):  # type: ignore[no-untyped-def]
+        replies = list(super().send_and_receive(messages, timeout=timeout))
+        for r in replies:
+            rec = r.content.config_records.get(RECORD) if r.has_content() else None
+            mine = r.metadata.src_node_id == self.node_ids[1]
+            if rec is not None and rec.get("stage") == "share_keys" and mine:
+                rec["cts"] = [1, 2, 3]
+        return replies
+
+
+def test_malformed_reply_is_a_dropout_not_trusted() -> None:
+    grid = _TamperingGrid(5)
+    got, history = _run(fl.MaskingAggregator(), grid)
+    (r,) = history.rounds
+    assert grid.node_ids[1] not in r.survivors and len(r.survivors) == 4
+    g = flatten_arrays(global_model())
+    assert torch.equal(
+        got, _oracle(fl.MaskingAggregator(), fl.FedAvg(), g, grid.node_ids, list(r.survivors))
+    )
