@@ -34,6 +34,7 @@ def run(grid: Grid, context: Context, cfg: dict[str, Any]) -> dict[str, Any]:
     strategy = fl.FedAvg(
         epochs=int(cfg["local-epochs"]), batch_size=int(cfg["batch-size"]), lr=float(cfg["lr"])
     )
+    fit = strategy.fit_config(1)
     initial = ArrayRecord(mlp().state_dict())
     stamps: list[float] = []
     accuracy: list[float] = []
@@ -73,7 +74,7 @@ def run(grid: Grid, context: Context, cfg: dict[str, Any]) -> dict[str, Any]:
             initial,
             num_rounds=rounds,
             train_config=ConfigRecord(
-                {"lr": strategy.lr, "epochs": strategy.epochs, "batch_size": strategy.batch_size}
+                {"lr": fit.lr, "epochs": fit.epochs, "batch_size": fit.batch_size}
             ),
             evaluate_fn=lambda _r, arrays: MetricRecord(
                 dict(zip(("loss", "accuracy"), evaluate(arrays), strict=True))
@@ -102,9 +103,9 @@ def run(grid: Grid, context: Context, cfg: dict[str, Any]) -> dict[str, Any]:
             initial_parameters=ndarrays_to_parameters(initial.to_numpy_ndarrays()),
             evaluate_fn=legacy_eval,
             on_fit_config_fn=lambda r: {
-                "lr": strategy.lr,
-                "epochs": strategy.epochs,
-                "batch_size": strategy.batch_size,
+                "lr": fit.lr,
+                "epochs": fit.epochs,
+                "batch_size": fit.batch_size,
                 "server-round": r,
             },
         )
