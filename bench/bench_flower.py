@@ -145,6 +145,9 @@ def main() -> None:
                 f"({r['seconds_per_round'] / plain:.2f}x Flower FedAvg)  "
                 f"accuracy {r['accuracy']:.4f}"
             )
+            if "stage_seconds" in r:
+                stages = ", ".join(f"{k} {v:.3f}" for k, v in r["stage_seconds"].items())
+                line += f"\n{'':21s}per exchange (s): {stages}"
             if "upload_bytes" in r:
                 line += (
                     f"  upload {sum(r['upload_bytes']) / len(r['upload_bytes']) / dim:.3f} B/param"

@@ -575,6 +575,8 @@ class SecureAggregation:
         self.evaluate_fn = evaluate_fn
         self.seed = seed
         self.history = History()
+        self.stage_seconds: list[dict[str, float]] = []
+        """Diagnostics: wall seconds of each stage's exchange, one dict per round."""
 
     def __repr__(self) -> str:
         return (
@@ -601,6 +603,7 @@ class SecureAggregation:
         timeout: float | None,
         wire: dict[int, int],
     ) -> tuple[dict[int, Any], dict[int, RecordDict]]:
+        start = time.perf_counter()
         messages = []
         ttl = None if timeout is None else max(timeout * 2, 60.0)
         for cid, content in contents.items():
@@ -625,6 +628,8 @@ class SecureAggregation:
                 continue  # a malformed reply is a dropout too (never trusted)
             raw[cid] = reply.content
             wire[cid] = wire.get(cid, 0) + _content_bytes(reply.content)
+        times = self.stage_seconds[-1] if self.stage_seconds else {}
+        times[str(stage)] = time.perf_counter() - start
         return replies, raw
 
     def _fit_config(self, round_index: int) -> ConfigRecord:
@@ -654,6 +659,7 @@ class SecureAggregation:
         global_vector = flatten_arrays(arrays)
         dim = int(global_vector.numel())
         wire: dict[int, int] = {}
+        self.stage_seconds.append({})
         dp_clip = agg.dp.clip_norm if agg.dp is not None else 0.0
         config = self._fit_config(round_index)
         masking = isinstance(agg, MaskingAggregator)

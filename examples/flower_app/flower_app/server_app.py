@@ -64,6 +64,8 @@ def run(grid: Grid, context: Context, cfg: dict[str, Any]) -> dict[str, Any]:
         _, history = workflow(grid, initial)
         out["upload_bytes"] = [r.upload_bytes for r in history]
         out["survivors"] = [len(r.survivors) for r in history]
+        stages = workflow.stage_seconds
+        out["stage_seconds"] = {k: sum(d[k] for d in stages) / len(stages) for k in stages[0]}
     elif mode == "flower-fedavg":
         from flwr.serverapp.strategy import FedAvg
 
