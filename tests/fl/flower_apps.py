@@ -149,6 +149,7 @@ class LocalGrid(Grid):
             for i, nid in enumerate(self.node_ids)
         }
         self.faults = faults or {}
+        self._outbox: dict[str, Message] = {}
 
     def set_run(self, run: Any) -> None:  # pragma: no cover - unused
         pass
@@ -163,11 +164,14 @@ class LocalGrid(Grid):
     def get_node_ids(self) -> Iterable[int]:
         return list(self.node_ids)
 
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # pragma: no cover
-        raise NotImplementedError
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        msgs = list(messages)
+        for reply in self.send_and_receive(msgs):
+            self._outbox[reply.metadata.reply_to_message_id] = reply
+        return [m.metadata.message_id for m in msgs]
 
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # pragma: no cover
-        raise NotImplementedError
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return [self._outbox.pop(i) for i in list(message_ids) if i in self._outbox]
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
