@@ -135,8 +135,10 @@ class LocalGrid(Grid):
     a hanging node's reply is withheld (as if it never answered).
     """
 
-    def __init__(self, n: int, faults: dict[int, str] | None = None) -> None:
-        self.app = make_client_app(faults)
+    def __init__(
+        self, n: int, faults: dict[int, str] | None = None, app: ClientApp | None = None
+    ) -> None:
+        self.app = app if app is not None else make_client_app(faults)
         self.node_ids = [1000 + 17 * i for i in range(n)]
         self.contexts = {
             nid: Context(

@@ -297,3 +297,33 @@ def test_malformed_reply_is_a_dropout_not_trusted() -> None:
     assert torch.equal(
         got, _oracle(fl.MaskingAggregator(), fl.FedAvg(), g, grid.node_ids, list(r.survivors))
     )
+
+
+def test_distributed_dp_noise_over_flower() -> None:
+    dp = fl.DifferentialPrivacy(clip_norm=0.05, noise_multiplier=1.0, distributed=True)
+    grid = LocalGrid(5)
+    got, history = _run(fl.MaskingAggregator(dp=dp), grid)
+    g = flatten_arrays(global_model())
+    quiet = fl.DifferentialPrivacy(clip_norm=0.05, noise_multiplier=0.0, distributed=True)
+    want = _oracle(fl.MaskingAggregator(dp=quiet), fl.FedAvg(), g, grid.node_ids, grid.node_ids)
+    # each of 5 nodes adds N(0, (z C / m)^2 / t), t = 3: std of the noise on the mean 0.0129
+    std = float((got - want).std())
+    assert 0.006 < std < 0.03
+    assert 0 < history.rounds[0].epsilon < float("inf")
+
+
+def test_example_flower_app_masking_matches_plain(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "examples" / "flower_app"))
+    from flower_app.client_app import app
+    from flower_app.server_app import run
+
+    cfg = {"bits": 32, "local-epochs": 1, "batch-size": 32, "lr": 0.05, "stage-timeout": 5.0}
+    out = {}
+    for mode in ("plain", "masking"):
+        with server_task():
+            out[mode] = run(
+                LocalGrid(3, app=app), None, {**cfg, "aggregation": mode, "num-server-rounds": 1}
+            )  # type: ignore[arg-type]
+    assert out["masking"]["survivors"] == [3]
+    assert abs(out["masking"]["accuracy"] - out["plain"]["accuracy"]) < 0.01
+    assert out["masking"]["upload_bytes"][0] / 109_386 < 4.1
