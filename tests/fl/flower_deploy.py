@@ -15,6 +15,7 @@ import datetime
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -183,6 +184,7 @@ def main() -> None:  # noqa: PLR0915 - a linear script
         out["logs"] = {
             f.name: f.read_text(errors="replace")[-1500:] for f in sorted(work.glob("*.log"))
         }
+        shutil.rmtree(work, ignore_errors=True)
     print("RESULT " + json.dumps(out), flush=True)
 
 
