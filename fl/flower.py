@@ -1,0 +1,846 @@
+"""``fl``'s secure aggregation and DP on Flower's engine: a server workflow and a client mod.
+
+Top layer (``fl``), optional: needs the ``flower`` extra
+(``pip install 'smpc-fl[flower]'``, which pins ``flwr[simulation]==1.41.0``).
+Importing :mod:`fl` never imports Flower; importing this module does.
+
+A Flower ``ServerApp`` gets :class:`~fl.MaskingAggregator` (or the plain
+reference) under any :mod:`fl.strategy` by calling a :class:`SecureAggregation`
+workflow from its ``main``; the ``ClientApp`` adds :func:`secure_aggregation_mod`
+to its mods and keeps its usual ``@app.train()`` function::
+
+    workflow = SecureAggregation(fl.MaskingAggregator(), fl.FedAvg(), num_rounds=3)
+
+    @server_app.main()
+    def main(grid, context):
+        arrays, history = workflow(grid, ArrayRecord(model.state_dict()))
+
+    client_app = ClientApp(mods=[secure_aggregation_mod])
+
+Protocol (one Flower round; every arrow is one ``grid.send_and_receive`` with a
+timeout; a node whose reply carries an error, fails to decode or does not
+arrive in time is a dropout of that stage, exactly as in the in-process
+simulation of :class:`~fl.MaskingAggregator`):
+
+    0. ``ADVERTISE_KEYS`` + training: the server sends the global model
+       (``ArrayRecord "arrays"``), the strategy's fit configuration
+       (``ConfigRecord "config"``) and the round setup (``ConfigRecord
+       "fl.secagg"``). The mod calls the user's training (the only stage that
+       does), keeps ``delta = trained - global`` in ``context.state``, makes the
+       two X25519 key pairs and replies with the public keys and the sample
+       count (public metadata, as in FedAvg). The server derives the weights
+       from the counts of the nodes that answered.
+    1. ``SHARE_KEYS``, 2. ``INPUT`` (which also carries the node's weight; the
+       masked vector travels as an ``ArrayRecord`` of ``bits/8`` bytes per
+       parameter), 3. ``UNMASK``: the stages of :mod:`fl.secure_aggregation`,
+       computed by its :class:`~fl.secure_aggregation.MaskingServer` and
+       :class:`~fl.secure_aggregation.MaskingClient`. Between messages the
+       client's protocol state (keys, held shares, the update) lives in
+       ``context.state`` as a ``ConfigRecord`` and an ``ArrayRecord``, and is
+       erased when the round ends.
+
+    With :class:`~fl.PlainAggregator` the round is stage 0 (training, sample
+    count) and one ``INPUT`` stage carrying ``w_i * delta_i`` in float32.
+
+    The server applies the mean update with the strategy
+    (``strategy.apply(global, mean_delta)``), records a
+    :class:`~fl.RoundResult` and, when too few nodes survive a stage, raises
+    :class:`~fl.InsufficientClientsError` naming the stage or (with
+    ``on_failure="record"``) keeps the model and records a failed round.
+
+Cost:
+    Four request/reply exchanges per round with masking (Flower's SecAgg+
+    takes four too), two with the plain aggregator. Upload per node: the
+    masked vector (``bits/8`` bytes per parameter plus the ``.npy`` header of
+    Flower's ``Array``) and ``~ 64 + 262 k`` bytes of keys and encrypted
+    shares for ``k`` neighbours (see :mod:`fl.secure_aggregation`).
+
+Security:
+    That of :class:`~fl.MaskingAggregator` (semi-honest server and clients,
+    Bonawitz et al. CCS 2017 with the SecAgg+ graphs of Bell et al. CCS 2020):
+    Flower's SuperLink routes opaque AES-GCM ciphertexts and masked vectors and
+    learns the sum of the survivors' updates only. Every field is decoded by
+    type (bytes, ints, floats, ``numpy`` arrays loaded without pickle); nothing
+    is unpickled.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+
+try:
+    from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "fl.flower needs Flower: install the `flower` extra "
+        "(pip install 'smpc-fl[flower]', i.e. flwr[simulation]==1.41.0)"
+    ) from exc
+
+from fl.aggregators import Aggregator, InputRequest, PlainAggregator, PlainInput, Stage
+from fl.dp import DifferentialPrivacy
+from fl.errors import AggregationError, ConfigError, InsufficientClientsError, ProtocolError
+from fl.secure_aggregation import (
+    AdvertiseKeys,
+    EncryptedShares,
+    KeyRoster,
+    MaskedInput,
+    MaskingAggregator,
+    MaskingClient,
+    MaskingServer,
+    MaskingSetup,
+    ShareDelivery,
+    UnmaskRequest,
+    UnmaskShares,
+    _ClientState,
+)
+from fl.server import FailurePolicy
+from fl.shamir import SHARE_BYTES
+from fl.strategy import FedAvg, Strategy
+from fl.types import History, RoundResult
+
+__all__ = ["SecureAggregation", "flatten_arrays", "secure_aggregation_mod", "unflatten_arrays"]
+
+RECORD = "fl.secagg"
+"""Key of the ``ConfigRecord`` that carries the protocol in each message."""
+_STATE = "fl.secagg.state"
+_DELTA = "fl.secagg.delta"
+_TRAIN = "train"
+_TRAINED = "trained"  # stage 0 with the plain aggregator (no keys)
+
+
+# ---------------------------------------------------------------- arrays
+def flatten_arrays(record: ArrayRecord) -> torch.Tensor:
+    """The arrays of ``record``, in key order, as one flat float32 vector."""
+    parts = [
+        torch.from_numpy(np.asarray(a.numpy(), dtype=np.float32).reshape(-1))
+        for a in record.values()
+    ]
+    return torch.cat(parts) if parts else torch.zeros(0)
+
+
+def unflatten_arrays(vector: torch.Tensor, like: ArrayRecord) -> ArrayRecord:
+    """``vector`` cut into arrays with the keys, shapes and dtypes of ``like``."""
+    out: dict[str, Array] = {}
+    start = 0
+    v = vector.detach().to(torch.float32).numpy()
+    for key, arr in like.items():
+        ref = arr.numpy()
+        n = int(ref.size)
+        out[key] = Array(v[start : start + n].reshape(ref.shape).astype(ref.dtype, copy=False))
+        start += n
+    if start != v.size:
+        raise ConfigError(f"`vector` has {v.size} values; the arrays hold {start}")
+    return ArrayRecord(out)
+
+
+# ------------------------------------------------------------- the codec
+def _ints(rec: ConfigRecord, key: str) -> list[int]:
+    v = rec.get(key, [])
+    if not isinstance(v, list) or not all(
+        isinstance(x, int) and not isinstance(x, bool) for x in v
+    ):
+        raise ProtocolError(f"field `{key}` must be a list of ints; got {type(v).__name__}")
+    return [int(x) for x in v]
+
+
+def _blobs(rec: ConfigRecord, key: str) -> list[bytes]:
+    v = rec.get(key, [])
+    if not isinstance(v, list) or not all(isinstance(x, bytes) for x in v):
+        raise ProtocolError(f"field `{key}` must be a list of bytes; got {type(v).__name__}")
+    return [bytes(x) for x in v if isinstance(x, bytes)]
+
+
+def _get(rec: ConfigRecord, key: str, kind: type | tuple[type, ...]) -> Any:
+    if key not in rec:
+        raise ProtocolError(f"field `{key}` is missing")
+    v = rec[key]
+    if isinstance(v, bool) and kind is not bool or not isinstance(v, kind):
+        raise ProtocolError(f"field `{key}` must be {kind}; got {type(v).__name__}")
+    return v
+
+
+def _pairs(ids: list[int], vals: list[Any], what: str) -> dict[int, Any]:
+    if len(ids) != len(vals):
+        raise ProtocolError(f"`{what}`: {len(ids)} ids but {len(vals)} values")
+    return dict(zip(ids, vals, strict=True))
+
+
+def _share(x: int) -> bytes:
+    return x.to_bytes(SHARE_BYTES, "big")
+
+
+def _encode(msg: Any, cid: int) -> RecordDict:  # noqa: C901 - one branch per message kind
+    """A protocol message as a Flower ``RecordDict`` (typed fields; arrays as ``ArrayRecord``)."""
+    rec: dict[str, Any] = {"stage": str(msg.stage)}
+    arrays: ArrayRecord | None = None
+    if isinstance(msg, MaskingSetup):
+        rec |= {
+            "client_id": cid,
+            "round_id": msg.round_id,
+            "participants": list(msg.participants),
+            "neighbours": list(msg.neighbours),
+            "threshold": msg.threshold,
+            "dim": msg.dim,
+            "clip_range": msg.clip_range,
+            "noise_std": msg.noise_std,
+            "bits": msg.bits,
+        }
+    elif isinstance(msg, AdvertiseKeys):
+        rec |= {"c_pk": msg.c_pk, "s_pk": msg.s_pk}
+    elif isinstance(msg, KeyRoster):
+        ids = sorted(msg.keys)
+        rec |= {
+            "ids": ids,
+            "c_pks": [msg.keys[i][0] for i in ids],
+            "s_pks": [msg.keys[i][1] for i in ids],
+        }
+    elif isinstance(msg, EncryptedShares):
+        ids = sorted(msg.ciphertexts)
+        rec |= {"ids": ids, "cts": [msg.ciphertexts[i] for i in ids]}
+    elif isinstance(msg, ShareDelivery):
+        ids = sorted(msg.ciphertexts)
+        rec |= {"u2": list(msg.u2), "ids": ids, "cts": [msg.ciphertexts[i] for i in ids]}
+    elif isinstance(msg, MaskedInput):
+        arrays = ArrayRecord({"y": Array(np.ascontiguousarray(msg.y))})
+    elif isinstance(msg, UnmaskRequest):
+        rec |= {"survivors": list(msg.survivors), "dropped": list(msg.dropped)}
+    elif isinstance(msg, UnmaskShares):
+        b, s = sorted(msg.b_shares), sorted(msg.s_shares)
+        rec |= {
+            "b_ids": b,
+            "b": [_share(msg.b_shares[i]) for i in b],
+            "s_ids": s,
+            "s": [_share(msg.s_shares[i]) for i in s],
+        }
+    elif isinstance(msg, InputRequest):
+        rec |= {"weight": msg.weight, "dim": msg.dim}
+    elif isinstance(msg, PlainInput):
+        arrays = ArrayRecord({"y": Array(msg.value.detach().to(torch.float32).numpy())})
+    else:  # pragma: no cover - every protocol message is listed above
+        raise ProtocolError(f"no wire format for {type(msg).__name__}")
+    out = RecordDict({RECORD: _config(rec)})
+    if arrays is not None:
+        out[RECORD + ".arrays"] = arrays
+    return out
+
+
+def _config(fields: Mapping[str, Any]) -> ConfigRecord:
+    """A ``ConfigRecord`` without empty lists or bytes (absent fields decode as empty)."""
+    return ConfigRecord(
+        {k: v for k, v in fields.items() if not (isinstance(v, list | bytes | str) and not v)}
+    )
+
+
+def _array(content: RecordDict) -> np.ndarray:
+    arrays = content.array_records.get(RECORD + ".arrays")
+    if arrays is None or "y" not in arrays:
+        raise ProtocolError("the reply carries no array `y`")
+    y = arrays["y"].numpy()  # numpy .npy, loaded without pickle by Flower's Array
+    if y.dtype == object or y.ndim != 1:
+        raise ProtocolError(f"array `y` must be a 1-d numeric array; got {y.dtype}{y.shape}")
+    return np.ascontiguousarray(y)
+
+
+def _decode_reply(content: RecordDict, cid: int, stage: Stage) -> Any:
+    """A client's reply at ``stage`` from its ``RecordDict`` (ProtocolError if malformed)."""
+    rec = content.config_records.get(RECORD)
+    if rec is None:
+        raise ProtocolError(f"reply carries no `{RECORD}` record")
+    got = _get(rec, "stage", str)
+    if got != str(stage):
+        raise ProtocolError(f"reply for stage `{got}` at stage `{stage}`")
+    if stage is Stage.ADVERTISE_KEYS:
+        return AdvertiseKeys(cid, _get(rec, "c_pk", bytes), _get(rec, "s_pk", bytes))
+    if stage is Stage.SHARE_KEYS:
+        return EncryptedShares(cid, _pairs(_ints(rec, "ids"), _blobs(rec, "cts"), "cts"))
+    if stage is Stage.INPUT:
+        y = _array(content)
+        if y.dtype == np.float32:
+            return PlainInput(cid, torch.from_numpy(y))
+        return MaskedInput(cid, y)
+    b = _pairs(_ints(rec, "b_ids"), _blobs(rec, "b"), "b")
+    s = _pairs(_ints(rec, "s_ids"), _blobs(rec, "s"), "s")
+    return UnmaskShares(
+        cid,
+        {k: int.from_bytes(v, "big") for k, v in b.items()},
+        {k: int.from_bytes(v, "big") for k, v in s.items()},
+    )
+
+
+def _decode_request(content: RecordDict) -> Any:
+    """A server message from its ``RecordDict`` (client side)."""
+    rec = content.config_records[RECORD]
+    stage = Stage(_get(rec, "stage", str))
+    if stage is Stage.ADVERTISE_KEYS:
+        return _setup_from(rec)
+    if stage is Stage.SHARE_KEYS:
+        ids = _ints(rec, "ids")
+        c, s = _blobs(rec, "c_pks"), _blobs(rec, "s_pks")
+        if not len(ids) == len(c) == len(s):
+            raise ProtocolError("key roster: ids and keys differ in length")
+        return KeyRoster(dict(zip(ids, zip(c, s, strict=True), strict=True)))
+    if stage is Stage.INPUT:
+        if "u2" not in rec:
+            return InputRequest(float(_get(rec, "weight", float)), int(_get(rec, "dim", int)))
+        cts = _pairs(_ints(rec, "ids"), _blobs(rec, "cts"), "cts")
+        return ShareDelivery(tuple(_ints(rec, "u2")), cts)
+    return UnmaskRequest(tuple(_ints(rec, "survivors")), tuple(_ints(rec, "dropped")))
+
+
+def _setup_from(rec: ConfigRecord) -> MaskingSetup:
+    return MaskingSetup(
+        round_id=_get(rec, "round_id", bytes),
+        participants=tuple(_ints(rec, "participants")),
+        neighbours=tuple(_ints(rec, "neighbours")),
+        threshold=int(_get(rec, "threshold", int)),
+        weight=0.0,  # sent with the INPUT stage, once the sample counts are known
+        dim=int(_get(rec, "dim", int)),
+        clip_range=float(_get(rec, "clip_range", float)),
+        noise_std=float(_get(rec, "noise_std", float)),
+        bits=int(_get(rec, "bits", int)),
+    )
+
+
+# ---------------------------------------------- client state in the context
+def _save_state(context: Context, client: MaskingClient, extra: Mapping[str, Any]) -> None:
+    st = client.state
+    rec: dict[str, Any] = {"client_id": client.client_id, "stage": str(st.stage)}
+    rec |= {k: v for k, v in extra.items()}
+    if st.setup is not None:
+        setup = _encode(st.setup, client.client_id)[RECORD]
+        rec |= {"setup." + k: v for k, v in setup.items()}
+    if st.c_sk is not None and st.s_sk is not None:
+        rec |= {"c_sk": st.c_sk.private_bytes_raw(), "s_sk": st.s_sk.private_bytes_raw()}
+    ids = sorted(st.roster)
+    rec |= {
+        "roster_ids": ids,
+        "roster_c": [st.roster[i][0] for i in ids],
+        "roster_s": [st.roster[i][1] for i in ids],
+        "b_seed": st.b_seed,
+        "held_b_ids": sorted(st.held_b),
+        "held_b": [_share(st.held_b[i]) for i in sorted(st.held_b)],
+        "held_s_ids": sorted(st.held_s),
+        "held_s": [_share(st.held_s[i]) for i in sorted(st.held_s)],
+        "channel_ids": sorted(st.channel),
+        "channel": [st.channel[i] for i in sorted(st.channel)],
+        "u2": list(st.u2),
+        "sent_input": st.sent_input,
+    }
+    context.state[_STATE] = _config(rec)
+
+
+def _load_state(context: Context) -> tuple[MaskingClient, ConfigRecord]:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    rec = context.state.config_records.get(_STATE)
+    delta_rec = context.state.array_records.get(_DELTA)
+    if rec is None or delta_rec is None:
+        raise ProtocolError("no secure-aggregation round in progress on this node")
+    delta = torch.from_numpy(np.asarray(delta_rec["delta"].numpy(), dtype=np.float32))
+    dp = None
+    if float(rec.get("dp_clip", 0.0)) > 0:  # type: ignore[arg-type]
+        dp = DifferentialPrivacy(clip_norm=float(rec["dp_clip"]), noise_multiplier=0.0)  # type: ignore[arg-type]
+    gen = None
+    if dp is not None:
+        gen = torch.Generator()
+        gen.manual_seed(int.from_bytes(os.urandom(8), "little") % (1 << 63))
+    client = MaskingClient(int(rec["client_id"]), delta, dp=dp, noise_generator=gen)  # type: ignore[arg-type]
+    setup_rec = ConfigRecord(
+        {k[len("setup.") :]: v for k, v in rec.items() if k.startswith("setup.")}
+    )
+    stage = str(rec["stage"])
+    st = _ClientState(stage=Stage(stage) if stage in set(Stage) else stage)
+    if len(setup_rec):
+        st.setup = _setup_from(setup_rec)
+    if "c_sk" in rec:
+        st.c_sk = X25519PrivateKey.from_private_bytes(rec["c_sk"])  # type: ignore[arg-type]
+        st.s_sk = X25519PrivateKey.from_private_bytes(rec["s_sk"])  # type: ignore[arg-type]
+    st.roster = dict(
+        zip(
+            _ints(rec, "roster_ids"),
+            zip(_blobs(rec, "roster_c"), _blobs(rec, "roster_s"), strict=True),
+            strict=True,
+        )
+    )
+    st.b_seed = bytes(rec.get("b_seed", b""))  # type: ignore[arg-type]
+    st.held_b = {
+        k: int.from_bytes(v, "big")
+        for k, v in zip(_ints(rec, "held_b_ids"), _blobs(rec, "held_b"), strict=True)
+    }
+    st.held_s = {
+        k: int.from_bytes(v, "big")
+        for k, v in zip(_ints(rec, "held_s_ids"), _blobs(rec, "held_s"), strict=True)
+    }
+    st.channel = dict(zip(_ints(rec, "channel_ids"), _blobs(rec, "channel"), strict=True))
+    st.u2 = tuple(_ints(rec, "u2"))
+    st.sent_input = bool(rec["sent_input"])
+    client.state = st
+    return client, rec
+
+
+def _clear_state(context: Context) -> None:
+    for key in (_STATE, _DELTA):
+        if key in context.state:
+            del context.state[key]
+
+
+def _num_examples(content: RecordDict) -> int:
+    for metrics in content.metric_records.values():
+        if "num-examples" in metrics:
+            n = metrics["num-examples"]
+            if isinstance(n, int | float) and not isinstance(n, bool) and n > 0:
+                return int(n)
+    raise ProtocolError(
+        "the train reply must hold a MetricRecord with a positive `num-examples` entry"
+    )
+
+
+def _reply(content: RecordDict, to: Message) -> Message:
+    return Message(content, reply_to=to)
+
+
+def _train(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Any:
+    """Stage 0 on the client: the user's training, then the update kept in the context."""
+    _clear_state(context)
+    out = call_next(msg, context)
+    if out.has_error():
+        return out
+    sent = msg.content.array_records.get("arrays")
+    if sent is None:
+        raise ProtocolError("the train message carries no `arrays` record")
+    got = out.content.array_records
+    trained = got.get("arrays") or (next(iter(got.values())) if len(got) == 1 else None)
+    if trained is None:
+        raise ProtocolError("the train reply must hold one ArrayRecord (named `arrays`)")
+    if list(trained.keys()) != list(sent.keys()):
+        raise ProtocolError("the trained arrays' names differ from the global model's")
+    delta = flatten_arrays(trained) - flatten_arrays(sent)
+    context.state[_DELTA] = ArrayRecord({"delta": Array(delta.numpy())})
+    return out, _num_examples(out.content)
+
+
+def secure_aggregation_mod(
+    msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
+) -> Message:
+    """Client-side Flower ``Mod`` running :class:`SecureAggregation`'s protocol.
+
+    Passes every message without an ``"fl.secagg"`` record to the next layer
+    unchanged. Stage 0 calls the user's ``train`` function (through
+    ``call_next``) once and keeps the update in ``context.state``; the later
+    stages never call it. Errors (a protocol violation, too few survivors)
+    propagate to Flower, which returns them to the server as an error reply.
+
+    Args:
+        msg: The incoming message.
+        context: The node's context (protocol state lives in ``context.state``).
+        call_next: The next mod, or the user's handler.
+    """
+    if msg.metadata.message_type != _TRAIN or RECORD not in msg.content.config_records:
+        return call_next(msg, context)
+    rec = msg.content.config_records[RECORD]
+    stage = _get(rec, "stage", str)
+    if stage == _TRAINED:  # plain aggregator, stage 0: train and report the sample count
+        trained = _train(msg, context, call_next)
+        if isinstance(trained, Message):
+            return trained
+        out, n = trained
+        client_id = int(_get(rec, "client_id", int))
+        dp_clip = float(rec.get("dp_clip", 0.0))  # type: ignore[arg-type]
+        context.state[_STATE] = ConfigRecord(
+            {"client_id": client_id, "stage": "plain", "dp_clip": dp_clip}
+        )
+        content = RecordDict({RECORD: ConfigRecord({"stage": _TRAINED, "num_examples": n})})
+        for k, m in out.content.metric_records.items():
+            content[k] = m
+        return _reply(content, msg)
+    if stage == str(Stage.ADVERTISE_KEYS):
+        trained = _train(msg, context, call_next)
+        if isinstance(trained, Message):
+            return trained
+        out, n = trained
+        setup = _setup_from(rec)
+        client_id = int(_get(rec, "client_id", int))
+        delta_rec = context.state.array_records[_DELTA]
+        delta = torch.from_numpy(delta_rec["delta"].numpy())
+        client = MaskingClient(client_id, delta)
+        keys = client.advertise_keys(setup)
+        _save_state(context, client, {"dp_clip": float(rec.get("dp_clip", 0.0))})  # type: ignore[arg-type]
+        content = _encode(keys, client_id)
+        content.config_records[RECORD]["num_examples"] = n
+        for k, m in out.content.metric_records.items():
+            content[k] = m
+        return _reply(content, msg)
+    request = _decode_request(msg.content)
+    if isinstance(request, InputRequest):
+        st = context.state.config_records.get(_STATE)
+        d = context.state.array_records.get(_DELTA)
+        if st is None or d is None or st.get("stage") != "plain":
+            raise ProtocolError("input request without a trained update on this node")
+        delta = torch.from_numpy(np.asarray(d["delta"].numpy(), dtype=np.float32))
+        clip = float(st.get("dp_clip", 0.0))  # type: ignore[arg-type]
+        plain = PlainAggregator(
+            dp=DifferentialPrivacy(clip_norm=clip, noise_multiplier=0.0) if clip > 0 else None
+        )
+        reply = plain.client_session(int(st["client_id"]), delta).respond(request)  # type: ignore[arg-type]
+        _clear_state(context)
+        return _reply(_encode(reply, reply.client_id), msg)
+    client, saved = _load_state(context)
+    if isinstance(request, ShareDelivery):
+        weight = float(_get(rec, "weight", float))
+        assert client.state.setup is not None
+        client.state.setup = replace(client.state.setup, weight=weight)
+    answer = client.respond(request)
+    if isinstance(request, UnmaskRequest):
+        _clear_state(context)
+    else:
+        _save_state(context, client, {"dp_clip": saved.get("dp_clip", 0.0)})
+    return _reply(_encode(answer, client.client_id), msg)
+
+
+# ------------------------------------------------------------ the server
+class SecureAggregation:
+    """Server-side Flower workflow: ``fl`` strategy + ``fl`` aggregator over a ``Grid``.
+
+    Call it from a ``ServerApp``'s ``main`` with the grid and the initial
+    arrays; it runs ``num_rounds`` rounds and returns the final arrays and an
+    :class:`~fl.History` (node ids in ``selected``/``survivors``). The
+    ``ClientApp`` must use :func:`secure_aggregation_mod`.
+
+    Args:
+        aggregator: :class:`~fl.MaskingAggregator` (any ``bits``,
+            ``threshold``, ``neighbours``, ``dp``) or :class:`~fl.PlainAggregator`.
+        strategy: Any :class:`~fl.Strategy` (default :class:`~fl.FedAvg`):
+            samples the nodes, gives the fit configuration (sent as the
+            ``"config"`` record: ``lr``, ``epochs``, ``batch_size``,
+            ``proximal_mu``, ``server-round``) and applies the mean update.
+        num_rounds: Rounds to run.
+        timeout: Seconds to wait for the replies of one stage; later replies
+            are dropouts. ``None`` waits for every reply (only for trusted,
+            reliable nodes).
+        train_timeout: Seconds for stage 0, which includes local training
+            (default: ``timeout``).
+        min_nodes: Wait (up to ``timeout``) until this many nodes are connected
+            before each round.
+        on_failure: ``"raise"`` (default) re-raises
+            :class:`~fl.InsufficientClientsError`; ``"record"`` keeps the model
+            and appends a failed :class:`~fl.RoundResult`.
+        evaluate_fn: Optional ``f(round, arrays) -> (loss, accuracy)`` run on
+            the server after each round.
+        seed: Seed of node sampling (public randomness, not a secret).
+        poll_interval: First wait (seconds, backing off to 0.1) between pulls of
+            the replies with ``grid.push_messages``/``pull_messages``; Flower's
+            ``send_and_receive`` waits 0.1 s between pulls, which a four-stage
+            round pays four times. ``None`` uses ``grid.send_and_receive``.
+
+    Raises:
+        ConfigError: Bad arguments (named).
+    """
+
+    def __init__(
+        self,
+        aggregator: Aggregator,
+        strategy: Strategy | None = None,
+        *,
+        num_rounds: int = 1,
+        timeout: float | None = 60.0,
+        train_timeout: float | None = None,
+        min_nodes: int = 1,
+        on_failure: str | FailurePolicy = FailurePolicy.RAISE,
+        evaluate_fn: Callable[[int, ArrayRecord], tuple[float, float]] | None = None,
+        seed: int = 0,
+        poll_interval: float | None = 0.005,
+    ) -> None:
+        if not isinstance(aggregator, MaskingAggregator | PlainAggregator):
+            raise ConfigError(
+                "`aggregator` must be a MaskingAggregator or a PlainAggregator; "
+                f"got {type(aggregator).__name__}"
+            )
+        if isinstance(num_rounds, bool) or not isinstance(num_rounds, int) or num_rounds < 1:
+            raise ConfigError(f"`num_rounds` must be a positive int; got {num_rounds!r}")
+        for name, t in (("timeout", timeout), ("train_timeout", train_timeout)):
+            if t is not None and not (t > 0 and math.isfinite(t)):
+                raise ConfigError(f"`{name}` must be a positive number or None; got {t!r}")
+        if isinstance(min_nodes, bool) or not isinstance(min_nodes, int) or min_nodes < 1:
+            raise ConfigError(f"`min_nodes` must be a positive int; got {min_nodes!r}")
+        self.aggregator = aggregator
+        self.strategy: Strategy = strategy if strategy is not None else FedAvg()
+        self.num_rounds = num_rounds
+        self.timeout = timeout
+        self.train_timeout = train_timeout if train_timeout is not None else timeout
+        self.min_nodes = min_nodes
+        self.on_failure = FailurePolicy(on_failure)
+        self.evaluate_fn = evaluate_fn
+        self.seed = seed
+        if poll_interval is not None and not (poll_interval > 0 and math.isfinite(poll_interval)):
+            raise ConfigError(
+                f"`poll_interval` must be a positive number or None; got {poll_interval!r}"
+            )
+        self.poll_interval = poll_interval
+        self.history = History()
+        self.stage_seconds: list[dict[str, float]] = []
+        """Diagnostics: wall seconds of each stage's exchange, one dict per round."""
+
+    def __repr__(self) -> str:
+        return (
+            f"SecureAggregation({type(self.aggregator).__name__}, "
+            f"{type(self.strategy).__name__}, num_rounds={self.num_rounds})"
+        )
+
+    # ------------------------------------------------------------ helpers
+    def _nodes(self, grid: Any) -> list[int]:
+        deadline = time.monotonic() + (self.timeout or 60.0)
+        while True:
+            nodes = sorted(int(n) for n in grid.get_node_ids())
+            if len(nodes) >= self.min_nodes or time.monotonic() > deadline:
+                return nodes
+            time.sleep(0.2)
+
+    def _exchange(
+        self,
+        grid: Any,
+        round_index: int,
+        stage: Stage,
+        contents: Mapping[int, RecordDict],
+        node_of: Mapping[int, int],
+        timeout: float | None,
+        wire: dict[int, int],
+    ) -> tuple[dict[int, Any], dict[int, RecordDict]]:
+        start = time.perf_counter()
+        messages = []
+        ttl = None if timeout is None else max(timeout * 2, 60.0)
+        for cid, content in contents.items():
+            messages.append(
+                Message(content, node_of[cid], _TRAIN, ttl=ttl, group_id=str(round_index))
+            )
+        cid_of = {n: c for c, n in node_of.items()}
+        replies: dict[int, Any] = {}
+        raw: dict[int, RecordDict] = {}
+        for reply in self._send_and_receive(grid, messages, timeout):
+            node = int(reply.metadata.src_node_id)
+            if node not in cid_of or cid_of[node] not in contents or reply.has_error():
+                continue  # an error reply is a dropout of this stage
+            cid = cid_of[node]
+            try:
+                replies[cid] = (
+                    _decode_reply(reply.content, cid, stage)
+                    if stage is not Stage.ADVERTISE_KEYS
+                    else reply.content
+                )
+            except (ProtocolError, ValueError, KeyError, TypeError):
+                continue  # a malformed reply is a dropout too (never trusted)
+            raw[cid] = reply.content
+            wire[cid] = wire.get(cid, 0) + _content_bytes(reply.content)
+        times = self.stage_seconds[-1] if self.stage_seconds else {}
+        times[str(stage)] = time.perf_counter() - start
+        return replies, raw
+
+    def _send_and_receive(
+        self, grid: Any, messages: list[Message], timeout: float | None
+    ) -> list[Message]:
+        """``grid.send_and_receive``, or push/pull polled every ``poll_interval`` seconds."""
+        if self.poll_interval is None:
+            return list(grid.send_and_receive(messages, timeout=timeout))
+        pending = set(grid.push_messages(messages))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        wait, out = self.poll_interval, []
+        while pending:
+            got = list(grid.pull_messages(pending))
+            out.extend(got)
+            pending -= {m.metadata.reply_to_message_id for m in got}
+            if not pending or (deadline is not None and time.monotonic() >= deadline):
+                break
+            time.sleep(wait)
+            wait = min(wait * 1.5, 0.1)  # back off to Flower's own 0.1 s while waiting long
+        return out
+
+    def _fit_config(self, round_index: int) -> ConfigRecord:
+        fc = self.strategy.fit_config(round_index)
+        return ConfigRecord(
+            {
+                "lr": float(fc.lr),
+                "epochs": int(fc.epochs),
+                "batch_size": int(fc.batch_size),
+                "proximal_mu": float(fc.proximal_mu),
+                "server-round": int(round_index),
+            }
+        )
+
+    # ---------------------------------------------------------- one round
+    def _round(
+        self, grid: Any, arrays: ArrayRecord, round_index: int
+    ) -> tuple[torch.Tensor, RoundResult]:
+        start = time.perf_counter()
+        agg = self.aggregator
+        nodes = self._nodes(grid)
+        gen = torch.Generator()
+        gen.manual_seed((self.seed * 1_000_003 + round_index) % (1 << 62))
+        picked = self.strategy.sample(round_index, list(range(len(nodes))), gen)
+        node_of = {cid: nodes[i] for cid, i in enumerate(sorted(picked))}
+        selected = tuple(node_of.values())
+        global_vector = flatten_arrays(arrays)
+        dim = int(global_vector.numel())
+        wire: dict[int, int] = {}
+        self.stage_seconds.append({})
+        dp_clip = agg.dp.clip_norm if agg.dp is not None else 0.0
+        config = self._fit_config(round_index)
+        masking = isinstance(agg, MaskingAggregator)
+        session: Any
+        if masking:
+            assert isinstance(agg, MaskingAggregator)
+            session = MaskingServer(agg, {c: 1.0 for c in node_of}, dim)
+            first = {c: _encode(m, c) for c, m in session.first().items()}
+        else:
+            session = None
+            first = {
+                c: RecordDict({RECORD: ConfigRecord({"stage": _TRAINED, "client_id": c})})
+                for c in node_of
+            }
+        for content in first.values():
+            content.config_records[RECORD]["dp_clip"] = float(dp_clip)
+            content["arrays"] = arrays
+            content["config"] = config
+        stage0, raw = self._exchange(
+            grid, round_index, Stage.ADVERTISE_KEYS, first, node_of, self.train_timeout, wire
+        )
+        counts: dict[int, int] = {}
+        keys: dict[int, Any] = {}
+        losses: dict[int, float] = {}
+        for c, content in stage0.items():
+            rec = content.config_records[RECORD]
+            n = rec.get("num_examples")
+            if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+                continue
+            try:
+                keys[c] = _decode_reply(content, c, Stage.ADVERTISE_KEYS) if masking else None
+            except ProtocolError:
+                continue
+            counts[c] = n
+            for m in content.metric_records.values():
+                loss = m.get("train_loss")
+                if isinstance(loss, float | int):
+                    losses[c] = float(loss)
+        if not counts:
+            raise InsufficientClientsError(
+                Stage.ADVERTISE_KEYS.value, 0, session.threshold if masking else 1
+            )
+        weights = agg.weights(counts)
+        if masking:
+            session.weights = {c: weights.get(c, 0.0) for c in node_of}
+            msgs = session.step(keys)
+            stage = Stage.SHARE_KEYS
+            while msgs is not None:
+                contents = {c: _encode(m, c) for c, m in msgs.items()}
+                if stage is Stage.INPUT:
+                    for c, content in contents.items():
+                        content.config_records[RECORD]["weight"] = float(weights[c])
+                replies, _ = self._exchange(
+                    grid, round_index, stage, contents, node_of, self.timeout, wire
+                )
+                msgs = session.step(replies)
+                if stage is not Stage.UNMASK:
+                    stage = list(Stage)[stage.order + 1]
+            result = session.result()
+        else:
+            plain = agg.server_session(weights, dim, round_index=round_index)
+            msgs = {c: m for c, m in plain.first().items() if c in counts}
+            contents = {c: _encode(m, c) for c, m in msgs.items()}
+            replies, _ = self._exchange(
+                grid, round_index, Stage.INPUT, contents, node_of, self.timeout, wire
+            )
+            plain.step(replies)
+            result = plain.result()
+        agg.record_round()
+        new_vector = self.strategy.apply(global_vector, result.mean).detach()
+        surv = result.survivors
+        n_tot = sum(counts[c] for c in surv if c in losses)
+        train_loss = (
+            sum(losses[c] * counts[c] for c in surv if c in losses) / n_tot if n_tot else math.nan
+        )
+        test_loss = test_acc = math.nan
+        if self.evaluate_fn is not None:
+            test_loss, test_acc = self.evaluate_fn(
+                round_index, unflatten_arrays(new_vector, arrays)
+            )
+        up = [wire.get(c, 0) for c in surv]
+        record = RoundResult(
+            round=round_index,
+            selected=selected,
+            survivors=tuple(node_of[c] for c in surv),
+            train_loss=train_loss,
+            test_loss=test_loss,
+            test_accuracy=test_acc,
+            seconds=time.perf_counter() - start,
+            upload_bytes=sum(up) / len(up) if up else 0.0,
+            epsilon=agg.epsilon,
+        )
+        return new_vector, record
+
+    def __call__(self, grid: Any, arrays: ArrayRecord) -> tuple[ArrayRecord, History]:
+        """Run the rounds; return the final arrays and the history.
+
+        Args:
+            grid: The ``Grid`` given to the ``ServerApp``'s ``main``.
+            arrays: The initial global model.
+
+        Raises:
+            InsufficientClientsError: A round lost too many nodes
+                (with ``on_failure="raise"``), naming the stage.
+        """
+        if not isinstance(arrays, ArrayRecord):
+            raise ConfigError(f"`arrays` must be a flwr ArrayRecord; got {type(arrays).__name__}")
+        n_nodes = len(self._nodes(grid))
+        self.aggregator.setup(
+            num_rounds=self.num_rounds,
+            sampling_rate=self.strategy.fraction_fit if n_nodes else 1.0,
+        )
+        for r in range(len(self.history) + 1, len(self.history) + self.num_rounds + 1):
+            start = time.perf_counter()
+            try:
+                vector, record = self._round(grid, arrays, r)
+            except AggregationError as exc:
+                if self.on_failure is FailurePolicy.RAISE:
+                    raise
+                self.history.append(
+                    RoundResult(
+                        round=r,
+                        selected=(),
+                        survivors=(),
+                        train_loss=math.nan,
+                        test_loss=math.nan,
+                        test_accuracy=math.nan,
+                        seconds=time.perf_counter() - start,
+                        failed=True,
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
+                )
+                continue
+            arrays = unflatten_arrays(vector, arrays)
+            self.history.append(record)
+        return arrays, self.history
+
+
+def _value_bytes(v: Any) -> int:
+    if isinstance(v, list):
+        return sum(_value_bytes(x) for x in v)
+    if isinstance(v, bytes | str):
+        return len(v)
+    return 8  # ints, floats and bools travel as 64-bit values
+
+
+def _content_bytes(content: RecordDict) -> int:
+    """Payload bytes of a message: arrays as serialized, records field by field."""
+    total = 0
+    for rec in content.values():
+        if isinstance(rec, ArrayRecord):
+            total += int(rec.count_bytes())
+        else:
+            total += sum(len(k) + _value_bytes(v) for k, v in rec.items())
+    return total

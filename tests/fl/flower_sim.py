@@ -1,0 +1,84 @@
+"""Runs :mod:`fl.flower` on Flower's simulation engine (Ray); prints the run as JSON.
+
+Not a test module: ``tests/fl/test_flower.py`` starts it in a fresh network
+namespace (only a loopback interface), so Ray cannot listen beyond loopback.
+
+Rounds (10 SuperNodes, ``MaskingAggregator``, FedAvg):
+    1. one node hangs at SHARE_KEYS, one raises at INPUT, one hangs at UNMASK;
+    2. one node raises at ADVERTISE_KEYS (stage 0, with training);
+    3. five nodes raise at SHARE_KEYS: too few survivors, a failed round.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+
+
+def main() -> None:
+    """Run the scenario and print ``{"nodes", "rounds", "arrays"}`` as one JSON line."""
+    from flwr.app import Context
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.simulation import run_simulation
+
+    import fl
+    from fl.flower import SecureAggregation, flatten_arrays
+    from tests.fl.flower_apps import global_model, make_client_app
+
+    timeout = float(sys.argv[1]) if len(sys.argv) > 1 else 6.0
+    faults = {
+        1: "hang:share_keys@1",
+        2: "raise:input@1",
+        3: "hang:unmask@1",
+        4: "raise:advertise_keys@2",
+        **{i: "raise:share_keys@3" for i in range(5, 10)},
+    }
+    out: dict[str, Any] = {"arrays": []}
+    server = ServerApp()
+    wf = SecureAggregation(
+        fl.MaskingAggregator(),
+        fl.FedAvg(),
+        num_rounds=1,
+        timeout=timeout,
+        train_timeout=120.0,
+        min_nodes=10,
+        on_failure="record",
+    )
+
+    @server.main()
+    def _main(grid: Grid, context: Context) -> None:
+        arrays = global_model()
+        out["arrays"].append(flatten_arrays(arrays).tolist())
+        for _ in range(3):
+            arrays, history = wf(grid, arrays)
+            out["arrays"].append(flatten_arrays(arrays).tolist())
+        out["nodes"] = sorted(history.rounds[0].selected)
+        out["rounds"] = [
+            {"survivors": list(r.survivors), "failed": r.failed, "error": r.error} for r in history
+        ]
+
+    run_simulation(
+        server,
+        make_client_app(faults, hang_seconds=timeout + 4),
+        num_supernodes=10,
+        backend_config={
+            "init_args": {
+                "num_cpus": 4,
+                "_node_ip_address": "127.0.0.1",
+                "include_dashboard": False,
+                "logging_level": "ERROR",
+                "log_to_driver": False,
+            },
+            "client_resources": {"num_cpus": 1},
+        },
+    )
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()
