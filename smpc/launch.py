@@ -75,6 +75,8 @@ class _Config:
     master_port: int
     transport: str
     store_path: str | None  # a FileStore shared by the processes, else the TCP store
+    credentials: str | None  # a folder of credentials (TLS), else $SMPC_CREDENTIALS
+    insecure: bool
 
 
 def _names(parties: int | Sequence[str]) -> tuple[str, ...]:
@@ -107,15 +109,19 @@ def run_party(
     host_store: bool | None = None,
     transport: str = "auto",
     store: Store | None = None,
+    credentials: str | os.PathLike[str] | None = None,
+    insecure: bool = False,
+    address: str | None = None,
+    listen_port: int = 0,
 ) -> Any:
     """Join a distributed run as party ``rank`` and return ``program(sess)``.
 
     The session is closed afterwards; on an exception it is torn down without
     waiting for the peers (they then fail fast with :class:`PartyTimeoutError`).
-    ``transport``: as in :func:`smpc.comm.torchdist.connect` (default: Unix
-    sockets when every rank runs on this host, gloo over TCP otherwise);
-    ``store``: a rendezvous store to use instead of the TCP store at
-    ``master_addr:master_port``.
+    ``transport``, ``credentials``, ``insecure``, ``address``, ``listen_port``: as
+    in :func:`smpc.comm.torchdist.connect` (default: Unix sockets when every rank
+    runs on this host, TLS with the party's credentials otherwise); ``store``: a
+    rendezvous store to use instead of the TCP store at ``master_addr:master_port``.
     """
     from .comm.torchdist import TorchDistCommunicator
     from .dealer.trusted import TrustedDealerClient
@@ -131,6 +137,10 @@ def run_party(
         names=parties,
         host_store=host_store,
         transport=transport,
+        credentials=credentials,
+        insecure=insecure,
+        address=address,
+        listen_port=listen_port,
     )
     try:
         dealer = TrustedDealerClient(comm)
@@ -162,8 +172,16 @@ def run_dealer(
     host_store: bool | None = None,
     transport: str = "auto",
     store: Store | None = None,
+    credentials: str | os.PathLike[str] | None = None,
+    insecure: bool = False,
+    address: str | None = None,
+    listen_port: int = 0,
 ) -> object:
-    """Join a distributed run as the crypto provider; serve until the parties close."""
+    """Join a distributed run as the crypto provider; serve until the parties close.
+
+    The link options are those of :func:`run_party` (the provider's credentials
+    are those of role ``smpc:provider``).
+    """
     from .dealer.trusted import TrustedDealer
 
     dealer = TrustedDealer(
@@ -176,6 +194,10 @@ def run_dealer(
         master_port=master_port,
         host_store=host_store,
         transport=transport,
+        credentials=credentials,
+        insecure=insecure,
+        address=address,
+        listen_port=listen_port,
     )
     return dealer.serve()
 
@@ -234,6 +256,8 @@ def _worker(
                 host_store=False,
                 transport=cfg.transport,
                 store=store,
+                credentials=cfg.credentials,
+                insecure=cfg.insecure,
             )
         else:
             value = run_party(
@@ -249,6 +273,8 @@ def _worker(
                 host_store=False,
                 transport=cfg.transport,
                 store=store,
+                credentials=cfg.credentials,
+                insecure=cfg.insecure,
             )
         try:
             msg = pickle.dumps(("ok", value), protocol=pickle.HIGHEST_PROTOCOL)
@@ -313,6 +339,8 @@ def run(
     threads: int | None = None,
     return_exceptions: bool = False,
     transport: str = "auto",
+    credentials: str | os.PathLike[str] | None = None,
+    insecure: bool = False,
 ) -> list[Any]:
     """Run ``program(sess)`` in one process per party, with the provider in its own process.
 
@@ -330,8 +358,13 @@ def run(
         threads: torch intra-op threads per party (default: cores / parties, at least 1).
         return_exceptions: return a failed party's exception in its slot instead of raising.
         transport: ``"auto"`` (default) or ``"unix"``: the processes talk over Unix
-            sockets; ``"tcp"``: over gloo on loopback TCP, as across machines (see
+            sockets; ``"tls"``: over TLS 1.3 on loopback TCP, as across machines;
+            ``"tcp"``: over gloo on loopback TCP (plaintext; see
             :func:`smpc.comm.torchdist.connect`).
+        credentials: a folder of credentials (``smpc-credentials``) holding every
+            role's files, for ``"tls"``; default: a throwaway CA and credentials
+            made for this run in its private temporary directory.
+        insecure: passed to every role (plain TCP across hosts; unused on one host).
 
     Returns:
         ``[program's result on party 0, on party 1, ...]``.
@@ -375,9 +408,11 @@ def run(
     # the caller hosts on ``port``.
     store: TCPStore | None = None
     tmpdir = None
-    if port is None:
-        tmpdir = tempfile.mkdtemp(prefix="smpc-run-")
-    else:
+    if port is None or (transport == "tls" and credentials is None):
+        tmpdir = tempfile.mkdtemp(prefix="smpc-run-")  # mode 0700: this user's only
+    if transport == "tls" and credentials is None:
+        credentials = _throwaway_credentials(os.path.join(str(tmpdir), "credentials"), names)
+    if port is not None:
         store = TCPStore(
             "127.0.0.1",
             port,
@@ -396,7 +431,9 @@ def run(
         "127.0.0.1",
         0 if store is None else store.port,
         transport,
-        None if tmpdir is None else os.path.join(tmpdir, "store"),
+        None if port is not None or tmpdir is None else os.path.join(tmpdir, "store"),
+        None if credentials is None else os.fspath(credentials),
+        bool(insecure),
     )
     ctx = _context()
     procs: list[multiprocessing.process.BaseProcess] = []
@@ -431,6 +468,16 @@ def run(
         del store
         if tmpdir is not None:
             shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _throwaway_credentials(folder: str, names: Sequence[str]) -> str:
+    """A CA and every role's credentials for one run on this host (``transport="tls"``)."""
+    from .credentials import create_ca, issue, role_uri
+
+    create_ca(folder, name="smpc.run throwaway CA")
+    for uri in [role_uri("party", n) for n in names] + [role_uri("provider")]:
+        issue(folder, uri)
+    return folder
 
 
 def _collect(

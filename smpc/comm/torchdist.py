@@ -40,8 +40,10 @@ import contextlib
 import datetime
 import functools
 import ipaddress
+import logging
 import os
 import pickle
+import warnings
 import zlib
 from collections import deque
 from collections.abc import Sequence
@@ -57,9 +59,20 @@ from torch._C._distributed_c10d import (  # the classes torch.distributed re-exp
     TCPStore,
 )
 
+from ..credentials import (
+    Credentials,
+    CredentialsError,
+    InsecureTransportWarning,
+    role_uri,
+)
+from ..credentials import (
+    resolve as resolve_credentials,
+)
 from ..errors import PartyTimeoutError, ProtocolDesyncError, SessionClosedError, SmpcError
 from .stats import Stats
-from .unixsock import UnixSocketGroup, agree
+from .tls import TlsSocketGroup, local_address
+from .unixsock import UnixSocketGroup, host_id
+from .unixsock import supported as unix_supported
 
 __all__ = [
     "TorchDistCommunicator",
@@ -68,6 +81,8 @@ __all__ = [
     "connect",
     "DEFAULT_PORT",
 ]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 29533
 # A frame is a head of HEAD_NUMEL int64 [seq, kind, nbytes, aux, inline, nparts,
@@ -141,7 +156,121 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-TRANSPORTS = ("auto", "unix", "tcp")
+TRANSPORTS = ("auto", "unix", "tcp", "tls")
+
+
+def identities_of(names: Sequence[str]) -> list[str]:
+    """The role URI of every rank: the parties (``smpc:party:<name>``), then the provider."""
+    return [role_uri("party", n) for n in names] + [role_uri("provider")]
+
+
+def _insecure_warning(where: str) -> None:
+    msg = (
+        f"{where}: insecure=True: the run's links are plain TCP (gloo) without encryption or "
+        "authentication. Anyone on the network path can read the dealer's per-party keys, "
+        "the last party's correction shares, every masked opening and every revealed result "
+        "(and so rebuild every secret), and anyone who reaches the rendezvous port can join "
+        "or take a rank's place. Use credentials (smpc-credentials) to run over TLS."
+    )
+    warnings.warn(msg, InsecureTransportWarning, stacklevel=3)
+    log.warning(msg)
+
+
+def _no_credentials(rank: int, who: str, missing: Sequence[str]) -> CredentialsError:
+    parties = (
+        ",".join(m.split(":", 2)[2] for m in missing if m.startswith("smpc:party:")) or "alice,bob"
+    )
+    return CredentialsError(
+        f"rank {rank} ({who}): the ranks run on several hosts and {list(missing)} have no "
+        "credentials: a run across machines uses TLS with mutual authentication. Create a CA "
+        f"and credentials with `smpc-credentials creds --parties {parties} --provider`, give "
+        "each machine ca.pem and its role's .pem and .key, and pass credentials='creds' "
+        "(smpc-launch --credentials creds, or SMPC_CREDENTIALS=creds); or pass insecure=True "
+        "(--insecure) to send everything in plaintext"
+    )
+
+
+def choose_transport(
+    store: Store,
+    rank: int,
+    size: int,
+    requested: str,
+    *,
+    identities: Sequence[str],
+    secure: bool,
+    insecure: bool,
+    loopback: bool,
+) -> str:
+    """The transport every rank will use: ``"unix"``, ``"tls"`` or ``"tcp"`` (one store round).
+
+    Each rank publishes what it asked for, whether it holds credentials, whether
+    it accepts plaintext (``insecure``) and its :func:`~smpc.comm.unixsock.host_id`.
+
+    * ranks on one host: Unix sockets, unless a rank asked for ``tls`` or ``tcp``;
+    * ranks on several hosts (or ``tls`` asked): TLS if every rank holds credentials;
+      plain TCP (gloo) only if every rank passed ``insecure`` (with a warning);
+      otherwise :class:`~smpc.credentials.CredentialsError` on every rank, saying
+      how to create credentials;
+    * ``tcp`` asked: gloo over TCP; across hosts, or with a rendezvous that is not
+      on the loopback, only with ``insecure`` (a tampered store cannot make a rank
+      that did not opt out send plaintext over the network).
+
+    Raises:
+        ValueError: ranks asked for different transports, or ``unix`` across hosts.
+        CredentialsError: a run across hosts without credentials and without ``insecure``.
+    """
+    here = host_id() if unix_supported() else f"no-unix-sockets/{rank}"
+    store.set(f"link/{rank}", f"{requested}|{int(secure)}|{int(insecure)}|{here}")
+    asked, creds, plain, hosts = [], [], [], set()
+    for r in range(size):
+        mode, c, p, host = store.get(f"link/{r}").decode().split("|", 3)
+        asked.append(mode)
+        creds.append(c == "1")
+        plain.append(p == "1")
+        hosts.add(host)
+    who = identities[rank]
+    explicit = {a for a in asked if a != "auto"}
+    if len(explicit) > 1:
+        raise ValueError(f"the ranks asked for different transports: {asked}")
+    mode = explicit.pop() if explicit else "auto"
+    one_host = len(hosts) == 1
+    if mode == "unix" or (mode == "auto" and one_host):
+        if not one_host:
+            raise ValueError(
+                f"`transport` 'unix' needs every rank on one host; the ranks run on "
+                f"{len(hosts)} hosts (asked: {asked})"
+            )
+        return "unix"
+    if mode == "tcp":
+        if not insecure and not (one_host and loopback):
+            raise _no_credentials(rank, who, [who])
+        if not (one_host and loopback):
+            _insecure_warning(f"rank {rank} ({who})")
+        return "tcp"
+    # TLS asked, or ranks on several hosts
+    if all(creds):
+        return "tls"
+    if mode == "auto" and all(plain):
+        _insecure_warning(f"rank {rank} ({who})")
+        return "tcp"
+    missing = [identities[r] for r in range(size) if not creds[r]]
+    raise _no_credentials(rank, who, missing)
+
+
+def _gloo_device(addr: str, address: str | None) -> object:
+    """The gloo device of this rank: from ``GLOO_SOCKET_IFNAME``, or the advertised address.
+
+    torch's ``create_device()`` needs a host name or an interface (``ValueError``
+    otherwise): ``GLOO_SOCKET_IFNAME`` (its first entry) names the interface;
+    else ``address``; else ``127.0.0.1`` for a loopback rendezvous, or this
+    host's address on the route to the rendezvous host (what the other ranks reach).
+    """
+    ifname = os.environ.get("GLOO_SOCKET_IFNAME", "").split(",")[0].strip()
+    if ifname:
+        return ProcessGroupGloo.create_device(interface=ifname)
+    if address is None:
+        address = "127.0.0.1" if _is_loopback(addr) else local_address(addr)
+    return ProcessGroupGloo.create_device(hostname=address)
 
 
 def connect(
@@ -155,6 +284,11 @@ def connect(
     prefix: str = "smpc",
     host_store: bool | None = None,
     transport: str = "auto",
+    identities: Sequence[str] | None = None,
+    credentials: Credentials | str | os.PathLike[str] | None = None,
+    insecure: bool = False,
+    address: str | None = None,
+    listen_port: int = 0,
 ) -> ProcessGroupGloo | UnixSocketGroup:
     """Join a group of ``size`` ranks (parties plus the provider) for point-to-point messages.
 
@@ -169,19 +303,38 @@ def connect(
         prefix: key prefix in the store (lets several groups share one store).
         host_store: whether this process hosts the TCP store (default: rank 0 does).
         transport: ``"auto"`` (default): Unix sockets when every rank runs on this
-            host (:class:`~smpc.comm.unixsock.UnixSocketGroup`), else gloo over TCP;
-            ``"unix"``: Unix sockets (``ValueError`` if the ranks are on several
-            hosts); ``"tcp"``: gloo over TCP. The ranks agree through the store (if
-            any rank asks for ``"tcp"``, all use it).
+            host (:class:`~smpc.comm.unixsock.UnixSocketGroup`), else TLS
+            (:class:`~smpc.comm.tls.TlsSocketGroup`); ``"unix"``: Unix sockets
+            (``ValueError`` if the ranks are on several hosts); ``"tls"``: TLS, also
+            on one host; ``"tcp"``: gloo over plain TCP (across hosts only with
+            ``insecure``). The ranks agree through the store (:func:`choose_transport`).
+        identities: the role URI of every rank (default: parties ``party0..`` and the
+            provider, :func:`identities_of`): what each TLS peer's certificate must name.
+        credentials: this rank's TLS credentials: a folder made by ``smpc-credentials``
+            or a :class:`~smpc.credentials.Credentials` (default: ``$SMPC_CREDENTIALS``).
+        insecure: allow plain TCP across hosts without credentials (warns).
+        address: the address this rank listens on and advertises (TLS, gloo); default:
+            this host's address on the route to ``master_addr`` (``127.0.0.1`` on loopback).
+        listen_port: the TCP port this rank listens on for TLS peers (default 0: any
+            free port; fix it to open a firewall for it).
 
     Raises:
         PartyTimeoutError: the other ranks did not join within ``timeout``.
+        CredentialsError: ranks on several hosts without credentials or ``insecure``.
     """
     if not 0 <= rank < size:
         raise ValueError(f"`rank` must be in [0, {size}); got {rank}")
     if transport not in TRANSPORTS:
         raise ValueError(f"`transport` must be one of {TRANSPORTS}; got {transport!r}")
+    if not isinstance(insecure, bool):
+        raise TypeError(f"`insecure` must be a bool; got {insecure!r}")
+    if identities is None:
+        identities = identities_of([f"party{i}" for i in range(size - 1)])
+    if len(identities) != size:
+        raise ValueError(f"`identities` must have {size} entries; got {len(identities)}")
+    creds = resolve_credentials(credentials, identities[rank])
     td = datetime.timedelta(seconds=timeout)
+    given_store = store is not None
     addr = master_addr or os.environ.get("MASTER_ADDR", "127.0.0.1")
     try:
         if store is None:
@@ -193,16 +346,26 @@ def connect(
             is_master = rank == 0 if host_store is None else host_store
             store = TCPStore(addr, port, size, is_master, timeout=td, wait_for_workers=False)
         pstore = PrefixStore(prefix, store)
-        if agree(pstore, rank, size, transport) == "unix":
+        # a store passed in (smpc.run's file store) is on this host
+        loopback = (given_store and master_addr is None) or _is_loopback(addr)
+        chosen = choose_transport(
+            pstore, rank, size, transport,
+            identities=identities, secure=creds is not None, insecure=insecure,
+            loopback=loopback,
+        )  # fmt: skip
+        if chosen == "unix":
             return UnixSocketGroup(pstore, rank, size, timeout)
+        if chosen == "tls":
+            assert creds is not None
+            host = address or ("127.0.0.1" if loopback else local_address(addr))
+            return TlsSocketGroup(
+                pstore, rank, size, timeout,
+                credentials=creds, identities=identities, host=host, port=listen_port,
+            )  # fmt: skip
         options = ProcessGroupGloo._Options()  # type: ignore[attr-defined]  # not in the stubs
         options._timeout = td
         options._threads = 2
-        if _is_loopback(addr) and not os.environ.get("GLOO_SOCKET_IFNAME"):
-            options._devices = [ProcessGroupGloo.create_device(hostname="127.0.0.1")]
-        else:
-            # Default device: resolves this host's name, or GLOO_SOCKET_IFNAME if set.
-            options._devices = [ProcessGroupGloo.create_device()]
+        options._devices = [_gloo_device("127.0.0.1" if loopback else addr, address)]
         return ProcessGroupGloo(pstore, rank, size, options)
     except RuntimeError as e:  # torch raises DistStoreError (a RuntimeError) on timeouts
         raise PartyTimeoutError(
@@ -572,12 +735,19 @@ class TorchDistCommunicator:
         join_timeout: seconds to wait for every rank to join (default ``max(timeout, 60)``:
             processes may start seconds apart).
         pg: an already joined process group (``store`` etc. are then ignored).
-        transport: ``"auto"``, ``"unix"`` or ``"tcp"`` (see :func:`connect`): by
-            default Unix sockets when every rank runs on this host, gloo over TCP
-            otherwise.
+        transport: ``"auto"``, ``"unix"``, ``"tls"`` or ``"tcp"`` (see :func:`connect`):
+            by default Unix sockets when every rank runs on this host, TLS otherwise.
+        credentials: this party's TLS credentials (a folder made by
+            ``smpc-credentials``, or :class:`~smpc.credentials.Credentials`; default
+            ``$SMPC_CREDENTIALS``); needed when the ranks run on several hosts.
+        insecure: across hosts without credentials, use plain TCP (gloo); warns.
+        address: the address this party listens on and advertises (see :func:`connect`).
+        listen_port: the TCP port this party listens on for TLS peers (default: any).
 
     Example:
-        >>> comm = TorchDistCommunicator(0, 2, master_addr="10.0.0.1", master_port=29533)
+        >>> comm = TorchDistCommunicator(
+        ...     0, 2, master_addr="10.0.0.1", master_port=29533, credentials="creds"
+        ... )
         >>> sess = smpc.Session(("alice", "bob"), comm=comm, dealer=TrustedDealerClient(comm))
     """
 
@@ -598,6 +768,10 @@ class TorchDistCommunicator:
         join_timeout: float | None = None,
         pg: ProcessGroupGloo | PointToPoint | None = None,
         transport: str = "auto",
+        credentials: Credentials | str | os.PathLike[str] | None = None,
+        insecure: bool = False,
+        address: str | None = None,
+        listen_port: int = 0,
     ) -> None:
         if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 2:
             raise ValueError(f"`world_size` must be an int >= 2; got {world_size!r}")
@@ -626,6 +800,11 @@ class TorchDistCommunicator:
                 prefix=prefix,
                 host_store=host_store,
                 transport=transport,
+                identities=identities_of(names),
+                credentials=credentials,
+                insecure=insecure,
+                address=address,
+                listen_port=listen_port,
             )
         self.channel = Channel(pg, rank, self.timeout, [*names, "dealer"])
         self._peers = [p for p in range(world_size) if p != rank]

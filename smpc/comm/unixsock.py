@@ -37,8 +37,11 @@ Failures: a peer that exits or dies closes its sockets, which the kernel
 reports at once (``RuntimeError`` naming the closed connection, for the works
 that involve that peer); a wait that outlasts its timeout raises
 ``RuntimeError`` ("timed out"). Setup authenticates every connection with a
-random key published through the rendezvous store: a connection without it
-(another local process) is closed and the rank keeps waiting for the real one.
+random key published through the rendezvous store and, on Linux, the peer's
+user id (``SO_PEERCRED``): a connection without the key, or from a process of
+another user (who could read the key from a TCP store), is closed and the rank
+keeps waiting for the real one. :func:`smpc.run`'s file store lives in a
+directory only its user can enter (mode 0700).
 """
 
 from __future__ import annotations
@@ -165,6 +168,9 @@ class _Peer:
 class UnixSocketGroup:
     """Tagged point-to-point messages among ``size`` ranks of one host (see the module doc).
 
+    The framing and progress engine are shared with :class:`smpc.comm.tls.TlsSocketGroup`
+    (TLS over TCP), which replaces setup (:meth:`_connect`) and the socket writes.
+
     Args:
         store: the rendezvous store (keys ``unix/<rank>``): each rank publishes the
             address of its listening socket and a random key, then connects to
@@ -173,6 +179,11 @@ class UnixSocketGroup:
         size: number of ranks.
         timeout: seconds to wait for the other ranks during setup.
     """
+
+    # What the transport is called in messages, and the exceptions of a socket
+    # call that would block (TLS adds its want-read / want-write errors).
+    transport_name = "Unix socket transport"
+    _AGAIN: tuple[type[BaseException], ...] = (BlockingIOError,)
 
     def __init__(self, store: Store, rank: int, size: int, timeout: float) -> None:
         if not supported():
@@ -215,6 +226,8 @@ class UnixSocketGroup:
                 s.settimeout(max(0.1, deadline - time.monotonic()))
                 try:
                     s.connect(addr)
+                    if not _same_user(s):  # another user's socket at the published address
+                        raise ConnectionRefusedError("it belongs to a process of another user")
                     s.sendall(_HELLO.pack(self.rank, peer_key))
                 except OSError as e:
                     s.close()
@@ -238,7 +251,7 @@ class UnixSocketGroup:
                     r, got_key = _HELLO.unpack(_recv_exact(s, _HELLO.size))
                 except (OSError, RuntimeError):
                     r, got_key = -1, b""
-                if r not in expected or not hmac.compare_digest(got_key, key):
+                if r not in expected or not hmac.compare_digest(got_key, key) or not _same_user(s):
                     s.close()
                     refused += 1
                     continue
@@ -384,7 +397,7 @@ class UnixSocketGroup:
                         continue
                     peer.body = None
                     self._end_body(peer)
-            except BlockingIOError:
+            except self._AGAIN:
                 break
             except OSError as e:
                 self._lost(peer, f"Connection closed by rank {peer.rank} ({e})")
@@ -489,7 +502,7 @@ class UnixSocketGroup:
             if left is not None and left <= 0:
                 raise RuntimeError(
                     f"Timed out after {limit} s waiting for rank {work.peer} "
-                    f"(rank {self.rank}, Unix socket transport)"
+                    f"(rank {self.rank}, {self.transport_name})"
                 )
             self._poll.poll(None if left is None else max(1, int(left * 1000) + 1))
         if work.error is not None and not work.done:
@@ -508,6 +521,25 @@ def _advance(chunks: list[memoryview], n: int) -> None:
             n = 0
     while chunks and not len(chunks[0]):
         chunks.pop(0)
+
+
+def _same_user(s: socket.socket) -> bool:
+    """Whether the process at the other end of a Unix socket runs as this user.
+
+    The key a rank publishes in the rendezvous store is readable by whoever can
+    read the store (a TCP store is open to every local user): a process of
+    another user that presents it is still refused. (A process of the same user
+    can read the parties' memory anyway: the user is the boundary.) Where the
+    platform cannot tell (no ``SO_PEERCRED``), the key alone decides.
+    """
+    opt = getattr(socket, "SO_PEERCRED", None)
+    if opt is None:
+        return True
+    try:
+        _, uid, _ = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, opt, struct.calcsize("3i")))
+    except OSError:
+        return False
+    return bool(uid == os.getuid())
 
 
 def _recv_exact(s: socket.socket, n: int) -> bytes:

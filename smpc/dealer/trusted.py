@@ -54,8 +54,10 @@ from ..comm.torchdist import (
     TorchDistCommunicator,
     Waitable,
     connect,
+    identities_of,
 )
 from ..comm.unixsock import UnixSocketGroup
+from ..credentials import Credentials
 from ..errors import DealerError, PartyTimeoutError, ProtocolDesyncError
 from ..prg import KEY_BYTES, AesPrg, key_from_seed
 from .base import (
@@ -442,7 +444,9 @@ class TrustedDealer:
         names: party names for error messages.
         pg: an already joined process group; otherwise one is joined with ``store`` /
             ``master_addr`` / ``master_port`` (defaults from the environment);
-            ``host_store`` and ``transport`` as in :func:`~smpc.comm.torchdist.connect`.
+            ``host_store``, ``transport``, ``credentials`` (the provider's, role
+            ``smpc:provider``), ``insecure``, ``address`` and ``listen_port`` as in
+            :func:`~smpc.comm.torchdist.connect`.
         speculate: after each correction, compute the one the next request is
             expected to need (the request that followed the same two requests last
             time: a training or inference loop repeats its requests), so that it is
@@ -465,6 +469,10 @@ class TrustedDealer:
         pg: ProcessGroupGloo | PointToPoint | None = None,
         speculate: bool = True,
         transport: str = "auto",
+        credentials: Credentials | str | os.PathLike[str] | None = None,
+        insecure: bool = False,
+        address: str | None = None,
+        listen_port: int = 0,
     ) -> None:
         if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 2:
             raise ValueError(f"`world_size` must be an int >= 2; got {world_size!r}")
@@ -483,6 +491,11 @@ class TrustedDealer:
                 prefix=prefix,
                 host_store=host_store,
                 transport=transport,
+                identities=identities_of(names),
+                credentials=credentials,
+                insecure=insecure,
+                address=address,
+                listen_port=listen_port,
             )
         self._channel = Channel(pg, world_size, timeout, [*names, "dealer"])
         self._keys = [dealer_key(seed, i) for i in range(world_size)]
