@@ -183,11 +183,14 @@ def run_dealer(
     are those of role ``smpc:provider``).
     """
     from .dealer.trusted import TrustedDealer
+    from .protocols.compare import LtzMaterial
+    from .protocols.convert import BitPair
 
     dealer = TrustedDealer(
         len(parties),
         seed=seed,
         timeout=timeout,
+        request_types=(LtzMaterial, BitPair),  # the protocols' own request classes
         names=parties,
         store=store,
         master_addr=master_addr,
@@ -593,9 +596,35 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--master-port", type=int, help="default: $MASTER_PORT or 29533")
     ap.add_argument(
         "--transport",
-        choices=("auto", "unix", "tcp"),
+        choices=("auto", "unix", "tls", "tcp"),
         default="auto",
-        help="auto (default): Unix sockets when every role runs on this host, else TCP",
+        help=(
+            "auto (default): Unix sockets when every role runs on this host, else TLS; "
+            "tls: TLS 1.3 with mutual authentication (also on one host); tcp: plain gloo TCP"
+        ),
+    )
+    ap.add_argument(
+        "--credentials",
+        help=(
+            "folder with ca.pem and this role's certificate and key (made by "
+            "smpc-credentials); default: $SMPC_CREDENTIALS"
+        ),
+    )
+    ap.add_argument(
+        "--insecure",
+        action="store_true",
+        help="across machines without credentials: plain TCP, readable and forgeable on the path",
+    )
+    ap.add_argument(
+        "--address",
+        help="address this role listens on and advertises (default: the one routing to "
+        "MASTER_ADDR)",
+    )
+    ap.add_argument(
+        "--listen-port",
+        type=int,
+        default=0,
+        help="TCP port this role listens on for TLS peers (default: any free port)",
     )
     ap.add_argument(
         "--local",
@@ -647,6 +676,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             truncation=args.truncation,
             port=args.master_port,
             transport=args.transport,
+            credentials=args.credentials,
+            insecure=args.insecure,
         )
         for name, value in zip(names, results, strict=True):
             print(f"{name}: {value!r}")
@@ -689,6 +720,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             master_addr=addr,
             master_port=port,
             transport=args.transport,
+            credentials=args.credentials,
+            insecure=args.insecure,
+            address=args.address,
+            listen_port=args.listen_port,
         )
         print(f"dealer: {stats}", file=sys.stderr)
         return 0
@@ -706,6 +741,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         master_addr=addr,
         master_port=port,
         transport=args.transport,
+        credentials=args.credentials,
+        insecure=args.insecure,
+        address=args.address,
+        listen_port=args.listen_port,
     )
     if result is not None:
         print(f"{names[rank]}: {result!r}")
