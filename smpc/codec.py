@@ -272,15 +272,26 @@ class Codec:
         types: the dataclasses and enums that may travel (matched by
             ``module.qualname``; nothing else is ever constructed).
         max_bytes: the largest message accepted, in bytes.
+        encode_any: let :meth:`encode` write any dataclass or enum (a sender that
+            does not know the receiver's allow-list: the receiver still decodes
+            only ``types``).
 
     Raises:
         TypeError: an entry of ``types`` is neither a dataclass nor an enum.
     """
 
-    def __init__(self, types: Iterable[type] = (), *, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(
+        self,
+        types: Iterable[type] = (),
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        encode_any: bool = False,
+    ) -> None:
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
             raise ValueError(f"`max_bytes` must be a positive int; got {max_bytes!r}")
         self.max_bytes = max_bytes
+        self.encode_any = encode_any
+        self._sendable: dict[type, tuple[tuple[str, Any], ...]] = {}
         self._types: dict[str, type] = {}
         self._fields: dict[type, tuple[tuple[str, Any], ...]] = {}
         for cls in types:
@@ -335,7 +346,7 @@ class Codec:
             out.append(_FALSE)
         elif isinstance(obj, enum.Enum):
             cls = type(obj)
-            if self._types.get(_name(cls)) is not cls:
+            if self._types.get(_name(cls)) is not cls and not self.encode_any:
                 raise TypeError(f"enum {_name(cls)} is not an allowed type of this codec")
             out.append(_ENUM)
             self._put_text(out, _name(cls))
@@ -378,9 +389,13 @@ class Codec:
                 self._put(out, v, depth + 1)
         elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
             dcls: type = type(obj)
-            if self._types.get(_name(dcls)) is not dcls:
-                raise TypeError(f"{_name(dcls)} is not an allowed type of this codec")
-            fields = self._fields[dcls]
+            fields = self._fields.get(dcls) if self._types.get(_name(dcls)) is dcls else None
+            if fields is None:
+                if not self.encode_any:
+                    raise TypeError(f"{_name(dcls)} is not an allowed type of this codec")
+                fields = self._sendable.get(dcls)
+                if fields is None:
+                    fields = self._sendable[dcls] = _field_hints(dcls)
             out.append(_DATACLASS)
             self._put_text(out, _name(dcls))
             out.append(_U32.pack(len(fields)))

@@ -42,7 +42,6 @@ import functools
 import ipaddress
 import logging
 import os
-import pickle
 import warnings
 import zlib
 from collections import deque
@@ -59,6 +58,7 @@ from torch._C._distributed_c10d import (  # the classes torch.distributed re-exp
     TCPStore,
 )
 
+from ..codec import Codec, check_length
 from ..credentials import (
     Credentials,
     CredentialsError,
@@ -68,7 +68,13 @@ from ..credentials import (
 from ..credentials import (
     resolve as resolve_credentials,
 )
-from ..errors import PartyTimeoutError, ProtocolDesyncError, SessionClosedError, SmpcError
+from ..errors import (
+    PartyTimeoutError,
+    ProtocolDesyncError,
+    ProtocolError,
+    SessionClosedError,
+    SmpcError,
+)
 from .stats import Stats
 from .tls import TlsSocketGroup, local_address
 from .unixsock import UnixSocketGroup, host_id
@@ -101,6 +107,10 @@ POSTED_FRAMES = 8
 # land in a payload buffer (gloo matches messages by (peer, tag), FIFO).
 TAG_HEADER = 11
 TAG_PAYLOAD = 12
+# The largest payload a peer may announce in one message (2 GiB; Channel.max_message_bytes).
+MAX_MESSAGE_BYTES = 1 << 31
+# Objects of broadcast_object: plain values and tensors, no classes (smpc.codec).
+OBJECT_CODEC = Codec()
 # Waits without a useful bound (the provider waiting for the next request).
 LONG_WAIT = datetime.timedelta(days=7)
 
@@ -393,6 +403,8 @@ class Channel:
         self.wait_timeout = datetime.timedelta(seconds=timeout)
         self.names = tuple(names)
         self.failed: SmpcError | None = None
+        # The largest payload a peer may announce (checked before a buffer is allocated).
+        self.max_message_bytes = MAX_MESSAGE_BYTES
         # Frame receives posted in advance, per peer (FIFO: gloo fills them in order).
         self._posted: dict[int, deque[tuple[Waitable, torch.Tensor]]] = {}
 
@@ -624,7 +636,7 @@ class Channel:
         (default: a fresh buffer) and ``work`` must be waited for.
         """
         if int(header.numpy()[4]):
-            if nbytes > INLINE_BYTES:
+            if not 0 <= nbytes <= INLINE_BYTES:
                 self.failed = err = ProtocolDesyncError(
                     f"{self.who(self.rank)}: {self.who(src)} sent an inline payload of "
                     f"{nbytes} bytes, more than a frame holds ({INLINE_BYTES})"
@@ -634,6 +646,11 @@ class Channel:
             # A small kept payload is copied out: its view would pin the whole frame.
             return None, view.clone() if keep and nbytes < FRAME_BYTES // 4 else view
         if buf is None:
+            try:  # a peer's length field is checked before anything is allocated
+                check_length(nbytes, self.max_message_bytes, peer=self.who(src), what="a payload")
+            except ProtocolError as e:
+                self.failed = e
+                raise
             buf = torch.empty(nbytes, dtype=torch.uint8)
         try:
             return self.pg.recv([buf], src, TAG_PAYLOAD), buf
@@ -1068,9 +1085,12 @@ class TorchDistCommunicator:
         return msg[aux:].view(got_shape)
 
     def broadcast_object(self, obj: object, src: int, label: str) -> object:
-        """Send a small picklable object from ``src`` to every party (not counted as payload).
+        """Send a small object from ``src`` to every party (not counted as payload).
 
-        Security: objects are unpickled; parties are assumed semi-honest.
+        ``obj`` is made of plain values (None, bool, int, float, str, bytes,
+        tuples, lists, dicts) and tensors, encoded by :mod:`smpc.codec`: nothing
+        received is unpickled, and a malformed message raises
+        :class:`~smpc.errors.ProtocolError` naming the sender.
         """
         if not 0 <= src < self.world_size:
             raise ValueError(f"`src` must be in [0, {self.world_size}); got {src}")
@@ -1078,14 +1098,18 @@ class TorchDistCommunicator:
         what = f"broadcast #{seq} from {self.channel.who(src)} ({label!r})"
         ch = self.channel
         if self._rank == src:
-            data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+            data = OBJECT_CODEC.encode(obj)
             payload = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else None
             sends = {p: ch.send(p, seq, MessageKind.OBJECT, payload) for p in self._peers}
             for p, works in sends.items():
                 ch.wait_all(works, p, what)
             return obj
         _, raw, _ = ch.recv(src, seq, MessageKind.OBJECT, what)
-        return pickle.loads(raw.numpy().tobytes())
+        try:
+            return OBJECT_CODEC.decode(raw.numpy().tobytes(), peer=f"party {ch.who(src)}")
+        except ProtocolError as e:
+            ch.failed = e
+            raise
 
     def barrier(self) -> None:
         """Wait until every party reaches this point (one empty message to each peer)."""
