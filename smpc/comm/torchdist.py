@@ -413,10 +413,22 @@ class Channel:
         name = self.names[rank] if rank < len(self.names) else f"rank {rank}"
         return f"{name!r} (rank {rank})"
 
-    def fail(self, peer: int, what: str, error: RuntimeError) -> PartyTimeoutError:
-        """Record a gloo failure talking to ``peer`` as a :class:`PartyTimeoutError`."""
+    def fail(self, peer: int, what: str, error: RuntimeError) -> PartyTimeoutError | ProtocolError:
+        """Record a transport failure talking to ``peer``.
+
+        A :class:`ProtocolError` when the peer sent a malformed or oversized
+        message (the transport dropped it), else a :class:`PartyTimeoutError`.
+        """
         text = str(error)
         low = text.lower()
+        if "malformed" in low or "larger than the posted receive" in low:
+            perr = ProtocolError(
+                f"{self.who(self.rank)}: peer {self.who(peer)} broke the wire protocol during "
+                f"{what}: {text}"
+            )
+            if self.failed is None:
+                self.failed = perr
+            return perr
         if "closed" in low or "reset" in low or "broken pipe" in low:
             why = "closed the connection (the process died or exited)"
         elif "timed out" in low or "timeout" in low:

@@ -63,6 +63,8 @@ from typing import Any
 import torch
 from torch._C._distributed_c10d import Store
 
+from ..codec import DEFAULT_MAX_BYTES
+
 __all__ = ["UnixSocketGroup", "UnixWork", "agree", "host_id", "supported"]
 
 _HEAD = struct.Struct("<qq")  # tag, nbytes
@@ -196,6 +198,8 @@ class UnixSocketGroup:
             raise ValueError(f"`timeout` must be > 0 seconds; got {timeout}")
         self.rank = rank
         self.size = size
+        # The largest message a peer may announce before a receive is posted for it.
+        self.max_message_bytes = DEFAULT_MAX_BYTES
         self._store = store  # kept: the rank that hosts it must outlive the others' setup
         self._peers: dict[int, _Peer] = {}
         self._poll = select.poll()
@@ -421,6 +425,13 @@ class UnixSocketGroup:
             peer.body_work, peer.body_early = work, None
             peer.body = work.view[:nbytes]
         else:
+            if not 0 <= nbytes <= self.max_message_bytes:  # checked before allocating
+                self._lost(
+                    peer,
+                    f"rank {peer.rank} sent a malformed head announcing {nbytes} bytes on tag "
+                    f"{tag} (limit {self.max_message_bytes} bytes); connection dropped",
+                )
+                return
             e = _Early(nbytes)
             peer.early.setdefault(tag, deque()).append(e)
             peer.body_work, peer.body_early = None, e
