@@ -31,13 +31,29 @@ from torch.nn.utils import parameters_to_vector
 
 from fl.aggregators import Aggregator, PlainAggregator, Stage
 from fl.client import Client, LossFn, evaluate_model, load_vector
-from fl.errors import AggregationError, CheckpointError, ConfigError
+from fl.errors import AggregationError, CheckpointError, ConfigError, FlError
 from fl.strategy import FedAvg, Strategy
 from fl.types import AggregateResult, ClientUpdate, History, RoundResult
 
 __all__ = ["DropoutModel", "FailurePolicy", "Server", "round_generator"]
 
 _CHECKPOINT_VERSION = 1
+# The fields a checkpoint must hold, and their types.
+_CHECKPOINT_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "round": int,
+    "seed": int,
+    "global_vector": torch.Tensor,
+    "strategy": dict,
+    "aggregator": dict,
+    "history": list,
+}
+
+
+def _type_names(types: type | tuple[type, ...]) -> str:
+    names = [t.__name__ for t in (types if isinstance(types, tuple) else (types,))]
+    return " or ".join(names)
+
+
 _MIX = 1_000_003
 
 
@@ -290,9 +306,26 @@ class Server:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict` output (same model architecture and seed)."""
+        """Restore :meth:`state_dict` output (same model architecture and seed).
+
+        Raises:
+            CheckpointError: ``state`` lacks a field, holds one of the wrong type,
+                or belongs to another model or seed.
+        """
+        if not isinstance(state, Mapping):
+            raise CheckpointError(f"a checkpoint must hold a dict; got {type(state).__name__}")
         if state.get("version") != _CHECKPOINT_VERSION:
             raise CheckpointError(f"unsupported checkpoint version {state.get('version')!r}")
+        missing = [k for k in _CHECKPOINT_FIELDS if k not in state]
+        if missing:
+            raise CheckpointError(f"the checkpoint lacks the fields {missing}")
+        for key, types in _CHECKPOINT_FIELDS.items():
+            value = state[key]
+            if isinstance(value, bool) or not isinstance(value, types):
+                raise CheckpointError(
+                    f"checkpoint field {key!r} must be {_type_names(types)}; "
+                    f"got {type(value).__name__}"
+                )
         vec = state["global_vector"]
         if vec.shape != self.global_vector.shape:
             raise CheckpointError(
@@ -303,19 +336,29 @@ class Server:
             raise CheckpointError(
                 f"checkpoint was made with seed {state['seed']}; this server has {self.seed}"
             )
+        try:
+            history = History(
+                [
+                    RoundResult(
+                        **{
+                            **d,
+                            "selected": tuple(d["selected"]),
+                            "survivors": tuple(d["survivors"]),
+                        }
+                    )
+                    for d in state["history"]
+                ]
+            )
+            self.strategy.load_state_dict(state["strategy"])
+            self.aggregator.load_state_dict(state["aggregator"])
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, FlError) as exc:
+            raise CheckpointError(
+                f"the checkpoint's state is invalid: {type(exc).__name__}: {exc}"
+            ) from exc
         self.round = int(state["round"])
         self.global_vector = vec.clone()
         load_vector(self.params, self.global_vector)
-        self.strategy.load_state_dict(state["strategy"])
-        self.aggregator.load_state_dict(state["aggregator"])
-        self.history = History(
-            [
-                RoundResult(
-                    **{**d, "selected": tuple(d["selected"]), "survivors": tuple(d["survivors"])}
-                )
-                for d in state["history"]
-            ]
-        )
+        self.history = history
 
     def save_checkpoint(self, path: str | Path) -> Path:
         """Write a checkpoint atomically (temp file + rename)."""
@@ -331,7 +374,11 @@ class Server:
     def load_checkpoint(self, path: str | Path) -> None:
         """Resume from a checkpoint written by :meth:`save_checkpoint`."""
         try:
-            state = torch.load(Path(path), weights_only=False)
-        except (OSError, RuntimeError, EOFError) as exc:
-            raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+            # weights_only: tensors and plain containers only; a pickle that would
+            # build anything else (run code) is refused
+            state = torch.load(Path(path), weights_only=True)
+        except Exception as exc:  # unreadable, truncated, or not a weights-only file
+            raise CheckpointError(
+                f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}"
+            ) from exc
         self.load_state_dict(state)
