@@ -65,7 +65,7 @@ from torch._C._distributed_c10d import Store
 
 from ..codec import DEFAULT_MAX_BYTES
 
-__all__ = ["UnixSocketGroup", "UnixWork", "agree", "host_id", "supported"]
+__all__ = ["UnixSocketGroup", "UnixWork", "host_id", "supported"]
 
 _HEAD = struct.Struct("<qq")  # tag, nbytes
 _HELLO = struct.Struct("<q32s")  # rank, the acceptor's key
@@ -561,30 +561,3 @@ def _recv_exact(s: socket.socket, n: int) -> bytes:
             raise RuntimeError("Unix socket transport: a peer closed the connection during setup")
         buf += part
     return bytes(buf)
-
-
-def agree(store: Store, rank: int, size: int, requested: str) -> str:
-    """The transport every rank will use: ``"unix"`` or ``"tcp"`` (one store round trip).
-
-    Each rank publishes what it asked for (``auto``, ``unix`` or ``tcp``) and its
-    :func:`host_id`; Unix sockets are used when every rank is on this host and
-    none asked for ``tcp``. Raises ``ValueError`` when a rank asked for ``unix``
-    and the ranks are on different hosts.
-    """
-    here = host_id() if supported() else f"no-unix-sockets/{rank}"
-    store.set(f"transport/{rank}", f"{requested}|{here}")
-    asked, hosts = [], set()
-    for r in range(size):
-        mode, host = store.get(f"transport/{r}").decode().split("|", 1)
-        asked.append(mode)
-        hosts.add(host)
-    if "tcp" in asked:
-        return "tcp"
-    if len(hosts) == 1:
-        return "unix"
-    if "unix" in asked:
-        raise ValueError(
-            f"`transport` 'unix' needs every rank on one host; the ranks run on "
-            f"{len(hosts)} hosts (asked: {asked})"
-        )
-    return "tcp"
