@@ -42,6 +42,8 @@ import functools
 import ipaddress
 import logging
 import os
+import socket
+import time
 import warnings
 import zlib
 from collections import deque
@@ -343,7 +345,12 @@ def connect(
     if len(identities) != size:
         raise ValueError(f"`identities` must have {size} entries; got {len(identities)}")
     creds = resolve_credentials(credentials, identities[rank])
-    td = datetime.timedelta(seconds=timeout)
+    # One deadline for the whole join: each step gets what is left of it.
+    deadline = time.monotonic() + timeout
+
+    def left() -> float:
+        return max(0.001, deadline - time.monotonic())
+
     given_store = store is not None
     addr = master_addr or os.environ.get("MASTER_ADDR", "127.0.0.1")
     try:
@@ -353,8 +360,15 @@ def connect(
                 if master_port is not None
                 else int(os.environ.get("MASTER_PORT", DEFAULT_PORT))
             )
+            _check_resolves(addr, port, rank)
             is_master = rank == 0 if host_store is None else host_store
-            store = TCPStore(addr, port, size, is_master, timeout=td, wait_for_workers=False)
+            if not is_master:  # torch's own connect retries for up to twice its timeout
+                _wait_for_listener(addr, port, rank, deadline, timeout)
+            store = TCPStore(
+                addr, port, size, is_master, timeout=datetime.timedelta(seconds=left()),
+                wait_for_workers=False,
+            )  # fmt: skip
+        store.set_timeout(datetime.timedelta(seconds=left()))
         pstore = PrefixStore(prefix, store)
         # a store passed in (smpc.run's file store) is on this host
         loopback = (given_store and master_addr is None) or _is_loopback(addr)
@@ -363,24 +377,62 @@ def connect(
             identities=identities, secure=creds is not None, insecure=insecure,
             loopback=loopback,
         )  # fmt: skip
+        store.set_timeout(datetime.timedelta(seconds=left()))
         if chosen == "unix":
-            return UnixSocketGroup(pstore, rank, size, timeout)
+            return UnixSocketGroup(pstore, rank, size, left())
         if chosen == "tls":
             assert creds is not None
             host = address or ("127.0.0.1" if loopback else local_address(addr))
             return TlsSocketGroup(
-                pstore, rank, size, timeout,
+                pstore, rank, size, left(),
                 credentials=creds, identities=identities, host=host, port=listen_port,
             )  # fmt: skip
         options = ProcessGroupGloo._Options()  # type: ignore[attr-defined]  # not in the stubs
-        options._timeout = td
+        options._timeout = datetime.timedelta(seconds=left())
         options._threads = 2
         options._devices = [_gloo_device("127.0.0.1" if loopback else addr, address)]
         return ProcessGroupGloo(pstore, rank, size, options)
     except RuntimeError as e:  # torch raises DistStoreError (a RuntimeError) on timeouts
+        waited = timeout - (deadline - time.monotonic())
         raise PartyTimeoutError(
-            f"rank {rank}: the other {size - 1} ranks did not all join the process group "
-            f"at {addr} within {timeout} s: {e}"
+            f"rank {rank} ({identities[rank]}): the other {size - 1} ranks did not all join "
+            f"through the rendezvous at {addr}:{_port_of(store, master_port)} within the join "
+            f"timeout of {timeout:g} s (gave up after {waited:.1f} s): {e}"
+        ) from e
+
+
+def _port_of(store: Store | None, master_port: int | None) -> str:
+    port = getattr(store, "port", None) or master_port or os.environ.get("MASTER_PORT")
+    return str(port) if port else "(store)"
+
+
+def _wait_for_listener(host: str, port: int, rank: int, deadline: float, timeout: float) -> None:
+    """Wait until something listens at ``host:port`` (the rendezvous), within ``deadline``."""
+    last: OSError | None = None
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise PartyTimeoutError(
+                f"rank {rank}: nothing answered at the rendezvous {host}:{port} within the join "
+                f"timeout of {timeout:g} s ({last}): a wrong MASTER_ADDR/MASTER_PORT, a "
+                "firewall, or rank 0 did not start"
+            )
+        try:
+            with socket.create_connection((host, port), timeout=min(left, 2.0)):
+                return
+        except OSError as e:  # refused (not listening yet), unreachable, timed out
+            last = e
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+
+
+def _check_resolves(host: str, port: int, rank: int) -> None:
+    """Fail at once, and say so, when the rendezvous host name does not resolve."""
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as e:
+        raise PartyTimeoutError(
+            f"rank {rank}: cannot resolve the rendezvous host {host!r} (MASTER_ADDR / "
+            f"master_addr): {e}; check the name or use an IP address"
         ) from e
 
 
