@@ -39,19 +39,25 @@ Failures: a client whose server dies or goes silent for ``idle_timeout``
 raises :class:`~fl.errors.NetworkError` naming the server, never a raw
 transport error.
 
-Security: messages are neither encrypted nor authenticated by this transport;
-run it inside a trusted network or tunnel (the masking aggregator encrypts the
-secret shares end to end itself, so the server still learns only the sum).
+Security: across machines the link is TLS 1.3 with mutual authentication
+(:mod:`fl.tls_link`; credentials from ``smpc-credentials``, roles ``fl:server``
+and ``fl:client:<id>``; a client's certificate must name the client its hello
+claims); no rendezvous store is used then. Without credentials a run whose
+server is not on the loopback refuses to start, unless ``insecure=True``
+(plain gloo, with a warning). On one host without credentials, gloo on the
+loopback as before.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import ipaddress
 import logging
 import os
 import threading
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -75,9 +81,12 @@ from fl.secure_aggregation import (
 )
 from fl.server import FailurePolicy, Server, round_generator
 from fl.strategy import Strategy
+from fl.tls_link import TlsLink
 from fl.types import AggregateResult, ClientUpdate, FitConfig, History
 from smpc import ProtocolError
 from smpc.codec import Codec, check_length
+from smpc.credentials import CredentialsError, InsecureTransportWarning, role_uri
+from smpc.credentials import resolve as resolve_credentials
 
 __all__ = ["NetworkConfig", "NetworkServer", "run_client", "run_server"]
 
@@ -100,6 +109,16 @@ class NetworkConfig:
         idle_timeout: Seconds a client waits for the server's next message.
         max_message_bytes: The largest message accepted from a peer (its
             announced size is checked before a buffer is allocated).
+        transport: ``"auto"`` (default): TLS when this process has credentials
+            (or the server is not on the loopback), else gloo on the loopback;
+            ``"tls"``: TLS 1.3 with mutual authentication (:mod:`fl.tls_link`),
+            also on one host; ``"gloo"``: plain gloo TCP (across machines only
+            with ``insecure``).
+        credentials: A folder made by ``smpc-credentials`` holding ``ca.pem`` and
+            this process's ``fl-server`` or ``fl-client-<id>`` files (default:
+            ``$SMPC_CREDENTIALS``).
+        insecure: Across machines without credentials, use plain gloo TCP
+            (warns: updates, masked inputs and key material travel readable).
     """
 
     world_size: int
@@ -110,8 +129,15 @@ class NetworkConfig:
     connect_timeout: float = 120.0
     idle_timeout: float = 3600.0
     max_message_bytes: int = 1 << 31
+    transport: str = "auto"
+    credentials: str | None = None
+    insecure: bool = False
 
     def __post_init__(self) -> None:
+        if self.transport not in ("auto", "tls", "gloo"):
+            raise ConfigError(
+                f"`transport` must be 'auto', 'tls' or 'gloo'; got {self.transport!r}"
+            )
         if self.world_size < 2:
             raise ConfigError(
                 f"`world_size` must be >= 2 (server + clients); got {self.world_size}"
@@ -206,14 +232,87 @@ def _check_fields(
     return body
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _tls_link(config: NetworkConfig, rank: int, client_id: int | None) -> TlsLink | None:
+    """The TLS link of this process, or ``None`` for gloo (secure by default across hosts).
+
+    Raises:
+        ConfigError: across machines without credentials and without ``insecure``
+            (says how to create them).
+    """
+    uri = role_uri("fl-server") if rank == 0 else role_uri("fl-client", str(client_id))
+    try:
+        creds = resolve_credentials(config.credentials, uri)
+    except CredentialsError as exc:
+        raise ConfigError(str(exc)) from exc
+    local = _is_loopback(config.master_addr)
+    if config.transport == "gloo" or (config.transport == "auto" and creds is None):
+        if not local and not config.insecure:
+            raise ConfigError(
+                f"rank {rank} ({uri}): the fl server {config.master_addr} is not on this host "
+                "and this process has no credentials: networked fl across machines uses TLS "
+                "with mutual authentication. Create them with `smpc-credentials creds "
+                "--fl-server --fl-clients N`, give each machine ca.pem and its role's .pem "
+                "and .key, and pass NetworkConfig(credentials='creds') (or set "
+                "SMPC_CREDENTIALS); or pass insecure=True to send in plaintext"
+            )
+        if not local:
+            msg = (
+                f"rank {rank}: insecure=True: fl messages travel over plain gloo TCP, "
+                "unencrypted and unauthenticated: model updates, masked inputs, key "
+                "advertisements and shares can be read, and anyone who reaches the store "
+                "port can join as a client or tamper with signals"
+            )
+            warnings.warn(msg, InsecureTransportWarning, stacklevel=3)
+            log.warning(msg)
+        return None
+    if creds is None:
+        raise ConfigError(
+            f"rank {rank} ({uri}): `transport` 'tls' needs credentials: create them with "
+            "`smpc-credentials creds --fl-server --fl-clients N` and pass "
+            "NetworkConfig(credentials='creds')"
+        )
+    try:
+        return TlsLink(
+            rank,
+            config.world_size,
+            config.master_addr,
+            config.master_port,
+            creds,
+            connect_timeout=config.connect_timeout,
+            max_message_bytes=config.max_message_bytes,
+        )
+    except (OSError, ValueError) as exc:
+        raise NetworkError(
+            f"rank {rank} could not join the federation at "
+            f"{config.master_addr}:{config.master_port} over TLS: {exc}"
+        ) from exc
+
+
 class _Channel:
     """Codec-encoded messages between rank 0 and the clients (gloo payload, store signal)."""
 
-    def __init__(self, config: NetworkConfig, rank: int) -> None:
+    def __init__(self, config: NetworkConfig, rank: int, client_id: int | None = None) -> None:
         if not 0 <= rank < config.world_size:
             raise ConfigError(f"`rank` must be in [0, {config.world_size}); got {rank}")
         self.rank = rank
         self.config = config
+        self.sent: dict[int, int] = {}
+        self.received: dict[int, int] = {}
+        self.pending: dict[int, list[Any]] = {}
+        self.bytes_sent = 0
+        self.codec = Codec(_MESSAGE_TYPES, max_bytes=config.max_message_bytes)
+        self.link = _tls_link(config, rank, client_id)
+        if self.link is not None:
+            return
         try:
             self.store = _TCPStore(
                 config.master_addr,
@@ -237,11 +336,6 @@ class _Channel:
                 f"rank {rank} could not join the federation at "
                 f"{config.master_addr}:{config.master_port}: {exc}"
             ) from exc
-        self.sent: dict[int, int] = {}
-        self.received: dict[int, int] = {}
-        self.pending: dict[int, list[Any]] = {}
-        self.bytes_sent = 0
-        self.codec = Codec(_MESSAGE_TYPES, max_bytes=config.max_message_bytes)
 
     @staticmethod
     def who(rank: int) -> str:
@@ -253,6 +347,10 @@ class _Channel:
         seq = self.sent.get(dst, 0)
         data = self.codec.encode_message(seq, obj[0], tuple(obj[1:]))
         self.sent[dst] = seq + 1
+        if self.link is not None:
+            self.link.send(dst, data, self.config.stage_timeout)
+            self.bytes_sent += len(data)
+            return
         payload = torch.frombuffer(bytearray(data), dtype=torch.uint8)
         work = dist.isend(payload, dst=dst)
         # keep the buffer and handle alive until the peer has taken the message
@@ -262,24 +360,45 @@ class _Channel:
 
     def settle(self, peer: int) -> None:
         """Complete sends to ``peer`` (call only once the peer answered: cannot block)."""
+        if self.link is not None:  # TLS sends complete when they return
+            return
         for work, _ in self.pending.pop(peer, []):
             work.wait()
 
     def forget(self, peer: int) -> None:
         """Drop a dead peer's pending sends without waiting on them."""
+        if self.link is not None:
+            self.link.forget(peer)
         self.pending.pop(peer, None)
 
     def ready(self, src: int) -> bool:
         """Whether the next message from ``src`` is waiting (never blocks)."""
+        if self.link is not None:
+            return self.link.ready(src)
         return bool(self.store.check([f"fl/{src}->{self.rank}/{self.received.get(src, 0)}"]))
 
     def beats(self, rank: int) -> int:
         """Heartbeat counter of ``rank``."""
+        if self.link is not None:
+            return self.link.beats(rank)
         return int(self.store.add(f"fl/beat/{rank}", 0))
 
     def start_heartbeat(self) -> threading.Event:
         """Beat from a background thread on a separate store connection; set the event to stop."""
         stop = threading.Event()
+        if self.link is not None:
+            link, period = self.link, self.config.heartbeat_timeout / 5
+
+            def beat_tls() -> None:
+                while not stop.is_set():
+                    try:
+                        link.beat()
+                    except _PEER_ERRORS:
+                        return
+                    stop.wait(period)
+
+            threading.Thread(target=beat_tls, name=f"fl-heartbeat-{self.rank}", daemon=True).start()
+            return stop
         store = _TCPStore(
             self.config.master_addr,
             self.config.master_port,
@@ -306,27 +425,38 @@ class _Channel:
             ProtocolError: malformed, oversized, replayed or unexpected (names ``src``).
         """
         seq = self.received.get(src, 0)
-        key = f"fl/{src}->{self.rank}/{seq}"
-        self.store.wait([key], datetime.timedelta(seconds=max(timeout, 0.001)))
-        announced = self.store.get(key)
-        self.store.delete_key(key)
         peer = self.who(src)
-        try:
-            size = int(announced)
-        except ValueError:
-            raise ProtocolError(f"{peer} announced a message size {announced[:40]!r}") from None
-        check_length(size, self.config.max_message_bytes, peer=peer, what="a message")
-        buf = torch.empty(size, dtype=torch.uint8)
-        dist.recv(buf, src=src)
+        if self.link is not None:
+            data = self.link.recv(src, max(timeout, 0.001))
+        else:
+            key = f"fl/{src}->{self.rank}/{seq}"
+            self.store.wait([key], datetime.timedelta(seconds=max(timeout, 0.001)))
+            announced = self.store.get(key)
+            self.store.delete_key(key)
+            try:
+                size = int(announced)
+            except ValueError:
+                raise ProtocolError(f"{peer} announced a message size {announced[:40]!r}") from None
+            check_length(size, self.config.max_message_bytes, peer=peer, what="a message")
+            buf = torch.empty(size, dtype=torch.uint8)
+            dist.recv(buf, src=src)
+            data = buf.numpy().tobytes()
         self.received[src] = seq + 1
         schema = _TO_CLIENT if self.rank else _TO_SERVER
-        kind, body = self.codec.decode_message(
-            buf.numpy().tobytes(), seq=seq, kinds=schema, peer=peer
-        )
-        return (kind, *_check_fields(kind, body, schema, peer))
+        kind, body = self.codec.decode_message(data, seq=seq, kinds=schema, peer=peer)
+        fields = _check_fields(kind, body, schema, peer)
+        if self.link is not None and kind == "hello":  # the certificate names the client
+            uri = self.link.identity(src)
+            if uri != role_uri("fl-client", str(fields[0])):
+                raise ProtocolError(
+                    f"{peer} says it is client {fields[0]} but its certificate names {uri!r}"
+                )
+        return (kind, *fields)
 
     def close(self) -> None:
-        if dist.is_initialized():
+        if self.link is not None:
+            self.link.close()
+        elif dist.is_initialized():
             dist.destroy_process_group()
 
 
@@ -548,7 +678,7 @@ def run_client(
     """
     if rank < 1:
         raise ConfigError(f"a client's `rank` must be >= 1; got {rank}")
-    channel = _Channel(config, rank)
+    channel = _Channel(config, rank, client.client_id)
     stop_heartbeat = channel.start_heartbeat()
     me = f"client {client.client_id} (rank {rank})"
     server = f"the server (rank 0, {config.master_addr}:{config.master_port})"
