@@ -155,8 +155,8 @@ def run_party(
             dealer=dealer,
         )
         result = program(sess)
-    except BaseException:
-        comm.abort()
+    except BaseException as exc:
+        comm.abort(reason=f"{type(exc).__name__}: {exc}")  # the peers learn the cause
         raise
     sess.close()
     return result

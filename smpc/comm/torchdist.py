@@ -111,6 +111,8 @@ TAG_HEADER = 11
 TAG_PAYLOAD = 12
 # The largest payload a peer may announce in one message (2 GiB; Channel.max_message_bytes).
 MAX_MESSAGE_BYTES = 1 << 31
+# The longest reason a party sends its peers when it gives up (abort).
+ABORT_REASON_BYTES = 4096
 # Objects of broadcast_object: plain values and tensors, no classes (smpc.codec).
 OBJECT_CODEC = Codec()
 # Waits without a useful bound (the provider waiting for the next request).
@@ -463,6 +465,8 @@ class Channel:
     def who(self, rank: int) -> str:
         """A display name for ``rank``."""
         name = self.names[rank] if rank < len(self.names) else f"rank {rank}"
+        if rank == len(self.names) - 1 and name == "dealer":
+            return f"the crypto provider 'dealer' (rank {rank})"
         return f"{name!r} (rank {rank})"
 
     def fail(self, peer: int, what: str, error: RuntimeError) -> PartyTimeoutError | ProtocolError:
@@ -661,8 +665,23 @@ class Channel:
         nbytes: int | None,
         what: str,
     ) -> tuple[int, int]:
-        """Validate a received header; return its ``(nbytes, aux)``."""
+        """Validate a received header; return its ``(nbytes, aux)``.
+
+        A peer's ERROR frame (it gave up, see :meth:`TorchDistCommunicator.abort`)
+        raises :class:`PartyTimeoutError` with the peer's own reason, so that the
+        root cause (e.g. the provider died) reaches every party.
+        """
         got_seq, got_kind, got_nbytes, aux = header.numpy()[:4].tolist()
+        if got_kind == MessageKind.ERROR and kind is not MessageKind.ERROR:
+            reason = "no reason given"
+            if int(header.numpy()[4]) and 0 < got_nbytes <= ABORT_REASON_BYTES:
+                raw = self.frame_payload(header, got_nbytes).numpy().tobytes()
+                reason = raw.decode("utf-8", errors="replace")
+            self.failed = perr = PartyTimeoutError(
+                f"{self.who(self.rank)}: peer {self.who(src)} gave up while this party waited "
+                f"for message #{seq} ({what}); its reason: {reason}"
+            )
+            raise perr
         if got_seq != seq or got_kind != int(kind):
             try:
                 got = MessageKind(got_kind).name
@@ -1182,6 +1201,19 @@ class TorchDistCommunicator:
             seq, MessageKind.BARRIER, None, self._peers, self._peers, 0, f"barrier #{seq}"
         )
 
+    def _tell_peers(self, reason: str) -> None:
+        ch = self.channel
+        text = f"{ch.who(self._rank)}: {reason}".encode()[:ABORT_REASON_BYTES]
+        payload = torch.frombuffer(bytearray(text), dtype=torch.uint8)
+        sends = []
+        for p in self._peers:
+            with contextlib.suppress(PartyTimeoutError, ProtocolError, RuntimeError):
+                sends.append((p, ch.send(p, self._seq + 1, MessageKind.ERROR, payload)))
+        grace = datetime.timedelta(seconds=min(1.0, self.timeout))
+        for p, works in sends:
+            with contextlib.suppress(PartyTimeoutError, ProtocolError, RuntimeError):
+                ch.wait_all(works, p, "telling a peer why this party gives up", timeout=grace)
+
     def close(self) -> None:
         """Say goodbye to every peer (so no one exits with data in flight), then release.
 
@@ -1195,8 +1227,16 @@ class TorchDistCommunicator:
                 self._exchange(seq, MessageKind.CLOSE, None, self._peers, self._peers, 0, "close")
         self.abort()
 
-    def abort(self) -> None:
-        """Release without synchronising with the peers (after an error)."""
+    def abort(self, reason: str | None = None) -> None:
+        """Release without synchronising with the peers (after an error).
+
+        ``reason``: why this party gives up; sent first (best effort, at most a
+        second per peer) to every other party, which then raises
+        :class:`PartyTimeoutError` quoting it instead of seeing only a closed
+        connection (so a party whose provider died tells the others so).
+        """
+        if reason is not None and not self._closed:
+            self._tell_peers(reason)
         self._closed = True
         self._send_buf = torch.empty(0, dtype=torch.uint8)
         self._recv_bufs.clear()

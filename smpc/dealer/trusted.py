@@ -673,7 +673,7 @@ class TrustedDealer:
                     "died, or the network is cut"
                 )
             raise PartyTimeoutError(
-                f"the crypto provider {ch.who(self.rank)} gives up: the last party "
+                f"{ch.who(self.rank)} gives up: the last party "
                 f"{ch.who(last)} {why} [{cause}]"
             ) from e
 
