@@ -10,6 +10,13 @@ See ``docs/runtimes.md``.
 Each party process builds ``Session(parties, frac_bits, seed=..., comm=TorchDistCommunicator(...),
 dealer=TrustedDealerClient(...))`` and calls ``program(sess)``: the same code as
 in the in-process simulation.
+Pickle: :func:`run` pickles the program to the processes it spawns and their
+results (or exceptions) back, through ``multiprocessing`` pipes between this
+process and its own children: one user, one machine, one trust domain (a
+program is code the caller already runs). Nothing that crosses a party
+boundary is pickled: party-to-party and party-to-provider messages go through
+the communicator's frames and the schema-checked codec (:mod:`smpc.codec`),
+and :func:`main`'s roles on separate machines exchange nothing else.
 """
 
 from __future__ import annotations
