@@ -148,3 +148,51 @@ SOCKET_ATTACKS = {
 def marker_path(folder: str) -> str:
     """Where a pickle payload would leave its mark."""
     return str(Path(folder) / "marker")
+
+
+# ----------------------------------------------------------------- faults (standalone roles)
+def busy_loop(sess: smpc.Session, stop_last_after: int | None, progress: str | None) -> int:
+    """Products in a loop; the last party stops itself (SIGSTOP) after some steps."""
+    import os
+    import signal
+
+    x = sess.share(torch.ones(4) if sess.rank == 0 else None, src=0)
+    steps = 400 if progress is None else 1_000_000  # until the provider is killed
+    for i in range(1, steps):
+        x = x * 1.0
+        if i == 20 and progress is not None and sess.rank == 0:
+            Path(progress).touch()
+        if stop_last_after == i and sess.rank == sess.comm.world_size - 1:
+            os.kill(os.getpid(), signal.SIGSTOP)
+    return i
+
+
+def role(
+    rank: int,
+    port: int,
+    timeout: float,
+    stop_last_after: int | None,
+    progress: str | None,
+    out: object,
+) -> None:
+    """One role of a two-party run, as ``smpc-launch`` starts it on its own machine."""
+    import functools
+
+    from smpc.launch import run_dealer, run_party
+
+    names = ["alice", "bob"]
+    try:
+        if rank == len(names):
+            res: object = run_dealer(
+                names, timeout=timeout, master_addr="127.0.0.1", master_port=port, host_store=False
+            )
+        else:
+            program = functools.partial(
+                busy_loop, stop_last_after=stop_last_after, progress=progress
+            )
+            res = run_party(
+                program, rank, names, timeout=timeout, master_addr="127.0.0.1", master_port=port
+            )
+        out.put((rank, repr(res)))  # type: ignore[attr-defined]
+    except Exception as exc:  # the test inspects it
+        out.put((rank, exc))  # type: ignore[attr-defined]
