@@ -673,8 +673,7 @@ class TrustedDealer:
                     "died, or the network is cut"
                 )
             raise PartyTimeoutError(
-                f"{ch.who(self.rank)} gives up: the last party "
-                f"{ch.who(last)} {why} [{cause}]"
+                f"{ch.who(self.rank)} gives up: the last party {ch.who(last)} {why} [{cause}]"
             ) from e
 
     def _report(
