@@ -547,7 +547,7 @@ class Codec:
             kwargs[fname] = value
         try:
             return cls(**kwargs)
-        except (TypeError, ValueError) as e:  # the class's own validation refused the values
+        except Exception as e:  # the class's own validation refused the values
             raise r.fail(f"invalid {name}: {e}") from None
 
 
