@@ -37,7 +37,7 @@ SECRET_X = torch.tensor([3.25, -1.5, 7.0, 0.125, 42.0, -8.5, 1.0, 2.0])
 SECRET_Y = torch.tensor([2.0, 4.5, -3.0, 0.5, -1.0, 8.0, 1.5, -2.5])
 
 
-def program(sess: smpc.Session) -> dict[str, torch.Tensor]:
+def program(sess: smpc.Session) -> dict[str, torch.Tensor | None]:
     """Share, products, comparison, reveal: every kind of traffic."""
     x = sess.share(SECRET_X if sess.rank == 0 else None, src="alice")
     y = sess.share(SECRET_Y if sess.rank == 1 else None, src="bob")
@@ -63,7 +63,7 @@ def _role(
         s.sendall(f"{address[0]}|{address[1]}\n".encode())
         return s
 
-    socket.create_connection = via_relay  # type: ignore[assignment]
+    socket.create_connection = via_relay
     sent: list[bytes] = []
     send = TlsSocketGroup.send
 
@@ -73,7 +73,7 @@ def _role(
         sent.append(tensors[0].contiguous().view(torch.uint8).numpy().tobytes())
         return send(self, tensors, dst, tag)
 
-    TlsSocketGroup.send = recording_send  # type: ignore[method-assign]
+    TlsSocketGroup.send = recording_send  # type: ignore[method-assign,assignment]
     store = FileStore(store_path, -1)
     try:
         if rank < len(NAMES):
@@ -152,7 +152,7 @@ def _records(stream: bytes) -> list[tuple[int, int]]:
 
 def _windows(blob: bytes, rng: random.Random, k: int = 6, width: int = 16) -> list[bytes]:
     """Up to ``k`` high-entropy ``width``-byte pieces of a plaintext (heads and zeros skipped)."""
-    out = []
+    out: list[bytes] = []
     for _ in range(8 * k):
         if len(blob) < width or len(out) == k:
             break
@@ -172,7 +172,7 @@ def test_a_relay_on_every_link_sees_only_tls13_records(tmp_path: Path) -> None:
         issue(creds, uri)
     relay = Relay()
     ctx = mp.get_context("spawn")
-    out = ctx.Queue()
+    out: Any = ctx.Queue()
     store_path = str(tmp_path / "store")
     procs = [
         ctx.Process(target=_role, args=(r, store_path, str(creds), relay.port, out))
