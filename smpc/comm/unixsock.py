@@ -80,14 +80,23 @@ def supported() -> bool:
 
 
 def host_id() -> str:
-    """Identifies this machine (and boot): ranks with equal ids can use Unix sockets."""
+    """Identifies this machine, boot and network namespace: equal ids can use Unix sockets.
+
+    Abstract Unix sockets belong to a network namespace: two containers (or
+    ``ip netns`` namespaces) on one machine cannot reach each other's, so they
+    count as different hosts.
+    """
     boot = ""
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
             boot = f.read().strip()
     except OSError:
         pass
-    return f"{socket.gethostname()}/{boot}"
+    try:
+        netns = os.readlink("/proc/self/ns/net")
+    except OSError:
+        netns = ""
+    return f"{socket.gethostname()}/{boot}/{netns}"
 
 
 def _bytes_of(t: torch.Tensor) -> memoryview:
