@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = ["README.md", "docs/concepts.md"]
+PAGES = ["README.md", "docs/concepts.md", "docs/several_machines.md"]
 
 
 def _snippets(page: str) -> list[str]:
