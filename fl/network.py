@@ -15,16 +15,23 @@ machine), is a dropout for the rest of the run, never a hang: the aggregator
 carries on with the survivors (the masking aggregator recovers their masks)
 or the round fails with a visible error (:class:`~fl.server.FailurePolicy`).
 
-Launch on several machines (one command per process; rank 0 is the server)::
+Launch on several machines (one command per process; rank 0 is the server;
+credentials from ``smpc-credentials creds --fl-server --fl-clients 3``)::
 
-    MASTER_ADDR=10.0.0.1 MASTER_PORT=29500 WORLD_SIZE=4 RANK=0 python my_fl_app.py
-    MASTER_ADDR=10.0.0.1 MASTER_PORT=29500 WORLD_SIZE=4 RANK=1 python my_fl_app.py
+    SMPC_CREDENTIALS=creds MASTER_ADDR=10.0.0.1 MASTER_PORT=29500 WORLD_SIZE=4 RANK=0 \
+        python my_fl_app.py
+    SMPC_CREDENTIALS=creds MASTER_ADDR=10.0.0.1 MASTER_PORT=29500 WORLD_SIZE=4 RANK=1 \
+        python my_fl_app.py
     ...
 
 where ``my_fl_app.py`` calls :func:`run_server` on rank 0 and
-:func:`run_client` elsewhere (see ``docs/fl.md``). The server also hosts the
-store on ``MASTER_PORT``; gloo picks its own ports, so open the firewall
-between the machines (or set ``GLOO_SOCKET_IFNAME``).
+:func:`run_client` elsewhere (see ``docs/fl.md``). Over TLS the server listens
+on ``MASTER_PORT`` only. With ``insecure=True`` (plain gloo) the server hosts
+a store on ``MASTER_PORT`` and gloo picks its own ports, so open the firewall
+between the machines.
+
+The gloo path (one host, or ``insecure``) signals waiting messages through
+the store; the TLS path reads them from the connection.
 
 Messages: each is an envelope (:meth:`smpc.codec.Codec.encode_message`) with
 the link's sequence number and a kind from an allow-list (``hello``, ``fit``,
