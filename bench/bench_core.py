@@ -20,6 +20,7 @@ import argparse
 import functools
 import statistics
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,9 @@ def run_simulation(repeat: int) -> dict[str, float]:
     return medians
 
 
-def _dist_program(sess: smpc.Session, repeat: int) -> dict[str, tuple[float, float, int, int]]:
+def _dist_program(
+    sess: smpc.Session, repeat: int
+) -> dict[str, tuple[float, float, int, int, float]]:
     out = {}
     for name, (sx, sy, kind) in WORKLOADS.items():
         op = _op(kind)
@@ -85,11 +88,14 @@ def _dist_program(sess: smpc.Session, repeat: int) -> dict[str, tuple[float, flo
         x = sess.share(xp if sess.rank == 0 else None, src=0)
         y = sess.share(yp if sess.rank == 1 else None, src=1)
         sess.comm.barrier()
-        med, best = timings(lambda: op(x, y), _reps(kind, sx, repeat))
+        cpu0 = time.process_time()
+        reps = _reps(kind, sx, repeat)
+        med, best = timings(lambda: op(x, y), reps)
+        cpu = (time.process_time() - cpu0) / (reps + 1)  # every thread of this process
         before = sess.stats.snapshot()
         op(x, y)
         d = sess.stats - before
-        out[name] = (med, best, d.rounds, d.bytes)
+        out[name] = (med, best, d.rounds, d.bytes, cpu)
     return out
 
 
@@ -103,8 +109,11 @@ _HOW = {
 
 def run_distributed(
     repeat: int, sim: dict[str, float] | None = None, transport: str = "auto"
-) -> dict[str, float]:
-    """Time each workload with 2 party processes + the provider; return the medians."""
+) -> dict[str, tuple[float, float]]:
+    """Time each workload with 2 party processes + the provider.
+
+    Returns ``{workload: (median wall seconds, CPU seconds per op of the busier party)}``.
+    """
     print(f"== distributed (2 party processes + provider process, {_HOW[transport]}) ==")
     with StealMeter() as steal:
         try:
@@ -122,12 +131,13 @@ def run_distributed(
         # The slower party's time is the program's time.
         med = max(r[name][0] for r in results)
         best = max(r[name][1] for r in results)
-        _, _, rounds, nbytes = results[0][name]
-        extra = f"rounds {rounds}  bytes/party {nbytes:,}"
+        _, _, rounds, nbytes, _ = results[0][name]
+        cpu = max(r[name][4] for r in results)
+        extra = f"rounds {rounds}  bytes/party {nbytes:,}  cpu/party {cpu * 1e3:.3f} ms"
         if sim and name in sim:
             extra += f"  dist/sim {med / sim[name]:.2f}"
         print(_row(name, med, best, plain, extra, steal.fraction))
-        medians[name] = med
+        medians[name] = (med, cpu)
     return medians
 
 
@@ -140,14 +150,22 @@ def transports(text: str) -> list[str]:
     return names
 
 
-def compare(runs: dict[str, list[dict[str, float]]]) -> None:
-    """Print each transport's median time per workload over rounds, and its ratio to the first."""
+def compare(runs: dict[str, list[dict[str, tuple[float, float]]]]) -> None:
+    """Print each transport's median wall and CPU time per workload, and their ratios to the first.
+
+    CPU time (every thread of the busier party process) is the steadier figure on
+    a loaded machine: wall time there measures the scheduler as much as the work.
+    """
     base, *others = runs
     print(f"== transports compared (median over {len(runs[base])} alternating runs) ==")
     for name in WORKLOADS:
-        med = {t: _median([r[name] for r in rs if name in r]) for t, rs in runs.items()}
-        cells = "  ".join(f"{t} {med[t] * 1e3:8.3f} ms" for t in runs)
-        ratios = "  ".join(f"{t}/{base} {med[t] / med[base]:.2f}x" for t in others)
+        wall = {t: _median([r[name][0] for r in rs if name in r]) for t, rs in runs.items()}
+        cpu = {t: _median([r[name][1] for r in rs if name in r]) for t, rs in runs.items()}
+        cells = "  ".join(f"{t} {wall[t] * 1e3:8.3f} ms (cpu {cpu[t] * 1e3:8.3f})" for t in runs)
+        ratios = "  ".join(
+            f"{t}/{base} wall {wall[t] / wall[base]:.2f}x cpu {cpu[t] / cpu[base]:.2f}x"
+            for t in others
+        )
         print(f"{name:28s} {cells}  {ratios}")
 
 
@@ -175,7 +193,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
     sim = run_simulation(args.repeat)
     if not args.no_distributed:
-        runs: dict[str, list[dict[str, float]]] = {t: [] for t in args.transport}
+        runs: dict[str, list[dict[str, tuple[float, float]]]] = {t: [] for t in args.transport}
         for _ in range(max(1, args.rounds) if len(runs) > 1 else 1):
             for t in runs:
                 runs[t].append(run_distributed(args.repeat, sim, t))
