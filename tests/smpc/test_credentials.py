@@ -50,7 +50,9 @@ def test_cli_creates_a_ca_and_every_role(
         cert.verify_directly_issued_by(ca)
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         assert san.get_values_for_type(x509.UniformResourceIdentifier) == [uri]
-        assert cert.public_key().public_numbers() == key.public_key().public_numbers()
+        public = cert.public_key()
+        assert isinstance(public, ec.EllipticCurvePublicKey)
+        assert public.public_numbers() == key.public_key().public_numbers()
         assert role_file(uri) == stem
     assert stat.S_IMODE((folder / "ca.key").stat().st_mode) == 0o600
     assert "keep ca.key private" in capsys.readouterr().out

@@ -186,7 +186,7 @@ def _finish(procs: list[subprocess.Popen[str]], within: float) -> list[tuple[int
         except subprocess.TimeoutExpired:
             for q in procs:
                 q.kill()
-            pytest.fail(f"a role did not exit within {within} s: {p.args}")
+            pytest.fail(f"a role did not exit within {within} s: {p.args!r}")
         out.append((p.returncode, err))
     return out
 

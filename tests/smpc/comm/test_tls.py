@@ -141,9 +141,11 @@ def test_links_are_tls13_with_the_peers_roles(creds: Path) -> None:
                 sock = peer.sock
                 assert isinstance(sock, ssl.SSLSocket)
                 assert sock.version() == "TLSv1.3"
-                assert "GCM" in sock.cipher()[0] or "CHACHA" in sock.cipher()[0]
-                uri = g._identities[r]
-                assert ("URI", uri) in sock.getpeercert()["subjectAltName"]
+                cipher = sock.cipher()
+                assert cipher is not None and ("GCM" in cipher[0] or "CHACHA" in cipher[0])
+                cert = sock.getpeercert()
+                assert cert is not None
+                assert ("URI", g._identities[r]) in cert["subjectAltName"]
         assert _exchange_ok(c, a, 2, 0)
     finally:
         for g in (a, b, c):
