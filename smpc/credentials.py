@@ -336,7 +336,7 @@ def _hint(uri: str, folder: Path) -> str:
     return f"smpc-credentials {folder} --fl-clients N"
 
 
-def peer_identity(sock: ssl.SSLSocket) -> str | None:
+def peer_identity(sock: ssl.SSLSocket | ssl.SSLObject) -> str | None:
     """The role URI named by a connected peer's (verified) certificate, or ``None``.
 
     A certificate that names several role URIs names none (``None``).
