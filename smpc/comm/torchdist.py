@@ -3,10 +3,13 @@
 Each party runs the same protocol code as in the simulation, holding only its
 own share (``party_axis = False``). Parties talk point to point in a process
 group whose ranks are ``0 .. world_size - 1`` for the computing parties and
-``world_size`` for the crypto provider (see :mod:`smpc.dealer.trusted`): gloo
-over TCP, or, when every rank runs on one host, Unix sockets
-(:mod:`smpc.comm.unixsock`, the same send/receive semantics); :func:`connect`
-picks one (``transport``). The rendezvous is a torch.distributed store.
+``world_size`` for the crypto provider (see :mod:`smpc.dealer.trusted`): Unix
+sockets when every rank runs on one host (:mod:`smpc.comm.unixsock`), TLS 1.3
+with mutual authentication across hosts (:mod:`smpc.comm.tls`, the same
+framing and send/receive semantics), or plain gloo over TCP on request (across
+hosts only with ``insecure=True``); :func:`connect` picks one (``transport``,
+secure by default). The rendezvous is a torch.distributed store; it holds
+addresses and ports, never a secret a stranger could use across hosts.
 
 Wire format. Every message is a *frame* on one gloo tag: a 128-byte head
 ``[seq, kind, nbytes, aux, inline, nparts, part sizes...]`` followed, when it
