@@ -364,6 +364,9 @@ class UnixSocketGroup:
         except BlockingIOError:
             return 0
         except OSError as e:
+            # read what the peer sent before it left (e.g. its reason for giving up)
+            with contextlib.suppress(OSError):
+                self._read(peer, None)
             self._lost(peer, f"Connection closed by rank {peer.rank} (sending: {e})")
             return 0
 
