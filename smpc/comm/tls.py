@@ -5,9 +5,11 @@ host: ``transport="tls"``). It is the Unix-socket transport
 (:class:`~smpc.comm.unixsock.UnixSocketGroup`) with TCP sockets wrapped in TLS
 (Python's :mod:`ssl`, OpenSSL): the same wire format (a 16-byte head
 ``[tag, nbytes]`` then the payload, inside TLS records), the same
-single-threaded progress (non-blocking sockets, every ``wait`` pumps every
-peer, ``poll`` when nothing moves), the same ``send``/``recv`` calls as a gloo
-group. Received payloads are decrypted straight into the posted receive
+progress (non-blocking sockets, every ``wait`` pumps every peer, ``poll`` when
+nothing moves), the same ``send``/``recv`` calls as a gloo group -- plus one
+writer thread that flushes queued sends while the caller computes (a TCP
+socket takes only a few MiB at once; without it a large message would move
+only when its sender next waits). A lock serialises every use of the sockets. Received payloads are decrypted straight into the posted receive
 buffers (``recv_into``); a small message is written as one TLS record (head
 and payload joined), a large one as its head and then the payload in place.
 
@@ -32,17 +34,21 @@ the payload.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import select
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Sequence
 from typing import cast
 
+import torch
 from torch._C._distributed_c10d import Store
 
 from ..credentials import Credentials, peer_identity
-from .unixsock import UnixSocketGroup, _Peer
+from .unixsock import UnixSocketGroup, UnixWork, _Peer
 
 __all__ = ["TlsSocketGroup", "local_address"]
 
@@ -121,6 +127,7 @@ class TlsSocketGroup(UnixSocketGroup):
         self._port = port
         self.refused = 0
         super().__init__(store, rank, size, timeout)
+        self._start_writer()
 
     # ----------------------------------------------------------------- setup
     def _connect(self, store: Store, timeout: float) -> None:
@@ -237,6 +244,70 @@ class TlsSocketGroup(UnixSocketGroup):
     def _add_peer(self, rank: int, s: socket.socket) -> None:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         super()._add_peer(rank, s)
+
+    # ----------------------------------------------------------------- writer thread
+    # Progress is the Unix transport's (the caller's waits pump every peer), plus one
+    # thread that flushes queued sends while the caller computes: a TCP socket takes
+    # only a few MiB at once, and a large message (the provider's corrections) would
+    # otherwise move only when its sender next waits. Every touch of the sockets and
+    # the peers' state holds ``_lock`` (an SSL object is not safe for concurrent use).
+    def _start_writer(self) -> None:
+        self._lock = threading.RLock()
+        self._queued = threading.Event()
+        self._stopping = False
+        self._writer = threading.Thread(
+            target=self._write_queued, name=f"smpc-tls-writer-{self.rank}", daemon=True
+        )
+        self._writer.start()
+
+    def _write_queued(self) -> None:
+        while not self._stopping:
+            if not self._queued.wait(0.5):
+                continue
+            with self._lock:
+                waiting = [p for p in self._peers.values() if p.sendq and p.closed is None]
+                if not waiting:
+                    self._queued.clear()
+                    continue
+                socks = [p.sock for p in waiting]
+            try:
+                _, writable, _ = select.select([], socks, [], 0.05)
+            except (OSError, ValueError):  # a socket closed meanwhile
+                continue
+            if writable:
+                with self._lock:
+                    for p in waiting:
+                        if p.sendq and p.closed is None and p.sock in writable:
+                            self._flush(p)
+
+    def send(self, tensors: list[torch.Tensor], dstRank: int, tag: int) -> UnixWork:  # noqa: N803
+        """Post a send (as the Unix transport); what the socket does not take is queued."""
+        with self._lock:
+            work = super().send(tensors, dstRank, tag)
+            if not work.done and work.error is None:
+                self._queued.set()
+            return work
+
+    def recv(self, tensors: list[torch.Tensor], srcRank: int, tag: int) -> UnixWork:  # noqa: N803
+        """Post a receive (as the Unix transport)."""
+        with self._lock:
+            return super().recv(tensors, srcRank, tag)
+
+    def _pump(self, target: UnixWork | None) -> bool:
+        with self._lock:
+            return super()._pump(target)
+
+    def close(self) -> None:
+        """Stop the writer thread, then close every connection (pending works fail)."""
+        writer = getattr(self, "_writer", None)
+        if writer is not None:
+            self._stopping = True
+            self._queued.set()
+            if writer is not threading.current_thread():
+                writer.join(2.0)
+        lock = getattr(self, "_lock", None)
+        with lock if lock is not None else contextlib.nullcontext():
+            super().close()
 
     # ----------------------------------------------------------------- I/O
     def _write(self, peer: _Peer, chunks: list[memoryview]) -> int:
