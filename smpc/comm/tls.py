@@ -9,9 +9,10 @@ progress (non-blocking sockets, every ``wait`` pumps every peer, ``poll`` when
 nothing moves), the same ``send``/``recv`` calls as a gloo group -- plus one
 writer thread that flushes queued sends while the caller computes (a TCP
 socket takes only a few MiB at once; without it a large message would move
-only when its sender next waits). A lock serialises every use of the sockets. Received payloads are decrypted straight into the posted receive
-buffers (``recv_into``); a small message is written as one TLS record (head
-and payload joined), a large one as its head and then the payload in place.
+only when its sender next waits). A lock serialises every use of the sockets.
+Received payloads are decrypted straight into the posted receive buffers
+(``recv_into``); a small message is written as one TLS record (head and
+payload joined), a large one as its head and then the payload in place.
 
 Authentication. Every rank holds a key and a certificate from the session CA
 (:mod:`smpc.credentials`, ``smpc-credentials``). Setup: each rank listens on a
