@@ -3,19 +3,24 @@
 Prints median (and best) seconds, rounds, bytes per party, the provider's bytes
 and the ratio to plain float32 torch measured in the same run, in simulation and
 (unless --no-distributed) with 2 party processes + the provider (over Unix
-sockets, or with --transport tcp over gloo on loopback TCP as across
-machines). It also prints the share of CPU time the hypervisor stole during
-each measurement: on a shared VM that share inflates every figure, the
-plain-torch baseline included.
+sockets; with --transport tls over TLS 1.3 on loopback TCP, the transport
+across machines; with --transport tcp over plain gloo TCP). Several
+transports, comma-separated, run one after the other in the same invocation
+(alternating, --rounds times) and the ratio of each to the first is printed:
+``--transport tcp,tls`` gives TLS's cost over plain TCP. It also prints the
+share of CPU time the hypervisor stole during each measurement: on a shared VM
+that share inflates every figure, the plain-torch baseline included.
 
-    python bench/bench_core.py [--repeat 15] [--no-distributed] [--transport tcp]
+    python bench/bench_core.py [--repeat 15] [--no-distributed] [--transport tcp,tls]
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import statistics
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -72,7 +77,9 @@ def run_simulation(repeat: int) -> dict[str, float]:
     return medians
 
 
-def _dist_program(sess: smpc.Session, repeat: int) -> dict[str, tuple[float, float, int, int]]:
+def _dist_program(
+    sess: smpc.Session, repeat: int
+) -> dict[str, tuple[float, float, int, int, float]]:
     out = {}
     for name, (sx, sy, kind) in WORKLOADS.items():
         op = _op(kind)
@@ -81,20 +88,33 @@ def _dist_program(sess: smpc.Session, repeat: int) -> dict[str, tuple[float, flo
         x = sess.share(xp if sess.rank == 0 else None, src=0)
         y = sess.share(yp if sess.rank == 1 else None, src=1)
         sess.comm.barrier()
-        med, best = timings(lambda: op(x, y), _reps(kind, sx, repeat))
+        cpu0 = time.process_time()
+        reps = _reps(kind, sx, repeat)
+        med, best = timings(lambda: op(x, y), reps)
+        cpu = (time.process_time() - cpu0) / (reps + 1)  # every thread of this process
         before = sess.stats.snapshot()
         op(x, y)
         d = sess.stats - before
-        out[name] = (med, best, d.rounds, d.bytes)
+        out[name] = (med, best, d.rounds, d.bytes, cpu)
     return out
+
+
+_HOW = {
+    "auto": "Unix sockets",
+    "unix": "Unix sockets",
+    "tcp": "gloo over loopback TCP",
+    "tls": "TLS 1.3 over loopback TCP",
+}
 
 
 def run_distributed(
     repeat: int, sim: dict[str, float] | None = None, transport: str = "auto"
-) -> None:
-    """Time each workload with 2 party processes + the provider (Unix sockets or gloo TCP)."""
-    how = "gloo over loopback TCP" if transport == "tcp" else "Unix sockets"
-    print(f"== distributed (2 party processes + provider process, {how}) ==")
+) -> dict[str, tuple[float, float]]:
+    """Time each workload with 2 party processes + the provider.
+
+    Returns ``{workload: (median wall seconds, CPU seconds per op of the busier party)}``.
+    """
+    print(f"== distributed (2 party processes + provider process, {_HOW[transport]}) ==")
     with StealMeter() as steal:
         try:
             results = smpc.run(
@@ -102,7 +122,8 @@ def run_distributed(
             )
         except Exception as err:  # report, do not hide: the figures are simply missing
             print(f"distributed run failed: {type(err).__name__}: {err}")
-            return
+            return {}
+    medians: dict[str, float] = {}
     for name, (sx, sy, kind) in WORKLOADS.items():
         op = _op(kind)
         xp, yp = torch.randn(sx), torch.randn(sy)
@@ -110,11 +131,46 @@ def run_distributed(
         # The slower party's time is the program's time.
         med = max(r[name][0] for r in results)
         best = max(r[name][1] for r in results)
-        _, _, rounds, nbytes = results[0][name]
-        extra = f"rounds {rounds}  bytes/party {nbytes:,}"
+        _, _, rounds, nbytes, _ = results[0][name]
+        cpu = max(r[name][4] for r in results)
+        extra = f"rounds {rounds}  bytes/party {nbytes:,}  cpu/party {cpu * 1e3:.3f} ms"
         if sim and name in sim:
             extra += f"  dist/sim {med / sim[name]:.2f}"
         print(_row(name, med, best, plain, extra, steal.fraction))
+        medians[name] = (med, cpu)
+    return medians
+
+
+def transports(text: str) -> list[str]:
+    """``--transport``: one transport or several, comma-separated (the first is the baseline)."""
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in names if t not in _HOW]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(f"transports are {sorted(_HOW)}; got {text!r}")
+    return names
+
+
+def compare(runs: dict[str, list[dict[str, tuple[float, float]]]]) -> None:
+    """Print each transport's median wall and CPU time per workload, and their ratios to the first.
+
+    CPU time (every thread of the busier party process) is the steadier figure on
+    a loaded machine: wall time there measures the scheduler as much as the work.
+    """
+    base, *others = runs
+    print(f"== transports compared (median over {len(runs[base])} alternating runs) ==")
+    for name in WORKLOADS:
+        wall = {t: _median([r[name][0] for r in rs if name in r]) for t, rs in runs.items()}
+        cpu = {t: _median([r[name][1] for r in rs if name in r]) for t, rs in runs.items()}
+        cells = "  ".join(f"{t} {wall[t] * 1e3:8.3f} ms (cpu {cpu[t] * 1e3:8.3f})" for t in runs)
+        ratios = "  ".join(
+            f"{t}/{base} wall {wall[t] / wall[base]:.2f}x cpu {cpu[t] / cpu[base]:.2f}x"
+            for t in others
+        )
+        print(f"{name:28s} {cells}  {ratios}")
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
 
 
 def main() -> None:
@@ -125,15 +181,24 @@ def main() -> None:
     parser.add_argument("--no-distributed", action="store_true")
     parser.add_argument(
         "--transport",
-        choices=("auto", "unix", "tcp"),
-        default="auto",
-        help="distributed runs: Unix sockets (auto, on one host) or gloo over loopback TCP",
+        type=transports,
+        default=["auto"],
+        help="distributed runs: auto/unix (Unix sockets), tls (TLS 1.3 on loopback TCP), tcp "
+        "(plain gloo TCP); several comma-separated (e.g. tcp,tls) are compared",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="alternating runs per transport when comparing"
     )
     args = parser.parse_args()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
     sim = run_simulation(args.repeat)
     if not args.no_distributed:
-        run_distributed(args.repeat, sim, args.transport)
+        runs: dict[str, list[dict[str, tuple[float, float]]]] = {t: [] for t in args.transport}
+        for _ in range(max(1, args.rounds) if len(runs) > 1 else 1):
+            for t in runs:
+                runs[t].append(run_distributed(args.repeat, sim, t))
+        if len(runs) > 1:
+            compare(runs)
 
 
 if __name__ == "__main__":

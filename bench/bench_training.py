@@ -9,12 +9,16 @@
 
 Each in simulation (all parties in this process) and, with ``--distributed``,
 with 2 parties + provider as real processes (``smpc.run``; over Unix sockets,
-or with ``--transport tcp`` over gloo on loopback TCP). Ratios are to
-plain torch measured in the same run. Run::
+with ``--transport tls`` over TLS 1.3 on loopback TCP -- the transport across
+machines -- or with ``--transport tcp`` over plain gloo TCP). Several
+transports, comma-separated, run in the same invocation (alternating,
+``--rounds`` times) and the ratio of each to the first is printed. Ratios are
+to plain torch measured in the same run. Run::
 
     python bench/bench_training.py                    # W4, W5, W6 in simulation
     python bench/bench_training.py --distributed      # + 2-party distributed W4/W6
     python bench/bench_training.py --only w4 --steps 20
+    python bench/bench_training.py --distributed --only w4 --transport tcp,tls --rounds 3
 """
 
 from __future__ import annotations
@@ -74,19 +78,22 @@ def w4_program(loss: str, steps: int, sess: smpc.Session) -> dict[str, float]:
     ys = sess.share(onehot, src=sess.world_size - 1)
     opt = smpc.optim.SGD(enc.parameters(), lr=0.05, momentum=0.9)
     loss_fn: snn.Module = snn.CrossEntropyLoss() if loss == "ce" else snn.MSELoss()
-    times, rounds, nbytes = [], [], []
+    times, rounds, nbytes, cpu = [], [], [], []
     for _ in range(steps + 2):
+        c0 = time.process_time()
         before = sess.stats.snapshot()
         t0 = time.perf_counter()
         opt.zero_grad()
         loss_fn(enc(xs), ys).backward()
         opt.step()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
         used = sess.stats - before
         rounds.append(used.rounds)
         nbytes.append(max(used.bytes_per_party) if sess.simulated else used.bytes)
     return {
         "ms": 1e3 * statistics.median(times[2:]),
+        "cpu_ms": 1e3 * statistics.median(cpu[2:]),
         "rounds": rounds[-1],
         "MB": nbytes[-1] / 1e6,
     }
@@ -103,14 +110,32 @@ def w4(args: argparse.Namespace, results: dict[str, Any]) -> None:
             f"{plain:.2f} ms), {sim['rounds']} rounds, {sim['MB']:.2f} MB/party"
         )
         if args.distributed:
-            res = smpc.run(
-                functools.partial(w4_program, loss, args.steps),
-                parties=PARTIES,
-                transport=args.transport,
-            )
-            dist = max(r["ms"] for r in res)
-            row["dist_ms"] = dist
-            line += f"; distributed {dist:7.1f} ms/step (x{dist / sim['ms']:.2f} sim)"
+            per: dict[str, list[float]] = {t: [] for t in args.transport}
+            cpus: dict[str, list[float]] = {t: [] for t in args.transport}
+            for _ in range(args.rounds if len(per) > 1 else 1):
+                for t in per:
+                    res = smpc.run(
+                        functools.partial(w4_program, loss, args.steps),
+                        parties=PARTIES,
+                        transport=t,
+                    )
+                    per[t].append(max(r["ms"] for r in res))
+                    cpus[t].append(max(r["cpu_ms"] for r in res))
+            base = args.transport[0]
+            for t, values in per.items():
+                dist, cpu = statistics.median(values), statistics.median(cpus[t])
+                row["dist_ms" if t == base else f"dist_ms_{t}"] = dist
+                row["dist_cpu_ms" if t == base else f"dist_cpu_ms_{t}"] = cpu
+                line += (
+                    f"; distributed {t} {dist:7.1f} ms/step (cpu/party {cpu:.1f} ms, "
+                    f"x{dist / sim['ms']:.2f} sim)"
+                )
+                if t != base:
+                    ratio = dist / statistics.median(per[base])
+                    cpu_ratio = cpu / statistics.median(cpus[base])
+                    row[f"dist_ratio_{t}_{base}"] = ratio
+                    row[f"dist_cpu_ratio_{t}_{base}"] = cpu_ratio
+                    line += f" {t}/{base} wall {ratio:.2f}x cpu {cpu_ratio:.2f}x"
         print(line, flush=True)
         results[f"W4_{loss}"] = row
 
@@ -204,13 +229,21 @@ def w6(args: argparse.Namespace, results: dict[str, Any]) -> None:
             res = smpc.run(
                 functools.partial(w6_program, model, xt[sel], batch),
                 parties=PARTIES,
-                transport=args.transport,
+                transport=args.transport[0],
             )
             dms = 1e3 * max(x["seconds"] for x in res) / n
             row["dist_ms_per_image"] = dms
             line += f"; distributed {dms:6.2f} ms/image"
         print(line, flush=True)
         results[f"W6_batch{batch}"] = row
+
+
+def _transports(text: str) -> list[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in names if t not in ("auto", "unix", "tls", "tcp")]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(f"transports are auto, unix, tls, tcp; got {text!r}")
+    return names
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,9 +260,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--distributed", action="store_true", help="also run 2-party distributed")
     p.add_argument(
         "--transport",
-        choices=("auto", "unix", "tcp"),
-        default="auto",
-        help="distributed runs: Unix sockets (auto, on one host) or gloo over loopback TCP",
+        type=_transports,
+        default=["auto"],
+        help="distributed runs: auto/unix (Unix sockets), tls (TLS 1.3 on loopback TCP), tcp "
+        "(plain gloo TCP); several comma-separated (e.g. tcp,tls) are compared on W4",
+    )
+    p.add_argument(
+        "--rounds", type=int, default=1, help="alternating W4 runs per transport when comparing"
     )
     p.add_argument("--json", default=None, help="write the figures to this file")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")

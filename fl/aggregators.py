@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import torch
 
 from fl.clipping import clip_by_l2_norm
-from fl.dp import DifferentialPrivacy, RdpAccountant
+from fl.dp import DifferentialPrivacy, GaussianNoise, RdpAccountant
 from fl.errors import AggregationError, ConfigError, InsufficientClientsError, ProtocolError
 from fl.types import AggregateResult, ClientUpdate
 
@@ -211,7 +211,7 @@ class Aggregator(ABC):
         )
         self.sampling_rate: float = 1.0
         self.accountant = RdpAccountant()
-        self._noise_generator: torch.Generator | None = None
+        self._noise_generator: GaussianNoise | None = None
 
     # ----------------------------------------------------------------- DP
     def setup(self, *, num_rounds: int, sampling_rate: float) -> None:
@@ -231,7 +231,7 @@ class Aggregator(ABC):
             return math.nan
         return self.accountant.get_epsilon(self.dp.target_delta)
 
-    def noise_generator(self) -> torch.Generator:
+    def noise_generator(self) -> GaussianNoise:
         """The DP noise generator (created on first use)."""
         if self._noise_generator is None:
             assert self.dp is not None
@@ -274,9 +274,7 @@ class Aggregator(ABC):
         if self.dp is not None:
             std = self.average_noise_std(len(weights))
             if not noised and std > 0:
-                total = total + torch.normal(
-                    0.0, std, size=total.shape, generator=self.noise_generator()
-                ).to(total.dtype)
+                total = total + self.noise_generator().normal(std, total.shape, total.dtype)
             mean = total
         else:
             std = 0.0

@@ -21,6 +21,15 @@ RDP -> (epsilon, delta) conversion of Balle et al. (2020) that Opacus uses.
 Integer orders only make it at most slightly more conservative than Opacus,
 which also tries fractional orders (a test compares the two when Opacus is
 installed).
+
+Noise comes from a cryptographically secure generator (:class:`GaussianNoise`:
+AES-128-CTR keystream turned Gaussian by the Box-Muller transform), never from
+torch's Mersenne Twister, whose state an observer of enough noised outputs
+could recover and so subtract the noise. ``DifferentialPrivacy(seed=...)`` is
+the testing switch: it derives the key from the seed (reproducible runs);
+without it every key comes from ``os.urandom``. As in every floating-point
+implementation of the Gaussian mechanism (Opacus's included), the noise is a
+float64 sample rounded to the update's dtype, not an exact real Gaussian.
 """
 
 from __future__ import annotations
@@ -32,9 +41,11 @@ from dataclasses import dataclass
 import torch
 
 from fl.errors import PrivacyError
+from smpc.prg import KEY_BYTES, AesPrg, key_from_seed
 
 __all__ = [
     "DifferentialPrivacy",
+    "GaussianNoise",
     "RdpAccountant",
     "calibrate_noise_multiplier",
     "compute_epsilon",
@@ -220,12 +231,78 @@ class DifferentialPrivacy:
             self.target_epsilon, self.target_delta, sampling_rate, num_rounds
         )
 
-    def generator(self) -> torch.Generator:
-        """A fresh noise generator (seeded from ``seed`` or from ``os.urandom``)."""
-        import os
+    def generator(self, stream: str = "central") -> GaussianNoise:
+        """A fresh noise source (CSPRNG; keyed from ``seed`` under the testing switch).
 
-        g = torch.Generator()
-        g.manual_seed(
-            self.seed if self.seed is not None else int.from_bytes(os.urandom(8), "little")
-        )
-        return g
+        ``stream`` names the noise stream (e.g. one per client for distributed
+        noise) so that seeded streams are independent; without ``seed`` every
+        call draws a fresh key from ``os.urandom``.
+        """
+        if self.seed is None:
+            return GaussianNoise()
+        return GaussianNoise(key_from_seed(self.seed, label=f"fl/dp-noise/{stream}"))
+
+
+class GaussianNoise:
+    """Gaussian noise from a CSPRNG: AES-128-CTR keystream, Box-Muller transform.
+
+    Each pair of uniform 64-bit words ``(w1, w2)`` gives two independent normal
+    samples ``sqrt(-2 ln u1) * (cos, sin)(2 pi u2)``, with ``u1 = 1 - w1 / 2^64``
+    in ``(0, 1]`` and ``u2 = w2 / 2^64`` in ``[0, 1)`` (53-bit precision),
+    computed in float64.
+
+    Args:
+        key: 16-byte AES key; ``None`` draws one from ``os.urandom`` (the secure
+            default). A key from a seed is for reproducible tests only
+            (:meth:`DifferentialPrivacy.generator`).
+    """
+
+    __slots__ = ("_prg",)
+
+    def __init__(self, key: bytes | None = None) -> None:
+        self._prg = AesPrg(key)
+
+    def __repr__(self) -> str:
+        return "GaussianNoise(<key hidden>)"
+
+    def normal(
+        self, std: float, shape: Sequence[int] | torch.Size, dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
+        """Samples of ``N(0, std^2)`` of ``shape`` (float64 internally, then ``dtype``)."""
+        if not (std >= 0 and math.isfinite(std)):
+            raise PrivacyError(f"`std` must be a finite number >= 0; got {std}")
+        n = math.prod(shape)
+        half = (n + 1) // 2
+        words = self._prg.random_int64(2 * half)
+        mant = torch.bitwise_and(words >> 11, (1 << 53) - 1).to(torch.float64) * 2.0**-53
+        u1 = 1.0 - mant[:half]  # (0, 1]: the log is finite
+        theta = mant[half:] * (2 * math.pi)
+        r = torch.sqrt(-2.0 * torch.log(u1))
+        z = torch.cat([r * torch.cos(theta), r * torch.sin(theta)])[:n]
+        return (z * std).to(dtype).reshape(tuple(shape))
+
+    def get_state(self) -> torch.Tensor:
+        """The stream's key and position, as uint8 (for checkpoints: keep it secret)."""
+        pos = self._prg.tell().to_bytes(8, "little")
+        return torch.frombuffer(bytearray(self._prg._key + pos), dtype=torch.uint8).clone()
+
+    def set_state(self, state: torch.Tensor) -> None:
+        """Restore :meth:`get_state` output.
+
+        Raises:
+            PrivacyError: ``state`` is not a noise stream's state.
+        """
+        if (
+            not isinstance(state, torch.Tensor)
+            or state.dtype != torch.uint8
+            or state.numel() != KEY_BYTES + 8
+        ):
+            got = type(state).__name__
+            if isinstance(state, torch.Tensor):
+                got = f"a {state.dtype} tensor of {state.numel()} elements"
+            raise PrivacyError(
+                f"a noise generator state must be {KEY_BYTES + 8} uint8 values; got {got}"
+            )
+        raw = bytes(state.reshape(-1).tolist())
+        self._prg = AesPrg(raw[:KEY_BYTES])
+        self._prg.seek(int.from_bytes(raw[KEY_BYTES:], "little"))

@@ -67,7 +67,6 @@ Security:
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -348,11 +347,8 @@ def _load_state(context: Context) -> tuple[MaskingClient, ConfigRecord]:
     dp = None
     if float(rec.get("dp_clip", 0.0)) > 0:  # type: ignore[arg-type]
         dp = DifferentialPrivacy(clip_norm=float(rec["dp_clip"]), noise_multiplier=0.0)  # type: ignore[arg-type]
-    gen = None
-    if dp is not None:
-        gen = torch.Generator()
-        gen.manual_seed(int.from_bytes(os.urandom(8), "little") % (1 << 63))
-    client = MaskingClient(int(rec["client_id"]), delta, dp=dp, noise_generator=gen)  # type: ignore[arg-type]
+    # DP noise share: a fresh AES-CTR stream keyed from os.urandom (MaskingClient's default)
+    client = MaskingClient(int(rec["client_id"]), delta, dp=dp)  # type: ignore[arg-type]
     setup_rec = ConfigRecord(
         {k[len("setup.") :]: v for k, v in rec.items() if k.startswith("setup.")}
     )

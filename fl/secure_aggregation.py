@@ -75,7 +75,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from fl import shamir
 from fl.aggregators import Aggregator, Stage, check_update, prepare_contribution
 from fl.clipping import Quantizer
-from fl.dp import DifferentialPrivacy
+from fl.dp import DifferentialPrivacy, GaussianNoise
 from fl.errors import (
     ConfigError,
     InsufficientClientsError,
@@ -370,7 +370,7 @@ class MaskingClient:
         delta: torch.Tensor,
         *,
         dp: DifferentialPrivacy | None = None,
-        noise_generator: torch.Generator | None = None,
+        noise_generator: GaussianNoise | None = None,
         scratch: _Masker | None = None,
     ) -> None:
         self.scratch = scratch
@@ -493,9 +493,8 @@ class MaskingClient:
         else:
             x = prepare_contribution(self.delta, setup.weight, self.dp, name=name)
             if setup.noise_std > 0:
-                x = x + torch.normal(
-                    0.0, setup.noise_std, size=x.shape, generator=self.noise_generator
-                )
+                noise = self.noise_generator or GaussianNoise()  # a fresh key if none given
+                x = x + noise.normal(setup.noise_std, x.shape, x.dtype)
             y = quantizer.quantize(x, name=name)
         plus: list[bytes] = [_self_key(st.b_seed, setup.round_id)]
         minus: list[bytes] = []
@@ -783,13 +782,7 @@ class MaskingAggregator(Aggregator):
         """Start the client side of one round."""
         gen = None
         if self.dp is not None and self.dp.distributed:
-            gen = torch.Generator()
-            base = (
-                self.dp.seed
-                if self.dp.seed is not None
-                else int.from_bytes(os.urandom(8), "little")
-            )
-            gen.manual_seed((base * 1_000_003 + client_id) % (1 << 63))
+            gen = self.dp.generator(f"client/{client_id}")
         if self._scratch is None:
             self._scratch = _Masker()  # simulation: clients of one process share scratch
         return MaskingClient(

@@ -58,7 +58,7 @@ from fl.client import (
     flatten,
     load_vector,
 )
-from fl.errors import AggregationError, CheckpointError, ConfigError
+from fl.errors import AggregationError, CheckpointError, ConfigError, FlError
 from fl.evaluation import FederatedEvaluation, FederatedMetrics, aggregate_metrics
 from fl.strategy import FedAvg, PersonalizedStrategy, Strategy
 from fl.types import AggregateResult, ClientUpdate, History, RoundResult
@@ -66,6 +66,22 @@ from fl.types import AggregateResult, ClientUpdate, History, RoundResult
 __all__ = ["DropoutModel", "FailurePolicy", "Server", "round_generator", "show_progress"]
 
 _CHECKPOINT_VERSION = 1
+# The fields a checkpoint must hold, and their types.
+_CHECKPOINT_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "round": int,
+    "seed": int,
+    "global_vector": torch.Tensor,
+    "strategy": dict,
+    "aggregator": dict,
+    "history": list,
+}
+
+
+def _type_names(types: type | tuple[type, ...]) -> str:
+    names = [t.__name__ for t in (types if isinstance(types, tuple) else (types,))]
+    return " or ".join(names)
+
+
 _MIX = 1_000_003
 _EVAL_SALT = -1  # round_generator salt of the evaluation sample (client salts are >= 1)
 
@@ -134,6 +150,15 @@ class DropoutModel:
             if ui < self.rate:
                 out.setdefault(self.stage if self.stage is not None else stages[si], []).append(cid)
         return out
+
+
+def _tensor_field(value: object, field: str) -> torch.Tensor:
+    """A checkpoint entry that must be a tensor."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(
+            f"checkpoint field {field!r} must map ids to tensors; got {type(value).__name__}"
+        )
+    return value
 
 
 class Server:
@@ -566,9 +591,26 @@ class Server:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict` output (same model architecture and seed)."""
+        """Restore :meth:`state_dict` output (same model architecture and seed).
+
+        Raises:
+            CheckpointError: ``state`` lacks a field, holds one of the wrong type,
+                or belongs to another model or seed.
+        """
+        if not isinstance(state, Mapping):
+            raise CheckpointError(f"a checkpoint must hold a dict; got {type(state).__name__}")
         if state.get("version") != _CHECKPOINT_VERSION:
             raise CheckpointError(f"unsupported checkpoint version {state.get('version')!r}")
+        missing = [k for k in _CHECKPOINT_FIELDS if k not in state]
+        if missing:
+            raise CheckpointError(f"the checkpoint lacks the fields {missing}")
+        for key, types in _CHECKPOINT_FIELDS.items():
+            value = state[key]
+            if isinstance(value, bool) or not isinstance(value, types):
+                raise CheckpointError(
+                    f"checkpoint field {key!r} must be {_type_names(types)}; "
+                    f"got {type(value).__name__}"
+                )
         vec = state["global_vector"]
         if vec.shape != self.global_vector.shape:
             raise CheckpointError(
@@ -579,21 +621,32 @@ class Server:
             raise CheckpointError(
                 f"checkpoint was made with seed {state['seed']}; this server has {self.seed}"
             )
+        try:
+            history = History([RoundResult.from_dict(d) for d in state["history"]])
+            personal = {
+                int(k): _tensor_field(v, "personal_models")
+                for k, v in state.get("personal_models", {}).items()
+            }
+            cloud = {
+                int(k): _tensor_field(v, "cloud_models")
+                for k, v in state.get("cloud_models", {}).items()
+            }
+            counters = [int(v) for v in state.get("counters", [])]
+            self.strategy.load_state_dict(state["strategy"])
+            self.aggregator.load_state_dict(state["aggregator"])
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, FlError) as exc:
+            raise CheckpointError(
+                f"the checkpoint's state is invalid: {type(exc).__name__}: {exc}"
+            ) from exc
         self.round = int(state["round"])
         self.global_vector = vec.clone()
         load_vector(self.params, self.global_vector)
         with torch.no_grad():
-            for c, value in zip(
-                batch_counters(self.model), state.get("counters", []), strict=False
-            ):
-                c.fill_(int(value))
-        self.strategy.load_state_dict(state["strategy"])
-        self.aggregator.load_state_dict(state["aggregator"])
-        self.personal_models = {
-            int(k): v.clone() for k, v in state.get("personal_models", {}).items()
-        }
-        self.cloud_models = {int(k): v.clone() for k, v in state.get("cloud_models", {}).items()}
-        self.history = History([RoundResult.from_dict(d) for d in state["history"]])
+            for c, value in zip(batch_counters(self.model), counters, strict=False):
+                c.fill_(value)
+        self.personal_models = {k: v.clone() for k, v in personal.items()}
+        self.cloud_models = {k: v.clone() for k, v in cloud.items()}
+        self.history = history
 
     def save_checkpoint(self, path: str | Path) -> Path:
         """Write a checkpoint atomically (temp file + rename)."""
@@ -609,7 +662,11 @@ class Server:
     def load_checkpoint(self, path: str | Path) -> None:
         """Resume from a checkpoint written by :meth:`save_checkpoint`."""
         try:
-            state = torch.load(Path(path), weights_only=False)
-        except (OSError, RuntimeError, EOFError) as exc:
-            raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+            # weights_only: tensors and plain containers only; a pickle that would
+            # build anything else (run code) is refused
+            state = torch.load(Path(path), weights_only=True)
+        except Exception as exc:  # unreadable, truncated, or not a weights-only file
+            raise CheckpointError(
+                f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}"
+            ) from exc
         self.load_state_dict(state)

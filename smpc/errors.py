@@ -12,6 +12,7 @@ __all__ = [
     "ShapeError",
     "SessionMismatchError",
     "SessionClosedError",
+    "ProtocolError",
     "ProtocolDesyncError",
     "PartyTimeoutError",
     "PartyExitError",
@@ -41,7 +42,16 @@ class SessionClosedError(SmpcError, RuntimeError):
     """The session was closed; its shares can no longer be used."""
 
 
-class ProtocolDesyncError(SmpcError, RuntimeError):
+class ProtocolError(SmpcError, RuntimeError):
+    """A peer sent bytes that break the wire protocol.
+
+    Malformed, oversized, truncated, replayed or unexpected frames, or a value
+    outside the allow-list of the codec (:mod:`smpc.codec`). The message names
+    the peer and what was wrong. Nothing a peer sends is ever executed.
+    """
+
+
+class ProtocolDesyncError(ProtocolError):
     """Parties disagree on the message sequence (tag mismatch)."""
 
 

@@ -10,6 +10,13 @@ See ``docs/runtimes.md``.
 Each party process builds ``Session(parties, frac_bits, seed=..., comm=TorchDistCommunicator(...),
 dealer=TrustedDealerClient(...))`` and calls ``program(sess)``: the same code as
 in the in-process simulation.
+Pickle: :func:`run` pickles the program to the processes it spawns and their
+results (or exceptions) back, through ``multiprocessing`` pipes between this
+process and its own children: one user, one machine, one trust domain (a
+program is code the caller already runs). Nothing that crosses a party
+boundary is pickled: party-to-party and party-to-provider messages go through
+the communicator's frames and the schema-checked codec (:mod:`smpc.codec`),
+and :func:`main`'s roles on separate machines exchange nothing else.
 """
 
 from __future__ import annotations
@@ -76,6 +83,8 @@ class _Config:
     master_port: int
     transport: str
     store_path: str | None  # a FileStore shared by the processes, else the TCP store
+    credentials: str | None  # a folder of credentials (TLS), else $SMPC_CREDENTIALS
+    insecure: bool
 
 
 def _names(parties: int | Sequence[str]) -> tuple[str, ...]:
@@ -108,15 +117,19 @@ def run_party(
     host_store: bool | None = None,
     transport: str = "auto",
     store: Store | None = None,
+    credentials: str | os.PathLike[str] | None = None,
+    insecure: bool = False,
+    address: str | None = None,
+    listen_port: int = 0,
 ) -> Any:
     """Join a distributed run as party ``rank`` and return ``program(sess)``.
 
     The session is closed afterwards; on an exception it is torn down without
     waiting for the peers (they then fail fast with :class:`PartyTimeoutError`).
-    ``transport``: as in :func:`smpc.comm.torchdist.connect` (default: Unix
-    sockets when every rank runs on this host, gloo over TCP otherwise);
-    ``store``: a rendezvous store to use instead of the TCP store at
-    ``master_addr:master_port``.
+    ``transport``, ``credentials``, ``insecure``, ``address``, ``listen_port``: as
+    in :func:`smpc.comm.torchdist.connect` (default: Unix sockets when every rank
+    runs on this host, TLS with the party's credentials otherwise); ``store``: a
+    rendezvous store to use instead of the TCP store at ``master_addr:master_port``.
     """
     from .comm.torchdist import TorchDistCommunicator
     from .dealer.trusted import TrustedDealerClient
@@ -132,6 +145,10 @@ def run_party(
         names=parties,
         host_store=host_store,
         transport=transport,
+        credentials=credentials,
+        insecure=insecure,
+        address=address,
+        listen_port=listen_port,
     )
     try:
         dealer = TrustedDealerClient(comm)
@@ -146,8 +163,8 @@ def run_party(
             dealer=dealer,
         )
         result = program(sess)
-    except BaseException:
-        comm.abort()
+    except BaseException as exc:
+        comm.abort(reason=f"{type(exc).__name__}: {exc}")  # the peers learn the cause
         raise
     sess.close()
     return result
@@ -163,20 +180,35 @@ def run_dealer(
     host_store: bool | None = None,
     transport: str = "auto",
     store: Store | None = None,
+    credentials: str | os.PathLike[str] | None = None,
+    insecure: bool = False,
+    address: str | None = None,
+    listen_port: int = 0,
 ) -> object:
-    """Join a distributed run as the crypto provider; serve until the parties close."""
+    """Join a distributed run as the crypto provider; serve until the parties close.
+
+    The link options are those of :func:`run_party` (the provider's credentials
+    are those of role ``smpc:provider``).
+    """
     from .dealer.trusted import TrustedDealer
+    from .protocols.compare import LtzMaterial
+    from .protocols.convert import BitPair
 
     dealer = TrustedDealer(
         len(parties),
         seed=seed,
         timeout=timeout,
+        request_types=(LtzMaterial, BitPair),  # the protocols' own request classes
         names=parties,
         store=store,
         master_addr=master_addr,
         master_port=master_port,
         host_store=host_store,
         transport=transport,
+        credentials=credentials,
+        insecure=insecure,
+        address=address,
+        listen_port=listen_port,
     )
     return dealer.serve()
 
@@ -235,6 +267,8 @@ def _worker(
                 host_store=False,
                 transport=cfg.transport,
                 store=store,
+                credentials=cfg.credentials,
+                insecure=cfg.insecure,
             )
         else:
             value = run_party(
@@ -250,6 +284,8 @@ def _worker(
                 host_store=False,
                 transport=cfg.transport,
                 store=store,
+                credentials=cfg.credentials,
+                insecure=cfg.insecure,
             )
         try:
             msg = pickle.dumps(("ok", value), protocol=pickle.HIGHEST_PROTOCOL)
@@ -314,6 +350,8 @@ def run(
     threads: int | None = None,
     return_exceptions: bool = False,
     transport: str = "auto",
+    credentials: str | os.PathLike[str] | None = None,
+    insecure: bool = False,
 ) -> list[Any]:
     """Run ``program(sess)`` in one process per party, with the provider in its own process.
 
@@ -331,8 +369,13 @@ def run(
         threads: torch intra-op threads per party (default: cores / parties, at least 1).
         return_exceptions: return a failed party's exception in its slot instead of raising.
         transport: ``"auto"`` (default) or ``"unix"``: the processes talk over Unix
-            sockets; ``"tcp"``: over gloo on loopback TCP, as across machines (see
+            sockets; ``"tls"``: over TLS 1.3 on loopback TCP, as across machines;
+            ``"tcp"``: over gloo on loopback TCP (plaintext; see
             :func:`smpc.comm.torchdist.connect`).
+        credentials: a folder of credentials (``smpc-credentials``) holding every
+            role's files, for ``"tls"``; default: a throwaway CA and credentials
+            made for this run in its private temporary directory.
+        insecure: passed to every role (plain TCP across hosts; unused on one host).
 
     Returns:
         ``[program's result on party 0, on party 1, ...]``.
@@ -376,9 +419,11 @@ def run(
     # the caller hosts on ``port``.
     store: TCPStore | None = None
     tmpdir = None
-    if port is None:
-        tmpdir = tempfile.mkdtemp(prefix="smpc-run-")
-    else:
+    if port is None or (transport == "tls" and credentials is None):
+        tmpdir = tempfile.mkdtemp(prefix="smpc-run-")  # mode 0700: this user's only
+    if transport == "tls" and credentials is None:
+        credentials = _throwaway_credentials(os.path.join(str(tmpdir), "credentials"), names)
+    if port is not None:
         store = TCPStore(
             "127.0.0.1",
             port,
@@ -397,7 +442,9 @@ def run(
         "127.0.0.1",
         0 if store is None else store.port,
         transport,
-        None if tmpdir is None else os.path.join(tmpdir, "store"),
+        None if port is not None or tmpdir is None else os.path.join(tmpdir, "store"),
+        None if credentials is None else os.fspath(credentials),
+        bool(insecure),
     )
     ctx = _context()
     procs: list[multiprocessing.process.BaseProcess] = []
@@ -432,6 +479,16 @@ def run(
         del store
         if tmpdir is not None:
             shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _throwaway_credentials(folder: str, names: Sequence[str]) -> str:
+    """A CA and every role's credentials for one run on this host (``transport="tls"``)."""
+    from .credentials import create_ca, issue, role_uri
+
+    create_ca(folder, name="smpc.run throwaway CA")
+    for uri in [role_uri("party", n) for n in names] + [role_uri("provider")]:
+        issue(folder, uri)
+    return folder
 
 
 def _collect(
@@ -612,9 +669,35 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--master-port", type=_port_arg, help="default: $MASTER_PORT or 29533")
     ap.add_argument(
         "--transport",
-        choices=("auto", "unix", "tcp"),
+        choices=("auto", "unix", "tls", "tcp"),
         default="auto",
-        help="auto (default): Unix sockets when every role runs on this host, else TCP",
+        help=(
+            "auto (default): Unix sockets when every role runs on this host, else TLS; "
+            "tls: TLS 1.3 with mutual authentication (also on one host); tcp: plain gloo TCP"
+        ),
+    )
+    ap.add_argument(
+        "--credentials",
+        help=(
+            "folder with ca.pem and this role's certificate and key (made by "
+            "smpc-credentials); default: $SMPC_CREDENTIALS"
+        ),
+    )
+    ap.add_argument(
+        "--insecure",
+        action="store_true",
+        help="across machines without credentials: plain TCP, readable and forgeable on the path",
+    )
+    ap.add_argument(
+        "--address",
+        help="address this role listens on and advertises (default: the one routing to "
+        "MASTER_ADDR)",
+    )
+    ap.add_argument(
+        "--listen-port",
+        type=int,
+        default=0,
+        help="TCP port this role listens on for TLS peers (default: any free port)",
     )
     ap.add_argument(
         "--local",
@@ -669,6 +752,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             truncation=args.truncation,
             port=args.master_port,
             transport=args.transport,
+            credentials=args.credentials,
+            insecure=args.insecure,
         )
         for name, value in zip(names, results, strict=True):
             print(f"{name}: {value!r}")
@@ -709,6 +794,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             master_addr=addr,
             master_port=port,
             transport=args.transport,
+            credentials=args.credentials,
+            insecure=args.insecure,
+            address=args.address,
+            listen_port=args.listen_port,
         )
         print(f"dealer: {stats}", file=sys.stderr)
         return 0
@@ -726,6 +815,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         master_addr=addr,
         master_port=port,
         transport=args.transport,
+        credentials=args.credentials,
+        insecure=args.insecure,
+        address=args.address,
+        listen_port=args.listen_port,
     )
     if result is not None:
         print(f"{names[rank]}: {result!r}")

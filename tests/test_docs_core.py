@@ -15,6 +15,7 @@ PAGES = [
     "docs/costs.md",
     "docs/performance.md",
     "docs/tutorial_mnist.md",
+    "docs/several_machines.md",
 ]
 
 

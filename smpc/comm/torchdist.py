@@ -3,10 +3,13 @@
 Each party runs the same protocol code as in the simulation, holding only its
 own share (``party_axis = False``). Parties talk point to point in a process
 group whose ranks are ``0 .. world_size - 1`` for the computing parties and
-``world_size`` for the crypto provider (see :mod:`smpc.dealer.trusted`): gloo
-over TCP, or, when every rank runs on one host, Unix sockets
-(:mod:`smpc.comm.unixsock`, the same send/receive semantics); :func:`connect`
-picks one (``transport``). The rendezvous is a torch.distributed store.
+``world_size`` for the crypto provider (see :mod:`smpc.dealer.trusted`): Unix
+sockets when every rank runs on one host (:mod:`smpc.comm.unixsock`), TLS 1.3
+with mutual authentication across hosts (:mod:`smpc.comm.tls`, the same
+framing and send/receive semantics), or plain gloo over TCP on request (across
+hosts only with ``insecure=True``); :func:`connect` picks one (``transport``,
+secure by default). The rendezvous is a torch.distributed store; it holds
+addresses and ports, never a secret a stranger could use across hosts.
 
 Wire format. Every message is a *frame* on one gloo tag: a 128-byte head
 ``[seq, kind, nbytes, aux, inline, nparts, part sizes...]`` followed, when it
@@ -40,8 +43,11 @@ import contextlib
 import datetime
 import functools
 import ipaddress
+import logging
 import os
-import pickle
+import socket
+import time
+import warnings
 import zlib
 from collections import deque
 from collections.abc import Sequence
@@ -57,9 +63,27 @@ from torch._C._distributed_c10d import (  # the classes torch.distributed re-exp
     TCPStore,
 )
 
-from ..errors import PartyTimeoutError, ProtocolDesyncError, SessionClosedError, SmpcError
+from ..codec import Codec, check_length
+from ..credentials import (
+    Credentials,
+    CredentialsError,
+    InsecureTransportWarning,
+    role_uri,
+)
+from ..credentials import (
+    resolve as resolve_credentials,
+)
+from ..errors import (
+    PartyTimeoutError,
+    ProtocolDesyncError,
+    ProtocolError,
+    SessionClosedError,
+    SmpcError,
+)
 from .stats import Stats
-from .unixsock import UnixSocketGroup, agree
+from .tls import TlsSocketGroup, local_address
+from .unixsock import UnixSocketGroup, host_id
+from .unixsock import supported as unix_supported
 
 __all__ = [
     "TorchDistCommunicator",
@@ -68,6 +92,8 @@ __all__ = [
     "connect",
     "DEFAULT_PORT",
 ]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 29533
 # A frame is a head of HEAD_NUMEL int64 [seq, kind, nbytes, aux, inline, nparts,
@@ -86,6 +112,12 @@ POSTED_FRAMES = 8
 # land in a payload buffer (gloo matches messages by (peer, tag), FIFO).
 TAG_HEADER = 11
 TAG_PAYLOAD = 12
+# The largest payload a peer may announce in one message (2 GiB; Channel.max_message_bytes).
+MAX_MESSAGE_BYTES = 1 << 31
+# The longest reason a party sends its peers when it gives up (abort).
+ABORT_REASON_BYTES = 4096
+# Objects of broadcast_object: plain values and tensors, no classes (smpc.codec).
+OBJECT_CODEC = Codec()
 # Waits without a useful bound (the provider waiting for the next request).
 LONG_WAIT = datetime.timedelta(days=7)
 
@@ -141,7 +173,121 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-TRANSPORTS = ("auto", "unix", "tcp")
+TRANSPORTS = ("auto", "unix", "tcp", "tls")
+
+
+def identities_of(names: Sequence[str]) -> list[str]:
+    """The role URI of every rank: the parties (``smpc:party:<name>``), then the provider."""
+    return [role_uri("party", n) for n in names] + [role_uri("provider")]
+
+
+def _insecure_warning(where: str) -> None:
+    msg = (
+        f"{where}: insecure=True: the run's links are plain TCP (gloo) without encryption or "
+        "authentication. Anyone on the network path can read the dealer's per-party keys, "
+        "the last party's correction shares, every masked opening and every revealed result "
+        "(and so rebuild every secret), and anyone who reaches the rendezvous port can join "
+        "or take a rank's place. Use credentials (smpc-credentials) to run over TLS."
+    )
+    warnings.warn(msg, InsecureTransportWarning, stacklevel=3)
+    log.warning(msg)
+
+
+def _no_credentials(rank: int, who: str, missing: Sequence[str]) -> CredentialsError:
+    parties = (
+        ",".join(m.split(":", 2)[2] for m in missing if m.startswith("smpc:party:")) or "alice,bob"
+    )
+    return CredentialsError(
+        f"rank {rank} ({who}): the ranks run on several hosts and {list(missing)} have no "
+        "credentials: a run across machines uses TLS with mutual authentication. Create a CA "
+        f"and credentials with `smpc-credentials creds --parties {parties} --provider`, give "
+        "each machine ca.pem and its role's .pem and .key, and pass credentials='creds' "
+        "(smpc-launch --credentials creds, or SMPC_CREDENTIALS=creds); or pass insecure=True "
+        "(--insecure) to send everything in plaintext"
+    )
+
+
+def choose_transport(
+    store: Store,
+    rank: int,
+    size: int,
+    requested: str,
+    *,
+    identities: Sequence[str],
+    secure: bool,
+    insecure: bool,
+    loopback: bool,
+) -> str:
+    """The transport every rank will use: ``"unix"``, ``"tls"`` or ``"tcp"`` (one store round).
+
+    Each rank publishes what it asked for, whether it holds credentials, whether
+    it accepts plaintext (``insecure``) and its :func:`~smpc.comm.unixsock.host_id`.
+
+    * ranks on one host: Unix sockets, unless a rank asked for ``tls`` or ``tcp``;
+    * ranks on several hosts (or ``tls`` asked): TLS if every rank holds credentials;
+      plain TCP (gloo) only if every rank passed ``insecure`` (with a warning);
+      otherwise :class:`~smpc.credentials.CredentialsError` on every rank, saying
+      how to create credentials;
+    * ``tcp`` asked: gloo over TCP; across hosts, or with a rendezvous that is not
+      on the loopback, only with ``insecure`` (a tampered store cannot make a rank
+      that did not opt out send plaintext over the network).
+
+    Raises:
+        ValueError: ranks asked for different transports, or ``unix`` across hosts.
+        CredentialsError: a run across hosts without credentials and without ``insecure``.
+    """
+    here = host_id() if unix_supported() else f"no-unix-sockets/{rank}"
+    store.set(f"link/{rank}", f"{requested}|{int(secure)}|{int(insecure)}|{here}")
+    asked, creds, plain, hosts = [], [], [], set()
+    for r in range(size):
+        mode, c, p, host = store.get(f"link/{r}").decode().split("|", 3)
+        asked.append(mode)
+        creds.append(c == "1")
+        plain.append(p == "1")
+        hosts.add(host)
+    who = identities[rank]
+    explicit = {a for a in asked if a != "auto"}
+    if len(explicit) > 1:
+        raise ValueError(f"the ranks asked for different transports: {asked}")
+    mode = explicit.pop() if explicit else "auto"
+    one_host = len(hosts) == 1
+    if mode == "unix" or (mode == "auto" and one_host):
+        if not one_host:
+            raise ValueError(
+                f"`transport` 'unix' needs every rank on one host; the ranks run on "
+                f"{len(hosts)} hosts (asked: {asked})"
+            )
+        return "unix"
+    if mode == "tcp":
+        if not insecure and not (one_host and loopback):
+            raise _no_credentials(rank, who, [who])
+        if not (one_host and loopback):
+            _insecure_warning(f"rank {rank} ({who})")
+        return "tcp"
+    # TLS asked, or ranks on several hosts
+    if all(creds):
+        return "tls"
+    if mode == "auto" and all(plain):
+        _insecure_warning(f"rank {rank} ({who})")
+        return "tcp"
+    missing = [identities[r] for r in range(size) if not creds[r]]
+    raise _no_credentials(rank, who, missing)
+
+
+def _gloo_device(addr: str, address: str | None) -> object:
+    """The gloo device of this rank: from ``GLOO_SOCKET_IFNAME``, or the advertised address.
+
+    torch's ``create_device()`` needs a host name or an interface (``ValueError``
+    otherwise): ``GLOO_SOCKET_IFNAME`` (its first entry) names the interface;
+    else ``address``; else ``127.0.0.1`` for a loopback rendezvous, or this
+    host's address on the route to the rendezvous host (what the other ranks reach).
+    """
+    ifname = os.environ.get("GLOO_SOCKET_IFNAME", "").split(",")[0].strip()
+    if ifname:
+        return ProcessGroupGloo.create_device(interface=ifname)
+    if address is None:
+        address = "127.0.0.1" if _is_loopback(addr) else local_address(addr)
+    return ProcessGroupGloo.create_device(hostname=address)
 
 
 def connect(
@@ -155,6 +301,11 @@ def connect(
     prefix: str = "smpc",
     host_store: bool | None = None,
     transport: str = "auto",
+    identities: Sequence[str] | None = None,
+    credentials: Credentials | str | os.PathLike[str] | None = None,
+    insecure: bool = False,
+    address: str | None = None,
+    listen_port: int = 0,
 ) -> ProcessGroupGloo | UnixSocketGroup:
     """Join a group of ``size`` ranks (parties plus the provider) for point-to-point messages.
 
@@ -169,19 +320,43 @@ def connect(
         prefix: key prefix in the store (lets several groups share one store).
         host_store: whether this process hosts the TCP store (default: rank 0 does).
         transport: ``"auto"`` (default): Unix sockets when every rank runs on this
-            host (:class:`~smpc.comm.unixsock.UnixSocketGroup`), else gloo over TCP;
-            ``"unix"``: Unix sockets (``ValueError`` if the ranks are on several
-            hosts); ``"tcp"``: gloo over TCP. The ranks agree through the store (if
-            any rank asks for ``"tcp"``, all use it).
+            host (:class:`~smpc.comm.unixsock.UnixSocketGroup`), else TLS
+            (:class:`~smpc.comm.tls.TlsSocketGroup`); ``"unix"``: Unix sockets
+            (``ValueError`` if the ranks are on several hosts); ``"tls"``: TLS, also
+            on one host; ``"tcp"``: gloo over plain TCP (across hosts only with
+            ``insecure``). The ranks agree through the store (:func:`choose_transport`).
+        identities: the role URI of every rank (default: parties ``party0..`` and the
+            provider, :func:`identities_of`): what each TLS peer's certificate must name.
+        credentials: this rank's TLS credentials: a folder made by ``smpc-credentials``
+            or a :class:`~smpc.credentials.Credentials` (default: ``$SMPC_CREDENTIALS``).
+        insecure: allow plain TCP across hosts without credentials (warns).
+        address: the address this rank listens on and advertises (TLS, gloo); default:
+            this host's address on the route to ``master_addr`` (``127.0.0.1`` on loopback).
+        listen_port: the TCP port this rank listens on for TLS peers (default 0: any
+            free port; fix it to open a firewall for it).
 
     Raises:
         PartyTimeoutError: the other ranks did not join within ``timeout``.
+        CredentialsError: ranks on several hosts without credentials or ``insecure``.
     """
     if not 0 <= rank < size:
         raise ValueError(f"`rank` must be in [0, {size}); got {rank}")
     if transport not in TRANSPORTS:
         raise ValueError(f"`transport` must be one of {TRANSPORTS}; got {transport!r}")
-    td = datetime.timedelta(seconds=timeout)
+    if not isinstance(insecure, bool):
+        raise TypeError(f"`insecure` must be a bool; got {insecure!r}")
+    if identities is None:
+        identities = identities_of([f"party{i}" for i in range(size - 1)])
+    if len(identities) != size:
+        raise ValueError(f"`identities` must have {size} entries; got {len(identities)}")
+    creds = resolve_credentials(credentials, identities[rank])
+    # One deadline for the whole join: each step gets what is left of it.
+    deadline = time.monotonic() + timeout
+
+    def left() -> float:
+        return max(0.001, deadline - time.monotonic())
+
+    given_store = store is not None
     addr = master_addr or os.environ.get("MASTER_ADDR", "127.0.0.1")
     try:
         if store is None:
@@ -190,24 +365,79 @@ def connect(
                 if master_port is not None
                 else int(os.environ.get("MASTER_PORT", DEFAULT_PORT))
             )
+            _check_resolves(addr, port, rank)
             is_master = rank == 0 if host_store is None else host_store
-            store = TCPStore(addr, port, size, is_master, timeout=td, wait_for_workers=False)
+            if not is_master:  # torch's own connect retries for up to twice its timeout
+                _wait_for_listener(addr, port, rank, deadline, timeout)
+            store = TCPStore(
+                addr, port, size, is_master, timeout=datetime.timedelta(seconds=left()),
+                wait_for_workers=False,
+            )  # fmt: skip
+        store.set_timeout(datetime.timedelta(seconds=left()))
         pstore = PrefixStore(prefix, store)
-        if agree(pstore, rank, size, transport) == "unix":
-            return UnixSocketGroup(pstore, rank, size, timeout)
+        # a store passed in (smpc.run's file store) is on this host
+        loopback = (given_store and master_addr is None) or _is_loopback(addr)
+        chosen = choose_transport(
+            pstore, rank, size, transport,
+            identities=identities, secure=creds is not None, insecure=insecure,
+            loopback=loopback,
+        )  # fmt: skip
+        store.set_timeout(datetime.timedelta(seconds=left()))
+        if chosen == "unix":
+            return UnixSocketGroup(pstore, rank, size, left())
+        if chosen == "tls":
+            assert creds is not None
+            host = address or ("127.0.0.1" if loopback else local_address(addr))
+            return TlsSocketGroup(
+                pstore, rank, size, left(),
+                credentials=creds, identities=identities, host=host, port=listen_port,
+            )  # fmt: skip
         options = ProcessGroupGloo._Options()  # type: ignore[attr-defined]  # not in the stubs
-        options._timeout = td
+        options._timeout = datetime.timedelta(seconds=left())
         options._threads = 2
-        if _is_loopback(addr) and not os.environ.get("GLOO_SOCKET_IFNAME"):
-            options._devices = [ProcessGroupGloo.create_device(hostname="127.0.0.1")]
-        else:
-            # Default device: resolves this host's name, or GLOO_SOCKET_IFNAME if set.
-            options._devices = [ProcessGroupGloo.create_device()]
+        options._devices = [_gloo_device("127.0.0.1" if loopback else addr, address)]
         return ProcessGroupGloo(pstore, rank, size, options)
     except RuntimeError as e:  # torch raises DistStoreError (a RuntimeError) on timeouts
+        waited = timeout - (deadline - time.monotonic())
         raise PartyTimeoutError(
-            f"rank {rank}: the other {size - 1} ranks did not all join the process group "
-            f"at {addr} within {timeout} s: {e}"
+            f"rank {rank} ({identities[rank]}): the other {size - 1} ranks did not all join "
+            f"through the rendezvous at {addr}:{_port_of(store, master_port)} within the join "
+            f"timeout of {timeout:g} s (gave up after {waited:.1f} s): {e}"
+        ) from e
+
+
+def _port_of(store: Store | None, master_port: int | None) -> str:
+    port = getattr(store, "port", None) or master_port or os.environ.get("MASTER_PORT")
+    return str(port) if port else "(store)"
+
+
+def _wait_for_listener(host: str, port: int, rank: int, deadline: float, timeout: float) -> None:
+    """Wait until something listens at ``host:port`` (the rendezvous), within ``deadline``."""
+    last: OSError | None = None
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise PartyTimeoutError(
+                f"rank {rank}: nothing answered at the rendezvous {host}:{port} within the join "
+                f"timeout of {timeout:g} s ({last}): a wrong MASTER_ADDR/MASTER_PORT, a "
+                "firewall, or rank 0 did not start"
+            )
+        try:
+            with socket.create_connection((host, port), timeout=min(left, 2.0)):
+                return
+        except OSError as e:  # refused (not listening yet), unreachable, timed out
+            last = e
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+
+
+def _check_resolves(host: str, port: int, rank: int) -> None:
+    """Fail at once, and say so, when the rendezvous host name does not resolve."""
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as e:
+        raise PartyTimeoutError(
+            f"rank {rank}: cannot resolve the rendezvous host {host!r} (MASTER_ADDR / "
+            f"master_addr): {e}; check the name or use an IP address"
         ) from e
 
 
@@ -230,18 +460,34 @@ class Channel:
         self.wait_timeout = datetime.timedelta(seconds=timeout)
         self.names = tuple(names)
         self.failed: SmpcError | None = None
+        # The largest payload a peer may announce (checked before a buffer is allocated).
+        self.max_message_bytes = MAX_MESSAGE_BYTES
         # Frame receives posted in advance, per peer (FIFO: gloo fills them in order).
         self._posted: dict[int, deque[tuple[Waitable, torch.Tensor]]] = {}
 
     def who(self, rank: int) -> str:
         """A display name for ``rank``."""
         name = self.names[rank] if rank < len(self.names) else f"rank {rank}"
+        if rank == len(self.names) - 1 and name == "dealer":
+            return f"the crypto provider 'dealer' (rank {rank})"
         return f"{name!r} (rank {rank})"
 
-    def fail(self, peer: int, what: str, error: RuntimeError) -> PartyTimeoutError:
-        """Record a gloo failure talking to ``peer`` as a :class:`PartyTimeoutError`."""
+    def fail(self, peer: int, what: str, error: RuntimeError) -> PartyTimeoutError | ProtocolError:
+        """Record a transport failure talking to ``peer``.
+
+        A :class:`ProtocolError` when the peer sent a malformed or oversized
+        message (the transport dropped it), else a :class:`PartyTimeoutError`.
+        """
         text = str(error)
         low = text.lower()
+        if "malformed" in low or "larger than the posted receive" in low:
+            perr = ProtocolError(
+                f"{self.who(self.rank)}: peer {self.who(peer)} broke the wire protocol during "
+                f"{what}: {text}"
+            )
+            if self.failed is None:
+                self.failed = perr
+            return perr
         if "closed" in low or "reset" in low or "broken pipe" in low:
             why = "closed the connection (the process died or exited)"
         elif "timed out" in low or "timeout" in low:
@@ -422,8 +668,23 @@ class Channel:
         nbytes: int | None,
         what: str,
     ) -> tuple[int, int]:
-        """Validate a received header; return its ``(nbytes, aux)``."""
+        """Validate a received header; return its ``(nbytes, aux)``.
+
+        A peer's ERROR frame (it gave up, see :meth:`TorchDistCommunicator.abort`)
+        raises :class:`PartyTimeoutError` with the peer's own reason, so that the
+        root cause (e.g. the provider died) reaches every party.
+        """
         got_seq, got_kind, got_nbytes, aux = header.numpy()[:4].tolist()
+        if got_kind == MessageKind.ERROR and kind is not MessageKind.ERROR:
+            reason = "no reason given"
+            if int(header.numpy()[4]) and 0 < got_nbytes <= ABORT_REASON_BYTES:
+                raw = self.frame_payload(header, got_nbytes).numpy().tobytes()
+                reason = raw.decode("utf-8", errors="replace")
+            self.failed = perr = PartyTimeoutError(
+                f"{self.who(self.rank)}: peer {self.who(src)} gave up while this party waited "
+                f"for message #{seq} ({what}); its reason: {reason}"
+            )
+            raise perr
         if got_seq != seq or got_kind != int(kind):
             try:
                 got = MessageKind(got_kind).name
@@ -461,7 +722,7 @@ class Channel:
         (default: a fresh buffer) and ``work`` must be waited for.
         """
         if int(header.numpy()[4]):
-            if nbytes > INLINE_BYTES:
+            if not 0 <= nbytes <= INLINE_BYTES:
                 self.failed = err = ProtocolDesyncError(
                     f"{self.who(self.rank)}: {self.who(src)} sent an inline payload of "
                     f"{nbytes} bytes, more than a frame holds ({INLINE_BYTES})"
@@ -471,6 +732,11 @@ class Channel:
             # A small kept payload is copied out: its view would pin the whole frame.
             return None, view.clone() if keep and nbytes < FRAME_BYTES // 4 else view
         if buf is None:
+            try:  # a peer's length field is checked before anything is allocated
+                check_length(nbytes, self.max_message_bytes, peer=self.who(src), what="a payload")
+            except ProtocolError as e:
+                self.failed = e
+                raise
             buf = torch.empty(nbytes, dtype=torch.uint8)
         try:
             return self.pg.recv([buf], src, TAG_PAYLOAD), buf
@@ -572,12 +838,19 @@ class TorchDistCommunicator:
         join_timeout: seconds to wait for every rank to join (default ``max(timeout, 60)``:
             processes may start seconds apart).
         pg: an already joined process group (``store`` etc. are then ignored).
-        transport: ``"auto"``, ``"unix"`` or ``"tcp"`` (see :func:`connect`): by
-            default Unix sockets when every rank runs on this host, gloo over TCP
-            otherwise.
+        transport: ``"auto"``, ``"unix"``, ``"tls"`` or ``"tcp"`` (see :func:`connect`):
+            by default Unix sockets when every rank runs on this host, TLS otherwise.
+        credentials: this party's TLS credentials (a folder made by
+            ``smpc-credentials``, or :class:`~smpc.credentials.Credentials`; default
+            ``$SMPC_CREDENTIALS``); needed when the ranks run on several hosts.
+        insecure: across hosts without credentials, use plain TCP (gloo); warns.
+        address: the address this party listens on and advertises (see :func:`connect`).
+        listen_port: the TCP port this party listens on for TLS peers (default: any).
 
     Example:
-        >>> comm = TorchDistCommunicator(0, 2, master_addr="10.0.0.1", master_port=29533)
+        >>> comm = TorchDistCommunicator(
+        ...     0, 2, master_addr="10.0.0.1", master_port=29533, credentials="creds"
+        ... )
         >>> sess = smpc.Session(("alice", "bob"), comm=comm, dealer=TrustedDealerClient(comm))
     """
 
@@ -598,6 +871,10 @@ class TorchDistCommunicator:
         join_timeout: float | None = None,
         pg: ProcessGroupGloo | PointToPoint | None = None,
         transport: str = "auto",
+        credentials: Credentials | str | os.PathLike[str] | None = None,
+        insecure: bool = False,
+        address: str | None = None,
+        listen_port: int = 0,
     ) -> None:
         if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 2:
             raise ValueError(f"`world_size` must be an int >= 2; got {world_size!r}")
@@ -626,6 +903,11 @@ class TorchDistCommunicator:
                 prefix=prefix,
                 host_store=host_store,
                 transport=transport,
+                identities=identities_of(names),
+                credentials=credentials,
+                insecure=insecure,
+                address=address,
+                listen_port=listen_port,
             )
         self.channel = Channel(pg, rank, self.timeout, [*names, "dealer"])
         self._peers = [p for p in range(world_size) if p != rank]
@@ -889,9 +1171,12 @@ class TorchDistCommunicator:
         return msg[aux:].view(got_shape)
 
     def broadcast_object(self, obj: object, src: int, label: str) -> object:
-        """Send a small picklable object from ``src`` to every party (not counted as payload).
+        """Send a small object from ``src`` to every party (not counted as payload).
 
-        Security: objects are unpickled; parties are assumed semi-honest.
+        ``obj`` is made of plain values (None, bool, int, float, str, bytes,
+        tuples, lists, dicts) and tensors, encoded by :mod:`smpc.codec`: nothing
+        received is unpickled, and a malformed message raises
+        :class:`~smpc.errors.ProtocolError` naming the sender.
         """
         if not 0 <= src < self.world_size:
             raise ValueError(f"`src` must be in [0, {self.world_size}); got {src}")
@@ -899,14 +1184,18 @@ class TorchDistCommunicator:
         what = f"broadcast #{seq} from {self.channel.who(src)} ({label!r})"
         ch = self.channel
         if self._rank == src:
-            data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+            data = OBJECT_CODEC.encode(obj)
             payload = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else None
             sends = {p: ch.send(p, seq, MessageKind.OBJECT, payload) for p in self._peers}
             for p, works in sends.items():
                 ch.wait_all(works, p, what)
             return obj
         _, raw, _ = ch.recv(src, seq, MessageKind.OBJECT, what)
-        return pickle.loads(raw.numpy().tobytes())
+        try:
+            return OBJECT_CODEC.decode(raw.numpy().tobytes(), peer=f"party {ch.who(src)}")
+        except ProtocolError as e:
+            ch.failed = e
+            raise
 
     def barrier(self) -> None:
         """Wait until every party reaches this point (one empty message to each peer)."""
@@ -914,6 +1203,19 @@ class TorchDistCommunicator:
         self._exchange(
             seq, MessageKind.BARRIER, None, self._peers, self._peers, 0, f"barrier #{seq}"
         )
+
+    def _tell_peers(self, reason: str) -> None:
+        ch = self.channel
+        text = f"{ch.who(self._rank)}: {reason}".encode()[:ABORT_REASON_BYTES]
+        payload = torch.frombuffer(bytearray(text), dtype=torch.uint8)
+        sends = []
+        for p in self._peers:
+            with contextlib.suppress(PartyTimeoutError, ProtocolError, RuntimeError):
+                sends.append((p, ch.send(p, self._seq + 1, MessageKind.ERROR, payload)))
+        grace = datetime.timedelta(seconds=min(1.0, self.timeout))
+        for p, works in sends:
+            with contextlib.suppress(PartyTimeoutError, ProtocolError, RuntimeError):
+                ch.wait_all(works, p, "telling a peer why this party gives up", timeout=grace)
 
     def close(self) -> None:
         """Say goodbye to every peer (so no one exits with data in flight), then release.
@@ -928,8 +1230,16 @@ class TorchDistCommunicator:
                 self._exchange(seq, MessageKind.CLOSE, None, self._peers, self._peers, 0, "close")
         self.abort()
 
-    def abort(self) -> None:
-        """Release without synchronising with the peers (after an error)."""
+    def abort(self, reason: str | None = None) -> None:
+        """Release without synchronising with the peers (after an error).
+
+        ``reason``: why this party gives up; sent first (best effort, at most a
+        second per peer) to every other party, which then raises
+        :class:`PartyTimeoutError` quoting it instead of seeing only a closed
+        connection (so a party whose provider died tells the others so).
+        """
+        if reason is not None and not self._closed:
+            self._tell_peers(reason)
         self._closed = True
         self._send_buf = torch.empty(0, dtype=torch.uint8)
         self._recv_bufs.clear()

@@ -37,8 +37,11 @@ Failures: a peer that exits or dies closes its sockets, which the kernel
 reports at once (``RuntimeError`` naming the closed connection, for the works
 that involve that peer); a wait that outlasts its timeout raises
 ``RuntimeError`` ("timed out"). Setup authenticates every connection with a
-random key published through the rendezvous store: a connection without it
-(another local process) is closed and the rank keeps waiting for the real one.
+random key published through the rendezvous store and, on Linux, the peer's
+user id (``SO_PEERCRED``): a connection without the key, or from a process of
+another user (who could read the key from a TCP store), is closed and the rank
+keeps waiting for the real one. :func:`smpc.run`'s file store lives in a
+directory only its user can enter (mode 0700).
 """
 
 from __future__ import annotations
@@ -60,7 +63,9 @@ from typing import Any
 import torch
 from torch._C._distributed_c10d import Store
 
-__all__ = ["UnixSocketGroup", "UnixWork", "agree", "host_id", "supported"]
+from ..codec import DEFAULT_MAX_BYTES
+
+__all__ = ["UnixSocketGroup", "UnixWork", "host_id", "supported"]
 
 _HEAD = struct.Struct("<qq")  # tag, nbytes
 _HELLO = struct.Struct("<q32s")  # rank, the acceptor's key
@@ -75,14 +80,23 @@ def supported() -> bool:
 
 
 def host_id() -> str:
-    """Identifies this machine (and boot): ranks with equal ids can use Unix sockets."""
+    """Identifies this machine, boot and network namespace: equal ids can use Unix sockets.
+
+    Abstract Unix sockets belong to a network namespace: two containers (or
+    ``ip netns`` namespaces) on one machine cannot reach each other's, so they
+    count as different hosts.
+    """
     boot = ""
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
             boot = f.read().strip()
     except OSError:
         pass
-    return f"{socket.gethostname()}/{boot}"
+    try:
+        netns = os.readlink("/proc/self/ns/net")
+    except OSError:
+        netns = ""
+    return f"{socket.gethostname()}/{boot}/{netns}"
 
 
 def _bytes_of(t: torch.Tensor) -> memoryview:
@@ -165,6 +179,9 @@ class _Peer:
 class UnixSocketGroup:
     """Tagged point-to-point messages among ``size`` ranks of one host (see the module doc).
 
+    The framing and progress engine are shared with :class:`smpc.comm.tls.TlsSocketGroup`
+    (TLS over TCP), which replaces setup (:meth:`_connect`) and the socket writes.
+
     Args:
         store: the rendezvous store (keys ``unix/<rank>``): each rank publishes the
             address of its listening socket and a random key, then connects to
@@ -173,6 +190,11 @@ class UnixSocketGroup:
         size: number of ranks.
         timeout: seconds to wait for the other ranks during setup.
     """
+
+    # What the transport is called in messages, and the exceptions of a socket
+    # call that would block (TLS adds its want-read / want-write errors).
+    transport_name = "Unix socket transport"
+    _AGAIN: tuple[type[BaseException], ...] = (BlockingIOError,)
 
     def __init__(self, store: Store, rank: int, size: int, timeout: float) -> None:
         if not supported():
@@ -185,6 +207,8 @@ class UnixSocketGroup:
             raise ValueError(f"`timeout` must be > 0 seconds; got {timeout}")
         self.rank = rank
         self.size = size
+        # The largest message a peer may announce before a receive is posted for it.
+        self.max_message_bytes = DEFAULT_MAX_BYTES
         self._store = store  # kept: the rank that hosts it must outlive the others' setup
         self._peers: dict[int, _Peer] = {}
         self._poll = select.poll()
@@ -215,6 +239,8 @@ class UnixSocketGroup:
                 s.settimeout(max(0.1, deadline - time.monotonic()))
                 try:
                     s.connect(addr)
+                    if not _same_user(s):  # another user's socket at the published address
+                        raise ConnectionRefusedError("it belongs to a process of another user")
                     s.sendall(_HELLO.pack(self.rank, peer_key))
                 except OSError as e:
                     s.close()
@@ -238,7 +264,7 @@ class UnixSocketGroup:
                     r, got_key = _HELLO.unpack(_recv_exact(s, _HELLO.size))
                 except (OSError, RuntimeError):
                     r, got_key = -1, b""
-                if r not in expected or not hmac.compare_digest(got_key, key):
+                if r not in expected or not hmac.compare_digest(got_key, key) or not _same_user(s):
                     s.close()
                     refused += 1
                     continue
@@ -338,6 +364,9 @@ class UnixSocketGroup:
         except BlockingIOError:
             return 0
         except OSError as e:
+            # read what the peer sent before it left (e.g. its reason for giving up)
+            with contextlib.suppress(OSError):
+                self._read(peer, None)
             self._lost(peer, f"Connection closed by rank {peer.rank} (sending: {e})")
             return 0
 
@@ -384,7 +413,7 @@ class UnixSocketGroup:
                         continue
                     peer.body = None
                     self._end_body(peer)
-            except BlockingIOError:
+            except self._AGAIN:
                 break
             except OSError as e:
                 self._lost(peer, f"Connection closed by rank {peer.rank} ({e})")
@@ -408,6 +437,13 @@ class UnixSocketGroup:
             peer.body_work, peer.body_early = work, None
             peer.body = work.view[:nbytes]
         else:
+            if not 0 <= nbytes <= self.max_message_bytes:  # checked before allocating
+                self._lost(
+                    peer,
+                    f"rank {peer.rank} sent a malformed head announcing {nbytes} bytes on tag "
+                    f"{tag} (limit {self.max_message_bytes} bytes); connection dropped",
+                )
+                return
             e = _Early(nbytes)
             peer.early.setdefault(tag, deque()).append(e)
             peer.body_work, peer.body_early = None, e
@@ -489,7 +525,7 @@ class UnixSocketGroup:
             if left is not None and left <= 0:
                 raise RuntimeError(
                     f"Timed out after {limit} s waiting for rank {work.peer} "
-                    f"(rank {self.rank}, Unix socket transport)"
+                    f"(rank {self.rank}, {self.transport_name})"
                 )
             self._poll.poll(None if left is None else max(1, int(left * 1000) + 1))
         if work.error is not None and not work.done:
@@ -510,6 +546,25 @@ def _advance(chunks: list[memoryview], n: int) -> None:
         chunks.pop(0)
 
 
+def _same_user(s: socket.socket) -> bool:
+    """Whether the process at the other end of a Unix socket runs as this user.
+
+    The key a rank publishes in the rendezvous store is readable by whoever can
+    read the store (a TCP store is open to every local user): a process of
+    another user that presents it is still refused. (A process of the same user
+    can read the parties' memory anyway: the user is the boundary.) Where the
+    platform cannot tell (no ``SO_PEERCRED``), the key alone decides.
+    """
+    opt = getattr(socket, "SO_PEERCRED", None)
+    if opt is None:
+        return True
+    try:
+        _, uid, _ = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, opt, struct.calcsize("3i")))
+    except OSError:
+        return False
+    return bool(uid == os.getuid())
+
+
 def _recv_exact(s: socket.socket, n: int) -> bytes:
     buf = bytearray()
     while len(buf) < n:
@@ -518,30 +573,3 @@ def _recv_exact(s: socket.socket, n: int) -> bytes:
             raise RuntimeError("Unix socket transport: a peer closed the connection during setup")
         buf += part
     return bytes(buf)
-
-
-def agree(store: Store, rank: int, size: int, requested: str) -> str:
-    """The transport every rank will use: ``"unix"`` or ``"tcp"`` (one store round trip).
-
-    Each rank publishes what it asked for (``auto``, ``unix`` or ``tcp``) and its
-    :func:`host_id`; Unix sockets are used when every rank is on this host and
-    none asked for ``tcp``. Raises ``ValueError`` when a rank asked for ``unix``
-    and the ranks are on different hosts.
-    """
-    here = host_id() if supported() else f"no-unix-sockets/{rank}"
-    store.set(f"transport/{rank}", f"{requested}|{here}")
-    asked, hosts = [], set()
-    for r in range(size):
-        mode, host = store.get(f"transport/{r}").decode().split("|", 1)
-        asked.append(mode)
-        hosts.add(host)
-    if "tcp" in asked:
-        return "tcp"
-    if len(hosts) == 1:
-        return "unix"
-    if "unix" in asked:
-        raise ValueError(
-            f"`transport` 'unix' needs every rank on one host; the ranks run on "
-            f"{len(hosts)} hosts (asked: {asked})"
-        )
-    return "tcp"

@@ -16,7 +16,7 @@ seed once and afterwards only the correction shares (the CrypTen TTP idea).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import ClassVar, Protocol
@@ -24,9 +24,12 @@ from typing import ClassVar, Protocol
 import torch
 
 from .. import ring
+from ..codec import Codec
 from ..errors import DealerError
 
 __all__ = [
+    "REQUEST_TYPES",
+    "request_codec",
     "fused_correction",
     "kept_values",
     "kept_keys",
@@ -727,3 +730,40 @@ class Batch:
     ) -> bool:
         """The request's own fused form (elementwise: any leading batch axis)."""
         return fused_correction(self.req, shared, private, partial, out)
+
+
+REQUEST_TYPES: tuple[type, ...] = (
+    MulTriple,
+    SquarePair,
+    BilinearTriple,
+    TruncPair,
+    MulTruncTriple,
+    BilinearTruncTriple,
+    OperandMask,
+    KeptBilinearTruncTriple,
+    KeepingMatmulTruncTriple,
+    LinearBackwardTriple,
+    Batch,
+    ring.MatmulOp,
+    ring.Conv2dOp,
+    ring.ConvTranspose2dOp,
+)
+"""The request classes of this module, and the bilinear ops they carry.
+
+What a provider process decodes by default (:func:`request_codec`); protocols
+that define request classes of their own pass them as ``extra``.
+"""
+
+
+def request_codec(
+    extra: Iterable[type] = (), *, max_bytes: int = 1 << 20, encode_any: bool = False
+) -> Codec:
+    """The codec of dealer requests: :data:`REQUEST_TYPES` plus ``extra`` (no pickle).
+
+    A request travels as its class name and fields (see :mod:`smpc.codec`); a
+    provider builds only classes of this allow-list, checking each field's type.
+    ``max_bytes`` bounds an encoded request (they are a few hundred bytes);
+    ``encode_any``: encode request classes beyond the list too (a party's side:
+    the provider decides what it accepts).
+    """
+    return Codec((*REQUEST_TYPES, *extra), max_bytes=max_bytes, encode_any=encode_any)

@@ -10,8 +10,9 @@ seeds (the CrypTen TTP idea):
 2. For every request, party ``i`` expands from AES-CTR(``k_i``), in component
    order, its shares of the ``RANDOM`` components and, if ``i < n - 1``, of the
    ``DERIVED`` ones. Parties ``0 .. n-2`` never talk to the provider again.
-3. The last party sends the request (a small pickled frozen dataclass) to the
-   provider and receives only the *correction* shares ``value - sum(others)``
+3. The last party sends the request (a small frozen dataclass, encoded by
+   :func:`~smpc.dealer.base.request_codec`: class name and typed fields, never
+   pickled) to the provider and receives only the *correction* shares ``value - sum(others)``
    of the derived components. The provider expands every party's stream to
    compute them.
 4. Latency: the provider computes the correction of the request it expects
@@ -26,16 +27,29 @@ would give it up to the choice of stream (only the sums matter), and the
 provider's traffic per request is the correction shares alone: the bytes
 :class:`~smpc.dealer.local.LocalDealer` counts for the same request.
 
+Ending: the last party sends CLOSE when its session closes. The provider waits
+for each request at most ``idle_timeout`` (default: the session timeout): when
+the parties are gone without a CLOSE (a partition, a stalled or killed party,
+an unreachable host) it raises :class:`~smpc.errors.PartyTimeoutError` naming
+the last party within that time, instead of waiting forever. A party's own
+waits are bounded by the same timeout, so a live session never leaves the
+provider idle longer unless every party idles at once (plain-text work of the
+program between two protocol steps): pass a larger ``idle_timeout`` then.
+
 Security: semi-honest; the provider sees no secret and must not collude with
-any party. Requests are unpickled with an allow-list of smpc classes.
+any party. Nothing the provider reads is unpickled: a request is decoded by the
+schema-checked codec (:mod:`smpc.codec`), which builds only the allowed request
+classes, checks every field's type and refuses anything else with
+:class:`~smpc.errors.ProtocolError`; a request whose components exceed
+``max_request_bytes`` is refused before anything is allocated.
 """
 
 from __future__ import annotations
 
-import io
+import contextlib
+import datetime
 import math
 import os
-import pickle
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,10 +57,10 @@ from dataclasses import dataclass
 import torch
 from torch._C._distributed_c10d import ProcessGroupGloo, Store
 
+from ..codec import Codec
 from ..comm.stats import Stats
 from ..comm.torchdist import (
     INLINE_BYTES,
-    LONG_WAIT,
     Channel,
     MessageKind,
     Pending,
@@ -54,9 +68,11 @@ from ..comm.torchdist import (
     TorchDistCommunicator,
     Waitable,
     connect,
+    identities_of,
 )
 from ..comm.unixsock import UnixSocketGroup
-from ..errors import DealerError, PartyTimeoutError, ProtocolDesyncError
+from ..credentials import Credentials
+from ..errors import DealerError, PartyTimeoutError, ProtocolDesyncError, ProtocolError
 from ..prg import KEY_BYTES, AesPrg, key_from_seed
 from .base import (
     POOL,
@@ -67,6 +83,7 @@ from .base import (
     fused_correction,
     kept_values,
     poolable,
+    request_codec,
 )
 
 __all__ = ["TrustedDealer", "TrustedDealerClient", "Shares", "DealerStats", "dealer_key"]
@@ -101,22 +118,29 @@ def _split(buf: torch.Tensor, comps: Sequence[Component]) -> dict[str, torch.Ten
     return out
 
 
-class _RequestUnpickler(pickle.Unpickler):
-    """Unpickles request dataclasses only: smpc classes and a few builtins."""
-
-    _BUILTINS = frozenset({"tuple", "list", "int", "float", "bool", "str", "frozenset", "dict"})
-
-    def find_class(self, module: str, name: str) -> object:
-        if module.startswith("smpc.") or (module == "builtins" and name in self._BUILTINS):
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"request may not reference {module}.{name}")
+# Encoded requests cached per side (a program repeats a few requests; bounded).
+_CACHE = 4096
+# Largest request served by default: its components' bytes (a peer cannot make the
+# provider allocate more than this).
+MAX_REQUEST_BYTES = 1 << 33
 
 
-def _load_request(data: bytes) -> Request:
-    req = _RequestUnpickler(io.BytesIO(data)).load()
-    if not hasattr(req, "components") or not hasattr(req, "derive"):
-        raise DealerError(f"not a dealer request: {type(req).__name__}")
-    return req  # type: ignore[no-any-return]
+def _load_request(codec: Codec, data: bytes, peer: str, max_bytes: int) -> Request:
+    """Decode a request (allow-listed classes only) and check its size before serving it."""
+    req = codec.decode(data, peer=peer)
+    if not callable(getattr(req, "components", None)) or not callable(getattr(req, "derive", None)):
+        raise ProtocolError(f"{peer} sent a {type(req).__name__}, which is not a dealer request")
+    try:
+        comps = req.components()  # type: ignore[attr-defined]  # checked above
+        total = 8 * sum(math.prod(c.shape) for c in comps)
+    except Exception as e:  # fields of the right types that make no request
+        raise ProtocolError(f"{peer} sent an invalid {type(req).__name__}: {e}") from None
+    if total > max_bytes:
+        raise ProtocolError(
+            f"{peer} asked for {total} bytes of correlated randomness in one request "
+            f"({type(req).__name__}); the limit is {max_bytes} bytes"
+        )
+    return req  # type: ignore[return-value]  # has components() and derive()
 
 
 class _Pending:
@@ -226,6 +250,8 @@ class TrustedDealerClient:
     ) -> None:
         assert comm.rank is not None
         self.lazy = lazy
+        self._codec = request_codec(encode_any=True)
+        self._encoded: dict[Request, bytes] = {}
         self._comm = comm
         self._channel = comm.channel
         self._rank = comm.rank
@@ -290,7 +316,11 @@ class TrustedDealerClient:
         pending = None
         if self._last:
             # Send first: the provider computes while this party expands its own streams.
-            data = pickle.dumps(req, protocol=pickle.HIGHEST_PROTOCOL)
+            data = self._encoded.get(req)
+            if data is None:
+                if len(self._encoded) >= _CACHE:
+                    self._encoded.clear()
+                data = self._encoded[req] = self._codec.encode(req)
             payload = torch.frombuffer(bytearray(data), dtype=torch.uint8)
             what = f"dealer request #{seq} ({type(req).__name__})"
             sends = self._channel.send(self._dealer, seq, MessageKind.REQUEST, payload)
@@ -390,24 +420,30 @@ class DealerStats:
 class _Predictor:
     """Guesses the next request from the two before it (a training step repeats its requests).
 
-    Remembers, for each pair of consecutive requests (their pickled bytes), the
-    request that followed the pair last time; bounded (cleared when full).
+    Remembers, for each pair of consecutive requests (their encoded bytes), the
+    request that followed the pair last time; bounded (cleared when full). Only
+    requests that decoded are observed, with their decoded form.
     """
 
-    _MAX = 4096
+    _MAX = _CACHE
 
     def __init__(self) -> None:
         self._seen = (b"", b"")  # the last two requests served, newest last
         self._follows: dict[tuple[bytes, bytes], bytes] = {}
         self._loaded: dict[bytes, Request] = {}
 
-    def observe(self, raw: bytes) -> None:
-        """Record the request just served."""
+    def observe(self, raw: bytes, req: Request) -> None:
+        """Record the request just served (its bytes and decoded form)."""
         if len(self._follows) >= self._MAX:
             self._follows.clear()
             self._loaded.clear()
         self._follows[self._seen] = raw
+        self._loaded[raw] = req
         self._seen = (self._seen[1], raw)
+
+    def known(self, raw: bytes) -> Request | None:
+        """The decoded form of a request seen before (``None`` if new)."""
+        return self._loaded.get(raw)
 
     def guess(self) -> tuple[bytes, Request] | None:
         """The expected next request (its bytes and the request), if the pair was seen."""
@@ -415,9 +451,7 @@ class _Predictor:
         if nxt is None:
             return None
         req = self._loaded.get(nxt)
-        if req is None:
-            req = self._loaded[nxt] = _load_request(nxt)
-        return nxt, req
+        return None if req is None else (nxt, req)
 
 
 @dataclass(slots=True)
@@ -442,12 +476,23 @@ class TrustedDealer:
         names: party names for error messages.
         pg: an already joined process group; otherwise one is joined with ``store`` /
             ``master_addr`` / ``master_port`` (defaults from the environment);
-            ``host_store`` and ``transport`` as in :func:`~smpc.comm.torchdist.connect`.
+            ``host_store``, ``transport``, ``credentials`` (the provider's, role
+            ``smpc:provider``), ``insecure``, ``address`` and ``listen_port`` as in
+            :func:`~smpc.comm.torchdist.connect`.
         speculate: after each correction, compute the one the next request is
             expected to need (the request that followed the same two requests last
             time: a training or inference loop repeats its requests), so that it is
             ready when the request comes; a wrong guess is undone (streams rewound).
             The parties see the same messages and values either way.
+        request_types: request classes the provider accepts beyond
+            :data:`~smpc.dealer.base.REQUEST_TYPES` (those of the protocols the
+            program uses, e.g. comparison's; :func:`smpc.launch.run_dealer` passes
+            every request class of ``smpc``). Nothing else is decoded.
+        idle_timeout: seconds to wait for the next request or the session's close
+            (default: ``timeout``); after it the provider gives up with
+            :class:`~smpc.errors.PartyTimeoutError` naming the last party.
+        max_request_bytes: the most bytes of correlated randomness one request may
+            ask for (a larger one is refused before anything is allocated).
     """
 
     def __init__(
@@ -465,9 +510,25 @@ class TrustedDealer:
         pg: ProcessGroupGloo | PointToPoint | None = None,
         speculate: bool = True,
         transport: str = "auto",
+        credentials: Credentials | str | os.PathLike[str] | None = None,
+        insecure: bool = False,
+        address: str | None = None,
+        listen_port: int = 0,
+        request_types: Sequence[type] = (),
+        idle_timeout: float | None = None,
+        max_request_bytes: int = MAX_REQUEST_BYTES,
     ) -> None:
         if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 2:
             raise ValueError(f"`world_size` must be an int >= 2; got {world_size!r}")
+        if not timeout > 0 or not math.isfinite(timeout):
+            raise ValueError(f"`timeout` must be a positive number of seconds; got {timeout!r}")
+        if idle_timeout is not None and not (idle_timeout > 0 and math.isfinite(idle_timeout)):
+            raise ValueError(
+                f"`idle_timeout` must be a positive number of seconds or None; got {idle_timeout!r}"
+            )
+        self.idle_timeout = float(timeout if idle_timeout is None else idle_timeout)
+        self.max_request_bytes = max_request_bytes
+        self._codec = request_codec(request_types)
         self.world_size = world_size
         self.rank = world_size
         if names is None:
@@ -483,6 +544,11 @@ class TrustedDealer:
                 prefix=prefix,
                 host_store=host_store,
                 transport=transport,
+                identities=identities_of(names),
+                credentials=credentials,
+                insecure=insecure,
+                address=address,
+                listen_port=listen_port,
             )
         self._channel = Channel(pg, world_size, timeout, [*names, "dealer"])
         self._keys = [dealer_key(seed, i) for i in range(world_size)]
@@ -498,10 +564,15 @@ class TrustedDealer:
         """Send the seeds, then answer requests until the last party closes.
 
         Raises:
-            PartyTimeoutError: a party died (its connection closed).
-            ProtocolDesyncError: the request stream is out of order.
+            PartyTimeoutError: a party died (its connection closed), or neither a
+                request nor the close came within ``idle_timeout``.
+            ProtocolError: the last party sent a malformed, oversized or
+                unexpected message (reported to it first); a
+                :class:`~smpc.errors.ProtocolDesyncError` when the request stream
+                is out of order.
         """
         ch = self._channel
+        idle = datetime.timedelta(seconds=self.idle_timeout)
         prgs = []
         sends = []
         for i, key in enumerate(self._keys):
@@ -528,17 +599,14 @@ class TrustedDealer:
                 guess = predictor.guess()
                 if guess is not None:
                     spec = self._speculate(*guess, prgs)
-            kind, data, _ = ch.recv(
-                last, seq, MessageKind.REQUEST, f"waiting for request #{seq}",
-                timeout=LONG_WAIT, accept=(MessageKind.CLOSE,),
-            )  # fmt: skip
+            kind, data, _ = self._next_request(last, seq, idle)
             # Retire all but the newest sends (one peer, FIFO). gloo's
             # ``is_completed()`` stays False until ``wait()`` is called, so wait: the
             # last party reads corrections in order, and it has read the older ones
             # before it needs a newer one, so this never waits on the party for long.
             while len(inflight) > _INFLIGHT:
                 works, buf = inflight.popleft()
-                ch.wait_all(works, last, "sending a correction", timeout=LONG_WAIT)
+                ch.wait_all(works, last, "sending a correction", timeout=idle)
                 if buf is not None and len(self._free) < _INFLIGHT + 2:
                     self._free.append(buf)
             if kind is MessageKind.CLOSE:
@@ -549,29 +617,76 @@ class TrustedDealer:
                 self.stats.kept_masks = len(self._kept)
                 return self.stats
             raw = data.numpy().tobytes()
+            guessed, spec = spec, None
+            if guessed is not None and guessed.raw != raw:
+                self._undo(guessed, prgs)
+                guessed = None
+            req = predictor.known(raw)
+            if req is None:
+                try:
+                    req = _load_request(
+                        self._codec, raw, f"party {ch.who(last)}", self.max_request_bytes
+                    )
+                except ProtocolError as e:  # told to the party, then fatal: a hostile stream
+                    self._report(last, seq, e, inflight)
+                    for works, _ in inflight:
+                        with contextlib.suppress(PartyTimeoutError, ProtocolError):
+                            ch.wait_all(works, last, "reporting an error", timeout=idle)
+                    raise
             try:
-                guessed, spec = spec, None
-                if guessed is not None and guessed.raw == raw:
+                if guessed is not None:
                     assert guessed.corr is not None and guessed.buf is not None
                     corr, buf = guessed.corr, guessed.buf
                     self._kept.commit()
                     self.stats.speculation_hits += 1
                 else:
-                    if guessed is not None:
-                        self._undo(guessed, prgs)
-                    corr, buf = self._corrections(_load_request(raw), prgs)
+                    corr, buf = self._corrections(req, prgs)
             except Exception as e:  # reported to the party, which raises DealerError
-                msg = f"{type(e).__name__}: {e}".encode()
-                err = torch.frombuffer(bytearray(msg), dtype=torch.uint8)
-                inflight.append((ch.send(last, seq, MessageKind.ERROR, err), None))
+                self._report(last, seq, e, inflight)
                 continue
             finally:
-                predictor.observe(raw)
+                predictor.observe(raw, req)
             works = ch.send(last, seq, MessageKind.CORRECTION, corr if corr.numel() else None)
             inflight.append((works, buf))
             self.stats.peak_in_flight = max(self.stats.peak_in_flight, len(inflight))
             self.stats.requests += 1
             self.stats.correction_bytes += corr.numel() * 8
+
+    def _next_request(
+        self, last: int, seq: int, idle: datetime.timedelta
+    ) -> tuple[MessageKind, torch.Tensor, int]:
+        """Wait up to ``idle`` for the last party's next request (or its close)."""
+        ch = self._channel
+        try:
+            return ch.recv(
+                last, seq, MessageKind.REQUEST, f"waiting for request #{seq}",
+                timeout=idle, accept=(MessageKind.CLOSE,),
+            )  # fmt: skip
+        except PartyTimeoutError as e:
+            cause = str(e.__cause__ or e)
+            if "closed" in cause.lower() or "reset" in cause.lower():
+                why = "closed its connection without closing the session (it died or exited)"
+            else:
+                why = (
+                    f"sent neither request #{seq} nor the session's close within "
+                    f"{self.idle_timeout:g} s (the provider's idle_timeout): it stalled, "
+                    "died, or the network is cut"
+                )
+            raise PartyTimeoutError(
+                f"{ch.who(self.rank)} gives up: the last party {ch.who(last)} {why} [{cause}]"
+            ) from e
+
+    def _report(
+        self,
+        last: int,
+        seq: int,
+        error: Exception,
+        inflight: deque[tuple[Pending, torch.Tensor | None]],
+    ) -> None:
+        """Send request ``seq``'s failure to the last party (which raises DealerError)."""
+        msg = f"{type(error).__name__}: {error}".encode()
+        err = torch.frombuffer(bytearray(msg), dtype=torch.uint8)
+        inflight.append((self._channel.send(last, seq, MessageKind.ERROR, err), None))
 
     def _speculate(self, raw: bytes, req: Request, prgs: Sequence[AesPrg]) -> _Speculation | None:
         """Compute the correction of ``req`` ahead of its arrival.

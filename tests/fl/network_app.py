@@ -58,7 +58,14 @@ class KilledClient(fl.Client):
         return super().fit(*args, **kwargs)
 
 
-def server_main(port: int, world: int, rounds: int, out: Any) -> None:
+def server_main(
+    port: int,
+    world: int,
+    rounds: int,
+    out: Any,
+    transport: str = "auto",
+    credentials: str | None = None,
+) -> None:
     x, y = tiny_problem()
     config = NetworkConfig(
         world_size=world,
@@ -66,6 +73,8 @@ def server_main(port: int, world: int, rounds: int, out: Any) -> None:
         stage_timeout=60.0,
         heartbeat_timeout=2.0,
         connect_timeout=60.0,
+        transport=transport,
+        credentials=credentials,
     )
     history = run_server(
         make_model(),
@@ -78,7 +87,14 @@ def server_main(port: int, world: int, rounds: int, out: Any) -> None:
     out.put(history.to_dicts())
 
 
-def client_main(port: int, world: int, rank: int, die_in: int | None) -> None:
+def client_main(
+    port: int,
+    world: int,
+    rank: int,
+    die_in: int | None,
+    transport: str = "auto",
+    credentials: str | None = None,
+) -> None:
     x, y = tiny_problem()
     part = fl.partition(y, world - 1, "iid", seed=0)
     cx, cy = part.subsets(x, y)[rank - 1]
@@ -88,6 +104,8 @@ def client_main(port: int, world: int, rank: int, die_in: int | None) -> None:
         stage_timeout=60.0,
         heartbeat_timeout=2.0,
         connect_timeout=60.0,
+        transport=transport,
+        credentials=credentials,
     )
     client: fl.Client
     if die_in is None:

@@ -6,10 +6,12 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fl
 from fl.aggregators import Stage
-from fl.dp import compute_epsilon
+from fl.dp import GaussianNoise, compute_epsilon
 from fl.types import ClientUpdate
 
 
@@ -128,3 +130,57 @@ def test_infinite_settings_are_clear_errors() -> None:
             fl.DifferentialPrivacy(clip_norm=1.0, noise_multiplier=z)
     with pytest.raises(fl.PrivacyError, match="noise_multiplier"):
         compute_epsilon(math.nan, 0.5, 10, 1e-5)
+
+
+# ----------------------------------------------------------------- CSPRNG noise
+@settings(max_examples=10, deadline=None)
+@given(st.floats(0.01, 100.0), st.integers(1, 3000))
+def test_gaussian_noise_moments_match(std: float, n: int) -> None:
+    # Prepare / Execute: a large sample, then a sample of the drawn size
+    noise = GaussianNoise()
+    big = noise.normal(std, (200_000,), torch.float64)
+    small = noise.normal(std, (n,))
+    # Assert: mean 0, std `std` (within 6 sigma of the estimators), the shape and dtype asked
+    assert abs(float(big.mean())) < 6 * std / math.sqrt(big.numel())
+    assert float(big.std()) == pytest.approx(std, rel=0.02)
+    assert small.shape == (n,) and small.dtype == torch.float32
+    assert torch.isfinite(small).all()
+
+
+def test_gaussian_noise_is_normal() -> None:
+    # Kolmogorov-Smirnov distance to the standard normal CDF, and tail masses
+    z = GaussianNoise().normal(1.0, (100_000,), torch.float64)
+    x, _ = torch.sort(z)
+    cdf = 0.5 * (1 + torch.erf(x / math.sqrt(2)))
+    ecdf = torch.arange(1, x.numel() + 1, dtype=torch.float64) / x.numel()
+    assert float((cdf - ecdf).abs().max()) < 1.95 / math.sqrt(x.numel()) * 1.5
+    assert float((z.abs() > 3).double().mean()) == pytest.approx(0.0027, abs=0.0012)
+
+
+def test_noise_is_not_torch_global_rng() -> None:
+    dp = fl.DifferentialPrivacy(clip_norm=1.0, noise_multiplier=1.0)
+    torch.manual_seed(0)
+    first = dp.generator().normal(1.0, (64,))
+    torch.manual_seed(0)
+    second = dp.generator().normal(1.0, (64,))
+    assert not torch.equal(first, second)  # fresh os.urandom keys, whatever torch's seed
+    assert "key" not in repr(dp.generator()).replace("key hidden", "")
+
+
+def test_seeded_noise_is_reproducible_and_streams_differ() -> None:
+    dp = fl.DifferentialPrivacy(clip_norm=1.0, noise_multiplier=1.0, seed=5)
+    a, b = dp.generator().normal(1.0, (32,)), dp.generator().normal(1.0, (32,))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, dp.generator("client/1").normal(1.0, (32,)))
+    # the state (key and position) resumes the stream exactly
+    g = dp.generator()
+    g.normal(1.0, (7,))
+    state = g.get_state()
+    nxt = g.normal(1.0, (5,))
+    h = GaussianNoise()
+    h.set_state(state)
+    assert torch.equal(h.normal(1.0, (5,)), nxt)
+    with pytest.raises(fl.PrivacyError, match="noise generator state"):
+        h.set_state(torch.zeros(3))
+    with pytest.raises(fl.PrivacyError, match="`std`"):
+        h.normal(float("nan"), (2,))

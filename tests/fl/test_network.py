@@ -5,9 +5,11 @@ from __future__ import annotations
 import multiprocessing as mp
 import queue
 import socket
+from pathlib import Path
 
 import pytest
 
+from smpc.credentials import main as credentials_main
 from tests.fl import network_app
 
 
@@ -19,15 +21,29 @@ def _free_port() -> int:
 
 @pytest.mark.distributed
 @pytest.mark.timeout(90)
-def test_server_and_three_clients_survive_a_killed_client() -> None:
-    # Prepare
+@pytest.mark.parametrize("transport", ["gloo", "tls"])
+def test_server_and_three_clients_survive_a_killed_client(tmp_path: Path, transport: str) -> None:
+    # Prepare: over gloo on the loopback, or TLS with credentials for every role
     ctx = mp.get_context("spawn")
     port, world, rounds = _free_port(), 4, 3
+    creds = None
+    if transport == "tls":
+        assert credentials_main([str(tmp_path), "--fl-server", "--fl-clients", "3"]) == 0
+        creds = str(tmp_path)
     out = ctx.Queue()
-    procs = [ctx.Process(target=network_app.server_main, args=(port, world, rounds, out))]
+    procs = [
+        ctx.Process(
+            target=network_app.server_main, args=(port, world, rounds, out, transport, creds)
+        )
+    ]
     for rank in range(1, world):
         die_in = 2 if rank == 2 else None  # client 1 dies when round 2's training starts
-        procs.append(ctx.Process(target=network_app.client_main, args=(port, world, rank, die_in)))
+        procs.append(
+            ctx.Process(
+                target=network_app.client_main,
+                args=(port, world, rank, die_in, transport, creds),
+            )
+        )
     # Execute
     for p in procs:
         p.start()

@@ -137,6 +137,64 @@ def test_checkpoint_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
         _server(seed=8).load_checkpoint(ckpt)
 
 
+class _Evil:
+    """A pickle payload that would create a file when unpickled."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (str(self.marker), "w"))
+
+
+def test_crafted_checkpoint_runs_no_code(tmp_path: Path) -> None:
+    # Prepare: a checkpoint file whose pickle would create `marker` if loaded unsafely
+    marker = tmp_path / "marker"
+    ckpt = tmp_path / "evil.pt"
+    torch.save({"version": 1, "payload": _Evil(marker)}, ckpt)
+    # Execute / Assert: refused as a CheckpointError; no code ran
+    with pytest.raises(fl.CheckpointError, match="cannot read checkpoint"):
+        _server().load_checkpoint(ckpt)
+    assert not marker.exists()
+    ckpt.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(fl.CheckpointError, match="cannot read checkpoint"):
+        _server().load_checkpoint(ckpt)
+
+
+@pytest.mark.parametrize(
+    "field", ["round", "seed", "global_vector", "strategy", "aggregator", "history"]
+)
+def test_checkpoint_missing_or_mistyped_fields(tmp_path: Path, field: str) -> None:
+    # Prepare: a real checkpoint, then one field removed or of the wrong type
+    server = _server()
+    server.run(1, progress=False)
+    state = server.state_dict()
+    ckpt = tmp_path / "ckpt.pt"
+    torch.save({k: v for k, v in state.items() if k != field}, ckpt)
+    with pytest.raises(fl.CheckpointError, match=f"lacks the fields \\['{field}'\\]"):
+        _server().load_checkpoint(ckpt)
+    torch.save({**state, field: "oops"}, ckpt)
+    with pytest.raises(fl.CheckpointError, match=f"field '{field}' must be"):
+        _server().load_checkpoint(ckpt)
+
+
+def test_checkpoint_with_broken_inner_state(tmp_path: Path) -> None:
+    server = _server()
+    server.run(1, progress=False)
+    state = server.state_dict()
+    ckpt = tmp_path / "ckpt.pt"
+    for broken in (
+        {**state, "history": [{"round": 1}]},
+        {**state, "aggregator": {}},
+        {**state, "aggregator": {**state["aggregator"], "noise_generator": torch.zeros(3)}},
+    ):
+        torch.save(broken, ckpt)
+        fresh = _server()
+        with pytest.raises(fl.CheckpointError, match="state is invalid"):
+            fresh.load_checkpoint(ckpt)
+        assert fresh.round == 0  # nothing half-restored
+
+
 def test_failed_round_is_recorded_or_raised() -> None:
     clients, test = _mnist_like()
     drop_all = fl.DropoutModel(rate=1.0, stage=Stage.SHARE_KEYS)

@@ -1,7 +1,8 @@
 """The distributed runtime: one OS process per party plus the provider, on one host.
 
-The transport-sensitive tests run over both transports (``TRANSPORTS``): Unix
-sockets (the default on one host) and gloo over loopback TCP (as across machines).
+The transport-sensitive tests run over every transport (``TRANSPORTS``): Unix
+sockets (the default on one host), TLS 1.3 on loopback (the default across
+machines; a throwaway CA made by :func:`smpc.run`) and gloo over loopback TCP.
 
 Each test runs a program with :func:`smpc.launch.run` and checks it against
 plaintext torch, exactly at ring level, and against the same program in the
@@ -58,7 +59,7 @@ from tests.smpc.comm.dist_programs import (
 )
 
 pytestmark = pytest.mark.distributed
-TRANSPORTS = ["unix", "tcp"]
+TRANSPORTS = ["unix", "tcp", "tls"]
 
 
 # ----------------------------------------------------------------- helpers
@@ -372,6 +373,14 @@ def test_cli_with_torch_distributed_env(tmp_path: Path, transport: str) -> None:
     }
     cmd = [sys.executable, "-m", "smpc.launch", "--parties", "alice,bob", "--timeout", "30"]
     cmd += ["--transport", transport]
+    if transport == "tls":  # the documented credentials command, then one folder for all
+        made = subprocess.run(
+            [sys.executable, "-m", "smpc.credentials", str(tmp_path / "creds")]
+            + ["--parties", "alice,bob", "--provider"],
+            env=env, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        assert "smpc:provider" in made.stdout
+        cmd += ["--credentials", str(tmp_path / "creds")]
     # Execute
     procs = [
         subprocess.Popen(

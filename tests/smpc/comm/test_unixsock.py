@@ -8,8 +8,11 @@ one thread at a time, as in a party process); ranks meet through an in-process
 from __future__ import annotations
 
 import datetime
+import os
 import random
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -21,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch._C._distributed_c10d import HashStore
 
-from smpc.comm.unixsock import _HELLO, UnixSocketGroup, agree, host_id, supported
+from smpc.comm.unixsock import _HELLO, UnixSocketGroup, supported
 
 pytestmark = pytest.mark.skipif(not supported(), reason="no Unix sockets on this platform")
 
@@ -241,27 +244,62 @@ def test_a_connection_without_the_key_is_refused() -> None:
         rank1.close()
 
 
+_OTHER_USER = """
+import os, socket, sys
+os.setgid(65534); os.setuid(65534)  # nobody: another user than the parties
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(10)
+s.connect(bytes.fromhex(sys.argv[1]).decode("latin-1"))
+s.sendall(bytes.fromhex(sys.argv[2]))
+print("closed" if s.recv(1) == b"" else "kept")
+"""
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "getuid") or os.getuid() != 0 or not hasattr(socket, "SO_PEERCRED"),
+    reason="needs root (to run a process as another user) and SO_PEERCRED",
+)
+def test_another_user_with_the_key_is_refused() -> None:
+    # Prepare: another user reads rank 0's address and key (as from a TCP store)
+    store = HashStore()
+    result: list[BaseException | UnixSocketGroup] = []
+
+    def rank0() -> None:
+        try:
+            result.append(UnixSocketGroup(store, 0, 2, timeout=20.0))
+        except BaseException as e:
+            result.append(e)
+
+    t = threading.Thread(target=rank0)
+    t.start()
+    addr_hex, key_hex = store.get("unix/0").decode().split(":")
+    hello = _HELLO.pack(1, bytes.fromhex(key_hex)).hex()
+    # Execute: it presents the right key, from a process of user nobody
+    out = subprocess.run(
+        [sys.executable, "-c", _OTHER_USER, addr_hex, hello],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    rank1 = UnixSocketGroup(store, 1, 2, timeout=20.0)
+    t.join(20)
+    # Assert: refused; the real rank 1 joined
+    assert out.stdout.strip() == "closed", out.stderr
+    group = result[0]
+    assert isinstance(group, UnixSocketGroup)
+    try:
+        rank1.send([torch.arange(4, dtype=torch.int64)], 0, 11)
+        buf = torch.empty(4, dtype=torch.int64)
+        group.recv([buf], 1, 11).wait(datetime.timedelta(seconds=5))
+        assert torch.equal(buf, torch.arange(4))
+    finally:
+        group.close()
+        rank1.close()
+
+
 def test_setup_times_out_naming_the_missing_ranks() -> None:
     store = HashStore()
     missing = r"rank 0 timed out after 0.3 s waiting for ranks \[1, 2\]"
     with pytest.raises(RuntimeError, match=missing):
         UnixSocketGroup(store, 0, 3, timeout=0.3)
-
-
-def test_ranks_agree_on_the_transport() -> None:
-    here = host_id()
-
-    def decide(asked: list[str], hosts: list[str]) -> str:
-        store = HashStore()
-        for r in range(1, len(asked)):
-            store.set(f"transport/{r}", f"{asked[r]}|{hosts[r]}")
-        return agree(store, 0, len(asked), asked[0])
-
-    assert decide(["auto", "auto", "unix"], [here] * 3) == "unix"
-    assert decide(["auto", "tcp", "auto"], [here] * 3) == "tcp"
-    assert decide(["auto", "auto"], [here, "elsewhere/1"]) == "tcp"
-    with pytest.raises(ValueError, match="'unix' needs every rank on one host"):
-        decide(["unix", "auto"], [here, "elsewhere/1"])
 
 
 def test_bad_arguments_are_named() -> None:

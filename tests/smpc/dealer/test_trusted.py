@@ -2,25 +2,35 @@
 
 from __future__ import annotations
 
+import pickle
+import re
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from torch.distributed import HashStore
 
 from smpc import ring
-from smpc.comm.torchdist import TorchDistCommunicator
+from smpc.comm.torchdist import MessageKind, TorchDistCommunicator
 from smpc.dealer.base import (
+    Component,
     KeepingMatmulTruncTriple,
     KeptBilinearTruncTriple,
+    Kind,
     LinearBackwardTriple,
     MulTriple,
     OperandMask,
     TruncPair,
+    request_codec,
 )
 from smpc.dealer.trusted import DealerStats, TrustedDealer, TrustedDealerClient
-from smpc.errors import DealerError
+from smpc.errors import DealerError, PartyTimeoutError, ProtocolError
+from smpc.ring import MatmulOp
 
 
 def _serve(
@@ -200,3 +210,159 @@ def test_small_requests_come_from_pools() -> None:
         a, b, c = s0 + s1
         assert torch.equal(a * b, c)
     assert len({(int(s0[0]), int(s1[0])) for s0, s1 in zip(p0[0], p1[0], strict=True)}) == 600
+
+
+# ----------------------------------------------------------------- hostile or vanished parties
+def _run_roles(
+    party: Callable[[TrustedDealerClient, int], Any],
+    *,
+    on_dealer_exit: Callable[[], None] = lambda: None,
+    **dealer_kwargs: Any,
+) -> tuple[Any, list[Any]]:
+    """A provider and two parties (threads); each slot holds a result or the exception raised."""
+    store = HashStore()
+    out: dict[str, Any] = {}
+
+    def dealer() -> None:
+        try:
+            out["dealer"] = TrustedDealer(2, store=store, seed=1, **dealer_kwargs).serve()
+        except BaseException as e:  # the test inspects it
+            out["dealer"] = e
+        on_dealer_exit()
+
+    def run_party(rank: int) -> None:
+        try:
+            comm = TorchDistCommunicator(rank, 2, store=store, timeout=30)
+            client = TrustedDealerClient(comm)
+            try:
+                out[rank] = party(client, rank)
+            finally:
+                client.close()
+        except BaseException as e:  # the test inspects it
+            out[rank] = e
+
+    threads = [threading.Thread(target=dealer)]
+    threads += [threading.Thread(target=run_party, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "a role hung"
+    return out["dealer"], [out[0], out[1]]
+
+
+class _Evil:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (str(self.marker), "w"))
+
+
+@dataclass(frozen=True, slots=True)
+class _UnknownRequest:
+    """A request class outside the provider's allow-list."""
+
+    shape: tuple[int, ...]
+
+    def components(self) -> tuple[Component, ...]:
+        return (Component("a", Kind.RANDOM, self.shape),)
+
+    def derive(self, values: Any) -> dict[str, torch.Tensor]:
+        return {}
+
+
+def _raw_request(client: TrustedDealerClient, data: bytes) -> Any:
+    """Send ``data`` as the next request, bypassing the codec (a hostile last party)."""
+    ch = client._channel
+    ch.send(
+        client._dealer, 1, MessageKind.REQUEST, torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    )
+    return ch.recv(
+        client._dealer, 1, MessageKind.CORRECTION, "hostile", accept=(MessageKind.ERROR,)
+    )
+
+
+def test_crafted_pickle_request_runs_no_code(tmp_path: Path) -> None:
+    # Prepare: the last party sends a pickle whose loading would create `marker`
+    marker = tmp_path / "marker"
+
+    def party(client: TrustedDealerClient, rank: int) -> Any:
+        return _raw_request(client, pickle.dumps(_Evil(marker))) if rank == 1 else None
+
+    # Execute
+    dealer, (_, reply) = _run_roles(party, timeout=10)
+    # Assert: the provider refused it (and said so to the party), no code ran
+    assert isinstance(dealer, ProtocolError) and "'party1' (rank 1)" in str(dealer)
+    kind, raw, _ = reply
+    assert kind is MessageKind.ERROR and b"ProtocolError" in raw.numpy().tobytes()
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("request_", "match"),
+    [
+        (_UnknownRequest((3,)), "is not allowed"),
+        (MulTriple((1 << 40,), (1,)), "the limit is"),  # 8 TiB of randomness: never allocated
+        (MatmulOp(), "not a dealer request"),
+    ],
+    ids=["unknown-class", "oversized", "not-a-request"],
+)
+def test_unexpected_or_oversized_requests_are_refused(request_: Any, match: str) -> None:
+    # Prepare: the encoding of a request the provider must not serve
+    data = request_codec(encode_any=True).encode(request_)
+
+    def party(client: TrustedDealerClient, rank: int) -> Any:
+        return _raw_request(client, data) if rank == 1 else None
+
+    # Execute
+    dealer, (_, reply) = _run_roles(party, timeout=10)
+    # Assert: refused with a reason, told to the party first
+    assert isinstance(dealer, ProtocolError) and re.search(match, str(dealer))
+    kind, raw, _ = reply
+    assert kind is MessageKind.ERROR and re.search(match, raw.numpy().tobytes().decode())
+
+
+def test_provider_gives_up_when_the_last_party_stalls() -> None:
+    # Prepare: the last party asks once, then stalls far longer than the idle timeout
+    resumed = threading.Event()
+
+    def party(client: TrustedDealerClient, rank: int) -> Any:
+        client.request(MulTriple((4,), (4,)))
+        if rank == 1:
+            time.sleep(6.0)
+            resumed.set()
+        return rank
+
+    # Execute
+    stalled_at_exit: list[bool] = []
+    dealer, _ = _run_roles(
+        party,
+        timeout=10,
+        idle_timeout=1.0,
+        on_dealer_exit=lambda: stalled_at_exit.append(not resumed.is_set()),
+    )
+    # Assert: the provider gave up (naming the last party and its idle timeout) while
+    # the party was still stalled, instead of waiting for it indefinitely
+    assert isinstance(dealer, PartyTimeoutError)
+    assert "'party1' (rank 1)" in str(dealer) and "within 1 s" in str(dealer)
+    assert stalled_at_exit == [True]
+
+
+def test_a_live_gap_within_the_idle_timeout_is_allowed() -> None:
+    # every role idles (local work) longer than the session timeout but within idle_timeout
+    def party(client: TrustedDealerClient, rank: int) -> Any:
+        first = client.request(MulTriple((1000,), (1000,)))["c"].clone()  # not pooled
+        time.sleep(1.5)
+        return first, client.request(MulTriple((1000,), (1000,)))["c"].clone()
+
+    dealer, results = _run_roles(party, timeout=1.0, idle_timeout=5.0)
+    assert isinstance(dealer, DealerStats) and dealer.requests == 2
+    assert all(isinstance(r, tuple) for r in results)
+
+
+def test_bad_provider_arguments() -> None:
+    with pytest.raises(ValueError, match="`idle_timeout`"):
+        TrustedDealer(2, store=HashStore(), idle_timeout=float("inf"))
+    with pytest.raises(ValueError, match="`timeout`"):
+        TrustedDealer(2, store=HashStore(), timeout=float("nan"))
