@@ -37,7 +37,7 @@ from .protocols import beaver, compare
 from .protocols import nonlinear as ring_nl
 from .session import Session
 from .sharing import add_public, lead
-from .tensor import SharedTensor
+from .tensor import SharedTensor, tag_results
 
 __all__ = [
     "MaxResult",
@@ -809,3 +809,7 @@ def log_softmax(
 
 
 _ = builtins  # builtins.max/min stay reachable despite the torch-named functions here
+
+
+# Every public op tags its result with the plaintext dtype reveal() returns.
+tag_results(globals(), __all__)

@@ -20,7 +20,7 @@ from .errors import EncodingOverflowError, SessionMismatchError, ShapeError
 from .protocols import beaver, truncation
 from .session import Session, Truncation
 from .sharing import add_public, lead
-from .tensor import SharedTensor
+from .tensor import SharedTensor, tag_results
 
 __all__ = [
     "Public",
@@ -738,3 +738,7 @@ def stack(tensors: Sequence[SharedTensor], dim: int = 0) -> SharedTensor:
         return _wrap(sess, torch.stack([t.share for t in tensors], dim=d))
     except RuntimeError as err:
         raise ShapeError(f"stack: {err}") from err
+
+
+# Every public op tags its result with the plaintext dtype reveal() returns.
+tag_results(globals(), __all__)

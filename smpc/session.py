@@ -21,7 +21,7 @@ from .comm.local import LocalCommunicator
 from .comm.stats import Stats
 from .dealer.base import Dealer
 from .dealer.local import LocalDealer
-from .encoding import FixedPoint, as_plain_tensor
+from .encoding import FixedPoint, as_plain_tensor, plain_dtype
 from .errors import SessionClosedError
 from .prg import AesPrg, key_from_seed
 from .sharing import additive_shares
@@ -30,6 +30,10 @@ if TYPE_CHECKING:
     from .tensor import SharedTensor
 
 __all__ = ["Session", "Truncation"]
+
+# Plaintext dtypes a share announces to the other parties (by index, in the
+# share message's header): what ``reveal()`` returns by default.
+_DTYPE_CODES = (torch.float32, torch.float64, torch.int64, torch.float16, torch.bfloat16)
 
 
 class Truncation(StrEnum):
@@ -222,7 +226,11 @@ class Session:
             requires_grad: record operations on the result for :meth:`backward`.
 
         Returns:
-            A :class:`~smpc.tensor.SharedTensor`.
+            A :class:`~smpc.tensor.SharedTensor` whose ``reveal()`` returns the
+            dtype shared: a float tensor keeps its dtype (Python floats and lists
+            are torch's default float32, numpy arrays usually float64); integer
+            and bool inputs reveal as int64. In a distributed run the dtype
+            travels in the share message's header (no payload bytes, no round).
 
         Raises:
             EncodingOverflowError: NaN/inf or values beyond the fixed-point range
@@ -242,12 +250,19 @@ class Session:
             if isinstance(tensor, SharedTensor):
                 raise TypeError("`tensor` is already shared; use it directly")
             plain = as_plain_tensor(tensor, name="tensor")
+            dtype: torch.dtype | None = plain_dtype(plain)
             enc = self.encoding.encode(plain.detach().cpu(), name="tensor")
             stacked = additive_shares(enc, self.world_size, self.prg)
-            share = self.comm.share_from(stacked, src_i, tuple(enc.shape), "share")
+            share = self.comm.share_from(
+                stacked, src_i, tuple(enc.shape), "share", meta=_DTYPE_CODES.index(dtype)
+            )
         else:
             share = self.comm.share_from(None, src_i, None, "share")
-        return SharedTensor(share, self, requires_grad=requires_grad)
+            code = self.comm.received_meta
+            dtype = (
+                _DTYPE_CODES[code] if code is not None and 0 <= code < len(_DTYPE_CODES) else None
+            )
+        return SharedTensor(share, self, requires_grad=requires_grad, dtype=dtype)
 
     def from_shares(self, share: torch.Tensor, *, requires_grad: bool = False) -> SharedTensor:
         """Wrap raw ring shares (this runtime's layout) as a SharedTensor."""
