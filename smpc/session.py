@@ -63,6 +63,12 @@ class Session:
         comm: a runtime to use instead of the in-process simulation (injected
             by :func:`smpc.run` and the launcher).
         dealer: a crypto provider to use instead of the in-process one.
+        chunk_size: in simulation, elementwise and comparison ops on more elements
+            than this run in chunks of this many elements (bounded memory, same
+            results, rounds and bytes as one op; see ``docs/costs.md``), rounded
+            down to a multiple of 64 (at least 64). Default ``None``:
+            ``2^20 // parties`` elements (about 150 MB of working memory per chunk
+            for a ReLU, whatever the party count).
 
     Example:
         >>> with Session(parties=("alice", "bob")) as sess:
@@ -81,7 +87,14 @@ class Session:
         truncation: Truncation | str = Truncation.PROBABILISTIC,
         comm: Communicator | None = None,
         dealer: Dealer | None = None,
+        chunk_size: int | None = None,
     ) -> None:
+        if chunk_size is not None and (
+            isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+        ):
+            raise ValueError(
+                f"`chunk_size` must be a positive int (elements) or None; got {chunk_size!r}"
+            )
         if (
             isinstance(parties, bool)
             or not isinstance(parties, (int, Sequence))
@@ -118,6 +131,9 @@ class Session:
                 "(use the default probabilistic truncation)"
             )
         self.seed = seed
+        cs = (1 << 20) // len(names) if chunk_size is None else chunk_size
+        # whole words of bit-packed openings per chunk: bytes equal the unchunked op's
+        self.chunk_size: int = max(64, cs - cs % 64)
         self.comm: Communicator = (
             comm if comm is not None else LocalCommunicator(len(names), timeout=timeout)
         )
