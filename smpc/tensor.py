@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .errors import SecretBranchError, ShapeError
+from .perf import ThreadPolicy, current_thread_policy
 from .sharing import lead
 
 if TYPE_CHECKING:
@@ -615,13 +616,29 @@ def result_dtype(*operands: Any, real: bool = False) -> torch.dtype | None:
     return dt
 
 
+def _with_threads(policy: ThreadPolicy, fn: Any, args: Any, kwargs: dict[str, Any]) -> Any:
+    """Run ``fn`` with the intra-op thread count ``policy`` gives its size, then restore it."""
+    ops = _operands([*args, *kwargs.values()])
+    numel = max((a.numel() for a in ops if isinstance(a, SharedTensor)), default=0)
+    want = policy.threads_for(numel)
+    prev = torch.get_num_threads()
+    if want == prev:
+        return fn(*args, **kwargs)
+    torch.set_num_threads(want)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        torch.set_num_threads(prev)
+
+
 def _typed(fn: Any, name: str) -> Any:
     real = name in _REAL_VALUED
     skip_first = name == "where"  # the condition does not enter torch.where's dtype
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        out = fn(*args, **kwargs)
+        policy = current_thread_policy()
+        out = fn(*args, **kwargs) if policy is None else _with_threads(policy, fn, args, kwargs)
         operands = [*args[1:]] if skip_first else [*args]
         operands += [v for k, v in kwargs.items() if not (skip_first and k == "cond")]
         dt = result_dtype(*operands, real=real)
