@@ -774,12 +774,20 @@ def _chunk_plan(args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[Session, i
     return sess, n
 
 
-def _slice(a: Any, sess: Session, n: int, lo: int, hi: int) -> Any:
+def _flat(a: Any, sess: Session, n: int) -> Any:
+    """``a`` flattened once (a copy only if it is not contiguous), to be sliced per chunk."""
     if isinstance(a, SharedTensor):
-        w = sess.world_size
-        return SharedTensor(a.share.reshape(w, n)[:, lo:hi], sess, dtype=a._dtype)
+        return SharedTensor(a.share.reshape(sess.world_size, n), sess, dtype=a._dtype)
     if isinstance(a, torch.Tensor) and a.dim() > 0:
-        return a.reshape(n)[lo:hi]
+        return a.reshape(n)
+    return a
+
+
+def _slice(a: Any, sess: Session, lo: int, hi: int) -> Any:
+    if isinstance(a, SharedTensor):
+        return SharedTensor(a.share[:, lo:hi], sess, dtype=a._dtype)
+    if isinstance(a, torch.Tensor) and a.dim() > 0:
+        return a[lo:hi]
     return a
 
 
@@ -792,13 +800,14 @@ def _run_chunks(
     per_op: dict[str, tuple[int, int]] = {}  # label -> (max rounds, max calls) of a chunk
     shape = next(a for a in args if isinstance(a, SharedTensor)).shape
     w = sess.world_size
+    flat = [_flat(a, sess, n) for a in args]
     bufs: list[torch.Tensor] = []
     kinds: list[SharedTensor] = []
     single = True
     for lo in range(0, n, sess.chunk_size):
         hi = min(lo + sess.chunk_size, n)
         before = stats.snapshot()
-        res = fn(*(_slice(a, sess, n, lo, hi) for a in args), **kwargs)
+        res = fn(*(_slice(a, sess, lo, hi) for a in flat), **kwargs)
         delta = stats - before
         most_rounds = max(most_rounds, delta.rounds)
         for label, op in delta.by_op.items():

@@ -120,3 +120,14 @@ def test_chunk_size_is_rounded_to_whole_words() -> None:
         assert (a.chunk_size, b.chunk_size) == (64, 64)
     with smpc.Session(parties=2) as c:
         assert c.chunk_size == (1 << 20) // 2
+
+
+def test_chunked_ops_on_views_and_public_operands() -> None:
+    # A transposed (non-contiguous) share and a public operand of the same shape.
+    x = torch.linspace(-3, 3, 1200, dtype=torch.float64).reshape(30, 40)
+    with smpc.Session(parties=3, chunk_size=64) as sess:
+        sx = sess.share(x).t()
+        assert torch.equal(sx.relu().reveal(), x.t().relu())
+        assert torch.equal((sx > x.t().flip(0)).reveal(), (x.t() > x.t().flip(0)).double())
+        got = (sx * x.t()).reveal()
+    assert (got - x.t() * x.t()).abs().max() <= 2.0**-15
