@@ -631,14 +631,35 @@ def _with_threads(policy: ThreadPolicy, fn: Any, args: Any, kwargs: dict[str, An
         torch.set_num_threads(prev)
 
 
+_current_policy = current_thread_policy
+
+
 def _typed(fn: Any, name: str) -> Any:
     real = name in _REAL_VALUED
     skip_first = name == "where"  # the condition does not enter torch.where's dtype
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        policy = current_thread_policy()
+        policy = _current_policy()
         out = fn(*args, **kwargs) if policy is None else _with_threads(policy, fn, args, kwargs)
+        if not kwargs and not skip_first and type(out) is SharedTensor:
+            # fast path (most calls): shared operands of one float dtype, Python numbers
+            first: Any = None
+            for a in args:
+                if type(a) is SharedTensor:
+                    if a is out:
+                        break
+                    d = a._dtype
+                    if first is None:
+                        first = d if d is not None else torch.float32
+                    elif (d if d is not None else torch.float32) is not first:
+                        break
+                elif type(a) not in (int, float, bool):
+                    break
+            else:
+                if first is not None and first.is_floating_point:
+                    out._dtype = first
+                    return out
         operands = [*args[1:]] if skip_first else [*args]
         operands += [v for k, v in kwargs.items() if not (skip_first and k == "cond")]
         dt = result_dtype(*operands, real=real)
