@@ -170,9 +170,15 @@ def thread_policy(
         min_elements: the size from which an op uses ``threads`` threads.
         threads: threads for large ops (default: ``torch.get_num_threads()`` on entry).
 
+    Inside the block torch runs on one thread (``small_threads``): everything
+    that is not a large shared op (the provider's material for small ops,
+    autograd and optimizer bookkeeping, sharing) too; a shared op on at least
+    ``min_elements`` elements raises the count to ``threads`` for its duration.
+    The thread count before the block is restored after it. The thread count
+    is process-wide (``torch.set_num_threads``): use the policy from one thread.
+
     Yields:
-        The policy in force (``None`` for ``"default"``). The thread count is
-        set around each op and restored after it.
+        The policy in force (``None`` for ``"default"``).
 
     Raises:
         ValueError: an unknown ``policy`` or a non-positive count.
@@ -192,7 +198,12 @@ def thread_policy(
         "default": None,
     }[policy]
     token = _POLICY.set(chosen)
+    prev = torch.get_num_threads()
+    if chosen is not None:
+        torch.set_num_threads(chosen.small_threads)  # all work outside large ops
     try:
         yield chosen
     finally:
+        if chosen is not None:
+            torch.set_num_threads(prev)
         _POLICY.reset(token)

@@ -617,12 +617,12 @@ def result_dtype(*operands: Any, real: bool = False) -> torch.dtype | None:
 
 
 def _with_threads(policy: ThreadPolicy, fn: Any, args: Any, kwargs: dict[str, Any]) -> Any:
-    """Run ``fn`` with the intra-op thread count ``policy`` gives its size, then restore it."""
+    """Run ``fn`` with the thread count ``policy`` gives its size if that is more, then restore."""
     ops = _operands([*args, *kwargs.values()])
     numel = max((a.numel() for a in ops if isinstance(a, SharedTensor)), default=0)
     want = policy.threads_for(numel)
     prev = torch.get_num_threads()
-    if want == prev:
+    if want <= prev:  # never lower the count inside a large op
         return fn(*args, **kwargs)
     torch.set_num_threads(want)
     try:

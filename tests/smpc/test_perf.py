@@ -98,7 +98,8 @@ def test_thread_policy_by_size_runs_small_ops_on_one_thread() -> None:
             assert pol is not None and current_thread_policy() is pol
             ns["probe"](small)
             ns["probe"](big)
-            assert torch.get_num_threads() == outer  # restored after each op
+            assert torch.get_num_threads() == 1  # one thread between large ops
+        assert torch.get_num_threads() == outer  # restored after the block
         with thread_policy("single"):
             ns["probe"](big)
         with thread_policy("default") as none:
