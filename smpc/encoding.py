@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .errors import EncodingOverflowError
 
-__all__ = ["FixedPoint", "as_plain_tensor"]
+__all__ = ["FixedPoint", "as_plain_tensor", "plain_dtype"]
 
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 _ACCEPTED = "a torch.Tensor, a number, a (nested) sequence of numbers or a numpy array"
@@ -138,8 +138,29 @@ class FixedPoint:
         return t * self.scale
 
     def decode(self, ring_value: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Decode int64 ring elements into floats (signed interpretation)."""
-        # Split into high and low parts so float64 keeps every bit of precision.
-        high = (ring_value >> self.frac_bits).to(torch.float64)
-        low = (ring_value & (self.scale - 1)).to(torch.float64) / self.scale
-        return (high + low).to(dtype)
+        """Decode int64 ring elements (signed interpretation) into ``dtype``.
+
+        Floating ``dtype``: the ring value is converted to float64 (exact while
+        ``|ring_value| < 2^53``, i.e. ``|v| < 2^(53 - f)``: every bit the ring
+        holds; beyond, rounded to the nearest float64) and multiplied by the exact
+        power of two ``2^-f``; a narrower float (float32...) then rounds that once
+        more. Integer or bool ``dtype``: the ring value is rounded to the nearest
+        integer in int64 arithmetic (exact: ``(r + 2^(f-1)) >> f``), then cast.
+        """
+        if dtype.is_floating_point:
+            out = ring_value.to(torch.float64).mul_(self.resolution)
+            return out if dtype == torch.float64 else out.to(dtype)
+        if dtype.is_complex:
+            raise TypeError(f"`dtype` must be a real dtype; got {dtype}")
+        f = self.frac_bits
+        rounded = ((ring_value + (1 << (f - 1))) >> f) if f else ring_value
+        return rounded.to(dtype)
+
+
+def plain_dtype(t: torch.Tensor) -> torch.dtype:
+    """The dtype :meth:`SharedTensor.reveal` returns for a shared plaintext ``t``.
+
+    Floating tensors keep their dtype (float16, bfloat16, float32, float64);
+    integer and bool tensors reveal as int64 (the ring's integer type).
+    """
+    return t.dtype if t.is_floating_point() else torch.int64

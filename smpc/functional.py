@@ -28,7 +28,7 @@ from .autograd.tape import backward as _backward
 from .autograd.tape import no_grad as _fn_no_grad
 from .errors import ShapeError
 from .sharing import lead
-from .tensor import SharedTensor
+from .tensor import SharedTensor, tag_results
 
 __all__ = [
     "add",
@@ -671,3 +671,8 @@ def backward(x: SharedTensor, grad: SharedTensor | torch.Tensor | None = None) -
     See :func:`smpc.autograd.backward`. The graph is freed afterwards.
     """
     _backward(x, grad)
+
+
+# Every public op tags its result with the plaintext dtype reveal() returns
+# (torch's type promotion: see smpc.tensor.result_dtype).
+tag_results(globals(), [n for n in __all__ if n != "backward"])

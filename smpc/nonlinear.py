@@ -37,7 +37,7 @@ from .protocols import beaver, compare
 from .protocols import nonlinear as ring_nl
 from .session import Session
 from .sharing import add_public, lead
-from .tensor import SharedTensor
+from .tensor import SharedTensor, tag_results
 
 __all__ = [
     "MaxResult",
@@ -809,3 +809,15 @@ def log_softmax(
 
 
 _ = builtins  # builtins.max/min stay reachable despite the torch-named functions here
+
+
+# Elementwise ops run in bounded memory (chunks; see smpc.ops.chunked), then
+# every public op tags its result with the plaintext dtype reveal() returns.
+_ELEMENTWISE = (
+    "lt", "le", "gt", "ge", "eq", "ne", "relu", "relu_with_bit", "sign", "abs", "where",
+    "reciprocal", "div", "exp", "log", "sqrt", "rsqrt", "sigmoid", "tanh",
+)  # fmt: skip
+for _name in _ELEMENTWISE:
+    globals()[_name] = ops.chunked(globals()[_name])
+del _name
+tag_results(globals(), __all__)

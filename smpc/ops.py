@@ -8,9 +8,11 @@ wraps them for autograd. Public operands are encoded and range-checked here.
 
 from __future__ import annotations
 
+import functools
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -20,7 +22,7 @@ from .errors import EncodingOverflowError, SessionMismatchError, ShapeError
 from .protocols import beaver, truncation
 from .session import Session, Truncation
 from .sharing import add_public, lead
-from .tensor import SharedTensor
+from .tensor import SharedTensor, tag_results
 
 __all__ = [
     "Public",
@@ -37,6 +39,7 @@ __all__ = [
     "cat",
     "stack",
     "is_public_int",
+    "chunked",
 ]
 
 Public = torch.Tensor | float | int
@@ -738,3 +741,121 @@ def stack(tensors: Sequence[SharedTensor], dim: int = 0) -> SharedTensor:
         return _wrap(sess, torch.stack([t.share for t in tensors], dim=d))
     except RuntimeError as err:
         raise ShapeError(f"stack: {err}") from err
+
+
+# ----------------------------------------------------------------- chunked execution
+# In simulation, an elementwise op on more than ``sess.chunk_size`` elements runs
+# chunk by chunk: each chunk gets its own dealer material and openings and is
+# written into the preallocated output, so the extra memory is the output plus one
+# chunk's working set. The chunks' openings of a given step are independent (what
+# a streamed wire would send as one round), so the stats count them as the one op
+# they are: bytes add up, rounds and calls are those of one chunk. The distributed
+# runtime runs the op whole (each process holds only its own share and material):
+# same rounds and bytes, as the runtime-equivalence tests check.
+
+
+def _chunk_plan(args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[Session, int] | None:
+    """``(session, numel)`` if this call should run in chunks, else ``None``."""
+    shared = [a for a in args if isinstance(a, SharedTensor)]
+    if not shared or any(isinstance(v, (SharedTensor, torch.Tensor)) for v in kwargs.values()):
+        return None
+    sess = shared[0].session
+    shape = shared[0].shape
+    n = shared[0].numel()
+    if not sess.simulated or n <= sess.chunk_size:
+        return None
+    for a in args:
+        if isinstance(a, SharedTensor) and (a.shape != shape or a.session is not sess):
+            return None
+        if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape != shape:
+            return None
+        if isinstance(a, (list, tuple, dict)):
+            return None
+    return sess, n
+
+
+def _flat(a: Any, sess: Session, n: int) -> Any:
+    """``a`` flattened once (a copy only if it is not contiguous), to be sliced per chunk."""
+    if isinstance(a, SharedTensor):
+        return SharedTensor(a.share.reshape(sess.world_size, n), sess, dtype=a._dtype)
+    if isinstance(a, torch.Tensor) and a.dim() > 0:
+        return a.reshape(n)
+    return a
+
+
+def _slice(a: Any, sess: Session, lo: int, hi: int) -> Any:
+    if isinstance(a, SharedTensor):
+        return SharedTensor(a.share[:, lo:hi], sess, dtype=a._dtype)
+    if isinstance(a, torch.Tensor) and a.dim() > 0:
+        return a[lo:hi]
+    return a
+
+
+def _run_chunks(
+    fn: Callable[..., Any], sess: Session, n: int, args: Sequence[Any], kwargs: dict[str, Any]
+) -> Any:
+    stats = sess.stats
+    start = stats.snapshot()
+    most_rounds = 0
+    per_op: dict[str, tuple[int, int]] = {}  # label -> (max rounds, max calls) of a chunk
+    shape = next(a for a in args if isinstance(a, SharedTensor)).shape
+    w = sess.world_size
+    flat = [_flat(a, sess, n) for a in args]
+    bufs: list[torch.Tensor] = []
+    kinds: list[SharedTensor] = []
+    single = True
+    for lo in range(0, n, sess.chunk_size):
+        hi = min(lo + sess.chunk_size, n)
+        before = stats.snapshot()
+        res = fn(*(_slice(a, sess, lo, hi) for a in flat), **kwargs)
+        delta = stats - before
+        most_rounds = max(most_rounds, delta.rounds)
+        for label, op in delta.by_op.items():
+            r, c = per_op.get(label, (0, 0))
+            per_op[label] = (max(r, op.rounds), max(c, op.calls))
+        single = not isinstance(res, tuple)
+        outs = (res,) if single else tuple(res)
+        if not bufs:
+            kinds = list(outs)
+            bufs = [torch.empty((w, n), dtype=torch.int64) for _ in outs]
+        for buf, o in zip(bufs, outs, strict=True):
+            buf[:, lo:hi] = o.share.reshape(w, hi - lo)
+        del res, outs
+    # Count the op once: rounds and calls of one chunk, bytes of all.
+    total = stats - start
+    stats.rounds -= total.rounds - most_rounds
+    for label, (r, c) in per_op.items():
+        op = stats.by_op[label]
+        op.rounds -= total.by_op[label].rounds - r
+        op.calls -= total.by_op[label].calls - c
+    results = [
+        SharedTensor(buf.view(w, *shape), sess, dtype=k._dtype)
+        for buf, k in zip(bufs, kinds, strict=True)
+    ]
+    return results[0] if single else tuple(results)
+
+
+def chunked(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run an elementwise op in chunks of ``sess.chunk_size`` elements (simulation only).
+
+    Applies when every tensor operand has the op's shape (public scalars and 0-d
+    tensors pass through); otherwise (broadcasting, distributed runtime, small
+    inputs) the op runs whole. Same results, rounds and bytes as one call.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        plan = _chunk_plan(args, kwargs)
+        if plan is None:
+            return fn(*args, **kwargs)
+        return _run_chunks(fn, plan[0], plan[1], args, kwargs)
+
+    return wrapper
+
+
+for _name in ("mul", "square"):
+    globals()[_name] = chunked(globals()[_name])
+del _name
+
+# Every public op tags its result with the plaintext dtype reveal() returns.
+tag_results(globals(), [n for n in __all__ if n != "chunked"])

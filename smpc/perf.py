@@ -20,8 +20,21 @@ import ctypes
 import ctypes.util
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 
-__all__ = ["keep_freed_memory", "batch_scheduling", "idle_scheduling"]
+import torch
+
+__all__ = [
+    "keep_freed_memory",
+    "batch_scheduling",
+    "idle_scheduling",
+    "ThreadPolicy",
+    "thread_policy",
+    "current_thread_policy",
+]
 
 # glibc mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
@@ -106,3 +119,91 @@ def _set_policy(name: str) -> bool:
     except OSError:
         return False
     return True
+
+
+# ----------------------------------------------------------------- intra-op threads
+@dataclass(frozen=True, slots=True)
+class ThreadPolicy:
+    """How many torch intra-op threads an op uses, by its size.
+
+    Attributes:
+        min_elements: ops whose largest shared operand holds fewer elements (per
+            party) run on ``small_threads`` threads; larger ops on ``threads``.
+        small_threads: threads for small ops (1: no fork-join barrier to wait on).
+        threads: threads for large ops.
+    """
+
+    min_elements: int
+    small_threads: int
+    threads: int
+
+    def threads_for(self, numel: int) -> int:
+        """The thread count for an op on ``numel`` elements."""
+        return self.small_threads if numel < self.min_elements else self.threads
+
+
+_POLICY: ContextVar[ThreadPolicy | None] = ContextVar("smpc_thread_policy", default=None)
+
+
+def current_thread_policy() -> ThreadPolicy | None:
+    """The :class:`ThreadPolicy` in force here (``None``: torch's setting for every op)."""
+    return _POLICY.get()
+
+
+@contextmanager
+def thread_policy(
+    policy: str = "by-size", *, min_elements: int = 1 << 18, threads: int | None = None
+) -> Iterator[ThreadPolicy | None]:
+    """Choose the intra-op thread count of the shared ops run inside the block.
+
+    A product on a small tensor does microseconds of work per thread, and each
+    parallel region ends on a barrier: when another process keeps a core busy,
+    the thread that lost its core holds every other one at that barrier until
+    the scheduler gives it back (milliseconds), so a step of many small ops
+    slows down many times over, while one thread per small op keeps going.
+    Large ops still gain from several threads.
+
+    Args:
+        policy: ``"by-size"``: ops on fewer than ``min_elements`` elements run on
+            one thread, larger ones on ``threads``; ``"single"``: every op on one
+            thread; ``"default"``: no change (torch's thread count for every op).
+        min_elements: the size from which an op uses ``threads`` threads.
+        threads: threads for large ops (default: ``torch.get_num_threads()`` on entry).
+
+    Inside the block torch runs on one thread (``small_threads``): everything
+    that is not a large shared op (the provider's material for small ops,
+    autograd and optimizer bookkeeping, sharing) too; a shared op on at least
+    ``min_elements`` elements raises the count to ``threads`` for its duration.
+    The thread count before the block is restored after it. The thread count
+    is process-wide (``torch.set_num_threads``): use the policy from one thread.
+
+    Yields:
+        The policy in force (``None`` for ``"default"``).
+
+    Raises:
+        ValueError: an unknown ``policy`` or a non-positive count.
+    """
+    if policy not in ("by-size", "single", "default"):
+        raise ValueError(f"`policy` must be 'by-size', 'single' or 'default'; got {policy!r}")
+    if isinstance(min_elements, bool) or not isinstance(min_elements, int) or min_elements < 1:
+        raise ValueError(f"`min_elements` must be a positive int; got {min_elements!r}")
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+    ):
+        raise ValueError(f"`threads` must be a positive int or None; got {threads!r}")
+    big = torch.get_num_threads() if threads is None else threads
+    chosen = {
+        "by-size": ThreadPolicy(min_elements, 1, big),
+        "single": ThreadPolicy(1, 1, 1),
+        "default": None,
+    }[policy]
+    token = _POLICY.set(chosen)
+    prev = torch.get_num_threads()
+    if chosen is not None:
+        torch.set_num_threads(chosen.small_threads)  # all work outside large ops
+    try:
+        yield chosen
+    finally:
+        if chosen is not None:
+            torch.set_num_threads(prev)
+        _POLICY.reset(token)

@@ -21,7 +21,7 @@ from .comm.local import LocalCommunicator
 from .comm.stats import Stats
 from .dealer.base import Dealer
 from .dealer.local import LocalDealer
-from .encoding import FixedPoint, as_plain_tensor
+from .encoding import FixedPoint, as_plain_tensor, plain_dtype
 from .errors import SessionClosedError
 from .prg import AesPrg, key_from_seed
 from .sharing import additive_shares
@@ -30,6 +30,10 @@ if TYPE_CHECKING:
     from .tensor import SharedTensor
 
 __all__ = ["Session", "Truncation"]
+
+# Plaintext dtypes a share announces to the other parties (by index, in the
+# share message's header): what ``reveal()`` returns by default.
+_DTYPE_CODES = (torch.float32, torch.float64, torch.int64, torch.float16, torch.bfloat16)
 
 
 class Truncation(StrEnum):
@@ -59,6 +63,12 @@ class Session:
         comm: a runtime to use instead of the in-process simulation (injected
             by :func:`smpc.run` and the launcher).
         dealer: a crypto provider to use instead of the in-process one.
+        chunk_size: in simulation, elementwise and comparison ops on more elements
+            than this run in chunks of this many elements (bounded memory, same
+            results, rounds and bytes as one op; see ``docs/costs.md``), rounded
+            down to a multiple of 64 (at least 64). Default ``None``:
+            ``2^20 // parties`` elements (about 150 MB of working memory per chunk
+            for a ReLU, whatever the party count).
 
     Example:
         >>> with Session(parties=("alice", "bob")) as sess:
@@ -77,7 +87,14 @@ class Session:
         truncation: Truncation | str = Truncation.PROBABILISTIC,
         comm: Communicator | None = None,
         dealer: Dealer | None = None,
+        chunk_size: int | None = None,
     ) -> None:
+        if chunk_size is not None and (
+            isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+        ):
+            raise ValueError(
+                f"`chunk_size` must be a positive int (elements) or None; got {chunk_size!r}"
+            )
         if (
             isinstance(parties, bool)
             or not isinstance(parties, (int, Sequence))
@@ -114,6 +131,9 @@ class Session:
                 "(use the default probabilistic truncation)"
             )
         self.seed = seed
+        cs = (1 << 20) // len(names) if chunk_size is None else chunk_size
+        # whole words of bit-packed openings per chunk: bytes equal the unchunked op's
+        self.chunk_size: int = max(64, cs - cs % 64)
         self.comm: Communicator = (
             comm if comm is not None else LocalCommunicator(len(names), timeout=timeout)
         )
@@ -222,7 +242,11 @@ class Session:
             requires_grad: record operations on the result for :meth:`backward`.
 
         Returns:
-            A :class:`~smpc.tensor.SharedTensor`.
+            A :class:`~smpc.tensor.SharedTensor` whose ``reveal()`` returns the
+            dtype shared: a float tensor keeps its dtype (Python floats and lists
+            are torch's default float32, numpy arrays usually float64); integer
+            and bool inputs reveal as int64. In a distributed run the dtype
+            travels in the share message's header (no payload bytes, no round).
 
         Raises:
             EncodingOverflowError: NaN/inf or values beyond the fixed-point range
@@ -242,12 +266,19 @@ class Session:
             if isinstance(tensor, SharedTensor):
                 raise TypeError("`tensor` is already shared; use it directly")
             plain = as_plain_tensor(tensor, name="tensor")
+            dtype: torch.dtype | None = plain_dtype(plain)
             enc = self.encoding.encode(plain.detach().cpu(), name="tensor")
             stacked = additive_shares(enc, self.world_size, self.prg)
-            share = self.comm.share_from(stacked, src_i, tuple(enc.shape), "share")
+            share = self.comm.share_from(
+                stacked, src_i, tuple(enc.shape), "share", meta=_DTYPE_CODES.index(dtype)
+            )
         else:
             share = self.comm.share_from(None, src_i, None, "share")
-        return SharedTensor(share, self, requires_grad=requires_grad)
+            code = self.comm.received_meta
+            dtype = (
+                _DTYPE_CODES[code] if code is not None and 0 <= code < len(_DTYPE_CODES) else None
+            )
+        return SharedTensor(share, self, requires_grad=requires_grad, dtype=dtype)
 
     def from_shares(self, share: torch.Tensor, *, requires_grad: bool = False) -> SharedTensor:
         """Wrap raw ring shares (this runtime's layout) as a SharedTensor."""

@@ -9,12 +9,14 @@ sanctioned upward edge). ``repr`` never shows a value and ``bool()`` raises.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .errors import SecretBranchError, ShapeError
+from .perf import ThreadPolicy, current_thread_policy
 from .sharing import lead
 
 if TYPE_CHECKING:
@@ -32,7 +34,7 @@ else:
 
     F = _LazyFunctional()
 
-__all__ = ["SharedTensor"]
+__all__ = ["SharedTensor", "result_dtype", "tag_results"]
 
 
 def _shape_args(shape: tuple[Any, ...]) -> tuple[int, ...]:
@@ -45,7 +47,9 @@ class SharedTensor:
     """A tensor secret-shared among the parties of a session.
 
     Create with :meth:`Session.share`. Values are fixed point with the session's
-    ``frac_bits``; :meth:`reveal` returns floats.
+    ``frac_bits``; :meth:`reveal` returns the plaintext dtype :attr:`dtype`: the
+    dtype that was shared (integers as int64), promoted through operations like
+    torch's type promotion.
 
     Attributes:
         session: the owning session.
@@ -54,14 +58,25 @@ class SharedTensor:
     """
 
     __slots__ = (
-        "_share", "session", "requires_grad", "_grad", "_wide_grad", "grad_fn", "__weakref__"
+        "_share", "session", "requires_grad", "_grad", "_wide_grad", "grad_fn", "_dtype",
+        "__weakref__",
     )  # fmt: skip
 
     __array_priority__ = 1000  # make torch/numpy defer to our reflected operators
 
-    def __init__(self, share: torch.Tensor, session: Session, *, requires_grad: bool = False):
+    def __init__(
+        self,
+        share: torch.Tensor,
+        session: Session,
+        *,
+        requires_grad: bool = False,
+        dtype: torch.dtype | None = None,
+    ):
         if share.dtype != torch.int64:
             raise TypeError(f"`share` must be an int64 ring tensor; got {share.dtype}")
+        if dtype is not None and not isinstance(dtype, torch.dtype):
+            raise TypeError(f"`dtype` must be a torch.dtype or None; got {type(dtype).__name__}")
+        self._dtype = dtype
         self._share = share
         self.session = session
         self.requires_grad = requires_grad
@@ -82,7 +97,9 @@ class SharedTensor:
         wide = self._wide_grad
         if wide is not None:
             self._wide_grad = None
-            self._grad = SharedTensor(F._rescale_share(self.session, wide), self.session)
+            self._grad = SharedTensor(
+                F._rescale_share(self.session, wide), self.session, dtype=self._dtype
+            )
         return self._grad
 
     @grad.setter
@@ -154,6 +171,19 @@ class SharedTensor:
         return self.shape[0]
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The plaintext dtype :meth:`reveal` returns (not the ring's int64).
+
+        The dtype that was shared (floats keep theirs; integers and bools are
+        int64), promoted through operations with torch's rules
+        (``torch.result_type``); operations that are real-valued by nature
+        (``/``, ``mean``, ``exp``, ``sigmoid``, ``softmax``...) give torch's default
+        float dtype for integer operands, as torch does. A tensor built from raw
+        shares without a dtype reveals float32.
+        """
+        return torch.float32 if self._dtype is None else self._dtype
+
+    @property
     def frac_bits(self) -> int:
         """Fractional bits of the encoding."""
         return self.session.encoding.frac_bits
@@ -173,15 +203,26 @@ class SharedTensor:
         return d % span + self._lead
 
     def _new(self, share: torch.Tensor) -> SharedTensor:
-        return SharedTensor(share, self.session)
+        return SharedTensor(share, self.session, dtype=self._dtype)
 
     # ------------------------------------------------------------ revealing
-    def reveal(self, to: int | str | None = None) -> torch.Tensor | None:
-        """Reconstruct the value (float32) to every party, or only to party ``to``.
+    def reveal(
+        self, to: int | str | None = None, *, dtype: torch.dtype | None = None
+    ) -> torch.Tensor | None:
+        """Reconstruct the value to every party, or only to party ``to``.
+
+        Args:
+            to: the party that learns the value (name or index); ``None``: all.
+            dtype: the dtype of the result; default :attr:`dtype` (the dtype that
+                was shared, promoted through operations). float64 keeps every bit
+                the ring holds while ``|v| < 2^(53 - frac_bits)``; integer dtypes
+                round to the nearest integer.
 
         In a distributed run, parties other than ``to`` get ``None``.
         Cost: 1 round.
         """
+        if dtype is not None and not isinstance(dtype, torch.dtype):
+            raise TypeError(f"`dtype` must be a torch.dtype or None; got {type(dtype).__name__}")
         sess = self.session
         sess.check_open()
         if to is None:
@@ -192,7 +233,7 @@ class SharedTensor:
             if got is None:
                 return None
             plain = got
-        return sess.encoding.decode(plain)
+        return sess.encoding.decode(plain, self.dtype if dtype is None else dtype)
 
     def get_plain_text(self) -> torch.Tensor:
         """Alias of ``reveal()`` (CrypTen's name)."""
@@ -513,3 +554,132 @@ class SharedTensor:
     def backward(self, grad: SharedTensor | torch.Tensor | None = None) -> None:
         """Back-propagate from this tensor (see :mod:`smpc.autograd`)."""
         return F.backward(self, grad)
+
+
+# ----------------------------------------------------------------- plaintext dtypes
+# Ops tag their results with the plaintext dtype reveal() returns: torch's type
+# promotion over the operands (shared tensors count as dimensioned tensors of
+# their dtype; public tensors and Python numbers as in torch). Real-valued ops
+# give torch's default float dtype for integer operands (as ``torch.exp`` does).
+
+_REAL_VALUED = frozenset(
+    {
+        "div", "mean", "reciprocal", "exp", "log", "sqrt", "rsqrt", "rsqrt_wide", "sigmoid",
+        "tanh", "softmax", "log_softmax", "mse_loss", "cross_entropy", "avg_pool2d",
+        "adaptive_avg_pool2d", "leaky_relu",
+    }
+)  # fmt: skip
+_SCALARS = (bool, int, float)
+
+
+def _operands(args: Sequence[Any]) -> list[Any]:
+    flat: list[Any] = []
+    for a in args:
+        if isinstance(a, (list, tuple)):
+            flat.extend(v for v in a if isinstance(v, (SharedTensor, torch.Tensor)))
+        elif isinstance(a, (SharedTensor, torch.Tensor, *_SCALARS)):
+            flat.append(a)
+    return flat
+
+
+def result_dtype(*operands: Any, real: bool = False) -> torch.dtype | None:
+    """The plaintext dtype of an op on ``operands``; ``None`` if none is shared.
+
+    Shared tensors count as dimensioned tensors of their :attr:`SharedTensor.dtype`,
+    public tensors and Python numbers as in ``torch.result_type``; sequences (as
+    for ``cat``) contribute their tensors. With ``real``, an integer result becomes
+    torch's default float dtype.
+    """
+    ops = _operands(operands)
+    shared = [a.dtype for a in ops if isinstance(a, SharedTensor)]
+    if not shared:
+        return None
+    dt = shared[0]
+    if (
+        not all(
+            (isinstance(a, SharedTensor) and a.dtype == dt) or isinstance(a, _SCALARS) for a in ops
+        )
+        or not dt.is_floating_point
+    ):
+        acc = torch.zeros(1, dtype=dt)
+        for a in ops:
+            if isinstance(a, SharedTensor):
+                rep: Any = torch.zeros(1, dtype=a.dtype)
+            elif isinstance(a, torch.Tensor):
+                rep = torch.zeros(() if a.dim() == 0 else 1, dtype=a.dtype)
+            else:
+                rep = a
+            acc = torch.zeros(1, dtype=torch.result_type(acc, rep))
+        dt = acc.dtype
+    if real and not dt.is_floating_point:
+        return torch.get_default_dtype()
+    return dt
+
+
+def _with_threads(policy: ThreadPolicy, fn: Any, args: Any, kwargs: dict[str, Any]) -> Any:
+    """Run ``fn`` with the thread count ``policy`` gives its size if that is more, then restore."""
+    ops = _operands([*args, *kwargs.values()])
+    numel = max((a.numel() for a in ops if isinstance(a, SharedTensor)), default=0)
+    want = policy.threads_for(numel)
+    prev = torch.get_num_threads()
+    if want <= prev:  # never lower the count inside a large op
+        return fn(*args, **kwargs)
+    torch.set_num_threads(want)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        torch.set_num_threads(prev)
+
+
+_current_policy = current_thread_policy
+
+
+def _typed(fn: Any, name: str) -> Any:
+    real = name in _REAL_VALUED
+    skip_first = name == "where"  # the condition does not enter torch.where's dtype
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        policy = _current_policy()
+        out = fn(*args, **kwargs) if policy is None else _with_threads(policy, fn, args, kwargs)
+        if not kwargs and not skip_first and type(out) is SharedTensor:
+            # fast path (most calls): shared operands of one float dtype, Python numbers
+            first: Any = None
+            for a in args:
+                if type(a) is SharedTensor:
+                    if a is out:
+                        break
+                    d = a._dtype
+                    if first is None:
+                        first = d if d is not None else torch.float32
+                    elif (d if d is not None else torch.float32) is not first:
+                        break
+                elif type(a) not in (int, float, bool):
+                    break
+            else:
+                if first is not None and first.is_floating_point:
+                    out._dtype = first
+                    return out
+        operands = [*args[1:]] if skip_first else [*args]
+        operands += [v for k, v in kwargs.items() if not (skip_first and k == "cond")]
+        dt = result_dtype(*operands, real=real)
+        if dt is not None:
+            inputs = {id(a) for a in _operands(operands)}
+            for o in out if isinstance(out, tuple) else (out,):
+                if isinstance(o, SharedTensor) and id(o) not in inputs:
+                    o._dtype = dt
+        return out
+
+    return wrapper
+
+
+def tag_results(namespace: dict[str, Any], names: Sequence[str]) -> None:
+    """Wrap the functions ``names`` of a module ``namespace`` so they tag result dtypes.
+
+    Called once by each op module (``smpc.ops``, ``smpc.nonlinear``,
+    ``smpc.functional``) at the end of its definitions, like a decorator.
+    """
+    for name in names:
+        fn = namespace[name]
+        if callable(fn) and not isinstance(fn, type):
+            namespace[name] = _typed(fn, name)

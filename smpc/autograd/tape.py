@@ -146,6 +146,13 @@ def as_shared(g: Grad, like: SharedTensor) -> SharedTensor:
     return SharedTensor(public_share(sess.comm, enc), sess)
 
 
+def _like(g: SharedTensor, t: SharedTensor) -> SharedTensor:
+    """Give a gradient its tensor's plaintext dtype (as torch's ``.grad`` has)."""
+    if g._dtype == t._dtype:
+        return g
+    return SharedTensor(g.share, g.session, dtype=t._dtype)
+
+
 def _accumulate(a: Grad | None, b: Grad) -> Grad:
     if a is None:
         return b
@@ -209,7 +216,7 @@ def backward(root: SharedTensor, grad: Grad | None = None) -> None:
             f"got {tuple(grad.shape)}"
         )
     if root.grad_fn is None:  # a leaf
-        root.grad = as_shared(_accumulate(root.grad, grad), root)
+        root.grad = _like(as_shared(_accumulate(root.grad, grad), root), root)
         return
     top: Node = root.grad_fn
     if top.ctx is None:
@@ -242,7 +249,7 @@ def backward(root: SharedTensor, grad: Grad | None = None) -> None:
 
                     gi = SharedTensor(rescale(t.session, gi.share), t.session)
                 if t.grad_fn is None:
-                    t.grad = as_shared(_accumulate(t.grad, gi), t)
+                    t.grad = _like(as_shared(_accumulate(t.grad, gi), t), t)
                 else:
                     key = id(t.grad_fn)
                     grads[key] = _accumulate(grads.get(key), gi)

@@ -36,6 +36,8 @@ class Communicator(Protocol):
     party_axis: bool
     stats: Stats
     timeout: float
+    #: the ``meta`` number the last :meth:`share_from` received (``None`` if none came)
+    received_meta: int | None
 
     def open(self, shares: Sequence[torch.Tensor], label: str) -> list[torch.Tensor]:
         """Reconstruct several shared values to every party in one round.
@@ -61,9 +63,19 @@ class Communicator(Protocol):
         ...
 
     def share_from(
-        self, shares: torch.Tensor | None, src: int, shape: tuple[int, ...] | None, label: str
+        self,
+        shares: torch.Tensor | None,
+        src: int,
+        shape: tuple[int, ...] | None,
+        label: str,
+        *,
+        meta: int | None = None,
     ) -> torch.Tensor:
         """Distribute input shares from party ``src``.
+
+        ``meta`` (a small public int from ``src``, e.g. the plaintext dtype's code)
+        travels in the message header with the shape (no payload bytes); receivers
+        find it in :attr:`received_meta`.
 
         In simulation ``shares`` holds every party's share (leading axis). In a
         distributed run, party ``src`` passes the stacked shares (it keeps row

@@ -45,6 +45,7 @@ class LocalCommunicator:
 
     party_axis = True
     rank: int | None = None
+    received_meta: int | None = None  # every party is here: nothing is received
 
     def __init__(self, world_size: int, *, timeout: float = 60.0) -> None:
         self.world_size = world_size
@@ -83,7 +84,13 @@ class LocalCommunicator:
         return share.sum(0)
 
     def share_from(
-        self, shares: torch.Tensor | None, src: int, shape: tuple[int, ...] | None, label: str
+        self,
+        shares: torch.Tensor | None,
+        src: int,
+        shape: tuple[int, ...] | None,
+        label: str,
+        *,
+        meta: int | None = None,
     ) -> torch.Tensor:
         self._check()
         assert shares is not None

@@ -888,6 +888,7 @@ class TorchDistCommunicator:
         self.dealer_rank = world_size
         self.timeout = float(timeout)
         self.stats = Stats(world_size=world_size)
+        self.received_meta: int | None = None
         if names is None:
             names = [f"party{i}" for i in range(world_size)]
         if len(names) != world_size:
@@ -1123,12 +1124,19 @@ class TorchDistCommunicator:
         return out
 
     def share_from(
-        self, shares: torch.Tensor | None, src: int, shape: tuple[int, ...] | None, label: str
+        self,
+        shares: torch.Tensor | None,
+        src: int,
+        shape: tuple[int, ...] | None,
+        label: str,
+        *,
+        meta: int | None = None,
     ) -> torch.Tensor:
         """Distribute input shares from party ``src`` (row ``j`` of ``shares`` to party ``j``).
 
-        The shape travels in front of the payload (not counted); a receiver that
-        passes ``shape`` checks it. Cost: 1 round, ``world_size - 1`` shares sent by ``src``.
+        The shape, then ``meta`` if given, travel in front of the payload (not
+        counted); a receiver that passes ``shape`` checks it and finds ``meta`` in
+        :attr:`received_meta`. Cost: 1 round, ``world_size - 1`` shares sent by ``src``.
         """
         if not 0 <= src < self.world_size:
             raise ValueError(f"`src` must be in [0, {self.world_size}); got {src}")
@@ -1146,7 +1154,7 @@ class TorchDistCommunicator:
                 raise TypeError(f"`shares` must be int64 ring shares; got {shares.dtype}")
             data_shape = tuple(shares.shape[1:])
             numel = shares[0].numel()
-            prefix = [len(data_shape), *data_shape]
+            prefix = [len(data_shape), *data_shape, *(() if meta is None else (int(meta),))]
             sends = {}
             for p in self._peers:
                 msg = torch.empty(len(prefix) + numel, dtype=torch.int64)
@@ -1162,6 +1170,7 @@ class TorchDistCommunicator:
         msg = raw.view(torch.int64)
         ndim = int(msg[0])
         got_shape = tuple(int(v) for v in msg[1 : 1 + ndim].tolist())
+        self.received_meta = int(msg[1 + ndim]) if aux > 1 + ndim else None
         if shape is not None and tuple(shape) != got_shape:
             raise ProtocolDesyncError(
                 f"{ch.who(self._rank)} expected a share of shape {tuple(shape)} from "

@@ -46,6 +46,7 @@ from tests.smpc.comm.dist_programs import (
     desync_parts_program,
     desync_shape_program,
     dies_program,
+    dtype_program,
     grouped_conv_program,
     inline_open_program,
     kept_inference_program,
@@ -260,6 +261,24 @@ def test_inline_openings_of_every_integer_dtype_and_layout(n: int, transport: st
 def test_broadcast_object_and_barrier() -> None:
     results = run(object_program, parties=3, timeout=20)
     assert results == [{"rank": 1, "data": [1, 2, 3]}] * 3
+
+
+@pytest.mark.timeout(60)
+def test_reveal_dtypes_match_the_simulation() -> None:
+    # Execute: the same program in party processes and in simulation
+    dist = run(dtype_program, parties=2, timeout=30)
+    with smpc.Session(parties=2, frac_bits=FRAC) as sess:
+        sim = dtype_program(sess)
+    # Assert: every party reveals the dtypes shared (the dtype travels with the share)
+    expect = {"x": torch.float64, "i": torch.int64, "f": torch.float32, "xi": torch.float64}
+    expect |= {"ii": torch.int64, "fi": torch.float32, "cmp": torch.int64, "x32": torch.float32}
+    for res in [*dist, sim]:
+        assert {k: v.dtype for k, v in res.items()} == expect
+    for res in dist:
+        for k in ("x", "i", "f", "ii", "fi", "cmp", "x32"):  # exact ones
+            assert torch.equal(res[k], sim[k]), k
+        assert (res["xi"] - sim["xi"]).abs().max() <= 4 * 2.0**-FRAC  # truncation: ulps
+    assert sim["x"][0].item() == round(4916.2243576 * 2**FRAC) / 2**FRAC
 
 
 @pytest.mark.timeout(60)

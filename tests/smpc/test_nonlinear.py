@@ -68,18 +68,18 @@ def test_operators_and_edges() -> None:
         [0.0, ULP, -ULP, LIMIT, -LIMIT, LIMIT - ULP, -LIMIT + ULP, 1.5, -1.5], dtype=torch.float64
     )
     with smpc.Session(parties=2, seed=1) as sess:
-        x = sess.share(edges)
-        assert torch.equal((x > 0).reveal(), (edges > 0).float())
-        assert torch.equal((x >= 0).reveal(), (edges >= 0).float())
-        assert torch.equal((x < 0).reveal(), (edges < 0).float())
-        assert torch.equal((x <= 0).reveal(), (edges <= 0).float())
-        assert torch.equal((x == 0).reveal(), (edges == 0).float())
-        assert torch.equal((x != 0).reveal(), (edges != 0).float())
+        x = sess.share(edges)  # float64 in: float64 out
+        assert torch.equal((x > 0).reveal(), (edges > 0).double())
+        assert torch.equal((x >= 0).reveal(), (edges >= 0).double())
+        assert torch.equal((x < 0).reveal(), (edges < 0).double())
+        assert torch.equal((x <= 0).reveal(), (edges <= 0).double())
+        assert torch.equal((x == 0).reveal(), (edges == 0).double())
+        assert torch.equal((x != 0).reveal(), (edges != 0).double())
         y = sess.share(edges.flip(0))
-        assert torch.equal((x < y).reveal(), (edges < edges.flip(0)).float())
-        assert torch.equal(x.relu().reveal(), edges.relu().float())
-        assert torch.equal(nl.sign(x).reveal(), edges.sign().float())
-        assert torch.equal(nl.abs(x).reveal(), edges.abs().float())
+        assert torch.equal((x < y).reveal(), (edges < edges.flip(0)).double())
+        assert torch.equal(x.relu().reveal(), edges.relu().double())
+        assert torch.equal(nl.sign(x).reveal(), edges.sign().double())
+        assert torch.equal(nl.abs(x).reveal(), edges.abs().double())
         # exact on the ring: the -1 ulp neighbour of the limit stays distinct
         assert int(x.relu().share.sum(0)[5]) == (1 << 31) - 1
 

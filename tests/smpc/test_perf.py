@@ -5,11 +5,17 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from typing import Any
 
 import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import smpc
 from smpc import perf
+from smpc.perf import current_thread_policy, thread_policy
+from smpc.tensor import tag_results
 from tests.smpc.comm.dist_programs import scheduling_policy
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux settings")
@@ -67,3 +73,62 @@ def test_run_gives_the_provider_idle_and_the_parties_batch_scheduling(
     t.start()
     t.join()
     assert seen == {"ok": 1, "self": getattr(os, policy)}
+
+
+# ----------------------------------------------------------------- thread policy
+def _probe_namespace() -> dict[str, Any]:
+    """A module-like namespace with one op that records the threads it ran on."""
+    seen: list[int] = []
+
+    def probe(x: smpc.SharedTensor) -> smpc.SharedTensor:
+        seen.append(torch.get_num_threads())
+        return x.session.from_shares(x.share.clone())
+
+    ns: dict[str, Any] = {"probe": probe, "seen": seen}
+    tag_results(ns, ["probe"])
+    return ns
+
+
+def test_thread_policy_by_size_runs_small_ops_on_one_thread() -> None:
+    ns = _probe_namespace()
+    outer = torch.get_num_threads()
+    with smpc.Session(parties=2) as sess:
+        small, big = sess.share(torch.zeros(99)), sess.share(torch.zeros(100))
+        with thread_policy("by-size", min_elements=100, threads=3) as pol:
+            assert pol is not None and current_thread_policy() is pol
+            ns["probe"](small)
+            ns["probe"](big)
+            assert torch.get_num_threads() == 1  # one thread between large ops
+        assert torch.get_num_threads() == outer  # restored after the block
+        with thread_policy("single"):
+            ns["probe"](big)
+        with thread_policy("default") as none:
+            assert none is None
+            ns["probe"](big)
+        ns["probe"](small)  # no policy: torch's setting
+    assert ns["seen"] == [1, 3, 1, outer, outer]
+    assert current_thread_policy() is None
+
+
+@given(st.integers(1, 300), st.sampled_from(["by-size", "single", "default"]))
+@settings(max_examples=10, deadline=None)
+def test_thread_policy_keeps_results(n: int, policy: str) -> None:
+    x = torch.linspace(-2, 2, n)
+    with smpc.Session(parties=2, seed=3) as a, smpc.Session(parties=2, seed=3) as b:
+        with thread_policy(policy, min_elements=64):
+            got = (a.share(x) * a.share(x)).relu().reveal()
+        want = (b.share(x) * b.share(x)).relu().reveal()
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"policy": "fast"}, "`policy` must be"),
+        ({"min_elements": 0}, "`min_elements` must be a positive int"),
+        ({"threads": 0}, "`threads` must be a positive int"),
+    ],
+)
+def test_thread_policy_bad_arguments(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match), thread_policy(**kwargs):
+        pass

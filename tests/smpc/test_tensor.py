@@ -224,10 +224,15 @@ def test_pow_and_square(n: int, k: int, seed: int) -> None:
 
 
 def test_integer_inputs_and_float_output() -> None:
+    # Integers shared reveal as int64 (the dtype shared); dtype= asks for floats.
     with smpc.Session(parties=2) as sess:
-        out = (sess.share(torch.tensor([3, -4])) * sess.share(torch.tensor([2, 5]))).reveal()
-    assert out.dtype == torch.float32
-    assert out.tolist() == [6.0, -20.0]
+        prod = sess.share(torch.tensor([3, -4])) * sess.share(torch.tensor([2, 5]))
+        out = prod.reveal()
+        as_float = prod.reveal(dtype=torch.float32)
+    assert out.dtype == torch.int64
+    assert out.tolist() == [6, -20]
+    assert as_float.dtype == torch.float32
+    assert as_float.tolist() == [6.0, -20.0]
 
 
 def test_reveal_to_one_party() -> None:
@@ -425,3 +430,101 @@ def test_conv2d_bad_arguments_are_named(
             for pool in (F.avg_pool2d, F.max_pool2d):
                 with pytest.raises(error, match="`stride`"):
                     pool(img, 2, stride=kwargs["stride"])  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------- reveal dtypes
+_F = 16
+
+
+@given(
+    party_counts,
+    shapes(min_dims=1),
+    st.lists(
+        st.floats(-(2.0 ** (31 - _F)), 2.0 ** (31 - _F), allow_nan=False), min_size=1, max_size=4
+    ),
+)
+def test_float64_reveal_is_the_encoded_value_exactly(
+    n: int, shape: tuple[int, ...], values: list[float]
+) -> None:
+    # Prepare: in-range float64 values (hypothesis picks edges: 0, subnormals, the limit)
+    x = torch.tensor(values, dtype=torch.float64).repeat(64)[: torch.Size(shape).numel()]
+    x = x.reshape(shape)
+    encoded = torch.round(x * 2.0**_F) / 2.0**_F
+    with smpc.Session(parties=n, frac_bits=_F) as sess:
+        out = sess.share(x).reveal()
+        out32 = sess.share(x.float()).reveal()
+    # Assert: float64 in, float64 out, no bit lost; float32 as before
+    assert out.dtype == torch.float64
+    assert torch.equal(out - encoded, torch.zeros_like(encoded))
+    assert out32.dtype == torch.float32
+    assert torch.equal(out32, (torch.round(x.float().double() * 2.0**_F) / 2.0**_F).float())
+
+
+def test_reveal_dtype_of_inputs_and_override() -> None:
+    import numpy as np
+
+    with smpc.Session(parties=3) as sess:
+        cases = {
+            "list": (sess.share([1.5, -2.25]), torch.float32),
+            "float": (sess.share(0.5), torch.float32),
+            "numpy64": (sess.share(np.array([4916.2243576])), torch.float64),
+            "numpy32": (sess.share(np.array([1.5], dtype=np.float32)), torch.float32),
+            "int": (sess.share(torch.tensor([3, -4], dtype=torch.int32)), torch.int64),
+            "bool": (sess.share(torch.tensor([True, False])), torch.int64),
+            "half": (sess.share(torch.tensor([1.5], dtype=torch.float16)), torch.float16),
+        }
+        got = {k: (v.dtype, v.reveal().dtype) for k, (v, _) in cases.items()}
+        big = cases["numpy64"][0]
+        assert big.reveal().item() == round(4916.2243576 * 2**16) / 2**16  # all 32 ring bits
+        assert big.reveal(dtype=torch.float32).dtype == torch.float32
+        assert big.reveal(dtype=torch.int64).tolist() == [4916]
+        assert cases["int"][0].reveal().tolist() == [3, -4]
+        with pytest.raises(TypeError, match="`dtype` must be a torch.dtype"):
+            big.reveal(dtype="float64")  # type: ignore[arg-type]
+    assert got == {k: (dt, dt) for k, (_, dt) in cases.items()}
+
+
+_DTYPES = [torch.float32, torch.float64, torch.int64]
+
+
+@pytest.mark.parametrize("da", _DTYPES)
+@pytest.mark.parametrize("db", _DTYPES)
+def test_result_dtypes_follow_torch_promotion(da: torch.dtype, db: torch.dtype) -> None:
+    a, b = torch.tensor([3, -2]).to(da), torch.tensor([2, 5]).to(db)
+    pt = torch.promote_types(da, db)
+    with smpc.Session(parties=2) as sess:
+        sa, sb = sess.share(a), sess.share(b)
+        pairs = {
+            "add": (sa + sb, a + b),
+            "mul": (sa * sb, a * b),
+            "mul_public": (sa * b, a * b),
+            "rmul_public": (a * sb, a * b),
+            "mul_float_scalar": (sa * 0.5, a * 0.5),
+            "mul_int_scalar": (sa * 3, a * 3),
+            "matmul": (sa @ sb, a.to(pt) @ b.to(pt)),  # torch.matmul itself does not promote
+            "cat": (smpc.cat([sa, sb]), torch.cat([a, b])),
+            "gt": (sa > sb, (a > b).to(pt)),  # shared 0/1 in the operands' dtype
+            "relu": (sa.relu(), a.relu()),
+            "sum": (sa.sum(), a.sum()),
+            "index": (sa[0], a[0]),
+            "reshape": (sa.reshape(2, 1), a.reshape(2, 1)),
+            "div": (sa / 2, a / 2),
+            "exp": (sb.exp(), b.exp()),
+            "mean": (sb.mean(), b.double().mean().to(b.exp().dtype)),
+        }
+        got = {k: (s.dtype, s.reveal().dtype) for k, (s, _) in pairs.items()}
+        values = {k: s.reveal() for k, (s, _) in pairs.items() if k != "exp"}
+    assert got == {k: (t.dtype, t.dtype) for k, (_, t) in pairs.items()}
+    for k, v in values.items():  # exact on these small values (exp is approximate)
+        assert torch.equal(v, pairs[k][1]), k
+
+
+def test_gradients_have_their_tensors_dtype() -> None:
+    with smpc.Session(parties=2) as sess:
+        w = sess.share(torch.tensor([1.5, -2.0], dtype=torch.float64), requires_grad=True)
+        v = sess.share(torch.tensor([0.5, 0.25]), requires_grad=True)
+        (w * v).sum().backward()
+        assert w.grad is not None and v.grad is not None
+        gw, gv = w.grad.reveal(), v.grad.reveal()
+    assert gw.dtype == torch.float64 and gv.dtype == torch.float32
+    assert gw.tolist() == [0.5, 0.25] and gv.tolist() == [1.5, -2.0]

@@ -328,3 +328,15 @@ def adam_program(
         snn.MSELoss()(enc(xs), ys).backward()
         opt.step()
     return {"state": enc.decrypt().state_dict(), "stats": sess.stats}
+
+
+def dtype_program(sess: smpc.Session) -> dict[str, Any]:
+    """Shares of several dtypes from different owners; what reveal() returns (dtype, value)."""
+    mine = sess.rank in (None, 0)
+    x = sess.share(torch.tensor([4916.2243576, -1.5], dtype=torch.float64) if mine else None, 0)
+    i = sess.share(torch.tensor([3, -4]) if sess.rank in (None, 1) else None, 1)
+    f = sess.share([0.5, 2.0] if mine else None, 0)
+    out = {"x": x, "i": i, "f": f, "xi": x * i, "ii": i * i, "fi": f + i, "cmp": i > 0}
+    res: dict[str, Any] = {k: v.reveal() for k, v in out.items()}
+    res["x32"] = x.reveal(dtype=torch.float32)
+    return res
