@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -256,30 +256,89 @@ def _conv_padding(init: torch.nn.Conv1d | torch.nn.Conv2d) -> tuple[int, ...]:
     return tuple(int(p) for p in pad)
 
 
-class Conv2d(Module):
-    """2-D convolution with shared ``weight`` (O, C/groups, kh, kw) and ``bias`` (O,).
+class _ConvNd(Module):
+    """Shared ``weight`` and ``bias`` of a convolution; subclasses give the shapes.
 
     Grouped and depthwise convolutions (``groups > 1``) are supported, with
     gradients; the Beaver convolution triple carries ``groups`` in its
     :class:`smpc.ring.Conv2dOp`.
     """
 
+    _torch_cls: type[torch.nn.Conv1d] | type[torch.nn.Conv2d]
+    _input_layout: str  # e.g. "(N, C, H, W)", for error messages
+
     def __init__(
-        self, init: torch.nn.Conv2d, *, session: Session, src: int | str | None = None
+        self,
+        init: torch.nn.Conv1d | torch.nn.Conv2d,
+        *,
+        session: Session,
+        src: int | str | None = None,
     ) -> None:
         super().__init__()
         pad = _conv_padding(init)
         self.in_channels = init.in_channels
         self.out_channels = init.out_channels
-        self.kernel_size = _pair(init.kernel_size)
-        self.stride = _pair(init.stride)
-        self.padding = _pair(pad)
-        self.dilation = _pair(init.dilation)
+        self.kernel_size: Any = self._size(init.kernel_size)
+        self.stride: Any = self._size(init.stride)
+        self.padding: Any = self._size(pad)
+        self.dilation: Any = self._size(init.dilation)
         self.groups = init.groups
         self.weight = _share_param(session, init.weight, src)
         self.bias: SharedTensor | None = (
             _share_param(session, init.bias, src) if init.bias is not None else None
         )
+
+    @staticmethod
+    def _size(value: Any) -> Any:
+        raise NotImplementedError
+
+    def _check_input(self, x: SharedTensor) -> None:
+        spatial = len(self._input_layout.split(",")) - 2
+        if x.dim() not in (spatial + 1, spatial + 2) or x.shape[-spatial - 1] != self.in_channels:
+            layout = self._input_layout.replace(" C,", f" {self.in_channels},")
+            raise ShapeError(
+                f"{type(self).__name__}: expected input {layout}; got {tuple(x.shape)}"
+            )
+
+    def to_torch(self) -> Any:
+        """The plaintext torch layer (reveals the weights)."""
+        m = self._torch_cls(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            groups=self.groups,
+            bias=self.bias is not None,
+        )
+        with torch.no_grad():
+            m.weight.copy_(_reveal(self.weight))
+            if self.bias is not None:
+                if m.bias is None:
+                    name = type(self).__name__
+                    raise RuntimeError(f"{name}.to_torch: torch.nn.{name}(bias=True) has no bias")
+                m.bias.copy_(_reveal(self.bias))
+        return m
+
+    def extra_repr(self) -> str:
+        """Extra text for repr."""
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}"
+            + (f", groups={self.groups}" if self.groups != 1 else "")
+        )
+
+
+class Conv2d(_ConvNd):
+    """2-D convolution with shared ``weight`` (O, C/groups, kh, kw) and ``bias`` (O,)."""
+
+    _torch_cls = torch.nn.Conv2d
+    _input_layout = "(N, C, H, W)"
+
+    @staticmethod
+    def _size(value: Any) -> tuple[int, int]:
+        return _pair(value)
 
     @classmethod
     def from_torch(
@@ -290,66 +349,29 @@ class Conv2d(Module):
 
     def forward(self, x: SharedTensor) -> SharedTensor:
         """Compute the output."""
-        if x.dim() not in (3, 4) or x.shape[-3] != self.in_channels:
-            raise ShapeError(
-                f"Conv2d: expected input (N, {self.in_channels}, H, W); got {tuple(x.shape)}"
-            )
+        self._check_input(x)
         return F.conv2d(
             x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
         )
 
     def to_torch(self) -> torch.nn.Conv2d:
         """The plaintext torch layer (reveals the weights)."""
-        m = torch.nn.Conv2d(
-            self.in_channels,
-            self.out_channels,
-            self.kernel_size,
-            self.stride,
-            self.padding,
-            self.dilation,
-            groups=self.groups,
-            bias=self.bias is not None,
-        )
-        with torch.no_grad():
-            m.weight.copy_(_reveal(self.weight))
-            if self.bias is not None:
-                if m.bias is None:
-                    raise RuntimeError("Conv2d.to_torch: torch.nn.Conv2d(bias=True) has no bias")
-                m.bias.copy_(_reveal(self.bias))
-        return m
-
-    def extra_repr(self) -> str:
-        """Extra text for repr."""
-        return (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}, padding={self.padding}"
-            + (f", groups={self.groups}" if self.groups != 1 else "")
-        )
+        return cast(torch.nn.Conv2d, super().to_torch())
 
 
-class Conv1d(Module):
+class Conv1d(_ConvNd):
     """1-D convolution with shared ``weight`` (O, C/groups, k) and ``bias`` (O,).
 
     Computed as a :class:`Conv2d` of height 1 (:func:`smpc.functional.conv1d`),
     grouped or not, with gradients.
     """
 
-    def __init__(
-        self, init: torch.nn.Conv1d, *, session: Session, src: int | str | None = None
-    ) -> None:
-        super().__init__()
-        pad = _conv_padding(init)
-        self.in_channels = init.in_channels
-        self.out_channels = init.out_channels
-        self.kernel_size = int(init.kernel_size[0])
-        self.stride = int(init.stride[0])
-        self.padding = pad[0]
-        self.dilation = int(init.dilation[0])
-        self.groups = init.groups
-        self.weight = _share_param(session, init.weight, src)
-        self.bias: SharedTensor | None = (
-            _share_param(session, init.bias, src) if init.bias is not None else None
-        )
+    _torch_cls = torch.nn.Conv1d
+    _input_layout = "(N, C, L)"
+
+    @staticmethod
+    def _size(value: Any) -> int:
+        return int(value[0]) if isinstance(value, tuple | list) else int(value)
 
     @classmethod
     def from_torch(
@@ -360,41 +382,14 @@ class Conv1d(Module):
 
     def forward(self, x: SharedTensor) -> SharedTensor:
         """Compute the output."""
-        if x.dim() not in (2, 3) or x.shape[-2] != self.in_channels:
-            raise ShapeError(
-                f"Conv1d: expected input (N, {self.in_channels}, L); got {tuple(x.shape)}"
-            )
+        self._check_input(x)
         return F.conv1d(
             x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
         )
 
     def to_torch(self) -> torch.nn.Conv1d:
         """The plaintext torch layer (reveals the weights)."""
-        m = torch.nn.Conv1d(
-            self.in_channels,
-            self.out_channels,
-            self.kernel_size,
-            self.stride,
-            self.padding,
-            self.dilation,
-            groups=self.groups,
-            bias=self.bias is not None,
-        )
-        with torch.no_grad():
-            m.weight.copy_(_reveal(self.weight))
-            if self.bias is not None:
-                if m.bias is None:
-                    raise RuntimeError("Conv1d.to_torch: torch.nn.Conv1d(bias=True) has no bias")
-                m.bias.copy_(_reveal(self.bias))
-        return m
-
-    def extra_repr(self) -> str:
-        """Extra text for repr."""
-        return (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}, padding={self.padding}"
-            + (f", groups={self.groups}" if self.groups != 1 else "")
-        )
+        return cast(torch.nn.Conv1d, super().to_torch())
 
 
 class ReLU(Module):
