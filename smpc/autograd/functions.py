@@ -139,13 +139,13 @@ class Add(Function):
 
     @staticmethod
     def forward(ctx: Context, x: Any, y: Any) -> SharedTensor:
-        """Compute the output."""
+        """``x + y`` with broadcasting; saves both operands' shapes. Cost: local."""
         ctx.shapes = (_shape_of(x), _shape_of(y))
         return ops.add(x, y)
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> tuple[Grad | None, Grad | None]:
-        """Gradients w.r.t. the inputs."""
+        """``g`` for each operand, summed back over its broadcast dims. Cost: local."""
         nx, ny = ctx.needs_input_grad
         sx, sy = ctx.shapes
         return (sum_to(g, sx) if nx else None, sum_to(g, sy) if ny else None)
@@ -156,13 +156,13 @@ class Sub(Function):
 
     @staticmethod
     def forward(ctx: Context, x: Any, y: Any) -> SharedTensor:
-        """Compute the output."""
+        """``x - y`` with broadcasting; saves both operands' shapes. Cost: local."""
         ctx.shapes = (_shape_of(x), _shape_of(y))
         return ops.sub(x, y)
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> tuple[Grad | None, Grad | None]:
-        """Gradients w.r.t. the inputs."""
+        """``g`` for ``x``, ``-g`` for ``y``, each summed back to its shape. Cost: local."""
         nx, ny = ctx.needs_input_grad
         sx, sy = ctx.shapes
         return (sum_to(g, sx) if nx else None, _gneg(sum_to(g, sy)) if ny else None)
@@ -173,12 +173,12 @@ class Neg(Function):
 
     @staticmethod
     def forward(ctx: Context, x: SharedTensor) -> SharedTensor:
-        """Compute the output."""
+        """``-x``: each party negates its share. Cost: local."""
         return ops.neg(x)
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> Grad:
-        """Gradients w.r.t. the inputs."""
+        """``-g``. Cost: local."""
         return _gneg(g)
 
 
@@ -187,13 +187,21 @@ class Mul(Function):
 
     @staticmethod
     def forward(ctx: Context, x: Any, y: Any) -> SharedTensor:
-        """Compute the output."""
+        """``x * y`` (:func:`smpc.ops.mul`); saves ``x`` and ``y``.
+
+        Cost: shared x shared, one product (Beaver opening, truncation); shared x public float, one
+        truncation; public int, local.
+        """
         ctx.save_for_backward(x, y)
         return ops.mul(x, y)
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> tuple[Grad | None, Grad | None]:
-        """Gradients w.r.t. the inputs."""
+        """``g * y`` for ``x`` and ``g * x`` for ``y``, each only if needed.
+
+        Each is summed back over its broadcast dims. Cost: one :func:`smpc.ops.mul` per needed
+        gradient, one after the other (local for a public ``g`` and a public integer operand).
+        """
         x, y = ctx.saved_tensors
         nx, ny = ctx.needs_input_grad
         gx = sum_to(_gmul(g, y), _shape_of(x)) if nx else None
@@ -206,13 +214,19 @@ class Square(Function):
 
     @staticmethod
     def forward(ctx: Context, x: SharedTensor) -> SharedTensor:
-        """Compute the output."""
+        """``x * x`` with a square pair (:func:`smpc.ops.square`); saves ``x``.
+
+        Cost: one opening of one element per entry, then a truncation.
+        """
         ctx.save_for_backward(x)
         return ops.square(x)
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> Grad:
-        """Gradients w.r.t. the inputs."""
+        """``(g * x) * 2`` from the saved ``x``.
+
+        Cost: one :func:`smpc.ops.mul`; the 2 is a public integer (local).
+        """
         (x,) = ctx.saved_tensors
         return ops.mul(_gmul(g, x), 2)
 
@@ -227,13 +241,22 @@ class MatMul(Function):
 
     @staticmethod
     def forward(ctx: Context, x: Any, y: Any) -> SharedTensor:
-        """Compute the output."""
+        """``x @ y`` (:func:`smpc.ops.matmul`); saves ``x`` and ``y``.
+
+        Cost: shared @ shared is a Beaver matrix triple (one opening), then a truncation.
+        """
         ctx.save_for_backward(x, y)
         return ops.matmul(x, y)
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> tuple[Grad | None, Grad | None]:
-        """Gradients w.r.t. the inputs."""
+        """``g @ y^T`` for ``x`` and ``x^T @ g`` for ``y``, each only if needed.
+
+        1-D operands are promoted as torch does; each gradient is summed back over broadcast batch
+        dims. Cost: with a shared ``g`` and both gradients needed, the two products share their
+        rounds (:func:`smpc.ops.matmuls`); otherwise one :func:`smpc.ops.matmul` per needed
+        gradient.
+        """
         x, y = ctx.saved_tensors
         nx, ny = ctx.needs_input_grad
         xs, ys = _shape_of(x), _shape_of(y)
@@ -269,7 +292,12 @@ class Linear(Function):
 
     @staticmethod
     def forward(ctx: Context, x: Any, w: Any, b: Any) -> SharedTensor:
-        """Compute the output."""
+        """``x @ w^T`` plus the bias (local); saves ``x`` and ``w``.
+
+        When a gradient is needed and both operands are shared, :func:`smpc.ops.linear_forward`
+        computes the product and keeps its masks in ``ctx.masks`` for the backward; otherwise
+        :func:`smpc.ops.matmul`. Cost: as one matmul (one opening, one truncation).
+        """
         ctx.save_for_backward(x, w)
         wt = w.t() if isinstance(w, SharedTensor) else torch.as_tensor(w).t()
         kept = None
@@ -287,7 +315,14 @@ class Linear(Function):
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> tuple[Grad | None, Grad | WideGrad | None, Grad | None]:
-        """Gradients w.r.t. the inputs."""
+        """``g @ w``, ``g^T @ x`` (batch dims flattened) and ``g.sum(0)``, each only if needed.
+
+        With the forward's kept masks, :func:`smpc.ops.linear_backward` opens only ``g`` (2 rounds,
+        1 if nothing is truncated); else, both needed with a shared ``g``, the two products share
+        their rounds (:func:`smpc.ops.matmuls_keep_scale`); else one product per gradient. A shared
+        leaf weight with ``frac_bits <= WIDE_MAX_FRAC_BITS`` gets its gradient untruncated as a
+        :class:`WideGrad` (the optimizer truncates it with the update). The bias gradient is local.
+        """
         x, w = ctx.saved_tensors
         nx, nw, nb = ctx.needs_input_grad
         gx: Grad | None = None
@@ -456,14 +491,27 @@ class Conv2d(Function):
         dilation: tuple[int, int],
         groups: int,
     ) -> SharedTensor:
-        """Compute the output."""
+        """``conv2d(x, w, b)`` (:func:`smpc.ops.conv2d`); saves ``x``, ``w`` and the arguments.
+
+        Cost: shared x shared is a Beaver convolution triple (one opening), then a truncation.
+        """
         ctx.save_for_backward(x, w)
         ctx.conf = (stride, padding, dilation, groups)
         return ops.conv2d(x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups)
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> tuple[Any, ...]:
-        """Gradients w.r.t. the inputs."""
+        """The input, weight and bias gradients, each only if needed.
+
+        Input: ``conv_transpose2d(g, w)`` (:func:`conv2d_input_grad`); weight: a convolution of
+        ``x`` with ``g`` over the batch (:func:`conv2d_weight_grad`); bias: ``g`` summed over batch
+        and space (local).
+
+        Cost: all shared and both needed, the two products share their rounds
+        (:func:`conv2d_grads`); otherwise one bilinear product per needed gradient (opening and
+        truncation; truncation only with a public operand). An unbatched (C, H, W) input gets a
+        batch dim of 1.
+        """
         x, w = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.conf
         nx, nw, nb = ctx.needs_input_grad[:3]
@@ -496,7 +544,7 @@ class Conv2d(Function):
 
 
 class AvgPool2d(Function):
-    """Average pooling: a public depthwise convolution; backward is its transpose (local)."""
+    """Average pooling: a public depthwise convolution; backward is its transpose (1 truncation)."""
 
     @staticmethod
     def forward(
@@ -506,7 +554,10 @@ class AvgPool2d(Function):
         stride: tuple[int, int],
         padding: tuple[int, int],
     ) -> SharedTensor:
-        """Compute the output."""
+        """A depthwise convolution with the public kernel ``1 / (kh * kw)``.
+
+        Saves the input shape and the pooling arguments. Cost: a local ring op, one truncation.
+        """
         c = x.shape[-3]
         weight = torch.full((c, 1, *kernel), 1.0 / (kernel[0] * kernel[1]))
         ctx.conf = (tuple(x.shape), kernel, stride, padding)
@@ -514,7 +565,11 @@ class AvgPool2d(Function):
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> tuple[Grad, None, None, None]:
-        """Gradients w.r.t. the inputs."""
+        """The transposed public convolution of ``g``, back to the input's shape.
+
+        Channels fold into the batch so one public kernel serves all. Cost: a local ring op, one
+        truncation for a shared ``g``.
+        """
         xshape, kernel, stride, padding = ctx.conf
         squeeze = len(xshape) == 3
         if squeeze:
@@ -550,13 +605,13 @@ class Sum(Function):
 
     @staticmethod
     def forward(ctx: Context, x: SharedTensor, dim: Any, keepdim: bool) -> SharedTensor:
-        """Compute the output."""
+        """``x.sum(dim, keepdim)``; saves the input shape, dims and ``keepdim``. Cost: local."""
         ctx.conf = (tuple(x.shape), _dims(x, dim), keepdim)
         return ops.sum(x, dim, keepdim)
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> tuple[Grad, None, None]:
-        """Gradients w.r.t. the inputs."""
+        """``g`` broadcast back over the reduced dims to the input's shape. Cost: local."""
         shape, dims, keepdim = ctx.conf
         return _expand_back(g, shape, dims, keepdim), None, None
 
@@ -566,14 +621,21 @@ class Mean(Function):
 
     @staticmethod
     def forward(ctx: Context, x: SharedTensor, dim: Any, keepdim: bool) -> SharedTensor:
-        """Compute the output."""
+        """``x.mean(dim, keepdim)`` (:func:`smpc.ops.mean`); saves the shape, dims and count.
+
+        Cost: a local sum, then a public-float product (one truncation).
+        """
         dims = _dims(x, dim)
         ctx.conf = (tuple(x.shape), dims, keepdim, math.prod(x.shape[d] for d in dims))
         return ops.mean(x, dim, keepdim)
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> tuple[Grad, None, None]:
-        """Gradients w.r.t. the inputs."""
+        """``g / count`` broadcast back over the reduced dims.
+
+        Cost: one public-float product (one truncation for a shared ``g``), none when ``count`` is
+        1.
+        """
         shape, dims, keepdim, count = ctx.conf
         if count > 1:
             g = _gmul(g, 1.0 / count)
@@ -588,13 +650,16 @@ class Reshape(Function):
     def forward(
         ctx: Context, x: SharedTensor, shape: tuple[int, ...], fn: Callable[..., SharedTensor]
     ) -> SharedTensor:
-        """Compute the output."""
+        """``fn(x, shape)``; saves the input shape. Cost: local.
+
+        ``fn`` is the shape kernel given by :mod:`smpc.functional`.
+        """
         ctx.shape = tuple(x.shape)
         return fn(x, shape)
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> tuple[Grad, None, None]:
-        """Gradients w.r.t. the inputs."""
+        """``g`` reshaped to the input's shape. Cost: local."""
         return g.reshape(ctx.shape), None, None
 
 
@@ -605,13 +670,16 @@ class Transpose(Function):
     def forward(
         ctx: Context, x: SharedTensor, d0: int, d1: int, fn: Callable[..., SharedTensor]
     ) -> SharedTensor:
-        """Compute the output."""
+        """``fn(x, d0, d1)``; saves the two dims. Cost: local.
+
+        ``fn`` is the shape kernel given by :mod:`smpc.functional`.
+        """
         ctx.dims = (d0, d1)
         return fn(x, d0, d1)
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> tuple[Grad, None, None, None]:
-        """Gradients w.r.t. the inputs."""
+        """``g`` with the same two dims swapped back. Cost: local."""
         return g.transpose(*ctx.dims), None, None, None
 
 
@@ -622,14 +690,17 @@ class Permute(Function):
     def forward(
         ctx: Context, x: SharedTensor, dims: tuple[int, ...], fn: Callable[..., SharedTensor]
     ) -> SharedTensor:
-        """Compute the output."""
+        """``fn(x, dims)``; saves the inverse permutation. Cost: local.
+
+        ``fn`` is the shape kernel given by :mod:`smpc.functional`.
+        """
         nd = max(x.dim(), 1)
         ctx.inv = tuple(sorted(range(len(dims)), key=lambda i: dims[i] % nd))
         return fn(x, dims)
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> tuple[Grad, None, None]:
-        """Gradients w.r.t. the inputs."""
+        """``g`` permuted by the saved inverse permutation. Cost: local."""
         return g.permute(*ctx.inv), None, None
 
 
@@ -640,13 +711,16 @@ class Expand(Function):
     def forward(
         ctx: Context, x: SharedTensor, sizes: tuple[int, ...], fn: Callable[..., SharedTensor]
     ) -> SharedTensor:
-        """Compute the output."""
+        """``fn(x, sizes)``; saves the input shape. Cost: local.
+
+        ``fn`` is the shape kernel given by :mod:`smpc.functional`.
+        """
         ctx.shape = tuple(x.shape)
         return fn(x, sizes)
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> tuple[Grad, None, None]:
-        """Gradients w.r.t. the inputs."""
+        """``g`` summed back over the expanded dims (:func:`sum_to`). Cost: local."""
         return sum_to(g, ctx.shape), None, None
 
 
@@ -657,13 +731,19 @@ class GetItem(Function):
     def forward(
         ctx: Context, x: SharedTensor, index: Any, fn: Callable[..., SharedTensor]
     ) -> SharedTensor:
-        """Compute the output."""
+        """``fn(x, index)``; saves the input shape and the index. Cost: local.
+
+        ``fn`` is the shape kernel given by :mod:`smpc.functional`.
+        """
         ctx.conf = (tuple(x.shape), index)
         return fn(x, index)
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> tuple[Grad, None, None]:
-        """Gradients w.r.t. the inputs."""
+        """Zeros of the input's shape with ``g`` added at ``index``. Cost: local.
+
+        Done on each share; repeated indices add up.
+        """
         shape, index = ctx.conf
         idx = index if isinstance(index, tuple) else (index,)
         if isinstance(g, SharedTensor):
@@ -682,14 +762,17 @@ class Cat(Function):
 
     @staticmethod
     def forward(ctx: Context, dim: int, *tensors: SharedTensor) -> SharedTensor:
-        """Compute the output."""
+        """``ops.cat(tensors, dim)``; saves the dim and each input's size along it. Cost: local."""
         nd = tensors[0].dim()
         ctx.conf = (dim % max(nd, 1), [t.shape[dim] for t in tensors])
         return ops.cat(list(tensors), dim)
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> tuple[Grad | None, ...]:
-        """Gradients w.r.t. the inputs."""
+        """The slice of ``g`` along ``dim`` that each input filled. Cost: local.
+
+        Only for the inputs that need it; ``None`` for ``dim``.
+        """
         d, sizes = ctx.conf
         outs: list[Grad | None] = [None]
         start = 0
@@ -708,13 +791,16 @@ class Stack(Function):
 
     @staticmethod
     def forward(ctx: Context, dim: int, *tensors: SharedTensor) -> SharedTensor:
-        """Compute the output."""
+        """``ops.stack(tensors, dim)``; saves the dim (made non-negative). Cost: local."""
         ctx.dim = dim % (tensors[0].dim() + 1)
         return ops.stack(list(tensors), dim)
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> tuple[Grad | None, ...]:
-        """Gradients w.r.t. the inputs."""
+        """``g`` at index ``i`` of the stacked dim for input ``i``. Cost: local.
+
+        Only for the inputs that need it; ``None`` for ``dim``.
+        """
         d = ctx.dim
         outs: list[Grad | None] = [None]
         for i, need in enumerate(ctx.needs_input_grad[1:]):
@@ -732,7 +818,11 @@ class ReLU(Function):
 
     @staticmethod
     def forward(ctx: Context, x: SharedTensor) -> SharedTensor:
-        """Compute the output."""
+        """``max(x, 0)`` and the ring bit ``[x >= 0]``; saves the bit.
+
+        :func:`smpc.protocols.compare.relu`: 7 rounds, no truncation. The bit is kept as shares of
+        an unscaled ring 0/1.
+        """
         sess = x.session
         value, bit = compare.relu(sess.comm, sess.dealer, x.share)
         ctx.save_for_backward(bit)
@@ -741,7 +831,11 @@ class ReLU(Function):
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> Grad:
-        """Gradients w.r.t. the inputs."""
+        """``g * bit`` (:func:`mul_ring_bit`) from the saved bit.
+
+        Cost: for a shared ``g`` one Beaver product without truncation (1 round); for a public
+        ``g``, local.
+        """
         (bit,) = ctx.saved_tensors
         return mul_ring_bit(g, bit, ctx.session)
 
@@ -762,14 +856,21 @@ class Where(Function):
 
     @staticmethod
     def forward(ctx: Context, cond: SharedTensor, a: Any, b: Any) -> SharedTensor:
-        """Compute the output."""
+        """``b + cond * (a - b)`` (:func:`smpc.nonlinear.where`); saves ``cond`` and shapes.
+
+        Cost: one product, or one truncation when ``a`` and ``b`` are public.
+        """
         ctx.save_for_backward(cond)
         ctx.shapes = (_shape_of(a), _shape_of(b))
         return nl.where(cond, a, b)
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> tuple[None, Grad | None, Grad | None]:
-        """Gradients w.r.t. the inputs."""
+        """``gc = g * cond`` for ``a`` and ``g - gc`` for ``b``, each only if needed.
+
+        Each is summed back to its operand's shape. Cost: one :func:`smpc.ops.mul` (made even when
+        one gradient is needed); the rest is local.
+        """
         (cond,) = ctx.saved_tensors
         _, na, nb = ctx.needs_input_grad
         gc = _gmul(g, cond)
@@ -803,7 +904,14 @@ class MaxPool2d(Function):
         stride: tuple[int, int],
         padding: tuple[int, int],
     ) -> SharedTensor:
-        """Compute the output."""
+        """The max of each window via its one-hot argmax; saves the one-hot.
+
+        Windows of ``x`` (local), their one-hot argmax (:func:`smpc.nonlinear.argmax`, comparisons),
+        then ``sum(onehot * window)`` (one product).
+
+        Raises:
+            NotImplementedError: ``padding`` is not ``(0, 0)``.
+        """
         if padding != (0, 0):
             raise NotImplementedError("max_pool2d: gradients need padding=0")
         win = _window_view(x, kernel, stride)
@@ -815,7 +923,10 @@ class MaxPool2d(Function):
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> tuple[Grad, None, None, None]:
-        """Gradients w.r.t. the inputs."""
+        """``onehot * g`` added back onto each window's input positions.
+
+        Cost: one product; the scatter is local (overlapping windows add up).
+        """
         (onehot,) = ctx.saved_tensors
         shape, (kh, kw), (sh, sw) = ctx.conf
         gw = ops.mul(onehot, g.unsqueeze(-1) if isinstance(g, SharedTensor) else g.unsqueeze(-1))
@@ -837,7 +948,7 @@ class Softmax(Function):
 
     @staticmethod
     def forward(ctx: Context, x: SharedTensor, dim: int) -> SharedTensor:
-        """Compute the output."""
+        """:func:`smpc.nonlinear.softmax` along ``dim``; saves the output ``s``."""
         s = nl.softmax(x, dim)
         ctx.save_for_backward(s)
         ctx.dim = dim
@@ -845,7 +956,10 @@ class Softmax(Function):
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> tuple[Grad, None]:
-        """Gradients w.r.t. the inputs."""
+        """``g * s - s * sum(g * s, dim)`` from the saved output ``s``.
+
+        Cost: two products one after the other; the sum and the subtraction are local.
+        """
         (s,) = ctx.saved_tensors
         gs = _gmul(g, s)
         tot = _gsum(gs, (ctx.dim % max(s.dim(), 1),), True)
@@ -857,14 +971,17 @@ class LogSoftmax(Function):
 
     @staticmethod
     def forward(ctx: Context, x: SharedTensor, dim: int) -> SharedTensor:
-        """Compute the output."""
+        """:func:`smpc.nonlinear.log_softmax` along ``dim``; saves the input ``x``."""
         ctx.save_for_backward(x)
         ctx.dim = dim
         return nl.log_softmax(x, dim)
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> tuple[Grad, None]:
-        """Gradients w.r.t. the inputs."""
+        """``g - softmax(x) * sum(g, dim)`` from the saved input.
+
+        Cost: the softmax recomputed (its full cost), then one product; the rest is local.
+        """
         (x,) = ctx.saved_tensors
         p = nl.softmax(x, ctx.dim)
         tot = _gsum(g, (ctx.dim % max(x.dim(), 1),), True)
@@ -876,14 +993,14 @@ class Exp(Function):
 
     @staticmethod
     def forward(ctx: Context, x: SharedTensor) -> SharedTensor:
-        """Compute the output."""
+        """:func:`smpc.nonlinear.exp`; saves the output."""
         out = nl.exp(x)
         ctx.save_for_backward(out)
         return out
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> Grad:
-        """Gradients w.r.t. the inputs."""
+        """``g * out`` from the saved output: one :func:`smpc.ops.mul`."""
         return _gmul(g, ctx.saved_tensors[0])
 
 
@@ -892,14 +1009,17 @@ class Reciprocal(Function):
 
     @staticmethod
     def forward(ctx: Context, x: SharedTensor) -> SharedTensor:
-        """Compute the output."""
+        """:func:`smpc.nonlinear.reciprocal`; saves the output ``r``."""
         out = nl.reciprocal(x)
         ctx.save_for_backward(out)
         return out
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> Grad:
-        """Gradients w.r.t. the inputs."""
+        """``-(g * r^2)`` from the saved output ``r``.
+
+        Cost: a square (:func:`smpc.ops.square`) then one product; the negation is local.
+        """
         (r,) = ctx.saved_tensors
         return _gneg(_gmul(g, ops.square(r)))
 
@@ -909,13 +1029,16 @@ class Log(Function):
 
     @staticmethod
     def forward(ctx: Context, x: SharedTensor) -> SharedTensor:
-        """Compute the output."""
+        """:func:`smpc.nonlinear.log`; saves the input ``x``."""
         ctx.save_for_backward(x)
         return nl.log(x)
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> Grad:
-        """Gradients w.r.t. the inputs."""
+        """``g * (1 / x)`` from the saved input.
+
+        Cost: a reciprocal (:func:`smpc.nonlinear.reciprocal`, its full cost), then one product.
+        """
         return _gmul(g, nl.reciprocal(ctx.saved_tensors[0]))
 
 
@@ -924,14 +1047,18 @@ class Sqrt(Function):
 
     @staticmethod
     def forward(ctx: Context, x: SharedTensor) -> SharedTensor:
-        """Compute the output."""
+        """:func:`smpc.nonlinear.sqrt`; saves the output."""
         out = nl.sqrt(x)
         ctx.save_for_backward(out)
         return out
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> Grad:
-        """Gradients w.r.t. the inputs."""
+        """``(g * (1 / out)) * 0.5`` from the saved output.
+
+        Cost: a reciprocal (its full cost), one product, then a public-float product (one
+        truncation).
+        """
         return _gmul(_gmul(g, nl.reciprocal(ctx.saved_tensors[0])), 0.5)
 
 
@@ -943,14 +1070,18 @@ class RsqrtWide(Function):
 
     @staticmethod
     def forward(ctx: Context, x: SharedTensor) -> SharedTensor:
-        """Compute the output."""
+        """:func:`smpc.nonlinear.rsqrt_wide`; saves the output ``r``."""
         out = nl.rsqrt_wide(x)
         ctx.save_for_backward(out)
         return out
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> Grad:
-        """Gradients w.r.t. the inputs."""
+        """``g * (r^2 * (-r / 2))`` from the saved output ``r``.
+
+        Cost: a square, a public-float product (one truncation), then two products one after the
+        other.
+        """
         (r,) = ctx.saved_tensors
         return _gmul(g, ops.mul(ops.square(r), ops.mul(r, -0.5)))
 
@@ -960,14 +1091,14 @@ class Sigmoid(Function):
 
     @staticmethod
     def forward(ctx: Context, x: SharedTensor) -> SharedTensor:
-        """Compute the output."""
+        """:func:`smpc.nonlinear.sigmoid`; saves the output ``s``."""
         out = nl.sigmoid(x)
         ctx.save_for_backward(out)
         return out
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> Grad:
-        """Gradients w.r.t. the inputs."""
+        """``g * (s * (1 - s))``: two products one after the other (``1 - s`` is local)."""
         (s,) = ctx.saved_tensors
         return _gmul(g, ops.mul(s, ops.sub(1.0, s)))
 
@@ -977,14 +1108,14 @@ class Tanh(Function):
 
     @staticmethod
     def forward(ctx: Context, x: SharedTensor) -> SharedTensor:
-        """Compute the output."""
+        """:func:`smpc.nonlinear.tanh`; saves the output ``t``."""
         out = nl.tanh(x)
         ctx.save_for_backward(out)
         return out
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> Grad:
-        """Gradients w.r.t. the inputs."""
+        """``g * (1 - t^2)``: a square then one product (``1 - t^2`` is local)."""
         (t,) = ctx.saved_tensors
         return _gmul(g, ops.sub(1.0, ops.square(t)))
 
@@ -1076,7 +1207,11 @@ class MSELoss(Function):
 
     @staticmethod
     def forward(ctx: Context, x: SharedTensor, target: Any, reduction: str) -> SharedTensor:
-        """Compute the output."""
+        """``d = x - target`` (local), saved for the backward.
+
+        With ``reduction='none'`` returns ``d^2`` (one square); otherwise a :class:`LazyValue` whose
+        square and reduction run only when the value is used.
+        """
         d = ops.sub(x, target)
         ctx.save_for_backward(d)
         ctx.conf = (reduction, _shape_of(x), _shape_of(target))
@@ -1086,7 +1221,13 @@ class MSELoss(Function):
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> tuple[Grad | None, Grad | None, None]:
-        """Gradients w.r.t. the inputs."""
+        """``2 d g / n`` for ``x`` and its negation for ``target``, from the saved ``d``.
+
+        ``n`` is numel for 'mean', else 1; each gradient is summed back over broadcast dims. Cost
+        (:func:`_scale_grad`): a public ``g`` gives at most one public-float product (one
+        truncation); a shared ``g`` one product, plus one public-float product when the scale is not
+        1.
+        """
         (d,) = ctx.saved_tensors
         reduction, xs, ts = ctx.conf
         n = d.numel() if reduction == "mean" else 1
@@ -1127,7 +1268,12 @@ class CrossEntropy(Function):
 
     @staticmethod
     def forward(ctx: Context, x: SharedTensor, target: Any, reduction: str) -> SharedTensor:
-        """Compute the output."""
+        """:func:`smpc.nonlinear.softmax` over the class dim; saves it and the target.
+
+        The target is one-hot or probabilities. The loss ``-sum(target * log_softmax(x))``, reduced,
+        is computed at once for ``reduction='none'``, otherwise lazily (:class:`LazyValue`) when
+        used: a log-softmax, one product.
+        """
         dim = 1 if x.dim() > 1 else 0
         p = nl.softmax(x, dim)
         ctx.save_for_backward(p, target)
@@ -1145,7 +1291,14 @@ class CrossEntropy(Function):
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> tuple[Grad | None, Grad | None, None]:
-        """Gradients w.r.t. the inputs."""
+        """``(softmax - target) * g / n`` from the saved softmax and target.
+
+        ``n`` is the number of batch elements for 'mean' (else 1). The difference is local; the
+        scaling costs as in :class:`MSELoss` (:func:`_scale_grad`).
+
+        Raises:
+            NotImplementedError: the target needs a gradient.
+        """
         p, target = ctx.saved_tensors
         reduction, dim = ctx.conf
         d = ops.sub(p, target)
