@@ -290,6 +290,9 @@ def permute(x: SharedTensor, dims: Sequence[int]) -> SharedTensor:
 def _expand(x: SharedTensor, sizes: Sequence[int]) -> SharedTensor:
     s = x.share
     ld = lead(x.session.comm)
+    extra = len(sizes) - x.dim()
+    if extra > 0:  # new leading dims go after the party axis, as torch adds them in front
+        s = s.reshape(*s.shape[:ld], *([1] * extra), *s.shape[ld:])
     try:
         return SharedTensor(s.expand(*s.shape[:ld], *sizes).contiguous(), x.session)
     except RuntimeError as err:

@@ -135,14 +135,21 @@ def test_shape_kernels_raise_typed_errors() -> None:
             F.adaptive_avg_pool2d(sess.share(torch.zeros(1, 5, 5)), 2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: F.expand to more dims than the input expands the party axis "
-    "(garbage for 2 parties, ShapeError for others); torch allows new leading dims",
-)
 @pytest.mark.parametrize("n", [2, 3])
 def test_expand_adds_leading_dims_like_torch(n: int) -> None:
-    x = torch.tensor([[1.0], [2.0], [3.0]])
+    # Prepare: torch adds new dims in front; the party axis must stay where it is
+    x = torch.tensor([[1.0], [2.0], [3.0]], requires_grad=True)
+    w = torch.arange(24, dtype=torch.float32).reshape(2, 3, 4) / 8
     with smpc.Session(parties=n) as sess:
-        got = F.expand(sess.share(x), (2, 3, 4)).reveal()
-    assert torch.equal(got, x.expand(2, 3, 4))
+        xs = sess.share(x.detach(), requires_grad=True)
+        # Execute: values, and the gradient through the new dims
+        ys = F.expand(xs, (2, 3, 4))
+        got = ys.reveal()
+        (ys * w).sum().backward()
+        assert xs.grad is not None
+        grad = xs.grad.reveal()
+    (x.expand(2, 3, 4) * w).sum().backward()
+    # Assert
+    assert torch.equal(got, x.detach().expand(2, 3, 4))
+    assert x.grad is not None
+    torch.testing.assert_close(grad, x.grad, atol=2**-14, rtol=0)
