@@ -17,7 +17,8 @@ emulator (this script, in the root namespace), because kernels without
   and printed in the header: it shows the configured round-trip time.
 
 Profiles: ``lan`` (0.25 ms each way, 1 Gbit/s) and ``wan`` (20 ms each way,
-100 Mbit/s). Every workload prints seconds per op, online rounds and bytes
+100 Mbit/s), and the baseline ``none`` (no added delay, no rate limit: the
+same namespaces, TLS and emulator process, so what it adds is visible). Every workload prints seconds per op, online rounds and bytes
 sent per party beside the targets for the WAN link. Needs root, ``ip netns``
 and ``/dev/net/tun``; says why and exits 0 otherwise.
 
@@ -30,6 +31,7 @@ Run (as root)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import heapq
 import json
@@ -51,7 +53,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 ROLES = ("alice", "bob", "dealer")
 PORT = 29541
-PROFILES = {  # one-way delay (s), rate (bit/s)
+PROFILES = {  # one-way delay (s), rate (bit/s); "none": the emulator's own floor
+    "none": (0.0, 1e12),
     "lan": (0.25e-3, 1e9),
     "wan": (20e-3, 100e6),
 }
@@ -111,10 +114,9 @@ class Emulator:
             now = time.monotonic()
             while queue and queue[0][0] <= now:
                 _, _, dst, pkt = heapq.heappop(queue)
-                try:
+                # device down or full: the packet is lost, as on a wire
+                with contextlib.suppress(OSError):
                     os.write(dst, pkt)
-                except OSError:
-                    pass  # device down or full: the packet is lost, as on a wire
             wait = max(0.0, queue[0][0] - time.monotonic()) if queue else 1.0
             # select, not epoll: epoll rounds its timeout up to whole milliseconds
             ready, _, _ = select.select(fds, [], [], wait)
@@ -174,6 +176,7 @@ class Net:
             raise
 
     def close(self) -> None:
+        """Stop the emulator and delete the namespaces (idempotent)."""
         if self.pid:
             try:
                 os.kill(self.pid, signal.SIGTERM)
@@ -392,6 +395,11 @@ def main(argv: list[str] | None = None) -> int:
     profiles = list(PROFILES) if args.profile == "all" else [args.profile]
     print("(shared machine: other processes may be running; figures are indicative)")
     allres = {}
+
+    def _stop(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)  # clean up on kill too, not only on Ctrl-C
     try:
         for prof in profiles:
             allres[prof] = run_profile(prof, args.repeat, only, args.mtu, args.timeout)
