@@ -18,8 +18,9 @@ emulator (this script, in the root namespace), because kernels without
 
 Profiles: ``lan`` (0.25 ms each way, 1 Gbit/s) and ``wan`` (20 ms each way,
 100 Mbit/s), and the baseline ``none`` (no added delay, no rate limit: the
-same namespaces, TLS and emulator process, so what it adds is visible). Every workload prints seconds per op, online rounds and bytes
-sent per party beside the targets for the WAN link. Needs root, ``ip netns``
+same namespaces, TLS and emulator process, so what it adds is visible).
+Every workload prints seconds per op, online rounds and bytes sent per party
+beside the targets for the WAN link. Needs root, ``ip netns``
 and ``/dev/net/tun``; says why and exits 0 otherwise.
 
 Run (as root)::
