@@ -407,6 +407,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; namespaces and processes removed")
         return 130
+    if len(allres) > 1:
+        print("== seconds per op by profile (rounds beside) ==")
+        names = list(dict.fromkeys(w for res in allres.values() for w in res))
+        print(f"{'':26s}" + "".join(f"{prof:>10s}" for prof in allres) + "  rounds")
+        for wl in names:
+            cells = "".join(
+                f"{res[wl][0]:10.3f}" if wl in res else f"{'-':>10s}" for res in allres.values()
+            )
+            rounds = next(res[wl][1] for res in allres.values() if wl in res)
+            print(f"{wl:26s}{cells}  {rounds}")
     if args.json:
         Path(args.json).write_text(json.dumps(allres, indent=1))
     return 0
