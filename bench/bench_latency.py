@@ -339,6 +339,9 @@ def run_profile(
                 **os.environ,
                 "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
             }
+            # The three "machines" share this machine's cores: one torch thread per role,
+            # as smpc.run chooses (OpenMP's spinning workers would compete across roles).
+            env.setdefault("OMP_NUM_THREADS", "1")
             env.pop("SMPC_CREDENTIALS", None)
             env.pop("GLOO_SOCKET_IFNAME", None)
             for role in ROLES:
