@@ -1,4 +1,4 @@
-"""Benchmarks W4-W6: encrypted training and inference of the MNIST MLP (docs/performance.md).
+"""Benchmarks W4-W7: encrypted training and inference of the MNIST MLP (docs/performance.md).
 
 * W4 -- one SGD step of MLP 784-128-64-10, batch 64, model and data secret,
   MSE and cross-entropy: median step time, rounds and bytes per step.
@@ -6,6 +6,11 @@
   accuracy of the decrypted model beside plaintext, wall time.
 * W6 -- encrypted inference of the trained MLP on the 1,000 test images at
   batch 100 and batch 1: ms per image, accuracy beside plaintext.
+* W7 -- W5's recipe on the full Fashion-MNIST (60,000 training images, 10,000
+  test) for 5 epochs, read from IDX files (``--data DIR``; by default where
+  Debian's ``dataset-fashion-mnist`` puts them, skipped with a message when
+  absent): seconds per epoch and per 1,000 images, test accuracy beside
+  plaintext trained with the same recipe and seed, rounds and bytes per step.
 
 Each in simulation (all parties in this process) and, with ``--distributed``,
 with 2 parties + provider as real processes (``smpc.run``; over Unix sockets,
@@ -15,9 +20,10 @@ transports, comma-separated, run in the same invocation (alternating,
 ``--rounds`` times) and the ratio of each to the first is printed. Ratios are
 to plain torch measured in the same run. Run::
 
-    python bench/bench_training.py                    # W4, W5, W6 in simulation
+    python bench/bench_training.py                    # W4, W5, W6 in simulation (W7: --only)
     python bench/bench_training.py --distributed      # + 2-party distributed W4/W6
     python bench/bench_training.py --only w4 --steps 20
+    python bench/bench_training.py --only w5 --only w7   # W7 beside W5 (per 1,000 images)
     python bench/bench_training.py --distributed --only w4 --transport tcp,tls --rounds 3
 """
 
@@ -29,6 +35,7 @@ import json
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,6 +47,13 @@ from smpc.autograd import no_grad
 from smpc.demo import Config, build_model, encrypted_predict, load_data, run_demo
 
 PARTIES = ("alice", "bob")
+FASHION_MNIST = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
+_IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 
 
 def _mlp() -> torch.nn.Module:
@@ -153,18 +167,82 @@ def w5(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, torch.Ten
     t0 = time.perf_counter()
     out = run_demo(cfg)
     wall = time.perf_counter() - t0
+    per_1k = out["training_seconds"] / (args.epochs * args.train_size / 1000)
     results["W5"] = {k: v for k, v in out.items() if not isinstance(v, list)} | {
-        "bench_wall_s": wall
+        "bench_wall_s": wall,
+        "seconds_per_1000_images": per_1k,
     }
     print(
         f"W5: {args.epochs} epochs on {args.train_size} images, seed {args.seed}: "
         f"encrypted {100 * out['test_accuracy_encrypted']:.2f} % "
         f"vs plaintext {100 * out['test_accuracy_plaintext']:.2f} %; "
-        f"training {out['training_seconds']:.1f} s "
+        f"training {out['training_seconds']:.1f} s, {per_1k:.2f} s per 1,000 images "
         f"(wall {out['wall_seconds']:.1f} s with sharing and evaluation)",
         flush=True,
     )
     return None
+
+
+def w7(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """Full Fashion-MNIST, W5's recipe (same seed both arms); skipped without the files."""
+    directory = Path(args.data)
+    if not directory.is_dir() or not all(
+        (directory / n).is_file() or (directory / f"{n}.gz").is_file() for n in _IDX_FILES
+    ):
+        print(
+            f"W7 skipped: no Fashion-MNIST IDX files in {directory} (install Debian's "
+            "`dataset-fashion-mnist`, or pass `--data DIR` with train-images-idx3-ubyte[.gz], "
+            "train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz], "
+            "t10k-labels-idx1-ubyte[.gz])",
+            flush=True,
+        )
+        results["W7"] = {"skipped": f"no IDX files in {directory}"}
+        return
+    cfg = Config(
+        epochs=args.w7_epochs,
+        log_every=0,
+        epoch_eval=False,
+        progress=False,
+        plot=None,
+        train_size=60000,
+        test_size=10000,
+        seed=args.seed,
+        data=str(directory),
+    )
+    t0 = time.perf_counter()
+    out = run_demo(cfg)
+    wall = time.perf_counter() - t0
+    x, _, xt, _ = load_data(cfg)  # 60,000 / 10,000 images for Fashion-MNIST
+    n_train, n_test = len(x), len(xt)
+    per_epoch = out["training_seconds"] / cfg.epochs
+    per_1k = per_epoch / (n_train / 1000)
+    plain_per_epoch = out["plain_seconds_per_step"] * out["steps"] / cfg.epochs
+    row = {k: v for k, v in out.items() if not isinstance(v, list)} | {
+        "bench_wall_s": wall,
+        "train_images": n_train,
+        "test_images": n_test,
+        "seconds_per_epoch": per_epoch,
+        "plain_seconds_per_epoch": plain_per_epoch,
+        "seconds_per_1000_images": per_1k,
+        "accuracy_encrypted_per_epoch": out["accuracy_encrypted"],
+        "accuracy_plaintext_per_epoch": out["accuracy_plaintext"],
+    }
+    line = (
+        f"W7: {cfg.epochs} epochs on {n_train} / {n_test} images of {directory}, "
+        f"seed {args.seed}: "
+        f"encrypted {100 * out['test_accuracy_encrypted']:.2f} % "
+        f"vs plaintext {100 * out['test_accuracy_plaintext']:.2f} % "
+        f"(gap {100 * (out['test_accuracy_plaintext'] - out['test_accuracy_encrypted']):+.2f} "
+        f"points); {per_epoch:.1f} s per epoch (plain {plain_per_epoch:.2f} s), "
+        f"{per_1k:.2f} s per 1,000 images; {out['rounds_per_step']:.1f} rounds, "
+        f"{out['bytes_per_step'] / 1e6:.2f} MB per party per step; wall {wall:.1f} s"
+    )
+    if "W5" in results:
+        ratio = per_1k / results["W5"]["seconds_per_1000_images"]
+        row["per_1000_images_ratio_to_W5"] = ratio
+        line += f"; per 1,000 images x{ratio:.2f} W5 (same run)"
+    print(line, flush=True)
+    results["W7"] = row
 
 
 def _trained_mlp(epochs: int) -> torch.nn.Module:
@@ -249,12 +327,18 @@ def _transports(text: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     smpc.perf.keep_freed_memory()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--only", choices=("w4", "w5", "w6"), action="append")
+    p.add_argument("--only", choices=("w4", "w5", "w6", "w7"), action="append")
     p.add_argument("--steps", type=int, default=10, help="W4 timed steps")
     p.add_argument("--epochs", type=int, default=12, help="W5 epochs (and W6 model training)")
     p.add_argument("--train-size", type=int, default=4000)
     p.add_argument(
         "--seed", type=int, default=0, help="W5: initial weights and batch order (both runs)"
+    )
+    p.add_argument("--w7-epochs", type=int, default=5, help="W7 epochs")
+    p.add_argument(
+        "--data",
+        default=FASHION_MNIST,
+        help="W7: directory of the Fashion-MNIST IDX files (default: %(default)s)",
     )
     p.add_argument("--batch1-images", type=int, default=200, help="W6 images at batch 1")
     p.add_argument("--distributed", action="store_true", help="also run 2-party distributed")
@@ -282,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
         w5(args, results)
     if "w6" in only:
         w6(args, results)
+    if "w7" in only:
+        w7(args, results)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2, default=str)
