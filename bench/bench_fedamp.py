@@ -39,7 +39,11 @@ from smpc.data import load_mnist
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import StealMeter  # noqa: E402
 
-FASHION_DIRS = ("/usr/share/dataset-fashion-mnist", "/usr/share/data/fashion-mnist")
+FASHION_DIRS = (
+    "/usr/share/datasets/fashion-mnist",
+    "/usr/share/dataset-fashion-mnist",
+    "/usr/share/data/fashion-mnist",
+)
 PER_CLASS = 500
 N_CLIENTS = 20
 EPOCHS, BATCH, LR = 1, 32, 0.05
