@@ -180,21 +180,7 @@ _PEER_ERRORS = (RuntimeError, dist.DistError, TimeoutError, ConnectionError, OSE
 
 log = logging.getLogger(__name__)
 
-# Everything a networked message may hold beyond plain values and tensors.
-_MESSAGE_TYPES = (
-    FitConfig,
-    Stage,
-    InputRequest,
-    PlainInput,
-    MaskingSetup,
-    AdvertiseKeys,
-    KeyRoster,
-    EncryptedShares,
-    ShareDelivery,
-    MaskedInput,
-    UnmaskRequest,
-    UnmaskShares,
-)
+# The secure-aggregation messages a round's payloads may be.
 _AGG_MESSAGES = (
     InputRequest,
     PlainInput,
@@ -207,6 +193,8 @@ _AGG_MESSAGES = (
     UnmaskRequest,
     UnmaskShares,
 )
+# Everything a networked message may hold beyond plain values and tensors.
+_MESSAGE_TYPES = (FitConfig, Stage, *_AGG_MESSAGES)
 # The fields of each message kind, by direction (a value of the listed types each).
 _TO_SERVER: dict[str, tuple[type | tuple[type, ...], ...]] = {
     "hello": (int, int),
