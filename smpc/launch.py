@@ -127,7 +127,7 @@ def run_party(
     The session is closed afterwards; on an exception it is torn down without
     waiting for the peers (they then fail fast with :class:`PartyTimeoutError`).
     ``transport``, ``credentials``, ``insecure``, ``address``, ``listen_port``: as
-    in :func:`smpc.comm.torchdist.connect` (default: Unix sockets when every rank
+    in :func:`smpc.comm.rendezvous.connect` (default: Unix sockets when every rank
     runs on this host, TLS with the party's credentials otherwise); ``store``: a
     rendezvous store to use instead of the TCP store at ``master_addr:master_port``.
     """
@@ -371,7 +371,7 @@ def run(
         transport: ``"auto"`` (default) or ``"unix"``: the processes talk over Unix
             sockets; ``"tls"``: over TLS 1.3 on loopback TCP, as across machines;
             ``"tcp"``: over gloo on loopback TCP (plaintext; see
-            :func:`smpc.comm.torchdist.connect`).
+            :func:`smpc.comm.rendezvous.connect`).
         credentials: a folder of credentials (``smpc-credentials``) holding every
             role's files, for ``"tls"``; default: a throwaway CA and credentials
             made for this run in its private temporary directory.
@@ -409,7 +409,7 @@ def run(
         raise ValueError(f"`timeout` must be > 0 seconds; got {timeout}")
     if threads is None:
         threads = max(1, (os.cpu_count() or 1) // n)
-    from .comm.torchdist import TRANSPORTS
+    from .comm.rendezvous import TRANSPORTS
 
     if transport not in TRANSPORTS:
         raise ValueError(f"`transport` must be one of {TRANSPORTS}; got {transport!r}")

@@ -4,7 +4,7 @@ The distributed runtime's transport when every rank runs on the same machine
 (:func:`smpc.run`, or ``smpc-launch`` with all roles on one host): the same
 two calls as a gloo process group -- ``send([t], dst, tag)`` and
 ``recv([t], src, tag)``, each returning a work with ``wait(timeout)`` -- so
-:class:`~smpc.comm.torchdist.Channel` and everything above it run unchanged.
+:class:`~smpc.comm.framing.Channel` and everything above it run unchanged.
 
 Why: on loopback TCP every message crosses the TCP stack and wakes two threads
 of the receiver (gloo's network thread, then the waiting thread); a Unix stream

@@ -1,7 +1,7 @@
 """Trusted crypto provider as its own process, for the distributed runtime (runtime layer).
 
 The provider is rank ``world_size`` of the runtime's gloo group (see
-:mod:`smpc.comm.torchdist`). Its traffic is cut to the minimum with per-party
+:mod:`smpc.comm.rendezvous`). Its traffic is cut to the minimum with per-party
 seeds (the CrypTen TTP idea):
 
 1. At start it sends each party ``i`` a 16-byte AES key ``k_i`` (from
@@ -58,18 +58,10 @@ import torch
 from torch._C._distributed_c10d import ProcessGroupGloo, Store
 
 from ..codec import Codec
+from ..comm.framing import INLINE_BYTES, Channel, MessageKind, Pending, PointToPoint, Waitable
+from ..comm.rendezvous import connect, identities_of
 from ..comm.stats import Stats
-from ..comm.torchdist import (
-    INLINE_BYTES,
-    Channel,
-    MessageKind,
-    Pending,
-    PointToPoint,
-    TorchDistCommunicator,
-    Waitable,
-    connect,
-    identities_of,
-)
+from ..comm.torchdist import TorchDistCommunicator
 from ..comm.unixsock import UnixSocketGroup
 from ..credentials import Credentials
 from ..errors import DealerError, PartyTimeoutError, ProtocolDesyncError, ProtocolError
@@ -478,7 +470,7 @@ class TrustedDealer:
             ``master_addr`` / ``master_port`` (defaults from the environment);
             ``host_store``, ``transport``, ``credentials`` (the provider's, role
             ``smpc:provider``), ``insecure``, ``address`` and ``listen_port`` as in
-            :func:`~smpc.comm.torchdist.connect`.
+            :func:`~smpc.comm.rendezvous.connect`.
         speculate: after each correction, compute the one the next request is
             expected to need (the request that followed the same two requests last
             time: a training or inference loop repeats its requests), so that it is

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 import smpc
-from smpc.comm.torchdist import OBJECT_CODEC, TAG_HEADER, Channel, MessageKind
+from smpc.comm.framing import TAG_HEADER, Channel, MessageKind
+from smpc.comm.torchdist import OBJECT_CODEC
 from smpc.comm.unixsock import UnixSocketGroup
 
 HOSTILE = 1

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from smpc import PartyTimeoutError
-from smpc.comm.torchdist import connect
+from smpc.comm.rendezvous import connect
 from tests.smpc.comm import hostile_programs as hp
 
 

@@ -16,7 +16,8 @@ import torch
 from torch.distributed import HashStore
 
 from smpc import ring
-from smpc.comm.torchdist import MessageKind, TorchDistCommunicator
+from smpc.comm.framing import MessageKind
+from smpc.comm.torchdist import TorchDistCommunicator
 from smpc.dealer.base import (
     Component,
     KeepingMatmulTruncTriple,
