@@ -191,6 +191,7 @@ def run_dealer(
     are those of role ``smpc:provider``).
     """
     from .dealer.trusted import TrustedDealer
+    from .protocols import beaver, truncation
     from .protocols.compare import LtzMaterial
     from .protocols.convert import BitPair
 
@@ -198,7 +199,8 @@ def run_dealer(
         len(parties),
         seed=seed,
         timeout=timeout,
-        request_types=(LtzMaterial, BitPair),  # the protocols' own request classes
+        # the protocols' request classes: nothing else is decoded
+        request_types=(*beaver.REQUEST_TYPES, *truncation.REQUEST_TYPES, LtzMaterial, BitPair),
         names=parties,
         store=store,
         master_addr=master_addr,

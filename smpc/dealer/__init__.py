@@ -1,6 +1,18 @@
-"""The crypto provider (dealer): correlated randomness for the protocols."""
+"""The crypto provider (dealer): correlated randomness for the protocols.
 
-from .base import BilinearTriple, Component, Dealer, Kind, MulTriple, Request, SquarePair, TruncPair
+The request classes live beside their protocols (e.g. ``smpc.protocols.beaver.MulTriple``).
+"""
+
+from .base import (
+    Component,
+    Dealer,
+    Elementwise,
+    FusedCorrection,
+    KeepsMasks,
+    Kind,
+    Request,
+    UsesMasks,
+)
 from .local import LocalDealer
 
 __all__ = [
@@ -8,9 +20,9 @@ __all__ = [
     "Request",
     "Component",
     "Kind",
-    "MulTriple",
-    "SquarePair",
-    "BilinearTriple",
-    "TruncPair",
+    "FusedCorrection",
+    "KeepsMasks",
+    "UsesMasks",
+    "Elementwise",
     "LocalDealer",
 ]

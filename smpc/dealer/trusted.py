@@ -53,6 +53,7 @@ import os
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch._C._distributed_c10d import ProcessGroupGloo, Store
@@ -120,10 +121,10 @@ MAX_REQUEST_BYTES = 1 << 33
 def _load_request(codec: Codec, data: bytes, peer: str, max_bytes: int) -> Request:
     """Decode a request (allow-listed classes only) and check its size before serving it."""
     req = codec.decode(data, peer=peer)
-    if not callable(getattr(req, "components", None)) or not callable(getattr(req, "derive", None)):
+    if not issubclass(type(req), Request):
         raise ProtocolError(f"{peer} sent a {type(req).__name__}, which is not a dealer request")
     try:
-        comps = req.components()  # type: ignore[attr-defined]  # checked above
+        comps = cast(Request, req).components()
         total = 8 * sum(math.prod(c.shape) for c in comps)
     except Exception as e:  # fields of the right types that make no request
         raise ProtocolError(f"{peer} sent an invalid {type(req).__name__}: {e}") from None
@@ -132,7 +133,7 @@ def _load_request(codec: Codec, data: bytes, peer: str, max_bytes: int) -> Reque
             f"{peer} asked for {total} bytes of correlated randomness in one request "
             f"({type(req).__name__}); the limit is {max_bytes} bytes"
         )
-    return req  # type: ignore[return-value]  # has components() and derive()
+    return cast(Request, req)
 
 
 class _Pending:
@@ -476,10 +477,11 @@ class TrustedDealer:
             time: a training or inference loop repeats its requests), so that it is
             ready when the request comes; a wrong guess is undone (streams rewound).
             The parties see the same messages and values either way.
-        request_types: request classes the provider accepts beyond
-            :data:`~smpc.dealer.base.REQUEST_TYPES` (those of the protocols the
-            program uses, e.g. comparison's; :func:`smpc.launch.run_dealer` passes
-            every request class of ``smpc``). Nothing else is decoded.
+        request_types: the request classes the provider accepts beyond
+            :data:`~smpc.dealer.base.REQUEST_TYPES`: those of the protocols the
+            program uses (each protocol module's ``REQUEST_TYPES``, e.g.
+            ``smpc.protocols.beaver.REQUEST_TYPES``; :func:`smpc.launch.run_dealer`
+            passes every request class of ``smpc``). Nothing else is decoded.
         idle_timeout: seconds to wait for the next request or the session's close
             (default: ``timeout``); after it the provider gives up with
             :class:`~smpc.errors.PartyTimeoutError` naming the last party.

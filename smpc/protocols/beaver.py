@@ -13,18 +13,7 @@ import torch
 
 from .. import ring
 from ..comm.base import Communicator
-from ..dealer.base import (
-    BilinearTriple,
-    BilinearTruncTriple,
-    Dealer,
-    KeepingMatmulTruncTriple,
-    KeptBilinearTruncTriple,
-    LinearBackwardTriple,
-    MulTriple,
-    MulTruncTriple,
-    OperandMask,
-    SquarePair,
-)
+from ..dealer.base import Component, Dealer, Kind
 from ..errors import ShapeError
 from ..sharing import add_public, add_public_, addcmul_public_, data_shape
 from . import truncation
@@ -384,7 +373,7 @@ def linear_forward(
     """Shares of ``(x @ wt) >> f`` for 2-D shares, keeping the masks for :func:`linear_backward`.
 
     Protocol: :func:`bilinear_trunc` of a matmul whose triple's masks the
-    provider keeps (:class:`~smpc.dealer.base.KeepingMatmulTruncTriple`); the
+    provider keeps (:class:`KeepingMatmulTruncTriple`); the
     parties keep their mask shares and the opened ``e = x - xa``, ``f = wt - wb``.
 
     Cost: as :func:`bilinear_trunc` (2 rounds; ``numel(x) + numel(wt)`` then
@@ -438,7 +427,7 @@ def linear_backward(
     masked data across products, S&P'17; [EGKRS20] truncation):
         1. The dealer draws one mask ``[a]`` for ``g`` and gives
            ``[cx] = [a @ wb^T + rx + 2^62]``, ``[cw] = [a^T @ xa]`` on the
-           forward's kept masks (:class:`~smpc.dealer.base.LinearBackwardTriple`).
+           forward's kept masks (:class:`LinearBackwardTriple`).
         2. Open ``eg = g - a`` (round 1): the only new opening, since
            ``x - xa`` and ``W^T - wb`` were opened by the forward.
         3. ``g @ W = eg @ W + a @ W`` with ``W = wb^T + f^T``: the local step
@@ -498,3 +487,452 @@ def _shape2(comm: Communicator, share: torch.Tensor) -> tuple[int, int]:
     if len(shape) != 2:
         raise ValueError(f"linear layers' products need 2-D operands; got shape {shape}")
     return (shape[0], shape[1])
+
+
+# ----------------------------------------------------------------- dealer requests
+# The correlated randomness of the products above (see smpc.dealer.base).
+
+
+def _dims(s: torch.Size | tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(int(v) for v in s)
+
+
+@dataclass(frozen=True, slots=True)
+class MulTriple:
+    """Beaver triple ``c = a * b`` (elementwise, broadcasting like torch)."""
+
+    shape_a: tuple[int, ...]
+    shape_b: tuple[int, ...]
+
+    def components(self) -> tuple[Component, ...]:
+        """Random components first, then derived ones."""
+        out = _dims(ring.broadcast_shapes(self.shape_a, self.shape_b))
+        return (
+            Component("a", Kind.RANDOM, self.shape_a),
+            Component("b", Kind.RANDOM, self.shape_b),
+            Component("c", Kind.DERIVED, out),
+        )
+
+    def derive(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Plain derived values from the plain random ones."""
+        return {"c": values["a"] * values["b"]}
+
+    def derive_batch(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """:meth:`derive` (elementwise: any leading batch axis)."""
+        return self.derive(values)
+
+
+@dataclass(frozen=True, slots=True)
+class SquarePair:
+    """Square pair ``c = a * a``."""
+
+    shape: tuple[int, ...]
+
+    def components(self) -> tuple[Component, ...]:
+        """Random components first, then derived ones."""
+        return (Component("a", Kind.RANDOM, self.shape), Component("c", Kind.DERIVED, self.shape))
+
+    def derive(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Plain derived values from the plain random ones."""
+        return {"c": values["a"] * values["a"]}
+
+    def derive_batch(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """:meth:`derive` (elementwise: any leading batch axis)."""
+        return self.derive(values)
+
+
+@dataclass(frozen=True, slots=True)
+class BilinearTriple:
+    """Beaver triple for a bilinear op: ``c = op(a, b)`` (matmul, conv2d)."""
+
+    op: ring.BilinearOp
+    shape_a: tuple[int, ...]
+    shape_b: tuple[int, ...]
+
+    def components(self) -> tuple[Component, ...]:
+        """Random components first, then derived ones."""
+        out = _dims(self.op.out_shape(torch.Size(self.shape_a), torch.Size(self.shape_b)))
+        return (
+            Component("a", Kind.RANDOM, self.shape_a),
+            Component("b", Kind.RANDOM, self.shape_b),
+            Component("c", Kind.DERIVED, out),
+        )
+
+    def derive(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Plain derived values from the plain random ones."""
+        return {"c": self.op(values["a"], values["b"])}
+
+
+def _bilinear_trunc_values(
+    op: ring.BilinearOp, frac_bits: int, values: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """``c = op(a, b) + r + 2^62`` and the truncation material of ``r``."""
+    r = values["r"]
+    c = op(values["a"], values["b"]).add_(r)
+    c += 1 << 62
+    return {"c": c, **truncation.trunc_material(r, frac_bits)}
+
+
+def _bilinear_trunc_fused(
+    op: ring.BilinearOp,
+    frac_bits: int,
+    shared: Mapping[str, torch.Tensor],
+    private: Mapping[str, torch.Tensor],
+    partial: Mapping[str, torch.Tensor],
+    out: Mapping[str, torch.Tensor],
+) -> bool:
+    """The fused corrections of a 2-D matmul truncation triple (False for other ops)."""
+    a, b = shared["a"], shared["b"]
+    if not isinstance(op, ring.MatmulOp) or a.dim() != 3 or b.dim() != 3:
+        return False
+    return ring.fused_trunc_correct(
+        private["r"],
+        (partial["neg_r_hi"], partial["s"]),
+        (out["neg_r_hi"], out["s"]),
+        frac_bits,
+        product=(ring.matmul_of_row_sums(a, b), None, partial["c"], out["c"]),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class MulTruncTriple:
+    """A Beaver triple whose product carries a truncation mask: ``c = a*b + r + 2^62``.
+
+    With ``neg_r_hi``/``s`` as in :class:`~smpc.protocols.truncation.TruncPair` for the
+    provider-private ``r``.
+    """
+
+    shape_a: tuple[int, ...]
+    shape_b: tuple[int, ...]
+    frac_bits: int
+
+    def components(self) -> tuple[Component, ...]:
+        """Random components first, then derived ones."""
+        out = _dims(ring.broadcast_shapes(self.shape_a, self.shape_b))
+        return (
+            Component("a", Kind.RANDOM, self.shape_a),
+            Component("b", Kind.RANDOM, self.shape_b),
+            Component("r", Kind.PRIVATE, out),
+            Component("c", Kind.DERIVED, out),
+            Component("neg_r_hi", Kind.DERIVED, out),
+            Component("s", Kind.DERIVED, out),
+        )
+
+    def derive(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Plain derived values from the plain random ones."""
+        r = values["r"]
+        c = torch.addcmul(r, values["a"], values["b"])
+        c += 1 << 62
+        return {"c": c, **truncation.trunc_material(r, self.frac_bits)}
+
+    def derive_batch(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """:meth:`derive` (elementwise: any leading batch axis)."""
+        return self.derive(values)
+
+    def fused_correction(
+        self,
+        shared: Mapping[str, torch.Tensor],
+        private: Mapping[str, torch.Tensor],
+        partial: Mapping[str, torch.Tensor],
+        out: Mapping[str, torch.Tensor],
+    ) -> bool:
+        """The corrections in one pass in all (same-shape operands only)."""
+        if self.shape_a != self.shape_b:
+            return False
+        return ring.fused_trunc_correct(
+            private["r"],
+            (partial["neg_r_hi"], partial["s"]),
+            (out["neg_r_hi"], out["s"]),
+            self.frac_bits,
+            product=(shared["a"], shared["b"], partial["c"], out["c"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BilinearTruncTriple:
+    """A bilinear triple whose product carries a truncation mask: ``c = op(a, b) + r + 2^62``."""
+
+    op: ring.BilinearOp
+    shape_a: tuple[int, ...]
+    shape_b: tuple[int, ...]
+    frac_bits: int
+
+    def components(self) -> tuple[Component, ...]:
+        """Random components first, then derived ones."""
+        out = _dims(self.op.out_shape(torch.Size(self.shape_a), torch.Size(self.shape_b)))
+        return (
+            Component("a", Kind.RANDOM, self.shape_a),
+            Component("b", Kind.RANDOM, self.shape_b),
+            Component("r", Kind.PRIVATE, out),
+            Component("c", Kind.DERIVED, out),
+            Component("neg_r_hi", Kind.DERIVED, out),
+            Component("s", Kind.DERIVED, out),
+        )
+
+    def derive(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Plain derived values from the plain random ones."""
+        return _bilinear_trunc_values(self.op, self.frac_bits, values)
+
+    def fused_correction(
+        self,
+        shared: Mapping[str, torch.Tensor],
+        private: Mapping[str, torch.Tensor],
+        partial: Mapping[str, torch.Tensor],
+        out: Mapping[str, torch.Tensor],
+    ) -> bool:
+        """The corrections of 2-D matmuls (the mask sums folded into the limb split)."""
+        return _bilinear_trunc_fused(self.op, self.frac_bits, shared, private, partial, out)
+
+
+@dataclass(frozen=True, slots=True)
+class OperandMask:
+    """A mask ``b`` for an operand that several products reuse; the provider keeps ``b``.
+
+    Later :class:`KeptBilinearTruncTriple` requests with the same ``key`` build
+    their triples on this ``b`` instead of drawing a new one, so the operand's
+    masked value ``y - b`` is opened once (a fixed model's weights in inference).
+    """
+
+    shape: tuple[int, ...]
+    key: int
+
+    def keeps(self) -> tuple[tuple[str, int], ...]:
+        """``b`` under ``key`` (:class:`~smpc.dealer.base.KeepsMasks`)."""
+        return (("b", self.key),)
+
+    def transient(self) -> bool:
+        """Kept for the session (a fixed operand)."""
+        return False
+
+    def components(self) -> tuple[Component, ...]:
+        """Random components first, then derived ones."""
+        return (Component("b", Kind.RANDOM, self.shape),)
+
+    def derive(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Plain derived values from the plain random ones."""
+        return {}
+
+
+@dataclass(frozen=True, slots=True)
+class KeptBilinearTruncTriple:
+    """:class:`BilinearTruncTriple` on the kept right mask ``key``: ``c = op(a, b) + r + 2^62``.
+
+    Only ``a`` is drawn; ``b`` is the :class:`OperandMask` of the same key.
+    """
+
+    op: ring.BilinearOp
+    shape_a: tuple[int, ...]
+    shape_b: tuple[int, ...]
+    frac_bits: int
+    key: int
+
+    def uses(self) -> tuple[tuple[str, int], ...]:
+        """The kept ``b`` of ``key`` (:class:`~smpc.dealer.base.UsesMasks`)."""
+        return (("b", self.key),)
+
+    def releases(self) -> bool:
+        """Kept for later products."""
+        return False
+
+    def components(self) -> tuple[Component, ...]:
+        """Random components first, then derived ones."""
+        out = _dims(self.op.out_shape(torch.Size(self.shape_a), torch.Size(self.shape_b)))
+        return (
+            Component("a", Kind.RANDOM, self.shape_a),
+            Component("r", Kind.PRIVATE, out),
+            Component("c", Kind.DERIVED, out),
+            Component("neg_r_hi", Kind.DERIVED, out),
+            Component("s", Kind.DERIVED, out),
+        )
+
+    def derive(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Plain derived values from the plain random ones."""
+        return _bilinear_trunc_values(self.op, self.frac_bits, values)
+
+    def fused_correction(
+        self,
+        shared: Mapping[str, torch.Tensor],
+        private: Mapping[str, torch.Tensor],
+        partial: Mapping[str, torch.Tensor],
+        out: Mapping[str, torch.Tensor],
+    ) -> bool:
+        """See :func:`~smpc.dealer.base.fused_correction` (2-D matmuls; ``b`` comes as one row)."""
+        return _bilinear_trunc_fused(self.op, self.frac_bits, shared, private, partial, out)
+
+
+@dataclass(frozen=True, slots=True)
+class KeepingMatmulTruncTriple:
+    """:class:`BilinearTruncTriple` of a 2-D matmul whose masks the dealer keeps.
+
+    A linear layer's forward ``x @ W^T``: ``a`` (the mask of ``x``) is kept
+    under ``key`` and ``b`` (the mask of ``W^T``) under ``key + 1``, until the
+    layer's :class:`LinearBackwardTriple` uses and releases them (transient).
+    """
+
+    shape_a: tuple[int, int]
+    shape_b: tuple[int, int]
+    frac_bits: int
+    key: int
+
+    def keeps(self) -> tuple[tuple[str, int], ...]:
+        """``a`` under ``key``, ``b`` under ``key + 1`` (:class:`~smpc.dealer.base.KeepsMasks`)."""
+        return (("a", self.key), ("b", self.key + 1))
+
+    def transient(self) -> bool:
+        """A forward pass's masks, until its backward."""
+        return True
+
+    def triple(self) -> BilinearTruncTriple:
+        """The same triple without the keeping (components, values, corrections)."""
+        return BilinearTruncTriple(ring.MatmulOp(), self.shape_a, self.shape_b, self.frac_bits)
+
+    def components(self) -> tuple[Component, ...]:
+        """Random components first, then derived ones."""
+        return self.triple().components()
+
+    def derive(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Plain derived values from the plain random ones."""
+        return self.triple().derive(values)
+
+    def fused_correction(
+        self,
+        shared: Mapping[str, torch.Tensor],
+        private: Mapping[str, torch.Tensor],
+        partial: Mapping[str, torch.Tensor],
+        out: Mapping[str, torch.Tensor],
+    ) -> bool:
+        """See :func:`~smpc.dealer.base.fused_correction`."""
+        return self.triple().fused_correction(shared, private, partial, out)
+
+
+@dataclass(frozen=True, slots=True)
+class LinearBackwardTriple:
+    """Triples for a linear layer's two gradient products on its forward's kept masks.
+
+    The forward ``x @ W^T`` opened ``e = x - xa`` and ``f = W^T - wb``
+    (:class:`KeepingMatmulTruncTriple` of the same ``key``). With one fresh
+    mask ``a`` for the output gradient ``g`` (shape ``shape_g = (m, n)``):
+
+    * ``grad_input``: ``g @ W`` on masks ``(a, wb^T)``: ``cx = a @ wb^T + rx + 2^62``
+      and the truncation material of ``rx``;
+    * ``grad_weight``: ``g^T @ x`` on masks ``(a^T, xa)``: ``cw = a^T @ xa``
+      (``+ rw + 2^62`` and its truncation material if ``truncate_weight``).
+
+    Uses and releases the forward's masks.
+    """
+
+    shape_g: tuple[int, int]
+    shape_x: tuple[int, int]
+    frac_bits: int
+    key: int
+    grad_input: bool
+    grad_weight: bool
+    truncate_weight: bool
+
+    def uses(self) -> tuple[tuple[str, int], ...]:
+        """The forward's ``a`` (as ``xa``) and ``b`` (as ``wb``)."""
+        return (("xa", self.key), ("wb", self.key + 1))
+
+    def releases(self) -> bool:
+        """The forward's masks are dropped after the backward."""
+        return True
+
+    def components(self) -> tuple[Component, ...]:
+        """Random components first, then derived ones."""
+        m, n = self.shape_g
+        k = self.shape_x[1]
+        comps = [Component("a", Kind.RANDOM, (m, n))]
+        if self.grad_input:
+            comps += [
+                Component("rx", Kind.PRIVATE, (m, k)),
+                Component("cx", Kind.DERIVED, (m, k)),
+                Component("neg_rx_hi", Kind.DERIVED, (m, k)),
+                Component("sx", Kind.DERIVED, (m, k)),
+            ]
+        if self.grad_weight and self.truncate_weight:
+            comps += [
+                Component("rw", Kind.PRIVATE, (n, k)),
+                Component("cw", Kind.DERIVED, (n, k)),
+                Component("neg_rw_hi", Kind.DERIVED, (n, k)),
+                Component("sw", Kind.DERIVED, (n, k)),
+            ]
+        elif self.grad_weight:
+            comps.append(Component("cw", Kind.DERIVED, (n, k)))
+        return tuple(comps)
+
+    def derive(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Plain derived values from the plain random ones."""
+        a, mm, f = values["a"], ring.MatmulOp(), self.frac_bits
+        out: dict[str, torch.Tensor] = {}
+        if self.grad_input:
+            t = _bilinear_trunc_values(mm, f, {"a": a, "b": values["wb"].t(), "r": values["rx"]})
+            out |= {"cx": t["c"], "neg_rx_hi": t["neg_r_hi"], "sx": t["s"]}
+        if self.grad_weight and self.truncate_weight:
+            t = _bilinear_trunc_values(mm, f, {"a": a.t(), "b": values["xa"], "r": values["rw"]})
+            out |= {"cw": t["c"], "neg_rw_hi": t["neg_r_hi"], "sw": t["s"]}
+        elif self.grad_weight:
+            out["cw"] = ring.matmul(a.t(), values["xa"])
+        return out
+
+    def fused_correction(
+        self,
+        shared: Mapping[str, torch.Tensor],
+        private: Mapping[str, torch.Tensor],
+        partial: Mapping[str, torch.Tensor],
+        out: Mapping[str, torch.Tensor],
+    ) -> bool:
+        """The corrections with the mask sums folded into the products' limb splits."""
+        a = shared["a"]  # (rows, m, n); the kept xa, wb come as one row each
+        if a.dim() != 3:
+            return False
+        f = self.frac_bits
+        if self.grad_input:
+            prod = ring.matmul_of_row_sums(a, shared["wb"].transpose(-1, -2))
+            if not ring.fused_trunc_correct(
+                private["rx"],
+                (partial["neg_rx_hi"], partial["sx"]),
+                (out["neg_rx_hi"], out["sx"]),
+                f,
+                product=(prod, None, partial["cx"], out["cx"]),
+            ):
+                return False
+        if self.grad_weight:
+            prod = ring.matmul_of_row_sums(a.transpose(-1, -2), shared["xa"])
+            if not self.truncate_weight:
+                torch.sub(prod, partial["cw"].sum(0), out=out["cw"])
+            elif not ring.fused_trunc_correct(
+                private["rw"],
+                (partial["neg_rw_hi"], partial["sw"]),
+                (out["neg_rw_hi"], out["sw"]),
+                f,
+                product=(prod, None, partial["cw"], out["cw"]),
+            ):
+                return False  # derive() then writes every output again
+        return True
+
+
+REQUEST_TYPES: tuple[type, ...] = (
+    MulTriple,
+    SquarePair,
+    BilinearTriple,
+    MulTruncTriple,
+    BilinearTruncTriple,
+    OperandMask,
+    KeptBilinearTruncTriple,
+    KeepingMatmulTruncTriple,
+    LinearBackwardTriple,
+)
+"""The request classes of this module (what a provider must accept to serve it)."""
+
+__all__ += [
+    "MulTriple",
+    "SquarePair",
+    "BilinearTriple",
+    "MulTruncTriple",
+    "BilinearTruncTriple",
+    "OperandMask",
+    "KeptBilinearTruncTriple",
+    "KeepingMatmulTruncTriple",
+    "LinearBackwardTriple",
+    "REQUEST_TYPES",
+]

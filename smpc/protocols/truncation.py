@@ -7,13 +7,14 @@ never a large error for inputs inside the documented range.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 
 from .. import ring
 from ..comm.base import Communicator
-from ..dealer.base import Dealer, TruncPair
+from ..dealer.base import Component, Dealer, Kind
 from ..sharing import add_public_, data_shape
 
 __all__ = ["trunc", "trunc_many", "finish", "trunc_local", "TRUNC_BOUND_BITS"]
@@ -54,7 +55,7 @@ def trunc_many(
 ) -> list[torch.Tensor]:
     """:func:`trunc` of several values, each by its own number of bits, in one round.
 
-    Protocol: one :class:`~smpc.dealer.base.TruncPair` per value, every masked
+    Protocol: one :class:`TruncPair` per value, every masked
     ``x + 2^62 + r`` opened in one batched opening, then each finish.
     Cost: 1 round; one ring element per element to each other party.
     """
@@ -107,3 +108,62 @@ def trunc_local(comm: Communicator, x: torch.Tensor, frac_bits: int) -> torch.Te
         out[1] = -((-x[1]) >> frac_bits)
         return out
     return x >> frac_bits if comm.rank == 0 else -((-x) >> frac_bits)
+
+
+# ----------------------------------------------------------------- dealer requests
+
+
+def trunc_material(r: torch.Tensor, frac_bits: int) -> dict[str, torch.Tensor]:
+    """The dealer's truncation material of a mask ``r``: ``neg_r_hi``, ``s`` (:func:`trunc`)."""
+    f = frac_bits
+    # r >> 63 is all ones exactly when msb(r) = 1 (arithmetic shift).
+    return {"neg_r_hi": -((r & ((1 << 63) - 1)) >> f), "s": (r >> 63) & (1 << (63 - f))}
+
+
+@dataclass(frozen=True, slots=True)
+class TruncPair:
+    """Material to truncate by ``frac_bits``.
+
+    ``r`` uniform, ``neg_r_hi = -((r mod 2^63) >> f)``, ``s = msb(r) * 2^(63 - f)``.
+    """
+
+    shape: tuple[int, ...]
+    frac_bits: int
+
+    def components(self) -> tuple[Component, ...]:
+        """Random components first, then derived ones."""
+        return (
+            Component("r", Kind.RANDOM, self.shape),
+            Component("neg_r_hi", Kind.DERIVED, self.shape),
+            Component("s", Kind.DERIVED, self.shape),
+        )
+
+    def derive(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Plain derived values from the plain random ones."""
+        return trunc_material(values["r"], self.frac_bits)
+
+    def derive_batch(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """:meth:`derive` (elementwise: any leading batch axis)."""
+        return self.derive(values)
+
+    def fused_correction(
+        self,
+        shared: Mapping[str, torch.Tensor],
+        private: Mapping[str, torch.Tensor],
+        partial: Mapping[str, torch.Tensor],
+        out: Mapping[str, torch.Tensor],
+    ) -> bool:
+        """The corrections in one pass over ``r`` and the partial rows."""
+        rows = shared["r"]
+        return ring.fused_trunc_correct(
+            rows[0] if rows.shape[0] == 1 else rows.sum(0),
+            (partial["neg_r_hi"], partial["s"]),
+            (out["neg_r_hi"], out["s"]),
+            self.frac_bits,
+        )
+
+
+REQUEST_TYPES: tuple[type, ...] = (TruncPair,)
+"""The request classes of this module (what a provider must accept to serve it)."""
+
+__all__ += ["TruncPair", "trunc_material", "REQUEST_TYPES"]

@@ -17,7 +17,9 @@ from hypothesis import strategies as st
 
 from smpc import ProtocolError, ring
 from smpc.codec import TENSOR_DTYPES, Codec, check_length, decode_tensor, encode_tensor
-from smpc.dealer.base import Batch, BilinearTriple, MulTriple, TruncPair
+from smpc.dealer.base import Batch
+from smpc.protocols.beaver import BilinearTriple, MulTriple
+from smpc.protocols.truncation import TruncPair
 
 
 class Colour(enum.StrEnum):

@@ -7,6 +7,7 @@ import torch
 
 import smpc
 from smpc.prg import AesPrg
+from smpc.protocols.beaver import MulTriple
 from smpc.sharing import additive_shares, reconstruct
 
 
@@ -57,7 +58,7 @@ def test_beaver_openings_differ_across_runs() -> None:
     for _ in range(2):
         with smpc.Session(parties=2) as sess:
             xs = sess.share(x)
-            t = sess.dealer.request(smpc.dealer.MulTriple((2,), (2,)))
+            t = sess.dealer.request(MulTriple((2,), (2,)))
             seen.append((xs.share - t["a"]).sum(0))
     assert not torch.equal(seen[0], seen[1])
 

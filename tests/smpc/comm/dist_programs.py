@@ -16,9 +16,9 @@ from typing import Any
 import torch
 
 import smpc
-from smpc.dealer.base import MulTriple
 from smpc.errors import PartyTimeoutError
 from smpc.protocols import beaver, truncation
+from smpc.protocols.beaver import MulTriple
 from smpc.sharing import additive_shares
 
 FRAC = 16

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from smpc.dealer import base
-from smpc.dealer.base import (
-    KeepingMatmulTruncTriple,
-    KeptMasks,
-    LinearBackwardTriple,
-    OperandMask,
-)
+from smpc.dealer.base import KeptMasks
 from smpc.errors import DealerError
+from smpc.protocols.beaver import KeepingMatmulTruncTriple, LinearBackwardTriple, OperandMask
 
 
 def _forward(key: int) -> KeepingMatmulTruncTriple:
@@ -73,3 +71,79 @@ def test_rollback_undoes_keeps_releases_and_evictions(monkeypatch: pytest.Monkey
     kept.release(_backward(-2))
     kept.commit()
     assert len(kept) == 0
+
+
+# ----------------------------------------------------------------- typed opt-ins
+def test_each_request_class_declares_its_opt_ins() -> None:
+    from smpc import ring
+    from smpc.protocols import beaver, compare, convert, truncation
+
+    want = {  # class: (fused, keeps, uses, elementwise)
+        beaver.MulTriple: (False, False, False, True),
+        beaver.SquarePair: (False, False, False, True),
+        beaver.BilinearTriple: (False, False, False, False),
+        beaver.MulTruncTriple: (True, False, False, True),
+        beaver.BilinearTruncTriple: (True, False, False, False),
+        beaver.OperandMask: (False, True, False, False),
+        beaver.KeptBilinearTruncTriple: (True, False, True, False),
+        beaver.KeepingMatmulTruncTriple: (True, True, False, False),
+        beaver.LinearBackwardTriple: (True, False, True, False),
+        truncation.TruncPair: (True, False, False, True),
+        base.Batch: (True, False, False, False),
+    }
+    for cls, flags in want.items():
+        got = tuple(
+            issubclass(cls, p)
+            for p in (base.FusedCorrection, base.KeepsMasks, base.UsesMasks, base.Elementwise)
+        )
+        assert got == flags, cls.__name__
+    for cls in (*want, *beaver.REQUEST_TYPES, *truncation.REQUEST_TYPES):
+        assert issubclass(cls, base.Request)
+    for cls in (compare.LtzMaterial, convert.BitPair):
+        assert issubclass(cls, base.Request)
+    assert not issubclass(ring.MatmulOp, base.Request)  # carried by requests, not one itself
+
+
+def test_a_request_without_opt_ins_gets_the_defaults() -> None:
+    from dataclasses import dataclass
+
+    from smpc.dealer.base import Component, Kind, fused_correction, kept_keys, poolable, used_keys
+
+    @dataclass(frozen=True)
+    class Plain:
+        shape: tuple[int, ...]
+
+        def components(self) -> tuple[Component, ...]:
+            return (Component("a", Kind.RANDOM, self.shape),)
+
+        def derive(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return {}
+
+    req = Plain((3,))
+    assert kept_keys(req) == () and used_keys(req) == () and not poolable(req)
+    assert not fused_correction(req, {}, {}, {}, {})
+    kept = KeptMasks()
+    kept.keep(req, {})
+    kept.release(req)
+    assert len(kept) == 0 and kept.values(req) == {}
+    with pytest.raises(DealerError, match="must be an elementwise request; got a Plain"):
+        base.Batch(req, 4).components()
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    shape=st.lists(st.integers(1, 9), min_size=0, max_size=3),
+    broadcast=st.booleans(),
+)
+def test_small_elementwise_requests_are_pooled(shape: list[int], broadcast: bool) -> None:
+    from smpc import ring
+    from smpc.protocols.beaver import BilinearTriple, MulTriple, OperandMask
+
+    a = tuple(shape)
+    b = a[1:] if broadcast and a else a
+    numel = max(1, int(torch.tensor(a).prod()) if a else 1)
+    same_rank = len(a) == len(b)
+    assert base.poolable(MulTriple(a, b)) == (same_rank and numel <= base.POOLED_NUMEL)
+    if len(a) == 2:
+        assert not base.poolable(BilinearTriple(ring.MatmulOp(), a, a[::-1]))  # not elementwise
+    assert not base.poolable(OperandMask(a, 1))  # keeps its mask

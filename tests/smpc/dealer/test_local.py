@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 
 from smpc import ring
 from smpc.comm.stats import Stats
-from smpc.dealer.base import POOL, BilinearTriple, MulTriple, SquarePair, poolable
+from smpc.dealer.base import POOL, poolable
 from smpc.dealer.local import LocalDealer, generate_stacked
 from smpc.prg import AesPrg, key_from_seed
+from smpc.protocols.beaver import BilinearTriple, MulTriple, SquarePair
 from smpc.protocols.convert import BitPair
 
 from ...strategies import broadcastable_pair, party_counts, shapes

@@ -18,20 +18,22 @@ from torch.distributed import HashStore
 from smpc import ring
 from smpc.comm.framing import MessageKind
 from smpc.comm.torchdist import TorchDistCommunicator
-from smpc.dealer.base import (
-    Component,
+from smpc.dealer.base import Component, Kind, request_codec
+from smpc.dealer.trusted import DealerStats, TrustedDealer, TrustedDealerClient
+from smpc.errors import DealerError, PartyTimeoutError, ProtocolError
+from smpc.protocols import beaver, truncation
+from smpc.protocols.beaver import (
     KeepingMatmulTruncTriple,
     KeptBilinearTruncTriple,
-    Kind,
     LinearBackwardTriple,
     MulTriple,
     OperandMask,
-    TruncPair,
-    request_codec,
 )
-from smpc.dealer.trusted import DealerStats, TrustedDealer, TrustedDealerClient
-from smpc.errors import DealerError, PartyTimeoutError, ProtocolError
+from smpc.protocols.truncation import TruncPair
 from smpc.ring import MatmulOp
+
+# The request classes these tests send (a provider decodes only the classes it is given).
+REQUESTS = (*beaver.REQUEST_TYPES, *truncation.REQUEST_TYPES)
 
 
 def _serve(
@@ -53,7 +55,10 @@ def _serve(
         return run
 
     def dealer() -> None:
-        stats.append(TrustedDealer(2, store=store, seed=1, timeout=30, speculate=speculate).serve())
+        provider = TrustedDealer(
+            2, store=store, seed=1, timeout=30, speculate=speculate, request_types=REQUESTS
+        )
+        stats.append(provider.serve())
 
     def run_party(rank: int) -> None:
         comm = TorchDistCommunicator(rank, 2, store=store, timeout=30)
@@ -226,7 +231,8 @@ def _run_roles(
 
     def dealer() -> None:
         try:
-            out["dealer"] = TrustedDealer(2, store=store, seed=1, **dealer_kwargs).serve()
+            kwargs = {"request_types": REQUESTS, **dealer_kwargs}
+            out["dealer"] = TrustedDealer(2, store=store, seed=1, **kwargs).serve()
         except BaseException as e:  # the test inspects it
             out["dealer"] = e
         on_dealer_exit()

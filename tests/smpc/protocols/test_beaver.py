@@ -123,7 +123,7 @@ def test_fixed_point_mul_cost() -> None:
 
 def test_pooled_small_triples_are_valid_and_fresh() -> None:
     """Small elementwise requests come from a vectorised pool: each is a valid, fresh triple."""
-    from smpc.dealer import MulTriple
+    from smpc.protocols.beaver import MulTriple
 
     with smpc.Session(parties=3) as sess:
         seen = []
@@ -166,8 +166,8 @@ def test_kept_operand_products_match_plaintext_and_send_only_the_left_operand(
 
 
 def test_kept_mask_unknown_key_is_a_clear_error() -> None:
-    from smpc.dealer.base import KeptBilinearTruncTriple
     from smpc.errors import DealerError
+    from smpc.protocols.beaver import KeptBilinearTruncTriple
 
     with smpc.Session(parties=2) as sess:
         req = KeptBilinearTruncTriple(ring.MatmulOp(), (2, 3), (3, 4), 16, key=99)
