@@ -1,13 +1,15 @@
 """Additive and XOR secret sharing, and party-local helpers (sharing layer: no communication).
 
 ``[x]`` denotes additive shares: ``x = sum_i x_i mod 2^64``. Functions take the
-runtime's :class:`~smpc.comm.base.Communicator` only to know whether shares carry
-the party axis (simulation) and which party this is (distributed), so that
-protocol code never branches on the runtime itself.
+runtime's :class:`~smpc.comm.base.Communicator` only for the layout of its
+shares: whether they carry the party axis (``party_axis``, :func:`lead`) and
+where party 0's share is (``holds_party0``, ``party0_share``, ``other_shares``),
+so that protocol code never branches on the runtime itself.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -25,6 +27,9 @@ __all__ = [
     "add_public",
     "add_public_",
     "addcmul_public_",
+    "xor_public",
+    "xor_public_",
+    "per_party",
     "public_share",
     "lead",
     "data_dim",
@@ -81,7 +86,7 @@ def add_public(comm: Communicator, share: torch.Tensor, public: torch.Tensor | i
         out = share.expand(share.shape[0], *shape).clone()
         out[0] += public
         return out
-    if comm.rank == 0:
+    if comm.holds_party0:
         return share + public
     shape = ring.broadcast_shapes(share.shape, public.shape)
     return share.expand(shape).clone() if shape != share.shape else share
@@ -94,10 +99,9 @@ def add_public_(
 
     Cost: local, 0 rounds.
     """
-    if comm.party_axis:
-        share[0] += public
-    elif comm.rank == 0:
-        share += public
+    p0 = comm.party0_share(share)
+    if p0 is not None:
+        p0 += public
     return share
 
 
@@ -105,11 +109,57 @@ def addcmul_public_(
     comm: Communicator, share: torch.Tensor, a: torch.Tensor, b: torch.Tensor
 ) -> torch.Tensor:
     """In place: party 0 adds the public product ``a * b`` to a fresh share (one fused pass)."""
-    if comm.party_axis:
-        share[0].addcmul_(a, b)
-    elif comm.rank == 0:
-        share.addcmul_(a, b)
+    p0 = comm.party0_share(share)
+    if p0 is not None:
+        p0.addcmul_(a, b)
     return share
+
+
+def xor_public(comm: Communicator, share: torch.Tensor, public: torch.Tensor | int) -> torch.Tensor:
+    """XOR shares of ``w ^ p`` from XOR shares of ``w`` and a public ``p`` (party 0 applies it).
+
+    Cost: local, 0 rounds.
+    """
+    if comm.party_axis:
+        out = share.clone()
+        out[0] ^= public
+        return out
+    return share ^ public if comm.holds_party0 else share
+
+
+def xor_public_(
+    comm: Communicator, share: torch.Tensor, public: torch.Tensor | int
+) -> torch.Tensor:
+    """In place: party 0's XOR share of a fresh tensor absorbs a public word. Cost: local."""
+    p0 = comm.party0_share(share)
+    if p0 is not None:
+        p0 ^= public
+    return share
+
+
+def per_party(
+    comm: Communicator,
+    share: torch.Tensor,
+    first: Callable[[torch.Tensor], torch.Tensor],
+    rest: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """Party 0's share mapped by ``first``, every other party's by ``rest`` (shape-preserving).
+
+    For a local step whose rule differs between the parties (e.g. SecureML's
+    local truncation). Cost: local, 0 rounds.
+    """
+    x0, xr = comm.party0_share(share), comm.other_shares(share)
+    if xr is None:
+        assert x0 is not None  # a runtime holds some party's share
+        return first(x0)
+    if x0 is None:
+        return rest(xr)
+    out = torch.empty_like(share)
+    out0, outr = comm.party0_share(out), comm.other_shares(out)
+    assert out0 is not None and outr is not None  # the same layout as ``share``
+    out0.copy_(first(x0))
+    outr.copy_(rest(xr))
+    return out
 
 
 def public_share(comm: Communicator, public: torch.Tensor) -> torch.Tensor:
@@ -118,4 +168,4 @@ def public_share(comm: Communicator, public: torch.Tensor) -> torch.Tensor:
         out = torch.zeros((comm.world_size, *public.shape), dtype=torch.int64)
         out[0] = public
         return out
-    return public.clone() if comm.rank == 0 else torch.zeros_like(public)
+    return public.clone() if comm.holds_party0 else torch.zeros_like(public)

@@ -5,7 +5,11 @@ is a ``torch.int64`` tensor. In the in-process simulation one tensor holds the
 shares of *every* party along a leading party axis (``party_axis = True``), so
 one torch op does all parties' local work; in the distributed runtime it is
 this party's share only. Protocols stay agnostic by using negative dims for
-data axes and the helpers of :mod:`smpc.sharing` for party-dependent steps.
+data axes and the helpers of :mod:`smpc.sharing` for party-dependent steps,
+which reach party 0's share (the one that absorbs public values) through
+:attr:`Communicator.holds_party0`, :meth:`Communicator.party0_share` and
+:meth:`Communicator.other_shares`: the runtime's layout stays behind this
+interface.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ class Communicator(Protocol):
         world_size: number of computing parties (the dealer is not counted).
         rank: this party's index, or ``None`` when this object runs all parties.
         party_axis: whether shares carry a leading axis of size ``world_size``.
+        holds_party0: whether this runtime holds party 0's share (the one that
+            absorbs public values: every share in simulation, rank 0's otherwise).
         stats: rounds and bytes, per op label.
         timeout: seconds to wait for a peer before raising ``PartyTimeoutError``.
     """
@@ -34,10 +40,27 @@ class Communicator(Protocol):
     world_size: int
     rank: int | None
     party_axis: bool
+    holds_party0: bool
     stats: Stats
     timeout: float
     #: the ``meta`` number the last :meth:`share_from` received (``None`` if none came)
     received_meta: int | None
+
+    def party0_share(self, share: torch.Tensor) -> torch.Tensor | None:
+        """Party 0's share within this runtime's ``share`` (a view), or ``None`` if not held here.
+
+        Writing into it changes ``share``: party 0 alone adds a public value to a
+        fresh share (see :func:`smpc.sharing.add_public_`). Cost: local.
+        """
+        ...
+
+    def other_shares(self, share: torch.Tensor) -> torch.Tensor | None:
+        """The shares of parties ``1 .. n-1`` within this runtime's ``share`` (a view), or ``None``.
+
+        With :meth:`party0_share`, a party-dependent local step: one rule for
+        party 0, another for the rest (see :func:`smpc.sharing.per_party`).
+        """
+        ...
 
     def open(self, shares: Sequence[torch.Tensor], label: str) -> list[torch.Tensor]:
         """Reconstruct several shared values to every party in one round.

@@ -44,6 +44,7 @@ class LocalCommunicator:
     """All parties simulated in this process (shares stacked on a party axis)."""
 
     party_axis = True
+    holds_party0 = True
     rank: int | None = None
     received_meta: int | None = None  # every party is here: nothing is received
 
@@ -56,6 +57,12 @@ class LocalCommunicator:
     def _check(self) -> None:
         if self._closed:
             raise SessionClosedError("the session is closed; create a new Session")
+
+    def party0_share(self, share: torch.Tensor) -> torch.Tensor:
+        return share[0]
+
+    def other_shares(self, share: torch.Tensor) -> torch.Tensor:
+        return share[1:]
 
     def open(self, shares: Sequence[torch.Tensor], label: str) -> list[torch.Tensor]:
         self._check()

@@ -153,6 +153,7 @@ class TorchDistCommunicator:
             raise ValueError(f"`timeout` must be > 0 seconds; got {timeout}")
         self.rank: int | None = rank
         self._rank = rank
+        self.holds_party0 = rank == 0
         self.world_size = world_size
         self.dealer_rank = world_size
         self.timeout = float(timeout)
@@ -246,6 +247,12 @@ class TorchDistCommunicator:
         return got
 
     # ----------------------------------------------------------------- Communicator
+    def party0_share(self, share: torch.Tensor) -> torch.Tensor | None:
+        return share if self.holds_party0 else None
+
+    def other_shares(self, share: torch.Tensor) -> torch.Tensor | None:
+        return None if self.holds_party0 else share
+
     def open_masked(
         self, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], label: str
     ) -> list[torch.Tensor]:

@@ -15,7 +15,7 @@ from .. import ring
 from ..comm.base import Communicator
 from ..dealer.base import Component, Dealer, Kind
 from ..errors import ShapeError
-from ..sharing import add_public, add_public_, addcmul_public_, data_shape
+from ..sharing import add_public, add_public_, addcmul_public_, data_shape, lead
 from . import truncation
 
 __all__ = [
@@ -42,7 +42,7 @@ def _shape(comm: Communicator, share: torch.Tensor) -> tuple[int, ...]:
 
 def _first(comm: Communicator) -> bool:
     """Whether the local share rows start with party 0's (which adds public terms)."""
-    return bool(comm.party_axis) or comm.rank == 0
+    return comm.holds_party0
 
 
 def mul(comm: Communicator, dealer: Dealer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -147,7 +147,7 @@ def _apply(
     comm: Communicator, op: ring.BilinearOp, x: torch.Tensor, y: torch.Tensor, *, share_left: bool
 ) -> torch.Tensor:
     """``op`` between a share (with a possible party axis) and a public tensor."""
-    if isinstance(op, ring.MatmulOp) or not comm.party_axis:
+    if isinstance(op, ring.MatmulOp) or not lead(comm):
         return op(x, y)
     # convolutions: fold the party axis into the batch (share on the left) or the
     # output channels (share on the right).

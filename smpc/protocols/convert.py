@@ -21,6 +21,7 @@ import torch
 
 from ..comm.base import Communicator
 from ..dealer.base import Component, Dealer, Kind
+from ..sharing import xor_public
 
 __all__ = [
     "xor_public",
@@ -29,20 +30,6 @@ __all__ = [
     "BitPair",
     "b2a",
 ]
-
-
-def xor_public(comm: Communicator, share: torch.Tensor, public: torch.Tensor | int) -> torch.Tensor:
-    """XOR shares of ``w ^ p`` from XOR shares of ``w`` and a public ``p`` (party 0 applies it).
-
-    Cost: local, 0 rounds.
-    """
-    if comm.party_axis:
-        out = share.clone()
-        out[0] ^= public
-        return out
-    if comm.rank == 0:
-        return share ^ public
-    return share
 
 
 def field_width(world_size: int) -> int:

@@ -15,7 +15,7 @@ import torch
 from .. import ring
 from ..comm.base import Communicator
 from ..dealer.base import Component, Dealer, Kind
-from ..sharing import add_public_, data_shape
+from ..sharing import add_public_, data_shape, per_party
 
 __all__ = ["trunc", "trunc_many", "finish", "trunc_local", "TRUNC_BOUND_BITS"]
 
@@ -76,9 +76,7 @@ def finish(
 ) -> torch.Tensor:
     """Steps 4-5 of :func:`trunc`, from the opened ``c = x + 2^62 + r``. Cost: local."""
     f = frac_bits
-    fused = ring.fused_trunc_finish(
-        c, neg_r_hi, s, f, first=bool(comm.party_axis) or comm.rank == 0
-    )
+    fused = ring.fused_trunc_finish(c, neg_r_hi, s, f, first=comm.holds_party0)
     if fused is not None:
         return fused
     # (c mod 2^63) >> f + msb(c) 2^(63-f) is the logical shift of c read as unsigned.
@@ -102,12 +100,8 @@ def trunc_local(comm: Communicator, x: torch.Tensor, frac_bits: int) -> torch.Te
     """
     if comm.world_size != 2:
         raise ValueError(f"local truncation needs world_size == 2; got {comm.world_size}")
-    if comm.party_axis:
-        out = torch.empty_like(x)
-        out[0] = x[0] >> frac_bits
-        out[1] = -((-x[1]) >> frac_bits)
-        return out
-    return x >> frac_bits if comm.rank == 0 else -((-x) >> frac_bits)
+    f = frac_bits
+    return per_party(comm, x, lambda s: s >> f, lambda s: -((-s) >> f))
 
 
 # ----------------------------------------------------------------- dealer requests
