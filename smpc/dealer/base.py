@@ -165,6 +165,18 @@ class Elementwise(Request, Protocol):
         ...
 
 
+def _elementwise(req: Request) -> bool:
+    """Whether ``req`` is :class:`Elementwise`.
+
+    Transitional: a request class that still declares the class attribute
+    ``elementwise = True`` instead (the comparison material of
+    :mod:`smpc.protocols.compare`, until it implements :class:`Elementwise`)
+    counts too; its ``derive`` takes the batch axis.
+    """
+    cls = type(req)
+    return issubclass(cls, Elementwise) or getattr(cls, "elementwise", False) is True
+
+
 def fused_correction(
     req: Request,
     shared: Mapping[str, torch.Tensor],
@@ -319,7 +331,7 @@ def poolable(req: Request) -> bool:
     :class:`Elementwise` requests whose components have one rank and at most
     :data:`POOLED_NUMEL` elements each, keeping and reusing nothing.
     """
-    if not issubclass(type(req), Elementwise) or kept_keys(req) or used_keys(req):
+    if not _elementwise(req) or kept_keys(req) or used_keys(req):
         return False
     comps = req.components()
     return len({len(c.shape) for c in comps}) == 1 and all(
@@ -339,7 +351,7 @@ class Batch:
     count: int
 
     def components(self) -> tuple[Component, ...]:
-        if not issubclass(type(self.req), Elementwise):
+        if not _elementwise(self.req):
             raise DealerError(
                 f"Batch: `req` must be an elementwise request; got a {type(self.req).__name__}"
             )
@@ -348,7 +360,9 @@ class Batch:
         )
 
     def derive(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return cast(Elementwise, self.req).derive_batch(values)  # checked by components()
+        if issubclass(type(self.req), Elementwise):
+            return cast(Elementwise, self.req).derive_batch(values)
+        return self.req.derive(values)  # a transitional elementwise request (see _elementwise)
 
     def fused_correction(
         self,

@@ -101,6 +101,11 @@ def test_each_request_class_declares_its_opt_ins() -> None:
         assert issubclass(cls, base.Request)
     for cls in (compare.LtzMaterial, convert.BitPair):
         assert issubclass(cls, base.Request)
+    # comparison material (elementwise) is pooled; a product's triple of many elements is not
+    assert base.poolable(compare.LtzMaterial((4,))) and base.poolable(
+        compare.LtzMaterial((4,), True)
+    )
+    assert not base.poolable(compare.LtzMaterial((100,)))
     assert not issubclass(ring.MatmulOp, base.Request)  # carried by requests, not one itself
 
 
