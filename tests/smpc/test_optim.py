@@ -7,6 +7,7 @@ import torch
 
 import smpc
 import smpc.optim
+from smpc.autograd.tape import WideGrad
 
 
 @pytest.mark.parametrize("momentum,weight_decay", [(0.0, 0.0), (0.9, 0.0), (0.5, 0.01)])
@@ -106,7 +107,7 @@ def test_sgd_on_linear_layers_matches_torch_with_gradients_kept_wide(
             opt.zero_grad()
             smpc.nn.MSELoss()(enc(sess.share(x)), sess.share(y)).backward()
             weights = [p for p in enc.parameters() if p.dim() == 2]
-            assert all((p._wide_grad is not None) == (frac_bits == 16) for p in weights)
+            assert all((p.wide_grad is not None) == (frac_bits == 16) for p in weights)
             before = sess.stats.snapshot()
             opt.step()
             used = sess.stats - before
@@ -123,7 +124,7 @@ def test_sgd_truncates_wide_gradients_first_when_the_range_is_short() -> None:
         ps = [sess.share(torch.zeros(3), requires_grad=True) for _ in range(2)]
         g = torch.tensor([0.5, -1.0, 2.0])
         for p in ps:
-            p._add_wide_grad(sess.share(g).share * (1 << 20))
+            p.add_wide_grad(WideGrad(sess.share(g).share * (1 << 20)))
         opt = smpc.optim.SGD(ps, lr=0.5)
         before = sess.stats.rounds
         opt.step()
@@ -242,7 +243,7 @@ def test_adam_trains_linear_layers_like_torch(world_size: int) -> None:
             topt.step()
             opt.zero_grad()
             smpc.nn.MSELoss()(enc(sess.share(x)), sess.share(y)).backward()
-            assert any(p._wide_grad is not None for p in enc.parameters())
+            assert any(p.wide_grad is not None for p in enc.parameters())
             opt.step()
         got = enc.decrypt().state_dict()
         for k, v in ref.state_dict().items():
