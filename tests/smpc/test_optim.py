@@ -293,3 +293,34 @@ def test_adam_bad_arguments() -> None:
         pytest.raises(ValueError, match="frac_bits <= 16"),
     ):
         smpc.optim.Adam([sess.share(torch.ones(2), requires_grad=True)])
+
+
+def test_only_optimizers_that_fold_wide_gradients_ask_for_them() -> None:
+    """SGD and Adam mark their parameters ``keep_wide_grad``; a subclass of
+    Optimizer that does not declare ``folds_wide_grads`` gets ready ``.grad``s."""
+
+    class PlainSGD(smpc.optim.Optimizer):
+        def step(self) -> None:
+            self.stepped = []
+            for p in self.params:
+                assert p.grad is not None
+                self.stepped.append(p - p.grad * 0.5)
+
+    torch.manual_seed(6)
+    w0, x, y = torch.randn(2, 3), torch.randn(4, 3), torch.randn(4, 2)
+    tw = w0.clone().requires_grad_()
+    torch.nn.functional.mse_loss(torch.nn.functional.linear(x, tw), y).backward()
+    assert tw.grad is not None
+    with smpc.Session(2) as sess:
+        ps = [sess.share(w0, requires_grad=True) for _ in range(3)]
+        smpc.optim.SGD([ps[0]], lr=0.5)
+        smpc.optim.Adam([ps[1]])
+        opt = PlainSGD([ps[2]])
+        assert [p.keep_wide_grad for p in ps] == [True, True, False]
+        assert not PlainSGD.folds_wide_grads and smpc.optim.SGD.folds_wide_grads
+        xs, ys = sess.share(x), sess.share(y)
+        smpc.functional.mse_loss(smpc.functional.linear(xs, ps[2]), ys).backward()
+        assert ps[2].wide_grad is None
+        opt.step()
+        got = opt.stepped[0].reveal()
+    torch.testing.assert_close(got, (w0 - 0.5 * tw.grad).detach(), atol=2e-3, rtol=0)
