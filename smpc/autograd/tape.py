@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from ..errors import SessionMismatchError
 from ..sharing import public_share
 from ..tensor import SharedTensor, WideGrad
 
@@ -146,7 +147,17 @@ def materialize_grads(tensors: Iterable[SharedTensor]) -> None:
     batched form of :meth:`~smpc.tensor.SharedTensor.materialize_grad`: one
     truncation request and one round for all of them, none if nothing is
     pending. Every party must call it at the same point of the program.
+
+    Raises:
+        TypeError: an element is not a SharedTensor.
+        SessionMismatchError: the tensors belong to different sessions.
     """
+    tensors = list(tensors)
+    for i, t in enumerate(tensors):
+        if not isinstance(t, SharedTensor):
+            raise TypeError(f"`tensors[{i}]` must be a SharedTensor; got {type(t).__name__}")
+        if t.session is not tensors[0].session:
+            raise SessionMismatchError("`tensors` must all belong to one session")
     pending = [(t, wg) for t in tensors if (wg := t.take_wide_grad()) is not None]
     if not pending:
         return

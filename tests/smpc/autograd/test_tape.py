@@ -300,3 +300,7 @@ def test_wide_grad_contract_checks_its_input_and_hides_values() -> None:
         assert w.take_wide_grad() is None and w.materialize_grad() is None
         w.add_wide_grad(wg)
         assert w.take_wide_grad() is wg and not w.has_grad
+        with pytest.raises(TypeError, match=r"tensors\[1\]"):
+            materialize_grads([w, w.share])  # type: ignore[list-item]
+        with smpc.Session(2) as other, pytest.raises(smpc.SessionMismatchError):
+            materialize_grads([w, other.share(torch.ones(1))])
