@@ -192,8 +192,18 @@ class Partition:
         return [(features[ix], y[ix]) for ix in self.indices]
 
     def plot(self, path: str | Path) -> Path:
-        """Save the class histogram as a stacked bar chart (PNG)."""
-        import matplotlib
+        """Save the class histogram as a stacked bar chart (PNG).
+
+        Raises:
+            ImportError: ``matplotlib`` (the ``demo`` extra) is not installed.
+        """
+        try:
+            import matplotlib
+        except ImportError as e:
+            raise ImportError(
+                "plotting needs `matplotlib`, which is not installed; it comes with the "
+                "demo extra: pip install 'smpc-fl[demo]'"
+            ) from e
 
         matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt

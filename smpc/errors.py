@@ -19,6 +19,7 @@ __all__ = [
     "DealerError",
     "SecretBranchError",
     "UnsupportedModuleError",
+    "GradientPendingError",
 ]
 
 
@@ -73,3 +74,12 @@ class SecretBranchError(SmpcError, TypeError):
 
 class UnsupportedModuleError(SmpcError, TypeError):
     """A torch module contains layers that cannot be encrypted."""
+
+
+class GradientPendingError(SmpcError, RuntimeError):
+    """A gradient is held before its fixed-point truncation and was read as ``.grad``.
+
+    Raised by :attr:`smpc.SharedTensor.grad` for a parameter whose optimizer keeps
+    its gradient wide (see :attr:`smpc.SharedTensor.keep_wide_grad`): call
+    :meth:`smpc.SharedTensor.materialize_grad` (one truncation round) first.
+    """

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import ClassVar
 
 import torch
 
 from . import nonlinear as nl
 from . import ops
-from .autograd.tape import WIDE_MAX_FRAC_BITS
+from .autograd.tape import WIDE_MAX_FRAC_BITS, materialize_grads
 from .ops import rescale_many
 from .protocols import beaver
 from .tensor import SharedTensor
@@ -44,7 +45,23 @@ def _enc(v: float, frac_bits: int) -> int:
 
 
 class Optimizer:
-    """Base class: holds the parameters, ``zero_grad``."""
+    """Base class: holds the parameters, ``zero_grad``.
+
+    The wide-gradient contract: a subclass that sets :attr:`folds_wide_grads`
+    gets its parameters marked :attr:`~smpc.tensor.SharedTensor.keep_wide_grad`,
+    so that ``backward()`` leaves a ``linear`` weight's gradient before its
+    truncation (:attr:`~smpc.tensor.SharedTensor.wide_grad`, scale ``2^(2f)``);
+    its :meth:`step` must then use ``p.wide_grad`` when it is set (``p.grad``
+    raises :class:`~smpc.errors.GradientPendingError` meanwhile) and truncate
+    it, e.g. with its own update. A subclass that does not set it reads
+    ``p.grad`` as usual.
+
+    Attributes:
+        folds_wide_grads: whether :meth:`step` takes wide gradients (class
+            attribute; ``False`` here, ``True`` for :class:`SGD` and :class:`Adam`).
+    """
+
+    folds_wide_grads: ClassVar[bool] = False
 
     def __init__(self, params: Iterable[SharedTensor]) -> None:
         self.params: list[SharedTensor] = list(params)
@@ -59,6 +76,9 @@ class Optimizer:
         if any(p.session is not sess for p in self.params):
             raise ValueError("all parameters must belong to one session")
         self.session = sess
+        if self.folds_wide_grads:
+            for p in self.params:
+                p.keep_wide_grad = True
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Clear the gradients."""
@@ -80,8 +100,12 @@ class SGD(Optimizer):
         weight_decay: L2 penalty (public, default 0).
 
     Cost per step: one truncation round (all parameters batched), no Beaver
-    products (the hyper-parameters are public).
+    products (the hyper-parameters are public). A ``linear`` weight's gradient
+    reaches the step before its truncation (:attr:`Optimizer.folds_wide_grads`)
+    and is truncated with the update.
     """
+
+    folds_wide_grads: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -128,22 +152,18 @@ class SGD(Optimizer):
         if not active:
             return
         if f > WIDE_MAX_FRAC_BITS:  # wide gradients set by hand: truncate them first
-            pending = [
-                (q, wg) for i in active if (wg := (q := self.params[i])._wide_grad) is not None
-            ]
-            if pending:  # all in one round
-                done = rescale_many(sess, [(wg, f) for _, wg in pending])
-                for (q, _), share in zip(pending, done, strict=True):
-                    q.grad = SharedTensor(share, sess)
+            materialize_grads(self.params[i] for i in active)  # all in one round (if any)
         # With any wide gradient, every update is formed at scale 2^3f (the others'
         # terms times 2^f, exact) and all are truncated by 2f: one truncation request.
-        wide = any(self.params[i]._wide_grad is not None for i in active)
+        wide = any(self.params[i].wide_grad is not None for i in active)
         lift = f if wide else 0
         grads: list[torch.Tensor] = []
         for i in active:
             p = self.params[i]
-            g_share = p._wide_grad
-            if g_share is None:
+            wg = p.wide_grad
+            if wg is not None:
+                g_share = wg.share
+            else:
                 g = p.grad
                 assert g is not None
                 g_share = g.share
@@ -165,7 +185,7 @@ class SGD(Optimizer):
             n = p.numel()
             u = flat[..., offset : offset + n].view(p.share.shape)
             offset += n
-            torch.mul(g_share, c_g if p._wide_grad is not None else c_g << lift, out=u)
+            torch.mul(g_share, c_g if p.wide_grad is not None else c_g << lift, out=u)
             if wd:
                 u.add_(p.share, alpha=c_p << lift)
             b = self._velocity[i] if mom else None
@@ -238,8 +258,8 @@ class Adam(Optimizer):
       of ``2^-12`` in each step's weight, not accumulated in the bias).
     * A gradient that autograd kept before its truncation (``WideGrad``,
       scale ``2^(2f)``) enters ``m_hat`` untruncated; ``g^2`` uses it truncated
-      to scale ``2^(f + 4)`` (all parameters in one round; reading ``p.grad``
-      would truncate it to ``2^f``), so that small gradients (weight decay
+      to scale ``2^(f + 4)`` (all parameters in one round; ``p.grad`` would
+      need it truncated to ``2^f``), so that small gradients (weight decay
       alone, say) keep 4 more bits in ``v_hat``.
     * ``1 / sqrt(v_hat)`` by :func:`smpc.nonlinear.rsqrt` on six copies of
       ``v_hat`` scaled by ``2^-8, 1, 2^8, 2^16, 2^24, 2^32`` (one batch: the
@@ -270,6 +290,8 @@ class Adam(Optimizer):
     truncation, a short reciprocal and a product), the product ``m_hat r`` and
     two truncations.
     """
+
+    folds_wide_grads: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -334,10 +356,10 @@ class Adam(Optimizer):
         narrow_g: list[torch.Tensor] = []
         need_trunc = wd != 0
         for i, p in zip(active, params, strict=True):
-            wg = p._wide_grad
+            wg = p.wide_grad
             if wg is not None:
                 need_trunc = True
-                share = wg
+                share = wg.share
             else:
                 g = p.grad
                 assert g is not None

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .errors import SecretBranchError, ShapeError
+from .errors import GradientPendingError, SecretBranchError, ShapeError
 from .perf import ThreadPolicy, current_thread_policy
 from .sharing import lead
 
@@ -34,7 +35,44 @@ else:
 
     F = _LazyFunctional()
 
-__all__ = ["SharedTensor", "result_dtype", "tag_results"]
+__all__ = ["SharedTensor", "WideGrad", "result_dtype", "tag_results"]
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class WideGrad:
+    """A gradient share before its fixed-point truncation: scale ``2^(2f)``, not ``2^f``.
+
+    The contract between autograd and the optimizers (``f = frac_bits``, at most
+    16): a :class:`~smpc.autograd.function.Function` may return one for a leaf
+    weight whose gradient is a shared product (``linear``'s ``g^T @ x``);
+    ``backward()`` adds it to the leaf's :attr:`SharedTensor.wide_grad` when the
+    leaf has :attr:`SharedTensor.keep_wide_grad` (and truncates it at once
+    otherwise); the optimizer reads it and truncates it together with the update
+    (one truncation of the weight instead of two: the gradient's bytes, provider
+    material and, for a first layer, a round are saved).
+    :meth:`SharedTensor.materialize_grad` truncates it on request. ``repr``
+    shows only the shape.
+
+    Attributes:
+        share: this runtime's ring shares (the party axis first in simulation),
+            the shape of the tensor's own shares.
+    """
+
+    share: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.share, torch.Tensor) or self.share.dtype != torch.int64:
+            raise TypeError(
+                "`share` must be an int64 ring tensor; got "
+                + (
+                    str(self.share.dtype)
+                    if isinstance(self.share, torch.Tensor)
+                    else type(self.share).__name__
+                )
+            )
+
+    def __repr__(self) -> str:
+        return f"WideGrad(shape={tuple(self.share.shape)})"
 
 
 def _shape_args(shape: tuple[Any, ...]) -> tuple[int, ...]:
@@ -55,11 +93,13 @@ class SharedTensor:
         session: the owning session.
         requires_grad: whether autograd records operations on it.
         grad: gradient (a SharedTensor) after ``backward()``.
+        wide_grad: a gradient kept before its truncation for the optimizer
+            (:class:`WideGrad`), with :attr:`keep_wide_grad`.
     """
 
     __slots__ = (
-        "_share", "session", "requires_grad", "_grad", "_wide_grad", "grad_fn", "_dtype",
-        "__weakref__",
+        "_share", "session", "requires_grad", "_grad", "_wide_grad", "_keep_wide_grad",
+        "grad_fn", "_dtype", "__weakref__",
     )  # fmt: skip
 
     __array_priority__ = 1000  # make torch/numpy defer to our reflected operators
@@ -81,42 +121,125 @@ class SharedTensor:
         self.session = session
         self.requires_grad = requires_grad
         self._grad: SharedTensor | None = None
-        # A gradient share not yet truncated (scale 2^2f): see autograd.tape.WideGrad.
-        self._wide_grad: torch.Tensor | None = None
+        self._wide_grad: WideGrad | None = None
+        self._keep_wide_grad = False
         self.grad_fn: Any = None
 
+    # ------------------------------------------------------------ gradients
     @property
     def grad(self) -> SharedTensor | None:
         """The gradient after ``backward()`` (a SharedTensor), or ``None``.
 
-        A weight's gradient from a shared product (``Linear``) is kept before
-        its fixed-point truncation until it is needed: the optimizer folds that
-        truncation into its update's, and reading ``.grad`` truncates it here
-        (one round, every party at the same point of the program, as for any op).
+        Reading it never communicates. While a wide gradient is pending
+        (:attr:`wide_grad`, kept for an optimizer that folds its truncation into
+        the update: see :attr:`keep_wide_grad`) there is no truncated gradient
+        to return, and reading raises :class:`~smpc.errors.GradientPendingError`;
+        :meth:`materialize_grad` truncates it (one round) and returns it.
+
+        Raises:
+            GradientPendingError: a wide gradient is pending.
         """
-        wide = self._wide_grad
-        if wide is not None:
-            self._wide_grad = None
-            self._grad = SharedTensor(
-                F._rescale_share(self.session, wide), self.session, dtype=self._dtype
+        if self._wide_grad is not None:
+            raise GradientPendingError(
+                "`.grad` is pending its fixed-point truncation: this parameter's "
+                "optimizer keeps the gradient wide to truncate it with the update "
+                "(`keep_wide_grad=True`); call `materialize_grad()` (one round, every "
+                "party at the same point) to read it, or `opt.step()` to use it"
             )
         return self._grad
 
     @grad.setter
     def grad(self, value: SharedTensor | None) -> None:
+        if value is not None and not isinstance(value, SharedTensor):
+            raise TypeError(f"`grad` must be a SharedTensor or None; got {type(value).__name__}")
         self._grad = value
         self._wide_grad = None
 
-    def _add_wide_grad(self, share: torch.Tensor) -> None:
-        """Add a gradient share at scale ``2^2f`` (see :class:`~smpc.autograd.tape.WideGrad`)."""
+    @property
+    def wide_grad(self) -> WideGrad | None:
+        """The pending gradient before its fixed-point truncation, or ``None``.
+
+        Only a leaf with :attr:`keep_wide_grad` gets one from ``backward()`` (a
+        ``linear`` weight's gradient, scale ``2^(2f)``); it then holds the whole
+        gradient (an earlier truncated part is folded in) and :attr:`grad` is
+        unavailable until :meth:`materialize_grad`. Reading it never communicates.
+        """
+        return self._wide_grad
+
+    @property
+    def keep_wide_grad(self) -> bool:
+        """Whether ``backward()`` may leave this leaf's gradient untruncated.
+
+        ``False`` by default: every gradient is truncated inside ``backward()``
+        and :attr:`grad` is ready. :class:`smpc.optim.SGD` and
+        :class:`smpc.optim.Adam` set it on their parameters: a ``linear``
+        weight's gradient then stays at scale ``2^(2f)`` (:attr:`wide_grad`) and
+        the optimizer truncates it together with its update, one truncation
+        instead of two (only for ``frac_bits <= 16``).
+        """
+        return self._keep_wide_grad
+
+    @keep_wide_grad.setter
+    def keep_wide_grad(self, flag: bool) -> None:
+        if not isinstance(flag, bool):
+            raise TypeError(f"`keep_wide_grad` must be a bool; got {type(flag).__name__}")
+        self._keep_wide_grad = flag
+
+    def add_wide_grad(self, grad: WideGrad) -> None:
+        """Accumulate a gradient at scale ``2^(2f)`` into :attr:`wide_grad` (local).
+
+        A truncated gradient already stored is widened exactly (times ``2^f``)
+        and folded in, so that the pending gradient is the whole sum.
+
+        Args:
+            grad: the wide gradient, with this tensor's shape.
+
+        Raises:
+            TypeError: ``grad`` is not a :class:`WideGrad`.
+            ShapeError: its shape is not this tensor's.
+        """
+        if not isinstance(grad, WideGrad):
+            raise TypeError(f"`grad` must be a WideGrad; got {type(grad).__name__}")
+        share = grad.share
+        if tuple(share.shape) != tuple(self._share.shape):
+            raise ShapeError(
+                f"`grad` must have this tensor's shape {tuple(self.shape)}; "
+                f"got shares of shape {tuple(share.shape)}"
+            )
         if self._grad is not None:  # widen the truncated part: exact, x 2^f
             share = share + self._grad.share * (1 << self.frac_bits)
             self._grad = None
-        self._wide_grad = share if self._wide_grad is None else self._wide_grad + share
+        pending = self._wide_grad
+        if pending is not None:
+            self._wide_grad = WideGrad(pending.share + share)
+        else:
+            self._wide_grad = grad if share is grad.share else WideGrad(share)
+
+    def take_wide_grad(self) -> WideGrad | None:
+        """Remove and return the pending wide gradient (local; ``None`` if none)."""
+        pending, self._wide_grad = self._wide_grad, None
+        return pending
+
+    def materialize_grad(self) -> SharedTensor | None:
+        """Truncate a pending wide gradient into :attr:`grad` and return :attr:`grad`.
+
+        Without a pending one this is :attr:`grad` (local). With one, a
+        truncation by ``frac_bits`` (the session's truncation protocol: one
+        round); every party must call it at the same point of the program, as
+        any op that communicates. For many parameters at once,
+        :func:`smpc.autograd.materialize_grads` truncates all in one round.
+        """
+        pending = self._wide_grad
+        if pending is not None:
+            self._wide_grad = None
+            self._grad = SharedTensor(
+                F._rescale_share(self.session, pending.share), self.session, dtype=self._dtype
+            )
+        return self._grad
 
     @property
     def has_grad(self) -> bool:
-        """Whether a gradient is stored (without truncating a pending one)."""
+        """Whether a gradient is stored, truncated or wide (local)."""
         return self._grad is not None or self._wide_grad is not None
 
     # ------------------------------------------------------------ raw access

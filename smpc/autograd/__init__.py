@@ -3,6 +3,8 @@
 * :class:`Function` -- ops with ``forward(ctx, ...)`` / ``backward(ctx, grad)``.
 * :func:`backward` -- reverse topological pass; fills ``.grad`` of leaves and
   frees the graph.
+* :func:`materialize_grads` -- truncate pending wide gradients (the optimizer
+  contract: :attr:`smpc.tensor.SharedTensor.wide_grad`), one round for all.
 * :class:`no_grad`, :class:`enable_grad`, :class:`set_grad_enabled`,
   :func:`is_grad_enabled` -- grad mode, held in a ``ContextVar``.
 """
@@ -10,7 +12,14 @@
 from __future__ import annotations
 
 from .function import Context, Function
-from .tape import backward, enable_grad, is_grad_enabled, no_grad, set_grad_enabled
+from .tape import (
+    backward,
+    enable_grad,
+    is_grad_enabled,
+    materialize_grads,
+    no_grad,
+    set_grad_enabled,
+)
 
 __all__ = [
     "Context",
@@ -18,6 +27,7 @@ __all__ = [
     "backward",
     "enable_grad",
     "is_grad_enabled",
+    "materialize_grads",
     "no_grad",
     "set_grad_enabled",
 ]

@@ -34,7 +34,7 @@ from ..protocols import beaver, compare
 from ..sharing import lead
 from ..tensor import SharedTensor
 from .function import Context, Function
-from .tape import WIDE_MAX_FRAC_BITS, WideGrad
+from .tape import WideGrad, wants_wide_grad
 
 __all__ = [
     "Add",
@@ -320,7 +320,8 @@ class Linear(Function):
         With the forward's kept masks, :func:`smpc.ops.linear_backward` opens only ``g`` (2 rounds,
         1 if nothing is truncated); else, both needed with a shared ``g``, the two products share
         their rounds (:func:`smpc.ops.matmuls_keep_scale`); else one product per gradient. A shared
-        leaf weight with ``frac_bits <= WIDE_MAX_FRAC_BITS`` gets its gradient untruncated as a
+        leaf weight with ``keep_wide_grad`` (its optimizer's; ``frac_bits <= 16``, see
+        :func:`~smpc.autograd.tape.wants_wide_grad`) gets its gradient untruncated as a
         :class:`WideGrad` (the optimizer truncates it with the update). The bias gradient is local.
         """
         x, w = ctx.saved_tensors
@@ -328,11 +329,9 @@ class Linear(Function):
         gx: Grad | None = None
         gw: Grad | WideGrad | None = None
         gb: Grad | None = None
-        # A leaf weight takes its gradient before truncation (the optimizer truncates it
-        # with the update): see WideGrad.
-        wide = (
-            isinstance(w, SharedTensor) and w.grad_fn is None and w.frac_bits <= WIDE_MAX_FRAC_BITS
-        )
+        # A leaf weight whose optimizer folds the truncation into its update takes its
+        # gradient before truncation: see WideGrad.
+        wide = wants_wide_grad(w)
         masks = ctx.__dict__.get("masks")
         if masks is not None and isinstance(g, SharedTensor) and (nx or nw):
             lx, lw = ops.linear_backward(

@@ -14,24 +14,29 @@ threads or asyncio tasks each see their own mode.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import Any, TypeVar
 
 import torch
 
+from ..errors import SessionMismatchError
 from ..sharing import public_share
-from ..tensor import SharedTensor
+from ..tensor import SharedTensor, WideGrad
 
 __all__ = [
+    "WIDE_MAX_FRAC_BITS",
     "Node",
+    "WideGrad",
     "backward",
     "enable_grad",
     "is_grad_enabled",
     "no_grad",
     "set_grad_enabled",
     "as_shared",
+    "materialize_grads",
+    "wants_wide_grad",
 ]
 
 _GRAD_ENABLED: ContextVar[bool] = ContextVar("smpc_grad_enabled", default=True)
@@ -118,22 +123,50 @@ class Node:
 WIDE_MAX_FRAC_BITS = 16
 
 
-class WideGrad:
-    """A leaf's gradient share before its fixed-point truncation (scale ``2^2f``).
+def wants_wide_grad(t: object) -> bool:
+    """Whether a Function may return ``t``'s gradient as a :class:`WideGrad`.
 
-    :class:`~smpc.autograd.functions.Linear` returns one for a weight that is a
-    leaf: its gradient ``g^T @ x`` is a shared product, whose truncation the
-    optimizer can fold into the truncation of its own update (one truncation of
-    the weight instead of two: the gradient's bytes, dealer material and, for a
-    first layer, a round are saved). The tape adds it to the leaf untruncated;
-    reading ``.grad`` truncates it (:attr:`smpc.tensor.SharedTensor.grad`).
-    Only with ``frac_bits <= WIDE_MAX_FRAC_BITS``.
+    True for a shared leaf with :attr:`~smpc.tensor.SharedTensor.keep_wide_grad`
+    (set by the optimizers) and ``frac_bits <= WIDE_MAX_FRAC_BITS``. ``backward()``
+    still truncates a wide gradient given for any other tensor, so this only
+    decides where the truncation is paid: in the Function's own rounds (no) or
+    with the optimizer's update (yes).
     """
+    return (
+        isinstance(t, SharedTensor)
+        and t.grad_fn is None
+        and t.keep_wide_grad
+        and t.frac_bits <= WIDE_MAX_FRAC_BITS
+    )
 
-    __slots__ = ("share",)
 
-    def __init__(self, share: torch.Tensor) -> None:
-        self.share = share
+def materialize_grads(tensors: Iterable[SharedTensor]) -> None:
+    """Truncate every pending wide gradient among ``tensors``, all in one round.
+
+    Each tensor's :attr:`~smpc.tensor.SharedTensor.grad` is then readable. The
+    batched form of :meth:`~smpc.tensor.SharedTensor.materialize_grad`: one
+    truncation request and one round for all of them, none if nothing is
+    pending. Every party must call it at the same point of the program.
+
+    Raises:
+        TypeError: an element is not a SharedTensor.
+        SessionMismatchError: the tensors belong to different sessions.
+    """
+    tensors = list(tensors)
+    for i, t in enumerate(tensors):
+        if not isinstance(t, SharedTensor):
+            raise TypeError(f"`tensors[{i}]` must be a SharedTensor; got {type(t).__name__}")
+        if t.session is not tensors[0].session:
+            raise SessionMismatchError("`tensors` must all belong to one session")
+    pending = [(t, wg) for t in tensors if (wg := t.take_wide_grad()) is not None]
+    if not pending:
+        return
+    from ..ops import rescale_many
+
+    sess = pending[0][0].session
+    done = rescale_many(sess, [(wg.share, t.frac_bits) for t, wg in pending])
+    for (t, _), share in zip(pending, done, strict=True):
+        t.grad = SharedTensor(share, t.session, dtype=t._dtype)
 
 
 def as_shared(g: Grad, like: SharedTensor) -> SharedTensor:
@@ -151,6 +184,14 @@ def _like(g: SharedTensor, t: SharedTensor) -> SharedTensor:
     if g._dtype == t._dtype:
         return g
     return SharedTensor(g.share, g.session, dtype=t._dtype)
+
+
+def _add_to_leaf(t: SharedTensor, g: Grad) -> None:
+    """Add ``g`` into a leaf's gradient (into its pending wide one, exactly, if it has one)."""
+    if t.wide_grad is not None:  # keep the sum wide: g times 2^f is exact
+        t.add_wide_grad(WideGrad(as_shared(g, t).share * (1 << t.frac_bits)))
+        return
+    t.grad = _like(as_shared(_accumulate(t.grad, g), t), t)
 
 
 def _accumulate(a: Grad | None, b: Grad) -> Grad:
@@ -216,7 +257,7 @@ def backward(root: SharedTensor, grad: Grad | None = None) -> None:
             f"got {tuple(grad.shape)}"
         )
     if root.grad_fn is None:  # a leaf
-        root.grad = _like(as_shared(_accumulate(root.grad, grad), root), root)
+        _add_to_leaf(root, grad)
         return
     top: Node = root.grad_fn
     if top.ctx is None:
@@ -242,14 +283,14 @@ def backward(root: SharedTensor, grad: Grad | None = None) -> None:
                 if t is None or gi is None:
                     continue
                 if isinstance(gi, WideGrad):
-                    if t.grad_fn is None:
-                        t._add_wide_grad(gi.share)
+                    if wants_wide_grad(t):
+                        t.add_wide_grad(gi)
                         continue
-                    from ..ops import rescale  # only leaves take a wide gradient
+                    from ..ops import rescale  # kept wide only for the optimizer
 
                     gi = SharedTensor(rescale(t.session, gi.share), t.session)
                 if t.grad_fn is None:
-                    t.grad = _like(as_shared(_accumulate(t.grad, gi), t), t)
+                    _add_to_leaf(t, gi)
                 else:
                     key = id(t.grad_fn)
                     grads[key] = _accumulate(grads.get(key), gi)

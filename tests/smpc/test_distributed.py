@@ -57,6 +57,7 @@ from tests.smpc.comm.dist_programs import (
     seeded_program,
     stalls_program,
     tensor_program,
+    wide_grad_program,
 )
 
 pytestmark = pytest.mark.distributed
@@ -508,4 +509,33 @@ def test_adam_training_in_both_runtimes(n: int) -> None:
     for res in [*results, sim]:
         for k, v in plain.state_dict().items():
             torch.testing.assert_close(res["state"][k], v, atol=2e-3, rtol=0, msg=k)
+    _assert_same_costs([res["stats"] for res in results], sim["stats"])
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("n", [2, 3])
+def test_pending_wide_gradients_materialize_in_both_runtimes(n: int) -> None:
+    """Weights that keep their gradients wide (as the optimizers ask) hold them
+    pending after backward; materialize_grads truncates both in one round, to
+    torch's gradients, at the simulation's costs."""
+    g = torch.Generator().manual_seed(20 + n)
+    inputs = {
+        "x": torch.rand(5, 4, generator=g) - 0.5,
+        "w1": torch.rand(3, 4, generator=g) - 0.5,
+        "w2": torch.rand(2, 3, generator=g) - 0.5,
+        "g": torch.rand(5, 2, generator=g) - 0.5,
+    }
+    program = functools.partial(wide_grad_program, inputs=inputs)
+    results = run(program, parties=n, timeout=30)
+    sim = _simulate(program, n)
+    ref = {k: v.clone().requires_grad_(k in ("w1", "w2")) for k, v in inputs.items()}
+    lin = torch.nn.functional.linear
+    lin(lin(ref["x"], ref["w1"]), ref["w2"]).backward(ref["g"])
+    for res in [results[-1], sim]:
+        assert res["pending"] == [True, True]
+        for name in ("w1", "w2"):
+            want = ref[name].grad
+            assert want is not None
+            torch.testing.assert_close(res["grads"][name], want, atol=1e-3, rtol=0)
+    assert sim["stats"].rounds == 1
     _assert_same_costs([res["stats"] for res in results], sim["stats"])

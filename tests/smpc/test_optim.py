@@ -7,6 +7,7 @@ import torch
 
 import smpc
 import smpc.optim
+from smpc.autograd.tape import WideGrad
 
 
 @pytest.mark.parametrize("momentum,weight_decay", [(0.0, 0.0), (0.9, 0.0), (0.5, 0.01)])
@@ -106,7 +107,7 @@ def test_sgd_on_linear_layers_matches_torch_with_gradients_kept_wide(
             opt.zero_grad()
             smpc.nn.MSELoss()(enc(sess.share(x)), sess.share(y)).backward()
             weights = [p for p in enc.parameters() if p.dim() == 2]
-            assert all((p._wide_grad is not None) == (frac_bits == 16) for p in weights)
+            assert all((p.wide_grad is not None) == (frac_bits == 16) for p in weights)
             before = sess.stats.snapshot()
             opt.step()
             used = sess.stats - before
@@ -123,7 +124,7 @@ def test_sgd_truncates_wide_gradients_first_when_the_range_is_short() -> None:
         ps = [sess.share(torch.zeros(3), requires_grad=True) for _ in range(2)]
         g = torch.tensor([0.5, -1.0, 2.0])
         for p in ps:
-            p._add_wide_grad(sess.share(g).share * (1 << 20))
+            p.add_wide_grad(WideGrad(sess.share(g).share * (1 << 20)))
         opt = smpc.optim.SGD(ps, lr=0.5)
         before = sess.stats.rounds
         opt.step()
@@ -242,7 +243,7 @@ def test_adam_trains_linear_layers_like_torch(world_size: int) -> None:
             topt.step()
             opt.zero_grad()
             smpc.nn.MSELoss()(enc(sess.share(x)), sess.share(y)).backward()
-            assert any(p._wide_grad is not None for p in enc.parameters())
+            assert any(p.wide_grad is not None for p in enc.parameters())
             opt.step()
         got = enc.decrypt().state_dict()
         for k, v in ref.state_dict().items():
@@ -292,3 +293,34 @@ def test_adam_bad_arguments() -> None:
         pytest.raises(ValueError, match="frac_bits <= 16"),
     ):
         smpc.optim.Adam([sess.share(torch.ones(2), requires_grad=True)])
+
+
+def test_only_optimizers_that_fold_wide_gradients_ask_for_them() -> None:
+    """SGD and Adam mark their parameters ``keep_wide_grad``; a subclass of
+    Optimizer that does not declare ``folds_wide_grads`` gets ready ``.grad``s."""
+
+    class PlainSGD(smpc.optim.Optimizer):
+        def step(self) -> None:
+            self.stepped = []
+            for p in self.params:
+                assert p.grad is not None
+                self.stepped.append(p - p.grad * 0.5)
+
+    torch.manual_seed(6)
+    w0, x, y = torch.randn(2, 3), torch.randn(4, 3), torch.randn(4, 2)
+    tw = w0.clone().requires_grad_()
+    torch.nn.functional.mse_loss(torch.nn.functional.linear(x, tw), y).backward()
+    assert tw.grad is not None
+    with smpc.Session(2) as sess:
+        ps = [sess.share(w0, requires_grad=True) for _ in range(3)]
+        smpc.optim.SGD([ps[0]], lr=0.5)
+        smpc.optim.Adam([ps[1]])
+        opt = PlainSGD([ps[2]])
+        assert [p.keep_wide_grad for p in ps] == [True, True, False]
+        assert not PlainSGD.folds_wide_grads and smpc.optim.SGD.folds_wide_grads
+        xs, ys = sess.share(x), sess.share(y)
+        smpc.functional.mse_loss(smpc.functional.linear(xs, ps[2]), ys).backward()
+        assert ps[2].wide_grad is None
+        opt.step()
+        got = opt.stepped[0].reveal()
+    torch.testing.assert_close(got, (w0 - 0.5 * tw.grad).detach(), atol=2e-3, rtol=0)

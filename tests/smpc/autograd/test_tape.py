@@ -8,10 +8,13 @@ import weakref
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import smpc
 from smpc import functional as F
 from smpc.autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
+from smpc.autograd.tape import WideGrad, materialize_grads
 
 
 def test_no_tape_without_requires_grad() -> None:
@@ -160,41 +163,144 @@ def _linear_case(
 
 
 @pytest.mark.parametrize("parties", [2, 3])
-def test_linear_weight_grad_is_kept_before_truncation_until_read(parties: int) -> None:
-    """A leaf weight's gradient from ``linear`` stays at scale 2^2f (no truncation
-    round); reading ``.grad`` truncates it once; the value is torch's."""
+def test_linear_weight_grad_is_kept_wide_only_for_its_optimizer(parties: int) -> None:
+    """A leaf weight with ``keep_wide_grad`` (what the optimizers set) keeps its
+    gradient from ``linear`` at scale 2^2f (no truncation round); ``.grad`` then
+    raises instead of communicating, and ``materialize_grad()`` truncates it once;
+    the value is torch's."""
     x, w0, b0, t, _ = _linear_case(0)
     tw, tb = w0.clone().requires_grad_(), b0.clone().requires_grad_()
     torch.nn.functional.mse_loss(torch.nn.functional.linear(x, tw, tb), t).backward()
     with smpc.Session(parties) as sess:
         w = sess.share(w0, requires_grad=True)
         b = sess.share(b0, requires_grad=True)
+        w.keep_wide_grad = True
         F.mse_loss(F.linear(sess.share(x), w, b), sess.share(t)).backward()
-        assert w.has_grad and w._wide_grad is not None and w._grad is None
-        assert b._wide_grad is None and b.has_grad
+        assert w.has_grad and w.wide_grad is not None
+        assert b.wide_grad is None and b.has_grad
         before = sess.stats.rounds
-        gw = w.grad
+        with pytest.raises(smpc.GradientPendingError, match="materialize_grad"):
+            _ = w.grad
+        assert sess.stats.rounds == before  # reading never communicates
+        gw = w.materialize_grad()
         assert sess.stats.rounds - before == 1  # the truncation, once
-        assert gw is not None and w.grad is gw and w._wide_grad is None
+        assert gw is not None and w.grad is gw and w.wide_grad is None
+        assert w.materialize_grad() is gw and sess.stats.rounds - before == 1
         torch.testing.assert_close(gw.reveal(), tw.grad, atol=1e-3, rtol=0)
         torch.testing.assert_close(b.grad.reveal(), tb.grad, atol=1e-3, rtol=0)
 
 
-def test_wide_gradients_accumulate_with_each_other_and_with_truncated_ones() -> None:
+@pytest.mark.parametrize("parties", [2, 3])
+def test_linear_weight_grad_is_truncated_in_backward_by_default(parties: int) -> None:
+    """Without ``keep_wide_grad`` backward truncates the weight's gradient in the
+    layer's own rounds (2, as with a wide one when the input needs a gradient too):
+    ``.grad`` is ready and reading it costs nothing."""
+    x, w0, _, t, _ = _linear_case(2)
+    tx, tw = x.clone().requires_grad_(), w0.clone().requires_grad_()
+    torch.nn.functional.linear(tx, tw).backward(t)
+    with smpc.Session(parties) as sess:
+        xs, w = sess.share(x, requires_grad=True), sess.share(w0, requires_grad=True)
+        out, gs = F.linear(xs, w), sess.share(t)
+        before = sess.stats.rounds
+        out.backward(gs)
+        assert sess.stats.rounds - before == 2
+        assert not w.keep_wide_grad and w.wide_grad is None
+        before = sess.stats.rounds
+        gw, gx = w.grad, xs.grad
+        assert sess.stats.rounds == before
+        assert gw is not None and gx is not None
+        torch.testing.assert_close(gw.reveal(), tw.grad, atol=1e-3, rtol=0)
+        torch.testing.assert_close(gx.reveal(), tx.grad, atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("wide_first", [True, False])
+def test_wide_gradients_accumulate_with_each_other_and_with_truncated_ones(
+    wide_first: bool,
+) -> None:
     """Two backward passes add (wide + wide); a weight also used outside ``linear``
-    gets a truncated part too (widened exactly); ``.grad = None`` clears both."""
+    gets a truncated part too (widened exactly, whichever comes first);
+    ``.grad = None`` clears both."""
     x, w0, b0, t, v = _linear_case(1)
     tw = w0.clone().requires_grad_()
+
+    def loss(lin: torch.Tensor | smpc.SharedTensor, other: torch.Tensor | smpc.SharedTensor):
+        return lin + other if wide_first else other + lin
+
     for _ in range(2):
         out = torch.nn.functional.linear(x, tw, b0)
-        (torch.nn.functional.mse_loss(out, t) + (tw * v).sum()).backward()
+        loss(torch.nn.functional.mse_loss(out, t), (tw * v).sum()).backward()
     with smpc.Session(2) as sess:
         w = sess.share(w0, requires_grad=True)
+        w.keep_wide_grad = True
         xs, ts, vs = sess.share(x), sess.share(t), sess.share(v)
         for _ in range(2):
             out = F.linear(xs, w, b0)
-            (F.mse_loss(out, ts) + (w * vs).sum()).backward()
-        assert w._wide_grad is not None  # the last contribution was wide
-        torch.testing.assert_close(w.grad.reveal(), tw.grad, atol=2e-3, rtol=0)
+            loss(F.mse_loss(out, ts), (w * vs).sum()).backward()
+            assert w.wide_grad is not None  # the whole sum is wide
+        got = w.materialize_grad()
+        assert got is not None
+        torch.testing.assert_close(got.reveal(), tw.grad, atol=2e-3, rtol=0)
         w.grad = None
-        assert not w.has_grad and w.grad is None
+        assert not w.has_grad and w.grad is None and w.wide_grad is None
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    parties=st.integers(2, 4),
+    batch=st.integers(1, 5),
+    sizes=st.lists(st.tuples(st.integers(1, 4), st.integers(1, 4)), min_size=1, max_size=3),
+    seed=st.integers(0, 2**16),
+)
+def test_materialize_grads_truncates_every_pending_gradient_in_one_round(
+    parties: int, batch: int, sizes: list[tuple[int, int]], seed: int
+) -> None:
+    """Wide gradients of several weights (random shapes, 2-4 parties) truncated
+    together: one round for all, each equal to torch's gradient; a second call
+    and tensors without a pending gradient cost nothing."""
+    g = torch.Generator().manual_seed(seed)
+    xs_ = [torch.rand(batch, i, generator=g) * 4 - 2 for i, _ in sizes]
+    ws_ = [torch.rand(o, i, generator=g) * 4 - 2 for i, o in sizes]
+    gs_ = [torch.rand(batch, o, generator=g) * 4 - 2 for _, o in sizes]
+    ref = [w.clone().requires_grad_() for w in ws_]
+    for x, w, gr in zip(xs_, ref, gs_, strict=True):
+        torch.nn.functional.linear(x, w).backward(gr)
+    with smpc.Session(parties) as sess:
+        ws = [sess.share(w, requires_grad=True) for w in ws_]
+        plain = sess.share(torch.zeros(2), requires_grad=True)
+        for w in ws:
+            w.keep_wide_grad = True
+        for x, w, gr in zip(xs_, ws, gs_, strict=True):
+            F.linear(sess.share(x), w).backward(sess.share(gr))
+        assert all(w.wide_grad is not None for w in ws)
+        before = sess.stats.rounds
+        materialize_grads([*ws, plain])
+        assert sess.stats.rounds - before == 1
+        materialize_grads(ws)
+        assert sess.stats.rounds - before == 1
+        for w, want in zip(ws, ref, strict=True):
+            assert w.wide_grad is None and w.grad is not None
+            torch.testing.assert_close(w.grad.reveal(), want.grad, atol=2e-3, rtol=0)
+
+
+def test_wide_grad_contract_checks_its_input_and_hides_values() -> None:
+    with smpc.Session(2) as sess:
+        w = sess.share(torch.ones(2, 3), requires_grad=True)
+        with pytest.raises(TypeError, match="keep_wide_grad"):
+            w.keep_wide_grad = 1  # type: ignore[assignment]
+        with pytest.raises(TypeError, match="WideGrad"):
+            w.add_wide_grad(w.share)  # type: ignore[arg-type]
+        with pytest.raises(smpc.ShapeError, match="shape"):
+            w.add_wide_grad(WideGrad(sess.share(torch.ones(3)).share))
+        with pytest.raises(TypeError, match="int64"):
+            WideGrad(torch.ones(2))
+        with pytest.raises(TypeError, match="grad"):
+            w.grad = torch.ones(2, 3)  # type: ignore[assignment]
+        wg = WideGrad(sess.share(torch.full((2, 3), 123.0)).share)
+        assert repr(wg) == f"WideGrad(shape={tuple(wg.share.shape)})" and "123" not in repr(wg)
+        assert w.take_wide_grad() is None and w.materialize_grad() is None
+        w.add_wide_grad(wg)
+        assert w.take_wide_grad() is wg and not w.has_grad
+        with pytest.raises(TypeError, match=r"tensors\[1\]"):
+            materialize_grads([w, w.share])  # type: ignore[list-item]
+        with smpc.Session(2) as other, pytest.raises(smpc.SessionMismatchError):
+            materialize_grads([w, other.share(torch.ones(1))])

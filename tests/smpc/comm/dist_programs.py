@@ -330,6 +330,36 @@ def adam_program(
     return {"state": enc.decrypt().state_dict(), "stats": sess.stats}
 
 
+def wide_grad_program(sess: smpc.Session, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Two linear weights that keep their gradients wide (as for an optimizer), then
+    ``materialize_grads`` truncates both in one round; runtime-agnostic."""
+    from smpc import functional as F
+    from smpc.autograd.tape import materialize_grads
+
+    last = sess.world_size - 1
+    shared = {
+        name: sess.share(
+            v if sess.rank in (None, i % sess.world_size) else None,
+            src=i % sess.world_size,
+            requires_grad=name in ("w1", "w2"),
+        )
+        for i, (name, v) in enumerate(inputs.items())
+    }
+    w1, w2 = shared["w1"], shared["w2"]
+    w1.keep_wide_grad = w2.keep_wide_grad = True
+    F.linear(F.linear(shared["x"], w1), w2).backward(shared["g"])
+    pending = [w.wide_grad is not None for w in (w1, w2)]
+    before = sess.stats.snapshot()
+    materialize_grads([w1, w2])
+    cost = sess.stats - before
+    grads = {}
+    for name, w in (("w1", w1), ("w2", w2)):
+        grad = w.grad
+        assert grad is not None
+        grads[name] = grad.reveal(to=last)
+    return {"pending": pending, "grads": grads, "stats": cost}
+
+
 def dtype_program(sess: smpc.Session) -> dict[str, Any]:
     """Shares of several dtypes from different owners; what reveal() returns (dtype, value)."""
     mine = sess.rank in (None, 0)
