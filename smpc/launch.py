@@ -194,13 +194,20 @@ def run_dealer(
     from .protocols import beaver, truncation
     from .protocols.compare import LtzMaterial
     from .protocols.convert import BitPair
+    from .protocols.lookup import OneHotMaterial
 
     dealer = TrustedDealer(
         len(parties),
         seed=seed,
         timeout=timeout,
         # the protocols' request classes: nothing else is decoded
-        request_types=(*beaver.REQUEST_TYPES, *truncation.REQUEST_TYPES, LtzMaterial, BitPair),
+        request_types=(
+            *beaver.REQUEST_TYPES,
+            *truncation.REQUEST_TYPES,
+            LtzMaterial,
+            BitPair,
+            OneHotMaterial,
+        ),
         names=parties,
         store=store,
         master_addr=master_addr,

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import math
 import os
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -31,6 +33,8 @@ __all__ = [
     "keep_freed_memory",
     "batch_scheduling",
     "idle_scheduling",
+    "ContentionMonitor",
+    "adaptive_policy",
     "ThreadPolicy",
     "thread_policy",
     "current_thread_policy",
@@ -122,24 +126,114 @@ def _set_policy(name: str) -> bool:
 
 
 # ----------------------------------------------------------------- intra-op threads
+def _cpu_ticks() -> tuple[int, int] | None:
+    """(busy ticks of the whole machine, CPU ticks of this process), or None off Linux."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            fields = f.readline().split()
+        with open("/proc/self/stat", "rb") as f:
+            own = f.read()
+    except OSError:
+        return None
+    if not fields or fields[0] != b"cpu" or len(fields) < 5:
+        return None
+    ticks = [int(v) for v in fields[1:]]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    busy = sum(ticks[:8]) - idle  # user..steal; guest time is already in user
+    # /proc/self/stat: "pid (comm) state ..." -- comm may hold spaces; fields after ")".
+    rest = own[own.rindex(b")") + 2 :].split()
+    mine = int(rest[11]) + int(rest[12])  # utime, stime (fields 14 and 15)
+    return busy, mine
+
+
+class ContentionMonitor:
+    """How many cores other processes keep busy, sampled from ``/proc`` (Linux).
+
+    Every ``interval`` seconds (at most), :meth:`others_busy` reads the machine's
+    busy CPU time (``/proc/stat``) and this process's own (``/proc/self/stat``)
+    and returns the cores the *other* processes used over the last window: 0
+    on an idle machine, about 1 beside one busy process. Reading both files
+    costs some tens of microseconds; between samples the last figure is
+    returned at the cost of a clock read. Off Linux it always returns 0.
+
+    Args:
+        interval: seconds between samples (the kernel counts in 10 ms ticks, so
+            windows much shorter than 0.1 s are noisy).
+    """
+
+    __slots__ = ("interval", "_tick", "_last", "_when", "_busy")
+
+    def __init__(self, interval: float = 0.1) -> None:
+        if not isinstance(interval, (int, float)) or not interval > 0:
+            raise ValueError(f"`interval` must be a positive number of seconds; got {interval!r}")
+        self.interval = float(interval)
+        self._tick = 1.0 / (os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100)
+        self._last = _cpu_ticks()
+        self._when = time.monotonic()
+        self._busy = 0.0
+
+    def others_busy(self) -> float:
+        """Cores busy with other processes' work over the last window (>= 0)."""
+        now = time.monotonic()
+        if now - self._when < self.interval or self._last is None:
+            return self._busy
+        sample = _cpu_ticks()
+        if sample is not None:
+            busy = (sample[0] - self._last[0]) - (sample[1] - self._last[1])
+            self._busy = max(0.0, busy * self._tick / (now - self._when))
+        self._last, self._when = sample, now
+        return self._busy
+
+
 @dataclass(frozen=True, slots=True)
 class ThreadPolicy:
-    """How many torch intra-op threads an op uses, by its size.
+    """How many torch intra-op threads an op uses, by its size (and, if adaptive, the load).
 
     Attributes:
         min_elements: ops whose largest shared operand holds fewer elements (per
             party) run on ``small_threads`` threads; larger ops on ``threads``.
         small_threads: threads for small ops (1: no fork-join barrier to wait on).
         threads: threads for large ops.
+        monitor: for the ``"adaptive"`` policy: every op runs on ``threads``
+            threads less one per core that other processes keep busy (at
+            least one); ``None`` for the fixed policies.
+        cores: the cores this process may run on (for the adaptive policy).
     """
 
     min_elements: int
     small_threads: int
     threads: int
+    monitor: ContentionMonitor | None = None
+    cores: int = 1
 
     def threads_for(self, numel: int) -> int:
         """The thread count for an op on ``numel`` elements."""
+        if self.monitor is not None:
+            return self.threads_now()
         return self.small_threads if numel < self.min_elements else self.threads
+
+    def threads_now(self) -> int:
+        """Adaptive policy: ``threads``, less the cores other processes keep busy."""
+        if self.monitor is None:
+            return self.threads
+        others = self.monitor.others_busy()
+        free = self.cores - math.floor(others + 0.5)  # a core counts from half busy
+        return max(1, min(self.threads, free))
+
+
+def adaptive_policy(threads: int | None = None, interval: float = 0.1) -> ThreadPolicy:
+    """The ``"adaptive"`` :class:`ThreadPolicy`: all threads when idle, fewer beside busy work.
+
+    Args:
+        threads: the most threads an op uses (default ``torch.get_num_threads()``).
+        interval: seconds between samples of the machine's load.
+    """
+    big = torch.get_num_threads() if threads is None else threads
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return ThreadPolicy(1, big, big, monitor=ContentionMonitor(interval), cores=cores)
 
 
 _POLICY: ContextVar[ThreadPolicy | None] = ContextVar("smpc_thread_policy", default=None)
@@ -164,13 +258,19 @@ def thread_policy(
     Large ops still gain from several threads.
 
     Args:
-        policy: ``"by-size"``: ops on fewer than ``min_elements`` elements run on
-            one thread, larger ones on ``threads``; ``"single"``: every op on one
-            thread; ``"default"``: no change (torch's thread count for every op).
+        policy: ``"adaptive"``: every op on ``threads`` threads, less one per
+            core that other processes keep busy (sampled from ``/proc`` every
+            0.1 s; the count stays until the next op, so the bookkeeping
+            between ops follows it too) -- what a :class:`~smpc.session.Session`
+            uses by default; ``"by-size"``: ops on fewer than ``min_elements``
+            elements run on one thread, larger ones on ``threads``; ``"single"``:
+            every op on one thread; ``"default"``: no change (torch's thread
+            count for every op).
         min_elements: the size from which an op uses ``threads`` threads.
         threads: threads for large ops (default: ``torch.get_num_threads()`` on entry).
 
-    Inside the block torch runs on one thread (``small_threads``): everything
+    With ``"by-size"`` and ``"single"`` torch runs on one thread (``small_threads``)
+    inside the block: everything
     that is not a large shared op (the provider's material for small ops,
     autograd and optimizer bookkeeping, sharing) too; a shared op on at least
     ``min_elements`` elements raises the count to ``threads`` for its duration.
@@ -183,8 +283,10 @@ def thread_policy(
     Raises:
         ValueError: an unknown ``policy`` or a non-positive count.
     """
-    if policy not in ("by-size", "single", "default"):
-        raise ValueError(f"`policy` must be 'by-size', 'single' or 'default'; got {policy!r}")
+    if policy not in ("adaptive", "by-size", "single", "default"):
+        raise ValueError(
+            f"`policy` must be 'adaptive', 'by-size', 'single' or 'default'; got {policy!r}"
+        )
     if isinstance(min_elements, bool) or not isinstance(min_elements, int) or min_elements < 1:
         raise ValueError(f"`min_elements` must be a positive int; got {min_elements!r}")
     if threads is not None and (
@@ -193,6 +295,7 @@ def thread_policy(
         raise ValueError(f"`threads` must be a positive int or None; got {threads!r}")
     big = torch.get_num_threads() if threads is None else threads
     chosen = {
+        "adaptive": adaptive_policy(big) if policy == "adaptive" else None,
         "by-size": ThreadPolicy(min_elements, 1, big),
         "single": ThreadPolicy(1, 1, 1),
         "default": None,

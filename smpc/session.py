@@ -23,6 +23,7 @@ from .dealer.base import Dealer
 from .dealer.local import LocalDealer
 from .encoding import FixedPoint, as_plain_tensor, plain_dtype
 from .errors import SessionClosedError
+from .perf import ThreadPolicy, adaptive_policy
 from .prg import AesPrg, key_from_seed
 from .sharing import additive_shares
 
@@ -69,6 +70,12 @@ class Session:
             down to a multiple of 64 (at least 64). Default ``None``:
             ``2^20 // parties`` elements (about 150 MB of working memory per chunk
             for a ReLU, whatever the party count).
+        threads: intra-op thread policy of this session's ops. ``"adaptive"``
+            (default): torch's thread count while the machine is idle, one
+            thread less per core that other processes keep busy (sampled from
+            ``/proc`` every 0.1 s; see :func:`smpc.perf.thread_policy`); the
+            count is restored when the session closes. ``"torch"``: leave
+            torch's setting alone.
 
     Example:
         >>> with Session(parties=("alice", "bob")) as sess:
@@ -88,7 +95,10 @@ class Session:
         comm: Communicator | None = None,
         dealer: Dealer | None = None,
         chunk_size: int | None = None,
+        threads: str = "adaptive",
     ) -> None:
+        if threads not in ("adaptive", "torch"):
+            raise ValueError(f"`threads` must be 'adaptive' or 'torch'; got {threads!r}")
         if chunk_size is not None and (
             isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
         ):
@@ -134,6 +144,10 @@ class Session:
         cs = (1 << 20) // len(names) if chunk_size is None else chunk_size
         # whole words of bit-packed openings per chunk: bytes equal the unchunked op's
         self.chunk_size: int = max(64, cs - cs % 64)
+        self._threads_at_start = torch.get_num_threads()
+        self.thread_policy: ThreadPolicy | None = (
+            adaptive_policy(self._threads_at_start) if threads == "adaptive" else None
+        )
         self.comm: Communicator = (
             comm if comm is not None else LocalCommunicator(len(names), timeout=timeout)
         )
@@ -292,6 +306,8 @@ class Session:
         """Close the runtime and the dealer; shared tensors become unusable."""
         if not self._closed:
             self._closed = True
+            if self.thread_policy is not None:
+                torch.set_num_threads(self._threads_at_start)
             self.dealer.close()
             self.comm.close()
             self.prg.close()

@@ -740,7 +740,16 @@ def result_dtype(*operands: Any, real: bool = False) -> torch.dtype | None:
 
 
 def _with_threads(policy: ThreadPolicy, fn: Any, args: Any, kwargs: dict[str, Any]) -> Any:
-    """Run ``fn`` with the thread count ``policy`` gives its size if that is more, then restore."""
+    """Run ``fn`` with the thread count ``policy`` gives its size if that is more, then restore.
+
+    The adaptive policy instead sets the count it reads off the machine's load
+    and leaves it (the bookkeeping until the next op follows it too).
+    """
+    if policy.monitor is not None:
+        want = policy.threads_now()
+        if want != torch.get_num_threads():
+            torch.set_num_threads(want)
+        return fn(*args, **kwargs)
     ops = _operands([*args, *kwargs.values()])
     numel = max((a.numel() for a in ops if isinstance(a, SharedTensor)), default=0)
     want = policy.threads_for(numel)
@@ -764,6 +773,11 @@ def _typed(fn: Any, name: str) -> Any:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         policy = _current_policy()
+        if policy is None:
+            for a in args:  # the session's own policy (adaptive by default)
+                if type(a) is SharedTensor:
+                    policy = a.session.thread_policy
+                    break
         out = fn(*args, **kwargs) if policy is None else _with_threads(policy, fn, args, kwargs)
         if not kwargs and not skip_first and type(out) is SharedTensor:
             # fast path (most calls): shared operands of one float dtype, Python numbers

@@ -11,14 +11,14 @@ import torch
 from ..comm.base import Communicator
 from ..dealer.base import Dealer
 from ..sharing import add_public, add_public_
-from . import beaver, compare
+from . import beaver, compare, lookup
 
 __all__ = ["max_last", "max_pairwise", "PAIRWISE_MIN", "PAIRWISE_MAX"]
 
-# max_last compares all pairs at once (2 comparisons deep) for this many
+# max_last compares all pairs at once (1 comparison and 1 round deep) for this many
 # candidates; a tree of ceil(log2 k) comparisons is shallower below, and
 # the k (k - 1) / 2 comparisons grow too many above.
-PAIRWISE_MIN = 5
+PAIRWISE_MIN = 3
 PAIRWISE_MAX = 32
 
 
@@ -39,9 +39,10 @@ def max_last(
     (local at the first level, one Beaver product after). Ties go to the lower
     index, as ``torch.argmax``.
 
-    Cost: ``ceil(log2 k)`` levels of 7 rounds (8 with the one-hot after the first
-    level); per level, one ReLU per pair. For ``PAIRWISE_MIN <= k <=
-    PAIRWISE_MAX`` it runs :func:`max_pairwise` instead (15 rounds).
+    Cost: ``ceil(log2 k)`` levels of one comparison (one more round with the
+    one-hot after the first level); per level, one ReLU per pair. For
+    ``PAIRWISE_MIN <= k <= PAIRWISE_MAX`` it runs :func:`max_pairwise` instead
+    (one comparison and one round).
 
     Returns:
         ``(values, onehot)``: values with the last axis removed (``None`` may be
@@ -105,13 +106,14 @@ def max_pairwise(
         2. Wins ``w_i = #{j > i: x_i >= x_j} + #{j < i: x_i > x_j}``, a local
            linear combination of the ``l`` (ties go to the lower index, as
            ``torch.argmax``); the maximum alone has ``w_i = k - 1``.
-        3. ``[o_i] = [w_i >= k - 1] = 1 - [w_i - (k - 1) < 0]``: a second comparison.
-        4. If ``values``: the maximum ``sum_i o_i x_i``, one Beaver product (ring
-           bit times value).
+        3. ``[o_i] = [w_i == k - 1]``: ``w_i`` is a small integer, so one
+           dealer-assisted table lookup (:func:`lookup.eq_public`, one round) gives the bit;
+        4. if ``values``, the maximum ``sum_i o_i x_i``: the product rides in the
+           lookup's round (its Beaver opening ``x - a`` goes with the lookup's).
 
-    Cost: 2 comparisons (14 rounds) + 1 round for the values; ``k (k - 1) / 2 + k``
-    comparisons per row (40-48 bytes each, see :func:`compare.cost`) and
-    ``2 k`` ring elements for the product.
+    Cost: 1 comparison + 1 round (see :func:`compare.cost`); per row ``k (k - 1) / 2``
+    comparisons and ``k`` lookups (8 bytes each, 16 with the values); the dealer
+    sends ``D`` (``2 D``) words per lookup, ``D`` the power of two ``>= k``.
 
     Returns:
         ``(values, onehot)`` as :func:`max_last`.
@@ -124,10 +126,12 @@ def max_pairwise(
     wins.index_add_(-1, iu[1], lt)
     # Public part: #{j > i} = k - 1 - i wins for i before any loss, minus the k - 1 target.
     add_public_(comm, wins, -torch.arange(k, dtype=torch.int64))
-    not_max = compare.ltz(comm, dealer, wins)  # [w_i - (k - 1) < 0]
-    onehot = not_max.neg_()
-    add_public_(comm, onehot, 1)
-    vals = beaver.mul(comm, dealer, onehot, x).sum(-1) if values else None
+    # w_i - (k - 1) lies in [-(k - 1), 0]; the maximum alone has 0.
+    domain = 1 << max(1, (k - 1).bit_length())
+    onehot, prod = lookup.eq_public(
+        comm, dealer, wins, 0, low=-(k - 1), domain=domain, mul=x if values else None
+    )
+    vals = prod.sum(-1) if prod is not None else None
     if onehot_scale is None:
         return vals, None
     return vals, onehot.mul_(onehot_scale)

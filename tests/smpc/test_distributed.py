@@ -200,6 +200,8 @@ def test_shared_tensor_api(n: int) -> None:
         torch.testing.assert_close(res["matmul"], xp @ wp, atol=tol, rtol=0)
         torch.testing.assert_close(res["gt"], (xp > 1).float())
         torch.testing.assert_close(res["relu"], xp.relu(), atol=2.0**-FRAC, rtol=0)
+        torch.testing.assert_close(res["max"], xp.max(-1).values, atol=2.0**-FRAC, rtol=0)
+        assert torch.equal(res["argmax"].long(), torch.nn.functional.one_hot(xp.argmax(-1), 4))
         if r == n - 1:
             torch.testing.assert_close(res["to_last"], xp - 1, atol=2.0**-FRAC, rtol=0)
         else:

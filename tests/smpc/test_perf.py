@@ -92,7 +92,7 @@ def _probe_namespace() -> dict[str, Any]:
 def test_thread_policy_by_size_runs_small_ops_on_one_thread() -> None:
     ns = _probe_namespace()
     outer = torch.get_num_threads()
-    with smpc.Session(parties=2) as sess:
+    with smpc.Session(parties=2, threads="torch") as sess:
         small, big = sess.share(torch.zeros(99)), sess.share(torch.zeros(100))
         with thread_policy("by-size", min_elements=100, threads=3) as pol:
             assert pol is not None and current_thread_policy() is pol
@@ -110,7 +110,7 @@ def test_thread_policy_by_size_runs_small_ops_on_one_thread() -> None:
     assert current_thread_policy() is None
 
 
-@given(st.integers(1, 300), st.sampled_from(["by-size", "single", "default"]))
+@given(st.integers(1, 300), st.sampled_from(["adaptive", "by-size", "single", "default"]))
 @settings(max_examples=10, deadline=None)
 def test_thread_policy_keeps_results(n: int, policy: str) -> None:
     x = torch.linspace(-2, 2, n)
@@ -124,7 +124,7 @@ def test_thread_policy_keeps_results(n: int, policy: str) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"policy": "fast"}, "`policy` must be"),
+        ({"policy": "fast"}, "'adaptive', 'by-size', 'single' or 'default'; got 'fast'"),
         ({"min_elements": 0}, "`min_elements` must be a positive int"),
         ({"threads": 0}, "`threads` must be a positive int"),
     ],
@@ -132,3 +132,76 @@ def test_thread_policy_keeps_results(n: int, policy: str) -> None:
 def test_thread_policy_bad_arguments(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match), thread_policy(**kwargs):
         pass
+
+
+class _FixedLoad(perf.ContentionMonitor):
+    """A monitor that reports a fixed number of busy cores."""
+
+    def __init__(self, busy: float) -> None:
+        super().__init__()
+        self.busy = busy
+
+    def others_busy(self) -> float:
+        return self.busy
+
+
+@given(
+    busy=st.floats(0, 16, allow_nan=False),
+    cores=st.integers(1, 16),
+    threads=st.integers(1, 16),
+)
+@settings(max_examples=50, deadline=None)
+def test_adaptive_policy_gives_one_thread_less_per_busy_core(
+    busy: float, cores: int, threads: int
+) -> None:
+    pol = perf.ThreadPolicy(1, threads, threads, monitor=_FixedLoad(busy), cores=cores)
+    got = pol.threads_now()
+    assert got == max(1, min(threads, cores - int(busy + 0.5)))
+    assert pol.threads_for(10**9) == got and pol.threads_for(1) == got
+
+
+@linux
+def test_contention_monitor_sees_a_busy_process() -> None:
+    mon = perf.ContentionMonitor(interval=0.05)
+    assert mon.others_busy() >= 0.0
+    import subprocess
+    import time
+
+    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        mon.others_busy()  # opens a window with the spinner running
+        time.sleep(0.3)
+        seen = mon.others_busy()
+    finally:
+        spin.kill()
+        spin.wait()
+    # The spinner alone keeps one core busy (other work on the machine adds to it).
+    assert seen >= 0.5
+
+
+def test_session_adapts_threads_to_load_and_restores_them() -> None:
+    ns = _probe_namespace()
+    outer = torch.get_num_threads()
+    with smpc.Session(parties=2) as sess:
+        pol = sess.thread_policy
+        assert pol is not None and pol.monitor is not None
+        x = sess.share(torch.zeros(10))
+        object.__setattr__(pol, "monitor", _FixedLoad(float(pol.cores)))  # every core busy
+        ns["probe"](x)
+        assert torch.get_num_threads() == 1  # stays between ops
+        object.__setattr__(pol, "monitor", _FixedLoad(0.0))  # idle again
+        ns["probe"](x)
+        assert torch.get_num_threads() == min(outer, pol.cores)
+        object.__setattr__(pol, "monitor", _FixedLoad(float(pol.cores)))
+        ns["probe"](x)
+    assert torch.get_num_threads() == outer  # restored when the session closes
+    assert ns["seen"] == [1, min(outer, pol.cores), 1]
+    with smpc.Session(parties=2, threads="torch") as plain:
+        assert plain.thread_policy is None
+
+
+@pytest.mark.parametrize("bad", ["fast", 2, None])
+def test_session_bad_threads(bad: Any) -> None:
+    with pytest.raises(ValueError, match="`threads` must be 'adaptive' or 'torch'"):
+        smpc.Session(parties=2, threads=bad)

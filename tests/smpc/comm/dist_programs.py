@@ -85,6 +85,9 @@ def tensor_program(sess: smpc.Session, xp: torch.Tensor, wp: torch.Tensor) -> di
         # multi-round comparison: XOR-shared dealer material
         "gt": (x > 1).reveal(),
         "relu": x.relu().reveal(),
+        # all-pairs max: one comparison, then a dealer one-hot table lookup
+        "max": x.max(dim=-1)[0].reveal(),
+        "argmax": x.argmax(dim=-1).reveal(),
         "stats": sess.stats.snapshot(),
     }
 
