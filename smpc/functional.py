@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from . import nonlinear as _nl
+from . import ops as _nl
 from . import ops as _ops
 from . import ring as _ring
 from .autograd import functions as _fn

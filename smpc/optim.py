@@ -24,8 +24,8 @@ from collections.abc import Iterable
 
 import torch
 
-from . import nonlinear as nl
 from . import ops
+from . import ops as nl
 from .autograd.tape import WIDE_MAX_FRAC_BITS
 from .ops import rescale_many
 from .protocols import beaver

@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-from .. import nonlinear as nl
 from .. import ops, ring
+from .. import ops as nl
 from ..errors import ShapeError
 from ..protocols import beaver, compare
 from ..sharing import lead

@@ -16,8 +16,8 @@ from typing import Any, cast
 import torch
 
 from .. import functional as F
-from .. import nonlinear as nl
 from .. import ops
+from .. import ops as nl
 from ..autograd import is_grad_enabled, no_grad
 from ..errors import ShapeError
 from ..session import Session

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import smpc
-from smpc import nonlinear as nl
+from smpc import ops as nl
 from smpc.errors import EncodingOverflowError, ShapeError
 from smpc.protocols import compare
 

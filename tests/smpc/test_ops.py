@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import smpc
-from smpc import nonlinear as nl
+from smpc import ops as nl
 from smpc.comm.stats import Stats
 from tests.strategies import party_counts, seeds
 

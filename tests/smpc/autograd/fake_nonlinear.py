@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from smpc import nonlinear as nl
+from smpc import ops as nl
 from smpc.tensor import SharedTensor
 
 

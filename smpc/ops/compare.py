@@ -31,13 +31,13 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from . import ops
-from .errors import EncodingOverflowError, ShapeError
-from .protocols import beaver, compare
-from .protocols import nonlinear as ring_nl
-from .session import Session
-from .sharing import add_public, lead
-from .tensor import SharedTensor, tag_results
+from ..errors import EncodingOverflowError, ShapeError
+from ..protocols import beaver, compare
+from ..protocols import nonlinear as ring_nl
+from ..session import Session
+from ..sharing import add_public, lead
+from ..tensor import SharedTensor, tag_results
+from . import arith as ops
 
 __all__ = [
     "MaxResult",

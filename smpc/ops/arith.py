@@ -16,13 +16,13 @@ from typing import Any
 
 import torch
 
-from . import ring
-from .encoding import as_plain_tensor
-from .errors import EncodingOverflowError, SessionMismatchError, ShapeError
-from .protocols import beaver, truncation
-from .session import Session, Truncation
-from .sharing import add_public, lead
-from .tensor import SharedTensor, tag_results
+from .. import ring
+from ..encoding import as_plain_tensor
+from ..errors import EncodingOverflowError, SessionMismatchError, ShapeError
+from ..protocols import beaver, truncation
+from ..session import Session, Truncation
+from ..sharing import add_public, lead
+from ..tensor import SharedTensor, tag_results
 
 __all__ = [
     "Public",
