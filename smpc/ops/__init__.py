@@ -9,12 +9,28 @@ autograd tape, and the autograd Functions call them for both passes).
   matmul, convolution, kept masks), public operands, chunked execution.
 * :mod:`smpc.ops.compare`: comparisons, ReLU with its bit, ``where``,
   max/min/argmax and max pooling with its one-hot.
+* :mod:`smpc.ops.approx`: iterative approximations (exp, reciprocal, div,
+  log, sqrt, sigmoid, tanh, softmax) with documented ranges and errors.
 
 Every public kernel is also importable from ``smpc.ops`` itself.
 """
 
 from __future__ import annotations
 
+from .approx import (
+    div,
+    exp,
+    log,
+    log_softmax,
+    reciprocal,
+    rsqrt,
+    rsqrt_scaled_share,
+    rsqrt_wide,
+    sigmoid,
+    softmax,
+    sqrt,
+    tanh,
+)
 from .arith import (
     KeptOperand,
     Public,
@@ -51,31 +67,19 @@ from .compare import (
     abs,
     argmax,
     argmin,
-    div,
     eq,
-    exp,
     ge,
     gt,
     le,
-    log,
-    log_softmax,
     lt,
     max,
     max_pool2d,
     max_pool2d_with_onehot,
     min,
     ne,
-    reciprocal,
     relu,
     relu_with_bit,
-    rsqrt,
-    rsqrt_scaled_share,
-    rsqrt_wide,
-    sigmoid,
     sign,
-    softmax,
-    sqrt,
-    tanh,
     where,
 )
 
