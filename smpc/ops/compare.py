@@ -26,8 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ShapeError
-from ..protocols import compare
-from ..protocols import nonlinear as ring_nl
+from ..protocols import compare, maximum
 from ..session import Session
 from ..sharing import add_public, lead
 from ..tensor import SharedTensor, tag_results
@@ -216,7 +215,7 @@ def _reduce_last(
     scale = sess.encoding.scale if onehot else None
     if dim is None:
         flat = x.share.reshape(*x.share.shape[:ld], -1)
-        vals, oh = ring_nl.max_last(
+        vals, oh = maximum.max_last(
             sess.comm, sess.dealer, flat, onehot_scale=scale, values=need_values
         )
         if keepdim and vals is not None:
@@ -227,7 +226,7 @@ def _reduce_last(
         raise TypeError(f"`dim` must be an int or None; got {type(dim).__name__}")
     d = x._dim(dim)
     moved = x.share.movedim(d, -1)
-    vals, oh = ring_nl.max_last(
+    vals, oh = maximum.max_last(
         sess.comm, sess.dealer, moved, onehot_scale=scale, values=need_values
     )
     if keepdim and vals is not None:
@@ -333,7 +332,7 @@ def max_pool2d(
     input = _check_shared(input, "input")
     sess = _sess(input)
     win, squeeze, *_ = _pool_windows(input, kernel_size, stride, padding)
-    vals, _ = ring_nl.max_last(sess.comm, sess.dealer, win)
+    vals, _ = maximum.max_last(sess.comm, sess.dealer, win)
     assert vals is not None
     if squeeze:
         vals = vals.squeeze(lead(sess.comm))
@@ -357,7 +356,7 @@ def max_pool2d_with_onehot(
     input = _check_shared(input, "input")
     sess = _sess(input)
     win, squeeze, *_ = _pool_windows(input, kernel_size, stride, padding)
-    vals, oh = ring_nl.max_last(sess.comm, sess.dealer, win, onehot_scale=sess.encoding.scale)
+    vals, oh = maximum.max_last(sess.comm, sess.dealer, win, onehot_scale=sess.encoding.scale)
     assert vals is not None and oh is not None
     if squeeze:
         vals = vals.squeeze(lead(sess.comm))
