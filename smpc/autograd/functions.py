@@ -647,114 +647,85 @@ class Reshape(Function):
     """Reshape."""
 
     @staticmethod
-    def forward(
-        ctx: Context, x: SharedTensor, shape: tuple[int, ...], fn: Callable[..., SharedTensor]
-    ) -> SharedTensor:
-        """``fn(x, shape)``; saves the input shape. Cost: local.
-
-        ``fn`` is the shape kernel given by :mod:`smpc.functional`.
-        """
+    def forward(ctx: Context, x: SharedTensor, shape: tuple[int, ...]) -> SharedTensor:
+        """``x`` reshaped to ``shape``; saves the input shape. Cost: local."""
         ctx.shape = tuple(x.shape)
-        return fn(x, shape)
+        return ops.reshape(x, shape)
 
     @staticmethod
-    def backward(ctx: Context, g: Grad) -> tuple[Grad, None, None]:
+    def backward(ctx: Context, g: Grad) -> tuple[Grad, None]:
         """``g`` reshaped to the input's shape. Cost: local."""
-        return g.reshape(ctx.shape), None, None
+        return g.reshape(ctx.shape), None
 
 
 class Transpose(Function):
     """Swap two dims."""
 
     @staticmethod
-    def forward(
-        ctx: Context, x: SharedTensor, d0: int, d1: int, fn: Callable[..., SharedTensor]
-    ) -> SharedTensor:
-        """``fn(x, d0, d1)``; saves the two dims. Cost: local.
-
-        ``fn`` is the shape kernel given by :mod:`smpc.functional`.
-        """
+    def forward(ctx: Context, x: SharedTensor, d0: int, d1: int) -> SharedTensor:
+        """``x`` with dims ``d0`` and ``d1`` swapped; saves the two dims. Cost: local."""
         ctx.dims = (d0, d1)
-        return fn(x, d0, d1)
+        return ops.transpose(x, d0, d1)
 
     @staticmethod
-    def backward(ctx: Context, g: Grad) -> tuple[Grad, None, None, None]:
+    def backward(ctx: Context, g: Grad) -> tuple[Grad, None, None]:
         """``g`` with the same two dims swapped back. Cost: local."""
-        return g.transpose(*ctx.dims), None, None, None
+        return g.transpose(*ctx.dims), None, None
 
 
 class Permute(Function):
     """Permute dims."""
 
     @staticmethod
-    def forward(
-        ctx: Context, x: SharedTensor, dims: tuple[int, ...], fn: Callable[..., SharedTensor]
-    ) -> SharedTensor:
-        """``fn(x, dims)``; saves the inverse permutation. Cost: local.
-
-        ``fn`` is the shape kernel given by :mod:`smpc.functional`.
-        """
+    def forward(ctx: Context, x: SharedTensor, dims: tuple[int, ...]) -> SharedTensor:
+        """``x`` permuted to ``dims``; saves the inverse permutation. Cost: local."""
         nd = max(x.dim(), 1)
         ctx.inv = tuple(sorted(range(len(dims)), key=lambda i: dims[i] % nd))
-        return fn(x, dims)
+        return ops.permute(x, dims)
 
     @staticmethod
-    def backward(ctx: Context, g: Grad) -> tuple[Grad, None, None]:
+    def backward(ctx: Context, g: Grad) -> tuple[Grad, None]:
         """``g`` permuted by the saved inverse permutation. Cost: local."""
-        return g.permute(*ctx.inv), None, None
+        return g.permute(*ctx.inv), None
 
 
 class Expand(Function):
     """Broadcast to a size."""
 
     @staticmethod
-    def forward(
-        ctx: Context, x: SharedTensor, sizes: tuple[int, ...], fn: Callable[..., SharedTensor]
-    ) -> SharedTensor:
-        """``fn(x, sizes)``; saves the input shape. Cost: local.
-
-        ``fn`` is the shape kernel given by :mod:`smpc.functional`.
-        """
+    def forward(ctx: Context, x: SharedTensor, sizes: tuple[int, ...]) -> SharedTensor:
+        """``x`` broadcast to ``sizes``; saves the input shape. Cost: local."""
         ctx.shape = tuple(x.shape)
-        return fn(x, sizes)
+        return ops.expand(x, sizes)
 
     @staticmethod
-    def backward(ctx: Context, g: Grad) -> tuple[Grad, None, None]:
+    def backward(ctx: Context, g: Grad) -> tuple[Grad, None]:
         """``g`` summed back over the expanded dims (:func:`sum_to`). Cost: local."""
-        return sum_to(g, ctx.shape), None, None
+        return sum_to(g, ctx.shape), None
 
 
 class GetItem(Function):
     """Index or slice; backward scatters into zeros (local)."""
 
     @staticmethod
-    def forward(
-        ctx: Context, x: SharedTensor, index: Any, fn: Callable[..., SharedTensor]
-    ) -> SharedTensor:
-        """``fn(x, index)``; saves the input shape and the index. Cost: local.
-
-        ``fn`` is the shape kernel given by :mod:`smpc.functional`.
-        """
+    def forward(ctx: Context, x: SharedTensor, index: Any) -> SharedTensor:
+        """``x[index]``; saves the input shape and the index. Cost: local."""
         ctx.conf = (tuple(x.shape), index)
-        return fn(x, index)
+        return ops.getitem(x, index)
 
     @staticmethod
-    def backward(ctx: Context, g: Grad) -> tuple[Grad, None, None]:
+    def backward(ctx: Context, g: Grad) -> tuple[Grad, None]:
         """Zeros of the input's shape with ``g`` added at ``index``. Cost: local.
 
         Done on each share; repeated indices add up.
         """
         shape, index = ctx.conf
-        idx = index if isinstance(index, tuple) else (index,)
         if isinstance(g, SharedTensor):
-            ld = lead(g.session.comm)
-            s = g.share
-            out = torch.zeros((*s.shape[:ld], *shape), dtype=s.dtype)
-            out[(slice(None),) * ld + idx] += s
-            return SharedTensor(out, g.session), None, None
+            return ops.index_into_zeros(g, shape, index), None
+        idx = index if isinstance(index, tuple) else (index,)
         out_t = torch.zeros(shape, dtype=g.dtype)
         out_t[idx] += g
-        return out_t, None, None
+        return out_t, None
 
 
 class Cat(Function):

@@ -7,6 +7,8 @@ autograd tape, and the autograd Functions call them for both passes).
 
 * :mod:`smpc.ops.arith`: linear ops, products with truncation (elementwise,
   matmul, convolution, kept masks), public operands, chunked execution.
+* :mod:`smpc.ops.shape`: reshape, transpose, permute, expand, indexing, cat,
+  stack (all local).
 * :mod:`smpc.ops.compare`: comparisons, ReLU with its bit, ``where``,
   max/min/argmax and max pooling with its one-hot.
 * :mod:`smpc.ops.approx`: iterative approximations (exp, reciprocal, div,
@@ -37,7 +39,6 @@ from .arith import (
     add,
     bilinears,
     can_keep,
-    cat,
     check_groups,
     chunked,
     conv2d,
@@ -58,7 +59,6 @@ from .arith import (
     rescale,
     rescale_many,
     square,
-    stack,
     sub,
     sum,
 )
@@ -82,6 +82,16 @@ from .compare import (
     sign,
     where,
 )
+from .shape import (
+    cat,
+    expand,
+    getitem,
+    index_into_zeros,
+    permute,
+    reshape,
+    stack,
+    transpose,
+)
 
 __all__ = [
     # arith
@@ -90,7 +100,6 @@ __all__ = [
     "add",
     "bilinears",
     "can_keep",
-    "cat",
     "check_groups",
     "chunked",
     "conv2d",
@@ -111,9 +120,17 @@ __all__ = [
     "rescale",
     "rescale_many",
     "square",
-    "stack",
     "sub",
     "sum",
+    # shape
+    "cat",
+    "expand",
+    "getitem",
+    "index_into_zeros",
+    "permute",
+    "reshape",
+    "stack",
+    "transpose",
     # compare
     "MaxResult",
     "abs",

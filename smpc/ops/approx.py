@@ -21,6 +21,7 @@ from ..session import Session
 from ..sharing import add_public, lead
 from ..tensor import SharedTensor, tag_results
 from . import arith as ops
+from . import shape
 from .compare import _check_shared, _reduce_last, _sess, relu
 
 __all__ = [
@@ -49,8 +50,8 @@ def _mul_many(pairs: Sequence[tuple[SharedTensor, SharedTensor]]) -> list[Shared
     """Several same-shaped products in one batched Beaver opening and truncation."""
     if len(pairs) == 1:
         return [ops.mul(*pairs[0])]
-    a = ops.stack([p[0] for p in pairs])
-    b = ops.stack([p[1] for p in pairs])
+    a = shape.stack([p[0] for p in pairs])
+    b = shape.stack([p[1] for p in pairs])
     out = ops.mul(a, b)
     return [out[i] for i in range(len(pairs))]
 

@@ -36,8 +36,6 @@ __all__ = [
     "conv2d",
     "sum",
     "mean",
-    "cat",
-    "stack",
     "is_public_int",
     "chunked",
 ]
@@ -711,36 +709,6 @@ def mean(
     if count <= 1:
         return s
     return mul(s, 1.0 / count)
-
-
-def cat(tensors: Sequence[SharedTensor], dim: int = 0) -> SharedTensor:
-    """Concatenate shared tensors along ``dim`` (like ``torch.cat``). Cost: local."""
-    if not tensors:
-        raise ValueError("`tensors` must not be empty")
-    sess = _session(*tensors)
-    for t in tensors:
-        if not isinstance(t, SharedTensor):
-            raise TypeError(f"`tensors` must all be SharedTensor; got {type(t).__name__}")
-    d = tensors[0]._dim(dim)
-    try:
-        return _wrap(sess, torch.cat([t.share for t in tensors], dim=d))
-    except RuntimeError as err:
-        raise ShapeError(f"cat: {err}") from err
-
-
-def stack(tensors: Sequence[SharedTensor], dim: int = 0) -> SharedTensor:
-    """Stack shared tensors along a new ``dim`` (like ``torch.stack``). Cost: local."""
-    if not tensors:
-        raise ValueError("`tensors` must not be empty")
-    sess = _session(*tensors)
-    nd = tensors[0].dim() + 1
-    if not -nd <= dim < nd:
-        raise IndexError(f"`dim` must be in [{-nd}, {nd}); got {dim}")
-    d = dim % nd + lead(sess.comm)
-    try:
-        return _wrap(sess, torch.stack([t.share for t in tensors], dim=d))
-    except RuntimeError as err:
-        raise ShapeError(f"stack: {err}") from err
 
 
 # ----------------------------------------------------------------- chunked execution
