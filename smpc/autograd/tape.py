@@ -21,7 +21,6 @@ from typing import Any, TypeVar
 
 import torch
 
-from ..sharing import public_share
 from ..tensor import SharedTensor
 
 __all__ = [
@@ -140,10 +139,10 @@ def as_shared(g: Grad, like: SharedTensor) -> SharedTensor:
     """A public gradient as a (trivially) shared tensor in ``like``'s session."""
     if isinstance(g, SharedTensor):
         return g
-    sess = like.session
+    from .. import ops
+
     g = g.expand(like.shape) if tuple(g.shape) != tuple(like.shape) else g
-    enc = sess.encoding.encode(g.detach().to(torch.float64).contiguous(), name="grad")
-    return SharedTensor(public_share(sess.comm, enc), sess)
+    return ops.public_shared(like.session, g, name="grad")
 
 
 def _like(g: SharedTensor, t: SharedTensor) -> SharedTensor:

@@ -17,7 +17,6 @@ import torch
 
 from .. import functional as F
 from .. import ops
-from .. import ops as nl
 from ..autograd import is_grad_enabled, no_grad
 from ..errors import ShapeError
 from ..session import Session
@@ -740,7 +739,7 @@ class BatchNorm(Module):
         kept = self.__dict__.get("_kept_inv")
         if kept is None or kept[0] is not self.running_var.share:
             with no_grad():
-                inv = nl.rsqrt_wide(ops.add(self.running_var, self.eps))
+                inv = ops.rsqrt_wide(ops.add(self.running_var, self.eps))
             kept = (self.running_var.share, inv)
             object.__setattr__(self, "_kept_inv", kept)
         return kept[1]

@@ -21,7 +21,7 @@ from ..encoding import as_plain_tensor
 from ..errors import EncodingOverflowError, SessionMismatchError, ShapeError
 from ..protocols import beaver, truncation
 from ..session import Session, Truncation
-from ..sharing import add_public, lead
+from ..sharing import add_public, lead, public_share
 from ..tensor import SharedTensor, tag_results
 
 __all__ = [
@@ -709,6 +709,22 @@ def mean(
     if count <= 1:
         return s
     return mul(s, 1.0 / count)
+
+
+def public_shared(sess: Session, value: torch.Tensor, name: str = "value") -> SharedTensor:
+    """A public tensor as a (trivially) shared one: encoded, party 0 holds it. Cost: local."""
+    enc = sess.encoding.encode(value.detach().to(torch.float64).contiguous(), name=name)
+    return SharedTensor(public_share(sess.comm, enc), sess)
+
+
+def mul_shares(sess: Session, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Shares of ``a * b`` for ring shares, not rescaled (scales add). Cost: 1 round."""
+    return beaver.mul(sess.comm, sess.dealer, a, b)
+
+
+def square_shares(sess: Session, a: torch.Tensor) -> torch.Tensor:
+    """Shares of ``a * a`` for ring shares (a square pair), not rescaled. Cost: 1 round."""
+    return beaver.square(sess.comm, sess.dealer, a)
 
 
 # ----------------------------------------------------------------- chunked execution

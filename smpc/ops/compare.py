@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ShapeError
-from ..protocols import compare, maximum
+from ..protocols import beaver, compare, maximum
 from ..session import Session
 from ..sharing import add_public, lead
 from ..tensor import SharedTensor, tag_results
@@ -362,6 +362,86 @@ def max_pool2d_with_onehot(
         vals = vals.squeeze(lead(sess.comm))
         oh = oh.squeeze(lead(sess.comm))
     return SharedTensor(vals, sess), SharedTensor(oh, sess)
+
+
+# ----------------------------------------------------------------- kernels for backward passes
+# (not in __all__: their results are gradients, which take their dtype from the
+# tape, so they are not wrapped by tag_results below)
+class RingBit:
+    """Shares of an unscaled ring 0/1 (a comparison's bit before fixed-point scaling).
+
+    Kept by a forward pass for its backward: a product with it needs no
+    truncation (:func:`mul_ring_bit`). ``repr`` shows the shape only.
+    """
+
+    __slots__ = ("share", "session")
+
+    def __init__(self, share: torch.Tensor, session: Session) -> None:
+        self.share = share
+        self.session = session
+
+    def __repr__(self) -> str:
+        ld = lead(self.session.comm)
+        return f"RingBit(shape={tuple(self.share.shape[ld:])})"
+
+
+def relu_with_ring_bit(x: SharedTensor) -> tuple[SharedTensor, RingBit]:
+    """``(max(x, 0), [x >= 0])`` with the bit as an unscaled ring 0/1, for ReLU's gradient.
+
+    :func:`smpc.protocols.compare.relu` (the product ``x * bit`` fused into the
+    comparison, no truncation). Cost: as :func:`relu_with_bit` (7 rounds).
+    """
+    sess = x.session
+    value, bit = compare.relu(sess.comm, sess.dealer, x.share)
+    return SharedTensor(value, sess), RingBit(bit, sess)
+
+
+def mul_ring_bit(g: SharedTensor | torch.Tensor, bit: RingBit) -> SharedTensor:
+    """``g * bit`` for a ring bit: no truncation needed.
+
+    Cost: for a shared ``g`` one Beaver product (1 round); for a public ``g``, local
+    (it is encoded and multiplies the bit's shares).
+    """
+    sess = bit.session
+    if isinstance(g, SharedTensor):
+        gs = g.share
+        if tuple(gs.shape) != tuple(bit.share.shape):
+            gs = gs.expand(*bit.share.shape).contiguous()
+        return SharedTensor(beaver.mul(sess.comm, sess.dealer, gs, bit.share), sess)
+    enc = sess.encoding.encode(g.detach().to(torch.float64), name="grad")
+    return SharedTensor(bit.share * enc, sess)
+
+
+def max_pool2d_backward(
+    grad: SharedTensor | torch.Tensor,
+    onehot: SharedTensor,
+    input_shape: Sequence[int],
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+) -> SharedTensor:
+    """The input gradient of :func:`max_pool2d_with_onehot` from its one-hot.
+
+    ``grad[..., None] * onehot`` (one product: Beaver and a truncation for a
+    shared ``grad``, a truncation for a public one), then each window's entries
+    added back onto its input positions (local; overlapping windows add up) and
+    the padding cropped.
+    """
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    gw = ops.mul(onehot, grad.unsqueeze(-1))
+    sess = gw.session
+    s = gw.share
+    ld = lead(sess.comm)
+    ho, wo = s.shape[-3], s.shape[-2]
+    s = s.reshape(*s.shape[:-1], kh, kw)  # (..., C, Ho, Wo, kh, kw)
+    h, w = int(input_shape[-2]), int(input_shape[-1])
+    out = torch.zeros((*s.shape[:ld], *input_shape[:-2], h + 2 * ph, w + 2 * pw), dtype=s.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            out[..., i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw] += s[..., i, j]
+    if ph or pw:
+        out = out[..., ph : ph + h, pw : pw + w].contiguous()
+    return SharedTensor(out, sess)
 
 
 _ = builtins  # builtins.max/min stay reachable despite the torch-named functions here
