@@ -16,7 +16,7 @@ from smpc import ops as nl
 from smpc.errors import EncodingOverflowError, ShapeError
 from smpc.protocols import compare
 
-from ..strategies import party_counts, shapes
+from ...strategies import party_counts, shapes
 
 F16 = 16
 ULP = 2.0**-F16
