@@ -3,7 +3,7 @@
 Approximations (``exp``, ``reciprocal``, ``log``, ``rsqrt``/``sqrt``,
 ``sigmoid``/``tanh``, ``softmax``/``log_softmax``) are iterative, with
 iteration counts as keyword arguments; their input ranges and measured errors
-are in ``docs/approximations.md`` and checked by ``tests/smpc/test_nonlinear.py``.
+are in ``docs/approximations.md`` and checked by ``tests/smpc/ops/test_approx.py``.
 """
 
 from __future__ import annotations
