@@ -719,10 +719,10 @@ class GetItem(Function):
         shape, index = ctx.conf
         if isinstance(g, SharedTensor):
             return ops.index_into_zeros(g, shape, index), None
-        idx = index if isinstance(index, tuple) else (index,)
-        out_t = torch.zeros(shape, dtype=g.dtype)
-        out_t[idx] += g
-        return out_t, None
+        pos = ops.flat_positions(shape, index).reshape(-1)
+        out_t = torch.zeros(math.prod(shape), dtype=g.dtype)
+        out_t.index_add_(0, pos, g.reshape(-1))
+        return out_t.reshape(shape), None
 
 
 class Cat(Function):

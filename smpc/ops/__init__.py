@@ -92,6 +92,7 @@ from .compare import (
 from .shape import (
     cat,
     expand,
+    flat_positions,
     getitem,
     index_into_zeros,
     permute,
@@ -135,6 +136,7 @@ __all__ = [
     # shape
     "cat",
     "expand",
+    "flat_positions",
     "getitem",
     "index_into_zeros",
     "permute",

@@ -9,6 +9,7 @@ indexing).
 from __future__ import annotations
 
 import builtins
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -83,13 +84,21 @@ def getitem(x: SharedTensor, index: Any) -> SharedTensor:
 
 
 def index_into_zeros(g: SharedTensor, shape: Sequence[int], index: Any) -> SharedTensor:
-    """Zeros of ``shape`` with ``g`` added at ``index`` (repeated indices add up). Cost: local."""
-    idx = index if isinstance(index, tuple) else (index,)
+    """Zeros of ``shape`` with ``g`` added at ``index`` (repeated indices add up). Cost: local.
+
+    The adjoint of :func:`getitem`: what torch's gradient of ``x[index]`` is.
+    """
     ld = lead(g.session.comm)
     s = g.share
-    out = torch.zeros((*s.shape[:ld], *shape), dtype=s.dtype)
-    out[(slice(None),) * ld + idx] += s
-    return SharedTensor(out, g.session)
+    pos = flat_positions(shape, index)
+    out = torch.zeros((*s.shape[:ld], math.prod(shape)), dtype=s.dtype)
+    out.index_add_(ld, pos.reshape(-1), s.reshape(*s.shape[:ld], -1))
+    return SharedTensor(out.reshape(*s.shape[:ld], *shape), g.session)
+
+
+def flat_positions(shape: Sequence[int], index: Any) -> torch.Tensor:
+    """The row-major positions in ``shape`` that ``x[index]`` reads, in its order (public)."""
+    return torch.arange(math.prod(shape), dtype=torch.int64).reshape(tuple(shape))[index]
 
 
 def cat(tensors: Sequence[SharedTensor], dim: int = 0) -> SharedTensor:
