@@ -409,3 +409,49 @@ def test_empty_tensors_in_the_distributed_runtime_match_the_simulation(n: int) -
         # the same messages (empty ones) in both runtimes: nothing else is sent
         assert res["stats"][0] == sim["stats"][0]
         assert res["stats"][1] == sim["stats"][1] == 0
+
+
+# ----------------------------------------------------------------- kernels for backward passes
+@given(n=party_counts, shape=shapes(min_dims=1), seed=st.integers(0, 2**31))
+def test_relu_with_ring_bit_and_mul_ring_bit(n: int, shape: tuple[int, ...], seed: int) -> None:
+    """The ring bit is an unscaled 0/1; ``g * bit`` is exact for shared and public ``g``."""
+    x = _grid(shape, seed, 100)
+    g = _grid(shape, seed + 1, 100)
+    with smpc.Session(parties=n, seed=seed) as sess:
+        value, bit = nl.relu_with_ring_bit(sess.share(x))
+        assert torch.equal(value.reveal().double(), x.clamp(min=0))
+        want = g * (x >= 0)
+        sg = sess.share(g)
+        before = sess.stats.snapshot()
+        shared = nl.mul_ring_bit(sg, bit)
+        assert (sess.stats - before).rounds == 1  # one Beaver product, no truncation
+        assert torch.equal(shared.reveal().double(), want)
+        assert torch.equal(nl.mul_ring_bit(g, bit).reveal().double(), want)
+        assert "RingBit(shape=" in repr(bit) and str(bit.share[0].tolist()) not in repr(bit)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    n=party_counts,
+    seed=st.integers(0, 2**31),
+    cfg=st.sampled_from([(2, 2, 0), (3, 2, 1), (2, 1, 1), ((2, 3), (2, 1), (1, 1)), (3, 3, 0)]),
+    batch=st.booleans(),
+)
+def test_max_pool2d_backward_is_torch_gradient(n: int, seed: int, cfg: tuple, batch: bool) -> None:
+    """``max_pool2d_backward`` from the one-hot equals torch's input gradient (no ties)."""
+    k, s, p = cfg
+    shape = (2, 2, 5, 6) if batch else (2, 5, 6)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randperm(2 * 2 * 5 * 6, generator=gen)[: int(torch.tensor(shape).prod())] / 8.0
+    x = x.double().reshape(shape).requires_grad_()
+    out = F.max_pool2d(x, k, s, p)
+    g = _grid(tuple(out.shape), seed, 10)
+    out.backward(g)
+    with smpc.Session(parties=n, seed=seed) as sess:
+        vals, onehot = nl.max_pool2d_with_onehot(sess.share(x.detach()), k, s, p)
+        kh, kw = (k, k) if isinstance(k, int) else k
+        sh, sw = (s, s) if isinstance(s, int) else s
+        ph, pw = (p, p) if isinstance(p, int) else p
+        for grad in (sess.share(g), g):
+            got = nl.max_pool2d_backward(grad, onehot, shape, (kh, kw), (sh, sw), (ph, pw))
+            torch.testing.assert_close(got.reveal().double(), x.grad, atol=2 * ULP, rtol=0)
