@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -497,3 +498,34 @@ def test_max_pool2d_training_costs_the_one_hot_kernel() -> None:
         assert (train.rounds, train.bytes) == (kernel.rounds, kernel.bytes)
         assert (train.rounds, train.bytes) == (15, 11776)
         assert torch.equal(out_grad.reveal(), out.reveal())
+
+
+def pool_relu_index_program(sess: smpc.Session, x: torch.Tensor) -> dict[str, Any]:
+    """Gradients through padded max pooling, ReLU and a repeated index (runtime-agnostic)."""
+    sx = sess.share(x if sess.rank in (None, 0) else None, src=0, requires_grad=True)
+    before = sess.stats.snapshot()
+    out = F.relu(F.max_pool2d(sx, 2, 2, 1) - 0.51)[:, :, torch.tensor([0, 0, 1])]
+    out.sum().backward()
+    cost = sess.stats - before
+    assert sx.grad is not None
+    return {"out": out.reveal(), "grad": sx.grad.reveal(), "rounds": cost.rounds}
+
+
+@pytest.mark.timeout(90)
+def test_pool_relu_index_gradients_in_both_runtimes() -> None:
+    """The ops kernels behind these backward passes run unchanged on one share per process."""
+    from smpc.launch import run
+
+    x = torch.randperm(2 * 5 * 6, generator=torch.Generator().manual_seed(3)).float()
+    x = x.reshape(1, 2, 5, 6) / 30
+    results = run(functools.partial(pool_relu_index_program, x=x), parties=2, timeout=60)
+    with smpc.Session(2) as sess:
+        sim = pool_relu_index_program(sess, x)
+    t = x.clone().requires_grad_()
+    pooled = torch.nn.functional.max_pool2d(t, 2, 2, 1)
+    ref = torch.relu(pooled - 0.51)[:, :, torch.tensor([0, 0, 1])]  # no value at the kink
+    ref.sum().backward()
+    for res in [*results, sim]:
+        torch.testing.assert_close(res["out"], ref.detach(), atol=1e-4, rtol=0)
+        torch.testing.assert_close(res["grad"], t.grad, atol=1e-4, rtol=0)
+        assert res["rounds"] == sim["rounds"]
