@@ -1,8 +1,8 @@
 """Public op API on shared tensors, mirroring ``torch`` / ``torch.nn.functional`` names.
 
-These are the functions the SharedTensor operators call. Shape ops are local;
-arithmetic dispatches to :mod:`smpc.ops` (products, truncation) and
-:mod:`smpc.nonlinear` (comparison, approximations).
+These are the functions the SharedTensor operators call. Every op dispatches
+to a kernel of :mod:`smpc.ops` (shape, products and truncation, comparison,
+approximations).
 
 Every differentiable op records a node on the autograd tape
 (:mod:`smpc.autograd`) only when grad mode is on *and* an input requires grad;
@@ -12,14 +12,12 @@ check: no tape, no overhead).
 
 from __future__ import annotations
 
-import builtins
 import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from . import nonlinear as _nl
 from . import ops as _ops
 from . import ring as _ring
 from .autograd import functions as _fn
@@ -27,7 +25,6 @@ from .autograd.tape import _GRAD_ENABLED
 from .autograd.tape import backward as _backward
 from .autograd.tape import no_grad as _fn_no_grad
 from .errors import ShapeError
-from .sharing import lead
 from .tensor import SharedTensor, tag_results
 
 __all__ = [
@@ -246,85 +243,39 @@ def pow(x: SharedTensor, exponent: int) -> SharedTensor:
     return result
 
 
-def _reshape(x: SharedTensor, shape: Sequence[int]) -> SharedTensor:
-    s = x.share
-    ld = lead(x.session.comm)
-    try:
-        return SharedTensor(s.reshape(*s.shape[:ld], *shape), x.session)
-    except RuntimeError as err:
-        raise ShapeError(f"reshape: cannot view {tuple(x.shape)} as {tuple(shape)}") from err
-
-
 def reshape(x: SharedTensor, shape: Sequence[int]) -> SharedTensor:
     """Reshape (local)."""
     if _rec(x):
-        return _fn.Reshape.apply(x, tuple(shape), _reshape)
-    return _reshape(x, shape)
-
-
-def _transpose(x: SharedTensor, dim0: int, dim1: int) -> SharedTensor:
-    return SharedTensor(x.share.transpose(x._dim(dim0), x._dim(dim1)), x.session)
+        return _fn.Reshape.apply(x, tuple(shape))
+    return _ops.reshape(x, shape)
 
 
 def transpose(x: SharedTensor, dim0: int, dim1: int) -> SharedTensor:
     """Swap two dims (local)."""
     if _rec(x):
-        return _fn.Transpose.apply(x, dim0, dim1, _transpose)
-    return _transpose(x, dim0, dim1)
-
-
-def _permute(x: SharedTensor, dims: Sequence[int]) -> SharedTensor:
-    if sorted(d % builtins.max(x.dim(), 1) for d in dims) != list(range(x.dim())):
-        raise ShapeError(f"permute: `dims` must be a permutation of {x.dim()} dims; got {dims}")
-    ld = lead(x.session.comm)
-    return SharedTensor(x.share.permute(*range(ld), *(x._dim(d) for d in dims)), x.session)
+        return _fn.Transpose.apply(x, dim0, dim1)
+    return _ops.transpose(x, dim0, dim1)
 
 
 def permute(x: SharedTensor, dims: Sequence[int]) -> SharedTensor:
     """Permute dims (local)."""
     if _rec(x):
-        return _fn.Permute.apply(x, tuple(dims), _permute)
-    return _permute(x, dims)
-
-
-def _expand(x: SharedTensor, sizes: Sequence[int]) -> SharedTensor:
-    s = x.share
-    ld = lead(x.session.comm)
-    extra = len(sizes) - x.dim()
-    if extra > 0:  # new leading dims go after the party axis, as torch adds them in front
-        s = s.reshape(*s.shape[:ld], *([1] * extra), *s.shape[ld:])
-    try:
-        return SharedTensor(s.expand(*s.shape[:ld], *sizes).contiguous(), x.session)
-    except RuntimeError as err:
-        raise ShapeError(f"expand: cannot expand {tuple(x.shape)} to {tuple(sizes)}") from err
+        return _fn.Permute.apply(x, tuple(dims))
+    return _ops.permute(x, dims)
 
 
 def expand(x: SharedTensor, sizes: Sequence[int]) -> SharedTensor:
     """Broadcast to ``sizes`` (materialised copy, local)."""
     if _rec(x):
-        return _fn.Expand.apply(x, tuple(sizes), _expand)
-    return _expand(x, sizes)
-
-
-def _getitem(x: SharedTensor, index: Any) -> SharedTensor:
-    if isinstance(index, SharedTensor) or (
-        isinstance(index, tuple) and any(isinstance(i, SharedTensor) for i in index)
-    ):
-        raise TypeError("indexing with a SharedTensor would leak it; use smpc.where or reveal()")
-    ld = lead(x.session.comm)
-    idx = index if isinstance(index, tuple) else (index,)
-    full = (slice(None),) * ld + idx
-    try:
-        return SharedTensor(x.share[full], x.session)
-    except (IndexError, RuntimeError) as err:
-        raise IndexError(f"index {index!r} is invalid for shape {tuple(x.shape)}: {err}") from err
+        return _fn.Expand.apply(x, tuple(sizes))
+    return _ops.expand(x, sizes)
 
 
 def getitem(x: SharedTensor, index: Any) -> SharedTensor:
     """Index or slice with public indices (local)."""
     if _rec(x):
-        return _fn.GetItem.apply(x, index, _getitem)
-    return _getitem(x, index)
+        return _fn.GetItem.apply(x, index)
+    return _ops.getitem(x, index)
 
 
 def linear(
@@ -467,39 +418,39 @@ def cross_entropy(input: SharedTensor, target: Any, reduction: str = "mean") -> 
 
 def lt(x: Any, y: Any) -> SharedTensor:
     """``x < y`` as shared 0/1."""
-    return _nl.lt(x, y)
+    return _ops.lt(x, y)
 
 
 def le(x: Any, y: Any) -> SharedTensor:
     """``x <= y`` as shared 0/1."""
-    return _nl.le(x, y)
+    return _ops.le(x, y)
 
 
 def gt(x: Any, y: Any) -> SharedTensor:
     """``x > y`` as shared 0/1."""
-    return _nl.gt(x, y)
+    return _ops.gt(x, y)
 
 
 def ge(x: Any, y: Any) -> SharedTensor:
     """``x >= y`` as shared 0/1."""
-    return _nl.ge(x, y)
+    return _ops.ge(x, y)
 
 
 def eq(x: Any, y: Any) -> SharedTensor:
     """``x == y`` as shared 0/1."""
-    return _nl.eq(x, y)
+    return _ops.eq(x, y)
 
 
 def ne(x: Any, y: Any) -> SharedTensor:
     """``x != y`` as shared 0/1."""
-    return _nl.ne(x, y)
+    return _ops.ne(x, y)
 
 
 def relu(x: SharedTensor) -> SharedTensor:
     """``max(x, 0)``; with autograd, the comparison bit is kept for backward."""
     if _rec(x):
         return _fn.ReLU.apply(x)
-    return _nl.relu(x)
+    return _ops.relu(x)
 
 
 def leaky_relu(x: SharedTensor, negative_slope: float = 0.01) -> SharedTensor:
@@ -520,41 +471,41 @@ def leaky_relu(x: SharedTensor, negative_slope: float = 0.01) -> SharedTensor:
 
 def sign(x: SharedTensor) -> SharedTensor:
     """Sign of x (-1, 0, 1)."""
-    return _nl.sign(x)
+    return _ops.sign(x)
 
 
 def abs(x: SharedTensor) -> SharedTensor:
     """|x| (gradient ``g * sign(x)``)."""
     if _rec(x):
-        return mul(x, _nl.sign(x.detach()))
-    return _nl.abs(x)
+        return mul(x, _ops.sign(x.detach()))
+    return _ops.abs(x)
 
 
 def where(cond: SharedTensor, a: Any, b: Any) -> SharedTensor:
     """``a`` where ``cond`` (shared 0/1) else ``b``."""
     if _rec(a, b):
         return _fn.Where.apply(cond, a, b)
-    return _nl.where(cond, a, b)
+    return _ops.where(cond, a, b)
 
 
 def max(x: SharedTensor, dim: int | None = None, keepdim: bool = False) -> Any:
     """Max over ``dim`` (all elements when None). Not differentiable."""
-    return _nl.max(x, dim, keepdim)
+    return _ops.max(x, dim, keepdim)
 
 
 def min(x: SharedTensor, dim: int | None = None, keepdim: bool = False) -> Any:
     """Min over ``dim`` (all elements when None). Not differentiable."""
-    return _nl.min(x, dim, keepdim)
+    return _ops.min(x, dim, keepdim)
 
 
 def argmax(x: SharedTensor, dim: int | None = None, keepdim: bool = False) -> SharedTensor:
     """One-hot argmax."""
-    return _nl.argmax(x, dim, keepdim)
+    return _ops.argmax(x, dim, keepdim)
 
 
 def argmin(x: SharedTensor, dim: int | None = None, keepdim: bool = False) -> SharedTensor:
     """One-hot argmin."""
-    return _nl.argmin(x, dim, keepdim)
+    return _ops.argmin(x, dim, keepdim)
 
 
 def max_pool2d(
@@ -575,14 +526,14 @@ def max_pool2d(
             _pair(stride, "stride", 1) if stride is not None else k,
             _pair(padding, "padding"),
         )
-    return _nl.max_pool2d(input, kernel_size, stride, padding)
+    return _ops.max_pool2d(input, kernel_size, stride, padding)
 
 
 def reciprocal(x: SharedTensor) -> SharedTensor:
     """1/x."""
     if _rec(x):
         return _fn.Reciprocal.apply(x)
-    return _nl.reciprocal(x)
+    return _ops.reciprocal(x)
 
 
 def div(x: SharedTensor, y: Any) -> SharedTensor:
@@ -594,73 +545,73 @@ def div(x: SharedTensor, y: Any) -> SharedTensor:
         if bool((t == 0).any()):
             raise ZeroDivisionError("div: public divisor contains zero")
         return mul(x, 1.0 / t)
-    return _nl.div(x, y)
+    return _ops.div(x, y)
 
 
 def exp(x: SharedTensor) -> SharedTensor:
     """e**x."""
     if _rec(x):
         return _fn.Exp.apply(x)
-    return _nl.exp(x)
+    return _ops.exp(x)
 
 
 def log(x: SharedTensor) -> SharedTensor:
     """Ln x."""
     if _rec(x):
         return _fn.Log.apply(x)
-    return _nl.log(x)
+    return _ops.log(x)
 
 
 def sqrt(x: SharedTensor) -> SharedTensor:
     """Sqrt x."""
     if _rec(x):
         return _fn.Sqrt.apply(x)
-    return _nl.sqrt(x)
+    return _ops.sqrt(x)
 
 
 def rsqrt(x: SharedTensor) -> SharedTensor:
     """1/sqrt x."""
     if _rec(x):
         return reciprocal(sqrt(x))
-    return _nl.rsqrt(x)
+    return _ops.rsqrt(x)
 
 
 def rsqrt_wide(x: SharedTensor) -> SharedTensor:
-    """``1 / sqrt(x)`` for ``x`` in ``[2^-18, 2^14]``, 0 below (:func:`smpc.nonlinear.rsqrt_wide`).
+    """``1 / sqrt(x)`` for ``x`` in ``[2^-18, 2^14]``, 0 below (:func:`smpc.ops.rsqrt_wide`).
 
     Gradient ``-g / (2 x^1.5)`` from the saved output (two products).
     """
     if _rec(x):
         return _fn.RsqrtWide.apply(x)
-    return _nl.rsqrt_wide(x)
+    return _ops.rsqrt_wide(x)
 
 
 def sigmoid(x: SharedTensor) -> SharedTensor:
     """Logistic sigmoid."""
     if _rec(x):
         return _fn.Sigmoid.apply(x)
-    return _nl.sigmoid(x)
+    return _ops.sigmoid(x)
 
 
 def tanh(x: SharedTensor) -> SharedTensor:
     """Tanh."""
     if _rec(x):
         return _fn.Tanh.apply(x)
-    return _nl.tanh(x)
+    return _ops.tanh(x)
 
 
 def softmax(x: SharedTensor, dim: int) -> SharedTensor:
     """Softmax over ``dim``."""
     if _rec(x):
         return _fn.Softmax.apply(x, dim)
-    return _nl.softmax(x, dim)
+    return _ops.softmax(x, dim)
 
 
 def log_softmax(x: SharedTensor, dim: int) -> SharedTensor:
     """Log-softmax over ``dim``."""
     if _rec(x):
         return _fn.LogSoftmax.apply(x, dim)
-    return _nl.log_softmax(x, dim)
+    return _ops.log_softmax(x, dim)
 
 
 def _rescale_share(sess: Any, share: torch.Tensor) -> torch.Tensor:

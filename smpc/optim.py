@@ -25,11 +25,9 @@ from typing import ClassVar
 
 import torch
 
-from . import nonlinear as nl
 from . import ops
 from .autograd.tape import WIDE_MAX_FRAC_BITS, materialize_grads
 from .ops import rescale_many
-from .protocols import beaver
 from .tensor import SharedTensor
 
 __all__ = ["SGD", "Adam", "Optimizer"]
@@ -261,13 +259,13 @@ class Adam(Optimizer):
       to scale ``2^(f + 4)`` (all parameters in one round; ``p.grad`` would
       need it truncated to ``2^f``), so that small gradients (weight decay
       alone, say) keep 4 more bits in ``v_hat``.
-    * ``1 / sqrt(v_hat)`` by :func:`smpc.nonlinear.rsqrt` on six copies of
+    * ``1 / sqrt(v_hat)`` by :func:`smpc.ops.rsqrt` on six copies of
       ``v_hat`` scaled by ``2^-8, 1, 2^8, 2^16, 2^24, 2^32`` (one batch: the
       rounds of one rsqrt), the right copy chosen by comparing ``v_hat`` with
       six public thresholds (one batch) and one product of the comparison
       bits; 0 below ``2^-34`` (no step there).
     * ``1 / (sqrt(v_hat) + eps) = r / (1 + eps r)`` for ``r = 1 / sqrt(v_hat)``,
-      the reciprocal by :func:`smpc.nonlinear.reciprocal` on the known
+      the reciprocal by :func:`smpc.ops.reciprocal` on the known
       interval ``[1, 1 + eps 2^17]`` (skipped when ``eps 2^17 < 2^-(f+1)``).
       ``lr`` is applied with 16 significant bits.
 
@@ -343,7 +341,6 @@ class Adam(Optimizer):
         """Apply one Adam update to every parameter that has a gradient."""
         _check_lr(self.lr)
         sess = self.session
-        comm, dealer = sess.comm, sess.dealer
         f = sess.encoding.frac_bits
         active = [i for i, p in enumerate(self.params) if p.has_grad]
         if not active:
@@ -376,7 +373,7 @@ class Adam(Optimizer):
         else:
             g_flat = torch.cat(narrow_g, dim=-1)
         # 2. g^2 at scale 2^(2f + 8): a square pair, no truncation.
-        g2 = beaver.square(comm, dealer, g_flat)
+        g2 = ops.square_shares(sess, g_flat)
         # 3. Bias-corrected moments: m_hat += a1 (g - m_hat), v_hat += a2 (g^2 - v_hat),
         #    a = (1 - beta) / (1 - beta^t) per parameter; one truncation round.
         b1, b2 = self.betas
@@ -405,7 +402,7 @@ class Adam(Optimizer):
         if self.eps * _ADAM_R_MAX >= 2.0 ** -(f + 1):
             r = self._with_eps(r)
         # 5. The step lr m_hat r at scale 2^f: m_hat r at 2^(3f + R), cut to 2^(f + 8), times lr.
-        prod = beaver.mul(comm, dealer, m_hat, r)
+        prod = ops.mul_shares(sess, m_hat, r)
         (u,) = rescale_many(sess, [(prod, 2 * f + _ADAM_R_SHIFT - 8)])
         q_lr, s_lr = _fixed(self.lr)
         (upd,) = rescale_many(sess, [(u * q_lr, s_lr + 8)])
@@ -422,7 +419,7 @@ class Adam(Optimizer):
         """Shares of ``1 / sqrt(v)`` (scale ``2^(f+R)``) from shares of ``v`` (``2^(2f+8)``)."""
         sess = self.session
         scale = 2 * sess.encoding.frac_bits + _ADAM_V_EXTRA
-        return nl.rsqrt_scaled_share(sess, v, scale, _ADAM_SEGMENTS, _ADAM_R_SHIFT)
+        return ops.rsqrt_scaled_share(sess, v, scale, _ADAM_SEGMENTS, _ADAM_R_SHIFT)
 
     def _with_eps(self, r: torch.Tensor) -> torch.Tensor:
         """``r / (1 + eps r)`` (scale ``2^(f + R)``)."""
@@ -430,7 +427,7 @@ class Adam(Optimizer):
         e, b = _fixed(self.eps)
         (z,) = rescale_many(sess, [(r * e, b + _ADAM_R_SHIFT)])  # eps r at scale 2^f
         hi = 1.0 + self.eps * _ADAM_R_MAX
-        q = nl.reciprocal(ops.add(SharedTensor(z, sess), 1.0), bounds=(1.0, hi))
+        q = ops.reciprocal(ops.add(SharedTensor(z, sess), 1.0), bounds=(1.0, hi))
         return ops.mul(SharedTensor(r, sess), q).share
 
 

@@ -813,8 +813,9 @@ def _typed(fn: Any, name: str) -> Any:
 def tag_results(namespace: dict[str, Any], names: Sequence[str]) -> None:
     """Wrap the functions ``names`` of a module ``namespace`` so they tag result dtypes.
 
-    Called once by each op module (``smpc.ops``, ``smpc.nonlinear``,
-    ``smpc.functional``) at the end of its definitions, like a decorator.
+    Called once by each op module (``smpc.ops.arith``, ``smpc.ops.shape``,
+    ``smpc.ops.compare``, ``smpc.ops.approx``, ``smpc.functional``) at the end
+    of its definitions, like a decorator.
     """
     for name in names:
         fn = namespace[name]

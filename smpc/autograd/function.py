@@ -41,7 +41,7 @@ class Function:
 
     ``backward`` returns one gradient (SharedTensor, public tensor or ``None``)
     per positional argument of ``apply``. Gradients are computed with the
-    non-differentiable kernels of :mod:`smpc.ops` and :mod:`smpc.nonlinear`:
+    non-differentiable kernels of :mod:`smpc.ops`:
     no differentiating through protocol internals, no higher-order gradients.
     """
 

@@ -1,8 +1,8 @@
 """Differentiable ops: one :class:`Function` per op of the public API (autograd layer).
 
-Forward passes call the non-differentiable kernels of :mod:`smpc.ops` and
-:mod:`smpc.nonlinear`; backward passes use them too (no differentiation through
-protocol internals). A gradient flowing backwards may be a *public* torch
+Forward passes call the non-differentiable kernels of :mod:`smpc.ops`;
+backward passes use them too (no differentiation through protocol internals,
+no raw shares here). A gradient flowing backwards may be a *public* torch
 tensor (the implicit ``1`` of ``loss.backward()``) until it first meets a shared
 operand: that saves a Beaver product and a truncation at the top of the graph.
 
@@ -27,11 +27,8 @@ from typing import Any
 
 import torch
 
-from .. import nonlinear as nl
 from .. import ops, ring
 from ..errors import ShapeError
-from ..protocols import beaver, compare
-from ..sharing import lead
 from ..tensor import SharedTensor
 from .function import Context, Function
 from .tape import WideGrad, wants_wide_grad
@@ -646,114 +643,85 @@ class Reshape(Function):
     """Reshape."""
 
     @staticmethod
-    def forward(
-        ctx: Context, x: SharedTensor, shape: tuple[int, ...], fn: Callable[..., SharedTensor]
-    ) -> SharedTensor:
-        """``fn(x, shape)``; saves the input shape. Cost: local.
-
-        ``fn`` is the shape kernel given by :mod:`smpc.functional`.
-        """
+    def forward(ctx: Context, x: SharedTensor, shape: tuple[int, ...]) -> SharedTensor:
+        """``x`` reshaped to ``shape``; saves the input shape. Cost: local."""
         ctx.shape = tuple(x.shape)
-        return fn(x, shape)
+        return ops.reshape(x, shape)
 
     @staticmethod
-    def backward(ctx: Context, g: Grad) -> tuple[Grad, None, None]:
+    def backward(ctx: Context, g: Grad) -> tuple[Grad, None]:
         """``g`` reshaped to the input's shape. Cost: local."""
-        return g.reshape(ctx.shape), None, None
+        return g.reshape(ctx.shape), None
 
 
 class Transpose(Function):
     """Swap two dims."""
 
     @staticmethod
-    def forward(
-        ctx: Context, x: SharedTensor, d0: int, d1: int, fn: Callable[..., SharedTensor]
-    ) -> SharedTensor:
-        """``fn(x, d0, d1)``; saves the two dims. Cost: local.
-
-        ``fn`` is the shape kernel given by :mod:`smpc.functional`.
-        """
+    def forward(ctx: Context, x: SharedTensor, d0: int, d1: int) -> SharedTensor:
+        """``x`` with dims ``d0`` and ``d1`` swapped; saves the two dims. Cost: local."""
         ctx.dims = (d0, d1)
-        return fn(x, d0, d1)
+        return ops.transpose(x, d0, d1)
 
     @staticmethod
-    def backward(ctx: Context, g: Grad) -> tuple[Grad, None, None, None]:
+    def backward(ctx: Context, g: Grad) -> tuple[Grad, None, None]:
         """``g`` with the same two dims swapped back. Cost: local."""
-        return g.transpose(*ctx.dims), None, None, None
+        return g.transpose(*ctx.dims), None, None
 
 
 class Permute(Function):
     """Permute dims."""
 
     @staticmethod
-    def forward(
-        ctx: Context, x: SharedTensor, dims: tuple[int, ...], fn: Callable[..., SharedTensor]
-    ) -> SharedTensor:
-        """``fn(x, dims)``; saves the inverse permutation. Cost: local.
-
-        ``fn`` is the shape kernel given by :mod:`smpc.functional`.
-        """
+    def forward(ctx: Context, x: SharedTensor, dims: tuple[int, ...]) -> SharedTensor:
+        """``x`` permuted to ``dims``; saves the inverse permutation. Cost: local."""
         nd = max(x.dim(), 1)
         ctx.inv = tuple(sorted(range(len(dims)), key=lambda i: dims[i] % nd))
-        return fn(x, dims)
+        return ops.permute(x, dims)
 
     @staticmethod
-    def backward(ctx: Context, g: Grad) -> tuple[Grad, None, None]:
+    def backward(ctx: Context, g: Grad) -> tuple[Grad, None]:
         """``g`` permuted by the saved inverse permutation. Cost: local."""
-        return g.permute(*ctx.inv), None, None
+        return g.permute(*ctx.inv), None
 
 
 class Expand(Function):
     """Broadcast to a size."""
 
     @staticmethod
-    def forward(
-        ctx: Context, x: SharedTensor, sizes: tuple[int, ...], fn: Callable[..., SharedTensor]
-    ) -> SharedTensor:
-        """``fn(x, sizes)``; saves the input shape. Cost: local.
-
-        ``fn`` is the shape kernel given by :mod:`smpc.functional`.
-        """
+    def forward(ctx: Context, x: SharedTensor, sizes: tuple[int, ...]) -> SharedTensor:
+        """``x`` broadcast to ``sizes``; saves the input shape. Cost: local."""
         ctx.shape = tuple(x.shape)
-        return fn(x, sizes)
+        return ops.expand(x, sizes)
 
     @staticmethod
-    def backward(ctx: Context, g: Grad) -> tuple[Grad, None, None]:
+    def backward(ctx: Context, g: Grad) -> tuple[Grad, None]:
         """``g`` summed back over the expanded dims (:func:`sum_to`). Cost: local."""
-        return sum_to(g, ctx.shape), None, None
+        return sum_to(g, ctx.shape), None
 
 
 class GetItem(Function):
     """Index or slice; backward scatters into zeros (local)."""
 
     @staticmethod
-    def forward(
-        ctx: Context, x: SharedTensor, index: Any, fn: Callable[..., SharedTensor]
-    ) -> SharedTensor:
-        """``fn(x, index)``; saves the input shape and the index. Cost: local.
-
-        ``fn`` is the shape kernel given by :mod:`smpc.functional`.
-        """
+    def forward(ctx: Context, x: SharedTensor, index: Any) -> SharedTensor:
+        """``x[index]``; saves the input shape and the index. Cost: local."""
         ctx.conf = (tuple(x.shape), index)
-        return fn(x, index)
+        return ops.getitem(x, index)
 
     @staticmethod
-    def backward(ctx: Context, g: Grad) -> tuple[Grad, None, None]:
+    def backward(ctx: Context, g: Grad) -> tuple[Grad, None]:
         """Zeros of the input's shape with ``g`` added at ``index``. Cost: local.
 
         Done on each share; repeated indices add up.
         """
         shape, index = ctx.conf
-        idx = index if isinstance(index, tuple) else (index,)
         if isinstance(g, SharedTensor):
-            ld = lead(g.session.comm)
-            s = g.share
-            out = torch.zeros((*s.shape[:ld], *shape), dtype=s.dtype)
-            out[(slice(None),) * ld + idx] += s
-            return SharedTensor(out, g.session), None, None
-        out_t = torch.zeros(shape, dtype=g.dtype)
-        out_t[idx] += g
-        return out_t, None, None
+            return ops.index_into_zeros(g, shape, index), None
+        pos = ops.flat_positions(shape, index).reshape(-1)
+        out_t = torch.zeros(math.prod(shape), dtype=g.dtype)
+        out_t.index_add_(0, pos, g.reshape(-1))
+        return out_t.reshape(shape), None
 
 
 class Cat(Function):
@@ -819,35 +787,22 @@ class ReLU(Function):
     def forward(ctx: Context, x: SharedTensor) -> SharedTensor:
         """``max(x, 0)`` and the ring bit ``[x >= 0]``; saves the bit.
 
-        :func:`smpc.protocols.compare.relu`: 7 rounds, no truncation. The bit is kept as shares of
-        an unscaled ring 0/1.
+        :func:`smpc.ops.relu_with_ring_bit`: 7 rounds, no truncation. The bit is kept as shares
+        of an unscaled ring 0/1.
         """
-        sess = x.session
-        value, bit = compare.relu(sess.comm, sess.dealer, x.share)
+        value, bit = ops.relu_with_ring_bit(x)
         ctx.save_for_backward(bit)
-        ctx.session = sess
-        return SharedTensor(value, sess)
+        return value
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> Grad:
-        """``g * bit`` (:func:`mul_ring_bit`) from the saved bit.
+        """``g * bit`` (:func:`smpc.ops.mul_ring_bit`) from the saved bit.
 
         Cost: for a shared ``g`` one Beaver product without truncation (1 round); for a public
         ``g``, local.
         """
         (bit,) = ctx.saved_tensors
-        return mul_ring_bit(g, bit, ctx.session)
-
-
-def mul_ring_bit(g: Grad, bit: torch.Tensor, sess: Any) -> SharedTensor:
-    """``g * b`` for shares ``bit`` of an unscaled ring 0/1: no truncation needed."""
-    if isinstance(g, SharedTensor):
-        gs = g.share
-        if tuple(gs.shape) != tuple(bit.shape):
-            gs = gs.expand(*bit.shape).contiguous()
-        return SharedTensor(beaver.mul(sess.comm, sess.dealer, gs, bit), sess)
-    enc = sess.encoding.encode(g.detach().to(torch.float64), name="grad")
-    return SharedTensor(bit * enc, sess)
+        return ops.mul_ring_bit(g, bit)
 
 
 class Where(Function):
@@ -855,13 +810,13 @@ class Where(Function):
 
     @staticmethod
     def forward(ctx: Context, cond: SharedTensor, a: Any, b: Any) -> SharedTensor:
-        """``b + cond * (a - b)`` (:func:`smpc.nonlinear.where`); saves ``cond`` and shapes.
+        """``b + cond * (a - b)`` (:func:`smpc.ops.where`); saves ``cond`` and shapes.
 
         Cost: one product, or one truncation when ``a`` and ``b`` are public.
         """
         ctx.save_for_backward(cond)
         ctx.shapes = (_shape_of(a), _shape_of(b))
-        return nl.where(cond, a, b)
+        return ops.where(cond, a, b)
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> tuple[None, Grad | None, Grad | None]:
@@ -878,21 +833,12 @@ class Where(Function):
         return None, ga, gb
 
 
-def _window_view(x: SharedTensor, kernel: tuple[int, int], stride: tuple[int, int]) -> SharedTensor:
-    """Non-overlapping or strided windows as a last dim: (.., C, Ho, Wo, kh*kw) (local)."""
-    s = x.share
-    kh, kw = kernel
-    sh, sw = stride
-    u = s.unfold(-2, kh, sh).unfold(-2, kw, sw)  # (..., C, Ho, Wo, kh, kw)
-    return SharedTensor(u.reshape(*u.shape[:-2], kh * kw).contiguous(), x.session)
-
-
 class MaxPool2d(Function):
-    """Max pooling via a one-hot argmax over each window, kept for backward.
+    """Max pooling with the one-hot argmax of each window kept for backward.
 
-    Forward: windows (local), one-hot argmax (comparisons), max = sum(onehot * window)
-    (one product). Backward: ``onehot * g`` (one product) scattered back to the
-    windows (local). Requires ``padding=0``.
+    The kernel of the no-grad path too (:func:`smpc.ops.max_pool2d_with_onehot`):
+    any padding works. Backward: ``onehot * g`` (one product) scattered back to the
+    windows (local).
     """
 
     @staticmethod
@@ -903,43 +849,26 @@ class MaxPool2d(Function):
         stride: tuple[int, int],
         padding: tuple[int, int],
     ) -> SharedTensor:
-        """The max of each window via its one-hot argmax; saves the one-hot.
+        """The max of each window and its one-hot argmax; saves the one-hot.
 
-        Windows of ``x`` (local), their one-hot argmax (:func:`smpc.nonlinear.argmax`, comparisons),
-        then ``sum(onehot * window)`` (one product).
-
-        Raises:
-            NotImplementedError: ``padding`` is not ``(0, 0)``.
+        :func:`smpc.ops.max_pool2d_with_onehot`: ``ceil(log2(kh*kw))`` levels of comparisons,
+        one round more per level after the first for the one-hot (15 rounds for 2x2).
         """
-        if padding != (0, 0):
-            raise NotImplementedError("max_pool2d: gradients need padding=0")
-        win = _window_view(x, kernel, stride)
-        onehot = nl.argmax(win, -1, False)
-        out = ops.sum(ops.mul(onehot, win), -1)
+        out, onehot = ops.max_pool2d_with_onehot(x, kernel, stride, padding)
         ctx.save_for_backward(onehot)
-        ctx.conf = (tuple(x.shape), kernel, stride)
+        ctx.conf = (tuple(x.shape), kernel, stride, padding)
         return out
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> tuple[Grad, None, None, None]:
-        """``onehot * g`` added back onto each window's input positions.
+        """``onehot * g`` added back onto each window's input positions, padding cropped.
 
-        Cost: one product; the scatter is local (overlapping windows add up).
+        :func:`smpc.ops.max_pool2d_backward`. Cost: one product (Beaver and a truncation); the
+        scatter is local (overlapping windows add up).
         """
         (onehot,) = ctx.saved_tensors
-        shape, (kh, kw), (sh, sw) = ctx.conf
-        gw = ops.mul(onehot, g.unsqueeze(-1) if isinstance(g, SharedTensor) else g.unsqueeze(-1))
-        s = gw.share
-        ld = lead(gw.session.comm)
-        ho, wo = s.shape[-3], s.shape[-2]
-        s = s.reshape(*s.shape[:-1], kh, kw)  # (..., C, Ho, Wo, kh, kw)
-        out = torch.zeros((*s.shape[:ld], *shape), dtype=s.dtype)
-        for i in range(kh):
-            for j in range(kw):
-                out[..., i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw] += s[
-                    ..., i, j
-                ]
-        return SharedTensor(out, gw.session), None, None, None
+        shape, kernel, stride, padding = ctx.conf
+        return ops.max_pool2d_backward(g, onehot, shape, kernel, stride, padding), None, None, None
 
 
 class Softmax(Function):
@@ -947,8 +876,8 @@ class Softmax(Function):
 
     @staticmethod
     def forward(ctx: Context, x: SharedTensor, dim: int) -> SharedTensor:
-        """:func:`smpc.nonlinear.softmax` along ``dim``; saves the output ``s``."""
-        s = nl.softmax(x, dim)
+        """:func:`smpc.ops.softmax` along ``dim``; saves the output ``s``."""
+        s = ops.softmax(x, dim)
         ctx.save_for_backward(s)
         ctx.dim = dim
         return s
@@ -970,10 +899,10 @@ class LogSoftmax(Function):
 
     @staticmethod
     def forward(ctx: Context, x: SharedTensor, dim: int) -> SharedTensor:
-        """:func:`smpc.nonlinear.log_softmax` along ``dim``; saves the input ``x``."""
+        """:func:`smpc.ops.log_softmax` along ``dim``; saves the input ``x``."""
         ctx.save_for_backward(x)
         ctx.dim = dim
-        return nl.log_softmax(x, dim)
+        return ops.log_softmax(x, dim)
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> tuple[Grad, None]:
@@ -982,7 +911,7 @@ class LogSoftmax(Function):
         Cost: the softmax recomputed (its full cost), then one product; the rest is local.
         """
         (x,) = ctx.saved_tensors
-        p = nl.softmax(x, ctx.dim)
+        p = ops.softmax(x, ctx.dim)
         tot = _gsum(g, (ctx.dim % max(x.dim(), 1),), True)
         return _gadd(g, _gneg(_gmul(tot, p))), None
 
@@ -992,8 +921,8 @@ class Exp(Function):
 
     @staticmethod
     def forward(ctx: Context, x: SharedTensor) -> SharedTensor:
-        """:func:`smpc.nonlinear.exp`; saves the output."""
-        out = nl.exp(x)
+        """:func:`smpc.ops.exp`; saves the output."""
+        out = ops.exp(x)
         ctx.save_for_backward(out)
         return out
 
@@ -1008,8 +937,8 @@ class Reciprocal(Function):
 
     @staticmethod
     def forward(ctx: Context, x: SharedTensor) -> SharedTensor:
-        """:func:`smpc.nonlinear.reciprocal`; saves the output ``r``."""
-        out = nl.reciprocal(x)
+        """:func:`smpc.ops.reciprocal`; saves the output ``r``."""
+        out = ops.reciprocal(x)
         ctx.save_for_backward(out)
         return out
 
@@ -1028,17 +957,17 @@ class Log(Function):
 
     @staticmethod
     def forward(ctx: Context, x: SharedTensor) -> SharedTensor:
-        """:func:`smpc.nonlinear.log`; saves the input ``x``."""
+        """:func:`smpc.ops.log`; saves the input ``x``."""
         ctx.save_for_backward(x)
-        return nl.log(x)
+        return ops.log(x)
 
     @staticmethod
     def backward(ctx: Context, g: Grad) -> Grad:
         """``g * (1 / x)`` from the saved input.
 
-        Cost: a reciprocal (:func:`smpc.nonlinear.reciprocal`, its full cost), then one product.
+        Cost: a reciprocal (:func:`smpc.ops.reciprocal`, its full cost), then one product.
         """
-        return _gmul(g, nl.reciprocal(ctx.saved_tensors[0]))
+        return _gmul(g, ops.reciprocal(ctx.saved_tensors[0]))
 
 
 class Sqrt(Function):
@@ -1046,8 +975,8 @@ class Sqrt(Function):
 
     @staticmethod
     def forward(ctx: Context, x: SharedTensor) -> SharedTensor:
-        """:func:`smpc.nonlinear.sqrt`; saves the output."""
-        out = nl.sqrt(x)
+        """:func:`smpc.ops.sqrt`; saves the output."""
+        out = ops.sqrt(x)
         ctx.save_for_backward(out)
         return out
 
@@ -1058,19 +987,19 @@ class Sqrt(Function):
         Cost: a reciprocal (its full cost), one product, then a public-float product (one
         truncation).
         """
-        return _gmul(_gmul(g, nl.reciprocal(ctx.saved_tensors[0])), 0.5)
+        return _gmul(_gmul(g, ops.reciprocal(ctx.saved_tensors[0])), 0.5)
 
 
 class RsqrtWide(Function):
-    """``1 / sqrt(x)`` over ``[2^-18, 2^14]`` (:func:`smpc.nonlinear.rsqrt_wide`).
+    """``1 / sqrt(x)`` over ``[2^-18, 2^14]`` (:func:`smpc.ops.rsqrt_wide`).
 
     Backward ``-g r^3 / 2`` from the saved output ``r`` (two products).
     """
 
     @staticmethod
     def forward(ctx: Context, x: SharedTensor) -> SharedTensor:
-        """:func:`smpc.nonlinear.rsqrt_wide`; saves the output ``r``."""
-        out = nl.rsqrt_wide(x)
+        """:func:`smpc.ops.rsqrt_wide`; saves the output ``r``."""
+        out = ops.rsqrt_wide(x)
         ctx.save_for_backward(out)
         return out
 
@@ -1090,8 +1019,8 @@ class Sigmoid(Function):
 
     @staticmethod
     def forward(ctx: Context, x: SharedTensor) -> SharedTensor:
-        """:func:`smpc.nonlinear.sigmoid`; saves the output ``s``."""
-        out = nl.sigmoid(x)
+        """:func:`smpc.ops.sigmoid`; saves the output ``s``."""
+        out = ops.sigmoid(x)
         ctx.save_for_backward(out)
         return out
 
@@ -1107,8 +1036,8 @@ class Tanh(Function):
 
     @staticmethod
     def forward(ctx: Context, x: SharedTensor) -> SharedTensor:
-        """:func:`smpc.nonlinear.tanh`; saves the output ``t``."""
-        out = nl.tanh(x)
+        """:func:`smpc.ops.tanh`; saves the output ``t``."""
+        out = ops.tanh(x)
         ctx.save_for_backward(out)
         return out
 
@@ -1267,20 +1196,20 @@ class CrossEntropy(Function):
 
     @staticmethod
     def forward(ctx: Context, x: SharedTensor, target: Any, reduction: str) -> SharedTensor:
-        """:func:`smpc.nonlinear.softmax` over the class dim; saves it and the target.
+        """:func:`smpc.ops.softmax` over the class dim; saves it and the target.
 
         The target is one-hot or probabilities. The loss ``-sum(target * log_softmax(x))``, reduced,
         is computed at once for ``reduction='none'``, otherwise lazily (:class:`LazyValue`) when
         used: a log-softmax, one product.
         """
         dim = 1 if x.dim() > 1 else 0
-        p = nl.softmax(x, dim)
+        p = ops.softmax(x, dim)
         ctx.save_for_backward(p, target)
         ctx.conf = (reduction, dim)
         batch_shape = tuple(s for i, s in enumerate(x.shape) if i != dim)
 
         def value() -> torch.Tensor:
-            logp = nl.log_softmax(x, dim)
+            logp = ops.log_softmax(x, dim)
             per = ops.neg(ops.sum(ops.mul(logp, target), dim))
             return _reduce(per, reduction).share
 

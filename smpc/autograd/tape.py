@@ -22,7 +22,6 @@ from typing import Any, TypeVar
 import torch
 
 from ..errors import SessionMismatchError
-from ..sharing import public_share
 from ..tensor import SharedTensor, WideGrad
 
 __all__ = [
@@ -173,10 +172,10 @@ def as_shared(g: Grad, like: SharedTensor) -> SharedTensor:
     """A public gradient as a (trivially) shared tensor in ``like``'s session."""
     if isinstance(g, SharedTensor):
         return g
-    sess = like.session
+    from .. import ops
+
     g = g.expand(like.shape) if tuple(g.shape) != tuple(like.shape) else g
-    enc = sess.encoding.encode(g.detach().to(torch.float64).contiguous(), name="grad")
-    return SharedTensor(public_share(sess.comm, enc), sess)
+    return ops.public_shared(like.session, g, name="grad")
 
 
 def _like(g: SharedTensor, t: SharedTensor) -> SharedTensor:

@@ -16,7 +16,6 @@ from typing import Any, cast
 import torch
 
 from .. import functional as F
-from .. import nonlinear as nl
 from .. import ops
 from ..autograd import is_grad_enabled, no_grad
 from ..errors import ShapeError
@@ -740,7 +739,7 @@ class BatchNorm(Module):
         kept = self.__dict__.get("_kept_inv")
         if kept is None or kept[0] is not self.running_var.share:
             with no_grad():
-                inv = nl.rsqrt_wide(ops.add(self.running_var, self.eps))
+                inv = ops.rsqrt_wide(ops.add(self.running_var, self.eps))
             kept = (self.running_var.share, inv)
             object.__setattr__(self, "_kept_inv", kept)
         return kept[1]

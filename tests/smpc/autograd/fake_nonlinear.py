@@ -1,4 +1,4 @@
-"""Test double for :mod:`smpc.nonlinear` kernels that have not landed yet.
+"""Test double for :mod:`smpc.ops` comparison and approximation kernels that have not landed yet.
 
 Each fake reveals its input and re-shares the plaintext result: insecure, but
 exact, so the autograd rules built on top can be tested independently of the
@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from smpc import nonlinear as nl
+from smpc import ops as nl
 from smpc.tensor import SharedTensor
 
 

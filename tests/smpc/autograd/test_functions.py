@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -441,3 +443,89 @@ def test_rsqrt_wide(seed: int, lo: int) -> None:
         tol=2e-3 * scale + 8 * ULP,
         seed=seed,
     )
+
+
+@given(seed=st.integers(0, 2**16), n=st.sampled_from([2, 3]))
+def test_getitem_with_repeated_indices_accumulates_like_torch(seed: int, n: int) -> None:
+    """``x[idx]`` with a repeated index: each read adds its gradient (shared and public ``g``)."""
+    idx = (torch.tensor([0, 2, 0, 0]), slice(1, None))
+    x = _rand((3, 4), seed)
+    check_grads(lambda x: x[idx], lambda x: x[idx], [x], world_size=n, seed=seed)
+    with smpc.Session(n) as sess:
+        sx = sess.share(x, requires_grad=True)
+        sx[idx].sum().backward()  # the implicit public 1 reaches the indexing
+        t = x.clone().requires_grad_()
+        t[idx].sum().backward()
+        assert sx.grad is not None and t.grad is not None
+        torch.testing.assert_close(sx.grad.reveal(), t.grad)
+
+
+@pytest.mark.usefixtures("nonlinear")
+@settings(max_examples=15, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    n=st.sampled_from([2, 3]),
+    cfg=st.sampled_from([(2, 2, 1), (3, 2, 1), (3, 1, 1), ((2, 3), (2, 1), (1, 1)), (3, 3, 0)]),
+    batch=st.booleans(),
+)
+def test_max_pool2d_with_padding(seed: int, n: int, cfg: tuple, batch: bool) -> None:
+    """Training through padded (and unbatched) max pooling matches torch.autograd."""
+    k, s, p = cfg
+    shape = (2, 2, 5, 6) if batch else (2, 5, 6)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randperm(math.prod(shape), generator=g).float().reshape(shape) / 20  # no ties
+    check_grads(
+        lambda x: F.max_pool2d(x, k, s, p),
+        lambda x: torch.nn.functional.max_pool2d(x, k, s, p),
+        [x],
+        world_size=n,
+        seed=seed,
+    )
+
+
+def test_max_pool2d_training_costs_the_one_hot_kernel() -> None:
+    """Forward with grad costs what ``ops.max_pool2d_with_onehot`` costs (15 rounds on 2x2)."""
+    x = torch.randperm(2 * 8 * 8).float().reshape(1, 2, 8, 8) / 10
+    with smpc.Session(2, seed=0) as sess:
+        plain = sess.share(x)
+        before = sess.stats.snapshot()
+        out, _ = smpc.ops.max_pool2d_with_onehot(plain, 2)
+        kernel = sess.stats - before
+        sx = sess.share(x, requires_grad=True)
+        before = sess.stats.snapshot()
+        out_grad = F.max_pool2d(sx, 2)
+        train = sess.stats - before
+        assert (train.rounds, train.bytes) == (kernel.rounds, kernel.bytes)
+        assert (train.rounds, train.bytes) == (15, 11776)
+        assert torch.equal(out_grad.reveal(), out.reveal())
+
+
+def pool_relu_index_program(sess: smpc.Session, x: torch.Tensor) -> dict[str, Any]:
+    """Gradients through padded max pooling, ReLU and a repeated index (runtime-agnostic)."""
+    sx = sess.share(x if sess.rank in (None, 0) else None, src=0, requires_grad=True)
+    before = sess.stats.snapshot()
+    out = F.relu(F.max_pool2d(sx, 2, 2, 1) - 0.51)[:, :, torch.tensor([0, 0, 1])]
+    out.sum().backward()
+    cost = sess.stats - before
+    assert sx.grad is not None
+    return {"out": out.reveal(), "grad": sx.grad.reveal(), "rounds": cost.rounds}
+
+
+@pytest.mark.timeout(90)
+def test_pool_relu_index_gradients_in_both_runtimes() -> None:
+    """The ops kernels behind these backward passes run unchanged on one share per process."""
+    from smpc.launch import run
+
+    x = torch.randperm(2 * 5 * 6, generator=torch.Generator().manual_seed(3)).float()
+    x = x.reshape(1, 2, 5, 6) / 30
+    results = run(functools.partial(pool_relu_index_program, x=x), parties=2, timeout=60)
+    with smpc.Session(2) as sess:
+        sim = pool_relu_index_program(sess, x)
+    t = x.clone().requires_grad_()
+    pooled = torch.nn.functional.max_pool2d(t, 2, 2, 1)
+    ref = torch.relu(pooled - 0.51)[:, :, torch.tensor([0, 0, 1])]  # no value at the kink
+    ref.sum().backward()
+    for res in [*results, sim]:
+        torch.testing.assert_close(res["out"], ref.detach(), atol=1e-4, rtol=0)
+        torch.testing.assert_close(res["grad"], t.grad, atol=1e-4, rtol=0)
+        assert res["rounds"] == sim["rounds"]

@@ -8,8 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import smpc
-from smpc.protocols import compare, convert
-from smpc.protocols import nonlinear as ring_nl
+from smpc.protocols import compare, convert, maximum
 from smpc.sharing import additive_shares
 
 from ...strategies import party_counts
@@ -109,7 +108,7 @@ def test_max_last_tree_and_onehot_ties() -> None:
         [[3, 7, 7, 1, -5], [0, 0, 0, 0, 0], [-9, -2, -3, -2, -8]], dtype=torch.int64
     )
     with smpc.Session(parties=2, seed=1) as sess:
-        vals, oh = ring_nl.max_last(sess.comm, sess.dealer, _shares(sess, plain), onehot_scale=1)
+        vals, oh = maximum.max_last(sess.comm, sess.dealer, _shares(sess, plain), onehot_scale=1)
     assert oh is not None
     assert torch.equal(vals.sum(0), plain.max(-1).values)
     expected = torch.nn.functional.one_hot(plain.argmax(-1), 5)  # first maximum
@@ -125,9 +124,9 @@ def test_max_last_pairwise_and_tree_agree_with_torch_on_ties(n: int, k: int) -> 
     plain[0] = 7  # all tied
     with smpc.Session(parties=n, seed=1) as sess:
         before = sess.stats.snapshot()
-        vals, oh = ring_nl.max_last(sess.comm, sess.dealer, _shares(sess, plain), onehot_scale=3)
+        vals, oh = maximum.max_last(sess.comm, sess.dealer, _shares(sess, plain), onehot_scale=3)
         rounds = (sess.stats - before).rounds
-        _, oh_only = ring_nl.max_last(
+        _, oh_only = maximum.max_last(
             sess.comm, sess.dealer, _shares(sess, plain), onehot_scale=3, values=False
         )
     assert vals is not None and oh is not None and oh_only is not None
@@ -135,7 +134,7 @@ def test_max_last_pairwise_and_tree_agree_with_torch_on_ties(n: int, k: int) -> 
     expected = 3 * torch.nn.functional.one_hot(plain.argmax(-1), k)
     assert torch.equal(oh.sum(0), expected) and torch.equal(oh_only.sum(0), expected)
     levels = (k - 1).bit_length()
-    pairwise = ring_nl.PAIRWISE_MIN <= k <= ring_nl.PAIRWISE_MAX
+    pairwise = maximum.PAIRWISE_MIN <= k <= maximum.PAIRWISE_MAX
     c = compare.cost(n)[0]
     assert rounds == (c + 1 if pairwise else c + (c + 1) * (levels - 1))
 

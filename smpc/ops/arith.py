@@ -16,13 +16,13 @@ from typing import Any
 
 import torch
 
-from . import ring
-from .encoding import as_plain_tensor
-from .errors import EncodingOverflowError, SessionMismatchError, ShapeError
-from .protocols import beaver, truncation
-from .session import Session, Truncation
-from .sharing import add_public, lead
-from .tensor import SharedTensor, tag_results
+from .. import ring
+from ..encoding import as_plain_tensor
+from ..errors import EncodingOverflowError, SessionMismatchError, ShapeError
+from ..protocols import beaver, truncation
+from ..session import Session, Truncation
+from ..sharing import add_public, lead, public_share
+from ..tensor import SharedTensor, tag_results
 
 __all__ = [
     "Public",
@@ -36,8 +36,6 @@ __all__ = [
     "conv2d",
     "sum",
     "mean",
-    "cat",
-    "stack",
     "is_public_int",
     "chunked",
 ]
@@ -713,34 +711,20 @@ def mean(
     return mul(s, 1.0 / count)
 
 
-def cat(tensors: Sequence[SharedTensor], dim: int = 0) -> SharedTensor:
-    """Concatenate shared tensors along ``dim`` (like ``torch.cat``). Cost: local."""
-    if not tensors:
-        raise ValueError("`tensors` must not be empty")
-    sess = _session(*tensors)
-    for t in tensors:
-        if not isinstance(t, SharedTensor):
-            raise TypeError(f"`tensors` must all be SharedTensor; got {type(t).__name__}")
-    d = tensors[0]._dim(dim)
-    try:
-        return _wrap(sess, torch.cat([t.share for t in tensors], dim=d))
-    except RuntimeError as err:
-        raise ShapeError(f"cat: {err}") from err
+def public_shared(sess: Session, value: torch.Tensor, name: str = "value") -> SharedTensor:
+    """A public tensor as a (trivially) shared one: encoded, party 0 holds it. Cost: local."""
+    enc = sess.encoding.encode(value.detach().to(torch.float64).contiguous(), name=name)
+    return SharedTensor(public_share(sess.comm, enc), sess)
 
 
-def stack(tensors: Sequence[SharedTensor], dim: int = 0) -> SharedTensor:
-    """Stack shared tensors along a new ``dim`` (like ``torch.stack``). Cost: local."""
-    if not tensors:
-        raise ValueError("`tensors` must not be empty")
-    sess = _session(*tensors)
-    nd = tensors[0].dim() + 1
-    if not -nd <= dim < nd:
-        raise IndexError(f"`dim` must be in [{-nd}, {nd}); got {dim}")
-    d = dim % nd + lead(sess.comm)
-    try:
-        return _wrap(sess, torch.stack([t.share for t in tensors], dim=d))
-    except RuntimeError as err:
-        raise ShapeError(f"stack: {err}") from err
+def mul_shares(sess: Session, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Shares of ``a * b`` for ring shares, not rescaled (scales add). Cost: 1 round."""
+    return beaver.mul(sess.comm, sess.dealer, a, b)
+
+
+def square_shares(sess: Session, a: torch.Tensor) -> torch.Tensor:
+    """Shares of ``a * a`` for ring shares (a square pair), not rescaled. Cost: 1 round."""
+    return beaver.square(sess.comm, sess.dealer, a)
 
 
 # ----------------------------------------------------------------- chunked execution

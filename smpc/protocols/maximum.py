@@ -1,4 +1,4 @@
-"""Ring-level building blocks on top of comparison: max/argmax trees (protocol layer).
+"""Max and argmax of ring shares: comparison trees and all-pairs tournaments (protocol layer).
 
 Exact modulo 2^64 and unaware of fixed point: values are ring elements, bits
 are unscaled ring 0/1, one-hot vectors carry whatever scale the caller gives.

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import smpc
-from smpc import nonlinear as nl
+from smpc import ops as nl
 from smpc.comm.stats import Stats
 from tests.strategies import party_counts, seeds
 
@@ -131,3 +131,28 @@ def test_chunked_ops_on_views_and_public_operands() -> None:
         assert torch.equal((sx > x.t().flip(0)).reveal(), (x.t() > x.t().flip(0)).double())
         got = (sx * x.t()).reveal()
     assert (got - x.t() * x.t()).abs().max() <= 2.0**-15
+
+
+# ----------------------------------------------------------------- ring-level helpers
+@settings(max_examples=20, deadline=None)
+@given(n=party_counts, size=st.integers(1, 30), seed=seeds)
+def test_public_shared_and_products_of_shares(n: int, size: int, seed: int) -> None:
+    """``public_shared`` encodes locally; ``mul_shares``/``square_shares`` keep the scale 2^2f."""
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand(size, generator=g, dtype=torch.float64) * 2 - 1) * 100
+    y = (torch.rand(size, generator=g, dtype=torch.float64) * 2 - 1) * 100
+    with smpc.Session(parties=n, seed=seed) as sess:
+        before = sess.stats.snapshot()
+        px = nl.public_shared(sess, x, name="x")
+        assert (sess.stats - before).rounds == 0
+        enc = sess.encoding.encode(x, name="x")
+        assert torch.equal(px.reveal().double(), sess.encoding.decode(enc).double())
+        sy = sess.share(y)
+        ey = sess.encoding.encode(y, name="y")
+        before = sess.stats.snapshot()
+        prod = nl.mul_shares(sess, px.share, sy.share)
+        sq = nl.square_shares(sess, sy.share)
+        assert (sess.stats - before).rounds == 2  # one Beaver round each
+        (p_open, s_open) = sess.comm.open([prod, sq], "check")
+        assert torch.equal(p_open, enc * ey)  # exact in the ring, not truncated
+        assert torch.equal(s_open, ey * ey)
