@@ -191,10 +191,9 @@ def run_dealer(
     are those of role ``smpc:provider``).
     """
     from .dealer.trusted import TrustedDealer
-    from .protocols import beaver, truncation
+    from .protocols import beaver, lookup, truncation
     from .protocols.compare import LtzMaterial
     from .protocols.convert import BitPair
-    from .protocols.lookup import OneHotMaterial
 
     dealer = TrustedDealer(
         len(parties),
@@ -206,7 +205,7 @@ def run_dealer(
             *truncation.REQUEST_TYPES,
             LtzMaterial,
             BitPair,
-            OneHotMaterial,
+            *lookup.REQUEST_TYPES,
         ),
         names=parties,
         store=store,

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 
@@ -31,7 +30,7 @@ from ..comm.base import Communicator
 from ..dealer.base import Component, Dealer, Kind
 from ..sharing import data_shape, lead
 
-__all__ = ["OneHotMaterial", "lookup", "eq_public", "cost"]
+__all__ = ["OneHotMaterial", "lookup", "eq_public", "cost", "REQUEST_TYPES"]
 
 _MAX_DOMAIN = 1 << 10
 
@@ -46,8 +45,6 @@ class OneHotMaterial:
         e: ``domain`` words, ``e[j] = [j == r mod domain]``.
         ea: ``domain`` words, ``e[j] * a`` (only when ``mul``).
     """
-
-    elementwise: ClassVar[bool] = True  # derive() works on any leading batch axis
 
     shape: tuple[int, ...]
     domain: int
@@ -75,6 +72,10 @@ class OneHotMaterial:
         if self.mul:
             out["ea"] = e * values["a"].unsqueeze(-1)
         return out
+
+    def derive_batch(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``derive`` works unchanged with a leading batch axis (small requests are pooled)."""
+        return self.derive(values)
 
 
 def _check_domain(domain: int) -> None:
@@ -177,6 +178,9 @@ def eq_public(
     table = [0] * domain
     table[value - low] = 1
     return lookup(comm, dealer, s, table, offset=low, mul=mul)
+
+
+REQUEST_TYPES: tuple[type, ...] = (OneHotMaterial,)
 
 
 def cost(*, mul: bool = False) -> tuple[int, int]:
