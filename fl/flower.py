@@ -67,6 +67,7 @@ Security:
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -83,7 +84,15 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "(pip install 'smpc-fl[flower]', i.e. flwr[simulation]==1.41.0)"
     ) from exc
 
-from fl.aggregators import Aggregator, InputRequest, PlainAggregator, PlainInput, Stage
+from fl.aggregators import (
+    Aggregator,
+    InputRequest,
+    PlainAggregator,
+    PlainInput,
+    SecretSharingAggregator,
+    Stage,
+    prepare_contribution,
+)
 from fl.dp import DifferentialPrivacy
 from fl.errors import AggregationError, ConfigError, InsufficientClientsError, ProtocolError
 from fl.secure_aggregation import (
@@ -98,12 +107,16 @@ from fl.secure_aggregation import (
     ShareDelivery,
     UnmaskRequest,
     UnmaskShares,
+    _ad,
     _ClientState,
+    _kdf,
+    _keystream,
+    _nonce,
 )
 from fl.server import FailurePolicy
 from fl.shamir import SHARE_BYTES
 from fl.strategy import FedAvg, Strategy
-from fl.types import History, RoundResult
+from fl.types import AggregateResult, History, RoundResult
 
 __all__ = ["SecureAggregation", "flatten_arrays", "secure_aggregation_mod", "unflatten_arrays"]
 
@@ -113,6 +126,12 @@ _STATE = "fl.secagg.state"
 _DELTA = "fl.secagg.delta"
 _TRAIN = "train"
 _TRAINED = "trained"  # stage 0 with the plain aggregator (no keys)
+# the secret-sharing aggregator's three stages (train + key, shares, party sums)
+SS_TRAIN, SS_INPUT, SS_SUM = "ss_train", "ss_input", "ss_sum"
+_SS_STAGE_NAMES = {SS_TRAIN: "train", SS_INPUT: "input", SS_SUM: "sum"}
+_KEY_BYTES = 32  # an X25519 public key
+_SEED_BYTES = 16  # an AES-128 key expanded into a share
+_TAG = 16  # AES-GCM tag
 
 
 # ---------------------------------------------------------------- arrays
@@ -443,6 +462,8 @@ def secure_aggregation_mod(
         return call_next(msg, context)
     rec = msg.content.config_records[RECORD]
     stage = _get(rec, "stage", str)
+    if stage in _SS_STAGE_NAMES:
+        return _ss_mod(msg, context, call_next, rec, stage)
     if stage == _TRAINED:  # plain aggregator, stage 0: train and report the sample count
         trained = _train(msg, context, call_next)
         if isinstance(trained, Message):
@@ -501,6 +522,200 @@ def secure_aggregation_mod(
     return _reply(_encode(answer, client.client_id), msg)
 
 
+# ------------------------------------------------- secret sharing over Flower
+def _expand64(seed: bytes, dim: int) -> np.ndarray:
+    """``dim`` elements of Z_2^64 (``uint64``): the AES-128-CTR keystream under ``seed``."""
+    if dim == 0:
+        return np.zeros(0, dtype=np.uint64)
+    stream = _keystream(seed).update(bytes(8 * dim))
+    return np.frombuffer(stream, dtype=np.uint64).copy()
+
+
+def _ss_key(sk: Any, pk: bytes, round_id: bytes) -> bytes:
+    """AES-128 key of one sender -> party channel: KDF of the X25519 secret, bound to the round."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+    return _kdf(b"ss-share", round_id, sk.exchange(X25519PublicKey.from_public_bytes(pk)), 16)
+
+
+def _ss_encrypt(
+    sk: Any, pk: bytes, round_id: bytes, sender: int, party: int, role: int, data: bytes
+) -> bytes:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    return AESGCM(_ss_key(sk, pk, round_id)).encrypt(
+        _nonce(role), data, _ad(sender, party, round_id)
+    )
+
+
+def _ss_decrypt(
+    sk: Any, pk: bytes, round_id: bytes, sender: int, party: int, role: int, ct: bytes
+) -> bytes:
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    try:
+        return AESGCM(_ss_key(sk, pk, round_id)).decrypt(
+            _nonce(role), ct, _ad(sender, party, round_id)
+        )
+    except InvalidTag as exc:
+        raise ProtocolError(
+            f"party {party}: the share from client {sender} fails authentication"
+        ) from exc
+
+
+def _ss_shares(encoded: np.ndarray, n_parties: int) -> tuple[list[bytes], np.ndarray]:
+    """Additive shares of ``encoded`` (``uint64``): ``n_parties - 1`` seeds and one explicit share.
+
+    Party ``j < n_parties - 1`` gets a fresh 16-byte seed ``k_j`` (from
+    ``os.urandom``); its share is ``PRG(k_j)``. The last party's share is
+    ``encoded - sum_j PRG(k_j)`` (mod 2^64), uniformly random on its own.
+    """
+    seeds = [os.urandom(_SEED_BYTES) for _ in range(n_parties - 1)]
+    last = encoded.copy()
+    for seed in seeds:
+        last -= _expand64(seed, encoded.shape[0])  # uint64 arithmetic wraps: Z_2^64
+    return seeds, last
+
+
+def _ss_client_input(msg: Message, context: Context, rec: ConfigRecord) -> RecordDict:
+    """Stage ``ss_input`` on a node: weight, encode, split and encrypt the update to the parties."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from smpc import FixedPoint
+
+    st = context.state.config_records.get(_STATE)
+    d = context.state.array_records.get(_DELTA)
+    if st is None or d is None or st.get("stage") != SS_TRAIN:
+        raise ProtocolError("share request without a trained update on this node")
+    me = int(_get(st, "client_id", int))
+    round_id = _get(st, "round_id", bytes)
+    if _get(rec, "round_id", bytes) != round_id:
+        raise ProtocolError("share request for another round")
+    parties, pks = _ints(rec, "parties"), _blobs(rec, "party_pks")
+    if len(parties) < 2 or len(parties) != len(pks) or len(set(parties)) != len(parties):
+        raise ProtocolError(f"`parties` must be >= 2 distinct ids with one key each; got {parties}")
+    if len(set(pks)) != len(pks) or any(len(k) != _KEY_BYTES for k in pks):
+        raise ProtocolError("the parties' public keys must be distinct 32-byte X25519 keys")
+    weight = float(_get(rec, "weight", float))
+    frac_bits = int(_get(rec, "frac_bits", int))
+    clip = float(st.get("dp_clip", 0.0))  # type: ignore[arg-type]
+    dp = DifferentialPrivacy(clip_norm=clip, noise_multiplier=0.0) if clip > 0 else None
+    delta = torch.from_numpy(np.asarray(d["delta"].numpy(), dtype=np.float32))
+    x = prepare_contribution(delta, weight, dp, name=f"node {me}'s update")
+    encoded = FixedPoint(frac_bits).encode(x.to(torch.float64), name=f"node {me}'s weighted update")
+    seeds, last = _ss_shares(encoded.numpy().view(np.uint64), len(parties))
+    eph = X25519PrivateKey.generate()  # fresh per round: one key per (node, party, round)
+    seed_cts = [
+        _ss_encrypt(eph, pks[j], round_id, me, parties[j], j, seeds[j])
+        for j in range(len(parties) - 1)
+    ]
+    j = len(parties) - 1
+    share_ct = _ss_encrypt(eph, pks[j], round_id, me, parties[j], j, last.tobytes())
+    if me in parties:  # a party keeps its key for the sum stage; its update is gone
+        del context.state[_DELTA]
+        context.state[_STATE] = _config(
+            {"stage": SS_SUM, "client_id": me, "round_id": round_id, "sk": st["sk"]}
+        )
+    else:
+        _clear_state(context)
+    out = RecordDict(
+        {
+            RECORD: _config(
+                {"stage": SS_INPUT, "eph": eph.public_key().public_bytes_raw(), "cts": seed_cts}
+            )
+        }
+    )
+    out[RECORD + ".arrays"] = ArrayRecord(
+        {"share": Array(np.frombuffer(share_ct, dtype=np.uint8).copy())}
+    )
+    return out
+
+
+def _ss_party_sum(msg: Message, context: Context, rec: ConfigRecord) -> RecordDict:
+    """Stage ``ss_sum`` on a party: decrypt the relayed shares and return their sum (mod 2^64)."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    st = context.state.config_records.get(_STATE)
+    if st is None or st.get("stage") not in (SS_SUM, SS_TRAIN) or "sk" not in st:
+        raise ProtocolError("sum request on a node that is not a party of this round")
+    me = int(_get(st, "client_id", int))
+    round_id = _get(st, "round_id", bytes)
+    if _get(rec, "round_id", bytes) != round_id:
+        raise ProtocolError("sum request for another round")
+    sk = X25519PrivateKey.from_private_bytes(_get(st, "sk", bytes))
+    role, last, dim = (
+        int(_get(rec, "role", int)),
+        int(_get(rec, "last", int)),
+        int(_get(rec, "dim", int)),
+    )
+    if not 0 <= role <= last or dim < 0:
+        raise ProtocolError(f"bad party role {role} of {last} or dimension {dim}")
+    ids, ephs = _ints(rec, "ids"), _blobs(rec, "eph")
+    if len(ids) != len(ephs) or not ids:
+        raise ProtocolError(f"`ids` and `eph` must be non-empty and of one length; got {len(ids)}")
+    total = np.zeros(dim, dtype=np.uint64)
+    if role < last:
+        cts = _blobs(rec, "cts")
+        if len(cts) != len(ids):
+            raise ProtocolError(f"{len(ids)} senders but {len(cts)} ciphertexts")
+        for sender, eph, ct in zip(ids, ephs, cts, strict=True):
+            seed = _ss_decrypt(sk, eph, round_id, sender, me, role, ct)
+            total += _expand64(seed, dim)
+    else:
+        arrays = msg.content.array_records.get(RECORD + ".arrays")
+        if arrays is None:
+            raise ProtocolError("the sum request carries no shares")
+        for sender, eph in zip(ids, ephs, strict=True):
+            if str(sender) not in arrays:
+                raise ProtocolError(f"the sum request lacks client {sender}'s share")
+            blob = np.asarray(arrays[str(sender)].numpy())
+            if blob.dtype != np.uint8 or blob.shape != (8 * dim + _TAG,):
+                raise ProtocolError(f"client {sender}'s share has shape {blob.dtype}{blob.shape}")
+            plain = _ss_decrypt(sk, eph, round_id, sender, me, role, blob.tobytes())
+            total += np.frombuffer(plain, dtype=np.uint64)
+    _clear_state(context)
+    out = RecordDict({RECORD: ConfigRecord({"stage": SS_SUM})})
+    out[RECORD + ".arrays"] = ArrayRecord({"y": Array(total)})
+    return out
+
+
+def _ss_mod(
+    msg: Message, context: Context, call_next: Any, rec: ConfigRecord, stage: str
+) -> Message:
+    """The secret-sharing stages of :func:`secure_aggregation_mod`."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    if stage == SS_TRAIN:
+        trained = _train(msg, context, call_next)
+        if isinstance(trained, Message):
+            return trained
+        out, n = trained
+        sk = X25519PrivateKey.generate()  # used only if the server makes this node a party
+        context.state[_STATE] = _config(
+            {
+                "stage": SS_TRAIN,
+                "client_id": int(_get(rec, "client_id", int)),
+                "round_id": _get(rec, "round_id", bytes),
+                "dp_clip": float(rec.get("dp_clip", 0.0)),  # type: ignore[arg-type]
+                "sk": sk.private_bytes_raw(),
+            }
+        )
+        content = RecordDict(
+            {
+                RECORD: ConfigRecord(
+                    {"stage": SS_TRAIN, "num_examples": n, "pk": sk.public_key().public_bytes_raw()}
+                )
+            }
+        )
+        for k, m in out.content.metric_records.items():
+            content[k] = m
+        return _reply(content, msg)
+    if stage == SS_INPUT:
+        return _reply(_ss_client_input(msg, context, rec), msg)
+    return _reply(_ss_party_sum(msg, context, rec), msg)
+
+
 # ------------------------------------------------------------ the server
 class SecureAggregation:
     """Server-side Flower workflow: ``fl`` strategy + ``fl`` aggregator over a ``Grid``.
@@ -554,10 +769,12 @@ class SecureAggregation:
         seed: int = 0,
         poll_interval: float | None = 0.005,
     ) -> None:
-        if not isinstance(aggregator, MaskingAggregator | PlainAggregator):
+        if not isinstance(
+            aggregator, MaskingAggregator | PlainAggregator | SecretSharingAggregator
+        ):
             raise ConfigError(
-                "`aggregator` must be a MaskingAggregator or a PlainAggregator; "
-                f"got {type(aggregator).__name__}"
+                "`aggregator` must be a MaskingAggregator, SecretSharingAggregator or "
+                f"PlainAggregator; got {type(aggregator).__name__}"
             )
         if isinstance(num_rounds, bool) or not isinstance(num_rounds, int) or num_rounds < 1:
             raise ConfigError(f"`num_rounds` must be a positive int; got {num_rounds!r}")
@@ -583,6 +800,8 @@ class SecureAggregation:
         self.history = History()
         self.stage_seconds: list[dict[str, float]] = []
         """Diagnostics: wall seconds of each stage's exchange, one dict per round."""
+        self.parties: list[tuple[int, ...]] = []
+        """Secret sharing: the node ids of each round's aggregation parties (public)."""
 
     def __repr__(self) -> str:
         return (
@@ -603,7 +822,7 @@ class SecureAggregation:
         self,
         grid: Any,
         round_index: int,
-        stage: Stage,
+        stage: Stage | str,
         contents: Mapping[int, RecordDict],
         node_of: Mapping[int, int],
         timeout: float | None,
@@ -627,7 +846,7 @@ class SecureAggregation:
             try:
                 replies[cid] = (
                     _decode_reply(reply.content, cid, stage)
-                    if stage is not Stage.ADVERTISE_KEYS
+                    if isinstance(stage, Stage) and stage is not Stage.ADVERTISE_KEYS
                     else reply.content
                 )
             except (ProtocolError, ValueError, KeyError, TypeError):
@@ -688,11 +907,25 @@ class SecureAggregation:
         dp_clip = agg.dp.clip_norm if agg.dp is not None else 0.0
         config = self._fit_config(round_index)
         masking = isinstance(agg, MaskingAggregator)
+        sharing = isinstance(agg, SecretSharingAggregator)
         session: Any
+        round_id = os.urandom(16)  # secret sharing: binds keys and ciphertexts to the round
         if masking:
             assert isinstance(agg, MaskingAggregator)
             session = MaskingServer(agg, {c: 1.0 for c in node_of}, dim)
             first = {c: _encode(m, c) for c, m in session.first().items()}
+        elif sharing:
+            session = None
+            first = {
+                c: RecordDict(
+                    {
+                        RECORD: ConfigRecord(
+                            {"stage": SS_TRAIN, "client_id": c, "round_id": round_id}
+                        )
+                    }
+                )
+                for c in node_of
+            }
         else:
             session = None
             first = {
@@ -715,7 +948,12 @@ class SecureAggregation:
             if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
                 continue
             try:
-                keys[c] = _decode_reply(content, c, Stage.ADVERTISE_KEYS) if masking else None
+                if masking:
+                    keys[c] = _decode_reply(content, c, Stage.ADVERTISE_KEYS)
+                elif sharing:
+                    keys[c] = _get(rec, "pk", bytes)
+                    if len(keys[c]) != _KEY_BYTES:
+                        raise ProtocolError("`pk` must be a 32-byte X25519 key")
             except ProtocolError:
                 continue
             counts[c] = n
@@ -744,6 +982,11 @@ class SecureAggregation:
                 if stage is not Stage.UNMASK:
                     stage = list(Stage)[stage.order + 1]
             result = session.result()
+        elif sharing:
+            assert isinstance(agg, SecretSharingAggregator)
+            result = self._secret_sharing(
+                grid, round_index, round_id, node_of, keys, weights, dim, wire, gen
+            )
         else:
             plain = agg.server_session(weights, dim, round_index=round_index)
             msgs = {c: m for c, m in plain.first().items() if c in counts}
@@ -778,6 +1021,113 @@ class SecureAggregation:
             epsilon=agg.epsilon,
         )
         return new_vector, record
+
+    def _secret_sharing(
+        self,
+        grid: Any,
+        round_index: int,
+        round_id: bytes,
+        node_of: Mapping[int, int],
+        keys: Mapping[int, bytes],
+        weights: Mapping[int, float],
+        dim: int,
+        wire: dict[int, int],
+        gen: torch.Generator,
+    ) -> AggregateResult:
+        """Stages ``ss_input`` and ``ss_sum`` of :class:`~fl.SecretSharingAggregator`."""
+        from smpc import FixedPoint
+
+        agg = self.aggregator
+        assert isinstance(agg, SecretSharingAggregator)
+        n_parties = agg.n_parties
+        live = sorted(keys)
+        if len(live) < n_parties:
+            raise InsufficientClientsError("train", len(live), n_parties)
+        # the parties: n_parties of the nodes that trained, picked with public randomness
+        pick = torch.randperm(len(live), generator=gen)[:n_parties].tolist()
+        parties = [live[i] for i in pick]
+        self.parties.append(tuple(node_of[c] for c in parties))
+        request = {
+            "stage": SS_INPUT,
+            "round_id": round_id,
+            "frac_bits": int(agg.frac_bits),
+            "parties": parties,
+            "party_pks": [keys[c] for c in parties],
+        }
+        contents = {
+            c: RecordDict({RECORD: _config(request | {"weight": float(weights[c])})}) for c in live
+        }
+        replies, _ = self._exchange(
+            grid, round_index, SS_INPUT, contents, node_of, self.timeout, wire
+        )
+        shares: dict[int, tuple[bytes, list[bytes], Array]] = {}
+        for c, content in replies.items():
+            rec = content.config_records.get(RECORD)
+            arrays = content.array_records.get(RECORD + ".arrays")
+            try:
+                if rec is None or arrays is None or "share" not in arrays:
+                    raise ProtocolError("the reply carries no shares")
+                if _get(rec, "stage", str) != SS_INPUT:
+                    raise ProtocolError("reply for another stage")
+                eph, cts = _get(rec, "eph", bytes), _blobs(rec, "cts")
+                share = arrays["share"]
+                if len(eph) != _KEY_BYTES or len(cts) != n_parties - 1:
+                    raise ProtocolError("wrong key or number of seeds")
+                if any(len(ct) != _SEED_BYTES + _TAG for ct in cts):
+                    raise ProtocolError("a seed ciphertext has the wrong length")
+                if share.dtype != "uint8" or tuple(share.shape) != (8 * dim + _TAG,):
+                    raise ProtocolError(f"the share has shape {share.dtype}{share.shape}")
+            except ProtocolError:
+                continue  # malformed: a dropout of this stage, never relayed
+            shares[c] = (eph, cts, share)
+        survivors = sorted(shares)
+        if not survivors:
+            raise InsufficientClientsError("input", 0, 1)
+        ephs = [shares[c][0] for c in survivors]
+        last = n_parties - 1
+        to_parties: dict[int, RecordDict] = {}
+        for role, p in enumerate(parties):
+            head = {
+                "stage": SS_SUM,
+                "round_id": round_id,
+                "role": role,
+                "last": last,
+                "dim": dim,
+                "ids": survivors,
+                "eph": ephs,
+            }
+            if role < last:
+                head["cts"] = [shares[c][1][role] for c in survivors]
+            content = RecordDict({RECORD: _config(head)})
+            if role == last:
+                content[RECORD + ".arrays"] = ArrayRecord({str(c): shares[c][2] for c in survivors})
+            to_parties[p] = content
+        sums, _ = self._exchange(grid, round_index, SS_SUM, to_parties, node_of, self.timeout, wire)
+        total = np.zeros(dim, dtype=np.uint64)
+        got = 0
+        for p in parties:
+            content = sums.get(p)
+            arrays = None if content is None else content.array_records.get(RECORD + ".arrays")
+            if arrays is None or "y" not in arrays:
+                continue
+            y = arrays["y"].numpy()
+            if y.dtype != np.uint64 or y.shape != (dim,):
+                continue
+            total += y
+            got += 1
+        if got < n_parties:
+            raise InsufficientClientsError("sum", got, n_parties)
+        ring = torch.from_numpy(total.view(np.int64))
+        summed = FixedPoint(agg.frac_bits).decode(ring, torch.float64).to(torch.float32)
+        mean, std = agg.finalize(summed, survivors, weights, noised=False)
+        upload = {c: wire.get(c, 0) for c in survivors}
+        return AggregateResult(
+            mean=mean,
+            survivors=tuple(survivors),
+            dropped=tuple(sorted(set(node_of) - set(survivors))),
+            upload_bytes=upload,
+            noise_std=std,
+        )
 
     def __call__(self, grid: Any, arrays: ArrayRecord) -> tuple[ArrayRecord, History]:
         """Run the rounds; return the final arrays and the history.

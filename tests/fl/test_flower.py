@@ -184,7 +184,7 @@ def test_state_is_erased_after_the_round() -> None:
 
 def test_bad_arguments_are_named() -> None:
     with pytest.raises(fl.ConfigError, match="`aggregator`"):
-        SecureAggregation(fl.SecretSharingAggregator(2))  # type: ignore[arg-type]
+        SecureAggregation("masking")  # type: ignore[arg-type]
     with pytest.raises(fl.ConfigError, match="`num_rounds`"):
         SecureAggregation(fl.MaskingAggregator(), num_rounds=0)
     with pytest.raises(fl.ConfigError, match="`timeout`"):
