@@ -4,8 +4,9 @@ Top layer (``fl``), optional: needs the ``flower`` extra
 (``pip install 'smpc-fl[flower]'``, which pins ``flwr[simulation]==1.41.0``).
 Importing :mod:`fl` never imports Flower; importing this module does.
 
-A Flower ``ServerApp`` gets :class:`~fl.MaskingAggregator` (or the plain
-reference) under any :mod:`fl.strategy` by calling a :class:`SecureAggregation`
+A Flower ``ServerApp`` gets :class:`~fl.MaskingAggregator`,
+:class:`~fl.SecretSharingAggregator` (or the plain reference) under any
+:mod:`fl.strategy` by calling a :class:`SecureAggregation`
 workflow from its ``main``; the ``ClientApp`` adds :func:`secure_aggregation_mod`
 to its mods and keeps its usual ``@app.train()`` function::
 
@@ -42,6 +43,38 @@ simulation of :class:`~fl.MaskingAggregator`):
     With :class:`~fl.PlainAggregator` the round is stage 0 (training, sample
     count) and one ``INPUT`` stage carrying ``w_i * delta_i`` in float32.
 
+    With :class:`~fl.SecretSharingAggregator` (``P = parties`` aggregation
+    parties, which are ``P`` of the round's own SuperNodes) the round has
+    three exchanges:
+
+    0. ``ss_train``: training, as above; every node also makes an X25519 key
+       pair (its ``sk`` stays in ``context.state``) and replies with the public
+       key and its sample count. The server picks ``P`` parties among the nodes
+       that answered (public randomness).
+    1. ``ss_input``: the server sends each node its weight ``w_i``,
+       ``frac_bits`` and the parties' ids and public keys. The node encodes
+       ``x_i = w_i * delta_i`` in fixed point (``smpc``'s encoding: the
+       in-process aggregator's values exactly) in Z_2^64 and splits it into
+       ``P`` additive shares: a fresh 16-byte seed for each of parties
+       ``0..P-2`` (their share is ``AES-CTR(seed)``) and the explicit share
+       ``x_i - sum_j AES-CTR(seed_j)`` for party ``P-1``. Each share is
+       encrypted to its party with AES-GCM under a key derived from an
+       ephemeral X25519 exchange with the party's key, bound to the round,
+       sender and party (associated data). The reply holds the ciphertexts
+       only.
+    2. ``ss_sum``: the server relays to each party the ciphertexts addressed
+       to it from the nodes whose shares arrived (the survivors ``S``); the
+       party decrypts, adds its shares mod 2^64 and returns the sum. The
+       server adds the ``P`` sums, decodes, and divides by the survivors'
+       total weight (:meth:`~fl.Aggregator.finalize`, which adds the central
+       DP noise when configured).
+
+    Dropouts: a node that fails in stage 0 or 1 is left out (stage 1: still
+    weighted, as in the in-process aggregator); a party that fails its own
+    input still serves as a party. A party that does not return its sum
+    fails the round (additive shares have no threshold): too few parties is
+    :class:`~fl.InsufficientClientsError` naming stage ``sum``.
+
     The server applies the mean update with the strategy
     (``strategy.apply(global, mean_delta)``), records a
     :class:`~fl.RoundResult` and, when too few nodes survive a stage, raises
@@ -50,16 +83,24 @@ simulation of :class:`~fl.MaskingAggregator`):
 
 Cost:
     Four request/reply exchanges per round with masking (Flower's SecAgg+
-    takes four too), two with the plain aggregator. Upload per node: the
-    masked vector (``bits/8`` bytes per parameter plus the ``.npy`` header of
-    Flower's ``Array``) and ``~ 64 + 262 k`` bytes of keys and encrypted
-    shares for ``k`` neighbours (see :mod:`fl.secure_aggregation`).
+    takes four too), three with secret sharing, two with the plain
+    aggregator. Upload per node: the masked vector (``bits/8`` bytes per
+    parameter plus the ``.npy`` header of Flower's ``Array``) and ``~ 64 +
+    262 k`` bytes of keys and encrypted shares for ``k`` neighbours (see
+    :mod:`fl.secure_aggregation`); with secret sharing 8 bytes per parameter
+    (one Z_2^64 share) plus ``32 + 32 (P - 1) + 16`` bytes, and each party
+    uploads its sum (8 bytes per parameter) once more.
 
 Security:
     That of :class:`~fl.MaskingAggregator` (semi-honest server and clients,
     Bonawitz et al. CCS 2017 with the SecAgg+ graphs of Bell et al. CCS 2020):
     Flower's SuperLink routes opaque AES-GCM ciphertexts and masked vectors and
-    learns the sum of the survivors' updates only. Every field is decoded by
+    learns the sum of the survivors' updates only. With secret sharing: that
+    of :class:`~fl.SecretSharingAggregator` (semi-honest; the server and any
+    ``P - 1`` colluding parties learn only the sum; all ``P`` parties with the
+    server learn every update); the server sees ciphertexts and the parties'
+    sums (uniformly random but for their total); a relayed ciphertext that was
+    changed fails AES-GCM authentication at the party. Every field is decoded by
     type (bytes, ints, floats, ``numpy`` arrays loaded without pickle); nothing
     is unpickled.
 """
@@ -727,7 +768,10 @@ class SecureAggregation:
 
     Args:
         aggregator: :class:`~fl.MaskingAggregator` (any ``bits``,
-            ``threshold``, ``neighbours``, ``dp``) or :class:`~fl.PlainAggregator`.
+            ``threshold``, ``neighbours``, ``dp``),
+            :class:`~fl.SecretSharingAggregator` (``parties`` of the round's
+            nodes act as aggregation parties; ``frac_bits``, central ``dp``) or
+            :class:`~fl.PlainAggregator`.
         strategy: Any :class:`~fl.Strategy` (default :class:`~fl.FedAvg`):
             samples the nodes, gives the fit configuration (sent as the
             ``"config"`` record: ``lr``, ``epochs``, ``batch_size``,
