@@ -109,6 +109,7 @@ from __future__ import annotations
 
 import math
 import os
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -125,6 +126,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "(pip install 'smpc-fl[flower]', i.e. flwr[simulation]==1.41.0)"
     ) from exc
 
+from fl import shamir
 from fl.aggregators import (
     Aggregator,
     InputRequest,
@@ -134,8 +136,15 @@ from fl.aggregators import (
     Stage,
     prepare_contribution,
 )
-from fl.dp import DifferentialPrivacy
-from fl.errors import AggregationError, ConfigError, InsufficientClientsError, ProtocolError
+from fl.clipping import Quantizer
+from fl.dp import DifferentialPrivacy, GaussianNoise
+from fl.errors import (
+    AggregationError,
+    ConfigError,
+    InsufficientClientsError,
+    ProtocolError,
+    QuantizationRangeError,
+)
 from fl.secure_aggregation import (
     AdvertiseKeys,
     EncryptedShares,
@@ -152,7 +161,10 @@ from fl.secure_aggregation import (
     _ClientState,
     _kdf,
     _keystream,
+    _Masker,
     _nonce,
+    _pair_key,
+    _self_key,
 )
 from fl.server import FailurePolicy
 from fl.shamir import SHARE_BYTES
@@ -173,6 +185,9 @@ _SS_STAGE_NAMES = {SS_TRAIN: "train", SS_INPUT: "input", SS_SUM: "sum"}
 _KEY_BYTES = 32  # an X25519 public key
 _SEED_BYTES = 16  # an AES-128 key expanded into a share
 _TAG = 16  # AES-GCM tag
+# the two-exchange masking round with reused keys (SecureAggregation(reuse_keys=True))
+FAST_TRAIN, FAST_UNMASK = "fast_train", "fast_unmask"
+_LONG_TERM = "fl.secagg.keys"  # the node's long-term key pairs, kept across rounds
 
 
 # ---------------------------------------------------------------- arrays
@@ -505,6 +520,10 @@ def secure_aggregation_mod(
     stage = _get(rec, "stage", str)
     if stage in _SS_STAGE_NAMES:
         return _ss_mod(msg, context, call_next, rec, stage)
+    if stage == FAST_TRAIN:
+        return _fast_train(msg, context, call_next, rec)
+    if stage == FAST_UNMASK:
+        return _fast_unmask(msg, context, rec)
     if stage == _TRAINED:  # plain aggregator, stage 0: train and report the sample count
         trained = _train(msg, context, call_next)
         if isinstance(trained, Message):
@@ -533,6 +552,10 @@ def secure_aggregation_mod(
         _save_state(context, client, {"dp_clip": float(rec.get("dp_clip", 0.0))})  # type: ignore[arg-type]
         content = _encode(keys, client_id)
         content.config_records[RECORD]["num_examples"] = n
+        if rec.get("long_term"):  # reuse_keys: advertise the keys of the later fast rounds
+            lt_c, lt_s = _long_term_keys(context, create=True)
+            content.config_records[RECORD]["lt_c_pk"] = _public(lt_c)
+            content.config_records[RECORD]["lt_s_pk"] = _public(lt_s)
         for k, m in out.content.metric_records.items():
             content[k] = m
         return _reply(content, msg)
@@ -757,6 +780,169 @@ def _ss_mod(
     return _reply(_ss_party_sum(msg, context, rec), msg)
 
 
+# ------------------------------------------- masking with reused keys (fast)
+def _long_term_keys(context: Context, *, create: bool) -> tuple[Any, Any]:
+    """The node's long-term X25519 key pairs ``(c_sk, s_sk)`` (made once, kept in the context)."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    rec = context.state.config_records.get(_LONG_TERM)
+    if rec is None:
+        if not create:
+            raise ProtocolError("this node has no long-term keys (it restarted?)")
+        c, s = X25519PrivateKey.generate(), X25519PrivateKey.generate()
+        context.state[_LONG_TERM] = ConfigRecord(
+            {"c_sk": c.private_bytes_raw(), "s_sk": s.private_bytes_raw()}
+        )
+        return c, s
+    return (
+        X25519PrivateKey.from_private_bytes(_get(rec, "c_sk", bytes)),
+        X25519PrivateKey.from_private_bytes(_get(rec, "s_sk", bytes)),
+    )
+
+
+def _public(sk: Any) -> bytes:
+    return bytes(sk.public_key().public_bytes_raw())
+
+
+def _fast_train(msg: Message, context: Context, call_next: Any, rec: ConfigRecord) -> Message:
+    """Fast stage 0 on a node: train, share a fresh self-mask seed, send the masked update."""
+    c_sk, s_sk = _long_term_keys(context, create=False)
+    setup = _setup_from(rec)
+    me = int(_get(rec, "client_id", int))
+    ids, c_pks, s_pks = _ints(rec, "ids"), _blobs(rec, "c_pks"), _blobs(rec, "s_pks")
+    if not len(ids) == len(c_pks) == len(s_pks):
+        raise ProtocolError("key roster: ids and keys differ in length")
+    roster = dict(zip(ids, zip(c_pks, s_pks, strict=True), strict=True))
+    if roster.get(me) != (_public(c_sk), _public(s_sk)):
+        raise ProtocolError(f"node {me}: the roster does not hold this node's long-term keys")
+    del roster[me]
+    if me not in setup.participants or not set(roster) <= set(setup.neighbours):
+        raise ProtocolError(f"node {me}: roster names non-neighbours or omits this node")
+    holders = [*sorted(roster), me]
+    if len(holders) < setup.threshold or setup.threshold < 1:
+        raise InsufficientClientsError(FAST_TRAIN, len(holders), setup.threshold)
+    trained = _train(msg, context, call_next)
+    if isinstance(trained, Message):
+        return trained
+    out, n = trained
+    delta = torch.from_numpy(
+        np.asarray(context.state.array_records[_DELTA]["delta"].numpy(), dtype=np.float32)
+    )
+    _clear_state(context)
+    weight = float(_get(rec, "weight", float))
+    clip = float(rec.get("dp_clip", 0.0))  # type: ignore[arg-type]
+    dp = DifferentialPrivacy(clip_norm=clip, noise_multiplier=0.0) if clip > 0 else None
+    # a fresh self-mask seed, Shamir-shared among the holders, each share encrypted to its holder
+    x_of = {v: setup.participants.index(v) + 1 for v in holders}
+    b_seed = secrets.token_bytes(32)
+    b_sh = shamir.split(int.from_bytes(b_seed, "big"), setup.threshold, [x_of[v] for v in holders])
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    cts = []
+    for v in sorted(roster):
+        shared = c_sk.exchange(X25519PublicKey.from_public_bytes(roster[v][0]))
+        key = _kdf(b"enc", setup.round_id, shared, 32)
+        plain = b_sh[x_of[v]].to_bytes(SHARE_BYTES, "big")
+        cts.append(AESGCM(key).encrypt(_nonce(me), plain, _ad(me, v, setup.round_id)))
+    # the masked input, as MaskingClient.masked_input computes it (pair masks with every neighbour)
+    quantizer = Quantizer(setup.clip_range, len(setup.participants), setup.bits)
+    name = f"node {me}'s weighted update"
+    if dp is None:
+        y = quantizer.quantize(delta, multiplier=weight, name=name)
+    else:
+        x = prepare_contribution(delta, weight, dp, name=name)
+        if setup.noise_std > 0:
+            x = x + GaussianNoise().normal(setup.noise_std, x.shape, x.dtype)
+        y = quantizer.quantize(x, name=name)
+    plus: list[bytes] = [_self_key(b_seed, setup.round_id)]
+    minus: list[bytes] = []
+    for v, (_, s_pk) in roster.items():
+        (plus if me < v else minus).append(_pair_key(s_sk, s_pk, setup.round_id))
+    _Masker().apply(y, plus, minus)
+    context.state[_STATE] = _config(
+        {
+            "stage": FAST_UNMASK,
+            "client_id": me,
+            "round_id": setup.round_id,
+            "participants": list(setup.participants),
+            "threshold": setup.threshold,
+            "roster_ids": sorted(roster),
+            "roster_c": [roster[v][0] for v in sorted(roster)],
+            "roster_s": [roster[v][1] for v in sorted(roster)],
+            "own_b": b_sh[x_of[me]].to_bytes(SHARE_BYTES, "big"),
+        }
+    )
+    content = RecordDict(
+        {
+            RECORD: _config(
+                {"stage": FAST_TRAIN, "num_examples": n, "ids": sorted(roster), "cts": cts}
+            ),
+            RECORD + ".arrays": ArrayRecord({"y": Array(quantizer.pack(y))}),
+        }
+    )
+    for k, m in out.content.metric_records.items():
+        content[k] = m
+    return _reply(content, msg)
+
+
+def _fast_unmask(msg: Message, context: Context, rec: ConfigRecord) -> Message:
+    """Fast stage 1 on a node: shares of the survivors' self-mask seeds, the dropped pairs' keys."""
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    st = context.state.config_records.get(_STATE)
+    if st is None or st.get("stage") != FAST_UNMASK:
+        raise ProtocolError("no secure-aggregation round in progress on this node")
+    c_sk, s_sk = _long_term_keys(context, create=False)
+    me, round_id = int(_get(st, "client_id", int)), _get(st, "round_id", bytes)
+    threshold = int(_get(st, "threshold", int))
+    participants = _ints(st, "participants")
+    roster = dict(
+        zip(
+            _ints(st, "roster_ids"),
+            zip(_blobs(st, "roster_c"), _blobs(st, "roster_s"), strict=True),
+            strict=True,
+        )
+    )
+    survivors, dropped = set(_ints(rec, "survivors")), set(_ints(rec, "dropped"))
+    if survivors & dropped or not (survivors | dropped) <= set(participants):
+        raise ProtocolError(f"node {me}: inconsistent survivors and dropped nodes")
+    if me not in survivors:
+        raise ProtocolError(f"node {me} sent its input but is not listed as a survivor")
+    if len(survivors) < threshold:
+        raise InsufficientClientsError(Stage.UNMASK.value, len(survivors), threshold)
+    held = {me: int.from_bytes(_get(st, "own_b", bytes), "big")}
+    for u, ct in _pairs(_ints(rec, "ids"), _blobs(rec, "cts"), "cts").items():
+        if u not in roster:
+            raise ProtocolError(f"node {me}: share from unknown node {u}")
+        shared = c_sk.exchange(X25519PublicKey.from_public_bytes(roster[u][0]))
+        key = _kdf(b"enc", round_id, shared, 32)
+        try:
+            plain = AESGCM(key).decrypt(_nonce(u), ct, _ad(u, me, round_id))
+        except InvalidTag as exc:
+            raise ProtocolError(f"node {me}: the share from {u} fails authentication") from exc
+        held[u] = int.from_bytes(plain, "big")
+    b = {u: held[u] for u in sorted(survivors) if u in held}
+    pair = {w: _pair_key(s_sk, roster[w][1], round_id) for w in sorted(dropped) if w in roster}
+    _clear_state(context)
+    content = RecordDict(
+        {
+            RECORD: _config(
+                {
+                    "stage": FAST_UNMASK,
+                    "b_ids": list(b),
+                    "b": [_share(v) for v in b.values()],
+                    "p_ids": list(pair),
+                    "p": list(pair.values()),
+                }
+            )
+        }
+    )
+    return _reply(content, msg)
+
+
 # ------------------------------------------------------------ the server
 class SecureAggregation:
     """Server-side Flower workflow: ``fl`` strategy + ``fl`` aggregator over a ``Grid``.
@@ -794,6 +980,13 @@ class SecureAggregation:
             the replies with ``grid.push_messages``/``pull_messages``; Flower's
             ``send_and_receive`` waits 0.1 s between pulls, which a four-stage
             round pays four times. ``None`` uses ``grid.send_and_receive``.
+        reuse_keys: With a :class:`~fl.MaskingAggregator`: after a first
+            standard round in which the nodes also advertise long-term key
+            pairs, run each round in two exchanges (training + masked input,
+            then unmask) on those keys while the selected nodes keep them
+            (see "Masking in two exchanges" in the module docstring). Weights
+            come from the sample counts the nodes reported in their previous
+            round. Default ``False``: the four-stage protocol every round.
 
     Raises:
         ConfigError: Bad arguments (named).
@@ -812,6 +1005,7 @@ class SecureAggregation:
         evaluate_fn: Callable[[int, ArrayRecord], tuple[float, float]] | None = None,
         seed: int = 0,
         poll_interval: float | None = 0.005,
+        reuse_keys: bool = False,
     ) -> None:
         if not isinstance(
             aggregator, MaskingAggregator | PlainAggregator | SecretSharingAggregator
@@ -841,6 +1035,15 @@ class SecureAggregation:
                 f"`poll_interval` must be a positive number or None; got {poll_interval!r}"
             )
         self.poll_interval = poll_interval
+        if not isinstance(reuse_keys, bool):
+            raise ConfigError(f"`reuse_keys` must be a bool; got {reuse_keys!r}")
+        if reuse_keys and not isinstance(aggregator, MaskingAggregator):
+            raise ConfigError(
+                f"`reuse_keys` needs a MaskingAggregator; got {type(aggregator).__name__}"
+            )
+        self.reuse_keys = reuse_keys
+        self._long_term: dict[int, tuple[bytes, bytes]] = {}
+        self._counts: dict[int, int] = {}
         self.history = History()
         self.stage_seconds: list[dict[str, float]] = []
         """Diagnostics: wall seconds of each stage's exchange, one dict per round."""
@@ -948,8 +1151,205 @@ class SecureAggregation:
         dim = int(global_vector.numel())
         wire: dict[int, int] = {}
         self.stage_seconds.append({})
-        dp_clip = agg.dp.clip_norm if agg.dp is not None else 0.0
         config = self._fit_config(round_index)
+        if self._can_reuse_keys(node_of):
+            result, counts, losses = self._fast_round(
+                grid, arrays, config, round_index, node_of, dim, wire
+            )
+        else:
+            result, counts, losses = self._standard_round(
+                grid, arrays, config, round_index, node_of, dim, wire, gen
+            )
+
+        agg.record_round()
+        new_vector = self.strategy.apply(global_vector, result.mean).detach()
+        surv = result.survivors
+        n_tot = sum(counts[c] for c in surv if c in losses)
+        train_loss = (
+            sum(losses[c] * counts[c] for c in surv if c in losses) / n_tot if n_tot else math.nan
+        )
+        test_loss = test_acc = math.nan
+        if self.evaluate_fn is not None:
+            test_loss, test_acc = self.evaluate_fn(
+                round_index, unflatten_arrays(new_vector, arrays)
+            )
+        up = [wire.get(c, 0) for c in surv]
+        record = RoundResult(
+            round=round_index,
+            selected=selected,
+            survivors=tuple(node_of[c] for c in surv),
+            train_loss=train_loss,
+            test_loss=test_loss,
+            test_accuracy=test_acc,
+            seconds=time.perf_counter() - start,
+            upload_bytes=sum(up) / len(up) if up else 0.0,
+            epsilon=agg.epsilon,
+        )
+        return new_vector, record
+
+    def _can_reuse_keys(self, node_of: Mapping[int, int]) -> bool:
+        """A fast round needs every selected node's long-term keys and sample count."""
+        return self.reuse_keys and all(
+            n in self._long_term and n in self._counts for n in node_of.values()
+        )
+
+    def _fast_round(
+        self,
+        grid: Any,
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+        round_index: int,
+        node_of: Mapping[int, int],
+        dim: int,
+        wire: dict[int, int],
+    ) -> tuple[AggregateResult, dict[int, int], dict[int, float]]:
+        """The two-exchange masking round on long-term keys (``reuse_keys=True``)."""
+        agg = self.aggregator
+        assert isinstance(agg, MaskingAggregator)
+        counts = {c: self._counts[n] for c, n in node_of.items()}
+        weights = agg.weights(counts)  # the counts reported in the nodes' last round
+        session = MaskingServer(agg, weights, dim)  # fresh round id, graph, threshold, quantizer
+        t, rid = session.threshold, session.round_id
+        contents: dict[int, RecordDict] = {}
+        for c, setup in session.first().items():
+            content = _encode(setup, c)
+            holders = sorted((*setup.neighbours, c))
+            rec = content.config_records[RECORD]
+            rec["stage"] = FAST_TRAIN
+            rec["weight"] = float(weights[c])
+            rec["dp_clip"] = float(agg.dp.clip_norm if agg.dp is not None else 0.0)
+            rec["ids"] = holders
+            rec["c_pks"] = [self._long_term[node_of[v]][0] for v in holders]
+            rec["s_pks"] = [self._long_term[node_of[v]][1] for v in holders]
+            content["arrays"] = arrays
+            content["config"] = config
+            contents[c] = content
+        replies, _ = self._exchange(
+            grid, round_index, FAST_TRAIN, contents, node_of, self.train_timeout, wire
+        )
+        ys: dict[int, np.ndarray] = {}
+        inbox: dict[int, dict[int, bytes]] = {c: {} for c in node_of}
+        losses: dict[int, float] = {}
+        for c, content in replies.items():
+            rec = content.config_records.get(RECORD)
+            try:
+                if rec is None or _get(rec, "stage", str) != FAST_TRAIN:
+                    raise ProtocolError("reply for another stage")
+                n = _get(rec, "num_examples", int)
+                if n <= 0:
+                    raise ProtocolError("`num_examples` must be positive")
+                y = session.quantizer.unpack(_array(content), dim)
+                cts = _pairs(_ints(rec, "ids"), _blobs(rec, "cts"), "cts")
+                if not set(cts) <= set(session.graph[c]):
+                    raise ProtocolError("shares addressed to non-neighbours")
+            except (ProtocolError, QuantizationRangeError, ValueError, TypeError):
+                continue  # a malformed reply is a dropout, never trusted
+            ys[c] = y
+            self._counts[node_of[c]] = int(n)
+            for v, ct in cts.items():
+                inbox[v][c] = ct
+            for m in content.metric_records.values():
+                loss = m.get("train_loss")
+                if isinstance(loss, float | int):
+                    losses[c] = float(loss)
+        for c, n in node_of.items():
+            if c not in ys:  # failed: it advertises its keys again in a standard round
+                self._long_term.pop(n, None)
+        u2 = tuple(sorted(ys))
+        if len(u2) < t:
+            raise InsufficientClientsError(Stage.INPUT.value, len(u2), t)
+        dropped = tuple(c for c in node_of if c not in ys)
+        unmask = {
+            c: RecordDict(
+                {
+                    RECORD: _config(
+                        {
+                            "stage": FAST_UNMASK,
+                            "survivors": list(u2),
+                            "dropped": list(dropped),
+                            "ids": [u for u in sorted(inbox[c]) if u in ys],
+                            "cts": [inbox[c][u] for u in sorted(inbox[c]) if u in ys],
+                        }
+                    )
+                }
+            )
+            for c in u2
+        }
+        shares, _ = self._exchange(
+            grid, round_index, FAST_UNMASK, unmask, node_of, self.timeout, wire
+        )
+        b_pts: dict[int, dict[int, int]] = {u: {} for u in u2}
+        pair: dict[tuple[int, int], bytes] = {}
+        answered = 0
+        for v, content in shares.items():
+            rec = content.config_records.get(RECORD)
+            try:
+                if rec is None or _get(rec, "stage", str) != FAST_UNMASK:
+                    raise ProtocolError("reply for another stage")
+                b = _pairs(_ints(rec, "b_ids"), _blobs(rec, "b"), "b")
+                pk = _pairs(_ints(rec, "p_ids"), _blobs(rec, "p"), "p")
+            except (ProtocolError, ValueError, TypeError):
+                continue
+            answered += 1
+            for u, share in b.items():
+                if u in b_pts:
+                    b_pts[u][session.participants.index(v) + 1] = int.from_bytes(share, "big")
+            for w, key in pk.items():
+                if w in dropped and w in session.graph[v] and len(key) == 16:
+                    pair[(v, w)] = key
+        if answered < t:
+            raise InsufficientClientsError(Stage.UNMASK.value, answered, t)
+        total = np.zeros(dim, dtype=np.uint32)
+        for y in ys.values():
+            total += y
+        lagrange: dict[tuple[int, ...], Any] = {}
+        minus: list[bytes] = []
+        plus: list[bytes] = []
+        for u in u2:
+            if len(b_pts[u]) < t:
+                raise InsufficientClientsError(Stage.UNMASK.value, len(b_pts[u]), t)
+            seed = shamir.reconstruct(b_pts[u], t, lagrange).to_bytes(32, "big")
+            minus.append(_self_key(seed, rid))
+        for w in dropped:
+            for u in session.graph[w]:
+                if u not in ys:
+                    continue
+                if (u, w) not in pair:
+                    raise AggregationError(
+                        f"secure aggregation failed at stage `unmask`: node {node_of[u]} sent "
+                        f"its input but not the key of its mask with dropped node {node_of[w]}; "
+                        "with reused keys only it holds that key, so the round cannot complete"
+                    )
+                (minus if u < w else plus).append(pair[(u, w)])  # u added +mask when u < w
+        _Masker().apply(total, plus, minus)
+        summed = session.quantizer.dequantize(total)
+        noised = agg.dp is not None and agg.dp.distributed
+        mean, std = agg.finalize(summed, u2, weights, noised=noised)
+        if noised:
+            std = session._client_noise_std() * math.sqrt(len(u2))
+        result = AggregateResult(
+            mean=mean,
+            survivors=u2,
+            dropped=dropped,
+            upload_bytes={c: wire.get(c, 0) for c in u2},
+            noise_std=std,
+        )
+        return result, {c: self._counts[node_of[c]] for c in u2}, losses
+
+    def _standard_round(
+        self,
+        grid: Any,
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+        round_index: int,
+        node_of: Mapping[int, int],
+        dim: int,
+        wire: dict[int, int],
+        gen: torch.Generator,
+    ) -> tuple[AggregateResult, dict[int, int], dict[int, float]]:
+        """Stage 0 (training) and the aggregator's own stages."""
+        agg = self.aggregator
+        dp_clip = agg.dp.clip_norm if agg.dp is not None else 0.0
         masking = isinstance(agg, MaskingAggregator)
         sharing = isinstance(agg, SecretSharingAggregator)
         session: Any
@@ -978,6 +1378,8 @@ class SecureAggregation:
             }
         for content in first.values():
             content.config_records[RECORD]["dp_clip"] = float(dp_clip)
+            if masking and self.reuse_keys:
+                content.config_records[RECORD]["long_term"] = True
             content["arrays"] = arrays
             content["config"] = config
         stage0, raw = self._exchange(
@@ -1001,6 +1403,10 @@ class SecureAggregation:
             except ProtocolError:
                 continue
             counts[c] = n
+            lt = (rec.get("lt_c_pk"), rec.get("lt_s_pk"))
+            if self.reuse_keys and all(isinstance(k, bytes) and len(k) == _KEY_BYTES for k in lt):
+                self._long_term[node_of[c]] = (bytes(lt[0]), bytes(lt[1]))
+                self._counts[node_of[c]] = n
             for m in content.metric_records.values():
                 loss = m.get("train_loss")
                 if isinstance(loss, float | int):
@@ -1040,31 +1446,7 @@ class SecureAggregation:
             )
             plain.step(replies)
             result = plain.result()
-        agg.record_round()
-        new_vector = self.strategy.apply(global_vector, result.mean).detach()
-        surv = result.survivors
-        n_tot = sum(counts[c] for c in surv if c in losses)
-        train_loss = (
-            sum(losses[c] * counts[c] for c in surv if c in losses) / n_tot if n_tot else math.nan
-        )
-        test_loss = test_acc = math.nan
-        if self.evaluate_fn is not None:
-            test_loss, test_acc = self.evaluate_fn(
-                round_index, unflatten_arrays(new_vector, arrays)
-            )
-        up = [wire.get(c, 0) for c in surv]
-        record = RoundResult(
-            round=round_index,
-            selected=selected,
-            survivors=tuple(node_of[c] for c in surv),
-            train_loss=train_loss,
-            test_loss=test_loss,
-            test_accuracy=test_acc,
-            seconds=time.perf_counter() - start,
-            upload_bytes=sum(up) / len(up) if up else 0.0,
-            epsilon=agg.epsilon,
-        )
-        return new_vector, record
+        return result, counts, losses
 
     def _secret_sharing(
         self,

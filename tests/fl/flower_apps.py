@@ -68,7 +68,13 @@ def _stage(msg: Message) -> str | None:
         return None
     stage = str(rec.get("stage"))
     # stage 0 of every aggregator is "advertise_keys"; the secret-sharing stages by their names
-    names = {"trained": "advertise_keys", "ss_train": "advertise_keys", "ss_input": "input"}
+    names = {
+        "trained": "advertise_keys",
+        "ss_train": "advertise_keys",
+        "ss_input": "input",
+        "fast_train": "advertise_keys",  # reuse_keys: training + masked input in one exchange
+        "fast_unmask": "unmask",
+    }
     return names.get(stage, "sum" if stage == "ss_sum" else stage)
 
 
