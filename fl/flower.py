@@ -75,6 +75,41 @@ simulation of :class:`~fl.MaskingAggregator`):
     fails the round (additive shares have no threshold): too few parties is
     :class:`~fl.InsufficientClientsError` naming stage ``sum``.
 
+Masking in two exchanges (``reuse_keys=True``, :class:`~fl.MaskingAggregator`):
+    The first round (and any round after a selected node failed) is the
+    four-stage round above, in which every node also advertises two
+    long-term X25519 public keys (``c_pk``, ``s_pk``; the private halves stay
+    in ``context.state`` across rounds). While every selected node's keys and
+    sample count are known, a round takes two exchanges:
+
+    0. ``fast_train``: the server sends the model, the round setup (a fresh
+       random ``round_id``, neighbours, threshold ``t``, the node's weight
+       from the sample counts of its previous round) and the neighbours'
+       long-term keys. The node trains, draws a fresh 256-bit self-mask seed
+       ``b_u``, Shamir-shares it ``t``-of-holders and encrypts each share to
+       its holder under ``KDF(DH(c_sk_u, c_pk_v), round_id)``, and replies
+       with the shares and ``y_u = x_u + PRG(b_u) + sum_v +-PRG(s_uv)`` over
+       *all* its neighbours, ``s_uv = KDF(DH(s_sk_u, s_pk_v), round_id)``.
+       ``U2`` = the nodes that answered; need ``|U2| >= t``. A node that
+       fails here is weighted but not summed (the in-process aggregator's
+       dropout at ``INPUT``).
+    1. ``fast_unmask``: the server routes the shares and announces ``U2``
+       and ``D`` (the others). Each node returns its shares of ``b_u`` for
+       ``u in U2`` and, for each neighbour ``w in D``, the round's pair key
+       ``s_uw`` (a per-round KDF output; the long-term secret never leaves
+       the node). The server removes the self masks and the dropped pairs'
+       masks.
+
+    What changes: the Shamir shares of ``s_sk`` (and the ``share_keys``
+    exchange) are gone, because ``s_sk`` is never rebuilt; a dropped node's
+    pair masks are removed with the keys its live neighbours hand over. So a
+    node in ``U2`` that fails at ``fast_unmask`` while a neighbour of it is in
+    ``D`` ends the round (an :class:`~fl.AggregationError` naming it; the
+    four-stage protocol survives that case). Late inputs stay hidden: a
+    dropped node's self-mask seed was never delivered to anyone. The
+    security model is the four-stage protocol's (semi-honest; the server and
+    fewer than ``t`` colluding holders learn only the sum of ``U2``).
+
     The server applies the mean update with the strategy
     (``strategy.apply(global, mean_delta)``), records a
     :class:`~fl.RoundResult` and, when too few nodes survive a stage, raises
@@ -83,10 +118,11 @@ simulation of :class:`~fl.MaskingAggregator`):
 
 Cost:
     Four request/reply exchanges per round with masking (Flower's SecAgg+
-    takes four too), three with secret sharing, two with the plain
-    aggregator. Upload per node: the masked vector (``bits/8`` bytes per
-    parameter plus the ``.npy`` header of Flower's ``Array``) and ``~ 64 +
-    262 k`` bytes of keys and encrypted shares for ``k`` neighbours (see
+    takes four too), two with ``reuse_keys=True`` after the first round,
+    three with secret sharing, two with the plain aggregator. Upload per
+    node: the masked vector (``bits/8`` bytes per parameter plus the ``.npy``
+    header of Flower's ``Array``) and ``~ 64 + 262 k`` bytes of keys and
+    encrypted shares for ``k`` neighbours (``~ 82 k`` with reused keys; see
     :mod:`fl.secure_aggregation`); with secret sharing 8 bytes per parameter
     (one Z_2^64 share) plus ``32 + 32 (P - 1) + 16`` bytes, and each party
     uploads its sum (8 bytes per parameter) once more.

@@ -328,7 +328,7 @@ def test_example_flower_app_masking_matches_plain(monkeypatch: pytest.MonkeyPatc
 
     cfg = {"bits": 32, "local-epochs": 1, "batch-size": 32, "lr": 0.05, "stage-timeout": 5.0}
     out = {}
-    for mode in ("plain", "masking"):
+    for mode in ("plain", "masking", "secret-sharing"):
         with server_task():
             out[mode] = run(
                 LocalGrid(3, app=app), None, {**cfg, "aggregation": mode, "num-server-rounds": 1}
@@ -336,3 +336,4 @@ def test_example_flower_app_masking_matches_plain(monkeypatch: pytest.MonkeyPatc
     assert out["masking"]["survivors"] == [3]
     assert abs(out["masking"]["accuracy"] - out["plain"]["accuracy"]) < 0.01
     assert out["masking"]["upload_bytes"][0] / 109_386 < 4.1
+    assert abs(out["secret-sharing"]["accuracy"] - out["plain"]["accuracy"]) < 0.01
