@@ -229,11 +229,9 @@ _LONG_TERM = "fl.secagg.keys"  # the node's long-term key pairs, kept across rou
 # ---------------------------------------------------------------- arrays
 def flatten_arrays(record: ArrayRecord) -> torch.Tensor:
     """The arrays of ``record``, in key order, as one flat float32 vector."""
-    parts = [
-        torch.from_numpy(np.asarray(a.numpy(), dtype=np.float32).reshape(-1))
-        for a in record.values()
-    ]
-    return torch.cat(parts) if parts else torch.zeros(0)
+    parts = [np.asarray(a.numpy(), dtype=np.float32).reshape(-1) for a in record.values()]
+    # numpy's single-threaded copy: torch.cat's thread pool stalls on a busy machine
+    return torch.from_numpy(np.concatenate(parts)) if parts else torch.zeros(0)
 
 
 def unflatten_arrays(vector: torch.Tensor, like: ArrayRecord) -> ArrayRecord:
