@@ -12,6 +12,9 @@ With the argument ``secret-sharing`` (5 SuperNodes, ``SecretSharingAggregator(3)
     1. one node raises at INPUT;
     2. one node raises while training (stage 0);
     3. every node raises at the parties' SUM stage: a failed round.
+    Then ``MaskingAggregator`` with ``reuse_keys=True``: round 1 (four stages;
+    node 2 raises at INPUT), round 2 (two exchanges; node 4 raises while
+    training).
 """
 
 from __future__ import annotations
@@ -73,6 +76,19 @@ def main() -> None:
         out["rounds"] = [
             {"survivors": list(r.survivors), "failed": r.failed, "error": r.error} for r in history
         ]
+        if sharing:  # then masking with reuse_keys on the same nodes: a standard, a fast round
+            fast = SecureAggregation(
+                fl.MaskingAggregator(), timeout=timeout, train_timeout=120.0, reuse_keys=True
+            )
+            out["fast_arrays"] = [out["arrays"][-1]]
+            for _ in range(2):
+                arrays, history = fast(grid, arrays)
+                out["fast_arrays"].append(flatten_arrays(arrays).tolist())
+            out["fast_rounds"] = [
+                {"survivors": list(r.survivors), "failed": r.failed, "error": r.error}
+                for r in history
+            ]
+            out["fast_stages"] = [sorted(d) for d in fast.stage_seconds]
 
     run_simulation(
         server,

@@ -43,6 +43,17 @@ def _oracle(
     return fl.FedAvg().apply(g, res.mean)
 
 
+def _masking_oracle(
+    agg: fl.MaskingAggregator, g: torch.Tensor, weighted: list[int], summed: list[int]
+) -> torch.Tensor:
+    ups = [
+        ClientUpdate(c, d, node_examples(n))
+        for c, (n, d) in enumerate(zip(weighted, _deltas(g, weighted), strict=True))
+    ]
+    gone = [c for c, n in enumerate(weighted) if n not in summed]
+    return fl.FedAvg().apply(g, agg.aggregate(ups, dropouts={Stage.INPUT: gone}).mean)
+
+
 def _run(
     agg: fl.Aggregator, grid: LocalGrid, **kw: object
 ) -> tuple[torch.Tensor, fl.History, SecureAggregation]:
@@ -213,7 +224,10 @@ def test_central_dp_noise_and_accounting() -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_simulation_engine_five_supernodes_secret_sharing() -> None:
-    """5 SuperNodes on Flower's simulation engine (Ray), loopback-only namespace."""
+    """5 SuperNodes on Flower's simulation engine (Ray), loopback-only namespace.
+
+    Secret sharing for three rounds, then masking with ``reuse_keys=True`` for two.
+    """
     cmd = [*_netns_prefix(), sys.executable, "-m", "tests.fl.flower_sim", "6", "secret-sharing"]
     proc = subprocess.run(
         cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=400, check=False
@@ -238,3 +252,14 @@ def test_simulation_engine_five_supernodes_secret_sharing() -> None:
     r3 = rounds[2]
     assert r3["failed"] and "`sum`" in r3["error"]
     assert arrays[3] == arrays[2]
+    # then masking with reuse_keys=True on the same engine: a four-stage round, a fast one
+    f0, f1, f2 = (torch.tensor(a) for a in out["fast_arrays"])
+    s1, s2 = out["fast_stages"]
+    assert "share_keys" in s1 and s2 == ["fast_train", "fast_unmask"]
+    q1, q2 = out["fast_rounds"]
+    assert len(q1["survivors"]) == 4  # partition 2 raised at INPUT
+    assert len(q2["survivors"]) == 4  # partition 4 raised while training (weighted, not summed)
+    assert q1["survivors"] != q2["survivors"]
+    agg = fl.MaskingAggregator
+    assert torch.equal(f1, _masking_oracle(agg(), f0, nodes, q1["survivors"]))
+    assert torch.equal(f2, _masking_oracle(agg(), f1, nodes, q2["survivors"]))
