@@ -5,7 +5,10 @@ shipped MNIST training digits split IID over 10 SuperNodes, 1 local epoch)
 trained for ``--rounds`` rounds by, in turn on the same warmed-up SuperNodes:
 Flower's plain ``FedAvg`` (Message API), Flower's ``SecAggPlusWorkflow``
 (all pairs, threshold a majority: the setting of ``MaskingAggregator``'s
-default) and ``fl.MaskingAggregator`` through :class:`fl.flower.SecureAggregation`.
+default), ``fl.MaskingAggregator`` through :class:`fl.flower.SecureAggregation`
+(four exchanges per round, then with ``reuse_keys=True``: two exchanges per
+round after the first) and ``fl.SecretSharingAggregator`` (3 SuperNodes as
+parties, three exchanges).
 Prints seconds per round, the ratios to Flower's plain round measured in the
 same run, fl's upload per parameter and the final test accuracy of each.
 
@@ -74,7 +77,13 @@ def w1(rounds: int, nodes: int, cpus: int) -> dict[str, Any]:
     @server.main()
     def _main(grid: Grid, context: Context) -> None:
         run(grid, context, {**base, "aggregation": "plain", "num-server-rounds": 1})  # warm-up
-        for mode in ("flower-fedavg", "flower-secaggplus", "masking"):
+        for mode in (
+            "flower-fedavg",
+            "flower-secaggplus",
+            "masking",
+            "masking-fast",
+            "secret-sharing",
+        ):
             out[mode] = run(
                 grid, context, {**base, "aggregation": mode, "num-server-rounds": rounds}
             )
@@ -153,8 +162,9 @@ def main() -> None:
                     f"  upload {sum(r['upload_bytes']) / len(r['upload_bytes']) / dim:.3f} B/param"
                 )
             print(line)
-        sec = res["flower-secaggplus"]["seconds_per_round"] / res["masking"]["seconds_per_round"]
-        print(f"  fl masking is {sec:.2f}x faster than Flower SecAgg+ per round")
+        for mode in ("masking", "masking-fast", "secret-sharing"):
+            sec = res["flower-secaggplus"]["seconds_per_round"] / res[mode]["seconds_per_round"]
+            print(f"  fl {mode} is {sec:.2f}x faster than Flower SecAgg+ per round")
         print("W1 " + json.dumps(res))
     if args.only in (None, "W2"):
         r2 = w2(args.big_nodes, args.big_dim, args.big_rounds, args.cpus)

@@ -4,8 +4,9 @@ Top layer (``fl``), optional: needs the ``flower`` extra
 (``pip install 'smpc-fl[flower]'``, which pins ``flwr[simulation]==1.41.0``).
 Importing :mod:`fl` never imports Flower; importing this module does.
 
-A Flower ``ServerApp`` gets :class:`~fl.MaskingAggregator` (or the plain
-reference) under any :mod:`fl.strategy` by calling a :class:`SecureAggregation`
+A Flower ``ServerApp`` gets :class:`~fl.MaskingAggregator`,
+:class:`~fl.SecretSharingAggregator` (or the plain reference) under any
+:mod:`fl.strategy` by calling a :class:`SecureAggregation`
 workflow from its ``main``; the ``ClientApp`` adds :func:`secure_aggregation_mod`
 to its mods and keeps its usual ``@app.train()`` function::
 
@@ -42,6 +43,73 @@ simulation of :class:`~fl.MaskingAggregator`):
     With :class:`~fl.PlainAggregator` the round is stage 0 (training, sample
     count) and one ``INPUT`` stage carrying ``w_i * delta_i`` in float32.
 
+    With :class:`~fl.SecretSharingAggregator` (``P = parties`` aggregation
+    parties, which are ``P`` of the round's own SuperNodes) the round has
+    three exchanges:
+
+    0. ``ss_train``: training, as above; every node also makes an X25519 key
+       pair (its ``sk`` stays in ``context.state``) and replies with the public
+       key and its sample count. The server picks ``P`` parties among the nodes
+       that answered (public randomness).
+    1. ``ss_input``: the server sends each node its weight ``w_i``,
+       ``frac_bits`` and the parties' ids and public keys. The node encodes
+       ``x_i = w_i * delta_i`` in fixed point (``smpc``'s encoding: the
+       in-process aggregator's values exactly) in Z_2^64 and splits it into
+       ``P`` additive shares: a fresh 16-byte seed for each of parties
+       ``0..P-2`` (their share is ``AES-CTR(seed)``) and the explicit share
+       ``x_i - sum_j AES-CTR(seed_j)`` for party ``P-1``. Each share is
+       encrypted to its party with AES-GCM under a key derived from an
+       ephemeral X25519 exchange with the party's key, bound to the round,
+       sender and party (associated data). The reply holds the ciphertexts
+       only.
+    2. ``ss_sum``: the server relays to each party the ciphertexts addressed
+       to it from the nodes whose shares arrived (the survivors ``S``); the
+       party decrypts, adds its shares mod 2^64 and returns the sum. The
+       server adds the ``P`` sums, decodes, and divides by the survivors'
+       total weight (:meth:`~fl.Aggregator.finalize`, which adds the central
+       DP noise when configured).
+
+    Dropouts: a node that fails in stage 0 or 1 is left out (stage 1: still
+    weighted, as in the in-process aggregator); a party that fails its own
+    input still serves as a party. A party that does not return its sum
+    fails the round (additive shares have no threshold): too few parties is
+    :class:`~fl.InsufficientClientsError` naming stage ``sum``.
+
+Masking in two exchanges (``reuse_keys=True``, :class:`~fl.MaskingAggregator`):
+    The first round (and any round after a selected node failed) is the
+    four-stage round above, in which every node also advertises two
+    long-term X25519 public keys (``c_pk``, ``s_pk``; the private halves stay
+    in ``context.state`` across rounds). While every selected node's keys and
+    sample count are known, a round takes two exchanges:
+
+    0. ``fast_train``: the server sends the model, the round setup (a fresh
+       random ``round_id``, neighbours, threshold ``t``, the node's weight
+       from the sample counts of its previous round) and the neighbours'
+       long-term keys. The node trains, draws a fresh 256-bit self-mask seed
+       ``b_u``, Shamir-shares it ``t``-of-holders and encrypts each share to
+       its holder under ``KDF(DH(c_sk_u, c_pk_v), round_id)``, and replies
+       with the shares and ``y_u = x_u + PRG(b_u) + sum_v +-PRG(s_uv)`` over
+       *all* its neighbours, ``s_uv = KDF(DH(s_sk_u, s_pk_v), round_id)``.
+       ``U2`` = the nodes that answered; need ``|U2| >= t``. A node that
+       fails here is weighted but not summed (the in-process aggregator's
+       dropout at ``INPUT``).
+    1. ``fast_unmask``: the server routes the shares and announces ``U2``
+       and ``D`` (the others). Each node returns its shares of ``b_u`` for
+       ``u in U2`` and, for each neighbour ``w in D``, the round's pair key
+       ``s_uw`` (a per-round KDF output; the long-term secret never leaves
+       the node). The server removes the self masks and the dropped pairs'
+       masks.
+
+    What changes: the Shamir shares of ``s_sk`` (and the ``share_keys``
+    exchange) are gone, because ``s_sk`` is never rebuilt; a dropped node's
+    pair masks are removed with the keys its live neighbours hand over. So a
+    node in ``U2`` that fails at ``fast_unmask`` while a neighbour of it is in
+    ``D`` ends the round (an :class:`~fl.AggregationError` naming it; the
+    four-stage protocol survives that case). Late inputs stay hidden: a
+    dropped node's self-mask seed was never delivered to anyone. The
+    security model is the four-stage protocol's (semi-honest; the server and
+    fewer than ``t`` colluding holders learn only the sum of ``U2``).
+
     The server applies the mean update with the strategy
     (``strategy.apply(global, mean_delta)``), records a
     :class:`~fl.RoundResult` and, when too few nodes survive a stage, raises
@@ -50,16 +118,25 @@ simulation of :class:`~fl.MaskingAggregator`):
 
 Cost:
     Four request/reply exchanges per round with masking (Flower's SecAgg+
-    takes four too), two with the plain aggregator. Upload per node: the
-    masked vector (``bits/8`` bytes per parameter plus the ``.npy`` header of
-    Flower's ``Array``) and ``~ 64 + 262 k`` bytes of keys and encrypted
-    shares for ``k`` neighbours (see :mod:`fl.secure_aggregation`).
+    takes four too), two with ``reuse_keys=True`` after the first round,
+    three with secret sharing, two with the plain aggregator. Upload per
+    node: the masked vector (``bits/8`` bytes per parameter plus the ``.npy``
+    header of Flower's ``Array``) and ``~ 64 + 262 k`` bytes of keys and
+    encrypted shares for ``k`` neighbours (``~ 82 k`` with reused keys; see
+    :mod:`fl.secure_aggregation`); with secret sharing 8 bytes per parameter
+    (one Z_2^64 share) plus ``32 + 32 (P - 1) + 16`` bytes, and each party
+    uploads its sum (8 bytes per parameter) once more.
 
 Security:
     That of :class:`~fl.MaskingAggregator` (semi-honest server and clients,
     Bonawitz et al. CCS 2017 with the SecAgg+ graphs of Bell et al. CCS 2020):
     Flower's SuperLink routes opaque AES-GCM ciphertexts and masked vectors and
-    learns the sum of the survivors' updates only. Every field is decoded by
+    learns the sum of the survivors' updates only. With secret sharing: that
+    of :class:`~fl.SecretSharingAggregator` (semi-honest; the server and any
+    ``P - 1`` colluding parties learn only the sum; all ``P`` parties with the
+    server learn every update); the server sees ciphertexts and the parties'
+    sums (uniformly random but for their total); a relayed ciphertext that was
+    changed fails AES-GCM authentication at the party. Every field is decoded by
     type (bytes, ints, floats, ``numpy`` arrays loaded without pickle); nothing
     is unpickled.
 """
@@ -67,6 +144,8 @@ Security:
 from __future__ import annotations
 
 import math
+import os
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -83,9 +162,25 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "(pip install 'smpc-fl[flower]', i.e. flwr[simulation]==1.41.0)"
     ) from exc
 
-from fl.aggregators import Aggregator, InputRequest, PlainAggregator, PlainInput, Stage
-from fl.dp import DifferentialPrivacy
-from fl.errors import AggregationError, ConfigError, InsufficientClientsError, ProtocolError
+from fl import shamir
+from fl.aggregators import (
+    Aggregator,
+    InputRequest,
+    PlainAggregator,
+    PlainInput,
+    SecretSharingAggregator,
+    Stage,
+    prepare_contribution,
+)
+from fl.clipping import Quantizer
+from fl.dp import DifferentialPrivacy, GaussianNoise
+from fl.errors import (
+    AggregationError,
+    ConfigError,
+    InsufficientClientsError,
+    ProtocolError,
+    QuantizationRangeError,
+)
 from fl.secure_aggregation import (
     AdvertiseKeys,
     EncryptedShares,
@@ -98,12 +193,19 @@ from fl.secure_aggregation import (
     ShareDelivery,
     UnmaskRequest,
     UnmaskShares,
+    _ad,
     _ClientState,
+    _kdf,
+    _keystream,
+    _Masker,
+    _nonce,
+    _pair_key,
+    _self_key,
 )
 from fl.server import FailurePolicy
 from fl.shamir import SHARE_BYTES
 from fl.strategy import FedAvg, Strategy
-from fl.types import History, RoundResult
+from fl.types import AggregateResult, History, RoundResult
 
 __all__ = ["SecureAggregation", "flatten_arrays", "secure_aggregation_mod", "unflatten_arrays"]
 
@@ -113,16 +215,23 @@ _STATE = "fl.secagg.state"
 _DELTA = "fl.secagg.delta"
 _TRAIN = "train"
 _TRAINED = "trained"  # stage 0 with the plain aggregator (no keys)
+# the secret-sharing aggregator's three stages (train + key, shares, party sums)
+SS_TRAIN, SS_INPUT, SS_SUM = "ss_train", "ss_input", "ss_sum"
+_SS_STAGE_NAMES = {SS_TRAIN: "train", SS_INPUT: "input", SS_SUM: "sum"}
+_KEY_BYTES = 32  # an X25519 public key
+_SEED_BYTES = 16  # an AES-128 key expanded into a share
+_TAG = 16  # AES-GCM tag
+# the two-exchange masking round with reused keys (SecureAggregation(reuse_keys=True))
+FAST_TRAIN, FAST_UNMASK = "fast_train", "fast_unmask"
+_LONG_TERM = "fl.secagg.keys"  # the node's long-term key pairs, kept across rounds
 
 
 # ---------------------------------------------------------------- arrays
 def flatten_arrays(record: ArrayRecord) -> torch.Tensor:
     """The arrays of ``record``, in key order, as one flat float32 vector."""
-    parts = [
-        torch.from_numpy(np.asarray(a.numpy(), dtype=np.float32).reshape(-1))
-        for a in record.values()
-    ]
-    return torch.cat(parts) if parts else torch.zeros(0)
+    parts = [np.asarray(a.numpy(), dtype=np.float32).reshape(-1) for a in record.values()]
+    # numpy's single-threaded copy: torch.cat's thread pool stalls on a busy machine
+    return torch.from_numpy(np.concatenate(parts)) if parts else torch.zeros(0)
 
 
 def unflatten_arrays(vector: torch.Tensor, like: ArrayRecord) -> ArrayRecord:
@@ -443,6 +552,12 @@ def secure_aggregation_mod(
         return call_next(msg, context)
     rec = msg.content.config_records[RECORD]
     stage = _get(rec, "stage", str)
+    if stage in _SS_STAGE_NAMES:
+        return _ss_mod(msg, context, call_next, rec, stage)
+    if stage == FAST_TRAIN:
+        return _fast_train(msg, context, call_next, rec)
+    if stage == FAST_UNMASK:
+        return _fast_unmask(msg, context, rec)
     if stage == _TRAINED:  # plain aggregator, stage 0: train and report the sample count
         trained = _train(msg, context, call_next)
         if isinstance(trained, Message):
@@ -471,6 +586,10 @@ def secure_aggregation_mod(
         _save_state(context, client, {"dp_clip": float(rec.get("dp_clip", 0.0))})  # type: ignore[arg-type]
         content = _encode(keys, client_id)
         content.config_records[RECORD]["num_examples"] = n
+        if rec.get("long_term"):  # reuse_keys: advertise the keys of the later fast rounds
+            lt_c, lt_s = _long_term_keys(context, create=True)
+            content.config_records[RECORD]["lt_c_pk"] = _public(lt_c)
+            content.config_records[RECORD]["lt_s_pk"] = _public(lt_s)
         for k, m in out.content.metric_records.items():
             content[k] = m
         return _reply(content, msg)
@@ -501,6 +620,363 @@ def secure_aggregation_mod(
     return _reply(_encode(answer, client.client_id), msg)
 
 
+# ------------------------------------------------- secret sharing over Flower
+def _expand64(seed: bytes, dim: int) -> np.ndarray:
+    """``dim`` elements of Z_2^64 (``uint64``): the AES-128-CTR keystream under ``seed``."""
+    if dim == 0:
+        return np.zeros(0, dtype=np.uint64)
+    stream = _keystream(seed).update(bytes(8 * dim))
+    return np.frombuffer(stream, dtype=np.uint64).copy()
+
+
+def _ss_key(sk: Any, pk: bytes, round_id: bytes) -> bytes:
+    """AES-128 key of one sender -> party channel: KDF of the X25519 secret, bound to the round."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+    return _kdf(b"ss-share", round_id, sk.exchange(X25519PublicKey.from_public_bytes(pk)), 16)
+
+
+def _ss_encrypt(
+    sk: Any, pk: bytes, round_id: bytes, sender: int, party: int, role: int, data: bytes
+) -> bytes:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    return AESGCM(_ss_key(sk, pk, round_id)).encrypt(
+        _nonce(role), data, _ad(sender, party, round_id)
+    )
+
+
+def _ss_decrypt(
+    sk: Any, pk: bytes, round_id: bytes, sender: int, party: int, role: int, ct: bytes
+) -> bytes:
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    try:
+        return AESGCM(_ss_key(sk, pk, round_id)).decrypt(
+            _nonce(role), ct, _ad(sender, party, round_id)
+        )
+    except InvalidTag as exc:
+        raise ProtocolError(
+            f"party {party}: the share from client {sender} fails authentication"
+        ) from exc
+
+
+def _ss_shares(encoded: np.ndarray, n_parties: int) -> tuple[list[bytes], np.ndarray]:
+    """Additive shares of ``encoded`` (``uint64``): ``n_parties - 1`` seeds and one explicit share.
+
+    Party ``j < n_parties - 1`` gets a fresh 16-byte seed ``k_j`` (from
+    ``os.urandom``); its share is ``PRG(k_j)``. The last party's share is
+    ``encoded - sum_j PRG(k_j)`` (mod 2^64), uniformly random on its own.
+    """
+    seeds = [os.urandom(_SEED_BYTES) for _ in range(n_parties - 1)]
+    last = encoded.copy()
+    for seed in seeds:
+        last -= _expand64(seed, encoded.shape[0])  # uint64 arithmetic wraps: Z_2^64
+    return seeds, last
+
+
+def _ss_client_input(msg: Message, context: Context, rec: ConfigRecord) -> RecordDict:
+    """Stage ``ss_input`` on a node: weight, encode, split and encrypt the update to the parties."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from smpc import FixedPoint
+
+    st = context.state.config_records.get(_STATE)
+    d = context.state.array_records.get(_DELTA)
+    if st is None or d is None or st.get("stage") != SS_TRAIN:
+        raise ProtocolError("share request without a trained update on this node")
+    me = int(_get(st, "client_id", int))
+    round_id = _get(st, "round_id", bytes)
+    if _get(rec, "round_id", bytes) != round_id:
+        raise ProtocolError("share request for another round")
+    parties, pks = _ints(rec, "parties"), _blobs(rec, "party_pks")
+    if len(parties) < 2 or len(parties) != len(pks) or len(set(parties)) != len(parties):
+        raise ProtocolError(f"`parties` must be >= 2 distinct ids with one key each; got {parties}")
+    if len(set(pks)) != len(pks) or any(len(k) != _KEY_BYTES for k in pks):
+        raise ProtocolError("the parties' public keys must be distinct 32-byte X25519 keys")
+    weight = float(_get(rec, "weight", float))
+    frac_bits = int(_get(rec, "frac_bits", int))
+    clip = float(st.get("dp_clip", 0.0))  # type: ignore[arg-type]
+    dp = DifferentialPrivacy(clip_norm=clip, noise_multiplier=0.0) if clip > 0 else None
+    delta = torch.from_numpy(np.asarray(d["delta"].numpy(), dtype=np.float32))
+    x = prepare_contribution(delta, weight, dp, name=f"node {me}'s update")
+    encoded = FixedPoint(frac_bits).encode(x.to(torch.float64), name=f"node {me}'s weighted update")
+    seeds, last = _ss_shares(encoded.numpy().view(np.uint64), len(parties))
+    eph = X25519PrivateKey.generate()  # fresh per round: one key per (node, party, round)
+    seed_cts = [
+        _ss_encrypt(eph, pks[j], round_id, me, parties[j], j, seeds[j])
+        for j in range(len(parties) - 1)
+    ]
+    j = len(parties) - 1
+    share_ct = _ss_encrypt(eph, pks[j], round_id, me, parties[j], j, last.tobytes())
+    if me in parties:  # a party keeps its key for the sum stage; its update is gone
+        del context.state[_DELTA]
+        context.state[_STATE] = _config(
+            {"stage": SS_SUM, "client_id": me, "round_id": round_id, "sk": st["sk"]}
+        )
+    else:
+        _clear_state(context)
+    out = RecordDict(
+        {
+            RECORD: _config(
+                {"stage": SS_INPUT, "eph": eph.public_key().public_bytes_raw(), "cts": seed_cts}
+            )
+        }
+    )
+    out[RECORD + ".arrays"] = ArrayRecord(
+        {"share": Array(np.frombuffer(share_ct, dtype=np.uint8).copy())}
+    )
+    return out
+
+
+def _ss_party_sum(msg: Message, context: Context, rec: ConfigRecord) -> RecordDict:
+    """Stage ``ss_sum`` on a party: decrypt the relayed shares and return their sum (mod 2^64)."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    st = context.state.config_records.get(_STATE)
+    if st is None or st.get("stage") not in (SS_SUM, SS_TRAIN) or "sk" not in st:
+        raise ProtocolError("sum request on a node that is not a party of this round")
+    me = int(_get(st, "client_id", int))
+    round_id = _get(st, "round_id", bytes)
+    if _get(rec, "round_id", bytes) != round_id:
+        raise ProtocolError("sum request for another round")
+    sk = X25519PrivateKey.from_private_bytes(_get(st, "sk", bytes))
+    role, last, dim = (
+        int(_get(rec, "role", int)),
+        int(_get(rec, "last", int)),
+        int(_get(rec, "dim", int)),
+    )
+    if not 0 <= role <= last or dim < 0:
+        raise ProtocolError(f"bad party role {role} of {last} or dimension {dim}")
+    ids, ephs = _ints(rec, "ids"), _blobs(rec, "eph")
+    if len(ids) != len(ephs) or not ids:
+        raise ProtocolError(f"`ids` and `eph` must be non-empty and of one length; got {len(ids)}")
+    total = np.zeros(dim, dtype=np.uint64)
+    if role < last:
+        cts = _blobs(rec, "cts")
+        if len(cts) != len(ids):
+            raise ProtocolError(f"{len(ids)} senders but {len(cts)} ciphertexts")
+        for sender, eph, ct in zip(ids, ephs, cts, strict=True):
+            seed = _ss_decrypt(sk, eph, round_id, sender, me, role, ct)
+            total += _expand64(seed, dim)
+    else:
+        arrays = msg.content.array_records.get(RECORD + ".arrays")
+        if arrays is None:
+            raise ProtocolError("the sum request carries no shares")
+        for sender, eph in zip(ids, ephs, strict=True):
+            if str(sender) not in arrays:
+                raise ProtocolError(f"the sum request lacks client {sender}'s share")
+            blob = np.asarray(arrays[str(sender)].numpy())
+            if blob.dtype != np.uint8 or blob.shape != (8 * dim + _TAG,):
+                raise ProtocolError(f"client {sender}'s share has shape {blob.dtype}{blob.shape}")
+            plain = _ss_decrypt(sk, eph, round_id, sender, me, role, blob.tobytes())
+            total += np.frombuffer(plain, dtype=np.uint64)
+    _clear_state(context)
+    out = RecordDict({RECORD: ConfigRecord({"stage": SS_SUM})})
+    out[RECORD + ".arrays"] = ArrayRecord({"y": Array(total)})
+    return out
+
+
+def _ss_mod(
+    msg: Message, context: Context, call_next: Any, rec: ConfigRecord, stage: str
+) -> Message:
+    """The secret-sharing stages of :func:`secure_aggregation_mod`."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    if stage == SS_TRAIN:
+        trained = _train(msg, context, call_next)
+        if isinstance(trained, Message):
+            return trained
+        out, n = trained
+        sk = X25519PrivateKey.generate()  # used only if the server makes this node a party
+        context.state[_STATE] = _config(
+            {
+                "stage": SS_TRAIN,
+                "client_id": int(_get(rec, "client_id", int)),
+                "round_id": _get(rec, "round_id", bytes),
+                "dp_clip": float(rec.get("dp_clip", 0.0)),  # type: ignore[arg-type]
+                "sk": sk.private_bytes_raw(),
+            }
+        )
+        content = RecordDict(
+            {
+                RECORD: ConfigRecord(
+                    {"stage": SS_TRAIN, "num_examples": n, "pk": sk.public_key().public_bytes_raw()}
+                )
+            }
+        )
+        for k, m in out.content.metric_records.items():
+            content[k] = m
+        return _reply(content, msg)
+    if stage == SS_INPUT:
+        return _reply(_ss_client_input(msg, context, rec), msg)
+    return _reply(_ss_party_sum(msg, context, rec), msg)
+
+
+# ------------------------------------------- masking with reused keys (fast)
+def _long_term_keys(context: Context, *, create: bool) -> tuple[Any, Any]:
+    """The node's long-term X25519 key pairs ``(c_sk, s_sk)`` (made once, kept in the context)."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    rec = context.state.config_records.get(_LONG_TERM)
+    if rec is None:
+        if not create:
+            raise ProtocolError("this node has no long-term keys (it restarted?)")
+        c, s = X25519PrivateKey.generate(), X25519PrivateKey.generate()
+        context.state[_LONG_TERM] = ConfigRecord(
+            {"c_sk": c.private_bytes_raw(), "s_sk": s.private_bytes_raw()}
+        )
+        return c, s
+    return (
+        X25519PrivateKey.from_private_bytes(_get(rec, "c_sk", bytes)),
+        X25519PrivateKey.from_private_bytes(_get(rec, "s_sk", bytes)),
+    )
+
+
+def _public(sk: Any) -> bytes:
+    return bytes(sk.public_key().public_bytes_raw())
+
+
+def _fast_train(msg: Message, context: Context, call_next: Any, rec: ConfigRecord) -> Message:
+    """Fast stage 0 on a node: train, share a fresh self-mask seed, send the masked update."""
+    c_sk, s_sk = _long_term_keys(context, create=False)
+    setup = _setup_from(rec)
+    me = int(_get(rec, "client_id", int))
+    ids, c_pks, s_pks = _ints(rec, "ids"), _blobs(rec, "c_pks"), _blobs(rec, "s_pks")
+    if not len(ids) == len(c_pks) == len(s_pks):
+        raise ProtocolError("key roster: ids and keys differ in length")
+    roster = dict(zip(ids, zip(c_pks, s_pks, strict=True), strict=True))
+    if roster.get(me) != (_public(c_sk), _public(s_sk)):
+        raise ProtocolError(f"node {me}: the roster does not hold this node's long-term keys")
+    del roster[me]
+    if me not in setup.participants or not set(roster) <= set(setup.neighbours):
+        raise ProtocolError(f"node {me}: roster names non-neighbours or omits this node")
+    holders = [*sorted(roster), me]
+    if len(holders) < setup.threshold or setup.threshold < 1:
+        raise InsufficientClientsError(FAST_TRAIN, len(holders), setup.threshold)
+    trained = _train(msg, context, call_next)
+    if isinstance(trained, Message):
+        return trained
+    out, n = trained
+    delta = torch.from_numpy(
+        np.asarray(context.state.array_records[_DELTA]["delta"].numpy(), dtype=np.float32)
+    )
+    _clear_state(context)
+    weight = float(_get(rec, "weight", float))
+    clip = float(rec.get("dp_clip", 0.0))  # type: ignore[arg-type]
+    dp = DifferentialPrivacy(clip_norm=clip, noise_multiplier=0.0) if clip > 0 else None
+    # a fresh self-mask seed, Shamir-shared among the holders, each share encrypted to its holder
+    x_of = {v: setup.participants.index(v) + 1 for v in holders}
+    b_seed = secrets.token_bytes(32)
+    b_sh = shamir.split(int.from_bytes(b_seed, "big"), setup.threshold, [x_of[v] for v in holders])
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    cts = []
+    for v in sorted(roster):
+        shared = c_sk.exchange(X25519PublicKey.from_public_bytes(roster[v][0]))
+        key = _kdf(b"enc", setup.round_id, shared, 32)
+        plain = b_sh[x_of[v]].to_bytes(SHARE_BYTES, "big")
+        cts.append(AESGCM(key).encrypt(_nonce(me), plain, _ad(me, v, setup.round_id)))
+    # the masked input, as MaskingClient.masked_input computes it (pair masks with every neighbour)
+    quantizer = Quantizer(setup.clip_range, len(setup.participants), setup.bits)
+    name = f"node {me}'s weighted update"
+    if dp is None:
+        y = quantizer.quantize(delta, multiplier=weight, name=name)
+    else:
+        x = prepare_contribution(delta, weight, dp, name=name)
+        if setup.noise_std > 0:
+            x = x + GaussianNoise().normal(setup.noise_std, x.shape, x.dtype)
+        y = quantizer.quantize(x, name=name)
+    plus: list[bytes] = [_self_key(b_seed, setup.round_id)]
+    minus: list[bytes] = []
+    for v, (_, s_pk) in roster.items():
+        (plus if me < v else minus).append(_pair_key(s_sk, s_pk, setup.round_id))
+    _Masker().apply(y, plus, minus)
+    context.state[_STATE] = _config(
+        {
+            "stage": FAST_UNMASK,
+            "client_id": me,
+            "round_id": setup.round_id,
+            "participants": list(setup.participants),
+            "threshold": setup.threshold,
+            "roster_ids": sorted(roster),
+            "roster_c": [roster[v][0] for v in sorted(roster)],
+            "roster_s": [roster[v][1] for v in sorted(roster)],
+            "own_b": b_sh[x_of[me]].to_bytes(SHARE_BYTES, "big"),
+        }
+    )
+    content = RecordDict(
+        {
+            RECORD: _config(
+                {"stage": FAST_TRAIN, "num_examples": n, "ids": sorted(roster), "cts": cts}
+            ),
+            RECORD + ".arrays": ArrayRecord({"y": Array(quantizer.pack(y))}),
+        }
+    )
+    for k, m in out.content.metric_records.items():
+        content[k] = m
+    return _reply(content, msg)
+
+
+def _fast_unmask(msg: Message, context: Context, rec: ConfigRecord) -> Message:
+    """Fast stage 1 on a node: shares of the survivors' self-mask seeds, the dropped pairs' keys."""
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    st = context.state.config_records.get(_STATE)
+    if st is None or st.get("stage") != FAST_UNMASK:
+        raise ProtocolError("no secure-aggregation round in progress on this node")
+    c_sk, s_sk = _long_term_keys(context, create=False)
+    me, round_id = int(_get(st, "client_id", int)), _get(st, "round_id", bytes)
+    threshold = int(_get(st, "threshold", int))
+    participants = _ints(st, "participants")
+    roster = dict(
+        zip(
+            _ints(st, "roster_ids"),
+            zip(_blobs(st, "roster_c"), _blobs(st, "roster_s"), strict=True),
+            strict=True,
+        )
+    )
+    survivors, dropped = set(_ints(rec, "survivors")), set(_ints(rec, "dropped"))
+    if survivors & dropped or not (survivors | dropped) <= set(participants):
+        raise ProtocolError(f"node {me}: inconsistent survivors and dropped nodes")
+    if me not in survivors:
+        raise ProtocolError(f"node {me} sent its input but is not listed as a survivor")
+    if len(survivors) < threshold:
+        raise InsufficientClientsError(Stage.UNMASK.value, len(survivors), threshold)
+    held = {me: int.from_bytes(_get(st, "own_b", bytes), "big")}
+    for u, ct in _pairs(_ints(rec, "ids"), _blobs(rec, "cts"), "cts").items():
+        if u not in roster:
+            raise ProtocolError(f"node {me}: share from unknown node {u}")
+        shared = c_sk.exchange(X25519PublicKey.from_public_bytes(roster[u][0]))
+        key = _kdf(b"enc", round_id, shared, 32)
+        try:
+            plain = AESGCM(key).decrypt(_nonce(u), ct, _ad(u, me, round_id))
+        except InvalidTag as exc:
+            raise ProtocolError(f"node {me}: the share from {u} fails authentication") from exc
+        held[u] = int.from_bytes(plain, "big")
+    b = {u: held[u] for u in sorted(survivors) if u in held}
+    pair = {w: _pair_key(s_sk, roster[w][1], round_id) for w in sorted(dropped) if w in roster}
+    _clear_state(context)
+    content = RecordDict(
+        {
+            RECORD: _config(
+                {
+                    "stage": FAST_UNMASK,
+                    "b_ids": list(b),
+                    "b": [_share(v) for v in b.values()],
+                    "p_ids": list(pair),
+                    "p": list(pair.values()),
+                }
+            )
+        }
+    )
+    return _reply(content, msg)
+
+
 # ------------------------------------------------------------ the server
 class SecureAggregation:
     """Server-side Flower workflow: ``fl`` strategy + ``fl`` aggregator over a ``Grid``.
@@ -512,7 +988,10 @@ class SecureAggregation:
 
     Args:
         aggregator: :class:`~fl.MaskingAggregator` (any ``bits``,
-            ``threshold``, ``neighbours``, ``dp``) or :class:`~fl.PlainAggregator`.
+            ``threshold``, ``neighbours``, ``dp``),
+            :class:`~fl.SecretSharingAggregator` (``parties`` of the round's
+            nodes act as aggregation parties; ``frac_bits``, central ``dp``) or
+            :class:`~fl.PlainAggregator`.
         strategy: Any :class:`~fl.Strategy` (default :class:`~fl.FedAvg`):
             samples the nodes, gives the fit configuration (sent as the
             ``"config"`` record: ``lr``, ``epochs``, ``batch_size``,
@@ -535,6 +1014,13 @@ class SecureAggregation:
             the replies with ``grid.push_messages``/``pull_messages``; Flower's
             ``send_and_receive`` waits 0.1 s between pulls, which a four-stage
             round pays four times. ``None`` uses ``grid.send_and_receive``.
+        reuse_keys: With a :class:`~fl.MaskingAggregator`: after a first
+            standard round in which the nodes also advertise long-term key
+            pairs, run each round in two exchanges (training + masked input,
+            then unmask) on those keys while the selected nodes keep them
+            (see "Masking in two exchanges" in the module docstring). Weights
+            come from the sample counts the nodes reported in their previous
+            round. Default ``False``: the four-stage protocol every round.
 
     Raises:
         ConfigError: Bad arguments (named).
@@ -553,11 +1039,14 @@ class SecureAggregation:
         evaluate_fn: Callable[[int, ArrayRecord], tuple[float, float]] | None = None,
         seed: int = 0,
         poll_interval: float | None = 0.005,
+        reuse_keys: bool = False,
     ) -> None:
-        if not isinstance(aggregator, MaskingAggregator | PlainAggregator):
+        if not isinstance(
+            aggregator, MaskingAggregator | PlainAggregator | SecretSharingAggregator
+        ):
             raise ConfigError(
-                "`aggregator` must be a MaskingAggregator or a PlainAggregator; "
-                f"got {type(aggregator).__name__}"
+                "`aggregator` must be a MaskingAggregator, SecretSharingAggregator or "
+                f"PlainAggregator; got {type(aggregator).__name__}"
             )
         if isinstance(num_rounds, bool) or not isinstance(num_rounds, int) or num_rounds < 1:
             raise ConfigError(f"`num_rounds` must be a positive int; got {num_rounds!r}")
@@ -580,9 +1069,20 @@ class SecureAggregation:
                 f"`poll_interval` must be a positive number or None; got {poll_interval!r}"
             )
         self.poll_interval = poll_interval
+        if not isinstance(reuse_keys, bool):
+            raise ConfigError(f"`reuse_keys` must be a bool; got {reuse_keys!r}")
+        if reuse_keys and not isinstance(aggregator, MaskingAggregator):
+            raise ConfigError(
+                f"`reuse_keys` needs a MaskingAggregator; got {type(aggregator).__name__}"
+            )
+        self.reuse_keys = reuse_keys
+        self._long_term: dict[int, tuple[bytes, bytes]] = {}
+        self._counts: dict[int, int] = {}
         self.history = History()
         self.stage_seconds: list[dict[str, float]] = []
         """Diagnostics: wall seconds of each stage's exchange, one dict per round."""
+        self.parties: list[tuple[int, ...]] = []
+        """Secret sharing: the node ids of each round's aggregation parties (public)."""
 
     def __repr__(self) -> str:
         return (
@@ -603,7 +1103,7 @@ class SecureAggregation:
         self,
         grid: Any,
         round_index: int,
-        stage: Stage,
+        stage: Stage | str,
         contents: Mapping[int, RecordDict],
         node_of: Mapping[int, int],
         timeout: float | None,
@@ -627,7 +1127,7 @@ class SecureAggregation:
             try:
                 replies[cid] = (
                     _decode_reply(reply.content, cid, stage)
-                    if stage is not Stage.ADVERTISE_KEYS
+                    if isinstance(stage, Stage) and stage is not Stage.ADVERTISE_KEYS
                     else reply.content
                 )
             except (ProtocolError, ValueError, KeyError, TypeError):
@@ -685,74 +1185,16 @@ class SecureAggregation:
         dim = int(global_vector.numel())
         wire: dict[int, int] = {}
         self.stage_seconds.append({})
-        dp_clip = agg.dp.clip_norm if agg.dp is not None else 0.0
         config = self._fit_config(round_index)
-        masking = isinstance(agg, MaskingAggregator)
-        session: Any
-        if masking:
-            assert isinstance(agg, MaskingAggregator)
-            session = MaskingServer(agg, {c: 1.0 for c in node_of}, dim)
-            first = {c: _encode(m, c) for c, m in session.first().items()}
-        else:
-            session = None
-            first = {
-                c: RecordDict({RECORD: ConfigRecord({"stage": _TRAINED, "client_id": c})})
-                for c in node_of
-            }
-        for content in first.values():
-            content.config_records[RECORD]["dp_clip"] = float(dp_clip)
-            content["arrays"] = arrays
-            content["config"] = config
-        stage0, raw = self._exchange(
-            grid, round_index, Stage.ADVERTISE_KEYS, first, node_of, self.train_timeout, wire
-        )
-        counts: dict[int, int] = {}
-        keys: dict[int, Any] = {}
-        losses: dict[int, float] = {}
-        for c, content in stage0.items():
-            rec = content.config_records[RECORD]
-            n = rec.get("num_examples")
-            if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-                continue
-            try:
-                keys[c] = _decode_reply(content, c, Stage.ADVERTISE_KEYS) if masking else None
-            except ProtocolError:
-                continue
-            counts[c] = n
-            for m in content.metric_records.values():
-                loss = m.get("train_loss")
-                if isinstance(loss, float | int):
-                    losses[c] = float(loss)
-        if not counts:
-            raise InsufficientClientsError(
-                Stage.ADVERTISE_KEYS.value, 0, session.threshold if masking else 1
+        if self._can_reuse_keys(node_of):
+            result, counts, losses = self._fast_round(
+                grid, arrays, config, round_index, node_of, dim, wire
             )
-        weights = agg.weights(counts)
-        if masking:
-            session.weights = {c: weights.get(c, 0.0) for c in node_of}
-            msgs = session.step(keys)
-            stage = Stage.SHARE_KEYS
-            while msgs is not None:
-                contents = {c: _encode(m, c) for c, m in msgs.items()}
-                if stage is Stage.INPUT:
-                    for c, content in contents.items():
-                        content.config_records[RECORD]["weight"] = float(weights[c])
-                replies, _ = self._exchange(
-                    grid, round_index, stage, contents, node_of, self.timeout, wire
-                )
-                msgs = session.step(replies)
-                if stage is not Stage.UNMASK:
-                    stage = list(Stage)[stage.order + 1]
-            result = session.result()
         else:
-            plain = agg.server_session(weights, dim, round_index=round_index)
-            msgs = {c: m for c, m in plain.first().items() if c in counts}
-            contents = {c: _encode(m, c) for c, m in msgs.items()}
-            replies, _ = self._exchange(
-                grid, round_index, Stage.INPUT, contents, node_of, self.timeout, wire
+            result, counts, losses = self._standard_round(
+                grid, arrays, config, round_index, node_of, dim, wire, gen
             )
-            plain.step(replies)
-            result = plain.result()
+
         agg.record_round()
         new_vector = self.strategy.apply(global_vector, result.mean).detach()
         surv = result.survivors
@@ -778,6 +1220,374 @@ class SecureAggregation:
             epsilon=agg.epsilon,
         )
         return new_vector, record
+
+    def _can_reuse_keys(self, node_of: Mapping[int, int]) -> bool:
+        """A fast round needs every selected node's long-term keys and sample count."""
+        return self.reuse_keys and all(
+            n in self._long_term and n in self._counts for n in node_of.values()
+        )
+
+    def _fast_round(
+        self,
+        grid: Any,
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+        round_index: int,
+        node_of: Mapping[int, int],
+        dim: int,
+        wire: dict[int, int],
+    ) -> tuple[AggregateResult, dict[int, int], dict[int, float]]:
+        """The two-exchange masking round on long-term keys (``reuse_keys=True``)."""
+        agg = self.aggregator
+        assert isinstance(agg, MaskingAggregator)
+        counts = {c: self._counts[n] for c, n in node_of.items()}
+        weights = agg.weights(counts)  # the counts reported in the nodes' last round
+        session = MaskingServer(agg, weights, dim)  # fresh round id, graph, threshold, quantizer
+        t, rid = session.threshold, session.round_id
+        contents: dict[int, RecordDict] = {}
+        for c, setup in session.first().items():
+            content = _encode(setup, c)
+            holders = sorted((*setup.neighbours, c))
+            rec = content.config_records[RECORD]
+            rec["stage"] = FAST_TRAIN
+            rec["weight"] = float(weights[c])
+            rec["dp_clip"] = float(agg.dp.clip_norm if agg.dp is not None else 0.0)
+            rec["ids"] = holders
+            rec["c_pks"] = [self._long_term[node_of[v]][0] for v in holders]
+            rec["s_pks"] = [self._long_term[node_of[v]][1] for v in holders]
+            content["arrays"] = arrays
+            content["config"] = config
+            contents[c] = content
+        replies, _ = self._exchange(
+            grid, round_index, FAST_TRAIN, contents, node_of, self.train_timeout, wire
+        )
+        ys: dict[int, np.ndarray] = {}
+        inbox: dict[int, dict[int, bytes]] = {c: {} for c in node_of}
+        losses: dict[int, float] = {}
+        for c, content in replies.items():
+            rec = content.config_records.get(RECORD)
+            try:
+                if rec is None or _get(rec, "stage", str) != FAST_TRAIN:
+                    raise ProtocolError("reply for another stage")
+                n = _get(rec, "num_examples", int)
+                if n <= 0:
+                    raise ProtocolError("`num_examples` must be positive")
+                y = session.quantizer.unpack(_array(content), dim)
+                cts = _pairs(_ints(rec, "ids"), _blobs(rec, "cts"), "cts")
+                if not set(cts) <= set(session.graph[c]):
+                    raise ProtocolError("shares addressed to non-neighbours")
+            except (ProtocolError, QuantizationRangeError, ValueError, TypeError):
+                continue  # a malformed reply is a dropout, never trusted
+            ys[c] = y
+            self._counts[node_of[c]] = int(n)
+            for v, ct in cts.items():
+                inbox[v][c] = ct
+            for m in content.metric_records.values():
+                loss = m.get("train_loss")
+                if isinstance(loss, float | int):
+                    losses[c] = float(loss)
+        for c, n in node_of.items():
+            if c not in ys:  # failed: it advertises its keys again in a standard round
+                self._long_term.pop(n, None)
+        u2 = tuple(sorted(ys))
+        if len(u2) < t:
+            raise InsufficientClientsError(Stage.INPUT.value, len(u2), t)
+        dropped = tuple(c for c in node_of if c not in ys)
+        unmask = {
+            c: RecordDict(
+                {
+                    RECORD: _config(
+                        {
+                            "stage": FAST_UNMASK,
+                            "survivors": list(u2),
+                            "dropped": list(dropped),
+                            "ids": [u for u in sorted(inbox[c]) if u in ys],
+                            "cts": [inbox[c][u] for u in sorted(inbox[c]) if u in ys],
+                        }
+                    )
+                }
+            )
+            for c in u2
+        }
+        shares, _ = self._exchange(
+            grid, round_index, FAST_UNMASK, unmask, node_of, self.timeout, wire
+        )
+        b_pts: dict[int, dict[int, int]] = {u: {} for u in u2}
+        pair: dict[tuple[int, int], bytes] = {}
+        answered = 0
+        for v, content in shares.items():
+            rec = content.config_records.get(RECORD)
+            try:
+                if rec is None or _get(rec, "stage", str) != FAST_UNMASK:
+                    raise ProtocolError("reply for another stage")
+                b = _pairs(_ints(rec, "b_ids"), _blobs(rec, "b"), "b")
+                pk = _pairs(_ints(rec, "p_ids"), _blobs(rec, "p"), "p")
+            except (ProtocolError, ValueError, TypeError):
+                continue
+            answered += 1
+            for u, share in b.items():
+                if u in b_pts:
+                    b_pts[u][session.participants.index(v) + 1] = int.from_bytes(share, "big")
+            for w, key in pk.items():
+                if w in dropped and w in session.graph[v] and len(key) == 16:
+                    pair[(v, w)] = key
+        if answered < t:
+            raise InsufficientClientsError(Stage.UNMASK.value, answered, t)
+        total = np.zeros(dim, dtype=np.uint32)
+        for y in ys.values():
+            total += y
+        lagrange: dict[tuple[int, ...], Any] = {}
+        minus: list[bytes] = []
+        plus: list[bytes] = []
+        for u in u2:
+            if len(b_pts[u]) < t:
+                raise InsufficientClientsError(Stage.UNMASK.value, len(b_pts[u]), t)
+            seed = shamir.reconstruct(b_pts[u], t, lagrange).to_bytes(32, "big")
+            minus.append(_self_key(seed, rid))
+        for w in dropped:
+            for u in session.graph[w]:
+                if u not in ys:
+                    continue
+                if (u, w) not in pair:
+                    raise AggregationError(
+                        f"secure aggregation failed at stage `unmask`: node {node_of[u]} sent "
+                        f"its input but not the key of its mask with dropped node {node_of[w]}; "
+                        "with reused keys only it holds that key, so the round cannot complete"
+                    )
+                (minus if u < w else plus).append(pair[(u, w)])  # u added +mask when u < w
+        _Masker().apply(total, plus, minus)
+        summed = session.quantizer.dequantize(total)
+        noised = agg.dp is not None and agg.dp.distributed
+        mean, std = agg.finalize(summed, u2, weights, noised=noised)
+        if noised:
+            std = session._client_noise_std() * math.sqrt(len(u2))
+        result = AggregateResult(
+            mean=mean,
+            survivors=u2,
+            dropped=dropped,
+            upload_bytes={c: wire.get(c, 0) for c in u2},
+            noise_std=std,
+        )
+        return result, {c: self._counts[node_of[c]] for c in u2}, losses
+
+    def _standard_round(
+        self,
+        grid: Any,
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+        round_index: int,
+        node_of: Mapping[int, int],
+        dim: int,
+        wire: dict[int, int],
+        gen: torch.Generator,
+    ) -> tuple[AggregateResult, dict[int, int], dict[int, float]]:
+        """Stage 0 (training) and the aggregator's own stages."""
+        agg = self.aggregator
+        dp_clip = agg.dp.clip_norm if agg.dp is not None else 0.0
+        masking = isinstance(agg, MaskingAggregator)
+        sharing = isinstance(agg, SecretSharingAggregator)
+        session: Any
+        round_id = os.urandom(16)  # secret sharing: binds keys and ciphertexts to the round
+        if masking:
+            assert isinstance(agg, MaskingAggregator)
+            session = MaskingServer(agg, {c: 1.0 for c in node_of}, dim)
+            first = {c: _encode(m, c) for c, m in session.first().items()}
+        elif sharing:
+            session = None
+            first = {
+                c: RecordDict(
+                    {
+                        RECORD: ConfigRecord(
+                            {"stage": SS_TRAIN, "client_id": c, "round_id": round_id}
+                        )
+                    }
+                )
+                for c in node_of
+            }
+        else:
+            session = None
+            first = {
+                c: RecordDict({RECORD: ConfigRecord({"stage": _TRAINED, "client_id": c})})
+                for c in node_of
+            }
+        for content in first.values():
+            content.config_records[RECORD]["dp_clip"] = float(dp_clip)
+            if masking and self.reuse_keys:
+                content.config_records[RECORD]["long_term"] = True
+            content["arrays"] = arrays
+            content["config"] = config
+        stage0, raw = self._exchange(
+            grid, round_index, Stage.ADVERTISE_KEYS, first, node_of, self.train_timeout, wire
+        )
+        counts: dict[int, int] = {}
+        keys: dict[int, Any] = {}
+        losses: dict[int, float] = {}
+        for c, content in stage0.items():
+            rec = content.config_records[RECORD]
+            n = rec.get("num_examples")
+            if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+                continue
+            try:
+                if masking:
+                    keys[c] = _decode_reply(content, c, Stage.ADVERTISE_KEYS)
+                elif sharing:
+                    keys[c] = _get(rec, "pk", bytes)
+                    if len(keys[c]) != _KEY_BYTES:
+                        raise ProtocolError("`pk` must be a 32-byte X25519 key")
+            except ProtocolError:
+                continue
+            counts[c] = n
+            lt = (rec.get("lt_c_pk"), rec.get("lt_s_pk"))
+            if self.reuse_keys and all(isinstance(k, bytes) and len(k) == _KEY_BYTES for k in lt):
+                self._long_term[node_of[c]] = (bytes(lt[0]), bytes(lt[1]))
+                self._counts[node_of[c]] = n
+            for m in content.metric_records.values():
+                loss = m.get("train_loss")
+                if isinstance(loss, float | int):
+                    losses[c] = float(loss)
+        if not counts:
+            raise InsufficientClientsError(
+                Stage.ADVERTISE_KEYS.value, 0, session.threshold if masking else 1
+            )
+        weights = agg.weights(counts)
+        if masking:
+            session.weights = {c: weights.get(c, 0.0) for c in node_of}
+            msgs = session.step(keys)
+            stage = Stage.SHARE_KEYS
+            while msgs is not None:
+                contents = {c: _encode(m, c) for c, m in msgs.items()}
+                if stage is Stage.INPUT:
+                    for c, content in contents.items():
+                        content.config_records[RECORD]["weight"] = float(weights[c])
+                replies, _ = self._exchange(
+                    grid, round_index, stage, contents, node_of, self.timeout, wire
+                )
+                msgs = session.step(replies)
+                if stage is not Stage.UNMASK:
+                    stage = list(Stage)[stage.order + 1]
+            result = session.result()
+        elif sharing:
+            assert isinstance(agg, SecretSharingAggregator)
+            result = self._secret_sharing(
+                grid, round_index, round_id, node_of, keys, weights, dim, wire, gen
+            )
+        else:
+            plain = agg.server_session(weights, dim, round_index=round_index)
+            msgs = {c: m for c, m in plain.first().items() if c in counts}
+            contents = {c: _encode(m, c) for c, m in msgs.items()}
+            replies, _ = self._exchange(
+                grid, round_index, Stage.INPUT, contents, node_of, self.timeout, wire
+            )
+            plain.step(replies)
+            result = plain.result()
+        return result, counts, losses
+
+    def _secret_sharing(
+        self,
+        grid: Any,
+        round_index: int,
+        round_id: bytes,
+        node_of: Mapping[int, int],
+        keys: Mapping[int, bytes],
+        weights: Mapping[int, float],
+        dim: int,
+        wire: dict[int, int],
+        gen: torch.Generator,
+    ) -> AggregateResult:
+        """Stages ``ss_input`` and ``ss_sum`` of :class:`~fl.SecretSharingAggregator`."""
+        from smpc import FixedPoint
+
+        agg = self.aggregator
+        assert isinstance(agg, SecretSharingAggregator)
+        n_parties = agg.n_parties
+        live = sorted(keys)
+        if len(live) < n_parties:
+            raise InsufficientClientsError("train", len(live), n_parties)
+        # the parties: n_parties of the nodes that trained, picked with public randomness
+        pick = torch.randperm(len(live), generator=gen)[:n_parties].tolist()
+        parties = [live[i] for i in pick]
+        self.parties.append(tuple(node_of[c] for c in parties))
+        request = {
+            "stage": SS_INPUT,
+            "round_id": round_id,
+            "frac_bits": int(agg.frac_bits),
+            "parties": parties,
+            "party_pks": [keys[c] for c in parties],
+        }
+        contents = {
+            c: RecordDict({RECORD: _config(request | {"weight": float(weights[c])})}) for c in live
+        }
+        replies, _ = self._exchange(
+            grid, round_index, SS_INPUT, contents, node_of, self.timeout, wire
+        )
+        shares: dict[int, tuple[bytes, list[bytes], Array]] = {}
+        for c, content in replies.items():
+            rec = content.config_records.get(RECORD)
+            arrays = content.array_records.get(RECORD + ".arrays")
+            try:
+                if rec is None or arrays is None or "share" not in arrays:
+                    raise ProtocolError("the reply carries no shares")
+                if _get(rec, "stage", str) != SS_INPUT:
+                    raise ProtocolError("reply for another stage")
+                eph, cts = _get(rec, "eph", bytes), _blobs(rec, "cts")
+                share = arrays["share"]
+                if len(eph) != _KEY_BYTES or len(cts) != n_parties - 1:
+                    raise ProtocolError("wrong key or number of seeds")
+                if any(len(ct) != _SEED_BYTES + _TAG for ct in cts):
+                    raise ProtocolError("a seed ciphertext has the wrong length")
+                if share.dtype != "uint8" or tuple(share.shape) != (8 * dim + _TAG,):
+                    raise ProtocolError(f"the share has shape {share.dtype}{share.shape}")
+            except ProtocolError:
+                continue  # malformed: a dropout of this stage, never relayed
+            shares[c] = (eph, cts, share)
+        survivors = sorted(shares)
+        if not survivors:
+            raise InsufficientClientsError("input", 0, 1)
+        ephs = [shares[c][0] for c in survivors]
+        last = n_parties - 1
+        to_parties: dict[int, RecordDict] = {}
+        for role, p in enumerate(parties):
+            head = {
+                "stage": SS_SUM,
+                "round_id": round_id,
+                "role": role,
+                "last": last,
+                "dim": dim,
+                "ids": survivors,
+                "eph": ephs,
+            }
+            if role < last:
+                head["cts"] = [shares[c][1][role] for c in survivors]
+            content = RecordDict({RECORD: _config(head)})
+            if role == last:
+                content[RECORD + ".arrays"] = ArrayRecord({str(c): shares[c][2] for c in survivors})
+            to_parties[p] = content
+        sums, _ = self._exchange(grid, round_index, SS_SUM, to_parties, node_of, self.timeout, wire)
+        total = np.zeros(dim, dtype=np.uint64)
+        got = 0
+        for p in parties:
+            content = sums.get(p)
+            arrays = None if content is None else content.array_records.get(RECORD + ".arrays")
+            if arrays is None or "y" not in arrays:
+                continue
+            y = arrays["y"].numpy()
+            if y.dtype != np.uint64 or y.shape != (dim,):
+                continue
+            total += y
+            got += 1
+        if got < n_parties:
+            raise InsufficientClientsError("sum", got, n_parties)
+        ring = torch.from_numpy(total.view(np.int64))
+        summed = FixedPoint(agg.frac_bits).decode(ring, torch.float64).to(torch.float32)
+        mean, std = agg.finalize(summed, survivors, weights, noised=False)
+        upload = {c: wire.get(c, 0) for c in survivors}
+        return AggregateResult(
+            mean=mean,
+            survivors=tuple(survivors),
+            dropped=tuple(sorted(set(node_of) - set(survivors))),
+            upload_bytes=upload,
+            noise_std=std,
+        )
 
     def __call__(self, grid: Any, arrays: ArrayRecord) -> tuple[ArrayRecord, History]:
         """Run the rounds; return the final arrays and the history.

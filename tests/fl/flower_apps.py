@@ -54,9 +54,12 @@ def _index(context: Context) -> int:
 
 
 def _matches(spec: str, kind: str, stage: str, round_id: str) -> bool:
-    """``spec`` is ``"<kind>:<stage>"`` or ``"<kind>:<stage>@<round>"``."""
-    want, _, rnd = spec.partition("@")
-    return want == f"{kind}:{stage}" and (not rnd or rnd == round_id)
+    """``spec`` is ``"<kind>:<stage>"`` or ``"<kind>:<stage>@<round>"``, several joined by ``+``."""
+    for one in spec.split("+"):
+        want, _, rnd = one.partition("@")
+        if want == f"{kind}:{stage}" and (not rnd or rnd == round_id):
+            return True
+    return False
 
 
 def _stage(msg: Message) -> str | None:
@@ -64,7 +67,15 @@ def _stage(msg: Message) -> str | None:
     if rec is None:
         return None
     stage = str(rec.get("stage"))
-    return "advertise_keys" if stage == "trained" else stage
+    # stage 0 of every aggregator is "advertise_keys"; the secret-sharing stages by their names
+    names = {
+        "trained": "advertise_keys",
+        "ss_train": "advertise_keys",
+        "ss_input": "input",
+        "fast_train": "advertise_keys",  # reuse_keys: training + masked input in one exchange
+        "fast_unmask": "unmask",
+    }
+    return names.get(stage, "sum" if stage == "ss_sum" else stage)
 
 
 def make_client_app(faults: dict[int, str] | None = None, hang_seconds: float = 0.0) -> ClientApp:

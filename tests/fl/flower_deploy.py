@@ -3,9 +3,14 @@
 Not a test module: ``tests/fl/test_flower.py`` starts it in a fresh network
 namespace (only a loopback interface). One ``flower-superlink`` and three
 ``flower-supernode`` processes, every server bound to 127.0.0.1, TLS with a CA
-and a server certificate made here with ``cryptography``. The run has one
-round; SuperNode 2 gets stuck at SHARE_KEYS and is killed (SIGKILL by PID)
-while the round is in progress; the round must complete with the other two.
+and a server certificate made here with ``cryptography``, and SuperNode
+authentication: the SuperLink runs with ``--enable-supernode-auth``, the three
+SuperNodes' P-384 public keys are registered with ``flwr supernode register``
+and each SuperNode signs in with ``--auth-supernode-private-key``. Two
+intruders are started first and must be refused: one with a key that was never
+registered, one with no key. The run has one round; SuperNode 2 gets stuck at
+SHARE_KEYS and is killed (SIGKILL by PID) while the round is in progress; the
+round must complete with the other two.
 """
 
 from __future__ import annotations
@@ -84,6 +89,31 @@ def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
     return paths
 
 
+def make_node_key(path: Path) -> Path:
+    """A SuperNode's authentication key pair (EC P-384, OpenSSH format): ``path``, ``path.pub``."""
+    key = ec.generate_private_key(ec.SECP384R1())
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+    )
+    pub = path.with_name(path.name + ".pub")
+    pub.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
+    )
+    return pub
+
+
+def _exited(p: subprocess.Popen[bytes], seconds: float) -> int | None:
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        return p.wait(timeout=seconds)
+    return None
+
+
 def _wait(path: Path, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -132,13 +162,29 @@ def main() -> None:  # noqa: PLR0915 - a linear script
                 "--ssl-keyfile", str(key),
                 "--host", "127.0.0.1",
                 "--port", str(link),
+                "--enable-supernode-auth",
                 "--disable-runtime-dependency-installation",
             ],
             "superlink",
         )  # fmt: skip
         time.sleep(3)
-        nodes = [
-            start(
+        registered = []
+        for i in range(3):
+            pub = make_node_key(work / f"node{i}")
+            reg = subprocess.run(
+                ["flwr", "supernode", "register", str(pub), "deploy", "--format", "json"],
+                env=env,
+                check=False,
+                timeout=60,
+                capture_output=True,
+                text=True,
+            )
+            registered.append(int(json.loads(reg.stdout)["node-id"]))
+        out["registered"] = registered
+        make_node_key(work / "intruder")  # a valid key that was never registered
+
+        def supernode(i: int, auth: list[str], name: str) -> subprocess.Popen[bytes]:
+            return start(
                 [
                     "flower-supernode",
                     "--superlink", f"127.0.0.1:{link}",
@@ -146,11 +192,24 @@ def main() -> None:  # noqa: PLR0915 - a linear script
                     "--host", "127.0.0.1",
                     "--port", str(_free_port()),
                     "--node-config", f"partition-id={i} num-partitions=3",
+                    *auth,
                 ],
-                f"supernode{i}",
-            )
-            for i in range(3)
-        ]  # fmt: skip
+                name,
+            )  # fmt: skip
+
+        key_flag = "--auth-supernode-private-key"
+        intruders = [
+            supernode(0, [key_flag, str(work / "intruder")], "intruder_unregistered_key"),
+            supernode(0, [], "intruder_no_key"),
+        ]
+        out["intruders_exit"] = [_exited(p, 90) for p in intruders]
+        out["intruders_log"] = [
+            (work / f"{n}.log").read_text(errors="replace")
+            for n in ("intruder_unregistered_key", "intruder_no_key")
+        ]
+        nodes = [
+            supernode(i, [key_flag, str(work / f"node{i}")], f"supernode{i}") for i in range(3)
+        ]
         result = work / "result.json"
         run_config = (
             f"result-file='{result}' marker-dir='{work}' faults='2=hang:share_keys' "

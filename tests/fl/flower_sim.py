@@ -7,6 +7,14 @@ Rounds (10 SuperNodes, ``MaskingAggregator``, FedAvg):
     1. one node hangs at SHARE_KEYS, one raises at INPUT, one hangs at UNMASK;
     2. one node raises at ADVERTISE_KEYS (stage 0, with training);
     3. five nodes raise at SHARE_KEYS: too few survivors, a failed round.
+
+With the argument ``secret-sharing`` (5 SuperNodes, ``SecretSharingAggregator(3)``):
+    1. one node raises at INPUT;
+    2. one node raises while training (stage 0);
+    3. every node raises at the parties' SUM stage: a failed round.
+    Then ``MaskingAggregator`` with ``reuse_keys=True``: round 1 (four stages;
+    node 2 raises at INPUT), round 2 (two exchanges; node 4 raises while
+    training).
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ def main() -> None:
     from tests.fl.flower_apps import global_model, make_client_app
 
     timeout = float(sys.argv[1]) if len(sys.argv) > 1 else 6.0
+    sharing = len(sys.argv) > 2 and sys.argv[2] == "secret-sharing"
+    n = 5 if sharing else 10
     faults = {
         1: "hang:share_keys@1",
         2: "raise:input@1",
@@ -38,15 +48,20 @@ def main() -> None:
         4: "raise:advertise_keys@2",
         **{i: "raise:share_keys@3" for i in range(5, 10)},
     }
+    if sharing:  # "+" joins several faults of one node
+        faults = {i: "raise:sum@3" for i in range(5)}
+        faults[2] = "raise:input@1+raise:sum@3"
+        faults[4] = "raise:advertise_keys@2+raise:sum@3"
+    agg: fl.Aggregator = fl.SecretSharingAggregator(3) if sharing else fl.MaskingAggregator()
     out: dict[str, Any] = {"arrays": []}
     server = ServerApp()
     wf = SecureAggregation(
-        fl.MaskingAggregator(),
+        agg,
         fl.FedAvg(),
         num_rounds=1,
         timeout=timeout,
         train_timeout=120.0,
-        min_nodes=10,
+        min_nodes=n,
         on_failure="record",
     )
 
@@ -61,11 +76,24 @@ def main() -> None:
         out["rounds"] = [
             {"survivors": list(r.survivors), "failed": r.failed, "error": r.error} for r in history
         ]
+        if sharing:  # then masking with reuse_keys on the same nodes: a standard, a fast round
+            fast = SecureAggregation(
+                fl.MaskingAggregator(), timeout=timeout, train_timeout=120.0, reuse_keys=True
+            )
+            out["fast_arrays"] = [out["arrays"][-1]]
+            for _ in range(2):
+                arrays, history = fast(grid, arrays)
+                out["fast_arrays"].append(flatten_arrays(arrays).tolist())
+            out["fast_rounds"] = [
+                {"survivors": list(r.survivors), "failed": r.failed, "error": r.error}
+                for r in history
+            ]
+            out["fast_stages"] = [sorted(d) for d in fast.stage_seconds]
 
     run_simulation(
         server,
         make_client_app(faults, hang_seconds=timeout + 4),
-        num_supernodes=10,
+        num_supernodes=n,
         backend_config={
             "init_args": {
                 "num_cpus": 4,

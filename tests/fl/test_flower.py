@@ -184,7 +184,7 @@ def test_state_is_erased_after_the_round() -> None:
 
 def test_bad_arguments_are_named() -> None:
     with pytest.raises(fl.ConfigError, match="`aggregator`"):
-        SecureAggregation(fl.SecretSharingAggregator(2))  # type: ignore[arg-type]
+        SecureAggregation("masking")  # type: ignore[arg-type]
     with pytest.raises(fl.ConfigError, match="`num_rounds`"):
         SecureAggregation(fl.MaskingAggregator(), num_rounds=0)
     with pytest.raises(fl.ConfigError, match="`timeout`"):
@@ -256,7 +256,11 @@ def test_simulation_engine_ten_supernodes_survives_each_stage() -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(560)
 def test_deployment_engine_tls_survives_a_supernode_killed_mid_round() -> None:
-    """1 SuperLink + 3 SuperNodes over TLS on 127.0.0.1; SuperNode 2 is SIGKILLed mid-round."""
+    """1 SuperLink + 3 SuperNodes over TLS on 127.0.0.1; SuperNode 2 is SIGKILLed mid-round.
+
+    SuperNode authentication is on: a SuperNode with an unregistered key and one
+    without a key are refused; the three registered SuperNodes run the round.
+    """
     if shutil.which("flower-superlink") is None or shutil.which("flwr") is None:
         pytest.skip("needs Flower's command-line tools")
     cmd = [*_netns_prefix(), sys.executable, "-m", "tests.fl.flower_deploy", "30"]
@@ -266,9 +270,14 @@ def test_deployment_engine_tls_survives_a_supernode_killed_mid_round() -> None:
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert lines, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = json.loads(lines[-1][len("RESULT ") :])
+    # the intruders are turned away (the SuperNode exits: "Failed to activate SuperNode",
+    # "All SuperNodes must be registered via the CLI")
+    assert out["intruders_exit"] == [1, 1], out["intruders_log"]
+    assert all("could not establish a connection" in log for log in out["intruders_log"])
     assert out["killed_mid_round"] and out["finished"], out["logs"]
     (r,) = out["rounds"]
     assert not r["failed"], r["error"]
+    assert sorted(r["selected"]) == sorted(out["registered"])  # the authenticated nodes only
     assert len(r["selected"]) == 3 and len(r["survivors"]) == 2
     g0, g1 = (torch.tensor(a) for a in out["arrays"])
     want = _oracle(fl.MaskingAggregator(), fl.FedAvg(), g0, sorted(r["selected"]), r["survivors"])
@@ -319,7 +328,7 @@ def test_example_flower_app_masking_matches_plain(monkeypatch: pytest.MonkeyPatc
 
     cfg = {"bits": 32, "local-epochs": 1, "batch-size": 32, "lr": 0.05, "stage-timeout": 5.0}
     out = {}
-    for mode in ("plain", "masking"):
+    for mode in ("plain", "masking", "secret-sharing"):
         with server_task():
             out[mode] = run(
                 LocalGrid(3, app=app), None, {**cfg, "aggregation": mode, "num-server-rounds": 1}
@@ -327,3 +336,4 @@ def test_example_flower_app_masking_matches_plain(monkeypatch: pytest.MonkeyPatc
     assert out["masking"]["survivors"] == [3]
     assert abs(out["masking"]["accuracy"] - out["plain"]["accuracy"]) < 0.01
     assert out["masking"]["upload_bytes"][0] / 109_386 < 4.1
+    assert abs(out["secret-sharing"]["accuracy"] - out["plain"]["accuracy"]) < 0.01
