@@ -486,13 +486,13 @@ def _masked_msb_fused(
     n = c.numel()
     wf = field_width(comm.world_size)
     cpu = torch.device("cpu")
-    tab1, tab2 = _table_tensor(1, cpu), _table_tensor(2, cpu)
+    types, tab2 = _types_tensor(), _table_tensor(2, cpu)
     cc = c.contiguous()
     w = {k: t[k].contiguous() for k in ("rx", "rp0", "rp1", "rp2", "m", "q2a", "q2b", "s_xor")}
     w1 = torch.empty(rows * n, dtype=torch.int64)
     kern.ltz4_level1(
         cc.data_ptr(), w["rx"].data_ptr(), w["rp0"].data_ptr(), w["rp1"].data_ptr(),
-        w["rp2"].data_ptr(), tab1.data_ptr(), w1.data_ptr(), rows, n, first,
+        w["rp2"].data_ptr(), types.data_ptr(), w1.data_ptr(), rows, n, first,
     )  # fmt: skip
     parts = 1 if 4 // wf >= 2 else 2  # as open_fields packs (G, P) fields of 4 bits
     packed = torch.empty((parts, rows * n), dtype=torch.int64)
