@@ -343,3 +343,36 @@ def test_distributed_runtime_matches_plaintext(n: int, native: bool) -> None:
         assert torch.equal(res["relu"], plain.clamp(min=0))
         assert torch.equal(res["bit"], (plain >= 0).to(torch.int64))
         assert res["rounds"] == 8  # ltz then relu
+
+
+def test_product_types_build_on_earlier_ones() -> None:
+    """Each product type minus its lowest element is one element or an earlier type (C kernels)."""
+    for types in (compare._PROD1, compare._PROD2, compare._PROD2[: compare._NG3]):
+        masks = [sum(1 << v for v in t) for t in types]
+        for i, m in enumerate(masks):
+            rest = m & (m - 1)
+            assert rest & (rest - 1) == 0 or rest in masks[:i]
+    # and the tables agree with the formulas they encode on the all-ones inputs
+    table = compare._table1()
+    assert table[15] >> 32 == 0xFFFF  # c = 0: P = prod(1 ^ r_j), every product of r-bits
+    assert table[0] == 1 << (32 + 4 + 10)  # c = 1111: G = 0, P = r0 r1 r2 r3 (the last type)
+    assert len(compare._PROD2) == 22 and compare._NG3 == 15
+
+
+def test_kernels_refuse_other_product_types() -> None:
+    if ring.native() is None:
+        pytest.skip("C kernels not built")
+    req = compare.LtzMaterial((3,))
+    bad = compare._types_tensor().clone()
+    bad[0] += 1
+    zeros = {c.name: torch.zeros(1, 3, dtype=torch.int64) for c in req.components()}
+    out = {c.name: torch.zeros(3, dtype=torch.int64) for c in req.components()}
+    with pytest.raises(ValueError, match="product types"):
+        ring.native().ltz4_correct(
+            *[zeros[k].data_ptr() if k in zeros else 0 for k in ("r", "a", "m", "s_xor")],
+            *[zeros[k].data_ptr() if k in zeros else 0 for k in
+              ("rx", "rp0", "rp1", "rp2", "q2a", "q2b", "s", "as")],
+            *[out[k].data_ptr() if k in out else 0 for k in
+              ("rx", "rp0", "rp1", "rp2", "q2a", "q2b", "s", "as")],
+            bad.data_ptr(), 1, 1, 3,
+        )  # fmt: skip
