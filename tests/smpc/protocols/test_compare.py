@@ -352,10 +352,14 @@ def test_product_types_build_on_earlier_ones() -> None:
         for i, m in enumerate(masks):
             rest = m & (m - 1)
             assert rest & (rest - 1) == 0 or rest in masks[:i]
-    # and the tables agree with the formulas they encode on the all-ones inputs
-    table = compare._table1()
-    assert table[15] >> 32 == 0xFFFF  # c = 0: P = prod(1 ^ r_j), every product of r-bits
-    assert table[0] == 1 << (32 + 4 + 10)  # c = 1111: G = 0, P = r0 r1 r2 r3 (the last type)
+    # the level-2 table on public inputs alone (all masks 0): the plain formulas
+    for d in range(256):
+        big, prop = _combine(
+            torch.tensor([[(d >> j) & 1 | ((d >> (4 + j)) & 1) << 1 for j in range(4)]])
+        )
+        entry = compare._table2()[d]
+        assert (entry >> compare._ONE2) & 1 == big.item()
+        assert (entry >> (32 + compare._ONE2)) & 1 == prop.item()
     assert len(compare._PROD2) == 22 and compare._NG3 == 15
 
 
