@@ -332,11 +332,20 @@ def _open_bytes(comm: Communicator, packed: torch.Tensor, label: str) -> torch.T
     return out.reshape(data)
 
 
-def _parity(x: torch.Tensor) -> torch.Tensor:
-    """Bit 0: parity of bits 0-31 of ``x``; bit 32: parity of bits 32-63 (other bits: junk)."""
-    for k in (16, 8, 4, 2, 1):
-        x = x ^ (x >> k)
-    return x
+_NIBBLE_BITS = 0x1111111111111111
+
+
+def _parities(x: torch.Tensor) -> torch.Tensor:
+    """Bit 0: parity of bits 0-31 of ``x >= 0``; bit 1: parity of bits 32-63.
+
+    Each nibble's parity goes to its bottom bit, then one product adds up the
+    nibbles of each half: bits 28-31 count the low half's ones, bits 60-63 the
+    high half's (a count of at most 8 never carries out of its nibble).
+    """
+    x = x ^ (x >> 1)
+    x = x ^ (x >> 2)
+    x = (x & _NIBBLE_BITS) * 0x11111111
+    return ((x >> 28) & 1) | ((x >> 59) & 2)
 
 
 def _lanes(words: torch.Tensor, step: int, mask: int) -> torch.Tensor:
@@ -400,8 +409,7 @@ def _level2(comm: Communicator, t: Mapping[str, torch.Tensor], w: torch.Tensor) 
     vec |= _lanes(t["q2a"], 16, 0xFFFF) << 8
     vec |= _lanes(t["q2b"], 16, 63) << 24
     _xor_public_(comm, vec, 1 << _ONE2)
-    x = _parity(coef & (vec | (vec << 32)))
-    pair = (x & 1) | ((x >> 31) & 2)
+    pair = _parities(coef & (vec | (vec << 32)))
     return (pair << torch.arange(0, 64, 16, device=w.device)).sum(-1)
 
 
@@ -441,7 +449,7 @@ def _level3(
     q = t["q2b"]
     vec |= (((q >> 6) & 1023) | (((q >> 22) & 31) << 10)) << 8
     _xor_public_(comm, vec, 1 << _ONE2)
-    return _parity(coef & vec) & 1
+    return _parities(coef & vec) & 1
 
 
 def _masked_msb(comm: Communicator, t: Mapping[str, torch.Tensor], c: torch.Tensor) -> torch.Tensor:
