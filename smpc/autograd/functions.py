@@ -787,7 +787,7 @@ class ReLU(Function):
     def forward(ctx: Context, x: SharedTensor) -> SharedTensor:
         """``max(x, 0)`` and the ring bit ``[x >= 0]``; saves the bit.
 
-        :func:`smpc.ops.relu_with_ring_bit`: 7 rounds, no truncation. The bit is kept as shares
+        :func:`smpc.ops.relu_with_ring_bit`: 4 rounds, no truncation. The bit is kept as shares
         of an unscaled ring 0/1.
         """
         value, bit = ops.relu_with_ring_bit(x)
