@@ -196,6 +196,10 @@ def test_fedamp_config_is_the_proximal_step_of_the_paper() -> None:
     assert fl.FedAMP(secure=True, parties=3).upload_bytes(10) == 8 * 3 * 11
     assert isinstance(s, fl.strategy.PersonalizedStrategy)
     assert not isinstance(fl.FedAvg(), fl.strategy.PersonalizedStrategy)
+    # the documented defaults (chosen on validation splits): proximal mu = 0.1
+    d = fl.FedAMP()
+    assert (d.self_weight, d.sigma, d.lam, d.alpha_k) == (0.5, 1000.0, 0.1, 1.0)
+    assert d.fit_config(1).proximal_mu == pytest.approx(0.1)
 
 
 # ------------------------------------------------------------------ client step
