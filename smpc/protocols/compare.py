@@ -52,14 +52,13 @@ import functools
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 
 from .. import ring
 from ..comm.base import Communicator
 from ..dealer.base import Component, Dealer, Kind
-from ..sharing import data_shape
+from ..sharing import add_public_, data_shape, lead, xor_public_
 from .convert import field_width, open_fields
 
 __all__ = [
@@ -178,8 +177,6 @@ class LtzMaterial:
         as: ``a * s`` additively shared (only when ``mul``).
     """
 
-    elementwise: ClassVar[bool] = True  # derive() works on any leading batch axis
-
     shape: tuple[int, ...]
     mul: bool = False
 
@@ -229,6 +226,10 @@ class LtzMaterial:
         if self.mul:
             out["as"] = values["a"] * bit
         return out
+
+    def derive_batch(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """:meth:`derive` works unchanged with a leading batch axis (small requests are pooled)."""
+        return self.derive(values)
 
     def fused_correction(
         self,
@@ -280,30 +281,15 @@ def _and_all(words: Sequence[torch.Tensor]) -> torch.Tensor:
     return out
 
 
-def _xor_public_(
-    comm: Communicator, share: torch.Tensor, public: torch.Tensor | int
-) -> torch.Tensor:
-    """In place: party 0's XOR share of a fresh tensor absorbs a public word."""
-    if comm.party_axis:
-        share[0] ^= public
-    elif comm.rank == 0:
-        share ^= public
-    return share
-
-
-def _add_public_(comm: Communicator, share: torch.Tensor, public: torch.Tensor | int) -> None:
-    """In place: party 0's additive share of a fresh tensor absorbs a public value."""
-    if comm.party_axis:
-        share[0] += public
-    elif comm.rank == 0:
-        share += public
+_xor_public_ = xor_public_  # in place: party 0's XOR share absorbs a public word
+_add_public_ = add_public_  # in place: party 0's additive share absorbs a public value
 
 
 def _rows(comm: Communicator) -> tuple[int, int, tuple[int, ...]]:
     """(share rows held here, whether row 0 is party 0's, the leading shape) for the C kernels."""
-    if comm.party_axis:
-        return comm.world_size, 1, (comm.world_size,)
-    return 1, int(comm.rank == 0), ()
+    ld = lead(comm)
+    rows = comm.world_size if ld else 1
+    return rows, int(comm.holds_party0), (comm.world_size,) * ld
 
 
 def _open_bytes(comm: Communicator, packed: torch.Tensor, label: str) -> torch.Tensor:
@@ -313,7 +299,7 @@ def _open_bytes(comm: Communicator, packed: torch.Tensor, label: str) -> torch.T
     carry out of their bits (sums of ``world_size`` bits in fields of
     ``bit_length(world_size)`` bits), so 8 bytes travel as one int64.
     """
-    ld = 1 if comm.party_axis else 0
+    ld = lead(comm)
     lead_shape = packed.shape[:ld]
     data = packed.shape[ld:]
     flat = packed.reshape(*lead_shape, -1)
