@@ -193,12 +193,13 @@ def run_dealer(
     from .dealer.trusted import TrustedDealer
     from .protocols.compare import LtzMaterial
     from .protocols.convert import BitPair
+    from .protocols.truncpoly import TruncProducts
 
     dealer = TrustedDealer(
         len(parties),
         seed=seed,
         timeout=timeout,
-        request_types=(LtzMaterial, BitPair),  # the protocols' own request classes
+        request_types=(LtzMaterial, BitPair, TruncProducts),  # the protocols' own request classes
         names=parties,
         store=store,
         master_addr=master_addr,
