@@ -309,7 +309,7 @@ def _exp_plan(upper: float, sum_terms: int) -> list[int]:
 
 
 def exp_rounds() -> int:
-    """Rounds of :func:`exp_ring` (without ``wide``): the polynomial, four cubes, the last scaling."""
+    """Rounds of :func:`exp_ring` (without ``wide``): polynomial, four cubes, last scaling."""
     return 1 + _EXP_STAGES + 1
 
 
@@ -370,6 +370,7 @@ def exp_ring(
     fz = Fused(comm, dealer, req)
     fz.open({0: x * round((1 << _EXP_K) / _EXP_DIV)})
     nvar = 3 + _EXP_STAGES
+
     def mono(v: int, k: int) -> tuple[int, ...]:
         return tuple(k if i == v else 0 for i in range(nvar))
 
