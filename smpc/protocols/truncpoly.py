@@ -353,7 +353,7 @@ def exp_ring(
         3. Unless ``wide``: truncate ``e^x`` to ``2^f``.
 
     Cost: 6 rounds (5 with ``wide``), one ring element per element per round
-    sent to each other party; the dealer sends 37 words per element.
+    sent to each other party; the dealer sends 44 words per element (42 with ``wide``).
     Error: the polynomial's 5.5e-8 and one unit at ``2^-20`` amplified by
     the 81st power (about 1e-4 relative), the last cube's input at its scale
     (``2^-15`` for ``upper = 10``: 4e-4 relative at ``x = -4.6``), plus the
