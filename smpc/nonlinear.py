@@ -546,8 +546,14 @@ def reciprocal(
     precision plus one (6 for a softmax denominator in [1, 10]); valid for
     ``hi <= 2^(f/2 + 2)`` (1024 at ``f = 16``), where ``1/hi`` keeps about 8
     significant bits.
-    Cost: exp (18 rounds) + 4 rounds per iteration (10 by default; + 7 for the
-    sign); with ``bounds``: 2 + 4 rounds per iteration.
+    With ``bounds`` (and no ``initial``), each Newton step is one round
+    (:func:`smpc.protocols.truncpoly.reciprocal_ring`: the step's products
+    come from the dealer's mask products after the iterate's truncation),
+    while ``hi / lo`` leaves ``u = x / 2^ceil(log2 hi)`` the encoding's precision
+    (``hi/lo`` up to about 450 at ``f = 16``; wider: the steps below).
+    Cost: exp (see :func:`exp`) + 4 rounds per iteration (10 by default; + 7
+    for the sign); with ``bounds``: 1 round per iteration + 1 (7 for [1, 10]),
+    or, beyond that ratio or with ``initial``, 2 + 4 per iteration.
     """
     x = _check_shared(x, "x")
     if bounds is None:
@@ -571,6 +577,17 @@ def reciprocal(
             _newton_steps(err, sess.encoding.frac_bits) + 1 if iterations is None else iterations
         )
         _check_iters(steps, "iterations")
+        if initial is None and truncpoly.reciprocal_plan(lo, hi, sess.encoding.frac_bits):
+            out = truncpoly.reciprocal_ring(
+                sess.comm,
+                sess.dealer,
+                x.share,
+                sess.encoding.frac_bits,
+                (lo, hi),
+                (a_coef, b_coef),
+                steps,
+            )
+            return SharedTensor(out, sess)
         if initial is None:
             slope = ops.mul(ops.mul(x, -b_coef * 2.0**shift), 2.0**-shift)
             y0 = ops.add(slope, a_coef)

@@ -59,6 +59,9 @@ __all__ = [
     "exp_rounds",
     "softmax_ring",
     "softmax_rounds",
+    "reciprocal_ring",
+    "reciprocal_plan",
+    "reciprocal_rounds",
     "EXP_POLY",
     "RECIPROCAL_POLY",
 ]
@@ -525,3 +528,90 @@ def softmax_ring(
     # e w (2 - s w) at scale 2^(e + sl + 2 wl)
     q = fz.poly([(1 << (1 + sl + wl), mono(e=1, wl=1)), (-1, mono(e=1, sl=1, wl=2))])
     return _trunc_to(comm, dealer, q, _OUT_BITS - f)
+
+
+# ------------------------------------------------------------------ reciprocal on [lo, hi]
+_RECIP_ITER_BITS = 12  # the Newton iterate's scale (its rounding is squared away)
+
+
+def reciprocal_plan(lo: float, hi: float, frac_bits: int) -> tuple[int, int, int] | None:
+    """``(log2 H, bits of H/lo, scale of u = x/H)`` for :func:`reciprocal_ring`, or None.
+
+    ``H`` is the power of two at or above ``hi``; the iterate ``w ~ H/x`` needs
+    ``bits`` integer bits; ``u`` keeps ``37 - bits`` fractional bits. None when
+    that leaves fewer than ``frac_bits`` bits of relative precision at ``x = lo``
+    (``H / lo`` above about ``2^((37 - f)/2)``: 2^10 at ``f = 16``).
+    """
+    log_h = max(0, math.ceil(math.log2(hi)))
+    bits = math.ceil(math.log2(1.05 * 2.0**log_h / lo))
+    gu = 61 - bits - 2 * _RECIP_ITER_BITS
+    if gu - bits < frac_bits:
+        return None
+    return log_h, bits, gu
+
+
+def reciprocal_rounds(steps: int) -> int:
+    """Rounds of :func:`reciprocal_ring` with ``steps`` Newton steps: one each, plus one."""
+    return steps + 1
+
+
+def reciprocal_ring(
+    comm: Communicator,
+    dealer: Dealer,
+    x: torch.Tensor,
+    frac_bits: int,
+    bounds: tuple[float, float],
+    line: tuple[float, float],
+    steps: int,
+) -> torch.Tensor:
+    """Shares of ``1/x`` (scale ``2^f``) for ``x`` in ``bounds = (lo, hi)``, Newton from a line.
+
+    Protocol (in ``u = x/H`` and ``w = H/x`` for the power of two ``H >= hi``):
+        1. The start ``w_0 = H (a - b x)`` for the caller's line ``y_0 = a - b x``
+           is local at a wide scale (``x`` times a public integer, no
+           truncation); one round opens it and ``x`` (two openings): ``w_0``
+           truncated to ``2^12`` and ``u`` to ``2^(37 - bits)``, where ``bits``
+           bounds ``log2(H/lo)`` (:func:`reciprocal_plan`).
+        2. Each Newton step ``w <- 2w - u w^2`` is local from the mask products;
+           each next step opens the new iterate (one round).
+        3. ``1/x = w/H``: one truncation to ``2^f``.
+
+    The iterate is kept at 12 fractional bits only: a Newton step squares the
+    relative error of its input, the rounding included, so that costs nothing;
+    ``u`` keeps the precision of ``x``. Cost: ``steps + 1`` rounds, one ring
+    element per element per opening (``steps + 1`` openings, the last a plain
+    truncation) to each other party; the dealer sends ``12 steps + 4`` words
+    per element. Needs :func:`reciprocal_plan` to return a plan.
+    """
+    f = frac_bits
+    lo, hi = bounds
+    plan = reciprocal_plan(lo, hi, f)
+    if plan is None:
+        raise ValueError(f"reciprocal_ring: bounds {bounds} too wide at frac_bits={f}")
+    if steps < 1:
+        raise ValueError(f"reciprocal_ring needs steps >= 1; got {steps}")
+    log_h, bits, gu = plan
+    gw = _RECIP_ITER_BITS
+    s0 = 61 - bits
+    lift = max(0, gu - f - log_h + 1)  # x shifted left so that u is a truncation
+    shape = tuple(int(s) for s in x.shape[lead(comm) :])
+    wide = gu + 2 * gw
+    shifts = ((f + lift + log_h - gu,), *(((s0 if j == 0 else wide) - gw,) for j in range(steps)))
+    nvar = 1 + steps
+
+    def mono(**ex: int) -> tuple[int, ...]:
+        return tuple(ex.get("u", 0) if v == 0 else ex.get(f"w{v - 1}", 0) for v in range(nvar))
+
+    mons = tuple(mono(u=1, **{f"w{j}": 2}) for j in range(steps))
+    fz = Fused(comm, dealer, TruncProducts(shape, shifts, mons))
+    a, b = line
+    h = 2.0**log_h
+    # w0 = H a - H b x at scale 2^s0, from x at 2^f: x times round(H b 2^(s0 - f))
+    w0 = add_public(comm, x * -round(h * b * 2.0 ** (s0 - f)), round(h * a * 2.0**s0))
+    fz.open({0: x << lift, 1: w0})
+    w = torch.empty(0)
+    for j in range(steps):
+        if j:
+            fz.open({1 + j: w})
+        w = fz.poly([(1 << (1 + gu + gw), mono(**{f"w{j}": 1})), (-1, mono(u=1, **{f"w{j}": 2}))])
+    return _trunc_to(comm, dealer, w, wide + log_h - f)

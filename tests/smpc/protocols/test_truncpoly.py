@@ -19,10 +19,13 @@ from smpc.protocols.truncpoly import (
     TruncProducts,
     exp_ring,
     exp_rounds,
+    reciprocal_plan,
+    reciprocal_ring,
+    reciprocal_rounds,
     softmax_ring,
     softmax_rounds,
 )
-from smpc.sharing import additive_shares
+from smpc.sharing import add_public, additive_shares
 from tests.strategies import party_counts, seeds, shapes
 
 
@@ -180,6 +183,56 @@ def test_softmax_and_exp_cost_through_nonlinear(n: int, k: int, first: bool, see
     assert torch.allclose(got_e, x.exp(), rtol=3e-3, atol=2e-3)
 
 
+def _line(lo: float, hi: float) -> tuple[float, float]:
+    k = hi / lo
+    d = 8.0 / (k * k + 6.0 * k + 1.0)
+    return d * (k + 1.0) / lo, d / (lo * lo)
+
+
+@settings(max_examples=20, deadline=None)
+@given(party_counts, st.floats(0.05, 50.0), st.floats(1.5, 400.0), st.integers(1, 8), seeds)
+def test_reciprocal_ring_matches_torch(
+    n: int, lo: float, ratio: float, steps: int, seed: int
+) -> None:
+    """Newton steps of one round each; converged (enough steps) to a few units."""
+    hi = min(lo * ratio, 1000.0)
+    g = torch.Generator().manual_seed(seed)
+    x = lo + (hi - lo) * torch.rand(40, generator=g, dtype=torch.float64)
+    with smpc.Session(parties=n) as sess:
+        xs = sess.share(x)
+        before = sess.stats.snapshot()
+        out = reciprocal_ring(sess.comm, sess.dealer, xs.share, 16, (lo, hi), _line(lo, hi), steps)
+        cost = sess.stats - before
+        got = smpc.SharedTensor(out, sess).reveal().double()
+    assert reciprocal_plan(lo, hi, 16) is not None
+    assert cost.rounds == reciprocal_rounds(steps) == steps + 1
+    assert cost.bytes_per_party[0] == 8 * 40 * (steps + 2) * (n - 1)
+    # the line's relative error e0 = 1 - 8k/(k^2+6k+1) squares each step
+    k = hi / lo
+    e = 1 - 8 * k / (k * k + 6 * k + 1)
+    for _ in range(steps):
+        e = e * e + 2**-11
+    err = (got - 1 / x).abs()
+    assert float((err - (e + 1e-3) / x).max()) <= 8 * 2.0**-16
+
+
+def test_reciprocal_with_bounds_uses_it_while_the_ratio_allows() -> None:
+    with smpc.Session(parties=2) as sess:
+        x = torch.tensor([1.0, 3.0, 9.5])
+        xs = sess.share(x)
+        before = sess.stats.snapshot()
+        y = nl.reciprocal(xs, bounds=(1.0, 10.0))
+        mid = sess.stats.snapshot()
+        wide = torch.tensor([0.002, 1.0, 900.0])
+        z = nl.reciprocal(sess.share(wide), bounds=(0.001, 1000.0))  # too wide: the old steps
+        assert (mid - before).rounds == 7
+        assert torch.allclose(y.reveal(), 1 / x, atol=1e-4)
+        assert torch.allclose(z.reveal().double(), 1 / wide.double(), rtol=2e-3, atol=1e-4)
+    assert reciprocal_plan(0.001, 1000.0, 16) is None
+    with pytest.raises(ValueError, match="too wide"):
+        reciprocal_ring(sess.comm, sess.dealer, xs.share, 16, (0.001, 1000.0), (1.0, 1.0), 3)
+
+
 def test_softmax_ring_takes_2_to_10_classes() -> None:
     with smpc.Session(parties=2) as sess:
         x = sess.share(torch.zeros(2, 11))
@@ -197,7 +250,10 @@ def _dist_program(sess: smpc.Session, x_plain: torch.Tensor) -> dict:
     fz = Fused(sess.comm, sess.dealer, TruncProducts(tuple(x.shape), ((16, 20),), ((2, 1),)))
     fz.open({0: x.share})
     m = smpc.SharedTensor(fz.monomial((2, 1)), sess)
+    xp = add_public(sess.comm, x.share, 20 << sess.encoding.frac_bits)  # x + 20 in [4, 29]
+    r = reciprocal_ring(sess.comm, sess.dealer, xp, 16, (4.0, 30.0), _line(4.0, 30.0), 5)
     return {
+        "reciprocal": smpc.SharedTensor(r, sess).reveal(),
         "softmax": smpc.SharedTensor(p, sess).reveal(),
         "exp": smpc.SharedTensor(e, sess).reveal(),
         "mono": m.reveal(),
@@ -227,3 +283,4 @@ def test_distributed_matches_simulation(n: int) -> None:
         dist = torch.stack([(res["mono"].double() - c).abs() / (1 + c.abs()) for c in cands])
         assert float(dist.min(0).values.max()) <= 1e-6
         assert res["rounds"] == sim["rounds"] == softmax_rounds(compare.cost(n)[0])
+        assert torch.allclose(res["reciprocal"].double(), 1 / (x.double() + 20), atol=1e-4)
