@@ -21,20 +21,23 @@ all exact modulo ``2^64`` (the products of the opened public parts and of the
 masks are ring products), with the truncation error of one unit at each
 variable's own scale. The parties then combine monomials with public
 integer coefficients; the result must stay below ``2^62`` in magnitude for
-the next truncation. The idea is that of dealer-assisted polynomial
-evaluation on a masked input (the dealer supplies powers of the mask, as in
-the "function-dependent preprocessing" of Boyle, Gilboa, Ishai, "Secure
-computation with preprocessing via function secret sharing", TCC 2019, and
-the power tuples of Damgård et al.'s unbounded fan-in multiplication), applied
-to the mask of a truncation.
+the next truncation. Giving out shares of products of a mask so that
+powers of a masked value become local is the preprocessing of constant-round
+exponentiation and prefix products (Damgård, Fitzi, Kiltz, Nielsen, Toft,
+"Unconditionally secure constant-rounds multi-party computation for equality,
+comparison, bits and exponentiation", TCC 2006) and, in spirit, of
+dealer-assisted evaluation on a masked input (Boyle, Gilboa, Ishai, "Secure
+computation with preprocessing via function secret sharing", TCC 2019); here
+it is applied to the mask of a truncation.
 
 Security: every opened ``c`` is ``x + 2^62 + r`` with a fresh uniform ``r``
 (each opening draws its own), so it is uniform whatever ``x`` is; the dealer
 only ever multiplies its own masks (semi-honest, non-colluding dealer, as for
 Beaver triples).
 
-:func:`exp_ring` and :func:`softmax_ring` are the exponential and the softmax
-built on it (see their docstrings for the rounds).
+:func:`exp_ring`, :func:`softmax_ring` and :func:`reciprocal_ring` are the
+exponential, the softmax and the Newton reciprocal built on it (see their
+docstrings for the rounds).
 """
 
 from __future__ import annotations
@@ -445,8 +448,8 @@ def softmax_ring(
     relative error, whatever its source), so it is truncated coarsely to fit
     ``e s w^2`` below ``2^61``; ``e`` and ``s`` keep 18 bits.
     Cost: 2 comparisons + 10 rounds; per row, ``k (k-1)/2 + k (k-1)`` ReLUs
-    and ``k`` comparisons, a Beaver product on ``k^2 + k`` elements, and 9
-    openings of ``k`` elements. Accuracy: absolute error about ``2^-f``
+    and ``k`` comparisons, a Beaver product on ``k^2 + k`` elements, and 10
+    openings of ``k`` elements (two of them in one round). Accuracy: absolute error about ``2^-f``
     plus 2e-5 relative (measured in ``tests/smpc/protocols/test_truncpoly.py``).
     Valid for ``k <= 10`` (the polynomial's interval; more classes: the
     caller's other method).
