@@ -62,6 +62,7 @@ __all__ = [
     "exp_rounds",
     "softmax_ring",
     "softmax_rounds",
+    "SOFTMAX_WIDE_BITS",
     "reciprocal_ring",
     "reciprocal_plan",
     "reciprocal_rounds",
@@ -414,6 +415,8 @@ _RECIP_E_BITS = 18
 _RECIP_W0_BITS = 60  # the polynomial's scale (w0 <= 1.05)
 _RECIP_W1_BITS = _RECIP_S_BITS[0] + 2 * _RECIP_W_BITS[0]  # 58
 _OUT_BITS = _RECIP_E_BITS + _RECIP_S_BITS[1] + 2 * _RECIP_W_BITS[1]  # 60
+SOFTMAX_WIDE_BITS = _OUT_BITS
+"""The scale (fractional bits) of :func:`softmax_ring`'s result with ``wide=True``."""
 
 
 def softmax_rounds(compare_rounds: int) -> int:
@@ -422,7 +425,7 @@ def softmax_rounds(compare_rounds: int) -> int:
 
 
 def softmax_ring(
-    comm: Communicator, dealer: Dealer, x: torch.Tensor, frac_bits: int
+    comm: Communicator, dealer: Dealer, x: torch.Tensor, frac_bits: int, *, wide: bool = False
 ) -> torch.Tensor:
     """Softmax over the last axis (``2 <= k <= 32`` classes), all steps fused.
 
@@ -442,7 +445,9 @@ def softmax_ring(
         6. One Newton step ``w <- 2w - s w^2`` (one opening: the iterate's
            truncation; ``s w^2`` from the dealer's mask products).
         7. The last Newton step times ``e``: ``2 e w - e s w^2`` (one opening),
-           then truncation to ``2^f`` (one round).
+           then, unless ``wide``, truncation to ``2^f`` (one round; with
+           ``wide`` the result is at scale ``2^60``, for a caller that scales
+           it anyway, such as a loss gradient's ``1/n``, to absorb).
 
     The iterate's own rounding barely matters (a Newton step squares the
     relative error, whatever its source), so it is truncated coarsely to fit
@@ -530,7 +535,7 @@ def softmax_ring(
     fz.open({3: w1})
     # e w (2 - s w) at scale 2^(e + sl + 2 wl)
     q = fz.poly([(1 << (1 + sl + wl), mono(e=1, wl=1)), (-1, mono(e=1, sl=1, wl=2))])
-    return _trunc_to(comm, dealer, q, _OUT_BITS - f)
+    return q if wide else _trunc_to(comm, dealer, q, _OUT_BITS - f)
 
 
 # ------------------------------------------------------------------ reciprocal on [lo, hi]

@@ -15,6 +15,7 @@ from smpc import nonlinear as nl
 from smpc.dealer.base import request_codec
 from smpc.protocols import compare
 from smpc.protocols.truncpoly import (
+    SOFTMAX_WIDE_BITS,
     Fused,
     TruncProducts,
     exp_ring,
@@ -158,6 +159,15 @@ def test_softmax_ring_matches_torch(n: int, rows: int, k: int, scale: float, see
         got = smpc.SharedTensor(p, sess).reveal().double()
     assert cost.rounds == softmax_rounds(compare.cost(n)[0])
     assert float((got - x.softmax(1)).abs().max()) <= 2e-4
+    with smpc.Session(parties=n) as sess:  # wide: one round less, the result at 2^60
+        xs = sess.share(x)
+        before = sess.stats.snapshot()
+        q = softmax_ring(sess.comm, sess.dealer, xs.share, 16, wide=True)
+        cost = sess.stats - before
+        ring = q.sum(0)
+    assert cost.rounds == softmax_rounds(compare.cost(n)[0]) - 1
+    wide = ring.double() / 2.0**SOFTMAX_WIDE_BITS
+    assert float((wide - x.softmax(1)).abs().max()) <= 2e-4
 
 
 @given(party_counts, st.integers(2, 10), st.booleans(), seeds)
