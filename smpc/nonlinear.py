@@ -819,7 +819,8 @@ def softmax(
     denominator lies in [1, k], so its reciprocal starts from the minimax line on
     [1, k] and takes the Newton steps that interval needs (5 for k = 10), unless
     ``reciprocal_iterations`` is given. Cost: max (15 rounds for 5 <= k <= 32,
-    else 7 ceil(log2 k)) + exp (see :func:`exp`) + reciprocal (1 + 4 per step) + 2.
+    else 7 ceil(log2 k)) + exp (see :func:`exp`) + reciprocal (see :func:`reciprocal`)
+    + 2.
     """
     _check_exp_constants(_check_shared(x, "x"), "softmax")
     if x.numel() == 0:  # like torch: an empty result, no communication
