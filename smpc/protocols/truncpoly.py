@@ -197,10 +197,12 @@ class Fused:
         self.var = req.variables()
         self.public: dict[int, torch.Tensor] = {}
         self.sigma: dict[int, torch.Tensor] = {}  # opening -> 0/1 int64
+        self._cache: dict[tuple[int, ...], torch.Tensor] = {}  # mask products, per opening
 
     def open(self, xs: Mapping[int, torch.Tensor], label: str = "trunc") -> None:
         """Open ``x_o + 2^62 + r_o`` for the given openings (one round)."""
         keys = sorted(xs)
+        self._cache.clear()
         masked = [add_public_(self.comm, xs[o] + self.mat[f"r{o}"], 1 << _BOUND) for o in keys]
         for o, c in zip(keys, self.comm.open(masked, label), strict=True):
             self.sigma[o] = (c >> 63) & 1
@@ -213,7 +215,13 @@ class Fused:
         self.public[v] = self.public[v] - value
 
     def _w(self, a: tuple[int, ...]) -> torch.Tensor:
-        """Shares of ``prod_v W_v^(a_v)`` (degree >= 1) for the opened bits."""
+        """Shares of ``prod_v W_v^(a_v)`` (degree >= 1) for the opened bits (cached)."""
+        hit = self._cache.get(a)
+        if hit is None:
+            hit = self._cache[a] = self._select(a)
+        return hit
+
+    def _select(self, a: tuple[int, ...]) -> torch.Tensor:
         nz = [v for v, e in enumerate(a) if e]
         if len(nz) == 1 and a[nz[0]] == 1:
             v = nz[0]
