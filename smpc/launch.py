@@ -194,6 +194,7 @@ def run_dealer(
     from .protocols import beaver, lookup, truncation
     from .protocols.compare import LtzMaterial
     from .protocols.convert import BitPair
+    from .protocols.truncpoly import TruncProducts
 
     dealer = TrustedDealer(
         len(parties),
@@ -206,6 +207,7 @@ def run_dealer(
             LtzMaterial,
             BitPair,
             *lookup.REQUEST_TYPES,
+            TruncProducts,
         ),
         names=parties,
         store=store,

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ..errors import EncodingOverflowError
-from ..protocols import beaver, compare
+from ..protocols import beaver, compare, truncpoly
 from ..session import Session
 from ..sharing import add_public, lead
 from ..tensor import SharedTensor, tag_results
@@ -95,24 +95,43 @@ def _check_exp_constants(x: SharedTensor, op: str) -> None:
 
 
 def exp(
-    x: SharedTensor, *, iterations: int = 5, terms: int = 5, clamp: bool = True
+    x: SharedTensor,
+    *,
+    iterations: int | None = None,
+    terms: int | None = None,
+    clamp: bool = True,
 ) -> SharedTensor:
-    """``e^x`` by range reduction: ``e^x = (e^(x/2^n))^(2^n)``, ``n = iterations``.
+    """``e^x`` for ``x <= 10``; inputs below -16 give about 0 (clamped there).
 
-    ``e^t`` for ``t = x / 2^n`` is its Taylor polynomial of degree ``terms``, then
-    ``n`` squarings. Inputs below -16 are clamped to -16 first (one comparison;
-    ``e^-16`` is below one ulp for ``f = 16``), unless ``clamp=False``, which is valid
-    only for ``x >= -2^(n-1)``. Range: ``x <= 10`` (the result must stay below the
-    encoding limit 2^(31-f)). Accuracy: ``docs/approximations.md``.
-    Cost: 1 (+7 clamp) + 2 ceil(log2(terms+1)) + 1 + 2n rounds (18 + 7 by default).
+    By default (``iterations`` and ``terms`` both None):
+    :func:`smpc.protocols.truncpoly.exp_ring`: ``e^(x/81)`` by a degree-4
+    near-minimax polynomial evaluated locally after one truncation, then four
+    cubes, each fused into the truncation before it (one round each).
+    Cost: 1 comparison (the clamp; none with ``clamp=False``, valid for
+    ``x >= -16``) + 6 rounds.
+
+    With ``iterations`` or ``terms`` given, the limit method
+    ``e^x = (e^(x/2^n))^(2^n)``, ``n = iterations`` (default 5): the Taylor
+    polynomial of degree ``terms`` (default 5) for ``e^(x/2^n)``, then ``n``
+    squarings (``clamp=False`` valid for ``x >= -2^(n-1)``); cost 1 (+ the
+    clamp) + 2 ceil(log2(terms+1)) + 1 + 2n rounds.
+    Range: ``x <= 10`` (the result must stay below the encoding limit
+    2^(31-f)). Accuracy: ``docs/approximations.md``.
     """
     x = _check_shared(x, "x")
     if clamp:
         _check_exp_constants(x, "exp")
+    sess = _sess(x)
+    fused = iterations is None and terms is None and sess.encoding.frac_bits <= 27
+    iterations = 5 if iterations is None else iterations
+    terms = 5 if terms is None else terms
     _check_iters(iterations, "iterations")
     _check_iters(terms, "terms")
     if clamp:
         x = ops.add(relu(ops.sub(x, EXP_LOW)), EXP_LOW)
+    if fused:
+        out, _ = truncpoly.exp_ring(sess.comm, sess.dealer, x.share, sess.encoding.frac_bits)
+        return SharedTensor(out, sess)
     t = ops.mul(x, 1.0 / (1 << iterations))
     powers: dict[int, SharedTensor] = {1: t}
     while len(powers) < terms:
@@ -184,8 +203,14 @@ def reciprocal(
     precision plus one (6 for a softmax denominator in [1, 10]); valid for
     ``hi <= 2^(f/2 + 2)`` (1024 at ``f = 16``), where ``1/hi`` keeps about 8
     significant bits.
-    Cost: exp (18 rounds) + 4 rounds per iteration (10 by default; + 7 for the
-    sign); with ``bounds``: 2 + 4 rounds per iteration.
+    With ``bounds`` (and no ``initial``), each Newton step is one round
+    (:func:`smpc.protocols.truncpoly.reciprocal_ring`: the step's products
+    come from the dealer's mask products after the iterate's truncation),
+    while ``hi / lo`` leaves ``u = x / 2^ceil(log2 hi)`` the encoding's precision
+    (``hi/lo`` up to about 450 at ``f = 16``; wider: the steps below).
+    Cost: exp (see :func:`exp`) + 4 rounds per iteration (10 by default; + 7
+    for the sign); with ``bounds``: 1 round per iteration + 1 (7 for [1, 10]),
+    or, beyond that ratio or with ``initial``, 2 + 4 per iteration.
     """
     x = _check_shared(x, "x")
     if bounds is None:
@@ -209,6 +234,17 @@ def reciprocal(
             _newton_steps(err, sess.encoding.frac_bits) + 1 if iterations is None else iterations
         )
         _check_iters(steps, "iterations")
+        if initial is None and truncpoly.reciprocal_plan(lo, hi, sess.encoding.frac_bits):
+            out = truncpoly.reciprocal_ring(
+                sess.comm,
+                sess.dealer,
+                x.share,
+                sess.encoding.frac_bits,
+                (lo, hi),
+                (a_coef, b_coef),
+                steps,
+            )
+            return SharedTensor(out, sess)
         if initial is None:
             slope = ops.mul(ops.mul(x, -b_coef * 2.0**shift), 2.0**-shift)
             y0 = ops.add(slope, a_coef)
@@ -404,7 +440,7 @@ def _empty_like(x: SharedTensor, dim: int) -> SharedTensor:
 
 
 def _softmax_parts(
-    x: SharedTensor, dim: int, exp_iterations: int
+    x: SharedTensor, dim: int, exp_iterations: int | None
 ) -> tuple[SharedTensor, SharedTensor, SharedTensor, int]:
     x = _check_shared(x, "x")
     if isinstance(dim, bool) or not isinstance(dim, int):
@@ -422,26 +458,47 @@ def softmax(
     x: SharedTensor,
     dim: int,
     *,
-    exp_iterations: int = 5,
+    exp_iterations: int | None = None,
     reciprocal_iterations: int | None = None,
 ) -> SharedTensor:
     """Softmax over ``dim``: ``e^(x - max) / sum e^(x - max)``.
 
-    The max subtraction keeps every exponent in (0, 1]; the exponential's base
-    is clamped at 0 so that very negative logits give 0; the denominator lies in
-    [1, k], so its reciprocal starts from the minimax line on [1, k] and takes
-    the Newton steps that interval needs (5 for k = 10), unless
-    ``reciprocal_iterations`` is given.
-    Cost: max (15 rounds for 5 <= k <= 32, else 7 ceil(log2 k)) + exp (25) +
-    reciprocal (1 + 4 per step) + 2.
+    For 2 to 10 classes (and neither iteration count given), all steps fused
+    (:func:`smpc.protocols.truncpoly.softmax_ring`): one batch of comparisons
+    gives the pairwise order and every ``relu(x_i - x_j + 16)``, a second the
+    one-hot of the maximum, one product the clamped ``x - max``; the exponential
+    by cubes, then a degree-5 start for ``1/sum`` on [1, 10], one Newton step
+    and the last one times the exponentials, each step one truncation round.
+    Cost: 2 comparisons + 10 rounds (24 rounds with 7-round comparisons).
+
+    Otherwise the max subtraction keeps every exponent in (0, 1]; the
+    exponential's base is clamped at 0 so that very negative logits give 0; the
+    denominator lies in [1, k], so its reciprocal starts from the minimax line on
+    [1, k] and takes the Newton steps that interval needs (5 for k = 10), unless
+    ``reciprocal_iterations`` is given. Cost: max (15 rounds for 5 <= k <= 32,
+    else 7 ceil(log2 k)) + exp (see :func:`exp`) + reciprocal (see :func:`reciprocal`)
+    + 2.
     """
     _check_exp_constants(_check_shared(x, "x"), "softmax")
     if x.numel() == 0:  # like torch: an empty result, no communication
         return _empty_like(x, dim)
+    sess = _sess(x)
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise TypeError(f"`dim` must be an int; got {type(dim).__name__}")
+    d = x._dim(dim)
+    if (
+        exp_iterations is None
+        and reciprocal_iterations is None
+        and x.dim() > 0
+        and 2 <= x.shape[d - lead(sess.comm)] <= 10
+    ):
+        moved = x.share.movedim(d, -1)
+        p = truncpoly.softmax_ring(sess.comm, sess.dealer, moved, sess.encoding.frac_bits)
+        return SharedTensor(p.movedim(-1, d), sess)
     _, e, s, k = _softmax_parts(x, dim, exp_iterations)
     if k == 1:
         return ops.add(ops.mul(e, 0.0), 1.0)
-    if k <= 2.0 ** (_sess(x).encoding.frac_bits / 2 + 2):
+    if k <= 2.0 ** (sess.encoding.frac_bits / 2 + 2):
         inv = reciprocal(s, iterations=reciprocal_iterations, bounds=(1.0, float(k)))
     else:  # too many classes for the bounded start: the exponential one, 10 steps
         inv = reciprocal(s, iterations=reciprocal_iterations or 10, positive=True)
@@ -452,11 +509,14 @@ def log_softmax(
     x: SharedTensor,
     dim: int,
     *,
-    exp_iterations: int = 5,
+    exp_iterations: int | None = None,
     log_iterations: int = 3,
     log_order: int = 8,
 ) -> SharedTensor:
-    """Log-softmax over ``dim``: ``(x - max) - log(sum e^(x - max))`` (log on [1, k])."""
+    """Log-softmax over ``dim``: ``(x - max) - log(sum e^(x - max))`` (log on [1, k]).
+
+    ``exp_iterations``: as :func:`exp`'s ``iterations`` (None: the fused exponential).
+    """
     x = _check_shared(x, "x")
     _check_constants(x, "log_softmax", LOG_GUESS, "log's initial guess x/120 - 20 e^(-2x-1) + 3")
     if x.numel() == 0:  # like torch: an empty result, no communication
