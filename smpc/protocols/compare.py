@@ -1,7 +1,7 @@
 """Exact secure comparison: the sign bit of a shared ring element (protocol layer).
 
 Everything here works on raw ring shares and returns *additive* shares of 0/1
-ring bits (unscaled); the tensor layer (:mod:`smpc.nonlinear`) multiplies by
+ring bits (unscaled); the tensor layer (:mod:`smpc.ops.compare`) multiplies by
 2^f to get fixed point. ``x < 0`` means: the signed 64-bit reading of ``x`` is
 negative, so ``ltz(x - y)`` is ``x < y`` exactly whenever ``|x - y| < 2^63``.
 
