@@ -469,7 +469,7 @@ def softmax(
     one-hot of the maximum, one product the clamped ``x - max``; the exponential
     by cubes, then a degree-5 start for ``1/sum`` on [1, 10], one Newton step
     and the last one times the exponentials, each step one truncation round.
-    Cost: 2 comparisons + 10 rounds (24 rounds with 7-round comparisons).
+    Cost: 1 comparison + 11 rounds (15 rounds with 4-round comparisons).
 
     Otherwise the max subtraction keeps every exponent in (0, 1]; the
     exponential's base is clamped at 0 so that very negative logits give 0; the

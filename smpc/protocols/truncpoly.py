@@ -53,7 +53,7 @@ import torch
 from ..comm.base import Communicator
 from ..dealer.base import Component, Dealer, Kind
 from ..sharing import add_public, add_public_, lead
-from . import compare, lookup
+from . import beaver, compare, lookup
 
 __all__ = [
     "TruncProducts",
@@ -429,7 +429,7 @@ SOFTMAX_WIDE_BITS = _OUT_BITS
 
 def softmax_rounds(compare_rounds: int) -> int:
     """Rounds of :func:`softmax_ring` with comparisons of ``compare_rounds`` rounds."""
-    return compare_rounds + 1 + (1 + _EXP_STAGES) + 4  # the lookup carries the products
+    return compare_rounds + 1 + 1 + (1 + _EXP_STAGES) + 4
 
 
 def softmax_ring(
@@ -443,10 +443,9 @@ def softmax_ring(
            the fused ``R_ij = relu(x_i - x_j + 16)`` for all ``i != j``.
         2. The one-hot ``o`` of the maximum, ``o_j = [wins_j == k - 1]``: the wins
            are small integers, so one dealer-assisted table lookup
-           (:func:`smpc.protocols.lookup.eq_public`, one round) gives it, and
+           (:func:`smpc.protocols.lookup.eq_public`, one round) gives it.
         3. ``z_i = x_i - max(x) `` clamped at -16: ``sum_(j != i) o_j R_ij -
-           16 (1 - o_i)``: the products ``o_j R_ij`` ride in the lookup's round
-           (its Beaver opening of ``R_ij`` goes with it; no truncation).
+           16 (1 - o_i)``, one Beaver product of the ring bits (no truncation).
         4. ``e_i = e^(z_i)`` by :func:`exp_ring` (``wide``: 5 rounds), at a
            scale where ``s = sum_i e_i`` fits.
         5. One opening of ``s`` (per element: each copy its own mask) and of
@@ -463,9 +462,9 @@ def softmax_ring(
     The iterate's own rounding barely matters (a Newton step squares the
     relative error, whatever its source), so it is truncated coarsely to fit
     ``e s w^2`` below ``2^61``; ``e`` and ``s`` keep 18 bits.
-    Cost: 1 comparison + 10 rounds; per row, ``k (k-1)/2 + k (k-1)`` ReLUs,
-    ``k^2`` lookups with their products (16 bytes each), and the openings of
-    ``k`` elements of steps 4-7. Accuracy: absolute error about ``2^-f``
+    Cost: 1 comparison + 11 rounds; per row, ``k (k-1)/2 + k (k-1)`` ReLUs,
+    ``k`` lookups (8 bytes each), a Beaver product on ``k^2 + k`` elements, and
+    the openings of ``k`` elements of steps 4-7. Accuracy: absolute error about ``2^-f``
     plus 2e-5 relative (measured in ``tests/smpc/protocols/test_truncpoly.py``).
     Valid for ``k <= 10`` (the polynomial's interval; more classes: the
     caller's other method).
@@ -492,14 +491,11 @@ def softmax_ring(
     r_mat = torch.zeros(*x.shape, k, dtype=torch.int64)
     r_mat[..., ii, jj] = rel[..., npair:]
     # The one-hot o_j = [wins_j == 0] by a table lookup (wins lie in [-(k-1), 0]),
-    # with the products o_j R_ij riding in its round: one lookup per (i, j).
-    wins_ij = wins.unsqueeze(-2).expand(*wins.shape[:-1], k, k).contiguous()
+    # then the products o_j R_ij: one Beaver round (cheaper on a slow provider link
+    # than one lookup per (i, j) carrying them).
     domain = 1 << max(1, (k - 1).bit_length())
-    oh_ij, prod_ij = lookup.eq_public(comm, dealer, wins_ij, 0, low=-(k - 1), domain=domain,
-                                      mul=r_mat)  # fmt: skip
-    assert prod_ij is not None
-    onehot = oh_ij[..., 0, :]
-    prod = prod_ij.sum(-1)
+    onehot, _ = lookup.eq_public(comm, dealer, wins, 0, low=-(k - 1), domain=domain)
+    prod = beaver.mul(comm, dealer, onehot.unsqueeze(-2), r_mat).sum(-1)
     clamp = round(_CLAMP * one)
     z = add_public(comm, prod + clamp * onehot, -clamp)
     e_wide, e_scale = exp_ring(comm, dealer, z, f, upper=0.0, sum_terms=k, wide=True)
