@@ -44,8 +44,11 @@ class ReluLink:
 
 
 def fusable(x: Any, w: Any, b: Any) -> bool:
-    """Whether :class:`LinearReLU` applies: 2-D shared input, shared weight and bias, one session,
-    the default truncation and at most 15 parties."""
+    """Whether :class:`LinearReLU` applies to ``(x, w, b)``.
+
+    It needs a 2-D shared input, a shared weight and bias (or none) of one
+    session, the default truncation and at most 15 parties.
+    """
     if not (isinstance(x, SharedTensor) and isinstance(w, SharedTensor)) or x.dim() != 2:
         return False
     if b is not None and not (isinstance(b, SharedTensor) and b.dim() == 1):

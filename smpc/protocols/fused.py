@@ -90,6 +90,7 @@ class KeepingMatmulTriple:
         return (("a", self.key), ("b", self.key + 1))
 
     def components(self) -> tuple[Component, ...]:
+        """``a``, ``b`` random; ``c`` derived."""
         (m, _), (_, n) = self.shape_a, self.shape_b
         return (
             Component("a", Kind.RANDOM, self.shape_a),
@@ -98,6 +99,7 @@ class KeepingMatmulTriple:
         )
 
     def derive(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``c = a @ b``."""
         return {"c": ring.matmul(values["a"], values["b"])}
 
 
@@ -136,6 +138,7 @@ class ReluTruncMaterial:
         return compare.LtzMaterial(self.shape)
 
     def components(self) -> tuple[Component, ...]:
+        """The comparison's random components, ours, its derived ones, ours."""
         inner = self._ltz().components()
         sh = self.shape
         mine = _FWD + (_BWD if self.key is not None else ())
@@ -148,6 +151,7 @@ class ReluTruncMaterial:
         )
 
     def derive(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The comparison's derived values, then the truncations' and their products with ``s``."""
         out = self._ltz().derive(values)
         bit = out["s"]
         pairs = [("rt", "neg_rt_hi", "st", "rts", "sts")]
@@ -161,7 +165,9 @@ class ReluTruncMaterial:
 
 @dataclass(frozen=True, slots=True)
 class LinearBackwardBitTriple:
-    """:class:`~smpc.dealer.base.LinearBackwardTriple` whose input gradient is masked by a kept ``r_b``.
+    """A linear layer's backward triples, the input gradient masked by a kept ``r_b``.
+
+    As :class:`~smpc.dealer.base.LinearBackwardTriple` for the weight gradient.
 
     The input gradient's product ``g @ W`` carries, instead of a fresh
     truncation mask, the ``rb`` that the :class:`ReluTruncMaterial` of the
@@ -197,11 +203,13 @@ class LinearBackwardBitTriple:
         )
 
     def components(self) -> tuple[Component, ...]:
+        """``a``, ``cx``, then the weight gradient's components."""
         m, k = self.shape_g[0], self.shape_x[1]
         inner = self._weight().components()  # "a" first, then the weight's
         return (inner[0], Component("cx", Kind.DERIVED, (m, k)), *inner[1:])
 
     def derive(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``cx = a @ wb^T + rb + 2^62`` and the weight gradient's values."""
         out = self._weight().derive(values)
         cx = ring.matmul(values["a"], values["wb"].t()).add_(values["rb"])
         cx += 1 << TRUNC_BOUND_BITS
