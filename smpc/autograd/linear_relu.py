@@ -12,14 +12,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from .. import ops
-from ..protocols import fused
+from ..protocols import fused, truncation
+from ..sharing import add_public_
 from ..tensor import SharedTensor
 from .function import Context, Function
-from .functions import Grad, Linear, _gsum, _weight_grad, mul_ring_bit
+from .functions import Grad, LazyValue, Linear, _gsum, _weight_grad, mul_ring_bit
 from .tape import WIDE_MAX_FRAC_BITS, WideGrad
 
-__all__ = ["ReluLink", "LinearReLU", "fusable"]
+__all__ = ["ReluLink", "LinearReLU", "PendingTrunc", "fusable", "mse_grad_in_forward"]
 
 
 class ReluLink:
@@ -79,20 +82,28 @@ class LinearReLU(Function):
         """The product with kept masks, then (``relu_out``) :func:`smpc.protocols.fused.relu_trunc`.
 
         Cost: with a ReLU, 1 round plus the comparison's
-        (:func:`smpc.protocols.fused.linear_relu_forward`); without, as :class:`Linear`.
+        (:func:`smpc.protocols.fused.linear_relu_forward`); without, as :class:`Linear`
+        (the product's round, then a truncation round at the output's first use,
+        which other truncations may share: :class:`PendingTrunc`).
         """
         sess = x.session
         ctx.save_for_backward(x, w)
         ctx.session = sess
         ctx.links = (relu_in, relu_out)
-        if relu_out is None:
-            kept = ops.linear_forward(x, w.t())
-            assert kept is not None
-            out, ctx.masks = kept
-            return out if b is None else ops.add(out, b)
         key = sess.transient_mask_key()
-        bit_key = sess.transient_mask_key()
         f = sess.encoding.frac_bits
+        if relu_out is None:  # the truncation waits for its first use (see PendingTrunc)
+            u, ctx.masks = fused.linear_forward_raw(
+                sess.comm,
+                sess.dealer,
+                x.share,
+                w.share.transpose(-1, -2),
+                None if b is None else b.share,
+                f,
+                key,
+            )
+            return PendingTrunc(u, sess, (int(x.shape[0]), int(w.shape[0])))
+        bit_key = sess.transient_mask_key()
         share, masks, bit = fused.linear_relu_forward(
             sess.comm,
             sess.dealer,
@@ -158,3 +169,81 @@ class LinearReLU(Function):
             gx, gw, _ = Linear.backward(lin, g)
         gb = _gsum(g, (0,), False) if nb else None
         return gx, gw, gb, None, None
+
+
+class PendingTrunc(LazyValue):
+    """A linear layer's output ``trunc(u)`` whose truncation runs on first use.
+
+    Until then, other truncations may join its round (:meth:`ride`): the MSE
+    loss truncates its gradient ``K (u - target 2^f)`` by ``2f`` bits there
+    (:func:`mse_grad_in_forward`), instead of one more round after the logits'.
+    """
+
+    __slots__ = ("_u", "_riders", "_results")
+
+    def __init__(self, u: torch.Tensor, session: Any, shape: tuple[int, ...]) -> None:
+        super().__init__(self._truncate, session, shape)
+        self._dtype = None
+        self._wide_grad = None
+        self._u: torch.Tensor | None = u
+        self._riders: list[tuple[torch.Tensor, int]] = []
+        self._results: list[torch.Tensor] = []
+
+    @property
+    def raw(self) -> torch.Tensor:
+        """Shares of the untruncated value (scale ``2^(2f)``), before the truncation ran."""
+        if self._u is None:
+            raise RuntimeError("PendingTrunc.raw: the truncation already ran")
+        return self._u
+
+    def ride(self, share: torch.Tensor, bits: int) -> int:
+        """Truncate ``share`` by ``bits`` in the same round; its index for :meth:`result`."""
+        if self.computed:
+            raise RuntimeError("PendingTrunc.ride: the truncation already ran")
+        self._riders.append((share, bits))
+        return len(self._riders) - 1
+
+    def result(self, i: int) -> torch.Tensor:
+        """Shares of rider ``i`` truncated (runs the truncation if it has not run)."""
+        _ = self.share
+        return self._results[i]
+
+    def _truncate(self) -> torch.Tensor:
+        sess = self.session
+        u = self.raw
+        items = [(u, sess.encoding.frac_bits), *self._riders]
+        outs = truncation.trunc_many(sess.comm, sess.dealer, items)
+        self._u, self._riders, self._results = None, [], outs[1:]
+        return outs[0]
+
+
+def mse_grad_in_forward(x: Any, target: Any, reduction: str) -> tuple[PendingTrunc, int] | None:
+    """Put the MSE gradient ``2 (x - target) / n`` on the truncation of a pending ``x``.
+
+    For ``x`` a :class:`PendingTrunc` not yet truncated, with the untruncated
+    ``u`` (scale ``2^(2f)``) and ``K = encode(2 / n)`` (``n = numel`` for
+    ``'mean'``, else 1): ``K (u - target 2^f)`` at scale ``2^(3f)``, truncated by
+    ``2f`` bits in the logits' truncation round. Returns ``(x, index)`` for
+    :meth:`PendingTrunc.result`, or ``None`` where this does not apply (the
+    caller then scales the gradient in the backward: one more truncation round).
+    Cost: local (plus ``numel`` ring elements in the shared round).
+    """
+    if (
+        not isinstance(x, PendingTrunc)
+        or x.computed
+        or reduction not in ("mean", "sum")
+        or tuple(getattr(target, "shape", ())) != tuple(x.shape)
+        or (isinstance(target, SharedTensor) and target.session is not x.session)
+    ):
+        return None
+    if not isinstance(target, SharedTensor | torch.Tensor):
+        return None
+    sess = x.session
+    f = sess.encoding.frac_bits
+    n = x.numel() if reduction == "mean" else 1
+    k = int(sess.encoding.encode(torch.tensor(2.0 / n, dtype=torch.float64)))
+    if isinstance(target, SharedTensor):
+        d = x.raw - (target.share << f)
+    else:
+        d = add_public_(sess.comm, x.raw.clone(), -(sess.encoding.encode(target.detach()) << f))
+    return x, x.ride(d * k, 2 * f)

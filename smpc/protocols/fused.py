@@ -54,6 +54,7 @@ __all__ = [
     "LinearBackwardBitTriple",
     "ReluBit",
     "relu_trunc",
+    "linear_forward_raw",
     "linear_relu_forward",
     "linear_backward",
     "bit_shares",
@@ -336,6 +337,33 @@ def relu_trunc_rounds(world_size: int) -> int:
     return compare.cost(world_size)[0]
 
 
+def linear_forward_raw(
+    comm: Communicator,
+    dealer: Dealer,
+    x: torch.Tensor,
+    wt: torch.Tensor,
+    bias: torch.Tensor | None,
+    frac_bits: int,
+    key: int,
+) -> tuple[torch.Tensor, beaver.LinearMasks]:
+    """Shares of the untruncated ``x @ wt + bias`` (scale ``2^(2f)``) for 2-D shares; masks kept.
+
+    Protocol: the matmul on a :class:`KeepingMatmulTriple` (open ``x - xa``,
+    ``wt - wb``), the bias added at scale ``2^(2f)`` (local, exact). The caller
+    truncates (:func:`relu_trunc`, or a truncation that other values share).
+
+    Cost: 1 round; ``numel(x) + numel(wt)`` ring elements to each other party.
+    Security: as :func:`smpc.protocols.beaver.linear_forward`.
+    """
+    shape_x, shape_w = beaver._shape2(comm, x), beaver._shape2(comm, wt)
+    t = dealer.request(KeepingMatmulTriple(shape_x, shape_w, key))
+    e, f = comm.open_masked([(x, t["a"]), (wt, t["b"])], "matmul")
+    u = beaver._local_step(comm, ring.MatmulOp(), t, e, f)
+    if bias is not None:
+        u = u + (bias << frac_bits).unsqueeze(-2)
+    return u, beaver.LinearMasks(key, t["a"], t["b"], e, f)
+
+
 def linear_relu_forward(
     comm: Communicator,
     dealer: Dealer,
@@ -348,23 +376,17 @@ def linear_relu_forward(
 ) -> tuple[torch.Tensor, beaver.LinearMasks, ReluBit]:
     """``relu(x @ wt + bias)`` at scale ``2^f`` for 2-D shares; masks kept for the backward.
 
-    Protocol: the matmul on a :class:`KeepingMatmulTriple` (open ``x - xa``,
-    ``wt - wb``: round 1), the bias added at scale ``2^(2f)`` (local, exact), then
-    :func:`relu_trunc` on the untruncated product.
+    Protocol: :func:`linear_forward_raw`, then :func:`relu_trunc` on the
+    untruncated product.
 
     Cost: 1 round plus the comparison's; ``numel(x) + numel(wt)`` ring
     elements then :func:`relu_trunc`'s bytes. Against a linear layer and a
     ReLU one after the other: one round and ``8 numel(out)`` bytes fewer.
     Security: as :func:`smpc.protocols.beaver.linear_forward` and :func:`relu_trunc`.
     """
-    shape_x, shape_w = beaver._shape2(comm, x), beaver._shape2(comm, wt)
-    t = dealer.request(KeepingMatmulTriple(shape_x, shape_w, key))
-    e, f = comm.open_masked([(x, t["a"]), (wt, t["b"])], "matmul")
-    u = beaver._local_step(comm, ring.MatmulOp(), t, e, f)
-    if bias is not None:
-        u = u + (bias << frac_bits).unsqueeze(-2)
+    u, masks = linear_forward_raw(comm, dealer, x, wt, bias, frac_bits, key)
     out, bit = relu_trunc(comm, dealer, u, frac_bits, bit_key)
-    return out, beaver.LinearMasks(key, t["a"], t["b"], e, f), bit
+    return out, masks, bit
 
 
 def linear_backward(
