@@ -193,12 +193,13 @@ def run_dealer(
     from .dealer.trusted import TrustedDealer
     from .protocols.compare import LtzMaterial
     from .protocols.convert import BitPair
+    from .protocols.fused import REQUEST_TYPES as FUSED_TYPES
 
     dealer = TrustedDealer(
         len(parties),
         seed=seed,
         timeout=timeout,
-        request_types=(LtzMaterial, BitPair),  # the protocols' own request classes
+        request_types=(LtzMaterial, BitPair, *FUSED_TYPES),  # the protocols' own request classes
         names=parties,
         store=store,
         master_addr=master_addr,
