@@ -50,7 +50,8 @@ def fusable(x: Any, w: Any, b: Any) -> bool:
     """Whether :class:`LinearReLU` applies to ``(x, w, b)``.
 
     It needs a 2-D shared input, a shared weight and bias (or none) of one
-    session, the default truncation and at most 15 parties.
+    session and matching shapes, the default truncation and at most 15
+    parties; elsewhere the layers run one by one (and raise their errors).
     """
     if not (isinstance(x, SharedTensor) and isinstance(w, SharedTensor)) or x.dim() != 2:
         return False
@@ -59,7 +60,9 @@ def fusable(x: Any, w: Any, b: Any) -> bool:
     sess = x.session
     if w.session is not sess or (b is not None and b.session is not sess):
         return False
-    return w.dim() == 2 and ops.can_keep(sess) and sess.world_size <= 15
+    if w.dim() != 2 or x.shape[1] != w.shape[1] or (b is not None and b.shape[0] != w.shape[0]):
+        return False
+    return ops.can_keep(sess) and sess.world_size <= 15
 
 
 class LinearReLU(Function):

@@ -158,6 +158,10 @@ def test_no_fusion_without_autograd_or_for_other_layers() -> None:
         assert not linear_relu.fusable(xs.reshape(5, 2, 2), enc[0].weight, enc[0].bias)
         assert not linear_relu.fusable(x, enc[0].weight, enc[0].bias)
         assert linear_relu.fusable(xs, enc[0].weight, enc[0].bias)
+        assert not linear_relu.fusable(xs[:, :3], enc[0].weight, enc[0].bias)
+        bad = sess.share(torch.randn(5, 3), src=1, requires_grad=True)
+        with pytest.raises(smpc.errors.ShapeError, match="Linear: expected input"):
+            enc(bad)
 
 
 def test_pending_trunc_refuses_late_riders() -> None:
