@@ -624,259 +624,260 @@ static PyObject *py_trunc_correct(PyObject *self, PyObject *const *args, Py_ssiz
 }
 
 /* ==== comparison (smpc.protocols.compare): the local steps between openings ====
- * XOR shares come in R rows of N int64 words (or bytes); row 0 takes the XOR
- * of public terms when `first`. Each function mirrors, bit for bit, the torch
- * code it replaces in compare.py (see there for the protocol); field width
- * `wf` is bit_length(world_size), and only wf == 2 (2 or 3 parties) is taken.
+ * XOR shares come in R rows of N int64 words; row 0 takes the public terms when
+ * `first`. Each function computes, bit for bit, what the torch code in compare.py
+ * computes (see there for the protocol and the layouts): every group's (G, P) is
+ * the parity of (coefficient mask from a table, indexed by public bits) AND (the
+ * party's share bits of that group). `wf` is bit_length(world_size) (2 to 4).
  * They are small and latency-bound, so they run on one thread.
  */
 
 #define LOW63 ((u64)0x7FFFFFFFFFFFFFFFULL)
-#define EVEN ((u64)0x5555555555555555ULL)
-#define ODD ((u64)0xAAAAAAAAAAAAAAAAULL)
+#define POS4 ((u64)0x1111111111111111ULL)
+#define POS16 ((u64)0x0001000100010001ULL)
 
 static inline u64 sar(u64 x, int k) { return (u64)((i64)x >> k); }
 
-static u64 positions(int step) {
-    u64 m = 0;
-    for (int p = 0; p < 64; p += step) m |= (u64)1 << p;
-    return m;
+static inline int par(u64 x) { return __builtin_parityll(x); }
+
+/* bits 16j + 4i of g to 16j + i, those of p to 16j + 4 + i (compare._gather_lane_index) */
+static inline u64 lane_index(u64 g, u64 p) {
+    return (g & POS16) | ((g >> 3) & (POS16 << 1)) | ((g >> 6) & (POS16 << 2)) |
+           ((g >> 9) & (POS16 << 3)) | ((p << 4) & (POS16 << 4)) | ((p << 1) & (POS16 << 5)) |
+           ((p >> 2) & (POS16 << 6)) | ((p >> 5) & (POS16 << 7));
 }
 
-/* level1(c, rx, rr, out_w, R, N, first): the local first tree level. */
-static PyObject *py_ltz_level1(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    void *p[4];
+/* level1(c, rx, rp0, rp1, rp2, tab1, out_w, R, N, first): the local level (16 groups). */
+static PyObject *py_ltz4_level1(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    void *p[7];
     Py_ssize_t R, N, first;
-    if (check_nargs(nargs, 7, "ltz_level1")) return NULL;
-    for (int i = 0; i < 4; i++)
+    if (check_nargs(nargs, 10, "ltz4_level1")) return NULL;
+    for (int i = 0; i < 7; i++)
         if (get_ptr(args[i], &p[i])) return NULL;
-    if (get_size(args[4], &R) || get_size(args[5], &N) || get_size(args[6], &first)) return NULL;
-    const u64 *c = p[0], *rx = p[1], *rr = p[2];
-    u64 *w = p[3];
+    if (get_size(args[7], &R) || get_size(args[8], &N) || get_size(args[9], &first)) return NULL;
+    const u64 *c = p[0], *rx = p[1], *rp0 = p[2], *rp1 = p[3], *rp2 = p[4], *tab = p[5];
+    u64 *w = p[6];
     for (Py_ssize_t i = 0; i < N; i++) {
-        u64 nc = ~(c[i] & LOW63);
-        u64 n_hi = sar(nc, 1) & EVEN, n_lo = nc & EVEN, nhl = n_hi & n_lo;
-        for (Py_ssize_t k = 0; k < R; k++) {
-            u64 r = rx[k * N + i] & LOW63;
-            u64 v = r & (nhl | (n_lo << 1));
-            v ^= (r >> 1) & n_hi;
-            v ^= (r << 1) & (n_hi << 1);
-            v ^= rr[k * N + i] & (n_lo | ODD);
-            if (k == 0 && first) v ^= nhl << 1;
-            w[k * N + i] = v;
-        }
-    }
-    Py_RETURN_NONE;
-}
-
-/* word_pack(w, m, out, R, N, s, wf): the three masked AND inputs of word level s,
- * packed as open_fields packs them: P = ceil(3 / per) words, per = 2s / wf. */
-static PyObject *py_ltz_word_pack(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    void *p[3];
-    Py_ssize_t R, N, s, wf;
-    if (check_nargs(nargs, 7, "ltz_word_pack")) return NULL;
-    for (int i = 0; i < 3; i++)
-        if (get_ptr(args[i], &p[i])) return NULL;
-    if (get_size(args[3], &R) || get_size(args[4], &N) || get_size(args[5], &s) ||
-        get_size(args[6], &wf))
-        return NULL;
-    const u64 *w = p[0], *m = p[1];
-    u64 *out = p[2];
-    const u64 pos = positions(2 * (int)s), pos2 = pos | (pos << 1);
-    const Py_ssize_t per = (2 * s) / wf, P = (3 + per - 1) / per, RN = R * N;
-    for (Py_ssize_t j = 0; j < RN; j++) {
-        u64 wv = w[j], mv = m[j];
-        u64 f1 = (wv & pos2) ^ ((mv >> 1) & pos2);
-        u64 words[3] = {(sar(wv, (int)s + 1) & pos) ^ (mv & pos), f1 & pos, sar(f1, 1) & pos};
-        for (Py_ssize_t q = 0; q < P; q++) {
-            u64 acc = 0;
-            for (Py_ssize_t t = 0; t < per && q * per + t < 3; t++)
-                acc |= words[q * per + t] << (t * wf);
-            out[q * RN + j] = acc;
-        }
-    }
-    Py_RETURN_NONE;
-}
-
-/* word_finish(opened, w, m, t, out_z, R, N, s, wf, first): the Beaver AND of word level s. */
-static PyObject *py_ltz_word_finish(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    void *p[5];
-    Py_ssize_t R, N, s, wf, first;
-    if (check_nargs(nargs, 10, "ltz_word_finish")) return NULL;
-    for (int i = 0; i < 5; i++)
-        if (get_ptr(args[i], &p[i])) return NULL;
-    if (get_size(args[5], &R) || get_size(args[6], &N) || get_size(args[7], &s) ||
-        get_size(args[8], &wf) || get_size(args[9], &first))
-        return NULL;
-    const u64 *op = p[0], *w = p[1], *m = p[2], *t = p[3];
-    u64 *z = p[4];
-    const u64 pos = positions(2 * (int)s), pos2 = pos | (pos << 1);
-    const Py_ssize_t per = (2 * s) / wf;
-    for (Py_ssize_t i = 0; i < N; i++) {
-        u64 pub[3];
-        for (int j = 0; j < 3; j++) {
-            u64 v = op[(j / per) * N + i];
-            int sh = (int)((j % per) * wf);
-            pub[j] = (sh ? sar(v, sh) : v) & pos;
-        }
-        u64 d2 = pub[0] | (pub[0] << 1), e = pub[1] | (pub[2] << 1);
+        u64 n = ~(c[i] & LOW63), co[16];
+        for (int q = 0; q < 16; q++) co[q] = tab[(n >> (4 * q)) & 15];
         for (Py_ssize_t k = 0; k < R; k++) {
             Py_ssize_t j = k * N + i;
-            u64 a = m[j] & pos, b = (m[j] >> 1) & pos2;
-            u64 v = (b & d2) ^ t[j] ^ ((a | (a << 1)) & e);
-            if (k == 0 && first) v ^= d2 & e;
-            v ^= sar(w[j], (int)s) & pos;
-            z[j] = v;
+            u64 r = rx[j] & LOW63, a0 = rp0[j], a1 = rp1[j], a2 = rp2[j], v = 0;
+            u64 one = (k == 0 && first) ? (u64)1 << 15 : 0;
+            for (int q = 0; q < 16; q++) {
+                int sh = 4 * q;
+                u64 vec = ((r >> sh) & 15) | (((a0 >> sh) & 15) << 4) | (((a1 >> sh) & 15) << 8) |
+                          (((a2 >> sh) & 7) << 12) | one;
+                u64 x = co[q];
+                v |= (u64)(par(x & vec) | (par((x >> 32) & vec) << 1)) << sh;
+            }
+            w[j] = v;
         }
     }
     Py_RETURN_NONE;
 }
 
-/* byte_pack(v, mb, out, R, N, k, off, wf): byte level with k bytes per element in v
- * (R x N x k); out holds, per row, N k/2 packed bytes then zeros up to L int64. */
-static PyObject *py_ltz_byte_pack(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+/* pack2(w, m, out, R, N, wf): the masked (G, P) of level 2 as open_fields packs them. */
+static PyObject *py_ltz4_pack2(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     void *p[3];
-    Py_ssize_t R, N, k, off, wf, L;
-    if (check_nargs(nargs, 9, "ltz_byte_pack")) return NULL;
+    Py_ssize_t R, N, wf;
+    if (check_nargs(nargs, 6, "ltz4_pack2")) return NULL;
     for (int i = 0; i < 3; i++)
         if (get_ptr(args[i], &p[i])) return NULL;
-    if (get_size(args[3], &R) || get_size(args[4], &N) || get_size(args[5], &k) ||
-        get_size(args[6], &off) || get_size(args[7], &wf) || get_size(args[8], &L))
+    if (get_size(args[3], &R) || get_size(args[4], &N) || get_size(args[5], &wf)) return NULL;
+    const u64 *w = p[0], *m = p[1];
+    u64 *out = p[2];
+    const Py_ssize_t RN = R * N;
+    const int one_word = 4 / wf >= 2;
+    for (Py_ssize_t j = 0; j < RN; j++) {
+        u64 mk = w[j] ^ m[j], g = mk & POS4, pp = (mk >> 1) & POS4;
+        if (one_word) {
+            out[j] = g | (pp << wf);
+        } else {
+            out[j] = g;
+            out[RN + j] = pp;
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+/* level2(pub, m, q2a, q2b, tab2, out_w, R, N, wf, first): 16 groups -> 4 (lanes of 16 bits). */
+static PyObject *py_ltz4_level2(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    void *p[6];
+    Py_ssize_t R, N, wf, first;
+    if (check_nargs(nargs, 10, "ltz4_level2")) return NULL;
+    for (int i = 0; i < 6; i++)
+        if (get_ptr(args[i], &p[i])) return NULL;
+    if (get_size(args[6], &R) || get_size(args[7], &N) || get_size(args[8], &wf) ||
+        get_size(args[9], &first))
         return NULL;
-    const uint8_t *v = p[0], *mb = p[1];
+    const u64 *pub = p[0], *m = p[1], *qa = p[2], *qb = p[3], *tab = p[4];
+    u64 *w = p[5];
+    const int one_word = 4 / wf >= 2;
+    for (Py_ssize_t i = 0; i < N; i++) {
+        u64 dg, dp;
+        if (one_word) {
+            dg = pub[i] & POS4;
+            dp = sar(pub[i], (int)wf) & POS4;
+        } else {
+            dg = pub[i] & POS4;
+            dp = pub[N + i] & POS4;
+        }
+        u64 gi = lane_index(dg, dp), co[4];
+        for (int q = 0; q < 4; q++) co[q] = tab[(gi >> (16 * q)) & 255];
+        for (Py_ssize_t k = 0; k < R; k++) {
+            Py_ssize_t j = k * N + i;
+            u64 mm = m[j], vi = lane_index(mm & POS4, (mm >> 1) & POS4), a = qa[j], b = qb[j];
+            u64 one = (k == 0 && first) ? (u64)1 << 30 : 0, v = 0;
+            for (int q = 0; q < 4; q++) {
+                int sh = 16 * q;
+                u64 vec = ((vi >> sh) & 255) | (((a >> sh) & 0xFFFF) << 8) |
+                          (((b >> sh) & 63) << 24) | one;
+                u64 x = co[q];
+                v |= (u64)(par(x & vec) | (par((x >> 32) & vec) << 1)) << sh;
+            }
+            w[j] = v;
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+/* level-3 fields: d of G0, G1, G2, P1, P2, P3 at these bits of the level-2 word, and the
+ * variable bits they take in the table index (compare._L3_BITS, compare._L3_VARS) */
+static const int L3_BITS[6] = {0, 16, 32, 17, 33, 49};
+static const int L3_VARS[6] = {0, 1, 2, 5, 6, 7};
+
+/* pack3(w2, m, out, R, N, wf, nb, L): per row, N fields of nb bytes then zeros to L int64. */
+static PyObject *py_ltz4_pack3(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    void *p[3];
+    Py_ssize_t R, N, wf, nb, L;
+    if (check_nargs(nargs, 8, "ltz4_pack3")) return NULL;
+    for (int i = 0; i < 3; i++)
+        if (get_ptr(args[i], &p[i])) return NULL;
+    if (get_size(args[3], &R) || get_size(args[4], &N) || get_size(args[5], &wf) ||
+        get_size(args[6], &nb) || get_size(args[7], &L))
+        return NULL;
+    const u64 *w = p[0], *m = p[1];
     uint8_t *out = p[2];
-    const Py_ssize_t h = k / 2;
     for (Py_ssize_t r = 0; r < R; r++) {
         uint8_t *o = out + r * L * 8;
         for (Py_ssize_t i = 0; i < N; i++) {
-            const uint8_t *vv = v + (r * N + i) * k, *mm = mb + (r * N + i) * 8 + off;
-            for (Py_ssize_t j = 0; j < h; j++) {
-                uint8_t a = mm[j] & 1, b = (mm[j] >> 1) & 3;
-                uint8_t f0 = ((vv[2 * j + 1] >> 1) & 1) ^ a, f1 = (vv[2 * j] & 3) ^ b;
-                o[i * h + j] =
-                    (uint8_t)(f0 | ((f1 & 1) << wf) | ((f1 & 2) << (2 * wf - 1)));
-            }
-        }
-        memset(o + N * h, 0, (size_t)(L * 8 - N * h));
-    }
-    Py_RETURN_NONE;
-}
-
-/* byte_finish(pub, v, mb, tb, out, R, N, k, off, wf, first): the Beaver AND of a byte
- * level; pub holds the N k/2 opened bytes, out is R x N x k/2. */
-static PyObject *py_ltz_byte_finish(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    void *p[5];
-    Py_ssize_t R, N, k, off, wf, first;
-    if (check_nargs(nargs, 11, "ltz_byte_finish")) return NULL;
-    for (int i = 0; i < 5; i++)
-        if (get_ptr(args[i], &p[i])) return NULL;
-    if (get_size(args[5], &R) || get_size(args[6], &N) || get_size(args[7], &k) ||
-        get_size(args[8], &off) || get_size(args[9], &wf) || get_size(args[10], &first))
-        return NULL;
-    const uint8_t *pub = p[0], *v = p[1], *mb = p[2], *tb = p[3];
-    uint8_t *out = p[4];
-    const Py_ssize_t h = k / 2;
-    for (Py_ssize_t i = 0; i < N; i++) {
-        for (Py_ssize_t j = 0; j < h; j++) {
-            uint8_t q = pub[i * h + j];
-            uint8_t d = q & 1, e = ((q >> wf) & 1) | (((q >> (2 * wf)) & 1) << 1);
-            uint8_t d2 = d | (d << 1);
-            for (Py_ssize_t r = 0; r < R; r++) {
-                const uint8_t *vv = v + (r * N + i) * k;
-                uint8_t mm = mb[(r * N + i) * 8 + off + j], tt = tb[(r * N + i) * 8 + off + j];
-                uint8_t a = mm & 1, b = (mm >> 1) & 3;
-                uint8_t z = (b & d2) ^ tt ^ ((a | (a << 1)) & e);
-                if (r == 0 && first) z ^= d2 & e;
-                z ^= vv[2 * j + 1] & 1;
-                out[(r * N + i) * h + j] = z;
-            }
-        }
-    }
-    Py_RETURN_NONE;
-}
-
-/* final(v, rx, s_xor, c, out, R, N, first): msb(x) ^ s as bit 0 of a byte per row. */
-static PyObject *py_ltz_final(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    void *p[5];
-    Py_ssize_t R, N, first;
-    if (check_nargs(nargs, 8, "ltz_final")) return NULL;
-    for (int i = 0; i < 5; i++)
-        if (get_ptr(args[i], &p[i])) return NULL;
-    if (get_size(args[5], &R) || get_size(args[6], &N) || get_size(args[7], &first)) return NULL;
-    const uint8_t *v = p[0];
-    const u64 *rx = p[1], *sx = p[2], *c = p[3];
-    uint8_t *out = p[4];
-    for (Py_ssize_t r = 0; r < R; r++)
-        for (Py_ssize_t i = 0; i < N; i++) {
             Py_ssize_t j = r * N + i;
-            uint8_t g = (v[j] & 1) ^ (uint8_t)(rx[j] >> 63) ^ (uint8_t)(sx[j] & 1);
-            if (r == 0 && first) g ^= (uint8_t)(c[i] >> 63);
-            out[j] = g;
+            u64 mk = w[j] ^ ((m[j] >> 2) & (POS16 | (POS16 << 1))), v = 0;
+            for (int f = 0; f < 6; f++) v |= ((mk >> L3_BITS[f]) & 1) << (f * wf);
+            for (Py_ssize_t b = 0; b < nb; b++) o[i * nb + b] = (uint8_t)(v >> (8 * b));
         }
+        memset(o + N * nb, 0, (size_t)(L * 8 - N * nb));
+    }
     Py_RETURN_NONE;
 }
 
-/* ltz_correct: the provider's correction shares of comparison material (LtzMaterial).
- * Random components come as rows to reduce (additive: r, a; XOR: m2, m4, mb, s_xor),
- * R rows n apart; derived ones as P partial rows (the shares parties expand) and one
- * output row each: XOR-derived rx, rr, t2, t4, tb; additive s, as (as only when a != NULL).
- * Mirrors LtzMaterial.derive: rx = r, rr = ((r' >> 1) & r' & EVEN) * 3 for r' = r mod 2^63,
- * t_k = ((m & pos) | (m & pos) << 1) & ((m >> 1) & (pos | pos << 1)), s = s_xor & 1,
- * as = a s. */
-static PyObject *py_ltz_correct(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    void *p[20];
-    Py_ssize_t R, P, N;
-    if (check_nargs(nargs, 23, "ltz_correct")) return NULL;
-    for (int i = 0; i < 20; i++)
+/* level3(pub, w2, m, q2b, rx, s_xor, c, tab2, out, R, N, wf, nb, first): the last level,
+ * then msb(x) ^ s = G ^ msb(r) ^ s ^ msb(c) as one byte per row and element. */
+static PyObject *py_ltz4_level3(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    void *p[9];
+    Py_ssize_t R, N, wf, nb, first;
+    if (check_nargs(nargs, 14, "ltz4_level3")) return NULL;
+    for (int i = 0; i < 9; i++)
         if (get_ptr(args[i], &p[i])) return NULL;
-    if (get_size(args[20], &R) || get_size(args[21], &P) || get_size(args[22], &N)) return NULL;
-    const u64 *r = p[0], *a = p[1], *m2 = p[2], *m4 = p[3], *mb = p[4], *sx = p[5];
-    const u64 *prx = p[6], *prr = p[7], *pt2 = p[8], *pt4 = p[9], *ptb = p[10], *ps = p[11],
-              *pas = p[12];
-    u64 *orx = p[13], *orr = p[14], *ot2 = p[15], *ot4 = p[16], *otb = p[17], *os_ = p[18],
-        *oas = p[19];
-    const u64 pos2 = positions(4), pos4 = positions(8), posb = positions(8);
+    if (get_size(args[9], &R) || get_size(args[10], &N) || get_size(args[11], &wf) ||
+        get_size(args[12], &nb) || get_size(args[13], &first))
+        return NULL;
+    const uint8_t *pub = p[0];
+    const u64 *w = p[1], *m = p[2], *qb = p[3], *rx = p[4], *sx = p[5], *c = p[6], *tab = p[7];
+    uint8_t *out = p[8];
+    for (Py_ssize_t i = 0; i < N; i++) {
+        u64 value = 0, idx = 0;
+        for (Py_ssize_t b = 0; b < nb; b++) value |= (u64)pub[i * nb + b] << (8 * b);
+        for (int f = 0; f < 6; f++) idx |= ((value >> (f * wf)) & 1) << L3_VARS[f];
+        u64 co = tab[idx];
+        for (Py_ssize_t k = 0; k < R; k++) {
+            Py_ssize_t j = k * N + i;
+            u64 mm = m[j], b = qb[j];
+            u64 vec = ((w[j] >> 48) & 1) << 3;
+            for (int q = 0; q < 3; q++) {
+                vec |= ((mm >> (16 * q + 2)) & 1) << q;
+                vec |= ((mm >> (16 * q + 19)) & 1) << (5 + q);
+            }
+            vec |= (((b >> 6) & 1023) | (((b >> 22) & 31) << 10)) << 8;
+            int g = par(co & vec) ^ (int)(rx[j] >> 63) ^ (int)(sx[j] & 1);
+            if (k == 0 && first) g ^= par(co & ((u64)1 << 30)) ^ (int)(c[i] >> 63);
+            out[j] = (uint8_t)g;
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+/* ltz4_correct: the provider's correction shares of comparison material (LtzMaterial).
+ * Random components come as R rows to reduce (additive: r, a; XOR: m, s_xor), n apart;
+ * derived ones as P partial rows (the shares parties expand) and one output row each:
+ * XOR-derived rx, rp0, rp1, rp2, q2a, q2b; additive s, as (a and as may be NULL).
+ * `types` holds the product types of LtzMaterial.derive: 11 subsets of the 4 bits of a
+ * nibble, 22 subsets of the 8 level-2 variables (bit masks), 15 bit positions in q2b. */
+static PyObject *py_ltz4_correct(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    void *p[21];
+    Py_ssize_t R, P, N;
+    if (check_nargs(nargs, 24, "ltz4_correct")) return NULL;
+    for (int i = 0; i < 21; i++)
+        if (get_ptr(args[i], &p[i])) return NULL;
+    if (get_size(args[21], &R) || get_size(args[22], &P) || get_size(args[23], &N)) return NULL;
+    const u64 *r = p[0], *a = p[1], *m = p[2], *sx = p[3];
+    const u64 *part[8], *types = p[20];
+    u64 *outs[8];
+    for (int q = 0; q < 8; q++) {
+        part[q] = p[4 + q];
+        outs[q] = p[12 + q];
+    }
+    int t1[11], t2[22], pos3[15];
+    for (int t = 0; t < 11; t++) t1[t] = (int)types[t];
+    for (int t = 0; t < 22; t++) t2[t] = (int)types[11 + t];
+    for (int t = 0; t < 15; t++) pos3[t] = (int)types[33 + t];
     Py_BEGIN_ALLOW_THREADS for (Py_ssize_t i = 0; i < N; i++) {
-        u64 rv = r[i], av = a != NULL ? a[i] : 0, m2v = m2[i], m4v = m4[i], mbv = mb[i],
-            sxv = sx[i];
+        u64 rv = r[i], av = a != NULL ? a[i] : 0, mv = m[i], sxv = sx[i];
         for (Py_ssize_t k = 1; k < R; k++) {
             Py_ssize_t j = k * N + i;
             rv += r[j];
             if (a != NULL) av += a[j];
-            m2v ^= m2[j];
-            m4v ^= m4[j];
-            mbv ^= mb[j];
+            mv ^= m[j];
             sxv ^= sx[j];
         }
-        u64 low = rv & LOW63;
-        u64 rr = (low >> 1) & low & EVEN;
-        u64 ma = m2v & pos2, mbb = sar(m2v, 1) & (pos2 | (pos2 << 1));
-        u64 t2 = (ma | (ma << 1)) & mbb;
-        ma = m4v & pos4;
-        mbb = sar(m4v, 1) & (pos4 | (pos4 << 1));
-        u64 t4 = (ma | (ma << 1)) & mbb;
-        ma = mbv & posb;
-        mbb = sar(mbv, 1) & (posb | (posb << 1));
-        u64 tb = (ma | (ma << 1)) & mbb;
-        u64 sv = sxv & 1, asv = av * sv;
-        u64 vrx = rv, vrr = rr | (rr << 1);
+        u64 low = rv & LOW63, bits[4], lane[8], top[8], val[8] = {rv, 0, 0, 0, 0, 0, 0, 0};
+        for (int j = 0; j < 4; j++) {
+            bits[j] = (low >> j) & POS4;
+            lane[j] = (mv >> (4 * j)) & POS16;
+            lane[4 + j] = (mv >> (4 * j + 1)) & POS16;
+            top[j] = (mv >> (16 * j + 2)) & 1;
+            top[4 + j] = (mv >> (16 * j + 3)) & 1;
+        }
+        for (int t = 0; t < 11; t++) {
+            u64 prod = ~(u64)0;
+            for (int j = 0; j < 4; j++)
+                if ((t1[t] >> j) & 1) prod &= bits[j];
+            val[1 + t / 4] |= prod << (t % 4);
+        }
+        for (int t = 0; t < 22; t++) {
+            u64 prod = ~(u64)0, ptop = ~(u64)0;
+            for (int v = 0; v < 8; v++)
+                if ((t2[t] >> v) & 1) {
+                    prod &= lane[v];
+                    ptop &= top[v];
+                }
+            if (t < 16)
+                val[4] |= prod << t;
+            else
+                val[5] |= prod << (t - 16);
+            if (t < 15) val[5] |= ptop << pos3[t];
+        }
+        val[6] = sxv & 1;
+        val[7] = av * val[6];
         for (Py_ssize_t k = 0; k < P; k++) {
             Py_ssize_t j = k * N + i;
-            vrx ^= prx[j];
-            vrr ^= prr[j];
-            t2 ^= pt2[j];
-            t4 ^= pt4[j];
-            tb ^= ptb[j];
-            sv -= ps[j];
-            if (a != NULL) asv -= pas[j];
+            for (int q = 0; q < 6; q++) val[q] ^= part[q][j];
+            val[6] -= part[6][j];
+            if (a != NULL) val[7] -= part[7][j];
         }
-        orx[i] = vrx;
-        orr[i] = vrr;
-        ot2[i] = t2;
-        ot4[i] = t4;
-        otb[i] = tb;
-        os_[i] = sv;
-        if (a != NULL) oas[i] = asv;
+        for (int q = 0; q < 7; q++) outs[q][i] = val[q];
+        if (a != NULL) outs[7][i] = val[7];
     }
     Py_END_ALLOW_THREADS Py_RETURN_NONE;
 }
@@ -900,15 +901,12 @@ static PyMethodDef methods[] = {
      "trunc_finish(w, nrh, s, out, rows, n, frac_bits, first, threads): end of truncation."},
     {"trunc_correct", (PyCFunction)(void (*)(void))py_trunc_correct, METH_FASTCALL,
      "trunc_correct(a, b, r, pc, pn, ps, oc, on, os, rab, rp, n, frac_bits, threads)."},
-    {"ltz_level1", (PyCFunction)(void (*)(void))py_ltz_level1, METH_FASTCALL, "comparison"},
-    {"ltz_word_pack", (PyCFunction)(void (*)(void))py_ltz_word_pack, METH_FASTCALL, "comparison"},
-    {"ltz_word_finish", (PyCFunction)(void (*)(void))py_ltz_word_finish, METH_FASTCALL,
-     "comparison"},
-    {"ltz_byte_pack", (PyCFunction)(void (*)(void))py_ltz_byte_pack, METH_FASTCALL, "comparison"},
-    {"ltz_byte_finish", (PyCFunction)(void (*)(void))py_ltz_byte_finish, METH_FASTCALL,
-     "comparison"},
-    {"ltz_final", (PyCFunction)(void (*)(void))py_ltz_final, METH_FASTCALL, "comparison"},
-    {"ltz_correct", (PyCFunction)(void (*)(void))py_ltz_correct, METH_FASTCALL, "comparison"},
+    {"ltz4_level1", (PyCFunction)(void (*)(void))py_ltz4_level1, METH_FASTCALL, "comparison"},
+    {"ltz4_pack2", (PyCFunction)(void (*)(void))py_ltz4_pack2, METH_FASTCALL, "comparison"},
+    {"ltz4_level2", (PyCFunction)(void (*)(void))py_ltz4_level2, METH_FASTCALL, "comparison"},
+    {"ltz4_pack3", (PyCFunction)(void (*)(void))py_ltz4_pack3, METH_FASTCALL, "comparison"},
+    {"ltz4_level3", (PyCFunction)(void (*)(void))py_ltz4_level3, METH_FASTCALL, "comparison"},
+    {"ltz4_correct", (PyCFunction)(void (*)(void))py_ltz4_correct, METH_FASTCALL, "comparison"},
     {NULL, NULL, 0, NULL},
 };
 

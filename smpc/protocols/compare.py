@@ -6,31 +6,50 @@ ring bits (unscaled); the tensor layer (:mod:`smpc.nonlinear`) multiplies by
 negative, so ``ltz(x - y)`` is ``x < y`` exactly whenever ``|x - y| < 2^63``.
 
 Protocol family: dealer-assisted masked comparison (the edaBits/Rabbit line of
-work) with a bit-packed log-depth prefix circuit on XOR shares:
+work) with a shallow, fan-in-4 carry-lookahead tree on XOR shares whose
+multi-input ANDs use dealer-provided products of masks:
 
-* the dealer hands out ``[r]`` and the bits of ``r`` packed in one XOR-shared
-  word per element; parties open ``c = x + r``; then
-  ``msb(x) = msb(c) XOR msb(r) XOR [c mod 2^63 < r mod 2^63]``;
-* the comparison of the public ``c`` with the secret bits of ``r`` is the
-  carry-lookahead "generate" of a Kogge-Stone-like tree on (generate,
-  propagate) pairs. Its first level is *local* because the dealer also gives
-  the AND of each pair of adjacent bits of ``r``; each of the 5 remaining
-  levels is one round of bit-packed AND gates with dealer AND triples, all 64
-  bits of an element in one int64 word (the last three on bytes);
+* the dealer hands out ``[r]`` and the bits of ``r`` XOR-shared; parties open
+  ``c = x + r``; then ``msb(x) = msb(c) XOR msb(r) XOR [c' < r']`` with ``c', r'``
+  the low 63 bits;
+* ``[c' < r']`` is the carry-lookahead "generate" of the 64 bit pairs
+  (``g_i = ~c_i r_i``, ``p_i = ~c_i XOR r_i``; bit 63 is neutral). The 16 groups
+  of 4 bits get their ``(G, P)`` *locally*: both are polynomials in the group's
+  bits of ``r`` with public coefficients, and the dealer gives XOR shares of
+  every product of two or more of them;
+* two more levels combine 4 groups at a time (16 -> 4 -> 1) in *one* round each:
+  ``G = G3 ^ P3 G2 ^ P3 P2 G1 ^ P3 P2 P1 G0`` and ``P = P3 P2 P1 P0`` are
+  multi-input ANDs of the masked and opened inputs ``d_v = v ^ a_v``, with XOR
+  shares of the products of the masks ``a_v`` from the dealer:
+  ``prod_{v in S} v = XOR_{T subset S} (prod_{S \\ T} d_v)(prod_T a_v)``
+  (the multi-fan-in AND of dealer-assisted prefix circuits);
 * the final XOR bit becomes an additive bit with a doubly shared random bit
   (one more round), and ReLU's product ``x * bit`` rides along: its Beaver
   opening ``x - a`` goes out with ``c`` in the first round.
 
+Each combination is a linear map of a party's share bits (masks, mask
+products, the constant 1 for party 0) whose coefficients depend only on the
+public bits: the code looks them up in small tables (16 entries for the local
+level, 256 for the others) built from the formulas above.
+
 References: [EGKRS20] Escudero, Ghosh, Keller, Rachuri, Scholl, "Improved
 primitives for MPC over mixed arithmetic-binary circuits", CRYPTO 2020;
 [MRVW21] Makri, Rotaru, Vercauteren, Wouters, "Rabbit: Efficient comparison for
-secure multi-party computation", FC 2021; [KS08] Kogge-Stone prefix adders as
-used for MSB extraction in ABY (Demmler, Schneider, Zohner, NDSS 2015).
+secure multi-party computation", FC 2021; multi-fan-in AND gates from
+precomputed products of masks, as in the fan-in-k preprocessing of Damgard,
+Fitzi, Kiltz, Nielsen, Toft, "Unconditionally secure constant-rounds
+multi-party computation for equality, comparison, bits and exponentiation",
+TCC 2006 [DFKNT06] and the Boolean "multi-input AND" preprocessing of ABY2.0
+(Patra, Schneider, Suresh, Yalame, USENIX Security 2021) [PSSY21]; carry
+lookahead with block (G, P) pairs as in [KS08] Kogge-Stone / Brent-Kung prefix
+adders.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+import itertools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -44,7 +63,6 @@ from .convert import field_width, open_fields
 
 __all__ = [
     "LtzMaterial",
-    "LEVELS",
     "ltz",
     "ltz_mul",
     "relu",
@@ -52,15 +70,7 @@ __all__ = [
 ]
 
 _LOW63 = (1 << 63) - 1
-_EVEN = 0x5555555555555555  # bit 2m: the low bit of each adjacent pair
-_ODD = ring.wrap(0xAAAAAAAAAAAAAAAA)
-# Input strides of the tree levels done on whole int64 words; the last three
-# levels (strides 8, 16, 32) work on bytes: pairs of adjacent bytes.
-LEVELS: tuple[int, ...] = (2, 4, 8, 16, 32)
-WORD_LEVELS: tuple[int, ...] = (2, 4)  # on whole int64 words
-# The last three levels (strides 8, 16, 32) pair adjacent bytes; their masks sit in
-# bytes 0-3, 4-5 and 6 of the ``mb``/``tb`` words. Set to () to run them on words too.
-_BYTE_OFFSETS: tuple[int, ...] = (0, 4, 6)
+MAX_FIELD_BITS = 4  # level-2 fields sit in the 4 bits of each nibble: at most 15 parties
 
 
 def _positions(step: int) -> int:
@@ -70,15 +80,114 @@ def _positions(step: int) -> int:
     return ring.wrap(m)
 
 
-_OUT = {s: _positions(2 * s) for s in LEVELS}  # output positions of level s
-_BYTE_BIT0 = _positions(8)
+_POS4 = _positions(4)  # bottom bit of every nibble (a level-1 group)
+_POS16 = _positions(16)  # bottom bit of every 16-bit lane (a level-2 group)
 
 
-def _and_mask_material(m: torch.Tensor, pos: int) -> torch.Tensor:
-    """``(a | a << 1) & b`` for the masks packed in ``m``: ``a`` at offset 0, ``b`` at 1-2."""
-    a = m & pos
-    b = (m >> 1) & (pos | (pos << 1))
-    return (a | (a << 1)) & b
+def _subsets(items: Sequence[int]) -> list[frozenset[int]]:
+    """All subsets of ``items``, smallest first."""
+    return [frozenset(c) for k in range(len(items) + 1) for c in itertools.combinations(items, k)]
+
+
+# ---- level 1: the 16 groups of 4 bits, local --------------------------------------------
+# Share bits of a group (its "vector"): bit j (0-3) = r_j, bit 4 + t = the product of the
+# r-bits in _PROD1[t], bit 15 = the constant 1 (party 0 only). The dealer packs product
+# type t at offset t % 4 of each nibble of word rp{t // 4}.
+_PROD1: tuple[frozenset[int], ...] = tuple(T for T in _subsets(range(4)) if len(T) >= 2)
+_ONE1 = 15
+
+
+def _source1(t: frozenset[int]) -> int:
+    if not t:
+        return _ONE1
+    if len(t) == 1:
+        return next(iter(t))
+    return 4 + _PROD1.index(t)
+
+
+@functools.cache
+def _table1() -> tuple[int, ...]:
+    """Per public nibble ``n = ~c``: the G mask (bits 0-15) and the P mask (bits 32-47).
+
+    With ``p_j = n_j ^ r_j`` and ``g_j = n_j r_j``:
+    ``G = XOR_h n_h r_h prod_{j > h} (n_j ^ r_j)`` and ``P = prod_j (n_j ^ r_j)``,
+    expanded over the products of r-bits.
+    """
+    out = []
+    for nv in range(16):
+        n = [(nv >> j) & 1 for j in range(4)]
+        g = p = 0
+        for h in range(4):
+            if n[h]:
+                above = list(range(h + 1, 4))
+                for u in _subsets(above):
+                    if all(n[j] for j in above if j not in u):
+                        g ^= 1 << _source1(u | {h})
+        for t in _subsets(range(4)):
+            if all(n[j] for j in range(4) if j not in t):
+                p ^= 1 << _source1(t)
+        out.append(g | (p << 32))
+    return tuple(out)
+
+
+# ---- levels 2 and 3: 4 groups -> 1 with one opening --------------------------------------
+# Variables of a combination: G0..G3 (bits 0-3) and P0..P3 (bits 4-7) of the 4 groups
+# (3 = most significant). Share bits: bit v (0-7) = the mask a_v, bit 8 + t = the product
+# of the masks in _PROD2[t], bit 30 = the constant 1 (party 0 only).
+_G = (0, 1, 2, 3)
+_P = (4, 5, 6, 7)
+_G_MONOMIALS = ((_G[3],), (_P[3], _G[2]), (_P[3], _P[2], _G[1]), (_P[3], _P[2], _P[1], _G[0]))
+_P_MONOMIAL = (_P[3], _P[2], _P[1], _P[0])
+
+
+def _products2() -> tuple[frozenset[int], ...]:
+    seen: list[frozenset[int]] = []
+    for mono in (*_G_MONOMIALS, _P_MONOMIAL):  # the G ones first: level 3 needs only them
+        for t in _subsets(mono):
+            if len(t) >= 2 and t not in seen:
+                seen.append(t)
+    return tuple(seen)
+
+
+_PROD2 = _products2()  # 22 types; the first _NG3 are the ones G needs
+_NG3 = 15
+_ONE2 = 30
+# Level 3 keeps its 15 mask products in the free bits of word q2b (lane offsets 6-15).
+_Q3_POS: tuple[int, ...] = (*range(6, 16), *range(22, 27))
+
+
+def _source2(t: frozenset[int]) -> int:
+    if not t:
+        return _ONE2
+    if len(t) == 1:
+        return next(iter(t))
+    return 8 + _PROD2.index(t)
+
+
+def _monomial_mask(d: int, mono: Sequence[int]) -> int:
+    """Share-bit mask of ``prod_{v in mono} (d_v ^ a_v)``."""
+    out = 0
+    for t in _subsets(mono):
+        if all((d >> v) & 1 for v in mono if v not in t):
+            out ^= 1 << _source2(t)
+    return out
+
+
+@functools.cache
+def _table2() -> tuple[int, ...]:
+    """Per opened byte ``d`` (bits as the variables): G mask (bits 0-30), P mask (32-62)."""
+    out = []
+    for d in range(256):
+        g = 0
+        for mono in _G_MONOMIALS:
+            g ^= _monomial_mask(d, mono)
+        out.append(g | (_monomial_mask(d, _P_MONOMIAL) << 32))
+    return tuple(out)
+
+
+@functools.cache
+def _table_tensor(level: int, device: torch.device) -> torch.Tensor:
+    return torch.tensor(_table1() if level == 1 else _table2(), dtype=torch.int64, device=device)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,14 +197,17 @@ class LtzMaterial:
     Components (per element, all int64 words):
         r: uniform additive mask.
         a: uniform additive Beaver mask for ``x`` (only when ``mul``).
-        m2, m4: random XOR words for the word-level AND rounds; in each output
-            group the bit at offset 0 masks ``P_hi`` and offsets 1, 2 mask ``(G_lo, P_lo)``.
-        mb: random XOR word, the same for the three byte-level rounds (bytes 0-3,
-            4-5 and 6, one group per byte).
+        m: random XOR word of masks: bits ``4k`` and ``4k + 1`` mask ``G`` and ``P``
+            of group ``k`` (level 2), bits ``16j + 2`` and ``16j + 3`` those of the
+            level-2 group ``j`` (level 3).
         s_xor: random XOR word; bit 0 is the conversion bit ``s``.
         rx: ``r`` itself, XOR-shared (bits of ``r``).
-        rr: ``r_{2m+1} AND r_{2m}`` at bits ``2m`` and ``2m + 1`` (low 63 bits of r).
-        t2, t4, tb: the AND of the masks, ``(a | a << 1) & b`` per group.
+        rp0, rp1, rp2: products of 2-4 bits of ``r mod 2^63`` within each nibble:
+            product type ``t`` (see ``_PROD1``) at offset ``t % 4`` of nibble ``k``
+            of ``rp{t // 4}``.
+        q2a, q2b: products of level-2 masks, type ``t`` (``_PROD2``) at offset ``t``
+            of 16-bit lane ``j`` (``q2a``: types 0-15, ``q2b``: 16-21 at offsets 0-5),
+            and of level-3 masks at bits ``_Q3_POS`` of ``q2b``.
         s: the bit ``s`` additively shared.
         as: ``a * s`` additively shared (only when ``mul``).
     """
@@ -111,14 +223,11 @@ class LtzMaterial:
         comps = [Component("r", Kind.RANDOM, sh)]
         if self.mul:
             comps.append(Component("a", Kind.RANDOM, sh))
-        comps += [Component(f"m{s}", Kind.RANDOM_XOR, sh) for s in WORD_LEVELS]
-        if _BYTE_OFFSETS:
-            comps.append(Component("mb", Kind.RANDOM_XOR, sh))
-        comps.append(Component("s_xor", Kind.RANDOM_XOR, sh))
-        comps += [Component("rx", Kind.DERIVED_XOR, sh), Component("rr", Kind.DERIVED_XOR, sh)]
-        comps += [Component(f"t{s}", Kind.DERIVED_XOR, sh) for s in WORD_LEVELS]
-        if _BYTE_OFFSETS:
-            comps.append(Component("tb", Kind.DERIVED_XOR, sh))
+        comps += [Component("m", Kind.RANDOM_XOR, sh), Component("s_xor", Kind.RANDOM_XOR, sh)]
+        comps += [
+            Component(name, Kind.DERIVED_XOR, sh)
+            for name in ("rx", "rp0", "rp1", "rp2", "q2a", "q2b")
+        ]
         comps.append(Component("s", Kind.DERIVED, sh))
         if self.mul:
             comps.append(Component("as", Kind.DERIVED, sh))
@@ -128,14 +237,28 @@ class LtzMaterial:
         """Plain derived values from the plain random ones."""
         r = values["r"]
         low = r & _LOW63
-        rr = (low >> 1) & low & _EVEN
-        out = {"rx": r, "rr": rr | (rr << 1)}
-        for s in WORD_LEVELS:
-            out[f"t{s}"] = _and_mask_material(values[f"m{s}"], _OUT[s])
-        if _BYTE_OFFSETS:
-            # bit 0 of each byte masks P_hi, bits 1-2 mask (G_lo, P_lo); int64 ops are faster.
-            out["tb"] = _and_mask_material(values["mb"], _BYTE_BIT0)
+        bits = [(low >> j) & _POS4 for j in range(4)]
+        rp = [torch.zeros_like(r) for _ in range(3)]
+        for t, group in enumerate(_PROD1):
+            rp[t // 4] |= _and_all([bits[j] for j in group]) << (t % 4)
+        m = values["m"]
+        lane = [(m >> (4 * j)) & _POS16 for j in range(4)] + [
+            (m >> (4 * j + 1)) & _POS16 for j in range(4)
+        ]
+        q2a, q2b = torch.zeros_like(r), torch.zeros_like(r)
+        for t, group in enumerate(_PROD2):
+            prod = _and_all([lane[v] for v in group])
+            if t < 16:
+                q2a |= prod << t
+            else:
+                q2b |= prod << (t - 16)
+        top = [(m >> (16 * j + 2)) & 1 for j in range(4)] + [
+            (m >> (16 * j + 3)) & 1 for j in range(4)
+        ]
+        for t, group in enumerate(_PROD2[:_NG3]):
+            q2b |= _and_all([top[v] for v in group]) << _Q3_POS[t]
         bit = values["s_xor"] & 1
+        out = {"rx": r, "rp0": rp[0], "rp1": rp[1], "rp2": rp[2], "q2a": q2a, "q2b": q2b}
         out["s"] = bit
         if self.mul:
             out["as"] = values["a"] * bit
@@ -150,10 +273,10 @@ class LtzMaterial:
     ) -> bool:
         """The provider's corrections in one C pass (see ``Request``'s fused form)."""
         kern = ring.native()
-        if kern is None or WORD_LEVELS != (2, 4) or _BYTE_OFFSETS != (0, 4, 6):
+        if kern is None:
             return False
-        rand = ["r", "a", "m2", "m4", "mb", "s_xor"]
-        derived = ["rx", "rr", "t2", "t4", "tb", "s", "as"]
+        rand = ["r", "a", "m", "s_xor"]
+        derived = ["rx", "rp0", "rp1", "rp2", "q2a", "q2b", "s", "as"]
         if not self.mul:
             rand.remove("a")
             derived.remove("as")
@@ -168,17 +291,30 @@ class LtzMaterial:
         if n == 0:
             return False
         rows, prows = shared["r"].numel() // n, partial["rx"].numel() // n
-        r_ptrs = [shared[k].data_ptr() if k in rand else 0 for k in
-                  ("r", "a", "m2", "m4", "mb", "s_xor")]  # fmt: skip
-        p_ptrs = [partial[k].data_ptr() if k in derived else 0 for k in
-                  ("rx", "rr", "t2", "t4", "tb", "s", "as")]  # fmt: skip
-        o_ptrs = [out[k].data_ptr() if k in derived else 0 for k in
-                  ("rx", "rr", "t2", "t4", "tb", "s", "as")]  # fmt: skip
-        kern.ltz_correct(*r_ptrs, *p_ptrs, *o_ptrs, rows, prows, n)
+        names = ("rx", "rp0", "rp1", "rp2", "q2a", "q2b", "s", "as")
+        r_ptrs = [shared[k].data_ptr() if k in rand else 0 for k in ("r", "a", "m", "s_xor")]
+        p_ptrs = [partial[k].data_ptr() if k in derived else 0 for k in names]
+        o_ptrs = [out[k].data_ptr() if k in derived else 0 for k in names]
+        types = _types_tensor()
+        kern.ltz4_correct(*r_ptrs, *p_ptrs, *o_ptrs, types.data_ptr(), rows, prows, n)
         return True
 
 
-def _xor_public_(comm: Communicator, share: torch.Tensor, public: torch.Tensor) -> torch.Tensor:
+@functools.cache
+def _types_tensor() -> torch.Tensor:
+    """The product types for the C correction kernel: ``_PROD1``, ``_PROD2`` masks, ``_Q3_POS``."""
+    masks = [sum(1 << j for j in t) for t in (*_PROD1, *_PROD2)]
+    return torch.tensor([*masks, *_Q3_POS], dtype=torch.int64)
+
+
+def _and_all(words: Sequence[torch.Tensor]) -> torch.Tensor:
+    out = words[0]
+    for w in words[1:]:
+        out = out & w
+    return out
+
+
+def _xor_public_(comm: Communicator, share: torch.Tensor, public: torch.Tensor | int) -> torch.Tensor:
     """In place: party 0's XOR share of a fresh tensor absorbs a public word."""
     if comm.party_axis:
         share[0] ^= public
@@ -187,11 +323,26 @@ def _xor_public_(comm: Communicator, share: torch.Tensor, public: torch.Tensor) 
     return share
 
 
-def _open_bytes(comm: Communicator, packed: torch.Tensor, label: str) -> torch.Tensor:
-    """Additively open small per-byte (or per-int16) fields, several per ring element.
+def _add_public_(comm: Communicator, share: torch.Tensor, public: torch.Tensor | int) -> None:
+    """In place: party 0's additive share of a fresh tensor absorbs a public value."""
+    if comm.party_axis:
+        share[0] += public
+    elif comm.rank == 0:
+        share += public
 
-    ``packed`` is uint8 or int16 with data shape ``(N, k)``; the fields inside never
-    carry out of their byte (sums of ``world_size`` bits in fields of
+
+def _rows(comm: Communicator) -> tuple[int, int, tuple[int, ...]]:
+    """(share rows held here, whether row 0 is party 0's, the leading shape) for the C kernels."""
+    if comm.party_axis:
+        return comm.world_size, 1, (comm.world_size,)
+    return 1, int(comm.rank == 0), ()
+
+
+def _open_bytes(comm: Communicator, packed: torch.Tensor, label: str) -> torch.Tensor:
+    """Additively open small per-byte fields, several per ring element.
+
+    ``packed`` is uint8 with data shape ``(N, k)``; the fields inside never
+    carry out of their bits (sums of ``world_size`` bits in fields of
     ``bit_length(world_size)`` bits), so 8 bytes travel as one int64.
     """
     ld = 1 if comm.party_axis else 0
@@ -213,190 +364,163 @@ def _open_bytes(comm: Communicator, packed: torch.Tensor, label: str) -> torch.T
     return out.reshape(data)
 
 
-def _word_level(
-    comm: Communicator, w: torch.Tensor, m: torch.Tensor, t: torch.Tensor, s: int
+def _parity(x: torch.Tensor) -> torch.Tensor:
+    """Bit 0: parity of bits 0-31 of ``x``; bit 32: parity of bits 32-63 (other bits: junk)."""
+    for k in (16, 8, 4, 2, 1):
+        x = x ^ (x >> k)
+    return x
+
+
+def _lanes(words: torch.Tensor, step: int, mask: int) -> torch.Tensor:
+    """``(..., 64 / step)``: the fields ``(word >> step * k) & mask``."""
+    sh = torch.arange(0, 64, step, device=words.device)
+    return (words.unsqueeze(-1) >> sh) & mask
+
+
+def _level1(comm: Communicator, t: Mapping[str, torch.Tensor], c: torch.Tensor) -> torch.Tensor:
+    """XOR shares of the 16 nibble groups' ``(G, P)`` at bits ``4k``, ``4k + 1`` (local)."""
+    coef = _table_tensor(1, c.device)[_lanes(~(c & _LOW63), 4, 15)]
+    vec = _lanes(t["rx"] & _LOW63, 4, 15)
+    vec |= _lanes(t["rp0"], 4, 15) << 4
+    vec |= _lanes(t["rp1"], 4, 15) << 8
+    vec |= _lanes(t["rp2"], 4, 7) << 12
+    _xor_public_(comm, vec, 1 << _ONE1)
+    x = _parity(coef & (vec | (vec << 32)))
+    pair = (x & 1) | ((x >> 31) & 2)
+    return (pair << torch.arange(0, 64, 4, device=c.device)).sum(-1)
+
+
+def _gather_lane_index(g: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """Bits ``16j + 4i`` of ``g`` to bit ``16j + i``, those of ``p`` to ``16j + 4 + i``."""
+    out = g & _POS16
+    out = out | (p << 4) & (_POS16 << 4)
+    for i in range(1, 4):
+        out |= (g >> (3 * i)) & (_POS16 << i)
+        out |= (p >> (3 * i - 4) if i > 1 else p << 1) & (_POS16 << (4 + i))
+    return out
+
+
+def _level2(
+    comm: Communicator, t: Mapping[str, torch.Tensor], w: torch.Tensor
 ) -> torch.Tensor:
-    """One tree level on int64 words: groups at multiples of ``s`` (G at offset 0, P at 1)."""
-    pos = _OUT[s]
-    pos2 = pos | (pos << 1)
-    f0 = (w >> (s + 1)) & pos  # P_hi
-    a = m & pos
-    f0 ^= a
-    f1 = w & pos2  # (G_lo, P_lo)
-    b = (m >> 1) & pos2
-    f1 ^= b
-    words = [f0, f1 & pos, (f1 >> 1) & pos]
-    d, e0, e1 = open_fields(comm, words, [pos] * 3, 2 * s, "ltz", clean=True)
-    d2 = d | (d << 1)
-    e = e0 | (e1 << 1)
-    # Beaver AND on two offsets at once: (d^a)(e^b) = de ^ d b ^ e a ^ ab.
-    z = b & d2
-    z ^= t
-    a |= a << 1
-    a &= e
-    z ^= a
-    _xor_public_(comm, z, d2 & e)
-    g_hi = (w >> s) & pos
-    z ^= g_hi
-    return z
+    """Groups of 4 nibbles, one round: ``(G, P)`` of lane ``j`` at bits ``16j``, ``16j + 1``."""
+    m = t["m"]
+    masked = w ^ m
+    dg, dp = open_fields(
+        comm, [masked & _POS4, (masked >> 1) & _POS4], [_POS4, _POS4], 4, "ltz", clean=True
+    )
+    coef = _table_tensor(2, w.device)[_lanes(_gather_lane_index(dg, dp), 16, 255)]
+    vec = _lanes(_gather_lane_index(m & _POS4, (m >> 1) & _POS4), 16, 255)
+    vec |= _lanes(t["q2a"], 16, 0xFFFF) << 8
+    vec |= _lanes(t["q2b"], 16, 63) << 24
+    _xor_public_(comm, vec, 1 << _ONE2)
+    x = _parity(coef & (vec | (vec << 32)))
+    pair = (x & 1) | ((x >> 31) & 2)
+    return (pair << torch.arange(0, 64, 16, device=w.device)).sum(-1)
 
 
-def _byte_level(
-    comm: Communicator, v: torch.Tensor, mb: torch.Tensor, tb: torch.Tensor, width: int
+# Level 3 opens 6 fields: d of G0, G1, G2, P1, P2, P3 (G3 enters unmasked, P0 is unused).
+_L3_BITS = (0, 16, 32, 17, 33, 49)  # where they sit in the level-2 word
+_L3_VARS = (_G[0], _G[1], _G[2], _P[1], _P[2], _P[3])
+
+
+def _l3_bytes(width: int) -> int:
+    return -(-len(_L3_BITS) * width // 8)
+
+
+def _level3(
+    comm: Communicator, t: Mapping[str, torch.Tensor], w: torch.Tensor, width: int
 ) -> torch.Tensor:
-    """One tree level on bytes ``(..., N, k) -> (..., N, k/2)``: pairs of adjacent bytes."""
-    hi = v[..., 1::2]
-    lo = v[..., 0::2]
-    f0 = (hi >> 1) & 1  # P_hi
-    a = mb & 1
-    f0 ^= a
-    f1 = lo & 3  # (G_lo, P_lo)
-    b = (mb >> 1) & 3
-    f1 ^= b
-    if 3 * width <= 8:
-        packed = f0 | ((f1 & 1) << width) | ((f1 & 2) << (2 * width - 1))
-    else:
-        f0 = f0.to(torch.int16)
-        f1 = f1.to(torch.int16)
-        packed = f0 | ((f1 & 1) << width) | ((f1 & 2) << (2 * width - 1))
-    pub = _open_bytes(comm, packed, "ltz")
-    d = (pub & 1).to(torch.uint8)
-    e = (((pub >> width) & 1) | (((pub >> (2 * width)) & 1) << 1)).to(torch.uint8)
-    d2 = d | (d << 1)
-    z = b & d2
-    z ^= tb
-    a |= a << 1
-    a &= e
-    z ^= a
-    _xor_public_(comm, z, d2 & e)
-    z ^= hi & 1  # G_hi
-    return z
-
-
-def _bytes_of(words: torch.Tensor) -> torch.Tensor:
-    """uint8 view ``(..., N, 8)`` of int64 words ``(..., N)`` (byte 0 least significant)."""
-    return words.contiguous().view(torch.uint8).reshape(*words.shape, 8)
-
-
-def _msb_xor(comm: Communicator, t: Mapping[str, torch.Tensor], c: torch.Tensor) -> torch.Tensor:
-    """XOR shares (bit 0 of uint8) of ``msb(c - r)`` from public ``c`` and the dealer's ``t``."""
-    nc = ~(c & _LOW63)  # bit 63 set: neutral (r's bit 63 is excluded below)
-    n_hi = (nc >> 1) & _EVEN
-    n_lo = nc & _EVEN
-    nhl = n_hi & n_lo
-    # Level 1 (pairs, local). With g_i = ~c_i r_i and p_i = ~c_i ^ r_i, the pair's
-    # G = g_h ^ p_h g_l (bit 2m) and P = p_h p_l (bit 2m+1) are sums of products of
-    # one r-bit, or of r_h r_l (from the dealer), with public bits.
-    r = t["rx"] & _LOW63
-    w = r & (nhl | (n_lo << 1))
-    w ^= (r >> 1) & n_hi
-    w ^= (r << 1) & (n_hi << 1)
-    w ^= t["rr"] & (n_lo | _ODD)
-    _xor_public_(comm, w, nhl << 1)
-    for s in WORD_LEVELS:
-        w = _word_level(comm, w, t[f"m{s}"], t[f"t{s}"], s)
-    if _BYTE_OFFSETS:
-        # After stride 4: G at bit 0 and P at bit 1 of every byte. Bytes pair up next.
-        width = field_width(comm.world_size)
-        v = _bytes_of(w)
-        mb = _bytes_of(t["mb"])
-        tb = _bytes_of(t["tb"])
-        k = 8
-        for off in _BYTE_OFFSETS:
-            v = _byte_level(
-                comm, v, mb[..., off : off + k // 2], tb[..., off : off + k // 2], width
-            )
-            k //= 2
-        g = v[..., 0] & 1
-    else:
-        g = (w & 1).to(torch.uint8)
-    g ^= ((t["rx"] >> 63) & 1).to(torch.uint8)
-    return _xor_public_(comm, g, ((c >> 63) & 1).to(torch.uint8))
+    """XOR shares (int64, bit 0) of the carry ``G`` of the whole word, one round."""
+    m = t["m"]
+    masked = w ^ ((m >> 2) & (_POS16 | (_POS16 << 1)))
+    packed = torch.zeros_like(w)
+    for i, b in enumerate(_L3_BITS):
+        packed |= ((masked >> b) & 1) << (i * width)
+    nb = _l3_bytes(width)
+    raw = packed.contiguous().view(torch.uint8).reshape(*w.shape, 8)[..., :nb]
+    pub = _open_bytes(comm, raw, "ltz").to(torch.int64)
+    value = pub[..., 0]
+    for b in range(1, nb):
+        value = value | (pub[..., b] << (8 * b))
+    idx = torch.zeros_like(value)
+    for i, v in enumerate(_L3_VARS):
+        idx |= ((value >> (i * width)) & 1) << v
+    coef = _table_tensor(2, w.device)[idx]
+    vec = (w >> 48) & 1  # G3 itself
+    vec <<= _G[3]
+    for j in range(3):
+        vec |= ((m >> (16 * j + 2)) & 1) << _G[j]
+        vec |= ((m >> (16 * j + 19)) & 1) << _P[j + 1]
+    q = t["q2b"]
+    vec |= (((q >> 6) & 1023) | (((q >> 22) & 31) << 10)) << 8
+    _xor_public_(comm, vec, 1 << _ONE2)
+    return _parity(coef & vec) & 1
 
 
 def _masked_msb(comm: Communicator, t: Mapping[str, torch.Tensor], c: torch.Tensor) -> torch.Tensor:
-    """XOR shares (bit 0 of uint8) of ``msb(c - r) ^ s``: :func:`_msb_xor` then the mask ``s``.
+    """XOR shares (bit 0 of uint8) of ``msb(c - r) ^ s`` after the two tree rounds.
 
-    With the C kernels (2 or 3 parties, CPU) each local step between two
-    openings is one fused pass (:func:`_masked_msb_fused`); the openings, their
-    payloads and the result are the same as the torch path's.
+    With the C kernels (CPU) each local step between two openings is one fused
+    pass (:func:`_masked_msb_fused`); the openings, their payloads and the
+    result are the same as the torch path's.
     """
-    kernels = ring.native()
-    if (
-        kernels is not None
-        and field_width(comm.world_size) == 2
-        and _BYTE_OFFSETS == (0, 4, 6)
-        and c.device.type == "cpu"
-        and c.numel() > 0
-    ):
-        return _masked_msb_fused(comm, t, c, kernels)
-    msb = _msb_xor(comm, t, c)
-    msb ^= (t["s_xor"] & 1).to(torch.uint8)
-    return msb
+    if ring.native() is not None and c.device.type == "cpu" and c.numel() > 0:
+        return _masked_msb_fused(comm, t, c)
+    width = field_width(comm.world_size)
+    w = _level1(comm, t, c)
+    w = _level2(comm, t, w)
+    g = _level3(comm, t, w, width)
+    g ^= (t["rx"] >> 63) & 1
+    g ^= t["s_xor"] & 1
+    _xor_public_(comm, g, (c >> 63) & 1)
+    return g.to(torch.uint8)
 
 
 def _masked_msb_fused(
-    comm: Communicator, t: Mapping[str, torch.Tensor], c: torch.Tensor, k: object
+    comm: Communicator, t: Mapping[str, torch.Tensor], c: torch.Tensor
 ) -> torch.Tensor:
     """:func:`_masked_msb` with the local steps in C (same rounds, payloads and result)."""
-    kern: object = k
-    ld = 1 if comm.party_axis else 0
-    rows = comm.world_size if comm.party_axis else 1
-    lead = (rows,) if comm.party_axis else ()
+    kern = ring.native()
+    rows, first, lead = _rows(comm)
     n = c.numel()
-    first = int(bool(comm.party_axis) or comm.rank == 0)
     wf = field_width(comm.world_size)
+    cpu = torch.device("cpu")
+    tab1, tab2 = _table_tensor(1, cpu), _table_tensor(2, cpu)
     cc = c.contiguous()
-    words = {name: t[name].contiguous() for name in ("rx", "rr", "mb", "tb", "s_xor")}
-    w = torch.empty(rows * n, dtype=torch.int64)
-    kern.ltz_level1(  # type: ignore[attr-defined]
-        cc.data_ptr(), words["rx"].data_ptr(), words["rr"].data_ptr(), w.data_ptr(), rows, n, first
-    )
-    for s in WORD_LEVELS:
-        m, tt = t[f"m{s}"].contiguous(), t[f"t{s}"].contiguous()
-        per = (2 * s) // wf
-        parts = -(-3 // per)
-        packed = torch.empty((parts, rows * n), dtype=torch.int64)
-        kern.ltz_word_pack(  # type: ignore[attr-defined]
-            w.data_ptr(), m.data_ptr(), packed.data_ptr(), rows, n, s, wf
-        )
-        opened = comm.open([packed[q].view(*lead, n) for q in range(parts)], "ltz")
-        pub = torch.stack(opened) if parts > 1 else opened[0].contiguous()
-        z = torch.empty(rows * n, dtype=torch.int64)
-        kern.ltz_word_finish(  # type: ignore[attr-defined]
-            pub.data_ptr(), w.data_ptr(), m.data_ptr(), tt.data_ptr(), z.data_ptr(),
-            rows, n, s, wf, first,
-        )  # fmt: skip
-        w = z
-    v = w.view(torch.uint8)
-    mb, tb = words["mb"], words["tb"]
-    width = 8
-    for off in _BYTE_OFFSETS:
-        half = width // 2
-        nwords = -(-(n * half) // 8)
-        out = torch.empty((rows, nwords), dtype=torch.int64)
-        kern.ltz_byte_pack(  # type: ignore[attr-defined]
-            v.data_ptr(), mb.data_ptr(), out.data_ptr(), rows, n, width, off, wf, nwords
-        )
-        (summed,) = comm.open([out.view(*lead, nwords)], "ltz")
-        pub = summed.contiguous()
-        nv = torch.empty(rows * n * half, dtype=torch.uint8)
-        kern.ltz_byte_finish(  # type: ignore[attr-defined]
-            pub.data_ptr(), v.data_ptr(), mb.data_ptr(), tb.data_ptr(), nv.data_ptr(),
-            rows, n, width, off, wf, first,
-        )  # fmt: skip
-        v = nv
-        width = half
-    msb = torch.empty(rows * n, dtype=torch.uint8)
-    kern.ltz_final(  # type: ignore[attr-defined]
-        v.data_ptr(), words["rx"].data_ptr(), words["s_xor"].data_ptr(), cc.data_ptr(),
-        msb.data_ptr(), rows, n, first,
+    w = {k: t[k].contiguous() for k in ("rx", "rp0", "rp1", "rp2", "m", "q2a", "q2b", "s_xor")}
+    w1 = torch.empty(rows * n, dtype=torch.int64)
+    kern.ltz4_level1(
+        cc.data_ptr(), w["rx"].data_ptr(), w["rp0"].data_ptr(), w["rp1"].data_ptr(),
+        w["rp2"].data_ptr(), tab1.data_ptr(), w1.data_ptr(), rows, n, first,
     )  # fmt: skip
-    return msb.view(*t["rx"].shape[:ld], *c.shape)
+    parts = 1 if 4 // wf >= 2 else 2  # as open_fields packs (G, P) fields of 4 bits
+    packed = torch.empty((parts, rows * n), dtype=torch.int64)
+    kern.ltz4_pack2(w1.data_ptr(), w["m"].data_ptr(), packed.data_ptr(), rows, n, wf)
+    opened = comm.open([packed[q].view(*lead, n) for q in range(parts)], "ltz")
+    pub = torch.stack(opened) if parts > 1 else opened[0].contiguous()
+    w2 = torch.empty(rows * n, dtype=torch.int64)
+    kern.ltz4_level2(
+        pub.data_ptr(), w["m"].data_ptr(), w["q2a"].data_ptr(), w["q2b"].data_ptr(),
+        tab2.data_ptr(), w2.data_ptr(), rows, n, wf, first,
+    )  # fmt: skip
+    nb = _l3_bytes(wf)
+    nwords = -(-(n * nb) // 8)
+    out = torch.empty((rows, nwords), dtype=torch.int64)
+    kern.ltz4_pack3(w2.data_ptr(), w["m"].data_ptr(), out.data_ptr(), rows, n, wf, nb, nwords)
+    (summed,) = comm.open([out.view(*lead, nwords)], "ltz")
+    pub3 = summed.contiguous()
+    msb = torch.empty(rows * n, dtype=torch.uint8)
+    kern.ltz4_level3(
+        pub3.data_ptr(), w2.data_ptr(), w["m"].data_ptr(), w["q2b"].data_ptr(),
+        w["rx"].data_ptr(), w["s_xor"].data_ptr(), cc.data_ptr(), tab2.data_ptr(),
+        msb.data_ptr(), rows, n, wf, nb, first,
+    )  # fmt: skip
+    return msb.view(*lead, *c.shape)
 
 
 def _check_parties(comm: Communicator) -> None:
-    if field_width(comm.world_size) > 2 * LEVELS[0]:
+    if field_width(comm.world_size) > MAX_FIELD_BITS:
         raise ValueError(
             f"comparison supports at most 15 parties; got world_size={comm.world_size}"
         )
@@ -461,14 +585,6 @@ def ltz_mul(
     return z, xz
 
 
-def _add_public_(comm: Communicator, share: torch.Tensor, public: torch.Tensor | int) -> None:
-    """In place: party 0's additive share of a fresh tensor absorbs a public value."""
-    if comm.party_axis:
-        share[0] += public
-    elif comm.rank == 0:
-        share += public
-
-
 def ltz(comm: Communicator, dealer: Dealer, x: torch.Tensor) -> torch.Tensor:
     """Additive shares of the ring bit ``[x < 0]`` (signed reading of ``x``).
 
@@ -495,14 +611,15 @@ def relu(comm: Communicator, dealer: Dealer, x: torch.Tensor) -> tuple[torch.Ten
 
 
 def cost(world_size: int, *, mul: bool = False) -> tuple[int, int]:
-    """(rounds, bytes sent per element to each other party) of :func:`ltz_mul`."""
+    """(rounds, bytes sent per element to each other party) of :func:`ltz_mul`.
+
+    Rounds: ``c`` (and ``d``), the two tree levels, ``e``: 4. Bytes: 8 for ``c``
+    (+ 8 for ``d``), 8 (2-3 parties) or 16 (4-15) for level 2, ``ceil(6 w / 8)``
+    for level 3 (w = ``bit_length(world_size)``), 1 for ``e``.
+    """
     w = field_width(world_size)
     nbytes = 8 * (1 + (1 if mul else 0))  # c (+ d)
-    for s in WORD_LEVELS:
-        per = (2 * s) // w
-        nbytes += 8 * -(-3 // per)
-    if _BYTE_OFFSETS:
-        per_byte = 1 if 3 * w <= 8 else 2
-        nbytes += per_byte * (4 + 2 + 1)  # byte levels
+    nbytes += 8 * (1 if 4 // w >= 2 else 2)  # level 2: (G, P) fields in each nibble
+    nbytes += _l3_bytes(w)  # level 3: 6 fields
     nbytes += 1  # e
-    return 2 + len(LEVELS), nbytes
+    return 4, nbytes

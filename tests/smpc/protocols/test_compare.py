@@ -67,16 +67,16 @@ def test_cost_matches_table(n: int) -> None:
         after = sess.stats.snapshot()
     d1, d2 = mid - before, after - mid
     rounds, nbytes = compare.cost(n)
-    assert d1.rounds == rounds == 7
-    assert d1.by_op["ltz"].rounds == 7
+    assert d1.rounds == rounds == 4
+    assert d1.by_op["ltz"].rounds == 4
     assert d1.bytes_per_party[0] == nbytes * (n - 1) * size
     rounds_m, nbytes_m = compare.cost(n, mul=True)
-    assert d2.rounds == rounds_m == 7
+    assert d2.rounds == rounds_m == 4
     assert d2.bytes_per_party[0] == nbytes_m * (n - 1) * size
     assert d1.bytes_per_party == [d1.bytes_per_party[0]] * n  # symmetric
     if n == 2:
-        assert d1.bytes_per_party[0] / size == 40
-        assert d2.bytes_per_party[0] / size == 48  # <= 100 bytes per element per party
+        assert d1.bytes_per_party[0] / size == 19
+        assert d2.bytes_per_party[0] / size == 27  # <= 48 bytes per element per party
 
 
 def test_open_fields_packs_and_xors() -> None:
@@ -86,7 +86,7 @@ def test_open_fields_packs_and_xors() -> None:
             torch.randint(-(2**62), 2**62, (3, 50), dtype=torch.int64, generator=g)
             for _ in range(3)
         ]
-        mask = compare._OUT[4]
+        mask = sum(1 << p for p in range(0, 64, 8))  # bit 0 of every byte
         before = sess.stats.snapshot()
         opened = convert.open_fields(sess.comm, words, [mask] * 3, 8, "test")
         d = sess.stats - before
@@ -136,7 +136,8 @@ def test_max_last_pairwise_and_tree_agree_with_torch_on_ties(n: int, k: int) -> 
     assert torch.equal(oh.sum(0), expected) and torch.equal(oh_only.sum(0), expected)
     levels = (k - 1).bit_length()
     pairwise = ring_nl.PAIRWISE_MIN <= k <= ring_nl.PAIRWISE_MAX
-    assert rounds == (15 if pairwise else 7 + 8 * (levels - 1))
+    r = compare.cost(n)[0]  # rounds of one comparison (4)
+    assert rounds == (2 * r + 1 if pairwise else r + (r + 1) * (levels - 1))
 
 
 def test_too_many_parties() -> None:
