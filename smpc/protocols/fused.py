@@ -42,7 +42,7 @@ import torch
 
 from .. import ring
 from ..comm.base import Communicator
-from ..dealer.base import Component, Dealer, Kind, LinearBackwardTriple
+from ..dealer.base import Component, Dealer, Kind, LinearBackwardTriple, fused_correction
 from ..errors import ShapeError
 from ..sharing import add_public_, data_shape
 from . import beaver, compare, truncation
@@ -162,6 +162,43 @@ class ReluTruncMaterial:
             neg_hi, top = _trunc_parts(values[r], self.frac_bits)
             out |= {nh: neg_hi, s: top, rs: neg_hi * bit, ss: top * bit}
         return out
+
+    def fused_correction(
+        self,
+        shared: Mapping[str, torch.Tensor],
+        private: Mapping[str, torch.Tensor],
+        partial: Mapping[str, torch.Tensor],
+        out: Mapping[str, torch.Tensor],
+    ) -> bool:
+        """The comparison's corrections by its own fused form, then ours (a few torch passes).
+
+        See :func:`smpc.dealer.base.fused_correction`; False (nothing usable
+        written) where the comparison has no fused form for these tensors.
+        """
+        inner = self._ltz()
+        names = {c.name for c in inner.components()}
+        if not fused_correction(
+            inner,
+            {k: v for k, v in shared.items() if k in names},
+            private,
+            {k: v for k, v in partial.items() if k in names},
+            {k: v for k, v in out.items() if k in names},
+        ):
+            return False
+        sh = self.shape
+
+        def total(rows: torch.Tensor) -> torch.Tensor:
+            return rows.reshape(-1, *sh).sum(0)
+
+        bit = out["s"] + total(partial["s"])
+        pairs = [("rt", "neg_rt_hi", "st", "rts", "sts")]
+        if self.key is not None:
+            pairs.append(("rb", "neg_rb_hi", "sb", "rbs", "sbs"))
+        for r, nh, s, rs, ss in pairs:
+            neg_hi, top = _trunc_parts(total(shared[r]), self.frac_bits)
+            for name, value in ((nh, neg_hi), (s, top), (rs, neg_hi * bit), (ss, top * bit)):
+                torch.sub(value, total(partial[name]), out=out[name])
+        return True
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from hypothesis import given
@@ -60,6 +62,36 @@ def test_relu_trunc_material_derives_products_with_the_bit(key: int | None) -> N
     assert req.keeps_keys == (() if key is None else (("rb", key),))
     derived = [c.name for c in req.components() if c.kind.derived]
     assert set(derived) == set(out)
+
+
+def _reduce(rows: torch.Tensor, xor: bool) -> torch.Tensor:
+    return functools.reduce(torch.bitwise_xor, rows) if xor else rows.sum(0)
+
+
+@pytest.mark.parametrize("key", [None, 5])
+@pytest.mark.parametrize("n", [2, 3])
+def test_relu_trunc_material_fused_correction_agrees_with_derive(key: int | None, n: int) -> None:
+    # Arrange: parties' random rows and the first n - 1 rows of every derived component
+    req = fused.ReluTruncMaterial((5, 7), F, key)
+    g = torch.Generator().manual_seed(n)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randint(-(2**63), 2**63 - 1, shape, dtype=torch.int64, generator=g)
+
+    comps = req.components()
+    shared = {c.name: rand(n, *c.shape) for c in comps if not c.kind.derived}
+    partial = {c.name: rand(n - 1, *c.shape) for c in comps if c.kind.derived}
+    out = {c.name: torch.empty(c.shape, dtype=torch.int64) for c in comps if c.kind.derived}
+    # Act
+    if not req.fused_correction(shared, {}, partial, out):
+        pytest.skip("no C kernels: the dealer derives instead")
+    # Assert: partial rows + correction = derive() of the plain values
+    plain = {c.name: _reduce(shared[c.name], c.kind.xor) for c in comps if not c.kind.derived}
+    want = req.derive(plain)
+    for c in comps:
+        if c.kind.derived:
+            rows = torch.cat([partial[c.name], out[c.name].unsqueeze(0)])
+            assert torch.equal(_reduce(rows, c.kind.xor), want[c.name]), c.name
 
 
 # ----------------------------------------------------------------- relu_trunc
