@@ -103,6 +103,21 @@ class KeepingMatmulTriple:
         """``c = a @ b``."""
         return {"c": ring.matmul(values["a"], values["b"])}
 
+    def fused_correction(
+        self,
+        shared: Mapping[str, torch.Tensor],
+        private: Mapping[str, torch.Tensor],
+        partial: Mapping[str, torch.Tensor],
+        out: Mapping[str, torch.Tensor],
+    ) -> bool:
+        """``a @ b`` with the mask sums folded into the limb split (see ``fused_correction``)."""
+        a, b = shared["a"], shared["b"]
+        if a.dim() != 3 or b.dim() != 3:
+            return False
+        prod = ring.matmul_of_row_sums(a, b)
+        torch.sub(prod, partial["c"].reshape(-1, *prod.shape).sum(0), out=out["c"])
+        return True
+
 
 # Components this module adds to the comparison's material, and their kinds.
 _FWD = ("rt",)
@@ -253,6 +268,28 @@ class LinearBackwardBitTriple:
         cx += 1 << TRUNC_BOUND_BITS
         out["cx"] = cx
         return out
+
+    def fused_correction(
+        self,
+        shared: Mapping[str, torch.Tensor],
+        private: Mapping[str, torch.Tensor],
+        partial: Mapping[str, torch.Tensor],
+        out: Mapping[str, torch.Tensor],
+    ) -> bool:
+        """The weight gradient's fused corrections, then ``cx`` (mask sums in the limb split)."""
+        a = shared["a"]  # (rows, m, n); the kept xa, wb, rb come as one row each
+        if a.dim() != 3:
+            return False
+        inner = {k: v for k, v in partial.items() if k != "cx"}
+        if not fused_correction(
+            self._weight(), shared, private, inner, {k: v for k, v in out.items() if k != "cx"}
+        ):
+            return False
+        cx = ring.matmul_of_row_sums(a, shared["wb"].transpose(-1, -2))
+        cx += shared["rb"].reshape(-1, *cx.shape).sum(0)
+        cx += 1 << TRUNC_BOUND_BITS
+        torch.sub(cx, partial["cx"].reshape(-1, *cx.shape).sum(0), out=out["cx"])
+        return True
 
 
 REQUEST_TYPES: tuple[type, ...] = (KeepingMatmulTriple, ReluTruncMaterial, LinearBackwardBitTriple)

@@ -68,26 +68,49 @@ def _reduce(rows: torch.Tensor, xor: bool) -> torch.Tensor:
     return functools.reduce(torch.bitwise_xor, rows) if xor else rows.sum(0)
 
 
-@pytest.mark.parametrize("key", [None, 5])
+_REQUESTS = {
+    "relu_trunc": (fused.ReluTruncMaterial((5, 7), F, None), {}),
+    "relu_trunc_keeping": (fused.ReluTruncMaterial((5, 7), F, 5), {}),
+    "keeping_matmul": (fused.KeepingMatmulTriple((5, 7), (7, 3), 9), {}),
+    "backward_bit": (
+        fused.LinearBackwardBitTriple((5, 3), (5, 7), F, 9, 11, True, True),
+        {"xa": (5, 7), "wb": (7, 3), "rb": (5, 7)},
+    ),
+    "backward_bit_wide": (
+        fused.LinearBackwardBitTriple((5, 3), (5, 7), F, 9, 11, True, False),
+        {"xa": (5, 7), "wb": (7, 3), "rb": (5, 7)},
+    ),
+    "backward_bit_input_only": (
+        fused.LinearBackwardBitTriple((5, 3), (5, 7), F, 9, 11, False, False),
+        {"xa": (5, 7), "wb": (7, 3), "rb": (5, 7)},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(_REQUESTS))
 @pytest.mark.parametrize("n", [2, 3])
-def test_relu_trunc_material_fused_correction_agrees_with_derive(key: int | None, n: int) -> None:
-    # Arrange: parties' random rows and the first n - 1 rows of every derived component
-    req = fused.ReluTruncMaterial((5, 7), F, key)
+def test_fused_corrections_agree_with_derive(name: str, n: int) -> None:
+    # Arrange: parties' random rows, kept values (one row each) and the first n - 1 rows
+    # of every derived component
+    req, kept = _REQUESTS[name]
     g = torch.Generator().manual_seed(n)
 
     def rand(*shape: int) -> torch.Tensor:
         return torch.randint(-(2**63), 2**63 - 1, shape, dtype=torch.int64, generator=g)
 
     comps = req.components()
-    shared = {c.name: rand(n, *c.shape) for c in comps if not c.kind.derived}
+    shared = {c.name: rand(n, *c.shape) for c in comps if c.kind.shared and not c.kind.derived}
+    shared |= {k: rand(1, *shape) for k, shape in kept.items()}
+    private = {c.name: rand(*c.shape) for c in comps if not c.kind.shared}
     partial = {c.name: rand(n - 1, *c.shape) for c in comps if c.kind.derived}
     out = {c.name: torch.empty(c.shape, dtype=torch.int64) for c in comps if c.kind.derived}
     # Act
-    if not req.fused_correction(shared, {}, partial, out):
+    if not req.fused_correction(shared, private, partial, out):
         pytest.skip("no C kernels: the dealer derives instead")
     # Assert: partial rows + correction = derive() of the plain values
-    plain = {c.name: _reduce(shared[c.name], c.kind.xor) for c in comps if not c.kind.derived}
-    want = req.derive(plain)
+    plain = {c.name: _reduce(shared[c.name], c.kind.xor) for c in comps if c.name in shared}
+    want = req.derive(plain | private | {k: shared[k][0] for k in kept})
+    assert set(want) == set(out)
     for c in comps:
         if c.kind.derived:
             rows = torch.cat([partial[c.name], out[c.name].unsqueeze(0)])
