@@ -228,8 +228,10 @@ def mse_grad_in_forward(x: Any, target: Any, reduction: str) -> tuple[PendingTru
     ``'mean'``, else 1): ``K (u - target 2^f)`` at scale ``2^(3f)``, truncated by
     ``2f`` bits in the logits' truncation round. Returns ``(x, index)`` for
     :meth:`PendingTrunc.result`, or ``None`` where this does not apply (the
-    caller then scales the gradient in the backward: one more truncation round).
-    Cost: local (plus ``numel`` ring elements in the shared round).
+    caller then scales the gradient in the backward: one more truncation round),
+    e.g. for ``frac_bits`` above 16, where ``|2 (x - target) / n| < 2^(62 - 3f)``
+    would be too tight (at 16: ``2^14``). Cost: local (plus ``numel`` ring
+    elements in the shared round).
     """
     if (
         not isinstance(x, PendingTrunc)
@@ -243,6 +245,8 @@ def mse_grad_in_forward(x: Any, target: Any, reduction: str) -> tuple[PendingTru
         return None
     sess = x.session
     f = sess.encoding.frac_bits
+    if f > WIDE_MAX_FRAC_BITS:  # at scale 2^(3f) the gradient must stay under 2^(62-3f)
+        return None
     n = x.numel() if reduction == "mean" else 1
     k = int(sess.encoding.encode(torch.tensor(2.0 / n, dtype=torch.float64)))
     if isinstance(target, SharedTensor):

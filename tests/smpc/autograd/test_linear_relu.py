@@ -231,3 +231,17 @@ def test_distributed_step_matches_simulation_and_torch(n: int) -> None:
         torch.testing.assert_close(got, p.grad, atol=2e-3, rtol=0, msg=name)
     assert all(res["rounds"] == sim["rounds"] for res in results)
     assert results[0]["bytes"] == sim["bytes"]
+
+
+def test_mse_gradient_with_many_fractional_bits_falls_back() -> None:
+    # frac_bits 20: the gradient is scaled in the backward (one more round), still right
+    plain = _mlp([3, 4, 2], 6)
+    x, y = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
+    torch.nn.functional.mse_loss(plain(x), y, reduction="sum").backward()
+    with smpc.Session(2, 20) as sess:
+        enc = snn.encrypt(plain, sess, src=0)
+        xs, ys = sess.share(x.float(), src=1), sess.share(y.float(), src=1)
+        out = enc(xs)
+        assert linear_relu.mse_grad_in_forward(out, ys, "sum") is None
+        snn.MSELoss(reduction="sum")(out, ys).backward()
+        _grads_close(enc, plain, atol=2e-3)
