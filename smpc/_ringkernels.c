@@ -647,7 +647,30 @@ static inline u64 lane_index(u64 g, u64 p) {
            ((p >> 2) & (POS16 << 6)) | ((p >> 5) & (POS16 << 7));
 }
 
-/* level1(c, rx, rp0, rp1, rp2, tab1, out_w, R, N, first): the local level (16 groups). */
+/* The product types of compare.LtzMaterial (_PROD1 and _PROD2 as bit masks, _Q3_POS):
+ * constants here so that the compiler unrolls the loops over them; every kernel that
+ * uses them gets Python's list too and refuses a different one. Each subset minus its
+ * lowest element is a single element or comes earlier in its list. */
+static const int T1[11] = {3, 5, 9, 6, 10, 12, 7, 11, 13, 14, 15};
+static const int T2[22] = {132, 192, 130, 66,  194, 160, 129, 96,  65,  33,  224,
+                           193, 161, 97,  225, 144, 80,  48,  208, 176, 112, 240};
+static const int POS3[15] = {6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 22, 23, 24, 25, 26};
+
+static int check_types(const u64 *types, const char *name) {
+    for (int t = 0; t < 48; t++) {
+        u64 want = t < 11 ? (u64)T1[t] : t < 33 ? (u64)T2[t - 11] : (u64)POS3[t - 33];
+        if (types[t] != want) {
+            PyErr_Format(PyExc_ValueError, "%s: product types differ from the kernel's", name);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* level1(c, rx, rp0, rp1, rp2, types, out_w, R, N, first): the local level (16 groups).
+ * Bit-sliced over the nibbles: with n = ~c and N_A = AND of n_j over j in A (at bit 4k),
+ * the coefficient of r_T is N_{{h} + ({h+1..3} - T)} in G (h = min T) and N_{~T} in P
+ * (the entries of compare._table1); P's constant N_{0123} goes to row 0 of party 0. */
 static PyObject *py_ltz4_level1(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     void *p[7];
     Py_ssize_t R, N, first;
@@ -655,23 +678,39 @@ static PyObject *py_ltz4_level1(PyObject *self, PyObject *const *args, Py_ssize_
     for (int i = 0; i < 7; i++)
         if (get_ptr(args[i], &p[i])) return NULL;
     if (get_size(args[7], &R) || get_size(args[8], &N) || get_size(args[9], &first)) return NULL;
-    const u64 *c = p[0], *rx = p[1], *rp0 = p[2], *rp1 = p[3], *rp2 = p[4], *tab = p[5];
+    const u64 *c = p[0], *rx = p[1], *rp0 = p[2], *rp1 = p[3], *rp2 = p[4];
     u64 *w = p[6];
+    if (check_types(p[5], "ltz4_level1")) return NULL;
+    int src_word[16], src_shift[16]; /* source T: word 0 = r, 1-3 = rp0-rp2, and shift */
+    for (int j = 0; j < 4; j++) {
+        src_word[1 << j] = 0;
+        src_shift[1 << j] = j;
+    }
+    for (int t = 0; t < 11; t++) {
+        src_word[T1[t]] = 1 + t / 4;
+        src_shift[T1[t]] = t % 4;
+    }
     for (Py_ssize_t i = 0; i < N; i++) {
-        u64 n = ~(c[i] & LOW63), co[16];
-        for (int q = 0; q < 16; q++) co[q] = tab[(n >> (4 * q)) & 15];
+        u64 n = ~(c[i] & LOW63), np[16], cg[16], cp[16];
+        np[0] = POS4;
+        for (int j = 0; j < 4; j++) np[1 << j] = (n >> j) & POS4;
+        for (int m = 3; m < 16; m++)
+            if (m & (m - 1)) np[m] = np[m & (m - 1)] & np[m & -m];
+        for (int T = 1; T < 16; T++) {
+            int h = __builtin_ctz((unsigned)T);
+            cg[T] = np[(1 << h) | (15 & ~((2 << h) - 1) & ~T)];
+            cp[T] = np[15 & ~T];
+        }
         for (Py_ssize_t k = 0; k < R; k++) {
             Py_ssize_t j = k * N + i;
-            u64 r = rx[j] & LOW63, a0 = rp0[j], a1 = rp1[j], a2 = rp2[j], v = 0;
-            u64 one = (k == 0 && first) ? (u64)1 << 15 : 0;
-            for (int q = 0; q < 16; q++) {
-                int sh = 4 * q;
-                u64 vec = ((r >> sh) & 15) | (((a0 >> sh) & 15) << 4) | (((a1 >> sh) & 15) << 8) |
-                          (((a2 >> sh) & 7) << 12) | one;
-                u64 x = co[q];
-                v |= (u64)(par(x & vec) | (par((x >> 32) & vec) << 1)) << sh;
+            u64 words[4] = {rx[j] & LOW63, rp0[j], rp1[j], rp2[j]};
+            u64 g = 0, pp = (k == 0 && first) ? np[15] : 0;
+            for (int T = 1; T < 16; T++) {
+                u64 v = words[src_word[T]] >> src_shift[T];
+                g ^= cg[T] & v;
+                pp ^= cp[T] & v;
             }
-            w[j] = v;
+            w[j] = g | (pp << 1);
         }
     }
     Py_RETURN_NONE;
@@ -813,7 +852,8 @@ static PyObject *py_ltz4_level3(PyObject *self, PyObject *const *args, Py_ssize_
  * derived ones as P partial rows (the shares parties expand) and one output row each:
  * XOR-derived rx, rp0, rp1, rp2, q2a, q2b; additive s, as (a and as may be NULL).
  * `types` holds the product types of LtzMaterial.derive: 11 subsets of the 4 bits of a
- * nibble, 22 subsets of the 8 level-2 variables (bit masks), 15 bit positions in q2b. */
+ * nibble, 22 subsets of the 8 level-2 variables (bit masks), 15 bit positions in q2b. Each
+ * subset's set minus its lowest element is a single element or comes earlier in its list. */
 static PyObject *py_ltz4_correct(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     void *p[21];
     Py_ssize_t R, P, N;
@@ -828,10 +868,7 @@ static PyObject *py_ltz4_correct(PyObject *self, PyObject *const *args, Py_ssize
         part[q] = p[4 + q];
         outs[q] = p[12 + q];
     }
-    int t1[11], t2[22], pos3[15];
-    for (int t = 0; t < 11; t++) t1[t] = (int)types[t];
-    for (int t = 0; t < 22; t++) t2[t] = (int)types[11 + t];
-    for (int t = 0; t < 15; t++) pos3[t] = (int)types[33 + t];
+    if (check_types(types, "ltz4_correct")) return NULL;
     Py_BEGIN_ALLOW_THREADS for (Py_ssize_t i = 0; i < N; i++) {
         u64 rv = r[i], av = a != NULL ? a[i] : 0, mv = m[i], sxv = sx[i];
         for (Py_ssize_t k = 1; k < R; k++) {
@@ -841,32 +878,34 @@ static PyObject *py_ltz4_correct(PyObject *self, PyObject *const *args, Py_ssize
             mv ^= m[j];
             sxv ^= sx[j];
         }
-        u64 low = rv & LOW63, bits[4], lane[8], top[8], val[8] = {rv, 0, 0, 0, 0, 0, 0, 0};
+        u64 low = rv & LOW63, val[8] = {rv, 0, 0, 0, 0, 0, 0, 0}, d1[16], d2[256], d3[256];
+        /* products by subset mask, smallest first: each is its set minus the lowest
+         * element (a product listed before it, or a single variable) AND that element */
         for (int j = 0; j < 4; j++) {
-            bits[j] = (low >> j) & POS4;
-            lane[j] = (mv >> (4 * j)) & POS16;
-            lane[4 + j] = (mv >> (4 * j + 1)) & POS16;
-            top[j] = (mv >> (16 * j + 2)) & 1;
-            top[4 + j] = (mv >> (16 * j + 3)) & 1;
+            d1[1 << j] = (low >> j) & POS4;
+            d2[1 << j] = (mv >> (4 * j)) & POS16;
+            d2[1 << (4 + j)] = (mv >> (4 * j + 1)) & POS16;
+            d3[1 << j] = (mv >> (16 * j + 2)) & 1;
+            d3[1 << (4 + j)] = (mv >> (16 * j + 3)) & 1;
         }
+#pragma GCC unroll 11
         for (int t = 0; t < 11; t++) {
-            u64 prod = ~(u64)0;
-            for (int j = 0; j < 4; j++)
-                if ((t1[t] >> j) & 1) prod &= bits[j];
-            val[1 + t / 4] |= prod << (t % 4);
+            int s = T1[t], lo = s & -s;
+            d1[s] = d1[s ^ lo] & d1[lo];
+            val[1 + t / 4] |= d1[s] << (t % 4);
         }
+#pragma GCC unroll 22
         for (int t = 0; t < 22; t++) {
-            u64 prod = ~(u64)0, ptop = ~(u64)0;
-            for (int v = 0; v < 8; v++)
-                if ((t2[t] >> v) & 1) {
-                    prod &= lane[v];
-                    ptop &= top[v];
-                }
+            int s = T2[t], lo = s & -s;
+            d2[s] = d2[s ^ lo] & d2[lo];
             if (t < 16)
-                val[4] |= prod << t;
+                val[4] |= d2[s] << t;
             else
-                val[5] |= prod << (t - 16);
-            if (t < 15) val[5] |= ptop << pos3[t];
+                val[5] |= d2[s] << (t - 16);
+            if (t < 15) {
+                d3[s] = d3[s ^ lo] & d3[lo];
+                val[5] |= d3[s] << POS3[t];
+            }
         }
         val[6] = sxv & 1;
         val[7] = av * val[6];

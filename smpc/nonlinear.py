@@ -121,7 +121,7 @@ def _diff(x: Any, y: Any) -> SharedTensor:
 def lt(x: SharedTensor | Any, y: SharedTensor | Any) -> SharedTensor:
     """``x < y`` elementwise as shared fixed-point 0/1 (either side may be public).
 
-    Cost: one :func:`smpc.protocols.compare.ltz` (7 rounds, 40 bytes per element per
+    Cost: one :func:`smpc.protocols.compare.ltz` (4 rounds, 19 bytes per element per
     party for 2 parties). Exact while ``|x - y| < 2^(63-f)``.
     """
     d = _diff(x, y)
@@ -147,7 +147,7 @@ def ge(x: SharedTensor | Any, y: SharedTensor | Any) -> SharedTensor:
 
 
 def ne(x: SharedTensor | Any, y: SharedTensor | Any) -> SharedTensor:
-    """``x != y`` = ``(x < y) + (y < x)``: two comparisons batched (7 rounds, 2x bytes)."""
+    """``x != y`` = ``(x < y) + (y < x)``: two comparisons batched (4 rounds, 2x bytes)."""
     d = _diff(x, y)
     sess = d.session
     a, b = _ltz_many(sess, [d.share, -d.share])
@@ -167,7 +167,7 @@ def relu_with_bit(x: SharedTensor) -> tuple[SharedTensor, SharedTensor]:
     """``(max(x, 0), [x >= 0])``; the bit is shared fixed-point 0/1 (for ReLU's gradient).
 
     The product ``x * bit`` is fused into the comparison (no truncation).
-    Cost: 7 rounds, 48 bytes per element per party (2 parties).
+    Cost: 4 rounds, 27 bytes per element per party (2 parties).
     """
     x = _check_shared(x, "x")
     sess = _sess(x)
@@ -189,7 +189,7 @@ def sign(x: SharedTensor) -> SharedTensor:
 
 
 def abs(x: SharedTensor) -> SharedTensor:
-    """``|x| = x - 2 x [x < 0]`` with the product fused into the comparison (7 rounds)."""
+    """``|x| = x - 2 x [x < 0]`` with the product fused into the comparison (4 rounds)."""
     x = _check_shared(x, "x")
     sess = _sess(x)
     _, xz = compare.ltz_mul(sess.comm, sess.dealer, x.share)
@@ -259,7 +259,7 @@ def max(x: SharedTensor, dim: int | None = None, keepdim: bool = False) -> Any:
 
     With ``dim``: a :class:`MaxResult` ``(values, indices)`` where ``indices`` is the
     one-hot argmax (shape of ``x``; ties -> lowest index).
-    Cost: ``ceil(log2 k)`` levels of 7 rounds (8 with the one-hot after the first).
+    Cost: ``ceil(log2 k)`` levels of 4 rounds (5 with the one-hot after the first).
     """
     x = _check_shared(x, "x")
     if dim is None:
@@ -346,7 +346,7 @@ def max_pool2d(
 ) -> SharedTensor:
     """Max pooling like ``torch.nn.functional.max_pool2d`` (dilation 1, floor mode).
 
-    Cost: ``ceil(log2(kh*kw))`` levels of 7 rounds (14 rounds for 2x2).
+    Cost: ``ceil(log2(kh*kw))`` levels of 4 rounds (8 rounds for 2x2).
     """
     input = _check_shared(input, "input")
     sess = _sess(input)

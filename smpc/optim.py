@@ -266,7 +266,7 @@ class Adam(Optimizer):
     a truncation round (only with weight decay or wide gradients), one square
     round, one truncation round for the moments, one for the scaled copies,
     one rsqrt on six times the elements (48 rounds), one comparison on six
-    times the elements (7 rounds), one product round, the ``eps`` part (a
+    times the elements (4 rounds), one product round, the ``eps`` part (a
     truncation, a short reciprocal and a product), the product ``m_hat r`` and
     two truncations.
     """

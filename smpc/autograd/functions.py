@@ -820,7 +820,7 @@ class ReLU(Function):
     def forward(ctx: Context, x: SharedTensor) -> SharedTensor:
         """``max(x, 0)`` and the ring bit ``[x >= 0]``; saves the bit.
 
-        :func:`smpc.protocols.compare.relu`: 7 rounds, no truncation. The bit is kept as shares of
+        :func:`smpc.protocols.compare.relu`: 4 rounds, no truncation. The bit is kept as shares of
         an unscaled ring 0/1.
         """
         sess = x.session

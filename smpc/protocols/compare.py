@@ -21,7 +21,7 @@ multi-input ANDs use dealer-provided products of masks:
   ``G = G3 ^ P3 G2 ^ P3 P2 G1 ^ P3 P2 P1 G0`` and ``P = P3 P2 P1 P0`` are
   multi-input ANDs of the masked and opened inputs ``d_v = v ^ a_v``, with XOR
   shares of the products of the masks ``a_v`` from the dealer:
-  ``prod_{v in S} v = XOR_{T subset S} (prod_{S \\ T} d_v)(prod_T a_v)``
+  ``prod_{v in S} v = XOR_{T subset S} (prod_{S - T} d_v)(prod_T a_v)``
   (the multi-fan-in AND of dealer-assisted prefix circuits);
 * the final XOR bit becomes an additive bit with a doubly shared random bit
   (one more round), and ReLU's product ``x * bit`` rides along: its Beaver
@@ -314,7 +314,9 @@ def _and_all(words: Sequence[torch.Tensor]) -> torch.Tensor:
     return out
 
 
-def _xor_public_(comm: Communicator, share: torch.Tensor, public: torch.Tensor | int) -> torch.Tensor:
+def _xor_public_(
+    comm: Communicator, share: torch.Tensor, public: torch.Tensor | int
+) -> torch.Tensor:
     """In place: party 0's XOR share of a fresh tensor absorbs a public word."""
     if comm.party_axis:
         share[0] ^= public
@@ -400,9 +402,7 @@ def _gather_lane_index(g: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _level2(
-    comm: Communicator, t: Mapping[str, torch.Tensor], w: torch.Tensor
-) -> torch.Tensor:
+def _level2(comm: Communicator, t: Mapping[str, torch.Tensor], w: torch.Tensor) -> torch.Tensor:
     """Groups of 4 nibbles, one round: ``(G, P)`` of lane ``j`` at bits ``16j``, ``16j + 1``."""
     m = t["m"]
     masked = w ^ m
@@ -486,13 +486,13 @@ def _masked_msb_fused(
     n = c.numel()
     wf = field_width(comm.world_size)
     cpu = torch.device("cpu")
-    tab1, tab2 = _table_tensor(1, cpu), _table_tensor(2, cpu)
+    types, tab2 = _types_tensor(), _table_tensor(2, cpu)
     cc = c.contiguous()
     w = {k: t[k].contiguous() for k in ("rx", "rp0", "rp1", "rp2", "m", "q2a", "q2b", "s_xor")}
     w1 = torch.empty(rows * n, dtype=torch.int64)
     kern.ltz4_level1(
         cc.data_ptr(), w["rx"].data_ptr(), w["rp0"].data_ptr(), w["rp1"].data_ptr(),
-        w["rp2"].data_ptr(), tab1.data_ptr(), w1.data_ptr(), rows, n, first,
+        w["rp2"].data_ptr(), types.data_ptr(), w1.data_ptr(), rows, n, first,
     )  # fmt: skip
     parts = 1 if 4 // wf >= 2 else 2  # as open_fields packs (G, P) fields of 4 bits
     packed = torch.empty((parts, rows * n), dtype=torch.int64)
@@ -531,34 +531,37 @@ def ltz_mul(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Additive shares of ``z = [x < 0]`` (0/1 ring bit) and, if ``mul``, of ``x * z``.
 
-    Protocol ([EGKRS20]/[MRVW21] masked comparison, bit-packed prefix tree):
-        1. The dealer gives ``[r]``, ``<r>`` (XOR shares of its bits), ``<r_{2m+1} r_{2m}>``,
-           AND triples for 5 levels, a doubly shared bit ``(<s>, [s])`` and, for the
-           product, ``[a], [a s]``.
+    Protocol ([EGKRS20]/[MRVW21] masked comparison, fan-in-4 carry tree with
+    dealer-assisted multi-input ANDs as in [DFKNT06]/[PSSY21]):
+        1. The dealer gives ``[r]``, ``<r>`` (XOR shares of its bits), ``<r_T>`` for
+           every set ``T`` of 2-4 bits inside a nibble of ``r mod 2^63``, random
+           masks for the two tree rounds with ``<a_T>`` for the products of masks
+           they need, a doubly shared bit ``(<s>, [s])`` and, for the product,
+           ``[a], [a s]``.
         2. Open ``c = x + r`` (and ``d = x - a``): 1 round.
-        3. ``msb(x) = msb(c) ^ msb(r) ^ [c' < r']`` with ``c', r'`` the low 63 bits.
-           Per bit ``g_i = ~c_i r_i``, ``p_i = ~c_i ^ r_i``; the first tree level
-           ``(G, P) = (g_h ^ p_h g_l, p_h p_l)`` is local thanks to ``<r_h r_l>``;
-           levels of stride 2, 4, 8, 16, 32 each take one round of bit-packed AND
-           gates ``P_h G_l`` and ``P_h P_l`` (one Beaver AND on two bit offsets;
-           the masked ``P_h`` and ``(G_l, P_l)`` are opened in bit fields). Strides
-           2 and 4 run on whole int64 words (G at bit ``2sm``, P next to it); after
-           them every byte holds one (G, P) pair and strides 8, 16, 32 pair
-           adjacent bytes, so their openings shrink to 4, 2 and 1 byte.
+        3. ``msb(x) = msb(c) ^ msb(r) ^ [c' < r']`` with ``c', r'`` the low 63 bits:
+           the carry ``G`` of ``g_i = ~c_i r_i``, ``p_i = ~c_i ^ r_i``.
+           Level 1 (local): each nibble's ``G = g3 ^ p3 g2 ^ p3 p2 g1 ^ p3 p2 p1 g0``
+           and ``P = p3 p2 p1 p0`` are sums of public coefficients times ``r_T``.
+           Levels 2 and 3 (1 round each): the same formulas on 4 groups' (G, P)
+           (16 -> 4 -> 1). Open ``d_v = v ^ a_v`` for the inputs (level 2: the 32
+           bits in 2-bit fields, one word; level 3: the 6 it needs, 2 bytes); each
+           AND of a set ``S`` of inputs is
+           ``XOR_{T subset S} (prod_{S - T} d_v) <a_T>`` (``a_T`` with one element
+           is the mask itself, with none the constant 1 that party 0 adds).
         4. Open ``e = msb(x) ^ s`` (one byte): ``[z] = e + (1 - 2e)[s]`` and
            ``[x z] = e [x] + (1 - 2e)([a s] + d [s])``.
 
-    Cost: 7 rounds. Bytes sent per element to each other party, for 2 or 3
-    parties: 8 (``c``) + 16 + 8 (word levels) + 4 + 2 + 1 (byte levels) + 1 (``e``)
-    = 40, plus 8 for the product (``d``): 48. With 4 to 7 parties the word levels
-    need 24 + 16 bytes and the byte levels twice as much: 63 / 71 bytes. See
-    :func:`cost`.
-    Dealer: 5 (+1) random words from seeds and 6 (+1) correction words per element
-    (48 / 56 bytes of correction shares to the last party).
+    Cost: 4 rounds. Bytes sent per element to each other party, for 2 or 3
+    parties: 8 (``c``) + 8 (level 2) + 2 (level 3) + 1 (``e``) = 19, plus 8 for
+    the product (``d``): 27. With 4 to 15 parties level 2 takes 16 bytes and
+    level 3 3: 28 / 36 bytes. See :func:`cost`.
+    Dealer: 3 (+1) random words from seeds and 7 (+1) correction words per
+    element (56 / 64 bytes of correction shares to the last party).
 
     Security: semi-honest, dealer not colluding with any party. ``c`` and ``d`` are
-    uniform; every opened AND input is one-time padded by a triple mask; ``e``
-    is padded by ``s``.
+    uniform; every opened tree input is one-time padded by its own mask bit of
+    ``m``; ``e`` is padded by ``s``.
     """
     _check_parties(comm)
     shape = tuple(data_shape(comm, x))
@@ -588,7 +591,7 @@ def ltz_mul(
 def ltz(comm: Communicator, dealer: Dealer, x: torch.Tensor) -> torch.Tensor:
     """Additive shares of the ring bit ``[x < 0]`` (signed reading of ``x``).
 
-    See :func:`ltz_mul` for the protocol. Cost: 7 rounds, 40 bytes per element to
+    See :func:`ltz_mul` for the protocol. Cost: 4 rounds, 19 bytes per element to
     each other party (2-3 parties); exact for every ``x``.
     """
     z, _ = ltz_mul(comm, dealer, x, mul=False)
@@ -599,7 +602,7 @@ def relu(comm: Communicator, dealer: Dealer, x: torch.Tensor) -> tuple[torch.Ten
     """Shares of ``max(x, 0)`` and of the ring bit ``[x >= 0]``.
 
     ``relu(x) = x - x [x < 0]`` with the product fused into :func:`ltz_mul`
-    (no truncation: the bit is an unscaled ring 0/1). Cost: 7 rounds, 48 bytes
+    (no truncation: the bit is an unscaled ring 0/1). Cost: 4 rounds, 27 bytes
     per element to each other party (2-3 parties).
     """
     z, xz = ltz_mul(comm, dealer, x, mul=True)

@@ -39,9 +39,9 @@ def max_last(
     (local at the first level, one Beaver product after). Ties go to the lower
     index, as ``torch.argmax``.
 
-    Cost: ``ceil(log2 k)`` levels of 7 rounds (8 with the one-hot after the first
+    Cost: ``ceil(log2 k)`` levels of 4 rounds (5 with the one-hot after the first
     level); per level, one ReLU per pair. For ``PAIRWISE_MIN <= k <=
-    PAIRWISE_MAX`` it runs :func:`max_pairwise` instead (15 rounds).
+    PAIRWISE_MAX`` it runs :func:`max_pairwise` instead (9 rounds).
 
     Returns:
         ``(values, onehot)``: values with the last axis removed (``None`` may be
@@ -109,8 +109,8 @@ def max_pairwise(
         4. If ``values``: the maximum ``sum_i o_i x_i``, one Beaver product (ring
            bit times value).
 
-    Cost: 2 comparisons (14 rounds) + 1 round for the values; ``k (k - 1) / 2 + k``
-    comparisons per row (40-48 bytes each, see :func:`compare.cost`) and
+    Cost: 2 comparisons (8 rounds) + 1 round for the values; ``k (k - 1) / 2 + k``
+    comparisons per row (19-27 bytes each, see :func:`compare.cost`) and
     ``2 k`` ring elements for the product.
 
     Returns:

@@ -142,7 +142,7 @@ def test_max_rounds_logarithmic() -> None:
         x = sess.share(torch.randn(4, 16))
         before = sess.stats.snapshot()
         nl.max(x)  # 64 elements: 6 levels
-        assert (sess.stats - before).rounds == 6 * 7
+        assert (sess.stats - before).rounds == 6 * compare.cost(2)[0]
 
 
 @given(
@@ -298,13 +298,13 @@ def test_cost_relu_and_gt() -> None:
         before = sess.stats.snapshot()
         x.relu()
         d = sess.stats - before
-        assert d.rounds == 7 and d.bytes_per_party[0] == 48 * 1000
+        assert d.rounds == 4 and d.bytes_per_party[0] == 27 * 1000
         before = sess.stats.snapshot()
         _ = x > y
         d = sess.stats - before
-        assert d.rounds == 7 and d.bytes_per_party[0] == 40 * 1000
-        assert compare.cost(2) == (7, 40)
-        assert compare.cost(2, mul=True) == (7, 48)
+        assert d.rounds == 4 and d.bytes_per_party[0] == 19 * 1000
+        assert compare.cost(2) == (4, 19)
+        assert compare.cost(2, mul=True) == (4, 27)
 
 
 def test_bad_inputs() -> None:
@@ -420,7 +420,7 @@ def test_distributed_matches_torch_and_simulation(n: int, seed: int) -> None:
         assert torch.allclose(res["tanh"], x.tanh(), atol=1e-3)
         assert torch.allclose(res["div"], x / (y.abs() + 1), atol=5e-3, rtol=2e-3)
         assert (
-            res["relu_cost"] == sim["relu_cost"] == (7, compare.cost(n, mul=True)[1] * (n - 1) * 24)
+            res["relu_cost"] == sim["relu_cost"] == (4, compare.cost(n, mul=True)[1] * (n - 1) * 24)
         )
 
 

@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import smpc
+from smpc import ring
 from smpc.protocols import compare, convert
 from smpc.protocols import nonlinear as ring_nl
 from smpc.sharing import additive_shares
@@ -214,3 +215,131 @@ def test_fused_comparison_material_equals_derive(
     assert set(fused) == set(plain)
     for name in plain:
         assert torch.equal(fused[name], plain[name]), name
+
+
+# ---- the pieces of the 4-round tree, against plaintext --------------------------------
+
+
+def _xor_shares(plain: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
+    """Random XOR shares ``(n, *shape)`` of int64 words."""
+    rows = torch.randint(-(2**63), 2**63 - 1, (n - 1, *plain.shape), dtype=torch.int64, generator=g)
+    last = plain.clone()
+    for row in rows:
+        last ^= row
+    return torch.cat([rows, last.unsqueeze(0)])
+
+
+def _xor_open(shares: torch.Tensor) -> torch.Tensor:
+    out = shares[0].clone()
+    for row in shares[1:]:
+        out ^= row
+    return out
+
+
+def _nibbles(x: torch.Tensor) -> torch.Tensor:
+    return (x.unsqueeze(-1) >> torch.arange(0, 64, 4)) & 15
+
+
+@given(n=party_counts, seed=st.integers(0, 2**31), size=st.integers(1, 40))
+def test_local_level_gives_each_nibbles_generate_and_propagate(
+    n: int, seed: int, size: int
+) -> None:
+    """Level 1: (G, P) of nibble k = ([r'_k > c'_k], [r'_k == c'_k]) on the low 63 bits."""
+    g = torch.Generator().manual_seed(seed)
+    c = torch.randint(-(2**63), 2**63 - 1, (size,), dtype=torch.int64, generator=g)
+    with smpc.Session(parties=n, seed=seed) as sess:
+        t = sess.dealer.request(compare.LtzMaterial((size,)))
+        if seed % 3 == 0:  # the same nibble of c and r: P = 1
+            c = t["r"].sum(0) ^ (c & 0xF0F0)
+        w = _xor_open(compare._level1(sess.comm, t, c))
+    low = (1 << 63) - 1
+    cn, rn = _nibbles(c & low), _nibbles(t["r"].sum(0) & low)
+    assert torch.equal(_nibbles(w) & 1, (rn > cn).to(torch.int64))
+    assert torch.equal((_nibbles(w) >> 1) & 1, (rn == cn).to(torch.int64))
+    assert torch.equal(_nibbles(w) >> 2, torch.zeros_like(cn))  # clean: nothing else set
+
+
+def _combine(gp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain (G, P) of 4 groups ``gp[..., j] = G_j | P_j << 1`` (j = 3 most significant)."""
+    gs = [gp[..., j] & 1 for j in range(4)]
+    ps = [(gp[..., j] >> 1) & 1 for j in range(4)]
+    big = gs[3] ^ (ps[3] & gs[2]) ^ (ps[3] & ps[2] & gs[1]) ^ (ps[3] & ps[2] & ps[1] & gs[0])
+    return big, ps[3] & ps[2] & ps[1] & ps[0]
+
+
+@given(n=party_counts, seed=st.integers(0, 2**31), size=st.integers(1, 40))
+def test_one_round_levels_are_multi_input_ands(n: int, seed: int, size: int) -> None:
+    """Levels 2 and 3 on arbitrary (G, P) bits: the 4-input formulas, one round each."""
+    g = torch.Generator().manual_seed(seed)
+    pairs = torch.randint(0, 4, (size, 16), dtype=torch.int64, generator=g)
+    words = (pairs << torch.arange(0, 64, 4)).sum(-1)
+    lanes = torch.randint(0, 4, (size, 4), dtype=torch.int64, generator=g)
+    words3 = (lanes << torch.arange(0, 64, 16)).sum(-1)
+    with smpc.Session(parties=n, seed=seed) as sess:
+        t = sess.dealer.request(compare.LtzMaterial((size,)))
+        before = sess.stats.snapshot()
+        w2 = compare._level2(sess.comm, t, _xor_shares(words, n, g))
+        mid = sess.stats.snapshot()
+        width = convert.field_width(n)
+        g3 = compare._level3(sess.comm, t, _xor_shares(words3, n, g), width)
+        after = sess.stats.snapshot()
+    assert (mid - before).rounds == 1 and (after - mid).rounds == 1
+    big, prop = _combine(pairs.view(size, 4, 4))
+    expected2 = ((big | (prop << 1)) << torch.arange(0, 64, 16)).sum(-1)
+    assert torch.equal(_xor_open(w2), expected2)
+    assert torch.equal(_xor_open(g3), _combine(lanes)[0])
+
+
+@pytest.mark.parametrize("n", [6, 9, 15])
+def test_many_parties_exact_and_cost(n: int) -> None:
+    """3- and 4-bit fields (up to 15 parties): exact, and cost() matches the stats."""
+    g = torch.Generator().manual_seed(n)
+    plain = torch.randint(-(2**63), 2**63 - 1, (50,), dtype=torch.int64, generator=g)
+    plain = torch.cat([plain, torch.tensor(_EDGES, dtype=torch.int64)])
+    with smpc.Session(parties=n, seed=n) as sess:
+        x = _shares(sess, plain)
+        before = sess.stats.snapshot()
+        z = compare.ltz(sess.comm, sess.dealer, x)
+        mid = sess.stats.snapshot()
+        value, _ = compare.relu(sess.comm, sess.dealer, x)
+        after = sess.stats.snapshot()
+    assert torch.equal(z.sum(0), (plain < 0).to(torch.int64))
+    assert torch.equal(value.sum(0), plain.clamp(min=0))
+    size = plain.numel()
+    for d, mul in ((mid - before, False), (after - mid, True)):
+        rounds, nbytes = compare.cost(n, mul=mul)
+        assert d.rounds == rounds == 4
+        # level 3's bytes are padded to whole words once per opening
+        l3 = compare._l3_bytes(convert.field_width(n))
+        padded = nbytes * size + (-(l3 * size) % 8) + (-size % 8)
+        assert d.bytes_per_party[0] == padded * (n - 1)
+    assert compare.cost(n) == (4, 28) and compare.cost(n, mul=True) == (4, 36)
+
+
+def test_cost_figures() -> None:
+    assert compare.cost(2) == compare.cost(3) == (4, 19)
+    assert compare.cost(2, mul=True) == compare.cost(3, mul=True) == (4, 27)
+
+
+@pytest.mark.distributed
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("n", [2, 3])
+def test_distributed_runtime_matches_plaintext(n: int, native: bool) -> None:
+    """Both runtimes, the C kernels and the torch path: exact, 4 rounds each."""
+    import functools
+
+    from smpc.launch import run
+
+    from .compare_programs import ltz_program
+
+    if native and ring.native() is None:
+        pytest.skip("C kernels not built")
+    plain = torch.tensor(_EDGES + [5, -7, 3 << 40], dtype=torch.int64)
+    program = functools.partial(ltz_program, plain=plain, native=native)
+    results = run(program, parties=n, timeout=30)
+    for res in results:
+        assert torch.equal(res["ltz"], (plain < 0).to(torch.int64))
+        assert torch.equal(res["relu"], plain.clamp(min=0))
+        assert torch.equal(res["bit"], (plain >= 0).to(torch.int64))
+        assert res["rounds"] == 8  # ltz then relu
