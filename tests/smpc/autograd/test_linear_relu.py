@@ -245,3 +245,23 @@ def test_mse_gradient_with_many_fractional_bits_falls_back() -> None:
         assert linear_relu.mse_grad_in_forward(out, ys, "sum") is None
         snn.MSELoss(reduction="sum")(out, ys).backward()
         _grads_close(enc, plain, atol=2e-3)
+
+
+def test_training_steps_keep_no_masks_and_repeat_their_requests() -> None:
+    # Every kept mask (the layers' and the ReLUs' backward masks) is released by its
+    # backward, and the mask names are reused: each step asks the same of the provider
+    plain = _mlp([6, 5, 4, 3], 7).float()
+    with smpc.Session(2) as sess:
+        enc = snn.encrypt(plain, sess, src=0)
+        xs, ys = sess.share(torch.randn(4, 6), src=1), sess.share(torch.randn(4, 3), src=1)
+        opt = smpc.optim.SGD(enc.parameters(), lr=0.01)
+        kept, dealer_bytes = [], []
+        for _ in range(3):
+            before = sess.stats.snapshot()
+            opt.zero_grad()
+            snn.MSELoss()(enc(xs), ys).backward()
+            opt.step()
+            kept.append(sess.dealer.kept_masks)
+            dealer_bytes.append((sess.stats - before).dealer_bytes)
+    assert kept == [0, 0, 0]
+    assert dealer_bytes[1] == dealer_bytes[2]
