@@ -670,7 +670,7 @@ static int check_types(const u64 *types, const char *name) {
 /* level1(c, rx, rp0, rp1, rp2, types, out_w, R, N, first): the local level (16 groups).
  * Bit-sliced over the nibbles: with n = ~c and N_A = AND of n_j over j in A (at bit 4k),
  * the coefficient of r_T is N_{{h} + ({h+1..3} - T)} in G (h = min T) and N_{~T} in P
- * (the entries of compare._table1); P's constant N_{0123} goes to row 0 of party 0. */
+ * (as compare._level1); P's constant N_{0123} goes to row 0 of party 0. */
 static PyObject *py_ltz4_level1(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     void *p[7];
     Py_ssize_t R, N, first;

@@ -29,8 +29,9 @@ multi-input ANDs use dealer-provided products of masks:
 
 Each combination is a linear map of a party's share bits (masks, mask
 products, the constant 1 for party 0) whose coefficients depend only on the
-public bits: the code looks them up in small tables (16 entries for the local
-level, 256 for the others) built from the formulas above.
+public bits: at level 1 products of bits of ``~c``, computed for all 16 nibbles
+at once (bit-sliced); at levels 2 and 3 a table of 256 masks indexed by the
+opened bits, built from the formulas above.
 
 References: [EGKRS20] Escudero, Ghosh, Keller, Rachuri, Scholl, "Improved
 primitives for MPC over mixed arithmetic-binary circuits", CRYPTO 2020;
@@ -70,7 +71,7 @@ __all__ = [
 ]
 
 _LOW63 = (1 << 63) - 1
-MAX_FIELD_BITS = 4  # level-2 fields sit in the 4 bits of each nibble: at most 15 parties
+_MAX_FIELD_BITS = 4  # level-2 fields sit in the 4 bits of each nibble: at most 15 parties
 
 
 def _positions(step: int) -> int:
@@ -90,44 +91,9 @@ def _subsets(items: Sequence[int]) -> list[frozenset[int]]:
 
 
 # ---- level 1: the 16 groups of 4 bits, local --------------------------------------------
-# Share bits of a group (its "vector"): bit j (0-3) = r_j, bit 4 + t = the product of the
-# r-bits in _PROD1[t], bit 15 = the constant 1 (party 0 only). The dealer packs product
-# type t at offset t % 4 of each nibble of word rp{t // 4}.
+# The dealer gives the product of the r-bits in _PROD1[t] at offset t % 4 of each nibble of
+# word rp{t // 4}.
 _PROD1: tuple[frozenset[int], ...] = tuple(T for T in _subsets(range(4)) if len(T) >= 2)
-_ONE1 = 15
-
-
-def _source1(t: frozenset[int]) -> int:
-    if not t:
-        return _ONE1
-    if len(t) == 1:
-        return next(iter(t))
-    return 4 + _PROD1.index(t)
-
-
-@functools.cache
-def _table1() -> tuple[int, ...]:
-    """Per public nibble ``n = ~c``: the G mask (bits 0-15) and the P mask (bits 32-47).
-
-    With ``p_j = n_j ^ r_j`` and ``g_j = n_j r_j``:
-    ``G = XOR_h n_h r_h prod_{j > h} (n_j ^ r_j)`` and ``P = prod_j (n_j ^ r_j)``,
-    expanded over the products of r-bits.
-    """
-    out = []
-    for nv in range(16):
-        n = [(nv >> j) & 1 for j in range(4)]
-        g = p = 0
-        for h in range(4):
-            if n[h]:
-                above = list(range(h + 1, 4))
-                for u in _subsets(above):
-                    if all(n[j] for j in above if j not in u):
-                        g ^= 1 << _source1(u | {h})
-        for t in _subsets(range(4)):
-            if all(n[j] for j in range(4) if j not in t):
-                p ^= 1 << _source1(t)
-        out.append(g | (p << 32))
-    return tuple(out)
 
 
 # ---- levels 2 and 3: 4 groups -> 1 with one opening --------------------------------------
@@ -186,8 +152,8 @@ def _table2() -> tuple[int, ...]:
 
 
 @functools.cache
-def _table_tensor(level: int, device: torch.device) -> torch.Tensor:
-    return torch.tensor(_table1() if level == 1 else _table2(), dtype=torch.int64, device=device)
+def _table_tensor(device: torch.device) -> torch.Tensor:
+    return torch.tensor(_table2(), dtype=torch.int64, device=device)
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,11 +332,20 @@ def _open_bytes(comm: Communicator, packed: torch.Tensor, label: str) -> torch.T
     return out.reshape(data)
 
 
-def _parity(x: torch.Tensor) -> torch.Tensor:
-    """Bit 0: parity of bits 0-31 of ``x``; bit 32: parity of bits 32-63 (other bits: junk)."""
-    for k in (16, 8, 4, 2, 1):
-        x = x ^ (x >> k)
-    return x
+_NIBBLE_BITS = 0x1111111111111111
+
+
+def _parities(x: torch.Tensor) -> torch.Tensor:
+    """Bit 0: parity of bits 0-31 of ``x >= 0``; bit 1: parity of bits 32-63.
+
+    Each nibble's parity goes to its bottom bit, then one product adds up the
+    nibbles of each half: bits 28-31 count the low half's ones, bits 60-63 the
+    high half's (a count of at most 8 never carries out of its nibble).
+    """
+    x = x ^ (x >> 1)
+    x = x ^ (x >> 2)
+    x = (x & _NIBBLE_BITS) * 0x11111111
+    return ((x >> 28) & 1) | ((x >> 59) & 2)
 
 
 def _lanes(words: torch.Tensor, step: int, mask: int) -> torch.Tensor:
@@ -380,16 +355,36 @@ def _lanes(words: torch.Tensor, step: int, mask: int) -> torch.Tensor:
 
 
 def _level1(comm: Communicator, t: Mapping[str, torch.Tensor], c: torch.Tensor) -> torch.Tensor:
-    """XOR shares of the 16 nibble groups' ``(G, P)`` at bits ``4k``, ``4k + 1`` (local)."""
-    coef = _table_tensor(1, c.device)[_lanes(~(c & _LOW63), 4, 15)]
-    vec = _lanes(t["rx"] & _LOW63, 4, 15)
-    vec |= _lanes(t["rp0"], 4, 15) << 4
-    vec |= _lanes(t["rp1"], 4, 15) << 8
-    vec |= _lanes(t["rp2"], 4, 7) << 12
-    _xor_public_(comm, vec, 1 << _ONE1)
-    x = _parity(coef & (vec | (vec << 32)))
-    pair = (x & 1) | ((x >> 31) & 2)
-    return (pair << torch.arange(0, 64, 4, device=c.device)).sum(-1)
+    """XOR shares of the 16 nibble groups' ``(G, P)`` at bits ``4k``, ``4k + 1`` (local).
+
+    Bit-sliced over the nibbles: with ``N_A`` the AND of the bits ``n_j = ~c_j``,
+    ``j`` in ``A`` (at bit ``4k``), the coefficient of ``r_T`` is ``N_A`` with
+    ``A = {h} + ({h+1..3} - T)``, ``h = min T``, in ``G`` and ``N_{~T}`` in ``P``
+    (from ``G = XOR_h g_h prod_{j > h} p_j``, ``P = prod_j p_j`` with ``p_j = n_j ^ r_j``,
+    ``g_j = n_j r_j``); ``P``'s constant ``N_{0123}`` goes to party 0.
+    """
+    n = ~(c & _LOW63)
+    prods: dict[int, torch.Tensor] = {1 << j: (n >> j) & _POS4 for j in range(4)}
+    for mask in range(3, 16):
+        if mask & (mask - 1):
+            low = mask & -mask
+            prods[mask] = prods[mask ^ low] & prods[low]
+    words = [t["rx"] & _LOW63, t["rp0"], t["rp1"], t["rp2"]]
+    sources = {1 << j: (0, j) for j in range(4)}
+    sources |= {sum(1 << j for j in tt): (1 + i // 4, i % 4) for i, tt in enumerate(_PROD1)}
+    g = torch.zeros_like(words[0])
+    p = torch.zeros_like(words[0])
+    for mask in range(1, 16):
+        word, shift = sources[mask]
+        v = words[word] >> shift if shift else words[word]
+        h = (mask & -mask).bit_length() - 1
+        g ^= prods[(1 << h) | (15 & ~((2 << h) - 1) & ~mask)] & v
+        if mask != 15:
+            p ^= prods[15 & ~mask] & v
+        else:
+            p ^= v & _POS4
+    _xor_public_(comm, p, prods[15])
+    return g | (p << 1)
 
 
 def _gather_lane_index(g: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
@@ -409,13 +404,12 @@ def _level2(comm: Communicator, t: Mapping[str, torch.Tensor], w: torch.Tensor) 
     dg, dp = open_fields(
         comm, [masked & _POS4, (masked >> 1) & _POS4], [_POS4, _POS4], 4, "ltz", clean=True
     )
-    coef = _table_tensor(2, w.device)[_lanes(_gather_lane_index(dg, dp), 16, 255)]
+    coef = _table_tensor(w.device)[_lanes(_gather_lane_index(dg, dp), 16, 255)]
     vec = _lanes(_gather_lane_index(m & _POS4, (m >> 1) & _POS4), 16, 255)
     vec |= _lanes(t["q2a"], 16, 0xFFFF) << 8
     vec |= _lanes(t["q2b"], 16, 63) << 24
     _xor_public_(comm, vec, 1 << _ONE2)
-    x = _parity(coef & (vec | (vec << 32)))
-    pair = (x & 1) | ((x >> 31) & 2)
+    pair = _parities(coef & (vec | (vec << 32)))
     return (pair << torch.arange(0, 64, 16, device=w.device)).sum(-1)
 
 
@@ -446,7 +440,7 @@ def _level3(
     idx = torch.zeros_like(value)
     for i, v in enumerate(_L3_VARS):
         idx |= ((value >> (i * width)) & 1) << v
-    coef = _table_tensor(2, w.device)[idx]
+    coef = _table_tensor(w.device)[idx]
     vec = (w >> 48) & 1  # G3 itself
     vec <<= _G[3]
     for j in range(3):
@@ -455,7 +449,7 @@ def _level3(
     q = t["q2b"]
     vec |= (((q >> 6) & 1023) | (((q >> 22) & 31) << 10)) << 8
     _xor_public_(comm, vec, 1 << _ONE2)
-    return _parity(coef & vec) & 1
+    return _parities(coef & vec) & 1
 
 
 def _masked_msb(comm: Communicator, t: Mapping[str, torch.Tensor], c: torch.Tensor) -> torch.Tensor:
@@ -486,7 +480,7 @@ def _masked_msb_fused(
     n = c.numel()
     wf = field_width(comm.world_size)
     cpu = torch.device("cpu")
-    types, tab2 = _types_tensor(), _table_tensor(2, cpu)
+    types, tab2 = _types_tensor(), _table_tensor(cpu)
     cc = c.contiguous()
     w = {k: t[k].contiguous() for k in ("rx", "rp0", "rp1", "rp2", "m", "q2a", "q2b", "s_xor")}
     w1 = torch.empty(rows * n, dtype=torch.int64)
@@ -520,7 +514,7 @@ def _masked_msb_fused(
 
 
 def _check_parties(comm: Communicator) -> None:
-    if field_width(comm.world_size) > MAX_FIELD_BITS:
+    if field_width(comm.world_size) > _MAX_FIELD_BITS:
         raise ValueError(
             f"comparison supports at most 15 parties; got world_size={comm.world_size}"
         )

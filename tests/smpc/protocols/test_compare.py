@@ -343,3 +343,64 @@ def test_distributed_runtime_matches_plaintext(n: int, native: bool) -> None:
         assert torch.equal(res["relu"], plain.clamp(min=0))
         assert torch.equal(res["bit"], (plain >= 0).to(torch.int64))
         assert res["rounds"] == 8  # ltz then relu
+
+
+def test_product_types_build_on_earlier_ones() -> None:
+    """Each product type minus its lowest element is one element or an earlier type (C kernels)."""
+    for types in (compare._PROD1, compare._PROD2, compare._PROD2[: compare._NG3]):
+        masks = [sum(1 << v for v in t) for t in types]
+        for i, m in enumerate(masks):
+            rest = m & (m - 1)
+            assert rest & (rest - 1) == 0 or rest in masks[:i]
+    # the level-2 table on public inputs alone (all masks 0): the plain formulas
+    for d in range(256):
+        big, prop = _combine(
+            torch.tensor([[(d >> j) & 1 | ((d >> (4 + j)) & 1) << 1 for j in range(4)]])
+        )
+        entry = compare._table2()[d]
+        assert (entry >> compare._ONE2) & 1 == big.item()
+        assert (entry >> (32 + compare._ONE2)) & 1 == prop.item()
+    assert len(compare._PROD2) == 22 and compare._NG3 == 15
+
+
+def test_kernels_refuse_other_product_types() -> None:
+    if ring.native() is None:
+        pytest.skip("C kernels not built")
+    req = compare.LtzMaterial((3,))
+    bad = compare._types_tensor().clone()
+    bad[0] += 1
+    zeros = {c.name: torch.zeros(1, 3, dtype=torch.int64) for c in req.components()}
+    out = {c.name: torch.zeros(3, dtype=torch.int64) for c in req.components()}
+    with pytest.raises(ValueError, match="product types"):
+        ring.native().ltz4_correct(
+            *[zeros[k].data_ptr() if k in zeros else 0 for k in ("r", "a", "m", "s_xor")],
+            *[zeros[k].data_ptr() if k in zeros else 0 for k in
+              ("rx", "rp0", "rp1", "rp2", "q2a", "q2b", "s", "as")],
+            *[out[k].data_ptr() if k in out else 0 for k in
+              ("rx", "rp0", "rp1", "rp2", "q2a", "q2b", "s", "as")],
+            bad.data_ptr(), 1, 1, 3,
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("n", [5, 9])
+def test_fused_steps_match_the_torch_path_with_wide_fields(
+    n: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """3- and 4-bit fields: the C kernels give the torch path's shares and payloads."""
+    if ring.native() is None:
+        pytest.skip("C kernels not built")
+    g = torch.Generator().manual_seed(n)
+    x = torch.randint(-(2**62), 2**62, (37,), generator=g, dtype=torch.int64)
+    with smpc.Session(parties=n, seed=3) as sess:
+        t = sess.dealer.request(compare.LtzMaterial((37,)))
+        c = x + t["r"].sum(0)
+        before = sess.stats.snapshot()
+        fused = compare._masked_msb(sess.comm, t, c)
+        cost_fused = sess.stats - before
+        monkeypatch.setattr(ring, "_kernels", None)
+        before = sess.stats.snapshot()
+        plain = compare._masked_msb(sess.comm, t, c)
+        cost_plain = sess.stats - before
+    assert torch.equal(fused, plain)
+    assert cost_fused.bytes_per_party == cost_plain.bytes_per_party
+    assert cost_fused.rounds == cost_plain.rounds == 2  # the two tree levels
