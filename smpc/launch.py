@@ -195,6 +195,7 @@ def run_dealer(
     from .protocols.compare import LtzMaterial
     from .protocols.convert import BitPair
     from .protocols.truncpoly import TruncProducts
+    from .protocols.fused import REQUEST_TYPES as FUSED_TYPES
 
     dealer = TrustedDealer(
         len(parties),
@@ -208,6 +209,7 @@ def run_dealer(
             BitPair,
             *lookup.REQUEST_TYPES,
             TruncProducts,
+            *FUSED_TYPES,
         ),
         names=parties,
         store=store,

@@ -1140,6 +1140,9 @@ class MSELoss(Function):
         With ``reduction='none'`` returns ``d^2`` (one square); otherwise a :class:`LazyValue` whose
         square and reduction run only when the value is used.
         """
+        from .linear_relu import mse_grad_in_forward  # the gradient on the logits' round
+
+        ctx.pre = mse_grad_in_forward(x, target, reduction) if ctx.needs_input_grad[0] else None
         d = ops.sub(x, target)
         ctx.save_for_backward(d)
         ctx.conf = (reduction, _shape_of(x), _shape_of(target))
@@ -1159,7 +1162,10 @@ class MSELoss(Function):
         (d,) = ctx.saved_tensors
         reduction, xs, ts = ctx.conf
         n = d.numel() if reduction == "mean" else 1
-        gd = _scale_grad(g, d, 2.0 / n, reduction)
+        if ctx.pre is not None and not isinstance(g, SharedTensor) and float(g) == 1.0:
+            gd: Grad = SharedTensor(ctx.pre[0].result(ctx.pre[1]), d.session)  # forward's
+        else:
+            gd = _scale_grad(g, d, 2.0 / n, reduction)
         nx, nt, _ = ctx.needs_input_grad
         return (sum_to(gd, xs) if nx else None, _gneg(sum_to(gd, ts)) if nt else None, None)
 

@@ -18,6 +18,7 @@ import torch
 from .. import functional as F
 from .. import ops
 from ..autograd import is_grad_enabled, no_grad
+from ..autograd import linear_relu as _lr
 from ..errors import ShapeError
 from ..session import Session
 from ..tensor import SharedTensor
@@ -817,9 +818,34 @@ class Sequential(Module):
             setattr(self, str(i), m)
 
     def forward(self, x: Any) -> Any:
-        """Compute the output."""
-        for m in self._modules.values():
+        """Compute the output.
+
+        Under autograd a :class:`Linear` followed by a :class:`ReLU` runs as one
+        fused op (:class:`smpc.autograd.linear_relu.LinearReLU`: no truncation round
+        in the forward), and the next :class:`Linear` multiplies its input gradient
+        by that ReLU's bit inside its truncation (no product round in the backward).
+        """
+        mods = list(self._modules.values())
+        link: _lr.ReluLink | None = None
+        i = 0
+        while i < len(mods):
+            m = mods[i]
+            relu_next = i + 1 < len(mods) and type(mods[i + 1]) is ReLU
+            if (
+                type(m) is Linear
+                and (relu_next or link is not None)
+                and is_grad_enabled()
+                and _lr.fusable(x, m.weight, m.bias)
+                and (x.requires_grad or m.weight.requires_grad)
+            ):
+                out_link = _lr.ReluLink() if relu_next else None
+                x = _lr.LinearReLU.apply(x, m.weight, m.bias, link, out_link)
+                link = out_link
+                i += 2 if relu_next else 1
+                continue
             x = m(x)
+            link = None
+            i += 1
         return x
 
     def __getitem__(self, i: int) -> Module:
