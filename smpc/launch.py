@@ -194,8 +194,8 @@ def run_dealer(
     from .protocols import beaver, lookup, truncation
     from .protocols.compare import LtzMaterial
     from .protocols.convert import BitPair
-    from .protocols.truncpoly import TruncProducts
     from .protocols.fused import REQUEST_TYPES as FUSED_TYPES
+    from .protocols.truncpoly import TruncProducts
 
     dealer = TrustedDealer(
         len(parties),

@@ -15,11 +15,10 @@ from typing import Any
 import torch
 
 from .. import ops
-from ..protocols import fused, truncation
-from ..sharing import add_public_
+from ..ops import fused
 from ..tensor import SharedTensor
 from .function import Context, Function
-from .functions import Grad, LazyValue, Linear, _gsum, _weight_grad, mul_ring_bit
+from .functions import Grad, LazyValue, Linear, _gsum, _weight_grad
 from .tape import WIDE_MAX_FRAC_BITS, WideGrad
 
 __all__ = ["ReluLink", "LinearReLU", "PendingTrunc", "fusable", "mse_grad_in_forward"]
@@ -94,28 +93,14 @@ class LinearReLU(Function):
         ctx.session = sess
         ctx.links = (relu_in, relu_out)
         key = sess.transient_mask_key()
-        f = sess.encoding.frac_bits
         if relu_out is None:  # the truncation waits for its first use (see PendingTrunc)
             u, ctx.masks = fused.linear_forward_raw(
-                sess.comm,
-                sess.dealer,
-                x.share,
-                w.share.transpose(-1, -2),
-                None if b is None else b.share,
-                f,
-                key,
+                sess, x.share, w.share.transpose(-1, -2), None if b is None else b.share, key
             )
             return PendingTrunc(u, sess, (int(x.shape[0]), int(w.shape[0])))
         bit_key = sess.transient_mask_key()
         share, masks, bit = fused.linear_relu_forward(
-            sess.comm,
-            sess.dealer,
-            x.share,
-            w.share.transpose(-1, -2),
-            None if b is None else b.share,
-            f,
-            key,
-            bit_key,
+            sess, x.share, w.share.transpose(-1, -2), None if b is None else b.share, key, bit_key
         )
         ctx.masks = masks
         relu_out.bit = bit
@@ -139,7 +124,7 @@ class LinearReLU(Function):
             bit = relu_out.bit
             assert bit is not None
             if g is not relu_out.premultiplied:
-                g = mul_ring_bit(g, fused.bit_shares(sess.comm, bit), sess)
+                g = ops.mul_ring_bit(g, ops.RingBit(fused.bit_shares(sess, bit), sess))
             relu_out.premultiplied = None
             if bit.key is not None:  # the provider released rb (or drops it when it is too old)
                 sess.release_mask_key(bit.key)
@@ -148,16 +133,8 @@ class LinearReLU(Function):
         gw: Grad | WideGrad | None = None
         in_bit = relu_in.bit if relu_in is not None else None
         if nx and in_bit is not None and in_bit.key is not None and isinstance(g, SharedTensor):
-            f = sess.encoding.frac_bits
             lx, lw = fused.linear_backward(
-                sess.comm,
-                sess.dealer,
-                g.share,
-                ctx.masks,
-                f,
-                in_bit,
-                grad_weight=nw,
-                truncate_weight=not wide,
+                sess, g.share, ctx.masks, in_bit, grad_weight=nw, truncate_weight=not wide
             )
             sess.release_mask_key(ctx.masks.key)
             gx = SharedTensor(lx, sess)
@@ -215,7 +192,7 @@ class PendingTrunc(LazyValue):
         sess = self.session
         u = self.raw
         items = [(u, sess.encoding.frac_bits), *self._riders]
-        outs = truncation.trunc_many(sess.comm, sess.dealer, items)
+        outs = fused.trunc_many(sess, items)
         self._u, self._riders, self._results = None, [], outs[1:]
         return outs[0]
 
@@ -252,5 +229,5 @@ def mse_grad_in_forward(x: Any, target: Any, reduction: str) -> tuple[PendingTru
     if isinstance(target, SharedTensor):
         d = x.raw - (target.share << f)
     else:
-        d = add_public_(sess.comm, x.raw.clone(), -(sess.encoding.encode(target.detach()) << f))
+        d = fused.sub_public_scaled(sess, x.raw.clone(), target, f)
     return x, x.ride(d * k, 2 * f)

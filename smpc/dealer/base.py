@@ -166,15 +166,8 @@ class Elementwise(Request, Protocol):
 
 
 def _elementwise(req: Request) -> bool:
-    """Whether ``req`` is :class:`Elementwise`.
-
-    Transitional: a request class that still declares the class attribute
-    ``elementwise = True`` instead (the comparison material of
-    :mod:`smpc.protocols.compare`, until it implements :class:`Elementwise`)
-    counts too; its ``derive`` takes the batch axis.
-    """
-    cls = type(req)
-    return issubclass(cls, Elementwise) or getattr(cls, "elementwise", False) is True
+    """Whether ``req`` is :class:`Elementwise` (a class check: fast, no ``isinstance`` probe)."""
+    return issubclass(type(req), Elementwise)
 
 
 def fused_correction(

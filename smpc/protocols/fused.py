@@ -36,16 +36,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 
 from .. import ring
 from ..comm.base import Communicator
-from ..dealer.base import Component, Dealer, Kind, LinearBackwardTriple, fused_correction
+from ..dealer.base import Component, Dealer, Kind, fused_correction
 from ..errors import ShapeError
 from ..sharing import add_public_, data_shape
 from . import beaver, compare, truncation
+from .beaver import LinearBackwardTriple
 from .truncation import TRUNC_BOUND_BITS
 
 __all__ = [
@@ -79,16 +79,17 @@ class KeepingMatmulTriple:
     (:func:`linear_relu_forward`).
     """
 
-    transient: ClassVar[bool] = True
-
     shape_a: tuple[int, int]
     shape_b: tuple[int, int]
     key: int
 
-    @property
-    def keeps_keys(self) -> tuple[tuple[str, int], ...]:
-        """``a`` under ``key``, ``b`` under ``key + 1``."""
+    def keeps(self) -> tuple[tuple[str, int], ...]:
+        """``a`` under ``key``, ``b`` under ``key + 1`` (:class:`~smpc.dealer.base.KeepsMasks`)."""
         return (("a", self.key), ("b", self.key + 1))
+
+    def transient(self) -> bool:
+        """A forward pass's masks, dropped once the backward used them."""
+        return True
 
     def components(self) -> tuple[Component, ...]:
         """``a``, ``b`` random; ``c`` derived."""
@@ -139,16 +140,17 @@ class ReluTruncMaterial:
             :class:`LinearBackwardBitTriple`, which uses and releases it.
     """
 
-    transient: ClassVar[bool] = True
-
     shape: tuple[int, ...]
     frac_bits: int
     key: int | None = None
 
-    @property
-    def keeps_keys(self) -> tuple[tuple[str, int], ...]:
-        """``rb`` under ``key`` (nothing without a key)."""
+    def keeps(self) -> tuple[tuple[str, int], ...]:
+        """``rb`` under ``key`` (nothing without a key; :class:`~smpc.dealer.base.KeepsMasks`)."""
         return () if self.key is None else (("rb", self.key),)
+
+    def transient(self) -> bool:
+        """A forward pass's mask, dropped once the backward used it."""
+        return True
 
     def _ltz(self) -> compare.LtzMaterial:
         return compare.LtzMaterial(self.shape)
@@ -229,8 +231,6 @@ class LinearBackwardBitTriple:
     masks (``key``, ``key + 1``) and ``rb``.
     """
 
-    releases: ClassVar[bool] = True
-
     shape_g: tuple[int, int]
     shape_x: tuple[int, int]
     frac_bits: int
@@ -239,10 +239,13 @@ class LinearBackwardBitTriple:
     grad_weight: bool
     truncate_weight: bool
 
-    @property
-    def uses_keys(self) -> tuple[tuple[str, int], ...]:
-        """The forward's ``xa``, ``wb`` and the input ReLU's ``rb``."""
+    def uses(self) -> tuple[tuple[str, int], ...]:
+        """The forward's ``xa``, ``wb`` and the input ReLU's ``rb`` (``UsesMasks``)."""
         return (("xa", self.key), ("wb", self.key + 1), ("rb", self.bit_key))
+
+    def releases(self) -> bool:
+        """The dealer drops them after serving this request."""
+        return True
 
     def _weight(self) -> LinearBackwardTriple:
         return LinearBackwardTriple(

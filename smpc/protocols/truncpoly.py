@@ -46,7 +46,6 @@ import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 
@@ -102,8 +101,6 @@ class TruncProducts:
             monomial ``m``, and every assignment ``g`` (bit ``j`` for the
             ``j``-th opening that ``a`` involves) of the public bits ``sigma``.
     """
-
-    elementwise: ClassVar[bool] = True  # derive() works on any leading batch axis
 
     shape: tuple[int, ...]
     shifts: tuple[tuple[int, ...], ...]
@@ -170,6 +167,10 @@ class TruncProducts:
                 assert acc is not None
                 out[self.name(a, g)] = acc
         return out
+
+    def derive_batch(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """:meth:`derive` works unchanged with a leading batch axis (small requests are pooled)."""
+        return self.derive(values)
 
 
 class Fused:

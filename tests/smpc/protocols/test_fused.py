@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 import smpc
 from smpc import ring
-from smpc.dealer.base import TruncPair
 from smpc.protocols import compare, fused
+from smpc.protocols.truncation import TruncPair
 from smpc.sharing import additive_shares
 
 from ...strategies import party_counts
@@ -59,7 +59,7 @@ def test_relu_trunc_material_derives_products_with_the_bit(key: int | None) -> N
         assert torch.equal(out[nh], pair["neg_r_hi"]) and torch.equal(out[s], pair["s"])
         assert torch.equal(out[rs], pair["neg_r_hi"] * out["s"])
         assert torch.equal(out[ss], pair["s"] * out["s"])
-    assert req.keeps_keys == (() if key is None else (("rb", key),))
+    assert req.keeps() == (() if key is None else (("rb", key),))
     derived = [c.name for c in req.components() if c.kind.derived]
     assert set(derived) == set(out)
 
@@ -270,4 +270,4 @@ def test_keeping_matmul_triple_is_a_matmul_triple() -> None:
     a = torch.randint(-100, 100, (2, 3))
     b = torch.randint(-100, 100, (3, 4))
     assert torch.equal(req.derive({"a": a, "b": b})["c"], ring.matmul(a, b))
-    assert req.keeps_keys == (("a", 7), ("b", 8))
+    assert req.keeps() == (("a", 7), ("b", 8))
