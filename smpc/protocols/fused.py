@@ -329,11 +329,7 @@ def bit_shares(comm: Communicator, bit: ReluBit) -> torch.Tensor:
     """Additive shares of the ring 0/1 ``e XOR s = e + (1 - 2e) s``. Cost: local."""
     on = bit.e.bool()
     z = torch.where(on, -bit.s, bit.s)
-    if comm.party_axis:
-        z[0] += bit.e
-    elif comm.rank == 0:
-        z += bit.e
-    return z
+    return add_public_(comm, z, bit.e)
 
 
 def trunc_times_bit(
