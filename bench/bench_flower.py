@@ -55,7 +55,10 @@ def _backend(num_cpus: int) -> dict[str, Any]:
     }
 
 
-def w1(rounds: int, nodes: int, cpus: int) -> dict[str, Any]:
+MODES = ("flower-fedavg", "flower-secaggplus", "masking", "masking-fast", "secret-sharing")
+
+
+def w1(rounds: int, nodes: int, cpus: int, modes: tuple[str, ...] = MODES) -> dict[str, Any]:
     """Flower FedAvg, Flower SecAgg+ and fl masking on the example app, one run."""
     from flower_app.client_app import app as client_app
     from flower_app.server_app import run
@@ -77,13 +80,7 @@ def w1(rounds: int, nodes: int, cpus: int) -> dict[str, Any]:
     @server.main()
     def _main(grid: Grid, context: Context) -> None:
         run(grid, context, {**base, "aggregation": "plain", "num-server-rounds": 1})  # warm-up
-        for mode in (
-            "flower-fedavg",
-            "flower-secaggplus",
-            "masking",
-            "masking-fast",
-            "secret-sharing",
-        ):
+        for mode in modes:
             out[mode] = run(
                 grid, context, {**base, "aggregation": mode, "num-server-rounds": rounds}
             )
@@ -136,12 +133,18 @@ def main() -> None:
     ap.add_argument("--big-dim", type=int, default=1_000_000)
     ap.add_argument("--big-rounds", type=int, default=2)
     ap.add_argument("--only", choices=["W1", "W2"])
+    ap.add_argument(
+        "--modes",
+        default=",".join(MODES),
+        help="W1's aggregations, comma-separated (flower-fedavg is always run first)",
+    )
     args = ap.parse_args()
     dim = 784 * 128 + 128 + 128 * 64 + 64 + 64 * 10 + 10
     if args.only in (None, "W1"):
         with StealMeter() as steal:
             t0 = time.perf_counter()
-            res = w1(args.rounds, args.nodes, args.cpus)
+            modes = ("flower-fedavg", *(m for m in args.modes.split(",") if m != "flower-fedavg"))
+            res = w1(args.rounds, args.nodes, args.cpus, modes)
             wall = time.perf_counter() - t0
         plain = res["flower-fedavg"]["seconds_per_round"]
         print(
@@ -163,6 +166,8 @@ def main() -> None:
                 )
             print(line)
         for mode in ("masking", "masking-fast", "secret-sharing"):
+            if mode not in res or "flower-secaggplus" not in res:
+                continue
             sec = res["flower-secaggplus"]["seconds_per_round"] / res[mode]["seconds_per_round"]
             print(f"  fl {mode} is {sec:.2f}x faster than Flower SecAgg+ per round")
         print("W1 " + json.dumps(res))

@@ -147,7 +147,7 @@ import math
 import os
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -199,7 +199,6 @@ from fl.secure_aggregation import (
     _keystream,
     _Masker,
     _nonce,
-    _pair_key,
     _self_key,
 )
 from fl.server import FailurePolicy
@@ -223,6 +222,8 @@ _SEED_BYTES = 16  # an AES-128 key expanded into a share
 _TAG = 16  # AES-GCM tag
 # the two-exchange masking round with reused keys (SecureAggregation(reuse_keys=True))
 FAST_TRAIN, FAST_UNMASK = "fast_train", "fast_unmask"
+# the first reused-keys round (or one after a node lost its keys): train + keys, input, unmask
+FAST_KEYS, FAST_INPUT = "fast_keys", "fast_input"
 _LONG_TERM = "fl.secagg.keys"  # the node's long-term key pairs, kept across rounds
 
 
@@ -512,8 +513,19 @@ def _reply(content: RecordDict, to: Message) -> Message:
     return Message(content, reply_to=to)
 
 
-def _train(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Any:
-    """Stage 0 on the client: the user's training, then the update kept in the context."""
+def _train(
+    msg: Message,
+    context: Context,
+    call_next: Callable[[Message, Context], Message],
+    *,
+    keep: bool = True,
+) -> Any:
+    """Stage 0 on the client: the user's training, then the update kept in the context.
+
+    Returns the user's error reply, or ``(reply, num_examples)``; with
+    ``keep=False`` the update is returned as a third item instead of being
+    kept in the context.
+    """
     _clear_state(context)
     out = call_next(msg, context)
     if out.has_error():
@@ -528,6 +540,8 @@ def _train(msg: Message, context: Context, call_next: Callable[[Message, Context
     if list(trained.keys()) != list(sent.keys()):
         raise ProtocolError("the trained arrays' names differ from the global model's")
     delta = flatten_arrays(trained) - flatten_arrays(sent)
+    if not keep:
+        return out, _num_examples(out.content), delta
     context.state[_DELTA] = ArrayRecord({"delta": Array(delta.numpy())})
     return out, _num_examples(out.content)
 
@@ -556,6 +570,10 @@ def secure_aggregation_mod(
         return _ss_mod(msg, context, call_next, rec, stage)
     if stage == FAST_TRAIN:
         return _fast_train(msg, context, call_next, rec)
+    if stage == FAST_KEYS:
+        return _fast_keys(msg, context, call_next)
+    if stage == FAST_INPUT:
+        return _fast_input(msg, context, rec)
     if stage == FAST_UNMASK:
         return _fast_unmask(msg, context, rec)
     if stage == _TRAINED:  # plain aggregator, stage 0: train and report the sample count
@@ -586,10 +604,6 @@ def secure_aggregation_mod(
         _save_state(context, client, {"dp_clip": float(rec.get("dp_clip", 0.0))})  # type: ignore[arg-type]
         content = _encode(keys, client_id)
         content.config_records[RECORD]["num_examples"] = n
-        if rec.get("long_term"):  # reuse_keys: advertise the keys of the later fast rounds
-            lt_c, lt_s = _long_term_keys(context, create=True)
-            content.config_records[RECORD]["lt_c_pk"] = _public(lt_c)
-            content.config_records[RECORD]["lt_s_pk"] = _public(lt_s)
         for k, m in out.content.metric_records.items():
             content[k] = m
         return _reply(content, msg)
@@ -815,8 +829,12 @@ def _ss_mod(
 
 
 # ------------------------------------------- masking with reused keys (fast)
-def _long_term_keys(context: Context, *, create: bool) -> tuple[Any, Any]:
-    """The node's long-term X25519 key pairs ``(c_sk, s_sk)`` (made once, kept in the context)."""
+def _long_term_keys(context: Context, *, create: bool) -> tuple[Any, Any, bytes]:
+    """The node's long-term X25519 key pairs ``(c_sk, s_sk)`` and public keys ``c_pk || s_pk``.
+
+    Made once and kept in the context; the public halves are kept beside them
+    so that a round computes no public key.
+    """
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
     rec = context.state.config_records.get(_LONG_TERM)
@@ -824,61 +842,163 @@ def _long_term_keys(context: Context, *, create: bool) -> tuple[Any, Any]:
         if not create:
             raise ProtocolError("this node has no long-term keys (it restarted?)")
         c, s = X25519PrivateKey.generate(), X25519PrivateKey.generate()
+        pks = _public(c) + _public(s)
         context.state[_LONG_TERM] = ConfigRecord(
-            {"c_sk": c.private_bytes_raw(), "s_sk": s.private_bytes_raw()}
+            {"c_sk": c.private_bytes_raw(), "s_sk": s.private_bytes_raw(), "pks": pks}
         )
-        return c, s
-    return (
-        X25519PrivateKey.from_private_bytes(_get(rec, "c_sk", bytes)),
-        X25519PrivateKey.from_private_bytes(_get(rec, "s_sk", bytes)),
-    )
+        return c, s, pks
+    c = X25519PrivateKey.from_private_bytes(_get(rec, "c_sk", bytes))
+    s = X25519PrivateKey.from_private_bytes(_get(rec, "s_sk", bytes))
+    got = rec.get("pks")
+    pks = got if isinstance(got, bytes) and len(got) == 2 * _KEY_BYTES else _public(c) + _public(s)
+    return c, s, pks
 
 
 def _public(sk: Any) -> bytes:
     return bytes(sk.public_key().public_bytes_raw())
 
 
-def _fast_train(msg: Message, context: Context, call_next: Any, rec: ConfigRecord) -> Message:
-    """Fast stage 0 on a node: train, share a fresh self-mask seed, send the masked update."""
-    c_sk, s_sk = _long_term_keys(context, create=False)
+_PEER_CACHE = 4096  # long-term DH secrets kept per node (64 + 64 bytes each)
+
+
+def _peer_secrets(
+    context: Context, c_sk: Any, s_sk: Any, roster: Mapping[int, tuple[bytes, bytes]]
+) -> dict[int, tuple[bytes, bytes]]:
+    """The long-term X25519 secrets ``(DH(c_sk, c_pk_v), DH(s_sk, s_pk_v))`` with each peer.
+
+    They depend only on the two long-term key pairs, so a node computes each
+    once and keeps it in ``context.state`` beside its private keys (the same
+    secrecy as those keys; at most ``_PEER_CACHE`` peers, oldest dropped
+    first). Every round derives its own keys from them with the round id.
+    """
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+    rec = context.state.config_records[_LONG_TERM]
+    blob = rec.get("peers", b"")
+    if not isinstance(blob, bytes) or len(blob) % 128:
+        blob = b""
+    cache = {blob[i : i + 64]: blob[i + 64 : i + 128] for i in range(0, len(blob), 128)}
+    out: dict[int, tuple[bytes, bytes]] = {}
+    grew = False
+    for v, (c_pk, s_pk) in roster.items():
+        hit = cache.get(c_pk + s_pk)
+        if hit is None:
+            hit = c_sk.exchange(X25519PublicKey.from_public_bytes(c_pk)) + s_sk.exchange(
+                X25519PublicKey.from_public_bytes(s_pk)
+            )
+            cache[c_pk + s_pk] = hit
+            grew = True
+        out[v] = (hit[:32], hit[32:])
+    if grew:
+        items = list(cache.items())[-_PEER_CACHE:]
+        rec["peers"] = b"".join(k + v for k, v in items)
+    return out
+
+
+_FastKeys = tuple[Any, Any, MaskingSetup, int, dict[int, tuple[bytes, bytes]]]
+"""A fast round's ``(c_sk, s_sk, setup, node index, peers' long-term public keys)``."""
+
+
+def _fast_roster(context: Context, rec: ConfigRecord) -> _FastKeys:
+    """Check a fast round's setup and key roster: ``(c_sk, s_sk, setup, me, peers' keys)``."""
+    c_sk, s_sk, own = _long_term_keys(context, create=False)
     setup = _setup_from(rec)
     me = int(_get(rec, "client_id", int))
     ids, c_pks, s_pks = _ints(rec, "ids"), _blobs(rec, "c_pks"), _blobs(rec, "s_pks")
     if not len(ids) == len(c_pks) == len(s_pks):
         raise ProtocolError("key roster: ids and keys differ in length")
     roster = dict(zip(ids, zip(c_pks, s_pks, strict=True), strict=True))
-    if roster.get(me) != (_public(c_sk), _public(s_sk)):
+    if roster.get(me) != (own[:_KEY_BYTES], own[_KEY_BYTES:]):
         raise ProtocolError(f"node {me}: the roster does not hold this node's long-term keys")
     del roster[me]
     if me not in setup.participants or not set(roster) <= set(setup.neighbours):
         raise ProtocolError(f"node {me}: roster names non-neighbours or omits this node")
-    holders = [*sorted(roster), me]
-    if len(holders) < setup.threshold or setup.threshold < 1:
-        raise InsufficientClientsError(FAST_TRAIN, len(holders), setup.threshold)
+    if len(roster) + 1 < setup.threshold or setup.threshold < 1:
+        raise InsufficientClientsError(FAST_TRAIN, len(roster) + 1, setup.threshold)
+    return c_sk, s_sk, setup, me, roster
+
+
+def _fast_train(msg: Message, context: Context, call_next: Any, rec: ConfigRecord) -> Message:
+    """Fast stage 0 on a node: train, share a fresh self-mask seed, send the masked update."""
+    keys = _fast_roster(context, rec)  # checked before the (long) training
+    trained = _train(msg, context, call_next, keep=False)
+    if isinstance(trained, Message):
+        return trained
+    out, n, delta = trained
+    return _fast_masked_input(msg, context, rec, keys, delta, n, out.content, FAST_TRAIN)
+
+
+def _fast_keys(msg: Message, context: Context, call_next: Any) -> Message:
+    """First stage of a round that (re)learns keys: train, keep the update, send the keys."""
     trained = _train(msg, context, call_next)
     if isinstance(trained, Message):
         return trained
     out, n = trained
-    delta = torch.from_numpy(
-        np.asarray(context.state.array_records[_DELTA]["delta"].numpy(), dtype=np.float32)
+    _, _, pks = _long_term_keys(context, create=True)
+    context.state[_STATE] = ConfigRecord({"stage": FAST_INPUT, "num_examples": n})
+    content = RecordDict(
+        {
+            RECORD: ConfigRecord(
+                {
+                    "stage": FAST_KEYS,
+                    "num_examples": n,
+                    "lt_c_pk": pks[:_KEY_BYTES],
+                    "lt_s_pk": pks[_KEY_BYTES:],
+                }
+            )
+        }
     )
+    for k, m in out.content.metric_records.items():
+        content[k] = m
+    return _reply(content, msg)
+
+
+def _fast_input(msg: Message, context: Context, rec: ConfigRecord) -> Message:
+    """Second stage of such a round: the kept update, masked as in :func:`_fast_train`."""
+    st = context.state.config_records.get(_STATE)
+    d = context.state.array_records.get(_DELTA)
+    if st is None or d is None or st.get("stage") != FAST_INPUT:
+        raise ProtocolError("input request without a trained update on this node")
+    keys = _fast_roster(context, rec)
+    delta = torch.from_numpy(np.asarray(d["delta"].numpy(), dtype=np.float32))
+    n = int(_get(st, "num_examples", int))
     _clear_state(context)
+    return _fast_masked_input(msg, context, rec, keys, delta, n, RecordDict(), FAST_INPUT)
+
+
+def _fast_masked_input(
+    msg: Message,
+    context: Context,
+    rec: ConfigRecord,
+    keys: _FastKeys,
+    delta: torch.Tensor,
+    n: int,
+    metrics: RecordDict,
+    stage: str,
+) -> Message:
+    """Encrypted shares of a fresh self-mask seed and the masked update (the reply of ``stage``)."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    c_sk, s_sk, setup, me, roster = keys
+    holders = [*sorted(roster), me]
     weight = float(_get(rec, "weight", float))
     clip = float(rec.get("dp_clip", 0.0))  # type: ignore[arg-type]
     dp = DifferentialPrivacy(clip_norm=clip, noise_multiplier=0.0) if clip > 0 else None
+    rid = setup.round_id
+    peers = sorted(roster)
+    secrets_of = _peer_secrets(context, c_sk, s_sk, roster)
+    enc = {v: _kdf(b"enc", rid, secrets_of[v][0], 32) for v in peers}
+    pair = {v: _kdf(b"mask", rid, secrets_of[v][1], 16) for v in peers}  # = _pair_key
     # a fresh self-mask seed, Shamir-shared among the holders, each share encrypted to its holder
     x_of = {v: setup.participants.index(v) + 1 for v in holders}
     b_seed = secrets.token_bytes(32)
     b_sh = shamir.split(int.from_bytes(b_seed, "big"), setup.threshold, [x_of[v] for v in holders])
-    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-    cts = []
-    for v in sorted(roster):
-        shared = c_sk.exchange(X25519PublicKey.from_public_bytes(roster[v][0]))
-        key = _kdf(b"enc", setup.round_id, shared, 32)
-        plain = b_sh[x_of[v]].to_bytes(SHARE_BYTES, "big")
-        cts.append(AESGCM(key).encrypt(_nonce(me), plain, _ad(me, v, setup.round_id)))
+    cts = [
+        AESGCM(enc[v]).encrypt(
+            _nonce(me), b_sh[x_of[v]].to_bytes(SHARE_BYTES, "big"), _ad(me, v, rid)
+        )
+        for v in peers
+    ]
     # the masked input, as MaskingClient.masked_input computes it (pair masks with every neighbour)
     quantizer = Quantizer(setup.clip_range, len(setup.participants), setup.bits)
     name = f"node {me}'s weighted update"
@@ -889,33 +1009,31 @@ def _fast_train(msg: Message, context: Context, call_next: Any, rec: ConfigRecor
         if setup.noise_std > 0:
             x = x + GaussianNoise().normal(setup.noise_std, x.shape, x.dtype)
         y = quantizer.quantize(x, name=name)
-    plus: list[bytes] = [_self_key(b_seed, setup.round_id)]
+    plus: list[bytes] = [_self_key(b_seed, rid)]
     minus: list[bytes] = []
-    for v, (_, s_pk) in roster.items():
-        (plus if me < v else minus).append(_pair_key(s_sk, s_pk, setup.round_id))
+    for v in peers:
+        (plus if me < v else minus).append(pair[v])
     _Masker().apply(y, plus, minus)
     context.state[_STATE] = _config(
         {
             "stage": FAST_UNMASK,
             "client_id": me,
-            "round_id": setup.round_id,
+            "round_id": rid,
             "participants": list(setup.participants),
             "threshold": setup.threshold,
-            "roster_ids": sorted(roster),
-            "roster_c": [roster[v][0] for v in sorted(roster)],
-            "roster_s": [roster[v][1] for v in sorted(roster)],
+            "peers": peers,
+            "enc": b"".join(enc[v] for v in peers),  # this round's channel keys
+            "pair": b"".join(pair[v] for v in peers),  # this round's pair-mask keys
             "own_b": b_sh[x_of[me]].to_bytes(SHARE_BYTES, "big"),
         }
     )
     content = RecordDict(
         {
-            RECORD: _config(
-                {"stage": FAST_TRAIN, "num_examples": n, "ids": sorted(roster), "cts": cts}
-            ),
+            RECORD: _config({"stage": stage, "num_examples": n, "ids": peers, "cts": cts}),
             RECORD + ".arrays": ArrayRecord({"y": Array(quantizer.pack(y))}),
         }
     )
-    for k, m in out.content.metric_records.items():
+    for k, m in metrics.metric_records.items():
         content[k] = m
     return _reply(content, msg)
 
@@ -923,23 +1041,20 @@ def _fast_train(msg: Message, context: Context, call_next: Any, rec: ConfigRecor
 def _fast_unmask(msg: Message, context: Context, rec: ConfigRecord) -> Message:
     """Fast stage 1 on a node: shares of the survivors' self-mask seeds, the dropped pairs' keys."""
     from cryptography.exceptions import InvalidTag
-    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     st = context.state.config_records.get(_STATE)
     if st is None or st.get("stage") != FAST_UNMASK:
         raise ProtocolError("no secure-aggregation round in progress on this node")
-    c_sk, s_sk = _long_term_keys(context, create=False)
     me, round_id = int(_get(st, "client_id", int)), _get(st, "round_id", bytes)
     threshold = int(_get(st, "threshold", int))
     participants = _ints(st, "participants")
-    roster = dict(
-        zip(
-            _ints(st, "roster_ids"),
-            zip(_blobs(st, "roster_c"), _blobs(st, "roster_s"), strict=True),
-            strict=True,
-        )
-    )
+    peers = _ints(st, "peers")
+    enc_blob, pair_blob = _get(st, "enc", bytes), _get(st, "pair", bytes)
+    if len(enc_blob) != 32 * len(peers) or len(pair_blob) != 16 * len(peers):
+        raise ProtocolError(f"node {me}: corrupt round state")
+    enc = {v: enc_blob[32 * i : 32 * i + 32] for i, v in enumerate(peers)}
+    pair_keys = {v: pair_blob[16 * i : 16 * i + 16] for i, v in enumerate(peers)}
     survivors, dropped = set(_ints(rec, "survivors")), set(_ints(rec, "dropped"))
     if survivors & dropped or not (survivors | dropped) <= set(participants):
         raise ProtocolError(f"node {me}: inconsistent survivors and dropped nodes")
@@ -949,17 +1064,15 @@ def _fast_unmask(msg: Message, context: Context, rec: ConfigRecord) -> Message:
         raise InsufficientClientsError(Stage.UNMASK.value, len(survivors), threshold)
     held = {me: int.from_bytes(_get(st, "own_b", bytes), "big")}
     for u, ct in _pairs(_ints(rec, "ids"), _blobs(rec, "cts"), "cts").items():
-        if u not in roster:
+        if u not in enc:
             raise ProtocolError(f"node {me}: share from unknown node {u}")
-        shared = c_sk.exchange(X25519PublicKey.from_public_bytes(roster[u][0]))
-        key = _kdf(b"enc", round_id, shared, 32)
         try:
-            plain = AESGCM(key).decrypt(_nonce(u), ct, _ad(u, me, round_id))
+            plain = AESGCM(enc[u]).decrypt(_nonce(u), ct, _ad(u, me, round_id))
         except InvalidTag as exc:
             raise ProtocolError(f"node {me}: the share from {u} fails authentication") from exc
         held[u] = int.from_bytes(plain, "big")
     b = {u: held[u] for u in sorted(survivors) if u in held}
-    pair = {w: _pair_key(s_sk, roster[w][1], round_id) for w in sorted(dropped) if w in roster}
+    pair = {w: pair_keys[w] for w in sorted(dropped) if w in pair_keys}
     _clear_state(context)
     content = RecordDict(
         {
@@ -1108,7 +1221,14 @@ class SecureAggregation:
         node_of: Mapping[int, int],
         timeout: float | None,
         wire: dict[int, int],
+        need: int | None = None,
     ) -> tuple[dict[int, Any], dict[int, RecordDict]]:
+        """One request/reply exchange; the decoded replies by client index.
+
+        With ``need``, returns as soon as ``need`` replies decoded (the other
+        nodes' later replies are never read); otherwise waits for every node
+        or the timeout.
+        """
         start = time.perf_counter()
         messages = []
         ttl = None if timeout is None else max(timeout * 2, 60.0)
@@ -1119,43 +1239,47 @@ class SecureAggregation:
         cid_of = {n: c for c, n in node_of.items()}
         replies: dict[int, Any] = {}
         raw: dict[int, RecordDict] = {}
-        for reply in self._send_and_receive(grid, messages, timeout):
-            node = int(reply.metadata.src_node_id)
-            if node not in cid_of or cid_of[node] not in contents or reply.has_error():
-                continue  # an error reply is a dropout of this stage
-            cid = cid_of[node]
-            try:
-                replies[cid] = (
-                    _decode_reply(reply.content, cid, stage)
-                    if isinstance(stage, Stage) and stage is not Stage.ADVERTISE_KEYS
-                    else reply.content
-                )
-            except (ProtocolError, ValueError, KeyError, TypeError):
-                continue  # a malformed reply is a dropout too (never trusted)
-            raw[cid] = reply.content
-            wire[cid] = wire.get(cid, 0) + _content_bytes(reply.content)
+        for batch in self._send_and_receive(grid, messages, timeout):
+            for reply in batch:
+                node = int(reply.metadata.src_node_id)
+                if node not in cid_of or cid_of[node] not in contents or reply.has_error():
+                    continue  # an error reply is a dropout of this stage
+                cid = cid_of[node]
+                try:
+                    replies[cid] = (
+                        _decode_reply(reply.content, cid, stage)
+                        if isinstance(stage, Stage) and stage is not Stage.ADVERTISE_KEYS
+                        else reply.content
+                    )
+                except (ProtocolError, ValueError, KeyError, TypeError):
+                    continue  # a malformed reply is a dropout too (never trusted)
+                raw[cid] = reply.content
+                wire[cid] = wire.get(cid, 0) + _content_bytes(reply.content)
+            if need is not None and len(replies) >= need:
+                break
         times = self.stage_seconds[-1] if self.stage_seconds else {}
         times[str(stage)] = time.perf_counter() - start
         return replies, raw
 
     def _send_and_receive(
         self, grid: Any, messages: list[Message], timeout: float | None
-    ) -> list[Message]:
-        """``grid.send_and_receive``, or push/pull polled every ``poll_interval`` seconds."""
+    ) -> Iterator[list[Message]]:
+        """Reply batches: ``grid.send_and_receive``, or push/pull polled every ``poll_interval``."""
         if self.poll_interval is None:
-            return list(grid.send_and_receive(messages, timeout=timeout))
+            yield list(grid.send_and_receive(messages, timeout=timeout))
+            return
         pending = set(grid.push_messages(messages))
         deadline = None if timeout is None else time.monotonic() + timeout
-        wait, out = self.poll_interval, []
+        wait = self.poll_interval
         while pending:
             got = list(grid.pull_messages(pending))
-            out.extend(got)
             pending -= {m.metadata.reply_to_message_id for m in got}
+            if got:
+                yield got
             if not pending or (deadline is not None and time.monotonic() >= deadline):
-                break
+                return
             time.sleep(wait)
             wait = min(wait * 1.5, 0.1)  # back off to Flower's own 0.1 s while waiting long
-        return out
 
     def _fit_config(self, round_index: int) -> ConfigRecord:
         fc = self.strategy.fit_config(round_index)
@@ -1186,9 +1310,16 @@ class SecureAggregation:
         wire: dict[int, int] = {}
         self.stage_seconds.append({})
         config = self._fit_config(round_index)
-        if self._can_reuse_keys(node_of):
+        if self.reuse_keys:
             result, counts, losses = self._fast_round(
-                grid, arrays, config, round_index, node_of, dim, wire
+                grid,
+                arrays,
+                config,
+                round_index,
+                node_of,
+                dim,
+                wire,
+                keys_first=not self._can_reuse_keys(node_of),
             )
         else:
             result, counts, losses = self._standard_round(
@@ -1236,12 +1367,53 @@ class SecureAggregation:
         node_of: Mapping[int, int],
         dim: int,
         wire: dict[int, int],
+        *,
+        keys_first: bool = False,
     ) -> tuple[AggregateResult, dict[int, int], dict[int, float]]:
-        """The two-exchange masking round on long-term keys (``reuse_keys=True``)."""
+        """The masking round on long-term keys (``reuse_keys=True``).
+
+        Two exchanges (``fast_train``, ``fast_unmask``) while every selected
+        node's keys and sample count are known; otherwise (``keys_first``)
+        three: ``fast_keys`` (training, the long-term public keys and the
+        count), ``fast_input`` (the masked update) and ``fast_unmask``.
+        """
         agg = self.aggregator
         assert isinstance(agg, MaskingAggregator)
+        losses: dict[int, float] = {}
+        stage = FAST_TRAIN
+        if keys_first:  # (re)learn keys and counts: train + keys, then the masked input
+            stage = FAST_INPUT
+            first = {
+                c: RecordDict(
+                    {
+                        RECORD: ConfigRecord({"stage": FAST_KEYS, "client_id": c}),
+                        "arrays": arrays,
+                        "config": config,
+                    }
+                )
+                for c in node_of
+            }
+            got, _ = self._exchange(
+                grid, round_index, FAST_KEYS, first, node_of, self.train_timeout, wire
+            )
+            for c, content in got.items():
+                rec = content.config_records.get(RECORD)
+                if rec is None or rec.get("stage") != FAST_KEYS:
+                    continue
+                n = rec.get("num_examples")
+                lt = (rec.get("lt_c_pk"), rec.get("lt_s_pk"))
+                if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+                    continue
+                if not all(isinstance(k, bytes) and len(k) == _KEY_BYTES for k in lt):
+                    continue
+                self._long_term[node_of[c]] = (bytes(lt[0]), bytes(lt[1]))
+                self._counts[node_of[c]] = n
+                losses.update(_losses(c, content))
+            node_of = {c: n for c, n in node_of.items() if c in got and n in self._long_term}
+            if not node_of:
+                raise InsufficientClientsError(Stage.ADVERTISE_KEYS.value, 0, 1)
         counts = {c: self._counts[n] for c, n in node_of.items()}
-        weights = agg.weights(counts)  # the counts reported in the nodes' last round
+        weights = agg.weights(counts)  # this round's counts, or those of the nodes' last round
         session = MaskingServer(agg, weights, dim)  # fresh round id, graph, threshold, quantizer
         t, rid = session.threshold, session.round_id
         contents: dict[int, RecordDict] = {}
@@ -1249,25 +1421,31 @@ class SecureAggregation:
             content = _encode(setup, c)
             holders = sorted((*setup.neighbours, c))
             rec = content.config_records[RECORD]
-            rec["stage"] = FAST_TRAIN
+            rec["stage"] = stage
             rec["weight"] = float(weights[c])
             rec["dp_clip"] = float(agg.dp.clip_norm if agg.dp is not None else 0.0)
             rec["ids"] = holders
             rec["c_pks"] = [self._long_term[node_of[v]][0] for v in holders]
             rec["s_pks"] = [self._long_term[node_of[v]][1] for v in holders]
-            content["arrays"] = arrays
-            content["config"] = config
+            if stage == FAST_TRAIN:
+                content["arrays"] = arrays
+                content["config"] = config
             contents[c] = content
         replies, _ = self._exchange(
-            grid, round_index, FAST_TRAIN, contents, node_of, self.train_timeout, wire
+            grid,
+            round_index,
+            stage,
+            contents,
+            node_of,
+            self.train_timeout if stage == FAST_TRAIN else self.timeout,
+            wire,
         )
         ys: dict[int, np.ndarray] = {}
         inbox: dict[int, dict[int, bytes]] = {c: {} for c in node_of}
-        losses: dict[int, float] = {}
         for c, content in replies.items():
             rec = content.config_records.get(RECORD)
             try:
-                if rec is None or _get(rec, "stage", str) != FAST_TRAIN:
+                if rec is None or _get(rec, "stage", str) != stage:
                     raise ProtocolError("reply for another stage")
                 n = _get(rec, "num_examples", int)
                 if n <= 0:
@@ -1282,13 +1460,10 @@ class SecureAggregation:
             self._counts[node_of[c]] = int(n)
             for v, ct in cts.items():
                 inbox[v][c] = ct
-            for m in content.metric_records.values():
-                loss = m.get("train_loss")
-                if isinstance(loss, float | int):
-                    losses[c] = float(loss)
+            losses.update(_losses(c, content))
         for c, n in node_of.items():
-            if c not in ys:  # failed: it advertises its keys again in a standard round
-                self._long_term.pop(n, None)
+            if c not in ys and stage == FAST_TRAIN:  # it may have lost its keys: it advertises
+                self._long_term.pop(n, None)  # them again in a `fast_keys` exchange
         u2 = tuple(sorted(ys))
         if len(u2) < t:
             raise InsufficientClientsError(Stage.INPUT.value, len(u2), t)
@@ -1309,8 +1484,16 @@ class SecureAggregation:
             )
             for c in u2
         }
+        # nothing dropped: any t nodes' shares rebuild every self mask, so stop at t replies
         shares, _ = self._exchange(
-            grid, round_index, FAST_UNMASK, unmask, node_of, self.timeout, wire
+            grid,
+            round_index,
+            FAST_UNMASK,
+            unmask,
+            node_of,
+            self.timeout,
+            wire,
+            need=None if dropped else t,
         )
         b_pts: dict[int, dict[int, int]] = {u: {} for u in u2}
         pair: dict[tuple[int, int], bytes] = {}
@@ -1412,8 +1595,6 @@ class SecureAggregation:
             }
         for content in first.values():
             content.config_records[RECORD]["dp_clip"] = float(dp_clip)
-            if masking and self.reuse_keys:
-                content.config_records[RECORD]["long_term"] = True
             content["arrays"] = arrays
             content["config"] = config
         stage0, raw = self._exchange(
@@ -1437,10 +1618,6 @@ class SecureAggregation:
             except ProtocolError:
                 continue
             counts[c] = n
-            lt = (rec.get("lt_c_pk"), rec.get("lt_s_pk"))
-            if self.reuse_keys and all(isinstance(k, bytes) and len(k) == _KEY_BYTES for k in lt):
-                self._long_term[node_of[c]] = (bytes(lt[0]), bytes(lt[1]))
-                self._counts[node_of[c]] = n
             for m in content.metric_records.values():
                 loss = m.get("train_loss")
                 if isinstance(loss, float | int):
@@ -1631,6 +1808,15 @@ class SecureAggregation:
             arrays = unflatten_arrays(vector, arrays)
             self.history.append(record)
         return arrays, self.history
+
+
+def _losses(c: int, content: RecordDict) -> dict[int, float]:
+    """``{c: train_loss}`` when a reply's metrics carry one."""
+    for m in content.metric_records.values():
+        loss = m.get("train_loss")
+        if isinstance(loss, float | int) and not isinstance(loss, bool):
+            return {c: float(loss)}
+    return {}
 
 
 def _value_bytes(v: Any) -> int:

@@ -74,6 +74,8 @@ def _stage(msg: Message) -> str | None:
         "ss_input": "input",
         "fast_train": "advertise_keys",  # reuse_keys: training + masked input in one exchange
         "fast_unmask": "unmask",
+        "fast_keys": "advertise_keys",  # reuse_keys, first round: training + long-term keys
+        "fast_input": "input",
     }
     return names.get(stage, "sum" if stage == "ss_sum" else stage)
 

@@ -252,10 +252,10 @@ def test_simulation_engine_five_supernodes_secret_sharing() -> None:
     r3 = rounds[2]
     assert r3["failed"] and "`sum`" in r3["error"]
     assert arrays[3] == arrays[2]
-    # then masking with reuse_keys=True on the same engine: a four-stage round, a fast one
+    # then masking with reuse_keys=True on the same engine: a keys round, a fast one
     f0, f1, f2 = (torch.tensor(a) for a in out["fast_arrays"])
     s1, s2 = out["fast_stages"]
-    assert "share_keys" in s1 and s2 == ["fast_train", "fast_unmask"]
+    assert s1 == ["fast_input", "fast_keys", "fast_unmask"] and s2 == ["fast_train", "fast_unmask"]
     q1, q2 = out["fast_rounds"]
     assert len(q1["survivors"]) == 4  # partition 2 raised at INPUT
     assert len(q2["survivors"]) == 4  # partition 4 raised while training (weighted, not summed)

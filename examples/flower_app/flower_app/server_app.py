@@ -132,6 +132,7 @@ def run(grid: Grid, context: Context, cfg: dict[str, Any]) -> dict[str, Any]:
             f"got {mode!r}"
         )
     out["seconds_per_round"] = (stamps[-1] - stamps[0]) / rounds if len(stamps) > 1 else 0.0
+    out["round_seconds"] = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
     out["accuracy"] = accuracy[-1] if accuracy else float("nan")
     return out
 
