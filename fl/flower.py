@@ -1123,10 +1123,11 @@ class SecureAggregation:
         evaluate_fn: Optional ``f(round, arrays) -> (loss, accuracy)`` run on
             the server after each round.
         seed: Seed of node sampling (public randomness, not a secret).
-        poll_interval: First wait (seconds, backing off to 0.1) between pulls of
-            the replies with ``grid.push_messages``/``pull_messages``; Flower's
-            ``send_and_receive`` waits 0.1 s between pulls, which a four-stage
-            round pays four times. ``None`` uses ``grid.send_and_receive``.
+        poll_interval: First wait (seconds) between pulls of the replies with
+            ``grid.push_messages``/``pull_messages``, backing off to 0.02 s
+            during a stage's first 10 s and to 0.1 s after; Flower's
+            ``send_and_receive`` waits 0.1 s between pulls, which every stage
+            would pay. ``None`` uses ``grid.send_and_receive``.
         reuse_keys: With a :class:`~fl.MaskingAggregator`: after a first
             standard round in which the nodes also advertise long-term key
             pairs, run each round in two exchanges (training + masked input,
@@ -1269,7 +1270,8 @@ class SecureAggregation:
             yield list(grid.send_and_receive(messages, timeout=timeout))
             return
         pending = set(grid.push_messages(messages))
-        deadline = None if timeout is None else time.monotonic() + timeout
+        begin = time.monotonic()
+        deadline = None if timeout is None else begin + timeout
         wait = self.poll_interval
         while pending:
             got = list(grid.pull_messages(pending))
@@ -1279,7 +1281,10 @@ class SecureAggregation:
             if not pending or (deadline is not None and time.monotonic() >= deadline):
                 return
             time.sleep(wait)
-            wait = min(wait * 1.5, 0.1)  # back off to Flower's own 0.1 s while waiting long
+            # a reply is seen within 20 ms for the first 10 s (a stage's usual span); then
+            # back off to Flower's own 0.1 s while waiting long (e.g. for slow training)
+            cap = 0.02 if time.monotonic() - begin < 10.0 else 0.1
+            wait = min(wait * 1.5, max(cap, self.poll_interval))
 
     def _fit_config(self, round_index: int) -> ConfigRecord:
         fc = self.strategy.fit_config(round_index)
