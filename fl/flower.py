@@ -76,10 +76,15 @@ simulation of :class:`~fl.MaskingAggregator`):
     :class:`~fl.InsufficientClientsError` naming stage ``sum``.
 
 Masking in two exchanges (``reuse_keys=True``, :class:`~fl.MaskingAggregator`):
-    The first round (and any round after a selected node failed) is the
-    four-stage round above, in which every node also advertises two
-    long-term X25519 public keys (``c_pk``, ``s_pk``; the private halves stay
-    in ``context.state`` across rounds). While every selected node's keys and
+    Every node keeps two long-term X25519 key pairs (``c``, ``s``) in
+    ``context.state`` across rounds (the private halves never leave it), and
+    the DH secrets with each peer's long-term keys beside them, computed once.
+    The first round (and any round after a node failed in ``fast_train``,
+    which may have lost its keys) takes three exchanges: ``fast_keys`` (the
+    node trains, keeps its update and replies with its long-term public keys
+    ``c_pk``, ``s_pk`` and its sample count; the server weighs the nodes that
+    answered by those counts), ``fast_input`` (stage 0 below without the
+    training) and ``fast_unmask``. While every selected node's keys and
     sample count are known, a round takes two exchanges:
 
     0. ``fast_train``: the server sends the model, the round setup (a fresh
@@ -98,7 +103,8 @@ Masking in two exchanges (``reuse_keys=True``, :class:`~fl.MaskingAggregator`):
        ``u in U2`` and, for each neighbour ``w in D``, the round's pair key
        ``s_uw`` (a per-round KDF output; the long-term secret never leaves
        the node). The server removes the self masks and the dropped pairs'
-       masks.
+       masks. With ``D`` empty any ``t`` replies rebuild every self mask, so
+       the server stops reading at the ``t``-th.
 
     What changes: the Shamir shares of ``s_sk`` (and the ``share_keys``
     exchange) are gone, because ``s_sk`` is never rebuilt; a dropped node's
