@@ -163,20 +163,22 @@ def test_long_term_dh_secrets_are_cached_per_peer(monkeypatch: pytest.MonkeyPatc
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
     from flwr.app import Context, RecordDict
 
-    from fl import flower
+    from fl.flower import records, reuse_keys
 
     ctx = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
-    c_sk, s_sk, _ = flower._long_term_keys(ctx, create=True)
+    c_sk, s_sk, _ = reuse_keys._long_term_keys(ctx, create=True)
     peers = {v: (X25519PrivateKey.generate(), X25519PrivateKey.generate()) for v in range(5)}
-    roster = {v: (flower._public(c), flower._public(s)) for v, (c, s) in peers.items()}
-    got = flower._peer_secrets(ctx, c_sk, s_sk, roster)
+    roster = {v: (reuse_keys._public(c), reuse_keys._public(s)) for v, (c, s) in peers.items()}
+    got = reuse_keys._peer_secrets(ctx, c_sk, s_sk, roster)
     for v, (c, s) in peers.items():  # DH is symmetric: the peer computes the same secrets
         assert got[v] == (c.exchange(c_sk.public_key()), s.exchange(s_sk.public_key()))
-    assert flower._peer_secrets(ctx, c_sk, s_sk, roster) == got  # served from the cache
-    monkeypatch.setattr(flower, "_PEER_CACHE", 3)
+    assert reuse_keys._peer_secrets(ctx, c_sk, s_sk, roster) == got  # served from the cache
+    monkeypatch.setattr(reuse_keys, "_PEER_CACHE", 3)  # read by _peer_secrets
     fresh = (X25519PrivateKey.generate(), X25519PrivateKey.generate())
-    flower._peer_secrets(ctx, c_sk, s_sk, {9: (flower._public(fresh[0]), flower._public(fresh[1]))})
-    blob = ctx.state.config_records[flower._LONG_TERM]["peers"]
+    reuse_keys._peer_secrets(
+        ctx, c_sk, s_sk, {9: (reuse_keys._public(fresh[0]), reuse_keys._public(fresh[1]))}
+    )
+    blob = ctx.state.config_records[records._LONG_TERM]["peers"]
     assert isinstance(blob, bytes) and len(blob) == 3 * 128  # the newest 3 peers only
-    ctx.state.config_records[flower._LONG_TERM]["peers"] = b"junk"  # a corrupt cache is ignored
-    assert flower._peer_secrets(ctx, c_sk, s_sk, roster) == got
+    ctx.state.config_records[records._LONG_TERM]["peers"] = b"junk"  # a corrupt cache is ignored
+    assert reuse_keys._peer_secrets(ctx, c_sk, s_sk, roster) == got
