@@ -20,7 +20,10 @@ measured there. FedAMP's default hyperparameters were chosen that way
 (``--validation --no-secure --seeds 5 --lam ...``), never on the test splits.
 
 Run: ``python bench/bench_fedamp.py [--rounds R] [--seeds S] [--quick] [--no-secure]
-[--fashion-path DIR] [--validation] [--self-weight W] [--sigma S] [--lam L] [--alpha-k A]``
+[--fashion-path DIR] [--validation] [--methods local,fedavg,fedprox,fedamp]
+[--self-weight W] [--sigma S] [--lam L] [--alpha-k A]`` (``--methods local,fedamp``
+runs only the comparison that matters for tuning; the paired per-split difference
+FedAMP - local only is printed when both run)
 (FedAMP's hyperparameters default to ``fl.FedAMP()``'s).
 """
 
@@ -53,6 +56,7 @@ FASHION_DIRS = (
 PER_CLASS = 500
 N_CLIENTS = 20
 EPOCHS, BATCH, LR = 1, 32, 0.05
+METHODS = ("local", "fedavg", "fedprox", "fedamp")
 
 
 def mlp() -> nn.Module:
@@ -167,30 +171,35 @@ def one_split(
     secure: bool,
     amp: dict[str, float],
     validation: bool = False,
+    methods: frozenset[str] = frozenset(METHODS),
 ) -> list[tuple[str, float, float]]:
-    """Every method on the split of ``seed``: (label, accuracy, seconds)."""
+    """The chosen methods on the split of ``seed``: (label, accuracy, seconds)."""
     part = fl.partition(y, N_CLIENTS, "shards", classes_per_client=2, seed=seed)
     clients = fl.make_clients(part, x, y, test_fraction=0.25, seed=seed)
     if validation:
         clients = validation_clients(clients, seed)
     rows: list[tuple[str, float, float]] = []
-    t = time.perf_counter()
-    rows.append(("local only", local_only(clients, rounds), time.perf_counter() - t))
-    t = time.perf_counter()
-    fedavg, tuned = global_runs(
-        clients, rounds, fl.FedAvg(epochs=EPOCHS, batch_size=BATCH, lr=LR), fine_tune=True
-    )
-    dt = time.perf_counter() - t
-    rows.append(("FedAvg (global model)", fedavg, dt))
-    rows.append(("FedAvg + 1 epoch fine-tuning", tuned, dt))
-    t = time.perf_counter()
-    prox_strategy = fl.FedProx(mu=0.01, epochs=EPOCHS, batch_size=BATCH, lr=LR)
-    prox, _ = global_runs(clients, rounds, prox_strategy, fine_tune=False)
-    rows.append(("FedProx (mu=0.01)", prox, time.perf_counter() - t))
+    if "local" in methods:
+        t = time.perf_counter()
+        rows.append(("local only", local_only(clients, rounds), time.perf_counter() - t))
+    if "fedavg" in methods:
+        t = time.perf_counter()
+        fedavg, tuned = global_runs(
+            clients, rounds, fl.FedAvg(epochs=EPOCHS, batch_size=BATCH, lr=LR), fine_tune=True
+        )
+        dt = time.perf_counter() - t
+        rows.append(("FedAvg (global model)", fedavg, dt))
+        rows.append(("FedAvg + 1 epoch fine-tuning", tuned, dt))
+    if "fedprox" in methods:
+        t = time.perf_counter()
+        prox_strategy = fl.FedProx(mu=0.01, epochs=EPOCHS, batch_size=BATCH, lr=LR)
+        prox, _ = global_runs(clients, rounds, prox_strategy, fine_tune=False)
+        rows.append(("FedProx (mu=0.01)", prox, time.perf_counter() - t))
     kw: dict[str, Any] = dict(amp, epochs=EPOCHS, batch_size=BATCH, lr=LR)
-    t = time.perf_counter()
-    plain, _ = fedamp_run(clients, rounds, fl.FedAMP(**kw))
-    rows.append(("FedAMP", plain, time.perf_counter() - t))
+    if "fedamp" in methods or secure:
+        t = time.perf_counter()
+        plain, _ = fedamp_run(clients, rounds, fl.FedAMP(**kw))
+        rows.append(("FedAMP", plain, time.perf_counter() - t))
     if secure:
         t = time.perf_counter()
         sec, _ = fedamp_run(clients, rounds, fl.FedAMP(secure=True, **kw))
@@ -206,6 +215,7 @@ def accuracy_table(
     seeds: int,
     fashion_path: str | None = None,
     validation: bool = False,
+    methods: frozenset[str] = frozenset(METHODS),
 ) -> None:
     data = load_pooled(name, fashion_path)
     if data is None:
@@ -232,7 +242,7 @@ def accuracy_table(
     )
     results: dict[str, list[tuple[float, float]]] = {}
     for seed in range(seeds):
-        for label, acc, secs in one_split(x, y, seed, rounds, secure, amp, validation):
+        for label, acc, secs in one_split(x, y, seed, rounds, secure, amp, validation, methods):
             results.setdefault(label, []).append((acc, secs))
     print(f"  {'method':36s} {'mean acc':>9s} {'std':>6s}  per seed{'':20s} seconds/run")
     for label, vals in results.items():
@@ -241,6 +251,18 @@ def accuracy_table(
         per = " ".join(f"{a:.2f}" for a in accs.tolist())
         secs = sum(s for _, s in vals) / len(vals)
         print(f"  {label:36s} {float(accs.mean()):8.2f}% {std:6.2f}  {per:28s} {secs:8.1f}")
+    if "local only" in results and "FedAMP" in results:
+        paired = [
+            100 * (a[0] - b[0])
+            for a, b in zip(results["FedAMP"], results["local only"], strict=True)
+        ]
+        wins = sum(d > 0 for d in paired)
+        losses = sum(d < 0 for d in paired)
+        print(
+            f"  FedAMP - local only per seed (points): {' '.join(f'{d:+.2f}' for d in paired)} "
+            f"(mean {sum(paired) / len(paired):+.2f}; above on {wins}, below on {losses} "
+            f"of {len(paired)} splits)"
+        )
     if secure:
         diff = [
             100 * (s[0] - p[0])
@@ -297,6 +319,11 @@ def main() -> None:
         action="store_true",
         help="accuracy on validation splits of the training rows (for tuning), not the test splits",
     )
+    ap.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help=f"comma-separated subset of {','.join(METHODS)} (the secure run needs no flag)",
+    )
     default = fl.FedAMP()  # the strategy's documented defaults
     ap.add_argument("--self-weight", type=float, default=default.self_weight)
     ap.add_argument("--sigma", type=float, default=default.sigma)
@@ -304,6 +331,9 @@ def main() -> None:
     ap.add_argument("--alpha-k", type=float, default=default.alpha_k)
     args = ap.parse_args()
     rounds = 10 if args.quick else args.rounds
+    methods = frozenset(m.strip() for m in args.methods.split(",") if m.strip())
+    if not methods <= set(METHODS):
+        ap.error(f"--methods: expected a subset of {','.join(METHODS)}; got {args.methods!r}")
     amp = {
         "self_weight": args.self_weight,
         "sigma": args.sigma,
@@ -321,6 +351,7 @@ def main() -> None:
             args.seeds,
             args.fashion_path,
             args.validation,
+            methods,
         )
         print()
     if not args.no_secure:
