@@ -269,7 +269,8 @@ def secure_cloud_models(
     more ``[n, d]`` operand and the truncation of its ``[n, d]`` result, i.e.
     4 openings of ``n d`` ring elements (64 bytes per client-parameter with 2
     parties); the softmax costs ``O(n^2)``. Rounds are constant in ``n`` and
-    ``d`` (33 measured with 20 clients). Measured: :class:`SecureRoundCost`, ``bench/bench_fedamp.py``.
+    ``d`` (33 measured with 20 clients). Measured: :class:`SecureRoundCost`,
+    ``bench/bench_fedamp.py``.
     Accuracy: :func:`secure_tolerance` bounds the error per coordinate
     (about ``2^-f (16 sigma + 2^8 + 2n) max|w|``).
 
