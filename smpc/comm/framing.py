@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from enum import IntEnum
 from typing import Protocol, cast
 
+import numpy as np
 import torch
 from torch._C._distributed_c10d import ProcessGroupGloo
 
@@ -121,6 +122,22 @@ class PointToPoint(Protocol):
 Pending = list[Waitable | torch.Tensor]
 
 
+def zero_padding(buf: np.ndarray, sizes: Sequence[int]) -> None:
+    """Zero the padding bytes of parts of ``sizes`` bytes packed at 8-aligned offsets in ``buf``.
+
+    A payload's parts start at multiples of 8 bytes; the bytes between a part's end
+    and the next multiple of 8 carry nothing, and are zeroed so that no stale memory
+    leaves the process.
+    """
+    off = 0
+    for nb in sizes:
+        end = off + nb
+        pad = -end % 8
+        if pad:
+            buf[end : min(end + pad, len(buf))] = 0
+        off = end + pad
+
+
 class Channel:
     """Framed, tagged point-to-point messages over a process group (shared by comm and dealer).
 
@@ -203,7 +220,17 @@ class Channel:
         words = HEAD_NUMEL + ((nbytes + 7) // 8 if inline else 0)
         frame = torch.empty(words, dtype=torch.int64)
         head = [seq, int(kind), nbytes, aux, int(inline), len(sizes), *sizes[:MAX_PARTS]]
-        frame.numpy()[: len(head)] = head  # a few µs less than a torch.tensor per message
+        a = frame.numpy()  # a few µs less than a torch.tensor per message
+        # Every byte that is not payload is zeroed: the unused head words, the padding
+        # between 8-aligned parts and after the last would otherwise carry stale heap
+        # memory to the peer. The payload is copied in afterwards.
+        a[len(head) : HEAD_NUMEL] = 0
+        a[: len(head)] = head
+        if inline and nbytes:
+            if nbytes % 8:
+                a[-1] = 0  # the padding after the payload
+            if sizes:
+                zero_padding(a[HEAD_NUMEL:].view(np.uint8), sizes)
         return frame
 
     @staticmethod

@@ -42,6 +42,7 @@ from .framing import (
     MessageKind,
     PointToPoint,
     _digest,
+    zero_padding,
 )
 from .rendezvous import DEFAULT_PORT, TRANSPORTS, connect, identities_of
 from .stats import Stats
@@ -288,6 +289,7 @@ class TorchDistCommunicator:
         else:
             self._send_buf = self._buffer(self._send_buf, total)
             payload = self._send_buf[:total]
+            zero_padding(payload.numpy(), sizes)  # no stale bytes between the parts
             for s, off in zip(shares, offsets, strict=True):
                 _as_bytes_view(payload, off, s).copy_(s)
             got = self._exchange(

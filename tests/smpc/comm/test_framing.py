@@ -12,7 +12,7 @@ from collections import defaultdict, deque
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from smpc.comm.framing import (
@@ -174,3 +174,78 @@ def test_transport_failures_name_the_peer() -> None:
     with pytest.raises(PartyTimeoutError, match=r"peer 'alice' \(rank 0\) did not answer"):
         b.take_header(0, "an opening")
     assert b.who(1) == "'bob' (rank 1)"
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    nbytes=st.integers(0, 200),
+    n_sizes=st.integers(0, MAX_PARTS),
+    seed=st.integers(0, 2**16),
+)
+def test_no_stale_memory_leaves_in_a_frame(
+    nbytes: int, n_sizes: int, seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Head words past the fields and the last payload word's padding are zero on the wire,
+    whatever the allocator held before (stale heap bytes would reach the peer)."""
+    real_empty = torch.empty
+
+    def dirty_empty(*args: object, **kwargs: object) -> torch.Tensor:
+        t = real_empty(*args, **kwargs)  # type: ignore[call-overload]
+        t.view(-1).view(torch.uint8).fill_(0xA5)  # what a reused page might hold
+        return t
+
+    wire: Wire = defaultdict(deque)
+    a = Channel(_Group(wire, 0), 0, 5.0, ["alice", "bob"])
+    payload = _bytes(nbytes, seed)
+    sizes = [nbytes // max(n_sizes, 1)] * n_sizes
+    sizes = sizes[:-1] + [nbytes - sum(sizes[:-1])] if sizes else []
+    with monkeypatch.context() as m:
+        m.setattr(torch, "empty", dirty_empty)
+        a.send(1, 7, MessageKind.OPEN, payload, sizes=sizes)
+        frame, view = a.inline_frame(8, MessageKind.OPEN, nbytes)
+        view.copy_(payload)
+        a.send_frame(1, frame)
+    (frames,) = wire.values()  # both messages are inline: one tag, in order
+    assert len(frames) == 2
+    for data, fields in zip(frames, (6 + n_sizes, 6), strict=True):
+        head, body = data[:HEAD_BYTES], data[HEAD_BYTES:]
+        assert head[8 * fields :] == bytes(HEAD_BYTES - 8 * fields)
+        assert body[:nbytes] == payload.numpy().tobytes()
+        assert body[nbytes:] == bytes(len(body) - nbytes)  # the last word's padding
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(sizes=st.lists(st.integers(0, 40), min_size=1, max_size=MAX_PARTS + 3))
+def test_padding_between_packed_parts_is_zero(
+    sizes: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parts packed at 8-aligned offsets (several openings in one frame): the gaps are zero."""
+    from smpc.comm.torchdist import _layout
+
+    real_empty = torch.empty
+
+    def dirty_empty(*args: object, **kwargs: object) -> torch.Tensor:
+        t = real_empty(*args, **kwargs)  # type: ignore[call-overload]
+        t.view(-1).view(torch.uint8).fill_(0xA5)
+        return t
+
+    parts = [_bytes(n, i) for i, n in enumerate(sizes)]
+    got_sizes, offsets, total = _layout(parts)
+    wire: Wire = defaultdict(deque)
+    a = Channel(_Group(wire, 0), 0, 5.0, ["alice", "bob"])
+    with monkeypatch.context() as m:
+        m.setattr(torch, "empty", dirty_empty)
+        frame, view = a.inline_frame(3, MessageKind.OPEN, total, got_sizes)
+        for p, off in zip(parts, offsets, strict=True):
+            view[off : off + p.numel()] = p
+        a.send_frame(1, frame)
+    ((data,),) = wire.values()
+    body = data[HEAD_BYTES:]
+    want = bytearray(len(body))
+    for p, off in zip(parts, offsets, strict=True):
+        want[off : off + p.numel()] = p.numpy().tobytes()
+    assert body == bytes(want)
