@@ -366,7 +366,10 @@ class FedAMP(FedAvg):
     standard error on either data set, so they stay. Over fifty test splits of
     that benchmark FedAMP is 0.06 points above local-only training on MNIST
     and 0.18 points below it on Fashion-MNIST, the loss sitting on clients
-    that hold two confusable garments (see the FedAMP docs page).
+    that hold two confusable garments; on all 70,000 Fashion-MNIST images, with
+    14 times more local steps per round, it is 1.2 points below (0.4 with
+    ``lam=0.01``): the proximal pull per round grows with the local steps, so
+    ``lam`` should shrink as they grow (see the FedAMP docs page).
 
     Args:
         self_weight: ``xi_ii`` in [0, 1] (1 = local training only).
